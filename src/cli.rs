@@ -1,0 +1,132 @@
+//! The command line: clap definitions and dispatch to each command's `run` (the edge where
+//! typed errors become messages for people).
+//!
+//! Each module owns the arguments of its commands (`controller::cli`, `store::cli`,
+//! `registry::cli`); this file only wires them into one tree.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+/// What a command returns at the edge: an exit code, or an error whose whole `source()`
+/// chain is printed.
+pub type CliResult = Result<ExitCode, Box<dyn Error + Send + Sync + 'static>>;
+
+/// Kiln: container image builds as Kubernetes pods, with a verified build cache.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KILN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller against the current kubeconfig (or in-cluster config).
+    Controller(crate::controller::cli::ControllerArgs),
+    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
+    Crd(CrdArgs),
+    /// The build cache: serve it, or inspect and repair a store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// Arguments of `kiln crd`.
+#[derive(Debug, Args)]
+pub struct CrdArgs {}
+
+/// `kiln cache …` commands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Serve the cache store as an OCI registry (the main job without a cluster).
+    Serve(crate::registry::cli::ServeArgs),
+    /// Show disk usage of the store, in the style of `buildctl du`.
+    Du(crate::store::cli::DuArgs),
+    /// Remove cache entries by policy.
+    Prune(crate::store::cli::PruneArgs),
+    /// Rehash every blob, quarantine mismatches and check every manifest's references.
+    Verify(crate::store::cli::VerifyArgs),
+}
+
+/// Parses `std::env::args`, runs the command and turns its result into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "info");
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(err) => Err(Box::new(err) as _),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command.
+pub async fn run(command: Command) -> CliResult {
+    match command {
+        Command::Controller(args) => crate::controller::cli::run(args).await,
+        Command::Crd(CrdArgs {}) => crate::crd::cli::run().await,
+        Command::Cache(CacheCommand::Serve(args)) => crate::registry::cli::run_serve(args).await,
+        Command::Cache(CacheCommand::Du(args)) => crate::store::cli::run_du(args).await,
+        Command::Cache(CacheCommand::Prune(args)) => crate::store::cli::run_prune(args).await,
+        Command::Cache(CacheCommand::Verify(args)) => crate::store::cli::run_verify(args).await,
+    }
+}
+
+/// Formats an error and its `source()` chain as `outer: cause: root cause`.
+pub fn error_chain(err: &(dyn Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message; print each part once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The error a command returns while it is not built yet.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not implemented yet")]
+pub struct NotImplemented(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_prints_every_cause_once() {
+        let err = Outer(std::io::Error::other("disk full"));
+        assert_eq!(error_chain(&err), "outer: disk full");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

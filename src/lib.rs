@@ -1,0 +1,30 @@
+//! Kiln: a Kubernetes operator that runs container image builds as pods, keeps a verified
+//! build cache behind an OCI registry API, and garbage-collects what builds leave behind.
+//!
+//! The crate is one library and one binary (`kiln`). Module boundaries follow the
+//! architecture in the README:
+//!
+//! | module | holds | I/O |
+//! | --- | --- | --- |
+//! | [`crd`] | the `Build` API types, conditions and their reasons | pure |
+//! | [`controller`] | `decide` (pure) and `apply` (API writes), the pod builder, sweepers | both, kept apart |
+//! | [`store`] | the content-addressed cache store on a directory (the PV) | filesystem |
+//! | [`registry`] | the OCI Distribution API and the admin API over the store | HTTP |
+//! | [`mirror`] | the pull-through cache for upstream registries | HTTP |
+//! | [`digest`] | the one SHA-256 digest type | pure |
+//! | [`units`] | human sizes and durations | pure |
+//! | [`cli`] | the command line | — |
+//! | [`telemetry`] | logging setup | — |
+//!
+//! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
+//! `controller`.
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod digest;
+pub mod mirror;
+pub mod registry;
+pub mod store;
+pub mod telemetry;
+pub mod units;

@@ -1,0 +1,7 @@
+//! Entry point of the `kiln` binary: parses the command line and runs one command.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    kiln::cli::main()
+}

@@ -1,0 +1,1 @@
+//! The pull-through cache for upstream registries.
