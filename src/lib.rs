@@ -16,6 +16,7 @@
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
 //! | [`telemetry`] | logging setup | — |
+//! | [`tls`] | installs ring as rustls' crypto provider | process state |
 //!
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
 //! `controller`.
@@ -29,4 +30,5 @@ pub mod mirror;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod units;

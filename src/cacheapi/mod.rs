@@ -4,6 +4,8 @@
 //! Nothing here depends on axum: the controller mints tokens and calls the admin API without
 //! linking the server side's types into its logic.
 
+pub mod token;
+
 use serde::{Deserialize, Serialize};
 
 /// The error body of every registry and admin API response that is not a success:

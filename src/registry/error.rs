@@ -328,12 +328,9 @@ impl IntoResponse for RegistryError {
             tracing::error!(error = %crate::cli::error_chain(&self), "request failed");
         }
         let status = self.status();
-        let body = match serde_json::to_vec(&self.body()) {
-            Ok(bytes) => bytes,
-            // A body of strings and string-keyed maps always serializes; answer with the
-            // status alone if it ever does not.
-            Err(_) => Vec::new(),
-        };
+        // A body of strings and string-keyed maps always serializes; should it ever not,
+        // the status alone still goes out.
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
