@@ -88,6 +88,8 @@ pub enum RegistryError {
     Unauthorized {
         /// The `WWW-Authenticate` header value, if the server offers a token flow.
         challenge: Option<String>,
+        /// Why the credentials presented were not accepted ("token expired"), if any were.
+        reason: Option<String>,
     },
     /// `DENIED` (403): the credentials are valid but do not allow this.
     #[error("access denied: {reason}")]
@@ -305,7 +307,8 @@ impl RegistryError {
             | Self::Unsupported { reason }
             | Self::RangeNotSatisfiable { reason }
             | Self::Unavailable { reason } => Some(Value::String(reason.clone())),
-            Self::Unauthorized { .. } | Self::TooManyRequests | Self::Internal { .. } => None,
+            Self::Unauthorized { reason, .. } => reason.clone().map(Value::String),
+            Self::TooManyRequests | Self::Internal { .. } => None,
         }
     }
 
@@ -339,6 +342,7 @@ impl IntoResponse for RegistryError {
         );
         if let Self::Unauthorized {
             challenge: Some(challenge),
+            ..
         } = &self
         {
             // A challenge is built from our own configuration and a validated repository
@@ -486,11 +490,24 @@ mod tests {
                 why.clone(),
             ),
             (
-                RegistryError::Unauthorized { challenge: None },
+                RegistryError::Unauthorized {
+                    challenge: None,
+                    reason: None,
+                },
                 401,
                 "UNAUTHORIZED",
                 "authentication required",
                 None,
+            ),
+            (
+                RegistryError::Unauthorized {
+                    challenge: None,
+                    reason: Some("token expired".into()),
+                },
+                401,
+                "UNAUTHORIZED",
+                "authentication required",
+                Some(json!("token expired")),
             ),
             (
                 RegistryError::Denied { reason: reason() },
@@ -549,6 +566,7 @@ mod tests {
         let challenge = r#"Bearer realm="http://cache/token",service="kiln-cache""#;
         let (status, headers, _) = render(RegistryError::Unauthorized {
             challenge: Some(challenge.into()),
+            reason: None,
         })
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
