@@ -1,9 +1,17 @@
 //! The cache service's wire contract, shared by the registry (server) and the controller
 //! and CLI (clients): tokens, the admin API's JSON types and its client.
 //!
+//! | module | holds | I/O |
+//! | --- | --- | --- |
+//! | [`token`] | cache token claims, minting and verification | pure (+ key file) |
+//! | [`admin`] | the admin API's routes and JSON bodies, documented per endpoint | pure |
+//! | [`client`] | the admin API client | HTTP |
+//!
 //! Nothing here depends on axum: the controller mints tokens and calls the admin API without
 //! linking the server side's types into its logic.
 
+pub mod admin;
+pub mod client;
 pub mod token;
 
 use serde::{Deserialize, Serialize};
