@@ -36,12 +36,10 @@
 //!   when a namespace is cleaned up. The `_tags` segment cannot be part of a repository
 //!   name, so every path has one reading.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::registry::name::{NameError, RepoName, Tag, TagError};
+use crate::registry::name::{NameError, RepoName, Tag, TagError, is_plain_token, validated_text};
 
 /// The path prefix of the admin API.
 pub const PREFIX: &str = "/admin/v1";
@@ -51,8 +49,7 @@ pub const MAX_LEASE_NAME_LEN: usize = 128;
 
 /// The name of a lease: 1 to [`MAX_LEASE_NAME_LEN`] ASCII letters, digits, `.`, `_`, `-`
 /// (a Build UID, or `build-<uid>`).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseName(String);
 
 /// Why a text is not a valid lease name.
@@ -63,49 +60,15 @@ pub struct LeaseNameError(pub String);
 impl LeaseName {
     /// Parses and validates a lease name.
     pub fn parse(text: &str) -> Result<Self, LeaseNameError> {
-        let valid = !text.is_empty()
-            && text.len() <= MAX_LEASE_NAME_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if valid {
+        if is_plain_token(text, MAX_LEASE_NAME_LEN, b"._-") {
             Ok(Self(text.to_owned()))
         } else {
             Err(LeaseNameError(text.to_owned()))
         }
     }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for LeaseName {
-    type Error = LeaseNameError;
-
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Self::parse(&text)
-    }
-}
-
-impl From<LeaseName> for String {
-    fn from(name: LeaseName) -> Self {
-        name.0
-    }
-}
-
-impl fmt::Display for LeaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for LeaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LeaseName({:?})", self.0)
-    }
-}
+validated_text!(LeaseName, LeaseNameError);
 
 /// One endpoint of the admin API (the table in the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,6 +32,54 @@ pub const MAX_TAG_LEN: usize = 128;
 /// The longest upload session id accepted in a path, in bytes.
 pub const MAX_UPLOAD_ID_LEN: usize = 128;
 
+/// Implements the text plumbing of a validated string newtype `$ty(String)` that has
+/// `$ty::parse(&str) -> Result<$ty, $err>`: `as_str`, `FromStr`, `Display`, a `Debug` that
+/// names the type, and serde as a string that is validated on the way in.
+macro_rules! validated_text {
+    ($ty:ident, $err:ty) => {
+        impl $ty {
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $err;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($ty), "({:?})"), self.0)
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use validated_text;
+
 /// A repository name that satisfies the spec's grammar, e.g. `team-a/app/cache`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RepoName(String);
@@ -64,11 +112,6 @@ impl RepoName {
     pub fn parse(text: &str) -> Result<Self, NameError> {
         validate_name(text)?;
         Ok(Self(text.to_owned()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     /// The `/`-separated components, first to last.
@@ -140,38 +183,7 @@ fn is_valid_component(component: &str) -> bool {
     }
 }
 
-impl FromStr for RepoName {
-    type Err = NameError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RepoName({:?})", self.0)
-    }
-}
-
-impl serde::Serialize for RepoName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for RepoName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+validated_text!(RepoName, NameError);
 
 /// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -205,45 +217,9 @@ impl Tag {
             Err(TagError(text.to_owned()))
         }
     }
-
-    /// The tag as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl FromStr for Tag {
-    type Err = TagError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tag({:?})", self.0)
-    }
-}
-
-impl serde::Serialize for Tag {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Tag {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+validated_text!(Tag, TagError);
 
 /// What a manifest path names: a tag or a digest.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -326,7 +302,7 @@ impl<'de> serde::Deserialize<'de> for Reference {
 /// The id of an upload session in `/v2/<name>/blobs/uploads/<id>`: 1 to
 /// [`MAX_UPLOAD_ID_LEN`] ASCII letters, digits, `-` or `_`. The server mints them; this type
 /// only guarantees that one taken from a path is safe to use as a file or key name.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UploadId(String);
 
 /// Why a text is not a valid upload id.
@@ -337,28 +313,24 @@ pub struct UploadIdError(pub String);
 impl UploadId {
     /// Parses and validates an upload id.
     pub fn parse(text: &str) -> Result<Self, UploadIdError> {
-        let valid = !text.is_empty()
-            && text.len() <= MAX_UPLOAD_ID_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-        if valid {
+        if is_plain_token(text, MAX_UPLOAD_ID_LEN, b"-_") {
             Ok(Self(text.to_owned()))
         } else {
             Err(UploadIdError(text.to_owned()))
         }
     }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for UploadId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+validated_text!(UploadId, UploadIdError);
+
+/// Whether `text` is 1 to `max_len` ASCII letters, digits or bytes of `punctuation`: the
+/// shape of the ids Kiln mints (upload ids, lease names), safe in paths and file names.
+pub(crate) fn is_plain_token(text: &str, max_len: usize, punctuation: &[u8]) -> bool {
+    !text.is_empty()
+        && text.len() <= max_len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(&b))
 }
 
 /// One endpoint of the OCI Distribution API, with its parsed path parameters. The HTTP
