@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::cut_proxy::CutProxy;
 use common::docker_registry::DockerRegistry;
 use common::oci_layout::{self, TestImage};
 use common::skopeo;
@@ -196,4 +197,48 @@ async fn upstream_client_reads_docker_registry() {
         .await
         .unwrap();
     assert_eq!(head.digest, image.manifest_digest());
+}
+
+#[tokio::test]
+async fn an_upstream_blob_transfer_cut_short_is_unavailable_and_a_retry_succeeds() {
+    let registry = DockerRegistry::start();
+    let image = TestImage::build("cut", "v1");
+    skopeo::copy(
+        &image.reference(),
+        &format!("docker://{}/kiln-test/app:v1", registry.host()),
+        &[],
+    );
+    let proxy = CutProxy::start(&registry.url()).await;
+    let upstream = Upstream::new(UpstreamConfig {
+        name: "local".into(),
+        url: proxy.url(),
+        credentials: None,
+    })
+    .unwrap();
+
+    proxy.cut_blobs_after(Some(100));
+    let mut blob = upstream
+        .fetch_blob("kiln-test/app", &image.layer_digest())
+        .await
+        .unwrap();
+    let mut received = 0;
+    let err = loop {
+        match blob.stream.next().await {
+            Some(Ok(chunk)) => received += chunk.len(),
+            Some(Err(err)) => break err,
+            None => panic!("a cut transfer ended cleanly after {received} bytes"),
+        }
+    };
+    assert!(received <= 100, "{received}");
+    assert!(matches!(err, UpstreamError::Unavailable { .. }), "{err:?}");
+    assert!(err.allows_stale());
+
+    proxy.cut_blobs_after(None);
+    let mut blob = upstream
+        .fetch_blob("kiln-test/app", &image.layer_digest())
+        .await
+        .unwrap();
+    assert_eq!(read_all(&mut blob.stream).await, image.layer);
+    let blob_path = format!("/blobs/{}", image.layer_digest());
+    assert_eq!(proxy.count("GET", &blob_path), 2);
 }

@@ -2,6 +2,7 @@
 //!
 //! | module | holds |
 //! | --- | --- |
+//! | [`cut_proxy`] | an HTTP proxy that counts requests and cuts blob transfers short |
 //! | [`docker_registry`] | Debian's `docker-registry` on a free loopback port, stopped on drop |
 //! | [`skopeo`] | running Debian's `skopeo` against plain-HTTP registries |
 //! | [`oci_layout`] | a tiny image written by the test itself as an OCI layout directory |
@@ -9,6 +10,7 @@
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod cut_proxy;
 pub mod docker_registry;
 pub mod oci_layout;
 pub mod skopeo;
