@@ -922,4 +922,47 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["token"], ADMIN);
     }
+
+    fn action_set() -> impl proptest::strategy::Strategy<Value = BTreeSet<Action>> {
+        proptest::collection::btree_set(
+            proptest::prop_oneof![
+                proptest::strategy::Just(Action::Pull),
+                proptest::strategy::Just(Action::Push)
+            ],
+            0..=2,
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn narrowing_never_widens(
+            presented_actions in action_set(),
+            requests in proptest::collection::vec(
+                (crate::registry::name::tests::repo_name(), action_set(), proptest::bool::ANY),
+                0..4,
+            ),
+        ) {
+            let presented = Claims::new("b", "team-a", presented_actions.clone(), NOW, 600);
+            let scopes: Vec<Scope> = requests
+                .iter()
+                .map(|(name, actions, own)| Scope {
+                    // Half the requests name a repository of the token's own namespace.
+                    name: if *own { RepoName::parse(&format!("team-a/{name}")).unwrap() } else { name.clone() },
+                    actions: actions.clone(),
+                })
+                .collect();
+            let narrowed = narrow(&presented, &scopes, |n| n.first_component() == "docker.io");
+            let asked: BTreeSet<Action> = scopes.iter().flat_map(|s| s.actions.iter().copied()).collect();
+            proptest::prop_assert!(narrowed.actions.is_subset(&presented_actions));
+            proptest::prop_assert!(narrowed.actions.is_subset(&asked));
+            proptest::prop_assert_eq!(
+                (&narrowed.sub, &narrowed.ns, narrowed.exp),
+                (&presented.sub, &presented.ns, presented.exp)
+            );
+            // Push is only ever granted for a repository of the token's namespace.
+            if narrowed.actions.contains(&Action::Push) {
+                proptest::prop_assert!(scopes.iter().any(|s| s.actions.contains(&Action::Push) && presented.covers(&s.name)));
+            }
+        }
+    }
 }
