@@ -450,7 +450,8 @@ impl Upstream {
 
     /// HEADs a manifest of `path` by tag or digest: its digest and media type, for
     /// revalidating a cached copy without downloading it (a HEAD does not count against
-    /// Docker Hub's pull limit).
+    /// Docker Hub's pull limit). An upstream that sends no `Docker-Content-Digest` gets
+    /// [`UpstreamError::Invalid`]; the caller then falls back to [`Upstream::fetch_manifest`].
     pub async fn head_manifest(
         &self,
         path: &str,

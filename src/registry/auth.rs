@@ -2,11 +2,16 @@
 //! (`WWW-Authenticate` challenge and the `/token` endpoint), and the authorization decision
 //! (pure, apart from reading the admin token file and the `/token` handler's clock).
 //!
+//! A route calls [`AuthConfig::check`] with the resource it touches and the access it needs;
+//! `/token` is served by [`token_handler`] with the same [`AuthConfig`] as state.
+//!
 //! # Credentials
-//! Every request carries a token, either as the password of `Authorization: Basic` (any user
+//! When a token key is configured, every request carries a token, either as the password of `Authorization: Basic` (any user
 //! name: `skopeo --creds kiln:<token>`, a docker config's `auth`) or as
 //! `Authorization: Bearer <token>` (what clients send after the token flow). The token is a
-//! cache token ([`crate::cacheapi::token`]) or the admin token.
+//! cache token ([`crate::cacheapi::token`]) or the admin token. Without a token key the
+//! `/v2/` API is open (the server only allows that on loopback or with `--insecure`), while
+//! the admin API still needs the admin token.
 //!
 //! # Token flow
 //! A request without credentials gets `401` with
