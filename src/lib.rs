@@ -11,14 +11,17 @@
 //! | [`store`] | the content-addressed cache store on a directory (the PV) | filesystem |
 //! | [`registry`] | the OCI Distribution API and the admin API over the store | HTTP |
 //! | [`mirror`] | the pull-through cache for upstream registries | HTTP |
+//! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
 //! | [`digest`] | the one SHA-256 digest type | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
 //! | [`telemetry`] | logging setup | — |
+//! | [`tls`] | installs ring as rustls' crypto provider | process state |
 //!
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
 //! `controller`.
 
+pub mod cacheapi;
 pub mod cli;
 pub mod controller;
 pub mod crd;
@@ -27,4 +30,5 @@ pub mod mirror;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
