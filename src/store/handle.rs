@@ -182,6 +182,12 @@ impl Store {
         flush_access(&self.inner).map(drop)
     }
 
+    /// Simulates a crash for tests: drops the store without writing pending access times.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        lock(&self.inner.pending_access).clear();
+    }
+
     /// Records that `digest` was used now (a pull). Costs a map insert; the time reaches
     /// the database with the next [`Store::flush_access`] (the registry calls it on a
     /// timer; GC, du and close call it first).

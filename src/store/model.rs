@@ -413,3 +413,331 @@ impl Storage for Model {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The model-based property test: random interleavings of every operation (crashes
+    //! included) against the redb store and the model, comparing results and full
+    //! listings, and checking DESIGN's invariants with `verify` after every step.
+
+    use super::*;
+    use crate::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
+    use crate::store::gc::Policy;
+    use crate::store::handle::{Store, StoreOptions};
+    use crate::store::verify::VerifyOptions;
+    use proptest::prelude::*;
+
+    const REPOS: [&str; 3] = ["a", "b", "team/c"];
+    const TAGS: [&str; 3] = ["v1", "v2", "latest"];
+    const MINUTE_MS: u64 = 60_000;
+
+    fn content(n: u8) -> Vec<u8> {
+        vec![b'a' + n; usize::from(n) * 7 + 1]
+    }
+
+    /// Image manifest `k`: a config and two layers chosen from the content universe.
+    fn image(k: u8) -> Vec<u8> {
+        let blob = |n: u8| (Digest::of(&content(n)), content(n).len() as u64);
+        image_manifest(blob((k + 5) % 8), &[blob(k % 8), blob((k * 3 + 1) % 8)])
+    }
+
+    fn index(j: u8) -> Vec<u8> {
+        let m = |k: u8| (Digest::of(&image(k)), image(k).len() as u64);
+        index_manifest(&[m(j), m(j + 2)])
+    }
+
+    fn referrer(r: u8) -> Vec<u8> {
+        let config = content(7);
+        referrer_manifest(
+            Digest::of(&image(r)),
+            (Digest::of(&config), config.len() as u64),
+            "application/x-sig",
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    enum Debris {
+        None,
+        Temp,
+        Orphan(u8),
+        Truncated(u8),
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        PutBlob(usize, u8),
+        PutImage(usize, u8, Option<usize>),
+        PutIndex(usize, u8, Option<usize>),
+        PutReferrer(usize, u8),
+        Untag(usize, usize),
+        UnlinkImage(usize, u8),
+        Mount(usize, usize, u8),
+        DeleteRepo(usize),
+        TouchImage(u8),
+        LeaseTag(u8, usize, usize, u8),
+        Release(u8),
+        Advance(u8),
+        Gc(u8, u64, u8, bool),
+        Crash(Debris),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let repo = 0..REPOS.len();
+        let tag = proptest::option::of(0..TAGS.len());
+        prop_oneof![
+            4 => (repo.clone(), 0u8..8).prop_map(|(r, c)| Op::PutBlob(r, c)),
+            4 => (repo.clone(), 0u8..6, tag.clone()).prop_map(|(r, k, t)| Op::PutImage(r, k, t)),
+            2 => (repo.clone(), 0u8..3, tag).prop_map(|(r, j, t)| Op::PutIndex(r, j, t)),
+            1 => (repo.clone(), 0u8..6).prop_map(|(r, k)| Op::PutReferrer(r, k)),
+            2 => (repo.clone(), 0..TAGS.len()).prop_map(|(r, t)| Op::Untag(r, t)),
+            1 => (repo.clone(), 0u8..6).prop_map(|(r, k)| Op::UnlinkImage(r, k)),
+            2 => (repo.clone(), repo.clone(), 0u8..8).prop_map(|(f, t, c)| Op::Mount(f, t, c)),
+            1 => repo.clone().prop_map(Op::DeleteRepo),
+            1 => (0u8..6).prop_map(Op::TouchImage),
+            1 => (0u8..2, repo, 0..TAGS.len(), 1u8..30)
+                .prop_map(|(n, r, t, ttl)| Op::LeaseTag(n, r, t, ttl)),
+            1 => (0u8..2).prop_map(Op::Release),
+            2 => (0u8..20).prop_map(Op::Advance),
+            2 => (0u8..4, 0u64..400, 0u8..20, any::<bool>())
+                .prop_map(|(p, ceiling, mins, dry)| Op::Gc(p, ceiling, mins, dry)),
+            1 => prop_oneof![
+                Just(Debris::None),
+                Just(Debris::Temp),
+                (0u8..8).prop_map(Debris::Orphan),
+                (0u8..8).prop_map(Debris::Truncated),
+            ]
+            .prop_map(Op::Crash),
+        ]
+    }
+
+    /// Results compared between the two: values, or the error's message.
+    fn outcome<T: std::fmt::Debug>(result: Result<T>) -> String {
+        match result {
+            Ok(value) => format!("ok {value:?}"),
+            Err(err) => format!("err {err}"),
+        }
+    }
+
+    fn gc_options(policy: u8, ceiling: u64, minutes: u8, dry_run: bool) -> GcOptions {
+        let policy = match policy {
+            0 => Policy::default(),
+            1 => Policy {
+                all: true,
+                ..Policy::default()
+            },
+            2 => Policy {
+                keep_storage: Some(ceiling),
+                ..Policy::default()
+            },
+            _ => Policy {
+                keep_duration: Some(Duration::from_secs(u64::from(minutes) * 60)),
+                ..Policy::default()
+            },
+        };
+        GcOptions {
+            policy,
+            grace: Duration::from_secs(5 * 60),
+            dry_run,
+            batch: 3,
+            ..GcOptions::default()
+        }
+    }
+
+    /// Report fields that both sides must agree on (timings and listings aside).
+    fn summary(report: &GcReport) -> [u64; 8] {
+        [
+            report.tags_removed,
+            report.leases_removed,
+            report.manifests_removed,
+            report.blobs_removed,
+            report.links_removed,
+            report.bytes_freed,
+            report.bytes_before,
+            u64::from(report.ceiling_unmet),
+        ]
+    }
+
+    fn run(ops: &[Op]) -> std::result::Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(10 * 24 * 60 * MINUTE_MS);
+        let options = StoreOptions {
+            clock: clock.clone(),
+            sync: false,
+            cache_bytes: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let mut store = Store::open(dir.path(), options.clone()).unwrap();
+        let model = Model::new(clock.clone());
+        for (step, op) in ops.iter().enumerate() {
+            let (real, expected) = match op {
+                Op::PutBlob(r, c) => (
+                    outcome(Storage::put_blob(&store, REPOS[*r], &content(*c))),
+                    outcome(model.put_blob(REPOS[*r], &content(*c))),
+                ),
+                Op::PutImage(r, k, t) | Op::PutIndex(r, k, t) => {
+                    let body = if matches!(op, Op::PutImage(..)) {
+                        image(*k)
+                    } else {
+                        index(*k)
+                    };
+                    let reference = match t {
+                        Some(t) => Reference::Tag(TAGS[*t].to_owned()),
+                        None => Reference::Digest(Digest::of(&body)),
+                    };
+                    (
+                        outcome(store.put_manifest(REPOS[*r], &reference, "", &body)),
+                        outcome(model.put_manifest(REPOS[*r], &reference, "", &body)),
+                    )
+                }
+                Op::PutReferrer(r, k) => {
+                    let body = referrer(*k);
+                    let reference = Reference::Digest(Digest::of(&body));
+                    (
+                        outcome(store.put_manifest(REPOS[*r], &reference, "", &body)),
+                        outcome(model.put_manifest(REPOS[*r], &reference, "", &body)),
+                    )
+                }
+                Op::Untag(r, t) => (
+                    outcome(store.untag(REPOS[*r], TAGS[*t])),
+                    outcome(model.untag(REPOS[*r], TAGS[*t])),
+                ),
+                Op::UnlinkImage(r, k) => {
+                    let digest = Digest::of(&image(*k));
+                    (
+                        outcome(store.unlink(REPOS[*r], digest)),
+                        outcome(model.unlink(REPOS[*r], digest)),
+                    )
+                }
+                Op::Mount(f, t, c) => {
+                    let digest = Digest::of(&content(*c));
+                    (
+                        outcome(store.mount(REPOS[*f], REPOS[*t], digest)),
+                        outcome(model.mount(REPOS[*f], REPOS[*t], digest)),
+                    )
+                }
+                Op::DeleteRepo(r) => (
+                    outcome(store.delete_repository(REPOS[*r])),
+                    outcome(model.delete_repository(REPOS[*r])),
+                ),
+                Op::TouchImage(k) => {
+                    store.touch(Digest::of(&image(*k)));
+                    model.touch(Digest::of(&image(*k)));
+                    (String::new(), String::new())
+                }
+                Op::LeaseTag(n, r, t, ttl) => {
+                    let name = format!("lease-{n}");
+                    let targets = [LeaseTarget::Tag {
+                        repo: REPOS[*r].to_owned(),
+                        tag: TAGS[*t].to_owned(),
+                    }];
+                    let ttl = Duration::from_secs(u64::from(*ttl) * 60);
+                    (
+                        outcome(store.lease_acquire(&name, &targets, ttl)),
+                        outcome(model.lease_acquire(&name, &targets, ttl)),
+                    )
+                }
+                Op::Release(n) => {
+                    let name = format!("lease-{n}");
+                    (
+                        outcome(store.lease_release(&name)),
+                        outcome(model.lease_release(&name)),
+                    )
+                }
+                Op::Advance(minutes) => {
+                    clock.advance(Duration::from_secs(u64::from(*minutes) * 60));
+                    (String::new(), String::new())
+                }
+                Op::Gc(policy, ceiling, minutes, dry) => {
+                    let options = gc_options(*policy, *ceiling, *minutes, *dry);
+                    (
+                        format!(
+                            "{:?}",
+                            store
+                                .gc(&options)
+                                .map(|r| summary(&r))
+                                .map_err(|e| e.to_string())
+                        ),
+                        format!(
+                            "{:?}",
+                            model
+                                .gc(&options)
+                                .map(|r| summary(&r))
+                                .map_err(|e| e.to_string())
+                        ),
+                    )
+                }
+                Op::Crash(debris) => {
+                    store.crash();
+                    model.crash();
+                    let layout = crate::store::layout::Layout::new(dir.path());
+                    match debris {
+                        Debris::None => {}
+                        Debris::Temp => {
+                            std::fs::write(layout.tmp().join("upload-dead"), b"partial").unwrap()
+                        }
+                        Debris::Orphan(c) | Debris::Truncated(c) => {
+                            let bytes = content(*c);
+                            let digest = Digest::of(&bytes);
+                            let present = model
+                                .listing()
+                                .unwrap()
+                                .blobs
+                                .iter()
+                                .any(|b| b.digest == digest);
+                            if !present {
+                                std::fs::create_dir_all(layout.shard(&digest)).unwrap();
+                                if matches!(debris, Debris::Orphan(_)) {
+                                    std::fs::write(layout.blob(&digest), &bytes).unwrap();
+                                    model.adopt(&bytes);
+                                } else {
+                                    std::fs::write(layout.blob(&digest), &bytes[..bytes.len() / 2])
+                                        .unwrap();
+                                }
+                            }
+                        }
+                    }
+                    store = Store::open(dir.path(), options.clone()).unwrap();
+                    (String::new(), String::new())
+                }
+            };
+            prop_assert_eq!(&real, &expected, "step {} {:?}", step, op);
+            let listing = store.listing().unwrap();
+            prop_assert_eq!(
+                &listing,
+                &model.listing().unwrap(),
+                "listing after step {} {:?}",
+                step,
+                op
+            );
+            let verify = store
+                .verify(&VerifyOptions {
+                    parallelism: 1,
+                    ..VerifyOptions::default()
+                })
+                .unwrap();
+            prop_assert!(
+                verify.is_clean(),
+                "after step {} {:?}: {:?}",
+                step,
+                op,
+                verify.problems
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 2_000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn model_interleaved_operations_match_the_model_and_keep_the_invariants(
+            ops in proptest::collection::vec(op(), 1..24)
+        ) {
+            run(&ops)?;
+        }
+    }
+}
