@@ -51,6 +51,8 @@
 //! tags and links of a repository in one transaction; [`Store::untag`] removes a
 //! build-scoped tag.
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod blobs;
 pub mod cli;
 pub mod clock;
