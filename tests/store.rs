@@ -426,7 +426,7 @@ fn crash_child_entry() {
     for round in 0u64.. {
         let repo = ["a", "b"][rng.below(2) as usize];
         let layer: Vec<u8> = (0..rng.below(1 << 20) + 1)
-            .map(|i| (i as u64 ^ round) as u8)
+            .map(|i| (i ^ round) as u8)
             .collect();
         // Chunked upload, committed.
         let upload = store.upload_create(repo).unwrap();

@@ -96,6 +96,9 @@ impl fmt::Display for Problem {
     }
 }
 
+/// One file's check: its digest, its row's size, and what hashing (or sizing) found.
+type FileCheck = (Digest, u64, std::io::Result<(Digest, u64)>);
+
 /// What start-up recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
@@ -514,7 +517,7 @@ impl Store {
         &self,
         blobs: &[(Digest, u64)],
         options: &VerifyOptions,
-    ) -> Result<Vec<(Digest, u64, std::io::Result<(Digest, u64)>)>> {
+    ) -> Result<Vec<FileCheck>> {
         let next = AtomicUsize::new(0);
         let results = Mutex::new(Vec::with_capacity(blobs.len()));
         std::thread::scope(|scope| {
