@@ -266,38 +266,31 @@ impl Store {
 
     /// The blob with this digest, in any repository.
     pub fn blob(&self, digest: Digest) -> Result<Option<BlobInfo>> {
-        let txn = self.read("read blob")?;
-        let blobs = txn
-            .open_table(tables::BLOBS)
-            .map_err(StoreError::db("read blob"))?;
-        let row = blobs
-            .get(digest.as_bytes())
-            .map_err(StoreError::db("read blob"))?;
-        Ok(row.map(|row| BlobInfo {
-            digest,
-            size: BlobRow::decode(row.value()).size,
-        }))
+        self.lookup_blob(None, digest)
     }
 
     /// The blob with this digest if it is part of `repo` (HEAD on a blob).
     pub fn stat_blob(&self, repo: &str, digest: Digest) -> Result<Option<BlobInfo>> {
-        let txn = self.read("read blob")?;
-        let links = txn
-            .open_table(tables::LINKS)
-            .map_err(StoreError::db("read blob"))?;
-        if links
-            .get((repo, *digest.as_bytes()))
-            .map_err(StoreError::db("read blob"))?
-            .is_none()
-        {
-            return Ok(None);
+        self.lookup_blob(Some(repo), digest)
+    }
+
+    fn lookup_blob(&self, repo: Option<&str>, digest: Digest) -> Result<Option<BlobInfo>> {
+        let action = "read blob";
+        let txn = self.read(action)?;
+        if let Some(repo) = repo {
+            let links = txn.open_table(tables::LINKS).map_err(StoreError::db(action))?;
+            if links
+                .get((repo, *digest.as_bytes()))
+                .map_err(StoreError::db(action))?
+                .is_none()
+            {
+                return Ok(None);
+            }
         }
-        let blobs = txn
-            .open_table(tables::BLOBS)
-            .map_err(StoreError::db("read blob"))?;
+        let blobs = txn.open_table(tables::BLOBS).map_err(StoreError::db(action))?;
         let row = blobs
             .get(digest.as_bytes())
-            .map_err(StoreError::db("read blob"))?;
+            .map_err(StoreError::db(action))?;
         Ok(row.map(|row| BlobInfo {
             digest,
             size: BlobRow::decode(row.value()).size,

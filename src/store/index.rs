@@ -664,70 +664,20 @@ impl Store {
         Ok(listing)
     }
 
-    /// The number of rows in every table, by table name: what proves a store empty.
-    pub fn table_rows(&self) -> Result<Vec<(&'static str, u64)>> {
+    /// The number of rows in every table of the database, by table name, sorted: what
+    /// proves a store empty. It lists the tables the database has, not the ones this code
+    /// knows, so a table added later cannot hide rows from it.
+    pub fn table_rows(&self) -> Result<Vec<(String, u64)>> {
         let action = "count rows";
         let txn = self.read(action)?;
-        let count =
-            |len: std::result::Result<u64, redb::StorageError>| len.map_err(StoreError::db(action));
-        let mut out = vec![
-            (
-                "blobs",
-                count(
-                    txn.open_table(tables::BLOBS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "manifests",
-                count(
-                    txn.open_table(tables::MANIFESTS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "tags",
-                count(
-                    txn.open_table(tables::TAGS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "links",
-                count(
-                    txn.open_table(tables::LINKS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "referrers",
-                count(
-                    txn.open_table(tables::REFERRERS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "leases",
-                count(
-                    txn.open_table(tables::LEASES)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-            (
-                "uploads",
-                count(
-                    txn.open_table(tables::UPLOADS)
-                        .map_err(StoreError::db(action))?
-                        .len(),
-                )?,
-            ),
-        ];
+        let mut out = Vec::new();
+        for handle in txn.list_tables().map_err(StoreError::db(action))? {
+            let name = redb::TableHandle::name(&handle).to_owned();
+            let table = txn
+                .open_untyped_table(handle)
+                .map_err(StoreError::db(action))?;
+            out.push((name, table.len().map_err(StoreError::db(action))?));
+        }
         out.sort();
         Ok(out)
     }

@@ -115,6 +115,27 @@ pub struct GcReport {
 }
 
 impl GcReport {
+    /// Counts and audits the removal of an unreachable blob (or manifest).
+    fn record_blob(&mut self, digest: Digest, size: u64, is_manifest: bool, limit: usize) {
+        self.blobs_removed += 1;
+        self.manifests_removed += u64::from(is_manifest);
+        self.bytes_freed += size;
+        let kind = if is_manifest {
+            ItemKind::Manifest
+        } else {
+            ItemKind::Blob
+        };
+        self.record(
+            Removal {
+                kind,
+                name: digest.to_string(),
+                size,
+                reason: Reason::Unreachable,
+            },
+            limit,
+        );
+    }
+
     fn record(&mut self, removal: Removal, limit: usize) {
         match removal.reason {
             Reason::Unreachable => {
@@ -408,22 +429,7 @@ impl Store {
                 {
                     return Err(StoreError::io("remove blob", path)(err));
                 }
-                report.blobs_removed += 1;
-                report.manifests_removed += u64::from(is_manifest);
-                report.bytes_freed += size;
-                report.record(
-                    Removal {
-                        kind: if is_manifest {
-                            ItemKind::Manifest
-                        } else {
-                            ItemKind::Blob
-                        },
-                        name: digest.to_string(),
-                        size,
-                        reason: Reason::Unreachable,
-                    },
-                    options.max_listed,
-                );
+                report.record_blob(digest, size, is_manifest, options.max_listed);
             }
             drop(guards);
         }
@@ -540,23 +546,8 @@ fn dry_report(
         );
     }
     for &(digest, size, is_manifest) in &plan.sweep {
-        report.blobs_removed += 1;
-        report.manifests_removed += u64::from(is_manifest);
         report.links_removed += links_of.get(&digest).map_or(0, |l| l.len() as u64);
-        report.bytes_freed += size;
-        report.record(
-            Removal {
-                kind: if is_manifest {
-                    ItemKind::Manifest
-                } else {
-                    ItemKind::Blob
-                },
-                name: digest.to_string(),
-                size,
-                reason: Reason::Unreachable,
-            },
-            options.max_listed,
-        );
+        report.record_blob(digest, size, is_manifest, options.max_listed);
     }
 }
 

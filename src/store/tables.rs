@@ -28,17 +28,6 @@ pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// upload id → [`UploadRow`] as JSON.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 
-/// Every table's name, for listings that prove the store empty.
-pub const TABLE_NAMES: [&str; 7] = [
-    "blobs",
-    "manifests",
-    "tags",
-    "links",
-    "referrers",
-    "leases",
-    "uploads",
-];
-
 /// A blob row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobRow {
