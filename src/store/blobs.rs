@@ -1,0 +1,484 @@
+//! Blob ingest and reads: bytes stream into a temp file while they are hashed and counted;
+//! `commit` checks digest and size, fsyncs, renames into place and fsyncs the directory,
+//! then records the row (filesystem and redb I/O).
+//!
+//! Nothing unverified is ever at a digest path (DESIGN invariant 1). Concurrent ingests of
+//! one digest are single-flight, and the rename and GC's unlink of one digest are
+//! serialised by the same flight table (see [`crate::store::flight`]).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::digest::{Digest, Hasher};
+use crate::store::error::{Result, StoreError};
+use crate::store::flight::{Claim, FlightGuard, Outcome, Waiter};
+use crate::store::handle::Store;
+use crate::store::layout::sync_dir;
+use crate::store::tables::{self, BlobRow};
+use crate::store::types::{BlobInfo, validate_repo};
+
+/// Bytes on their way into the store: a temp file, the hash and the count so far.
+/// Dropping it removes the temp file.
+#[derive(Debug)]
+pub(crate) struct TempBlob {
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    hasher: Hasher,
+    written: u64,
+}
+
+/// Writes go through a buffer of this size: large enough that a 64 MiB blob costs a few
+/// dozen syscalls, small enough for many concurrent uploads.
+const WRITE_BUFFER: usize = 1 << 20;
+
+impl TempBlob {
+    pub(crate) fn create(path: PathBuf) -> Result<Self> {
+        let file = File::create(&path).map_err(StoreError::io("create temp file", &path))?;
+        Ok(Self {
+            path,
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            hasher: Hasher::new(),
+            written: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(StoreError::io("write", &self.path)(io::Error::other(
+                "temp file already finished",
+            )));
+        };
+        file.write_all(bytes)
+            .map_err(StoreError::io("write temp file", &self.path))?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes the buffer; returns the path, the file, the digest and the size. The caller
+    /// now owns the temp file's removal.
+    fn finish(mut self) -> Result<(PathBuf, File, Digest, u64)> {
+        let path = std::mem::take(&mut self.path);
+        let buffered = self.file.take();
+        let file = match buffered.map(BufWriter::into_inner) {
+            Some(Ok(file)) => file,
+            Some(Err(err)) => {
+                let _ = fs::remove_file(&path);
+                return Err(StoreError::io("write temp file", &path)(err.into_error()));
+            }
+            None => {
+                return Err(StoreError::io("write", &path)(io::Error::other(
+                    "temp file already finished",
+                )));
+            }
+        };
+        let hasher = std::mem::take(&mut self.hasher);
+        Ok((path, file, hasher.finish(), self.written))
+    }
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            // Nothing to report to: the temp area is also cleaned at the next open.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// An upload session: a temp blob that outlives HTTP requests.
+#[derive(Debug)]
+pub(crate) struct UploadSession {
+    pub repo: String,
+    pub started_ms: u64,
+    pub temp: Option<TempBlob>,
+}
+
+/// A writer of one blob. Write the bytes, then [`BlobWriter::commit`] with the digest and
+/// size the client announced; dropping it (or [`BlobWriter::abort`]) removes the temp
+/// file and, for a single-flight ingest, tells the waiters it failed.
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: Store,
+    temp: TempBlob,
+    guard: Option<FlightGuard>,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<()> {
+        self.temp.write(bytes)
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.temp.written()
+    }
+
+    /// The digest this writer was claimed for, when it came from [`Store::ingest`].
+    pub fn claimed(&self) -> Option<Digest> {
+        self.guard.as_ref().map(FlightGuard::digest)
+    }
+
+    /// Checks digest (and size, if given), makes the blob durable and visible, and links it
+    /// into `repo`. On a mismatch nothing becomes visible.
+    pub fn commit(
+        self,
+        repo: &str,
+        expected: Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        let Self { store, temp, guard } = self;
+        store.commit_temp(temp, guard, expected, expected_size, repo, |_| Ok(Ok(())))
+    }
+
+    /// Discards the bytes.
+    pub fn abort(self) {}
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_chunk(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`Store::ingest`] found for a digest known up front.
+#[derive(Debug)]
+pub enum Ingest {
+    /// The blob is already in the store (one lookup).
+    Present(BlobInfo),
+    /// This caller writes it; everyone else asking now waits for this writer.
+    Write(BlobWriter),
+    /// Another caller is writing it; wait for its result.
+    Wait(IngestWaiter),
+}
+
+/// A wait on another caller's ingest of the same digest.
+#[derive(Debug)]
+pub struct IngestWaiter(Waiter);
+
+impl IngestWaiter {
+    /// Blocks until the writer commits (the blob's info) or fails
+    /// ([`StoreError::IngestAbandoned`]; the caller may try again).
+    pub fn wait(self) -> Result<BlobInfo> {
+        let digest = self.0.digest();
+        match self.0.wait() {
+            Outcome::Committed(size) => Ok(BlobInfo { digest, size }),
+            Outcome::Failed(reason) => Err(StoreError::IngestAbandoned { digest, reason }),
+        }
+    }
+}
+
+/// An open blob for reading, positioned at its start.
+#[derive(Debug)]
+pub struct BlobReader {
+    file: File,
+    size: u64,
+}
+
+impl BlobReader {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads `len` bytes starting at `offset` (a `Range` request), clamped to the blob.
+    pub fn read_range(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let len = usize::try_from(end.saturating_sub(offset)).map_err(io::Error::other)?;
+        let mut out = vec![0; len];
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read_exact(&mut out)?;
+        Ok(out)
+    }
+
+    /// The file, for streaming.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Seek for BlobReader {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl Store {
+    /// A writer for a blob whose digest will be known at commit (uploads).
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        Ok(BlobWriter {
+            store: self.clone(),
+            temp: TempBlob::create(self.temp_path("ingest"))?,
+            guard: None,
+        })
+    }
+
+    /// Starts the ingest of a blob whose digest is known up front (the pull-through
+    /// mirror): present already, this caller writes it, or it waits for the caller who is.
+    pub fn ingest(&self, digest: Digest) -> Result<Ingest> {
+        if let Some(info) = self.blob(digest)? {
+            return Ok(Ingest::Present(info));
+        }
+        match self.inner.flights.claim(digest) {
+            Claim::Follower(waiter) => Ok(Ingest::Wait(IngestWaiter(waiter))),
+            Claim::Leader(guard) => {
+                // Someone may have committed between the lookup and the claim.
+                if let Some(info) = self.blob(digest)? {
+                    guard.finish(Outcome::Committed(info.size));
+                    return Ok(Ingest::Present(info));
+                }
+                Ok(Ingest::Write(BlobWriter {
+                    store: self.clone(),
+                    temp: TempBlob::create(self.temp_path("ingest"))?,
+                    guard: Some(guard),
+                }))
+            }
+        }
+    }
+
+    /// Stores a whole blob sent at once (a monolithic upload) and links it into `repo`.
+    pub fn put_blob(&self, repo: &str, expected: Digest, bytes: &[u8]) -> Result<BlobInfo> {
+        validate_repo(repo)?;
+        let mut writer = self.blob_writer()?;
+        writer.write_chunk(bytes)?;
+        writer.commit(repo, expected, Some(bytes.len() as u64))
+    }
+
+    /// The blob with this digest, in any repository.
+    pub fn blob(&self, digest: Digest) -> Result<Option<BlobInfo>> {
+        self.lookup_blob(None, digest)
+    }
+
+    /// The blob with this digest if it is part of `repo` (HEAD on a blob).
+    pub fn stat_blob(&self, repo: &str, digest: Digest) -> Result<Option<BlobInfo>> {
+        self.lookup_blob(Some(repo), digest)
+    }
+
+    fn lookup_blob(&self, repo: Option<&str>, digest: Digest) -> Result<Option<BlobInfo>> {
+        let action = "read blob";
+        let txn = self.read(action)?;
+        if let Some(repo) = repo {
+            let links = txn.open_table(tables::LINKS).map_err(StoreError::db(action))?;
+            if links
+                .get((repo, *digest.as_bytes()))
+                .map_err(StoreError::db(action))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+        }
+        let blobs = txn.open_table(tables::BLOBS).map_err(StoreError::db(action))?;
+        let row = blobs
+            .get(digest.as_bytes())
+            .map_err(StoreError::db(action))?;
+        Ok(row.map(|row| BlobInfo {
+            digest,
+            size: BlobRow::decode(row.value()).size,
+        }))
+    }
+
+    /// Opens a blob of `repo` for reading (GET on a blob). Call [`Store::touch`] for pulls
+    /// that should count as use.
+    pub fn open_blob(&self, repo: &str, digest: Digest) -> Result<Option<BlobReader>> {
+        let Some(info) = self.stat_blob(repo, digest)? else {
+            return Ok(None);
+        };
+        let path = self.inner.layout.blob(&digest);
+        match File::open(&path) {
+            Ok(file) => Ok(Some(BlobReader {
+                file,
+                size: info.size,
+            })),
+            // Swept between the lookup and the open: it is gone, as a later lookup says.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(StoreError::io("open blob", path)(err)),
+        }
+    }
+
+    /// Reads a whole blob (manifests, which are small).
+    pub(crate) fn read_blob_bytes(&self, digest: Digest) -> Result<Vec<u8>> {
+        let path = self.inner.layout.blob(&digest);
+        fs::read(&path).map_err(StoreError::io("read blob", path))
+    }
+
+    /// The commit path shared by every ingest: verify, fsync, claim the digest, rename
+    /// into place unless present, fsync the directory, then one transaction that inserts
+    /// (or touches) the blob row, runs `extra` and links the blob into `repo`.
+    ///
+    /// `extra` returns `Ok(Err(e))` to refuse the link (the blob row is still committed,
+    /// so the file never lacks its row) and `Err(e)` to abort the whole transaction.
+    pub(crate) fn commit_temp(
+        &self,
+        temp: TempBlob,
+        guard: Option<FlightGuard>,
+        expected: Digest,
+        expected_size: Option<u64>,
+        repo: &str,
+        extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
+    ) -> Result<BlobInfo> {
+        validate_repo(repo)?;
+        let (path, file, actual, size) = temp.finish()?;
+        let discard = |err: StoreError| {
+            let _ = fs::remove_file(&path);
+            Err(err)
+        };
+        if let Some(guard) = guard.as_ref()
+            && guard.digest() != expected
+        {
+            return discard(StoreError::DigestMismatch {
+                expected: guard.digest(),
+                actual: expected,
+            });
+        }
+        if actual != expected {
+            return discard(StoreError::DigestMismatch { expected, actual });
+        }
+        if let Some(expected) = expected_size
+            && expected != size
+        {
+            return discard(StoreError::SizeMismatch {
+                expected,
+                actual: size,
+            });
+        }
+        if self.inner.sync
+            && let Err(err) = file.sync_all()
+        {
+            return discard(StoreError::io("fsync", &path)(err));
+        }
+        drop(file);
+        let guard = match guard {
+            Some(guard) => guard,
+            None => self.inner.flights.claim_wait(expected),
+        };
+        let result = self.place_and_record(&path, expected, size, repo, extra);
+        match &result {
+            Ok(info) => guard.finish(Outcome::Committed(info.size)),
+            Err(err) => guard.finish(Outcome::Failed(err.to_string())),
+        }
+        result
+    }
+
+    fn place_and_record(
+        &self,
+        temp: &PathBuf,
+        digest: Digest,
+        size: u64,
+        repo: &str,
+        extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
+    ) -> Result<BlobInfo> {
+        let present = self.blob(digest)?.is_some();
+        if present {
+            let _ = fs::remove_file(temp);
+        } else {
+            self.place(temp, &digest)?;
+        }
+        let now = self.inner.clock.now_ms();
+        self.write("commit blob", |txn| {
+            let mut blobs = txn
+                .open_table(tables::BLOBS)
+                .map_err(StoreError::db("commit blob"))?;
+            let existing = blobs
+                .get(digest.as_bytes())
+                .map_err(StoreError::db("commit blob"))?
+                .map(|row| BlobRow::decode(row.value()));
+            let row = match existing {
+                Some(row) => BlobRow {
+                    accessed_ms: row.accessed_ms.max(now),
+                    ..row
+                },
+                None => BlobRow {
+                    size,
+                    created_ms: now,
+                    accessed_ms: now,
+                },
+            };
+            blobs
+                .insert(digest.as_bytes(), row.encode())
+                .map_err(StoreError::db("commit blob"))?;
+            drop(blobs);
+            self.protect([digest]);
+            match extra(txn)? {
+                Ok(()) => {
+                    let mut links = txn
+                        .open_table(tables::LINKS)
+                        .map_err(StoreError::db("commit blob"))?;
+                    links
+                        .insert((repo, *digest.as_bytes()), ())
+                        .map_err(StoreError::db("commit blob"))?;
+                    Ok(Ok(()))
+                }
+                Err(refused) => Ok(Err(refused)),
+            }
+        })??;
+        Ok(BlobInfo { digest, size })
+    }
+
+    /// Renames a verified, fsynced temp file to its digest path and makes the rename
+    /// durable.
+    fn place(&self, temp: &PathBuf, digest: &Digest) -> Result<()> {
+        let layout = &self.inner.layout;
+        let shard = layout.shard(digest);
+        if !shard.is_dir() {
+            match fs::create_dir(&shard) {
+                Ok(()) => {
+                    if self.inner.sync {
+                        sync_dir(&layout.blobs())?;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(StoreError::io("create directory", &shard)(err)),
+            }
+        }
+        let target = layout.blob(digest);
+        fs::rename(temp, &target).map_err(StoreError::io("rename into", &target))?;
+        if self.inner.sync {
+            sync_dir(&shard)?;
+        }
+        Ok(())
+    }
+
+    /// Writes bytes that are already in memory as a blob, through the same commit path.
+    pub(crate) fn commit_bytes(
+        &self,
+        repo: &str,
+        bytes: &[u8],
+        extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
+    ) -> Result<BlobInfo> {
+        let mut temp = TempBlob::create(self.temp_path("manifest"))?;
+        temp.write(bytes)?;
+        let digest = Digest::of(bytes);
+        self.commit_temp(temp, None, digest, Some(bytes.len() as u64), repo, extra)
+    }
+
+    /// Whether the database has a blob row for `digest` (inside a write transaction).
+    pub(crate) fn has_blob(txn: &WriteTransaction, digest: Digest) -> Result<bool> {
+        let blobs = txn
+            .open_table(tables::BLOBS)
+            .map_err(StoreError::db("read blob"))?;
+        Ok(blobs
+            .get(digest.as_bytes())
+            .map_err(StoreError::db("read blob"))?
+            .is_some())
+    }
+}

@@ -1,0 +1,502 @@
+//! GC decisions: the policy, the mark over a snapshot of the metadata, and the ordered
+//! list of what to sweep (pure: data in, plan out; no clock, no I/O).
+//!
+//! Roots are tags, unexpired leases, and blobs younger than the grace window (so that the
+//! layers of a push whose manifest has not arrived yet are safe). Reachability follows a
+//! manifest's references and its referrers (manifests whose subject it is). Policies act
+//! on tags, least recently used first: `keep_duration` evicts tags unused for longer,
+//! `keep_storage` is a hard ceiling (evict until the total is at or under it), `all`
+//! evicts every tag. Leases are never evicted; they expire.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::store::clock::millis;
+
+/// What a GC run may evict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Evict every tag (`prune --all`).
+    pub all: bool,
+    /// Evict least recently used tags until the total is at or under this many bytes.
+    pub keep_storage: Option<u64>,
+    /// Evict tags whose manifest was not used for longer than this.
+    pub keep_duration: Option<Duration>,
+}
+
+/// Why something was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Not reachable from any root and older than the grace window.
+    Unreachable,
+    /// A lease past its expiry.
+    LeaseExpired,
+    /// A tag evicted to bring the total under `keep_storage`.
+    KeepStorage,
+    /// A tag unused for longer than `keep_duration`.
+    KeepDuration,
+    /// A tag evicted by `prune --all`.
+    PruneAll,
+}
+
+impl Reason {
+    /// The reason as printed in audits and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::LeaseExpired => "lease-expired",
+            Self::KeepStorage => "keep-storage",
+            Self::KeepDuration => "keep-duration",
+            Self::PruneAll => "prune-all",
+        }
+    }
+}
+
+/// One blob row of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When it was committed.
+    pub created_ms: u64,
+    /// When it was last used.
+    pub accessed_ms: u64,
+}
+
+/// The metadata a mark needs, indexed for speed: blobs by position in digest order.
+#[derive(Debug, Default)]
+pub struct Graph {
+    /// Blobs sorted by digest.
+    pub nodes: Vec<Node>,
+    /// For each node: the positions it references, when it is a manifest.
+    edges: BTreeMap<u32, Vec<u32>>,
+    /// For each subject position: the referrer manifests' positions.
+    referrers: BTreeMap<u32, Vec<u32>>,
+    /// Tags as (repository, tag, position), sorted.
+    pub tags: Vec<(String, String, u32)>,
+    /// Leases as (name, expiry, positions), sorted by name.
+    pub leases: Vec<(String, u64, Vec<u32>)>,
+}
+
+/// A manifest as the graph builder takes it.
+#[derive(Debug, Clone)]
+pub struct ManifestEdges {
+    /// Its digest.
+    pub digest: Digest,
+    /// What it references.
+    pub references: Vec<Digest>,
+    /// Its subject.
+    pub subject: Option<Digest>,
+}
+
+impl Graph {
+    /// Builds the graph. `nodes` must be sorted by digest (redb's key order is). Rows that
+    /// point at digests without a blob row are ignored here; `verify` reports them.
+    pub fn new(
+        nodes: Vec<Node>,
+        manifests: impl IntoIterator<Item = ManifestEdges>,
+        tags: Vec<(String, String, Digest)>,
+        leases: Vec<(String, u64, Vec<Digest>)>,
+    ) -> Self {
+        let mut graph = Self {
+            nodes,
+            ..Self::default()
+        };
+        debug_assert!(graph.nodes.windows(2).all(|w| w[0].digest < w[1].digest));
+        for manifest in manifests {
+            let Some(at) = graph.position(&manifest.digest) else {
+                continue;
+            };
+            let refs: Vec<u32> = manifest
+                .references
+                .iter()
+                .filter_map(|d| graph.position(d))
+                .collect();
+            graph.edges.insert(at, refs);
+            if let Some(subject) = manifest.subject.and_then(|s| graph.position(&s)) {
+                graph.referrers.entry(subject).or_default().push(at);
+            }
+        }
+        graph.tags = tags
+            .into_iter()
+            .filter_map(|(repo, tag, d)| graph.position(&d).map(|at| (repo, tag, at)))
+            .collect();
+        graph.leases = leases
+            .into_iter()
+            .map(|(name, expires, digests)| {
+                let at = digests.iter().filter_map(|d| graph.position(d)).collect();
+                (name, expires, at)
+            })
+            .collect();
+        graph
+    }
+
+    /// The position of a digest.
+    pub fn position(&self, digest: &Digest) -> Option<u32> {
+        self.nodes
+            .binary_search_by(|node| node.digest.cmp(digest))
+            .ok()
+            .and_then(|at| u32::try_from(at).ok())
+    }
+
+    /// Whether the node at `at` is a manifest.
+    pub fn is_manifest(&self, at: u32) -> bool {
+        self.edges.contains_key(&at)
+    }
+
+    /// Marks everything reachable from `from` that is not marked yet; returns the newly
+    /// marked positions.
+    pub fn mark(&self, marks: &mut [bool], from: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let mut newly = Vec::new();
+        let mut stack: Vec<u32> = from.into_iter().collect();
+        while let Some(at) = stack.pop() {
+            let slot = &mut marks[at as usize];
+            if *slot {
+                continue;
+            }
+            *slot = true;
+            newly.push(at);
+            if let Some(refs) = self.edges.get(&at) {
+                stack.extend(refs.iter().copied());
+            }
+            if let Some(referrers) = self.referrers.get(&at) {
+                stack.extend(referrers.iter().copied());
+            }
+        }
+        newly
+    }
+
+    /// What the node at `at` leads to: its references and its referrers.
+    pub fn children(&self, at: u32) -> impl Iterator<Item = u32> + '_ {
+        let refs = self.edges.get(&at).map(Vec::as_slice).unwrap_or(&[]);
+        let referrers = self.referrers.get(&at).map(Vec::as_slice).unwrap_or(&[]);
+        refs.iter().chain(referrers).copied()
+    }
+
+    fn size_of(&self, positions: &[u32]) -> u64 {
+        positions
+            .iter()
+            .map(|&at| self.nodes[at as usize].size)
+            .sum()
+    }
+
+    /// The total size of every blob.
+    pub fn total(&self) -> u64 {
+        self.nodes.iter().map(|n| n.size).sum()
+    }
+}
+
+/// A tag chosen for eviction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// The repository.
+    pub repo: String,
+    /// The tag.
+    pub tag: String,
+    /// What it pointed to at the mark (the sweep removes it only if it still does).
+    pub digest: Digest,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// What one GC run will do, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Tags to remove first.
+    pub evictions: Vec<Eviction>,
+    /// Leases past their expiry.
+    pub expired_leases: Vec<String>,
+    /// Blobs to sweep: manifests before what they reference, then plain blobs. Each with
+    /// its size.
+    pub sweep: Vec<(Digest, u64, bool)>,
+    /// Bytes of every blob at the mark.
+    pub bytes_before: u64,
+    /// Bytes that stay.
+    pub bytes_after: u64,
+    /// Set when `keep_storage` could not be met (leases and the grace window hold more).
+    pub ceiling_unmet: bool,
+}
+
+/// Decides what a GC run removes, given the snapshot, the policy, the grace window and
+/// the time.
+pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Plan {
+    let grace_ms = millis(grace);
+    let mut marks = vec![false; graph.nodes.len()];
+    let mut plan = Plan {
+        bytes_before: graph.total(),
+        ..Plan::default()
+    };
+    // Pinned roots: unexpired leases and the grace window. Policies never touch them.
+    let mut pinned = Vec::new();
+    for (name, expires, positions) in &graph.leases {
+        if *expires > now_ms {
+            pinned.extend(positions.iter().copied());
+        } else {
+            plan.expired_leases.push(name.clone());
+        }
+    }
+    pinned.extend(
+        (0..graph.nodes.len())
+            .filter(|&at| graph.nodes[at].created_ms.saturating_add(grace_ms) > now_ms)
+            .filter_map(|at| u32::try_from(at).ok()),
+    );
+    let mut total = graph.size_of(&graph.mark(&mut marks, pinned));
+
+    // Tags, newest first; ties by (repository, tag) so the choice is deterministic.
+    let mut tags: Vec<&(String, String, u32)> = graph.tags.iter().collect();
+    tags.sort_by(|a, b| {
+        let used = |t: &(String, String, u32)| graph.nodes[t.2 as usize].accessed_ms;
+        used(b)
+            .cmp(&used(a))
+            .then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1)))
+    });
+    let mut over_ceiling = false;
+    for (repo, tag, at) in tags {
+        let last_used = graph.nodes[*at as usize].accessed_ms;
+        let reason = if policy.all {
+            Some(Reason::PruneAll)
+        } else if policy
+            .keep_duration
+            .is_some_and(|keep| last_used.saturating_add(millis(keep)) < now_ms)
+        {
+            Some(Reason::KeepDuration)
+        } else if over_ceiling {
+            Some(Reason::KeepStorage)
+        } else {
+            let added = graph.mark(&mut marks, [*at]);
+            let added_bytes = graph.size_of(&added);
+            if policy
+                .keep_storage
+                .is_some_and(|ceiling| total + added_bytes > ceiling)
+            {
+                for at in added {
+                    marks[at as usize] = false;
+                }
+                over_ceiling = true;
+                Some(Reason::KeepStorage)
+            } else {
+                total += added_bytes;
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            plan.evictions.push(Eviction {
+                repo: repo.clone(),
+                tag: tag.clone(),
+                digest: graph.nodes[*at as usize].digest,
+                reason,
+            });
+        }
+    }
+    plan.evictions
+        .sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
+    plan.bytes_after = total;
+    plan.ceiling_unmet = policy.keep_storage.is_some_and(|ceiling| total > ceiling);
+
+    // Sweep order: a manifest before anything it references, so that a crash between two
+    // batches never leaves a manifest whose reference is gone.
+    let mut order = Vec::new();
+    let mut visited = vec![false; graph.nodes.len()];
+    for (&at, _) in graph.edges.iter() {
+        if !marks[at as usize] {
+            post_order(graph, &marks, &mut visited, at, &mut order);
+        }
+    }
+    order.reverse();
+    for at in order {
+        let node = graph.nodes[at as usize];
+        plan.sweep.push((node.digest, node.size, true));
+    }
+    for (at, node) in graph.nodes.iter().enumerate() {
+        if !marks[at] && !graph.edges.contains_key(&(at as u32)) {
+            plan.sweep.push((node.digest, node.size, false));
+        }
+    }
+    plan
+}
+
+/// Depth-first post-order over unmarked manifests (iterative: index chains can be deep).
+fn post_order(graph: &Graph, marks: &[bool], visited: &mut [bool], start: u32, out: &mut Vec<u32>) {
+    if visited[start as usize] {
+        return;
+    }
+    visited[start as usize] = true;
+    let mut stack = vec![(start, 0usize)];
+    while let Some((at, next)) = stack.pop() {
+        let refs = graph.edges.get(&at).map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(&child) = refs.get(next) {
+            stack.push((at, next + 1));
+            let child_at = child as usize;
+            if !marks[child_at] && !visited[child_at] && graph.edges.contains_key(&child) {
+                visited[child_at] = true;
+                stack.push((child, 0));
+            }
+        } else {
+            out.push(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u8, size: u64, created_ms: u64, accessed_ms: u64) -> Node {
+        Node {
+            digest: Digest::of(&[n]),
+            size,
+            created_ms,
+            accessed_ms,
+        }
+    }
+
+    fn graph(nodes: Vec<Node>, manifests: Vec<(u8, Vec<u8>)>, tags: Vec<(&str, u8)>) -> Graph {
+        let mut nodes = nodes;
+        nodes.sort_by_key(|n| n.digest);
+        Graph::new(
+            nodes,
+            manifests.into_iter().map(|(m, refs)| ManifestEdges {
+                digest: Digest::of(&[m]),
+                references: refs.iter().map(|r| Digest::of(&[*r])).collect(),
+                subject: None,
+            }),
+            tags.into_iter()
+                .map(|(t, m)| ("r".to_owned(), t.to_owned(), Digest::of(&[m])))
+                .collect(),
+            Vec::new(),
+        )
+    }
+
+    const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn unreachable_old_blobs_are_swept_and_manifests_come_before_their_layers() {
+        // m1 (tagged) -> b1; m2 (untagged) -> m3 -> b2; b3 loose.
+        let g = graph(
+            vec![
+                node(1, 10, 0, 0),
+                node(2, 20, 0, 0),
+                node(3, 30, 0, 0),
+                node(11, 1, 0, 0),
+                node(12, 1, 0, 0),
+                node(13, 1, 0, 0),
+            ],
+            vec![(11, vec![1]), (12, vec![13]), (13, vec![2])],
+            vec![("v1", 11)],
+        );
+        let plan = plan(&g, &Policy::default(), Duration::from_secs(600), 10 * HOUR);
+        let swept: Vec<Digest> = plan.sweep.iter().map(|s| s.0).collect();
+        let pos = |n: u8| swept.iter().position(|d| *d == Digest::of(&[n])).unwrap();
+        assert_eq!(swept.len(), 4);
+        assert!(pos(12) < pos(13) && pos(13) < pos(2));
+        assert!(!swept.contains(&Digest::of(&[1])));
+        assert_eq!(plan.bytes_after, 11);
+    }
+
+    #[test]
+    fn the_grace_window_keeps_recent_blobs() {
+        let g = graph(vec![node(1, 10, 9 * HOUR + 1, 0)], vec![], vec![]);
+        let grace = Duration::from_secs(3600);
+        assert!(
+            plan(&g, &Policy::default(), grace, 10 * HOUR)
+                .sweep
+                .is_empty()
+        );
+        assert_eq!(
+            plan(&g, &Policy::default(), Duration::ZERO, 10 * HOUR)
+                .sweep
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn keep_storage_is_a_ceiling_evicting_least_recently_used_first() {
+        // Three tagged images of 100 bytes each, used at hours 1, 2, 3.
+        let g = graph(
+            vec![
+                node(1, 99, 0, 0),
+                node(2, 99, 0, 0),
+                node(3, 99, 0, 0),
+                node(11, 1, 0, HOUR),
+                node(12, 1, 0, 2 * HOUR),
+                node(13, 1, 0, 3 * HOUR),
+            ],
+            vec![(11, vec![1]), (12, vec![2]), (13, vec![3])],
+            vec![("a", 11), ("b", 12), ("c", 13)],
+        );
+        let policy = Policy {
+            keep_storage: Some(250),
+            ..Policy::default()
+        };
+        let plan = plan(&g, &policy, Duration::ZERO, 10 * HOUR);
+        let evicted: Vec<&str> = plan.evictions.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(evicted, ["a"]);
+        assert_eq!(plan.bytes_after, 200);
+        assert!(!plan.ceiling_unmet);
+    }
+
+    #[test]
+    fn keep_duration_and_all_evict_by_age_and_entirely() {
+        let g = graph(
+            vec![node(11, 1, 0, HOUR), node(12, 1, 0, 9 * HOUR)],
+            vec![(11, vec![]), (12, vec![])],
+            vec![("old", 11), ("new", 12)],
+        );
+        let by_age = Policy {
+            keep_duration: Some(Duration::from_secs(2 * 3600)),
+            ..Policy::default()
+        };
+        let evicted = plan(&g, &by_age, Duration::ZERO, 10 * HOUR).evictions;
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(
+            (evicted[0].tag.as_str(), evicted[0].reason),
+            ("old", Reason::KeepDuration)
+        );
+        let all = Policy {
+            all: true,
+            ..Policy::default()
+        };
+        let plan = plan(&g, &all, Duration::ZERO, 10 * HOUR);
+        assert_eq!(plan.evictions.len(), 2);
+        assert_eq!(plan.sweep.len(), 2);
+        assert_eq!(plan.bytes_after, 0);
+    }
+
+    #[test]
+    fn leases_hold_until_they_expire_and_referrers_follow_their_subject() {
+        let mut nodes = vec![node(1, 10, 0, 0), node(11, 1, 0, 0), node(21, 1, 0, 0)];
+        nodes.sort_by_key(|n| n.digest);
+        let g = Graph::new(
+            nodes,
+            [
+                ManifestEdges {
+                    digest: Digest::of(&[11]),
+                    references: vec![Digest::of(&[1])],
+                    subject: None,
+                },
+                ManifestEdges {
+                    digest: Digest::of(&[21]),
+                    references: vec![],
+                    subject: Some(Digest::of(&[11])),
+                },
+            ],
+            Vec::new(),
+            vec![("build".into(), 5 * HOUR, vec![Digest::of(&[11])])],
+        );
+        let held = plan(&g, &Policy::default(), Duration::ZERO, 4 * HOUR);
+        assert!(
+            held.sweep.is_empty(),
+            "lease holds manifest, layer and referrer"
+        );
+        let expired = plan(&g, &Policy::default(), Duration::ZERO, 6 * HOUR);
+        assert_eq!(expired.expired_leases, ["build"]);
+        assert_eq!(expired.sweep.len(), 3);
+    }
+}

@@ -1,0 +1,282 @@
+//! The [`Store`] handle: opening a root (lock, database, recovery), the shared state of
+//! one open store, and the helpers every operation uses (I/O: filesystem and redb).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+
+use crate::digest::Digest;
+use crate::store::blobs::UploadSession;
+use crate::store::clock::Clock;
+use crate::store::error::{Result, StoreError};
+use crate::store::flight::{Flights, lock};
+use crate::store::layout::{Layout, RootLock};
+use crate::store::tables;
+use crate::store::verify::RecoveryReport;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Create the root and an empty store when there is none (`false` for the offline CLI,
+    /// which must not invent a store where the user mistyped a path).
+    pub create: bool,
+    /// Where "now" comes from.
+    pub clock: Clock,
+    /// Fsync blobs, directories and commits. Only tests of logic (not of durability) turn
+    /// it off: without it a crash may lose what was committed.
+    pub sync: bool,
+    /// Memory redb may use to cache pages.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            clock: Clock::System,
+            sync: true,
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// An open store. Cheap to clone (an `Arc`); `Send + Sync`; every method is synchronous
+/// and may block on disk I/O, so async callers run it in `spawn_blocking`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The state one open store shares between its clones.
+pub(crate) struct Inner {
+    pub layout: Layout,
+    pub db: Database,
+    pub clock: Clock,
+    pub sync: bool,
+    pub flights: Arc<Flights>,
+    /// Upload sessions by id. Each has its own lock, so chunks of different uploads are
+    /// written in parallel.
+    pub uploads: Mutex<BTreeMap<String, Arc<Mutex<UploadSession>>>>,
+    /// Last-access times not yet written: a pull costs a map insert, not a transaction.
+    pub pending_access: Mutex<BTreeMap<Digest, u64>>,
+    /// While a GC runs: every digest that a committed mutation made reachable since its
+    /// mark (the write barrier the sweep re-checks against).
+    pub barrier: Mutex<Option<BTreeSet<Digest>>>,
+    /// One GC or verify at a time.
+    pub maintenance: Mutex<()>,
+    pub temp_seq: AtomicU64,
+    pub recovery: Mutex<RecoveryReport>,
+    // Dropped last: the database is closed before another process may take the root.
+    _lock: RootLock,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.layout.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: a clean shutdown keeps the access times of the last pulls.
+        if let Err(err) = flush_access(self) {
+            tracing::warn!(error = %err, "could not write last-access times while closing the store");
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store under `root`: takes the lock, opens (or creates) the database,
+    /// then recovers from whatever a crash left (see [`RecoveryReport`]).
+    pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let StoreOptions {
+            create,
+            clock,
+            sync,
+            cache_bytes,
+        } = options;
+        let layout = Layout::new(root.as_ref());
+        if !create && !layout.meta().is_file() {
+            return Err(StoreError::Missing {
+                root: layout.root().to_owned(),
+            });
+        }
+        fs::create_dir_all(layout.root()).map_err(StoreError::io("create", layout.root()))?;
+        let root_lock = RootLock::acquire(&layout)?;
+        layout.create_dirs()?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(layout.meta())
+            .map_err(StoreError::db("open meta.redb"))?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                layout,
+                db,
+                clock,
+                sync,
+                flights: Arc::default(),
+                uploads: Mutex::default(),
+                pending_access: Mutex::default(),
+                barrier: Mutex::default(),
+                maintenance: Mutex::default(),
+                temp_seq: AtomicU64::new(0),
+                recovery: Mutex::default(),
+                _lock: root_lock,
+            }),
+        };
+        store.write("create tables", |txn| {
+            txn.open_table(tables::BLOBS)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::MANIFESTS)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::TAGS)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::LINKS)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::REFERRERS)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::LEASES)
+                .map_err(StoreError::db("create tables"))?;
+            txn.open_table(tables::UPLOADS)
+                .map_err(StoreError::db("create tables"))?;
+            Ok(())
+        })?;
+        let report = store.recover()?;
+        if !report.is_clean() {
+            tracing::warn!(root = %store.root().display(), ?report, "recovered the cache store after an unclean stop");
+        }
+        *lock(&store.inner.recovery) = report;
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        self.inner.layout.root()
+    }
+
+    /// The on-disk layout.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The clock the store reads.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// What start-up recovery found and did.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        lock(&self.inner.recovery).clone()
+    }
+
+    /// Writes pending access times and closes the store, releasing the root.
+    pub fn close(self) -> Result<()> {
+        flush_access(&self.inner).map(drop)
+    }
+
+    /// Simulates a crash for tests: drops the store without writing pending access times.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        lock(&self.inner.pending_access).clear();
+    }
+
+    /// Records that `digest` was used now (a pull). Costs a map insert; the time reaches
+    /// the database with the next [`Store::flush_access`] (the registry calls it on a
+    /// timer; GC, du and close call it first).
+    pub fn touch(&self, digest: Digest) {
+        let now = self.inner.clock.now_ms();
+        let mut pending = lock(&self.inner.pending_access);
+        let entry = pending.entry(digest).or_insert(now);
+        *entry = (*entry).max(now);
+    }
+
+    /// Writes the pending access times in one transaction; returns how many rows changed.
+    pub fn flush_access(&self) -> Result<usize> {
+        flush_access(&self.inner)
+    }
+
+    /// Runs `body` in one write transaction and commits it. Every mutation of the store
+    /// goes through here, so each is one transaction that updates every table it touches.
+    pub(crate) fn write<T>(
+        &self,
+        action: &'static str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        write(&self.inner, action, body)
+    }
+
+    /// A read transaction: a consistent snapshot.
+    pub(crate) fn read(&self, action: &'static str) -> Result<ReadTransaction> {
+        self.inner.db.begin_read().map_err(StoreError::db(action))
+    }
+
+    /// Records digests that a mutation (about to commit) makes reachable, so that a GC
+    /// sweeping concurrently keeps them. Call it inside the write transaction.
+    pub(crate) fn protect(&self, digests: impl IntoIterator<Item = Digest>) {
+        if let Some(set) = lock(&self.inner.barrier).as_mut() {
+            set.extend(digests);
+        }
+    }
+
+    /// A fresh temp path, unique within this process (only one process has the root).
+    pub(crate) fn temp_path(&self, kind: &str) -> PathBuf {
+        let seq = self.inner.temp_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner.layout.tmp().join(format!("{kind}-{seq}"))
+    }
+}
+
+fn write<T>(
+    inner: &Inner,
+    action: &'static str,
+    body: impl FnOnce(&WriteTransaction) -> Result<T>,
+) -> Result<T> {
+    let mut txn = inner.db.begin_write().map_err(StoreError::db(action))?;
+    if !inner.sync {
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::db(action))?;
+    }
+    let value = body(&txn)?;
+    txn.commit().map_err(StoreError::db(action))?;
+    Ok(value)
+}
+
+fn flush_access(inner: &Inner) -> Result<usize> {
+    let pending = std::mem::take(&mut *lock(&inner.pending_access));
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    write(inner, "write access times", |txn| {
+        let mut blobs = txn
+            .open_table(tables::BLOBS)
+            .map_err(StoreError::db("write access times"))?;
+        let mut changed = 0;
+        for (digest, at) in pending {
+            let Some(row) = blobs
+                .get(digest.as_bytes())
+                .map_err(StoreError::db("write access times"))?
+                .map(|row| tables::BlobRow::decode(row.value()))
+            else {
+                continue;
+            };
+            if row.accessed_ms < at {
+                let row = tables::BlobRow {
+                    accessed_ms: at,
+                    ..row
+                };
+                blobs
+                    .insert(digest.as_bytes(), row.encode())
+                    .map_err(StoreError::db("write access times"))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    })
+}

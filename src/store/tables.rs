@@ -1,0 +1,142 @@
+//! The metadata schema: redb table definitions and the rows they hold (pure encoding).
+//!
+//! Keys are digests as their 32 raw bytes and names as strings, so redb's key order is
+//! the order of every listing (invariant 6: no listing depends on hash-map order).
+//! A repository exists while it has a link; it has no row of its own, so there is no
+//! count to leak.
+
+use std::collections::BTreeMap;
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::store::error::{Result, StoreError};
+
+/// digest → (size, created ms, last access ms). Every blob, manifests included.
+pub const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64)> = TableDefinition::new("blobs");
+/// digest → [`ManifestRow`] as JSON. A manifest is also a blob (its exact bytes).
+pub const MANIFESTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("manifests");
+/// (repository, tag) → manifest digest.
+pub const TAGS: TableDefinition<(&str, &str), [u8; 32]> = TableDefinition::new("tags");
+/// (repository, digest) → (): the blob or manifest is part of that repository.
+pub const LINKS: TableDefinition<(&str, [u8; 32]), ()> = TableDefinition::new("links");
+/// (subject digest, referrer manifest digest) → (): the referrers index.
+pub const REFERRERS: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("referrers");
+/// lease name → [`LeaseRow`] as JSON.
+pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// upload id → [`UploadRow`] as JSON.
+pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+/// A blob row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRow {
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was first committed (ms after the epoch).
+    pub created_ms: u64,
+    /// When it was last pulled, pushed or committed (ms after the epoch).
+    pub accessed_ms: u64,
+}
+
+impl BlobRow {
+    /// The tuple stored in [`BLOBS`].
+    pub fn encode(self) -> (u64, u64, u64) {
+        (self.size, self.created_ms, self.accessed_ms)
+    }
+
+    /// Reads the tuple stored in [`BLOBS`].
+    pub fn decode((size, created_ms, accessed_ms): (u64, u64, u64)) -> Self {
+        Self {
+            size,
+            created_ms,
+            accessed_ms,
+        }
+    }
+}
+
+/// A manifest row: what the store needs without reading the manifest's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRow {
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// Everything it references (sorted).
+    pub references: Vec<Digest>,
+    /// Its subject, if it is a referrer.
+    pub subject: Option<Digest>,
+    /// Its artifact type, for the referrers API.
+    pub artifact_type: Option<String>,
+    /// Its annotations, for the referrers API.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A lease row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// When it expires (ms after the epoch).
+    pub expires_ms: u64,
+    /// What it holds (sorted).
+    pub digests: Vec<Digest>,
+}
+
+/// An upload session row (the bytes so far live in a temp file and in memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRow {
+    /// The repository it will be linked into.
+    pub repo: String,
+    /// When it started (ms after the epoch).
+    pub started_ms: u64,
+}
+
+/// Encodes a JSON row.
+pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail: no maps with non-string keys, no
+    // fallible Serialize impls.
+    serde_json::to_vec(row).unwrap_or_default()
+}
+
+/// Decodes a JSON row of `table`.
+pub fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::RowCorrupt {
+        table,
+        reason: err.to_string(),
+    })
+}
+
+/// The digest stored as a key or value.
+pub fn digest(bytes: [u8; 32]) -> Digest {
+    Digest::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip() {
+        let row = ManifestRow {
+            media_type: "m".into(),
+            references: vec![Digest::of(b"a")],
+            subject: Some(Digest::of(b"s")),
+            artifact_type: None,
+            annotations: BTreeMap::from([("k".into(), "v".into())]),
+        };
+        assert_eq!(
+            decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),
+            row
+        );
+        assert!(matches!(
+            decode::<LeaseRow>("leases", b"{"),
+            Err(StoreError::RowCorrupt {
+                table: "leases",
+                ..
+            })
+        ));
+        let blob = BlobRow {
+            size: 1,
+            created_ms: 2,
+            accessed_ms: 3,
+        };
+        assert_eq!(BlobRow::decode(blob.encode()), blob);
+    }
+}

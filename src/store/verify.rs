@@ -1,0 +1,719 @@
+//! Start-up recovery and `verify`: reconcile blob files with rows, rehash, quarantine, and
+//! drop what depended on a lost blob (filesystem and redb I/O).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use redb::{ReadableTable, WriteTransaction};
+use serde::Serialize;
+
+use crate::digest::{Digest, Hasher};
+use crate::store::error::{Result, StoreError};
+use crate::store::flight::lock;
+use crate::store::handle::Store;
+use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
+
+/// One thing `verify` (or recovery) found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "problem", rename_all = "kebab-case")]
+pub enum Problem {
+    /// A blob row whose file is missing.
+    FileMissing {
+        /// The blob.
+        digest: Digest,
+    },
+    /// A blob file whose bytes do not hash to its name.
+    Corrupt {
+        /// The name.
+        digest: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// A blob file whose size is not its row's.
+    SizeMismatch {
+        /// The blob.
+        digest: Digest,
+        /// The row's size.
+        expected: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// A file under `blobs/` without a row.
+    Orphan {
+        /// The path, relative to the root.
+        path: String,
+    },
+    /// A file in `tmp/` that no live upload owns.
+    StrayTemp {
+        /// The path, relative to the root.
+        path: String,
+    },
+    /// A row that points at a digest without a blob row.
+    Dangling {
+        /// The table.
+        table: &'static str,
+        /// The row's key, as text.
+        key: String,
+        /// The missing digest.
+        missing: Digest,
+    },
+    /// An upload row without a live session.
+    UploadDead {
+        /// The upload id.
+        id: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FileMissing { digest } => write!(f, "blob {digest}: file missing"),
+            Self::Corrupt { digest, actual } => {
+                write!(f, "blob {digest}: content hashes to {actual}")
+            }
+            Self::SizeMismatch {
+                digest,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "blob {digest}: file is {actual} bytes, row says {expected}"
+            ),
+            Self::Orphan { path } => write!(f, "{path}: file without a row"),
+            Self::StrayTemp { path } => write!(f, "{path}: temp file of no live upload"),
+            Self::Dangling {
+                table,
+                key,
+                missing,
+            } => write!(f, "{table} row {key} points at missing {missing}"),
+            Self::UploadDead { id } => write!(f, "upload {id}: row without a session"),
+        }
+    }
+}
+
+/// One file's check: its digest, its row's size, and what hashing (or sizing) found.
+type FileCheck = (Digest, u64, std::io::Result<(Digest, u64)>);
+
+/// What start-up recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    /// Temp files of dead uploads and ingests, removed.
+    pub temp_files_removed: u64,
+    /// Upload rows of sessions lost with the previous process, removed.
+    pub uploads_removed: u64,
+    /// Blob files without rows that hashed correctly and were adopted.
+    pub adopted: Vec<Digest>,
+    /// Files without rows that did not hash to their name, moved to quarantine.
+    pub quarantined: Vec<String>,
+    /// Rows whose file was missing, dropped with everything that depended on them.
+    pub dropped: Vec<Digest>,
+}
+
+impl RecoveryReport {
+    /// Whether there was nothing to recover.
+    pub fn is_clean(&self) -> bool {
+        self.temp_files_removed == 0
+            && self.uploads_removed == 0
+            && self.adopted.is_empty()
+            && self.quarantined.is_empty()
+            && self.dropped.is_empty()
+    }
+}
+
+/// How to verify.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct VerifyOptions {
+    /// Fix what is found: quarantine corrupt files, drop what depended on them, remove
+    /// dangling rows, adopt or quarantine orphan files, remove stray temp files.
+    pub repair: bool,
+    /// Rehash every blob (the expensive part); without it only sizes are checked.
+    pub rehash: bool,
+    /// Threads hashing at once.
+    pub parallelism: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            repair: false,
+            rehash: true,
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// What `verify` found (and, with repair, did).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Blob files checked.
+    pub blobs_checked: u64,
+    /// Bytes rehashed.
+    pub bytes_checked: u64,
+    /// Problems found, sorted.
+    pub problems: Vec<Problem>,
+    /// Whether they were repaired.
+    pub repaired: bool,
+    /// Files moved to quarantine.
+    pub quarantined: Vec<String>,
+    /// Digests dropped, with everything that depended on them.
+    pub dropped: Vec<Digest>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The digests of every file under `blobs/`, plus the paths that are not blob names.
+fn scan_blob_files(blobs_dir: &Path) -> Result<(BTreeMap<Digest, PathBuf>, Vec<PathBuf>)> {
+    let mut files = BTreeMap::new();
+    let mut strays = Vec::new();
+    let shards = match fs::read_dir(blobs_dir) {
+        Ok(shards) => shards,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((files, strays)),
+        Err(err) => return Err(StoreError::io("list", blobs_dir)(err)),
+    };
+    for shard in shards {
+        let shard = shard.map_err(StoreError::io("list", blobs_dir))?;
+        let shard_path = shard.path();
+        if !shard_path.is_dir() {
+            strays.push(shard_path);
+            continue;
+        }
+        let shard_name = shard.file_name().to_string_lossy().into_owned();
+        for entry in fs::read_dir(&shard_path).map_err(StoreError::io("list", &shard_path))? {
+            let entry = entry.map_err(StoreError::io("list", &shard_path))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match Digest::from_hex(&name) {
+                Ok(digest) if name.starts_with(&shard_name) => {
+                    files.insert(digest, entry.path());
+                }
+                _ => strays.push(entry.path()),
+            }
+        }
+    }
+    Ok((files, strays))
+}
+
+/// Hashes a file.
+fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finish(), size))
+}
+
+impl Store {
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(self.root())
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    /// Moves a file to `quarantine/`, keeping it for people to look at.
+    fn quarantine(&self, path: &Path) -> Result<String> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".to_owned());
+        let target = self
+            .inner
+            .layout
+            .quarantine()
+            .join(format!("{name}.{}", self.inner.clock.now_ms()));
+        fs::rename(path, &target).map_err(StoreError::io("quarantine", path))?;
+        Ok(self.relative(&target))
+    }
+
+    /// Start-up recovery: remove temp files and upload rows of the dead process, adopt or
+    /// quarantine blob files without rows, drop rows whose file is missing (and what
+    /// depended on them).
+    pub(crate) fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let tmp = self.inner.layout.tmp();
+        for entry in fs::read_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
+            let path = entry.map_err(StoreError::io("list", &tmp))?.path();
+            fs::remove_file(&path).map_err(StoreError::io("remove temp file", &path))?;
+            report.temp_files_removed += 1;
+        }
+        report.uploads_removed = self.write("remove dead uploads", |txn| {
+            let mut uploads = txn
+                .open_table(tables::UPLOADS)
+                .map_err(StoreError::db("remove dead uploads"))?;
+            let removed = uploads
+                .extract_if(|_, _| true)
+                .map_err(StoreError::db("remove dead uploads"))?
+                .count();
+            Ok(removed as u64)
+        })?;
+        let (files, strays) = scan_blob_files(&self.inner.layout.blobs())?;
+        for stray in strays {
+            if stray.is_file() {
+                report.quarantined.push(self.quarantine(&stray)?);
+            }
+        }
+        let rows = self.blob_rows()?;
+        let mut adopt = Vec::new();
+        for (digest, path) in &files {
+            if rows.contains_key(digest) {
+                continue;
+            }
+            match hash_file(path) {
+                Ok((actual, size)) if actual == *digest => adopt.push((*digest, size)),
+                _ => report.quarantined.push(self.quarantine(path)?),
+            }
+        }
+        let missing: BTreeSet<Digest> = rows
+            .keys()
+            .filter(|digest| !files.contains_key(digest))
+            .copied()
+            .collect();
+        let now = self.inner.clock.now_ms();
+        let (dropped, _) = self.write("recover", |txn| {
+            let mut blobs = txn
+                .open_table(tables::BLOBS)
+                .map_err(StoreError::db("recover"))?;
+            for (digest, size) in &adopt {
+                let row = BlobRow {
+                    size: *size,
+                    created_ms: now,
+                    accessed_ms: now,
+                };
+                blobs
+                    .insert(digest.as_bytes(), row.encode())
+                    .map_err(StoreError::db("recover"))?;
+            }
+            drop(blobs);
+            drop_digests(txn, &missing)
+        })?;
+        self.remove_files(&dropped, &missing)?;
+        report.adopted = adopt.into_iter().map(|(d, _)| d).collect();
+        report.dropped = dropped.into_iter().collect();
+        Ok(report)
+    }
+
+    /// Removes the files of digests dropped because something they depended on is gone
+    /// (skipping those whose file is already missing).
+    fn remove_files(
+        &self,
+        dropped: &BTreeSet<Digest>,
+        already_gone: &BTreeSet<Digest>,
+    ) -> Result<()> {
+        for digest in dropped.difference(already_gone) {
+            let path = self.inner.layout.blob(digest);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::io("remove blob", path)(err)),
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_rows(&self) -> Result<BTreeMap<Digest, BlobRow>> {
+        let txn = self.read("read blobs")?;
+        let blobs = txn
+            .open_table(tables::BLOBS)
+            .map_err(StoreError::db("read blobs"))?;
+        let mut rows = BTreeMap::new();
+        for entry in blobs.iter().map_err(StoreError::db("read blobs"))? {
+            let (key, value) = entry.map_err(StoreError::db("read blobs"))?;
+            rows.insert(tables::digest(key.value()), BlobRow::decode(value.value()));
+        }
+        Ok(rows)
+    }
+
+    /// Checks every blob file against its row (and, with `rehash`, its content), every
+    /// row against the rows it points at, and the temp area; with `repair`, fixes what it
+    /// found. Holds the maintenance lock (no GC meanwhile); pushes and pulls go on.
+    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+        let _one_at_a_time = lock(&self.inner.maintenance);
+        let mut report = VerifyReport {
+            repaired: options.repair,
+            ..VerifyReport::default()
+        };
+        // Files first, then rows: an ingest renames before it commits its row, so a row
+        // read later whose file the scan missed is looked up again, not reported.
+        let (mut files, strays) = scan_blob_files(&self.inner.layout.blobs())?;
+        let rows = self.blob_rows()?;
+        for digest in rows.keys() {
+            let path = self.inner.layout.blob(digest);
+            if !files.contains_key(digest) && path.exists() {
+                files.insert(*digest, path);
+            }
+        }
+        let mut orphans = Vec::new();
+        for stray in &strays {
+            report.problems.push(Problem::Orphan {
+                path: self.relative(stray),
+            });
+        }
+        for (digest, path) in &files {
+            if !rows.contains_key(digest) && self.inner.flights.try_claim(*digest).is_some() {
+                report.problems.push(Problem::Orphan {
+                    path: self.relative(path),
+                });
+                orphans.push(path.clone());
+            }
+        }
+        let mut missing = BTreeSet::new();
+        let mut corrupt = BTreeMap::new();
+        for digest in rows.keys() {
+            if !files.contains_key(digest) {
+                report
+                    .problems
+                    .push(Problem::FileMissing { digest: *digest });
+                missing.insert(*digest);
+            }
+        }
+        let present: Vec<(Digest, u64)> = rows
+            .iter()
+            .filter(|(d, _)| files.contains_key(d))
+            .map(|(d, r)| (*d, r.size))
+            .collect();
+        let checked = self.check_files(&present, options)?;
+        for (digest, expected, result) in checked {
+            report.blobs_checked += 1;
+            match result {
+                Ok((actual, size)) => {
+                    report.bytes_checked += size;
+                    if actual != digest {
+                        report.problems.push(Problem::Corrupt { digest, actual });
+                        corrupt.insert(digest, ());
+                    } else if size != expected {
+                        report.problems.push(Problem::SizeMismatch {
+                            digest,
+                            expected,
+                            actual: size,
+                        });
+                        corrupt.insert(digest, ());
+                    }
+                }
+                Err(_) => {
+                    report.problems.push(Problem::FileMissing { digest });
+                    missing.insert(digest);
+                }
+            }
+        }
+        report.problems.extend(self.dangling_rows()?);
+        let live: BTreeSet<String> = lock(&self.inner.uploads).keys().cloned().collect();
+        let tmp = self.inner.layout.tmp();
+        let mut stray_temps = Vec::new();
+        for entry in fs::read_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
+            let path = entry.map_err(StoreError::io("list", &tmp))?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let owned = name
+                .strip_prefix("upload-")
+                .is_some_and(|id| live.contains(id))
+                || name.starts_with("ingest-")
+                || name.starts_with("manifest-");
+            if !owned {
+                report.problems.push(Problem::StrayTemp {
+                    path: self.relative(&path),
+                });
+                stray_temps.push(path);
+            }
+        }
+        {
+            let txn = self.read("verify uploads")?;
+            let uploads = txn
+                .open_table(tables::UPLOADS)
+                .map_err(StoreError::db("verify uploads"))?;
+            for entry in uploads.iter().map_err(StoreError::db("verify uploads"))? {
+                let (key, _) = entry.map_err(StoreError::db("verify uploads"))?;
+                let id = key.value().to_owned();
+                if !live.contains(&id) {
+                    report.problems.push(Problem::UploadDead { id });
+                }
+            }
+        }
+        report.problems.sort();
+        report.problems.dedup();
+        if options.repair && !report.problems.is_empty() {
+            self.repair(&mut report, &corrupt, &missing, &orphans, &stray_temps)?;
+        }
+        Ok(report)
+    }
+
+    fn repair(
+        &self,
+        report: &mut VerifyReport,
+        corrupt: &BTreeMap<Digest, ()>,
+        missing: &BTreeSet<Digest>,
+        orphans: &[PathBuf],
+        stray_temps: &[PathBuf],
+    ) -> Result<()> {
+        for digest in corrupt.keys() {
+            report
+                .quarantined
+                .push(self.quarantine(&self.inner.layout.blob(digest))?);
+        }
+        let mut lost: BTreeSet<Digest> = missing.clone();
+        lost.extend(corrupt.keys().copied());
+        let dead_uploads: Vec<String> = report
+            .problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::UploadDead { id } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let (dropped, _) = self.write("repair", |txn| {
+            let mut uploads = txn
+                .open_table(tables::UPLOADS)
+                .map_err(StoreError::db("repair"))?;
+            for id in &dead_uploads {
+                uploads
+                    .remove(id.as_str())
+                    .map_err(StoreError::db("repair"))?;
+            }
+            drop(uploads);
+            drop_digests(txn, &lost)
+        })?;
+        self.remove_files(&dropped, &lost)?;
+        report.dropped = dropped.into_iter().collect();
+        for orphan in orphans {
+            let digest = orphan
+                .file_name()
+                .and_then(|n| Digest::from_hex(&n.to_string_lossy()).ok());
+            // Quarantine only what is still an orphan: an ingest may have committed since.
+            let guard = digest.and_then(|d| self.inner.flights.try_claim(d));
+            if let (Some(digest), Some(_guard)) = (digest, guard)
+                && self.blob(digest)?.is_none()
+            {
+                report.quarantined.push(self.quarantine(orphan)?);
+            }
+        }
+        for temp in stray_temps {
+            fs::remove_file(temp).map_err(StoreError::io("remove temp file", temp))?;
+        }
+        Ok(())
+    }
+
+    /// Hashes (or sizes) files in parallel, bounded by `options.parallelism`.
+    fn check_files(
+        &self,
+        blobs: &[(Digest, u64)],
+        options: &VerifyOptions,
+    ) -> Result<Vec<FileCheck>> {
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::with_capacity(blobs.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..options.parallelism.max(1) {
+                scope.spawn(|| {
+                    loop {
+                        let at = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(digest, size)) = blobs.get(at) else {
+                            break;
+                        };
+                        let path = self.inner.layout.blob(&digest);
+                        let result = if options.rehash {
+                            hash_file(&path)
+                        } else {
+                            fs::metadata(&path).map(|m| (digest, m.len()))
+                        };
+                        lock(&results).push((digest, size, result));
+                    }
+                });
+            }
+        });
+        let mut results = results
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        results.sort_by_key(|r| r.0);
+        Ok(results)
+    }
+
+    /// Rows that point at a digest without a blob row.
+    fn dangling_rows(&self) -> Result<Vec<Problem>> {
+        let listing = self.listing_without_flush()?;
+        let blobs: BTreeSet<Digest> = listing.blobs.iter().map(|b| b.digest).collect();
+        let manifests: BTreeMap<Digest, Option<Digest>> = listing
+            .manifests
+            .iter()
+            .map(|m| (m.digest, m.subject))
+            .collect();
+        let mut problems = Vec::new();
+        let mut dangling = |table, key: String, missing: Digest| {
+            problems.push(Problem::Dangling {
+                table,
+                key,
+                missing,
+            });
+        };
+        for manifest in &listing.manifests {
+            if !blobs.contains(&manifest.digest) {
+                dangling("manifests", manifest.digest.to_string(), manifest.digest);
+            }
+            for reference in &manifest.references {
+                if !blobs.contains(reference) {
+                    dangling("manifests", manifest.digest.to_string(), *reference);
+                }
+            }
+        }
+        for tag in &listing.tags {
+            if !manifests.contains_key(&tag.digest) {
+                dangling("tags", format!("{}:{}", tag.repo, tag.tag), tag.digest);
+            }
+        }
+        for link in &listing.links {
+            if !blobs.contains(&link.digest) {
+                dangling(
+                    "links",
+                    format!("{}@{}", link.repo, link.digest),
+                    link.digest,
+                );
+            }
+        }
+        for (subject, referrer) in &listing.referrers {
+            if manifests.get(referrer) != Some(&Some(*subject)) {
+                dangling("referrers", format!("{subject}->{referrer}"), *referrer);
+            }
+        }
+        for lease in &listing.leases {
+            for digest in &lease.digests {
+                if !blobs.contains(digest) {
+                    dangling("leases", lease.name.clone(), *digest);
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// Drops `lost` digests and everything that depended on them, in one transaction: the
+/// manifests that reference them (transitively), their tags, links and referrer entries,
+/// and the lost digests from leases. Also removes any row left dangling. Returns every
+/// digest whose blob row was removed.
+fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTreeSet<Digest>, ())> {
+    let action = "drop lost blobs";
+    let mut manifests = txn
+        .open_table(tables::MANIFESTS)
+        .map_err(StoreError::db(action))?;
+    let mut blobs = txn
+        .open_table(tables::BLOBS)
+        .map_err(StoreError::db(action))?;
+    let mut rows: BTreeMap<Digest, ManifestRow> = BTreeMap::new();
+    for entry in manifests.iter().map_err(StoreError::db(action))? {
+        let (key, value) = entry.map_err(StoreError::db(action))?;
+        rows.insert(
+            tables::digest(key.value()),
+            tables::decode("manifests", value.value())?,
+        );
+    }
+    let mut present: BTreeSet<Digest> = BTreeSet::new();
+    for entry in blobs.iter().map_err(StoreError::db(action))? {
+        let (key, _) = entry.map_err(StoreError::db(action))?;
+        present.insert(tables::digest(key.value()));
+    }
+    let mut dropped: BTreeSet<Digest> = lost
+        .iter()
+        .filter(|d| present.contains(d))
+        .copied()
+        .collect();
+    let mut gone: BTreeSet<Digest> = lost.clone();
+    // A manifest without its own blob row, or with a reference that is gone, goes too;
+    // repeat until nothing changes (indexes of indexes).
+    loop {
+        let newly: Vec<Digest> = rows
+            .iter()
+            .filter(|(digest, _)| !gone.contains(*digest))
+            .filter(|(digest, row)| {
+                !present.contains(*digest)
+                    || row
+                        .references
+                        .iter()
+                        .any(|r| gone.contains(r) || !present.contains(r))
+            })
+            .map(|(digest, _)| *digest)
+            .collect();
+        if newly.is_empty() {
+            break;
+        }
+        for digest in newly {
+            gone.insert(digest);
+            if present.contains(&digest) {
+                dropped.insert(digest);
+            }
+        }
+    }
+    let mut referrers = txn
+        .open_table(tables::REFERRERS)
+        .map_err(StoreError::db(action))?;
+    for digest in &gone {
+        blobs
+            .remove(digest.as_bytes())
+            .map_err(StoreError::db(action))?;
+        if let Some(row) = rows.get(digest) {
+            manifests
+                .remove(digest.as_bytes())
+                .map_err(StoreError::db(action))?;
+            if let Some(subject) = row.subject {
+                referrers
+                    .remove((*subject.as_bytes(), *digest.as_bytes()))
+                    .map_err(StoreError::db(action))?;
+            }
+        }
+    }
+    let alive = |digest: &Digest| present.contains(digest) && !gone.contains(digest);
+    let manifest_alive = |digest: &Digest| alive(digest) && rows.contains_key(digest);
+    // Referrer entries must match a live manifest whose subject they name.
+    referrers
+        .retain(|(subject, referrer), ()| {
+            let referrer = tables::digest(referrer);
+            manifest_alive(&referrer)
+                && rows.get(&referrer).and_then(|r| r.subject) == Some(tables::digest(subject))
+        })
+        .map_err(StoreError::db(action))?;
+    let mut tags = txn
+        .open_table(tables::TAGS)
+        .map_err(StoreError::db(action))?;
+    tags.retain(|_, target| manifest_alive(&tables::digest(target)))
+        .map_err(StoreError::db(action))?;
+    let mut links = txn
+        .open_table(tables::LINKS)
+        .map_err(StoreError::db(action))?;
+    links
+        .retain(|(_, digest), ()| alive(&tables::digest(digest)))
+        .map_err(StoreError::db(action))?;
+    let mut leases = txn
+        .open_table(tables::LEASES)
+        .map_err(StoreError::db(action))?;
+    let mut updates = Vec::new();
+    for entry in leases.iter().map_err(StoreError::db(action))? {
+        let (key, value) = entry.map_err(StoreError::db(action))?;
+        let row: LeaseRow = tables::decode("leases", value.value())?;
+        if row.digests.iter().any(|d| !alive(d)) {
+            let digests = row.digests.iter().filter(|d| alive(d)).copied().collect();
+            updates.push((key.value().to_owned(), LeaseRow { digests, ..row }));
+        }
+    }
+    for (name, row) in updates {
+        leases
+            .insert(name.as_str(), tables::encode(&row).as_slice())
+            .map_err(StoreError::db(action))?;
+    }
+    Ok((dropped, ()))
+}
