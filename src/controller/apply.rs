@@ -179,7 +179,11 @@ async fn patch_finalizers(
         }
     });
     builds
-        .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &build.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
 }
 

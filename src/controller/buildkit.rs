@@ -205,8 +205,14 @@ mod tests {
             clone_secret_ref: None,
         };
         assert_eq!(git_context(&git(None, None)), "https://g.example/r.git");
-        assert_eq!(git_context(&git(Some("v1"), None)), "https://g.example/r.git#v1");
-        assert_eq!(git_context(&git(None, Some("app"))), "https://g.example/r.git#:app");
+        assert_eq!(
+            git_context(&git(Some("v1"), None)),
+            "https://g.example/r.git#v1"
+        );
+        assert_eq!(
+            git_context(&git(None, Some("app"))),
+            "https://g.example/r.git#:app"
+        );
         assert_eq!(
             git_context(&git(Some("main"), Some("a/b"))),
             "https://g.example/r.git#main:a/b"
@@ -235,7 +241,10 @@ mod tests {
     fn buildkitd_config_lists_mirrors_and_plain_http_registries() {
         assert_eq!(buildkitd_toml(&Config::default()), None);
         let mut config = with_cache("http://kiln-cache.kiln-system.svc:5000");
-        for m in ["docker.io=mirror.gcr.io", "ghcr.io=http://kiln-cache.kiln-system.svc:5000"] {
+        for m in [
+            "docker.io=mirror.gcr.io",
+            "ghcr.io=http://kiln-cache.kiln-system.svc:5000",
+        ] {
             let (registry, mirror) = parse_mirror(m).unwrap();
             config.registry_mirrors.insert(registry, mirror);
         }

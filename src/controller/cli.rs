@@ -128,7 +128,9 @@ impl ControllerArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerCliError {
     /// No usable kubeconfig or in-cluster configuration.
-    #[error("connecting to Kubernetes (from $KUBECONFIG, ~/.kube/config or the in-cluster service account)")]
+    #[error(
+        "connecting to Kubernetes (from $KUBECONFIG, ~/.kube/config or the in-cluster service account)"
+    )]
     Connect(#[source] kube::Error),
 }
 
@@ -182,7 +184,9 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: finishing in-flight reconciles (signal again to exit now)");
+        tracing::info!(
+            "signal received: finishing in-flight reconciles (signal again to exit now)"
+        );
         let _ = stop.send(());
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
@@ -224,7 +228,10 @@ mod tests {
 
     #[test]
     fn defaults_match_the_library_defaults() {
-        let mut config = Harness::try_parse_from(["kiln"]).unwrap().args.into_config();
+        let mut config = Harness::try_parse_from(["kiln"])
+            .unwrap()
+            .args
+            .into_config();
         // Set by the environment in a cluster; not a default.
         config.instance = None;
         config.namespace = None;

@@ -107,8 +107,7 @@ impl CacheService {
             return Err(bad());
         };
         let host = rest.trim_end_matches('/');
-        if host.is_empty() || host.contains(char::is_whitespace) || host.contains(['#', '?', ','])
-        {
+        if host.is_empty() || host.contains(char::is_whitespace) || host.contains(['#', '?', ',']) {
             return Err(bad());
         }
         Ok(Self {
@@ -244,8 +243,11 @@ pub enum PeerSource {
 /// never both decide to start at once. Builds of different groups still run in parallel.
 #[derive(Default)]
 pub struct GroupLocks {
-    locks: Mutex<BTreeMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<BTreeMap<GroupKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// `(namespace, group)`.
+type GroupKey = (String, String);
 
 impl GroupLocks {
     /// Waits for the lock of `(namespace, group)`.

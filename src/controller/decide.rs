@@ -95,7 +95,7 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
     let mut d = Decision::new(build, observed, now, config, old.clone());
     d.adopt_unknown_attempt();
     if let Some(request) = d.run_request() {
-        d.start_run(request);
+        d.start_run(request, build.spec.cancel);
     }
     if build.spec.cancel {
         d.cancel();
@@ -316,9 +316,10 @@ impl<'a> Decision<'a> {
         })
     }
 
-    /// A new generation or rerun request: the attempt still going is superseded, and the
-    /// run starts over with a fresh retry budget.
-    fn start_run(&mut self, request: RunRequest) {
+    /// A new generation or rerun request: the attempt still going is superseded (or, when
+    /// the new spec cancels, left for [`Self::cancel`] to record), and the run starts over
+    /// with a fresh retry budget.
+    fn start_run(&mut self, request: RunRequest, cancelling: bool) {
         let why = if request.new_generation {
             format!("generation {}", self.generation)
         } else {
@@ -327,7 +328,11 @@ impl<'a> Decision<'a> {
                 request.token.as_deref().unwrap_or_default()
             )
         };
-        if let Some(open) = self.open_attempt().map(|a| a.attempt) {
+        if let Some(open) = self
+            .open_attempt()
+            .map(|a| a.attempt)
+            .filter(|_| !cancelling)
+        {
             let message = format!("attempt {open} superseded by {why}");
             self.close_attempt(AttemptResult::Cancelled, Reason::Superseded, &message);
             self.events
@@ -441,7 +446,10 @@ impl<'a> Decision<'a> {
             PodState::Running => self.set(
                 Phase::Running,
                 Reason::Running,
-                format!("attempt {}: pod {} is building", record.attempt, record.pod_name),
+                format!(
+                    "attempt {}: pod {} is building",
+                    record.attempt, record.pod_name
+                ),
             ),
             PodState::Succeeded {
                 termination_message,
@@ -496,7 +504,10 @@ impl<'a> Decision<'a> {
             let retry = self.status.retries;
             let at = self
                 .now
-                .saturating_add(SignedDuration::try_from(backoff(retry, self.config)).unwrap_or(SignedDuration::MAX))
+                .saturating_add(
+                    SignedDuration::try_from(backoff(retry, self.config))
+                        .unwrap_or(SignedDuration::MAX),
+                )
                 .unwrap_or(self.now);
             self.set(
                 Phase::Pending,
@@ -524,7 +535,12 @@ impl<'a> Decision<'a> {
     /// earlier attempt still running, the concurrency group, or an invalid spec.
     fn maybe_start(&mut self) {
         if self.status.retries > 0 {
-            if let Some(ended) = self.status.attempts.last().and_then(|a| a.completion_time.clone()) {
+            if let Some(ended) = self
+                .status
+                .attempts
+                .last()
+                .and_then(|a| a.completion_time.clone())
+            {
                 let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
                     .unwrap_or(SignedDuration::MAX);
                 let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
@@ -601,7 +617,8 @@ impl<'a> Decision<'a> {
         let objects = attempt_objects(self.build, attempt, &validated, self.config);
         let name = objects.pod.name_any();
         if let Some(config_map) = objects.config_map {
-            self.creates.push(Action::CreateConfigMap(Box::new(config_map)));
+            self.creates
+                .push(Action::CreateConfigMap(Box::new(config_map)));
         }
         self.creates.push(Action::CreatePod(Box::new(objects.pod)));
         self.set(
@@ -613,7 +630,9 @@ impl<'a> Decision<'a> {
 
     /// Pods of this Build that must go: every live pod except the open attempt's own.
     fn pods_to_delete(&self) -> Vec<&'a Pod> {
-        let keep = self.open_attempt().map(|a| (a.pod_name.clone(), a.pod_uid.clone()));
+        let keep = self
+            .open_attempt()
+            .map(|a| (a.pod_name.clone(), a.pod_uid.clone()));
         self.observed
             .pods
             .iter()
@@ -621,7 +640,9 @@ impl<'a> Decision<'a> {
             .filter(|p| match &keep {
                 Some((name, uid)) => {
                     p.name_any() != *name
-                        || uid.as_ref().is_some_and(|u| p.metadata.uid.as_ref() != Some(u))
+                        || uid
+                            .as_ref()
+                            .is_some_and(|u| p.metadata.uid.as_ref() != Some(u))
                 }
                 None => true,
             })

@@ -166,7 +166,8 @@ impl PodFixture {
         let status = self.status();
         status.phase = Some("Failed".into());
         status.reason = Some("DeadlineExceeded".into());
-        status.message = Some("Pod was active on the node longer than the specified deadline".into());
+        status.message =
+            Some("Pod was active on the node longer than the specified deadline".into());
         self
     }
 

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, ListParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 
 use super::context::{Context, PeerSource};
 use super::decide::wants_inputs;
@@ -38,7 +38,10 @@ pub struct Observed {
 
 /// Reads the Build afresh and everything its decision needs. `Ok(None)` when the Build is
 /// gone.
-pub async fn observe(ctx: &Context, build: &Build) -> Result<Option<(Build, Observed)>, ObserveError> {
+pub async fn observe(
+    ctx: &Context,
+    build: &Build,
+) -> Result<Option<(Build, Observed)>, ObserveError> {
     let namespace = build.namespace().unwrap_or_default();
     let name = build.name_any();
     let builds: Api<Build> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -148,7 +151,11 @@ async fn read_secrets(
 }
 
 /// The other Builds of the concurrency group, with their standing.
-async fn read_peers(ctx: &Context, build: &Build, namespace: &str) -> Result<Vec<Peer>, ObserveError> {
+async fn read_peers(
+    ctx: &Context,
+    build: &Build,
+    namespace: &str,
+) -> Result<Vec<Peer>, ObserveError> {
     let group = queue::group_of(build);
     let uid = build.metadata.uid.as_deref();
     let members: Vec<Build> = match &ctx.peers {

@@ -135,11 +135,7 @@ impl fmt::Display for Action {
             Action::WriteStatus(status) => {
                 let phase = status.phase.map_or("-", |p| p.as_str());
                 let reason = status.reason().map_or("-", Reason::as_str);
-                write!(
-                    f,
-                    "WriteStatus {phase}/{reason} attempt={}",
-                    status.attempt
-                )
+                write!(f, "WriteStatus {phase}/{reason} attempt={}", status.attempt)
             }
             Action::CreateConfigMap(cm) => write!(
                 f,

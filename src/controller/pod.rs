@@ -49,9 +49,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource,
-    EnvVar, KeyToPath, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    AppArmorProfile, Capabilities, ConfigMap, ConfigMapVolumeSource, Container,
+    EmptyDirVolumeSource, EnvVar, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -101,7 +101,10 @@ pub fn attempt_objects(
         build.metadata.uid.as_deref().unwrap_or_default(),
         attempt,
     );
-    let owner = build.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
+    let owner = build
+        .controller_owner_ref(&())
+        .into_iter()
+        .collect::<Vec<_>>();
     let meta = ObjectMeta {
         name: Some(name.clone()),
         namespace: build.namespace(),
@@ -204,11 +207,21 @@ pub fn attempt_objects(
     }
     match &validated.git_auth {
         Some(GitAuth::Token { secret }) => {
-            volumes.push(secret_volume("git-auth", secret, BASIC_AUTH_KEY, BASIC_AUTH_KEY));
+            volumes.push(secret_volume(
+                "git-auth",
+                secret,
+                BASIC_AUTH_KEY,
+                BASIC_AUTH_KEY,
+            ));
             mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
         }
         Some(GitAuth::Ssh { secret }) => {
-            volumes.push(secret_volume("git-auth", secret, SSH_AUTH_KEY, SSH_AUTH_KEY));
+            volumes.push(secret_volume(
+                "git-auth",
+                secret,
+                SSH_AUTH_KEY,
+                SSH_AUTH_KEY,
+            ));
             mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
         }
         None => {}
@@ -388,7 +401,11 @@ mod tests {
 
     fn secrets() -> BTreeMap<String, SecretInfo> {
         [
-            ("regcred", "kubernetes.io/dockerconfigjson", ".dockerconfigjson"),
+            (
+                "regcred",
+                "kubernetes.io/dockerconfigjson",
+                ".dockerconfigjson",
+            ),
             ("git-token", "kubernetes.io/basic-auth", "password"),
         ]
         .into_iter()
@@ -445,7 +462,9 @@ mod tests {
 
     fn full_config() -> Config {
         let mut config = Config {
-            cache_service: Some(CacheService::parse("http://kiln-cache.kiln-system.svc:5000").unwrap()),
+            cache_service: Some(
+                CacheService::parse("http://kiln-cache.kiln-system.svc:5000").unwrap(),
+            ),
             ..Config::default()
         };
         let (registry, mirror) = parse_mirror("docker.io=mirror.gcr.io").unwrap();
@@ -457,7 +476,11 @@ mod tests {
     fn snapshot_git_build_with_credentials_cache_and_platforms() {
         let build = Build::test("app")
             .in_namespace("team")
-            .git("https://git.example.com/team/app.git", Some("v1.2.0"), Some("services/api"))
+            .git(
+                "https://git.example.com/team/app.git",
+                Some("v1.2.0"),
+                Some("services/api"),
+            )
             .clone_secret("git-token")
             .push_secret("regcred")
             .target("runtime")
@@ -537,7 +560,10 @@ mod tests {
             assert_eq!(sc.read_only_root_filesystem, Some(true));
             let caps = sc.capabilities.unwrap();
             assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
-            assert_eq!(caps.add, Some(vec!["SETGID".to_owned(), "SETUID".to_owned()]));
+            assert_eq!(
+                caps.add,
+                Some(vec!["SETGID".to_owned(), "SETUID".to_owned()])
+            );
             assert_eq!(sc.privileged, None);
         }
         assert_eq!(spec.automount_service_account_token, Some(false));

@@ -88,12 +88,18 @@ pub fn classify(pod: &Pod) -> PodState {
         return PodState::Waiting;
     };
     let containers = status.container_statuses.as_deref().unwrap_or_default();
-    let init_containers = status.init_container_statuses.as_deref().unwrap_or_default();
+    let init_containers = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
     let pod_reason = status.reason.as_deref().unwrap_or_default();
     let pod_message = status.message.as_deref().unwrap_or_default();
-    let disrupted = status.conditions.as_deref().unwrap_or_default().iter().any(|c| {
-        c.type_ == "DisruptionTarget" && c.status == "True"
-    });
+    let disrupted = status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True");
 
     match status.phase.as_deref() {
         Some("Succeeded") => PodState::Succeeded {
@@ -149,11 +155,7 @@ fn classify_failure(
         return Failure::new(Reason::PodLost, true, "the pod's node was lost");
     }
     for container in init_containers.iter().chain(containers) {
-        let Some(terminated) = container
-            .state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-        else {
+        let Some(terminated) = container.state.as_ref().and_then(|s| s.terminated.as_ref()) else {
             continue;
         };
         if terminated.exit_code == 0 {
@@ -281,9 +283,7 @@ pub fn pushed_digest(termination_message: Option<&str>) -> Result<Digest, Digest
     let after_key = text.find(&key).ok_or(DigestProblem::NoDigestKey)? + key.len();
     let rest = &text[after_key..];
     let start = rest.find('"').ok_or(DigestProblem::NoDigestKey)? + 1;
-    let end = rest[start..]
-        .find('"')
-        .ok_or(DigestProblem::NoDigestKey)?;
+    let end = rest[start..].find('"').ok_or(DigestProblem::NoDigestKey)?;
     Ok(Digest::from_str(&rest[start..start + end])?)
 }
 
@@ -297,7 +297,10 @@ mod tests {
     #[test]
     fn phases() {
         assert_eq!(classify(&PodFixture::new("p", 1).pod), PodState::Waiting);
-        assert_eq!(classify(&PodFixture::new("p", 1).running().pod), PodState::Running);
+        assert_eq!(
+            classify(&PodFixture::new("p", 1).running().pod),
+            PodState::Running
+        );
         let done = PodFixture::new("p", 1).succeeded(&format!("{{\"{DIGEST_KEY}\":\"{DIGEST}\"}}"));
         assert!(matches!(classify(&done.pod), PodState::Succeeded { .. }));
     }
@@ -305,21 +308,53 @@ mod tests {
     #[test]
     fn failures_are_classified_and_only_infrastructure_is_retried() {
         let cases = [
-            (PodFixture::new("p", 1).exited(1, "RUN make: exit 2"), Reason::BuildFailed, false),
-            (PodFixture::new("p", 1).oom_killed(), Reason::BuildFailed, false),
-            (PodFixture::new("p", 1).deadline_exceeded(), Reason::TimedOut, false),
+            (
+                PodFixture::new("p", 1).exited(1, "RUN make: exit 2"),
+                Reason::BuildFailed,
+                false,
+            ),
+            (
+                PodFixture::new("p", 1).oom_killed(),
+                Reason::BuildFailed,
+                false,
+            ),
+            (
+                PodFixture::new("p", 1).deadline_exceeded(),
+                Reason::TimedOut,
+                false,
+            ),
             (PodFixture::new("p", 1).evicted(), Reason::PodEvicted, true),
-            (PodFixture::new("p", 1).disrupted(), Reason::PodEvicted, true),
+            (
+                PodFixture::new("p", 1).disrupted(),
+                Reason::PodEvicted,
+                true,
+            ),
             (PodFixture::new("p", 1).unknown(), Reason::PodLost, true),
-            (PodFixture::new("p", 1).image_pull_backoff(), Reason::ImagePullFailed, true),
-            (PodFixture::new("p", 1).invalid_image(), Reason::ImagePullFailed, false),
-            (PodFixture::new("p", 1).fetch_failed(), Reason::BuildFailed, false),
+            (
+                PodFixture::new("p", 1).image_pull_backoff(),
+                Reason::ImagePullFailed,
+                true,
+            ),
+            (
+                PodFixture::new("p", 1).invalid_image(),
+                Reason::ImagePullFailed,
+                false,
+            ),
+            (
+                PodFixture::new("p", 1).fetch_failed(),
+                Reason::BuildFailed,
+                false,
+            ),
         ];
         for (fixture, reason, retriable) in cases {
             let PodState::Failed(failure) = classify(&fixture.pod) else {
                 panic!("{fixture:?} should have failed");
             };
-            assert_eq!((failure.reason, failure.retriable), (reason, retriable), "{fixture:?}");
+            assert_eq!(
+                (failure.reason, failure.retriable),
+                (reason, retriable),
+                "{fixture:?}"
+            );
         }
     }
 
@@ -338,7 +373,9 @@ mod tests {
     #[test]
     fn liveness() {
         assert!(is_live(&PodFixture::new("p", 1).pod));
-        assert!(is_live(&PodFixture::new("p", 1).running().terminating().pod));
+        assert!(is_live(
+            &PodFixture::new("p", 1).running().terminating().pod
+        ));
         assert!(is_live(&PodFixture::new("p", 1).unknown().pod));
         assert!(!is_live(&PodFixture::new("p", 1).evicted().pod));
         assert!(!is_live(&PodFixture::new("p", 1).succeeded("{}").pod));
@@ -365,7 +402,10 @@ mod tests {
             Err(DigestProblem::Invalid(_))
         ));
         assert!(matches!(
-            pushed_digest(Some(&format!("{{\"{DIGEST_KEY}\":\"md5:{}\"}}", "a".repeat(32)))),
+            pushed_digest(Some(&format!(
+                "{{\"{DIGEST_KEY}\":\"md5:{}\"}}",
+                "a".repeat(32)
+            ))),
             Err(DigestProblem::Invalid(_))
         ));
     }

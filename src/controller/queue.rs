@@ -183,9 +183,9 @@ pub fn wakeups(changed: &Build, all: &[Arc<Build>]) -> Vec<ObjectRef<Build>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::fixtures::at;
-    use crate::crd::{BuildStatus, ConditionStatus, CONDITION_SUCCEEDED};
     use crate::crd::condition::set_condition;
+    use crate::crd::fixtures::at;
+    use crate::crd::{BuildStatus, CONDITION_SUCCEEDED, ConditionStatus};
 
     fn peer(name: &str, created: i64, standing: Standing) -> Peer {
         Peer {
@@ -219,15 +219,26 @@ mod tests {
         let b = Build::test("b");
         assert_eq!(standing(&b, false), Standing::Waiting);
         assert_eq!(standing(&b, true), Standing::Active);
-        let queued = b.clone().with_status(status(Phase::Pending, Reason::Queued, 0));
+        let queued = b
+            .clone()
+            .with_status(status(Phase::Pending, Reason::Queued, 0));
         assert_eq!(standing(&queued, false), Standing::Waiting);
-        let backoff = b.clone().with_status(status(Phase::Pending, Reason::PodEvicted, 1));
+        let backoff = b
+            .clone()
+            .with_status(status(Phase::Pending, Reason::PodEvicted, 1));
         assert_eq!(standing(&backoff, false), Standing::Active);
-        let running = b.clone().with_status(status(Phase::Running, Reason::Running, 1));
+        let running = b
+            .clone()
+            .with_status(status(Phase::Running, Reason::Running, 1));
         assert_eq!(standing(&running, false), Standing::Active);
-        let done = b.clone().with_status(status(Phase::Succeeded, Reason::Succeeded, 1));
+        let done = b
+            .clone()
+            .with_status(status(Phase::Succeeded, Reason::Succeeded, 1));
         assert_eq!(standing(&done, false), Standing::Idle);
-        assert_eq!(standing(&done.clone().generation(2), false), Standing::Waiting);
+        assert_eq!(
+            standing(&done.clone().generation(2), false),
+            Standing::Waiting
+        );
         assert_eq!(standing(&done.clone().rerun("x"), false), Standing::Waiting);
         assert_eq!(standing(&b.clone().cancel(), false), Standing::Idle);
         assert_eq!(standing(&b.deleting(at(1)), false), Standing::Idle);
@@ -238,19 +249,43 @@ mod tests {
         let me = Build::test("m").created_at(at(10));
         assert_eq!(admit(&me, &[]), Admission::Go);
         assert_eq!(
-            admit(&me, &[peer("a", 5, Standing::Waiting), peer("z", 20, Standing::Waiting)]),
-            Admission::Wait { holder: "a".into(), running: false }
+            admit(
+                &me,
+                &[
+                    peer("a", 5, Standing::Waiting),
+                    peer("z", 20, Standing::Waiting)
+                ]
+            ),
+            Admission::Wait {
+                holder: "a".into(),
+                running: false
+            }
         );
         // Same second: the name breaks the tie.
         assert_eq!(
             admit(&me, &[peer("a", 10, Standing::Waiting)]),
-            Admission::Wait { holder: "a".into(), running: false }
+            Admission::Wait {
+                holder: "a".into(),
+                running: false
+            }
         );
-        assert_eq!(admit(&me, &[peer("z", 10, Standing::Waiting)]), Admission::Go);
+        assert_eq!(
+            admit(&me, &[peer("z", 10, Standing::Waiting)]),
+            Admission::Go
+        );
         // An active member holds the group, even a newer one.
         assert_eq!(
-            admit(&me, &[peer("z", 99, Standing::Active), peer("y", 1, Standing::Idle)]),
-            Admission::Wait { holder: "z".into(), running: true }
+            admit(
+                &me,
+                &[
+                    peer("z", 99, Standing::Active),
+                    peer("y", 1, Standing::Idle)
+                ]
+            ),
+            Admission::Wait {
+                holder: "z".into(),
+                running: true
+            }
         );
     }
 
@@ -260,7 +295,13 @@ mod tests {
             .created_at(at(1))
             .policy(ConcurrencyPolicy::CancelInProgress);
         assert_eq!(
-            admit(&old, &[peer("new", 2, Standing::Waiting), peer("newer", 3, Standing::Waiting)]),
+            admit(
+                &old,
+                &[
+                    peer("new", 2, Standing::Waiting),
+                    peer("newer", 3, Standing::Waiting)
+                ]
+            ),
             Admission::Superseded { by: "newer".into() }
         );
         assert_eq!(superseded_by(&old, &[peer("new", 2, Standing::Idle)]), None);
@@ -270,9 +311,15 @@ mod tests {
         // The newest waits for the older pod to go, then starts.
         assert_eq!(
             admit(&new, &[peer("old", 1, Standing::Active)]),
-            Admission::Wait { holder: "old".into(), running: true }
+            Admission::Wait {
+                holder: "old".into(),
+                running: true
+            }
         );
-        assert_eq!(admit(&new, &[peer("old", 1, Standing::Waiting)]), Admission::Go);
+        assert_eq!(
+            admit(&new, &[peer("old", 1, Standing::Waiting)]),
+            Admission::Go
+        );
     }
 
     #[test]
@@ -280,13 +327,19 @@ mod tests {
         let holder = Build::test("a").group("g");
         let waiting = Arc::new(Build::test("b").group("g"));
         let other_group = Arc::new(Build::test("c").group("h"));
-        let done = Arc::new(
-            Build::test("d")
-                .group("g")
-                .with_status(status(Phase::Succeeded, Reason::Succeeded, 1)),
-        );
+        let done = Arc::new(Build::test("d").group("g").with_status(status(
+            Phase::Succeeded,
+            Reason::Succeeded,
+            1,
+        )));
         let other_ns = Arc::new(Build::test("e").group("g").in_namespace("x"));
-        let all = [Arc::new(holder.clone()), waiting, other_group, done, other_ns];
+        let all = [
+            Arc::new(holder.clone()),
+            waiting,
+            other_group,
+            done,
+            other_ns,
+        ];
         let names: Vec<_> = wakeups(&holder, &all).into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["b"]);
     }

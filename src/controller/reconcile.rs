@@ -48,7 +48,10 @@ pub async fn reconcile(build: Arc<Build>, ctx: Arc<Context>) -> Result<Requeue, 
 
 /// Runs observe → decide → apply under the lock of the Build's concurrency group, so that
 /// no two members of a group decide to start at the same time.
-async fn reconcile_locked(build: &Build, ctx: &Context) -> Result<(Requeue, usize), ReconcileError> {
+async fn reconcile_locked(
+    build: &Build,
+    ctx: &Context,
+) -> Result<(Requeue, usize), ReconcileError> {
     let namespace = build.namespace().unwrap_or_default();
     let mut group = queue::group_of(build).to_owned();
     // The group is read from the cached Build before the lock; if the fresh Build names

@@ -267,7 +267,11 @@ fn check_inline(inline: &InlineSource, dockerfile: &str, max_bytes: u64) -> Resu
             )));
         }
     }
-    let total: u64 = inline.files.iter().map(|f| f.content.len() as u64).sum::<u64>()
+    let total: u64 = inline
+        .files
+        .iter()
+        .map(|f| f.content.len() as u64)
+        .sum::<u64>()
         + inline.dockerfile.len() as u64;
     if total > max_bytes {
         return Err(Problem::invalid(format!(
@@ -316,7 +320,10 @@ mod tests {
         let build = Build::test("app").push_secret("regcred");
         let p = problem(&build, &BTreeMap::new());
         assert_eq!(p.reason, Reason::SecretNotFound);
-        assert!(p.message.starts_with("spec.output.pushSecretRef: Secret \"regcred\" not found"));
+        assert!(
+            p.message
+                .starts_with("spec.output.pushSecretRef: Secret \"regcred\" not found")
+        );
 
         let build = Build::test("app").clone_secret("git");
         let p = problem(&build, &BTreeMap::new());
@@ -345,14 +352,24 @@ mod tests {
             &Config::default(),
         )
         .unwrap();
-        assert_eq!(token.git_auth, Some(GitAuth::Token { secret: "git".into() }));
+        assert_eq!(
+            token.git_auth,
+            Some(GitAuth::Token {
+                secret: "git".into()
+            })
+        );
         let ssh = validate(
             &build,
             &secrets(&[("git", SSH_AUTH_SECRET, SSH_AUTH_KEY)]),
             &Config::default(),
         )
         .unwrap();
-        assert_eq!(ssh.git_auth, Some(GitAuth::Ssh { secret: "git".into() }));
+        assert_eq!(
+            ssh.git_auth,
+            Some(GitAuth::Ssh {
+                secret: "git".into()
+            })
+        );
     }
 
     #[test]
@@ -364,16 +381,25 @@ mod tests {
             .inline_file("b.txt", &big);
         let p = problem(&build, &BTreeMap::new());
         assert_eq!(p.reason, Reason::InvalidSpec);
-        assert!(p.message.starts_with("spec.source.inline: the Dockerfile and files add up to"));
+        assert!(
+            p.message
+                .starts_with("spec.source.inline: the Dockerfile and files add up to")
+        );
     }
 
     #[test]
     fn inline_paths_must_be_plain_and_unique() {
         for path in ["../x", "/etc/passwd", "a//b", "a/./b", "a b", "Dockerfile"] {
-            let build = Build::test("app").inline("FROM scratch").inline_file(path, "x");
+            let build = Build::test("app")
+                .inline("FROM scratch")
+                .inline_file(path, "x");
             let p = problem(&build, &BTreeMap::new());
             assert_eq!(p.reason, Reason::InvalidSpec, "{path}");
-            assert!(p.message.contains("spec.source.inline.files"), "{path}: {}", p.message);
+            assert!(
+                p.message.contains("spec.source.inline.files"),
+                "{path}: {}",
+                p.message
+            );
         }
         let ok = Build::test("app")
             .inline("FROM scratch")

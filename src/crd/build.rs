@@ -69,11 +69,14 @@ const RULE_OBJECT_NAME: &str =
 const RULE_SECRET_NAME: &str =
     "self.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 
-/// A Go duration (`90s`, `30m`, `1h30m`) between one minute and one day.
-const RULE_TIMEOUT: &str = "duration(self) >= duration('1m') && duration(self) <= duration('24h')";
+/// A Go duration (`90s`, `30m`, `1h30m`) between one minute and one day. The format is
+/// matched first, so that a malformed value gets this message rather than an evaluation
+/// error from `duration()` (CEL's `&&` absorbs the error when its left side is false).
+const RULE_TIMEOUT: &str = "self.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self) >= duration('1m') && duration(self) <= duration('24h')";
 
-/// A Go duration between zero and thirty days.
-const RULE_TTL: &str = "duration(self) >= duration('0s') && duration(self) <= duration('720h')";
+/// A non-negative Go duration of at most thirty days.
+const RULE_TTL: &str =
+    "self.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self) <= duration('720h')";
 
 /// Exactly one of the three sources.
 const RULE_ONE_SOURCE: &str =
@@ -302,7 +305,9 @@ pub struct InlineSource {
 }
 
 /// One file of an inline context.
-#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    KubeSchema, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct InlineFile {
     /// Path of the file inside the context.
@@ -361,7 +366,9 @@ pub struct CacheSpec {
 }
 
 /// What BuildKit exports to the cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum CacheMode {
     /// No cache import or export.
     Off,
@@ -373,7 +380,9 @@ pub enum CacheMode {
 }
 
 /// Whose cache a Build reads and writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum CacheScope {
     /// The Build's own cache (`<namespace>/<build>`).
     #[default]
@@ -438,7 +447,9 @@ pub struct ConcurrencySpec {
 }
 
 /// What happens when Builds of one group overlap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ConcurrencyPolicy {
     /// Run one at a time, first created first.
     #[default]
@@ -454,7 +465,11 @@ pub enum ConcurrencyPolicy {
 pub struct Retention {
     /// How long the pod of a succeeded attempt is kept (its logs stay readable until then),
     /// as a Go duration up to 720h.
-    #[serde(default, rename = "succeededPodTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "succeededPodTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 2, max = 32))]
     #[x_kube(validation = Rule::new(RULE_TTL).message(
         "spec.retention.succeededPodTTL must be a duration between 0s and 720h"
@@ -463,7 +478,11 @@ pub struct Retention {
 
     /// How long the pod of a failed or cancelled attempt is kept, as a Go duration up to
     /// 720h.
-    #[serde(default, rename = "failedPodTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "failedPodTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 2, max = 32))]
     #[x_kube(validation = Rule::new(RULE_TTL).message(
         "spec.retention.failedPodTTL must be a duration between 0s and 720h"

@@ -43,7 +43,9 @@ pub const CONDITION_READY: &str = "Ready";
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Reason {
     /// Waiting for another Build of the same concurrency group.
     Queued,

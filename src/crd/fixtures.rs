@@ -214,7 +214,9 @@ impl Build {
 
     /// Adds a build argument.
     pub fn build_arg(mut self, name: &str, value: &str) -> Self {
-        self.spec.build_args.insert(name.to_owned(), value.to_owned());
+        self.spec
+            .build_args
+            .insert(name.to_owned(), value.to_owned());
         self
     }
 

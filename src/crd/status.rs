@@ -217,6 +217,9 @@ mod tests {
         .into_iter()
         .filter(|p| p.is_terminal())
         .collect();
-        assert_eq!(terminal, [Phase::Succeeded, Phase::Failed, Phase::Cancelled]);
+        assert_eq!(
+            terminal,
+            [Phase::Succeeded, Phase::Failed, Phase::Cancelled]
+        );
     }
 }
