@@ -402,3 +402,53 @@ fn invalid_builds_are_rejected_with_a_message_that_names_the_field() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn every_sample_is_a_valid_build() {
+    use kiln::controller::validate::{SecretInfo, validate};
+    use serde::Deserialize;
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "samples: {files:?}");
+    // Any Secret a sample names is assumed to exist with the right type.
+    let secrets = [
+        (
+            "regcred",
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+        ),
+        ("git-credentials", "kubernetes.io/basic-auth", "password"),
+    ]
+    .into_iter()
+    .map(|(n, t, k)| {
+        (
+            n.to_owned(),
+            SecretInfo {
+                type_: t.into(),
+                keys: [k.to_owned()].into(),
+            },
+        )
+    })
+    .collect();
+    let mut count = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document).unwrap();
+            let errors = rejections(&value);
+            assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            let build: kiln::crd::Build =
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            validate(&build, &secrets, &kiln::controller::Config::default())
+                .unwrap_or_else(|p| panic!("{}: {}", file.display(), p.message));
+            count += 1;
+        }
+    }
+    assert!(count >= 6);
+}

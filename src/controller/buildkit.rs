@@ -49,8 +49,8 @@ pub fn buildkitd_flags(has_config: bool) -> String {
 }
 
 /// The BuildKit daemon configuration: mirrors per upstream registry, and `http = true` for
-/// registries reached over plain HTTP (the in-cluster cache service). `None` when there is
-/// nothing to configure.
+/// registries reached over plain HTTP (the in-cluster cache service, `--plain-http-registry`).
+/// `None` when there is nothing to configure.
 pub fn buildkitd_toml(config: &Config) -> Option<String> {
     let mut plain_http: BTreeMap<&str, ()> = BTreeMap::new();
     let mut out = String::new();
@@ -63,6 +63,9 @@ pub fn buildkitd_toml(config: &Config) -> Option<String> {
     }
     if let Some(cache) = config.cache_service.as_ref().filter(|c| c.plain_http) {
         plain_http.insert(cache.registry_host(), ());
+    }
+    for host in &config.plain_http_registries {
+        plain_http.insert(host, ());
     }
     for host in plain_http.keys() {
         if config.registry_mirrors.contains_key(*host) {

@@ -27,15 +27,20 @@ pub struct ControllerArgs {
     #[arg(long, env = "KILN_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
     pub builder_image: String,
 
-    /// The build cache service, http(s)://HOST[:PORT][/PATH]; BuildKit gets
+    /// The build cache service, `http(s)://HOST[:PORT][/PATH]`; BuildKit gets
     /// --export-cache/--import-cache refs under it. No cache without it.
     #[arg(long, env = "KILN_CACHE_SERVICE", value_parser = CacheService::parse)]
     pub cache_service: Option<CacheService>,
 
-    /// A registry mirror for builders, REGISTRY=[http://]HOST[:PORT][/PATH], for example
+    /// A registry mirror for builders, `REGISTRY=[http://]HOST[:PORT][/PATH]`, for example
     /// docker.io=mirror.gcr.io (avoids Docker Hub rate limits). Repeatable.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST", value_parser = parse_mirror)]
     pub registry_mirrors: Vec<(String, Mirror)>,
+
+    /// A registry builders reach over plain HTTP, `HOST[:PORT]` (an in-cluster registry
+    /// without TLS). Repeatable.
+    #[arg(long = "plain-http-registry", value_name = "HOST[:PORT]", value_parser = parse_host)]
+    pub plain_http_registries: Vec<String>,
 
     /// CPU request of builders whose Build requests none.
     #[arg(long, default_value = "500m", value_parser = parse_quantity)]
@@ -90,6 +95,7 @@ impl ControllerArgs {
             builder_image,
             cache_service,
             registry_mirrors,
+            plain_http_registries,
             builder_cpu_request,
             builder_memory_request,
             retry_backoff,
@@ -105,6 +111,7 @@ impl ControllerArgs {
             builder_image,
             cache_service,
             registry_mirrors: registry_mirrors.into_iter().collect(),
+            plain_http_registries: plain_http_registries.into_iter().collect(),
             default_requests: [
                 ("cpu".to_owned(), builder_cpu_request),
                 ("memory".to_owned(), builder_memory_request),
@@ -143,6 +150,9 @@ pub enum FlagError {
     /// Larger than a ConfigMap can hold.
     #[error("{0} is more than 900KiB, which a ConfigMap cannot hold with its other keys")]
     InlineTooLarge(String),
+    /// Not `host[:port]`.
+    #[error("{0:?} is not HOST[:PORT]")]
+    Host(String),
     /// Not a size.
     #[error(transparent)]
     Size(#[from] crate::units::UnitsError),
@@ -162,6 +172,18 @@ fn parse_quantity(text: &str) -> Result<Quantity, FlagError> {
         Ok(Quantity(text.to_owned()))
     } else {
         Err(FlagError::Quantity(text.to_owned()))
+    }
+}
+
+fn parse_host(text: &str) -> Result<String, FlagError> {
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(FlagError::Host(text.to_owned()))
     }
 }
 
@@ -272,6 +294,7 @@ mod tests {
             ["kiln", "--builder-cpu-request=lots"],
             ["kiln", "--max-inline-context=2MiB"],
             ["kiln", "--attempt-history=0"],
+            ["kiln", "--plain-http-registry=http://x"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

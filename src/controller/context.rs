@@ -5,7 +5,7 @@
 //! New controller-wide settings go into [`Config`] (with a flag in `controller::cli`); new
 //! long-lived handles (a cache admin client, a metrics registry) go into [`Context`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct Config {
     /// Registry mirrors, by upstream registry (`docker.io` → `mirror.example.com`), written
     /// into the builder's BuildKit configuration.
     pub registry_mirrors: BTreeMap<String, Mirror>,
+    /// Registries (`host[:port]`) that builders reach over plain HTTP, such as an
+    /// in-cluster registry without TLS.
+    pub plain_http_registries: BTreeSet<String>,
     /// Resource requests of the builder container when the Build names none.
     pub default_requests: BTreeMap<String, Quantity>,
     /// Delay before the first infrastructure retry; it doubles on each further retry.
@@ -58,6 +61,7 @@ impl Default for Config {
             builder_image: DEFAULT_BUILDER_IMAGE.to_owned(),
             cache_service: None,
             registry_mirrors: BTreeMap::new(),
+            plain_http_registries: BTreeSet::new(),
             default_requests: BTreeMap::from([
                 ("cpu".to_owned(), Quantity("500m".to_owned())),
                 ("memory".to_owned(), Quantity("1Gi".to_owned())),

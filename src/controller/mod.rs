@@ -4,7 +4,7 @@
 //!
 //! | file | holds | I/O |
 //! | --- | --- | --- |
-//! | [`decide`] | `decide(build, observed, now, config) -> Plan`: the lifecycle | pure |
+//! | [`decide`](mod@decide) | `decide(build, observed, now, config) -> Plan`: the lifecycle | pure |
 //! | [`plan`] | the [`Plan`](plan::Plan) and its [`Action`](plan::Action)s | pure |
 //! | [`pod`] | the build pod and ConfigMap of one attempt, and why its security context is what it is | pure |
 //! | [`buildkit`] | `buildctl` arguments, BuildKit configuration, cache references | pure |
@@ -14,7 +14,7 @@
 //! | [`labels`] | labels, selectors and deterministic names | pure |
 //! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
-//! | [`reconcile`] | observe → decide → apply under the group lock; the error policy | both |
+//! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
 //! | [`run`](mod@run) | the watch loop: [`run()`] | both |
 //! | [`context`] | controller-wide [`Config`] and the shared [`Context`] | — |
 //! | [`error`] | one error enum per step | — |

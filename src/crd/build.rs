@@ -104,6 +104,7 @@ const RULE_INLINE_DOCKERFILE_PATH: &str = "!has(self.source.inline) || !has(self
     category = "kiln",
     namespaced,
     status = "BuildStatus",
+    derive = "Default",
     doc = "A container image build that Kiln runs as a pod with rootless BuildKit.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -205,6 +206,27 @@ pub struct BuildSpec {
     /// controller's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+}
+
+impl Default for BuildSpec {
+    /// An empty spec with the schema's defaults (no source, no output: not valid as is).
+    fn default() -> Self {
+        Self {
+            source: Source::default(),
+            dockerfile: default_dockerfile(),
+            target: None,
+            build_args: BTreeMap::new(),
+            platforms: Vec::new(),
+            output: Output::default(),
+            cache: CacheSpec::default(),
+            builder: BuilderSpec::default(),
+            timeout: default_timeout(),
+            retries: default_retries(),
+            concurrency: ConcurrencySpec::default(),
+            cancel: false,
+            retention: None,
+        }
+    }
 }
 
 fn default_dockerfile() -> String {
