@@ -29,6 +29,14 @@ fn phase_reason(build: &Build) -> (Option<Phase>, Option<Reason>) {
     )
 }
 
+fn message_of(build: &Build) -> String {
+    build
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
 async fn phase_of(h: &Harness, name: &str) -> (Option<Phase>, Option<Reason>) {
     phase_reason(&h.build(name).await.expect("build exists"))
 }
@@ -68,9 +76,7 @@ async fn full_lifecycle_from_apply_to_success_to_deletion() {
     assert_eq!(spec.active_deadline_seconds, Some(3600));
 
     // The kubelet runs it.
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
     assert_eq!(
         phase_of(&h, "app").await,
         (Some(Phase::Running), Some(Reason::Running))
@@ -78,9 +84,7 @@ async fn full_lifecycle_from_apply_to_success_to_deletion() {
 
     // It pushes.
     h.advance(120);
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).pushed(DIGEST))
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
     let build = h.build("app").await.unwrap();
     let status = build.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded));
@@ -110,23 +114,14 @@ async fn full_lifecycle_from_apply_to_success_to_deletion() {
     assert_eq!(h.build("app").await.unwrap().resource_version(), version);
 
     // Deletion: the finalizer deletes the pod, then lets go; nothing is left.
-    h.delete_build("app").await;
-    h.reconcile("app").await.unwrap();
-    assert!(h.pods().await.is_empty());
-    h.reconcile("app").await.unwrap();
-    assert!(h.build("app").await.is_none());
-    assert!(h.pods().await.is_empty());
-    assert!(h.config_map_names().await.is_empty());
+    h.delete_and_finalize("app").await;
 }
 
 #[tokio::test]
 async fn a_restart_mid_build_does_not_create_a_second_pod() {
     let mut h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
     let uid = h.pods().await[0].metadata.uid.clone();
 
     for _ in 0..3 {
@@ -264,31 +259,19 @@ async fn a_pod_of_another_build_object_with_the_attempts_name_is_never_adopted()
 async fn a_failing_build_fails_once_and_is_not_retried() {
     let h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet(
-        "app-1",
-        PodFixture::for_build(&build, 1).exited(
+    h.pod_becomes("app", 1, |p| {
+        p.exited(
             1,
             "ERROR: process \"make\" did not complete successfully: exit code: 2",
-        ),
-    )
+        )
+    })
     .await;
-    h.settle("app").await;
     let build = h.build("app").await.unwrap();
     assert_eq!(
         phase_reason(&build),
         (Some(Phase::Failed), Some(Reason::BuildFailed))
     );
-    assert!(
-        build
-            .status
-            .as_ref()
-            .unwrap()
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("exit code: 2")
-    );
+    assert!(message_of(&build).contains("exit code: 2"));
     h.advance(3600);
     h.settle("app").await;
     assert_eq!(h.pod_names().await, ["app-1"], "no retry");
@@ -305,10 +288,7 @@ async fn a_failing_build_fails_once_and_is_not_retried() {
 async fn an_evicted_attempt_is_retried_with_backoff_and_then_succeeds() {
     let h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).evicted())
-        .await;
-    let requeue = h.settle("app").await;
+    let requeue = h.pod_becomes("app", 1, |p| p.evicted()).await;
     assert_eq!(
         phase_of(&h, "app").await,
         (Some(Phase::Pending), Some(Reason::PodEvicted))
@@ -326,9 +306,7 @@ async fn an_evicted_attempt_is_retried_with_backoff_and_then_succeeds() {
     h.advance(10);
     h.settle("app").await;
     assert_eq!(h.pod_names().await, ["app-1", "app-2"]);
-    h.kubelet("app-2", PodFixture::for_build(&build, 2).pushed(DIGEST))
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 2, |p| p.pushed(DIGEST)).await;
     let status = h.build("app").await.unwrap().status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded));
     assert_eq!((status.attempt, status.retries), (2, 1));
@@ -339,10 +317,7 @@ async fn an_evicted_attempt_is_retried_with_backoff_and_then_succeeds() {
 async fn an_attempt_that_runs_too_long_times_out_and_its_pod_is_deleted() {
     let h = Harness::new(vec![Build::test("app").timeout("10m")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
     h.advance(600);
     h.settle("app").await;
     assert_eq!(
@@ -356,10 +331,7 @@ async fn an_attempt_that_runs_too_long_times_out_and_its_pod_is_deleted() {
 async fn cancel_deletes_the_pod_and_the_build_ends_cancelled() {
     let h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
     h.patch_build("app", json!({"spec": {"cancel": true}}))
         .await;
     h.settle("app").await;
@@ -376,10 +348,7 @@ async fn cancel_deletes_the_pod_and_the_build_ends_cancelled() {
 async fn a_spec_change_supersedes_the_running_attempt_and_starts_a_new_one() {
     let h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
     h.patch_build("app", json!({"spec": {"buildArgs": {"VERSION": "2"}}}))
         .await;
     h.settle("app").await;
@@ -403,10 +372,7 @@ async fn a_rerun_annotation_starts_a_new_attempt_of_an_unchanged_spec() {
     // generation here; `decide`'s table tests cover the token on its own.)
     let h = Harness::new(vec![Build::test("app")]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).pushed(DIGEST))
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
     let mut annotated = h.build("app").await.unwrap().rerun("1");
     annotated.status = None;
     h.builds_api()
@@ -435,20 +401,10 @@ async fn builds_pushing_the_same_tag_queue_and_never_run_at_once() {
         phase_reason(&second),
         (Some(Phase::Pending), Some(Reason::Queued))
     );
-    assert!(
-        second
-            .status
-            .unwrap()
-            .message
-            .unwrap()
-            .contains("\"first\" (running)")
-    );
+    assert!(message_of(&second).contains("\"first\" (running)"));
 
     // While the first runs and even between its retries, the second waits.
-    let first = h.build("first").await.unwrap();
-    h.kubelet("first-1", PodFixture::for_build(&first, 1).evicted())
-        .await;
-    h.settle("first").await;
+    h.pod_becomes("first", 1, |p| p.evicted()).await;
     h.settle("second").await;
     assert!(h.pods().await.iter().all(|p| !is_live(p)));
     assert_eq!(phase_of(&h, "second").await.1, Some(Reason::Queued));
@@ -465,9 +421,7 @@ async fn builds_pushing_the_same_tag_queue_and_never_run_at_once() {
         .collect();
     assert_eq!(live, ["first-2"]);
 
-    h.kubelet("first-2", PodFixture::for_build(&first, 2).pushed(DIGEST))
-        .await;
-    h.settle("first").await;
+    h.pod_becomes("first", 2, |p| p.pushed(DIGEST)).await;
     h.settle("second").await;
     assert_eq!(h.pod_names().await, ["first-1", "first-2", "second-1"]);
     assert_eq!(phase_of(&h, "second").await.1, Some(Reason::PodCreated));
@@ -480,10 +434,7 @@ async fn cancel_in_progress_lets_the_newest_build_of_a_group_win() {
         .policy(ConcurrencyPolicy::CancelInProgress);
     let h = Harness::new(vec![old]).await;
     h.settle("old").await;
-    let old = h.build("old").await.unwrap();
-    h.kubelet("old-1", PodFixture::for_build(&old, 1).running())
-        .await;
-    h.settle("old").await;
+    h.pod_becomes("old", 1, |p| p.running()).await;
 
     // A newer Build of the group arrives: it waits for the old pod, the old one cancels.
     let new = Build::test("new")
@@ -516,14 +467,7 @@ async fn a_missing_push_secret_fails_the_build_without_a_pod_or_a_hot_loop() {
         phase_reason(&build),
         (Some(Phase::Failed), Some(Reason::SecretNotFound))
     );
-    assert!(
-        build
-            .status
-            .unwrap()
-            .message
-            .unwrap()
-            .contains("spec.output.pushSecretRef")
-    );
+    assert!(message_of(&build).contains("spec.output.pushSecretRef"));
     assert!(h.pods().await.is_empty());
     assert_eq!(requeue, kube::runtime::controller::Action::await_change());
     assert_eq!(
@@ -549,16 +493,8 @@ async fn an_inline_build_gets_its_config_map_and_deletion_removes_both() {
         .unwrap();
     assert_eq!(cm.data.unwrap()["file-0"], "hello\n");
 
-    let build = h.build("hello").await.unwrap();
-    h.kubelet("hello-1", PodFixture::for_build(&build, 1).running())
-        .await;
-    h.settle("hello").await;
-    h.delete_build("hello").await;
-    h.reconcile("hello").await.unwrap();
-    h.reconcile("hello").await.unwrap();
-    assert!(h.build("hello").await.is_none());
-    assert!(h.pods().await.is_empty());
-    assert!(h.config_map_names().await.is_empty());
+    h.pod_becomes("hello", 1, |p| p.running()).await;
+    h.delete_and_finalize("hello").await;
 }
 
 #[tokio::test]
@@ -599,16 +535,11 @@ async fn the_full_lifecycle_leaves_one_pod_per_attempt() {
     // Several attempts, restarts and a spec change: each attempt's pod name appears once.
     let mut h = Harness::new(vec![Build::test("app").retries(3)]).await;
     h.settle("app").await;
-    let build = h.build("app").await.unwrap();
-    h.kubelet("app-1", PodFixture::for_build(&build, 1).unknown())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.unknown()).await;
     h.restart();
     h.advance(10);
     h.settle("app").await;
-    h.kubelet("app-2", PodFixture::for_build(&build, 2).running())
-        .await;
-    h.settle("app").await;
+    h.pod_becomes("app", 2, |p| p.running()).await;
     h.restart();
     h.patch_build("app", json!({"spec": {"target": "prod"}}))
         .await;

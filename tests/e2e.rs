@@ -49,14 +49,16 @@ async fn cluster(test: &str) -> Option<Client> {
     Some(Client::try_from(config).expect("a client for the e2e cluster"))
 }
 
-fn registry(test: &str) -> Option<String> {
-    let registry = std::env::var("KILN_E2E_REGISTRY").ok();
-    if registry.is_none() {
+/// The cluster and a registry its build pods can push to, or `None` (after saying why).
+async fn cluster_with_registry(test: &str) -> Option<(Client, String)> {
+    let client = cluster(test).await?;
+    let Ok(registry) = std::env::var("KILN_E2E_REGISTRY") else {
         say(&format!(
             "SKIPPED e2e::{test}: KILN_E2E_REGISTRY is not set; name a registry the build pods can push to"
         ));
-    }
-    registry
+        return None;
+    };
+    Some((client, registry))
 }
 
 /// A namespace of the test's own, with the CRD installed and the controller running.
@@ -274,10 +276,7 @@ async fn e2e_the_api_server_rejects_an_invalid_build_naming_the_field() {
 #[tokio::test]
 async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_behind() {
     let test = "e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_behind";
-    let Some(client) = cluster(test).await else {
-        return;
-    };
-    let Some(registry) = registry(test) else {
+    let Some((client, registry)) = cluster_with_registry(test).await else {
         return;
     };
     let scene = Scene::new(client, "inline", Some(&registry)).await;
@@ -340,10 +339,7 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
 #[tokio::test]
 async fn e2e_cancel_stops_the_build_pod() {
     let test = "e2e_cancel_stops_the_build_pod";
-    let Some(client) = cluster(test).await else {
-        return;
-    };
-    let Some(registry) = registry(test) else {
+    let Some((client, registry)) = cluster_with_registry(test).await else {
         return;
     };
     let scene = Scene::new(client, "cancel", Some(&registry)).await;

@@ -162,6 +162,37 @@ impl Harness {
         .await;
     }
 
+    /// Deletes the Build and reconciles: its pods and ConfigMaps go first, then the
+    /// finalizer lets go, and nothing of it is left.
+    pub async fn delete_and_finalize(&mut self, name: &str) {
+        self.delete_build(name).await;
+        self.reconcile(name).await.expect("reconcile the deletion");
+        assert!(self.pods().await.is_empty(), "pods are deleted first");
+        assert!(
+            self.build(name).await.is_some(),
+            "the finalizer holds the Build meanwhile"
+        );
+        self.reconcile(name).await.expect("reconcile the deletion");
+        assert!(self.build(name).await.is_none(), "the finalizer let go");
+        assert!(self.pods().await.is_empty());
+        assert!(self.config_map_names().await.is_empty());
+    }
+
+    /// The kubelet moves the pod of attempt `attempt` of Build `build` to `state`, then the
+    /// controller reconciles until it has nothing more to do.
+    pub async fn pod_becomes(
+        &self,
+        build: &str,
+        attempt: u32,
+        state: impl FnOnce(PodFixture) -> PodFixture,
+    ) -> Requeue {
+        let object = self.build(build).await.expect("the build exists");
+        let fixture = state(PodFixture::for_build(&object, attempt));
+        let pod = fixture.pod.metadata.name.clone().unwrap_or_default();
+        self.kubelet(&pod, fixture).await;
+        self.settle(build).await
+    }
+
     pub fn clock_now(&self) -> k8s_openapi::jiff::Timestamp {
         use kiln::controller::context::Clock;
         self.clock.now()

@@ -64,16 +64,25 @@ fn started(build: Build) -> Build {
 /// A Build whose attempt 1 pod was seen running.
 fn running(build: Build) -> Build {
     let build = started(build);
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        5,
-    );
+    let plan = pod_says(&build, |p| p.running(), 5);
     after(&build, &plan)
 }
 
 fn status(plan: &Plan) -> &BuildStatus {
     plan.status().expect("the plan writes status")
+}
+
+fn message(plan: &Plan) -> &str {
+    status(plan).message.as_deref().unwrap_or_default()
+}
+
+/// Decides on `build` after the kubelet moved its attempt-1 pod to `state`.
+fn pod_says(build: &Build, state: impl FnOnce(PodFixture) -> PodFixture, secs: i64) -> Plan {
+    decide_at(
+        build,
+        &with_pods([state(PodFixture::for_build(build, 1))]),
+        secs,
+    )
 }
 
 fn phase_reason(plan: &Plan) -> (Phase, Reason) {
@@ -126,11 +135,7 @@ fn deletion_stops_live_pods_with_grace_and_removes_finished_pods_and_config_maps
 #[test]
 fn deletion_waits_while_pods_terminate() {
     let build = running(Build::test("app")).deleting(at(60));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running().terminating()]),
-        61,
-    );
+    let plan = pod_says(&build, |p| p.running().terminating(), 61);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
     assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
 }
@@ -222,13 +227,7 @@ fn a_missing_push_secret_fails_with_secret_not_found_naming_the_field() {
     let plan = decide_at(&build, &none(), 0);
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::SecretNotFound));
     assert!(plan.created_pods().is_empty());
-    assert!(
-        status(&plan)
-            .message
-            .as_deref()
-            .unwrap()
-            .starts_with("spec.output.pushSecretRef: Secret \"regcred\" not found")
-    );
+    assert!(message(&plan).starts_with("spec.output.pushSecretRef: Secret \"regcred\" not found"));
 }
 
 #[test]
@@ -269,11 +268,7 @@ fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
 #[test]
 fn a_running_pod_moves_the_build_to_running() {
     let build = started(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        5,
-    );
+    let plan = pod_says(&build, |p| p.running(), 5);
     assert_eq!(
         plan.describe(),
         [
@@ -286,11 +281,7 @@ fn a_running_pod_moves_the_build_to_running() {
 #[test]
 fn nothing_is_written_when_nothing_changed() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        50,
-    );
+    let plan = pod_says(&build, |p| p.running(), 50);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
     assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3550)));
 }
@@ -298,11 +289,7 @@ fn nothing_is_written_when_nothing_changed() {
 #[test]
 fn a_pushed_digest_succeeds_the_build() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.pushed(DIGEST), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -341,11 +328,7 @@ fn success_without_a_valid_digest_is_a_build_failure() {
 #[test]
 fn a_failing_build_is_not_retried() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).exited(1, "ERROR: RUN make: exit code 2")]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.exited(1, "ERROR: RUN make: exit code 2"), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -362,29 +345,15 @@ fn a_failing_build_is_not_retried() {
 #[test]
 fn out_of_memory_is_a_build_failure_that_names_the_limit() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).oom_killed()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.oom_killed(), 100);
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::BuildFailed));
-    assert!(
-        status(&plan)
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("limits.memory")
-    );
+    assert!(message(&plan).contains("limits.memory"));
 }
 
 #[test]
 fn an_eviction_is_retried_after_a_backoff() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).evicted()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.evicted(), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -440,29 +409,15 @@ fn the_backoff_doubles_and_is_capped() {
 #[test]
 fn an_infrastructure_failure_without_retries_left_fails_the_build() {
     let build = running(Build::test("app").retries(0));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).disrupted()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.disrupted(), 100);
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::PodEvicted));
-    assert!(
-        status(&plan)
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("no retries left")
-    );
+    assert!(message(&plan).contains("no retries left"));
 }
 
 #[test]
 fn an_image_pull_backoff_deletes_the_stuck_pod_and_retries() {
     let build = started(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).image_pull_backoff()]),
-        30,
-    );
+    let plan = pod_says(&build, |p| p.image_pull_backoff(), 30);
     assert_eq!(
         plan.describe(),
         [
@@ -492,11 +447,7 @@ fn the_next_attempt_waits_for_the_stuck_pod_to_terminate() {
 #[test]
 fn an_invalid_image_name_is_not_retried() {
     let build = started(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).invalid_image()]),
-        30,
-    );
+    let plan = pod_says(&build, |p| p.invalid_image(), 30);
     assert_eq!(
         phase_reason(&plan),
         (Phase::Failed, Reason::ImagePullFailed)
@@ -528,11 +479,7 @@ fn a_pod_announced_but_never_seen_is_created_again_under_the_same_name() {
 #[test]
 fn a_pod_deleted_by_someone_else_is_lost_and_retried() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running().terminating()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.running().terminating(), 100);
     assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::PodLost));
     assert!(
         plan.describe().iter().all(|a| !a.starts_with("DeletePod")),
@@ -555,11 +502,7 @@ fn a_pod_replaced_under_the_same_name_is_lost() {
 #[test]
 fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).unknown()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.unknown(), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -573,11 +516,7 @@ fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
 #[test]
 fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
     let build = running(Build::test("app").timeout("10m"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        600,
-    );
+    let plan = pod_says(&build, |p| p.running(), 600);
     assert_eq!(
         plan.describe(),
         [
@@ -592,11 +531,7 @@ fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
 #[test]
 fn the_kubelets_deadline_is_a_timeout_too() {
     let build = running(Build::test("app"));
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).deadline_exceeded()]),
-        3600,
-    );
+    let plan = pod_says(&build, |p| p.deadline_exceeded(), 3600);
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
 }
 
@@ -605,11 +540,7 @@ fn the_kubelets_deadline_is_a_timeout_too() {
 #[test]
 fn cancel_deletes_the_running_pod_with_a_grace_period() {
     let build = running(Build::test("app")).cancel().generation(2);
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.running(), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -649,11 +580,7 @@ fn a_build_cancelled_before_it_started_never_gets_a_pod() {
 #[test]
 fn a_new_generation_supersedes_the_running_attempt() {
     let build = running(Build::test("app")).generation(2);
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).running()]),
-        100,
-    );
+    let plan = pod_says(&build, |p| p.running(), 100);
     assert_eq!(
         plan.describe(),
         [
@@ -672,19 +599,8 @@ fn a_new_generation_supersedes_the_running_attempt() {
 #[test]
 fn the_new_attempt_starts_once_the_superseded_pod_is_gone() {
     let build = running(Build::test("app")).generation(2);
-    let build = after(
-        &build,
-        &decide_at(
-            &build,
-            &with_pods([PodFixture::for_build(&build, 1).running()]),
-            100,
-        ),
-    );
-    let plan = decide_at(
-        &build,
-        &with_pods([PodFixture::for_build(&build, 1).exited(143, "")]),
-        110,
-    );
+    let build = after(&build, &pod_says(&build, |p| p.running(), 100));
+    let plan = pod_says(&build, |p| p.exited(143, ""), 110);
     assert_eq!(
         plan.describe(),
         [
@@ -699,14 +615,7 @@ fn the_new_attempt_starts_once_the_superseded_pod_is_gone() {
 #[test]
 fn a_new_generation_after_success_builds_again() {
     let build = running(Build::test("app"));
-    let done = after(
-        &build,
-        &decide_at(
-            &build,
-            &with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]),
-            100,
-        ),
-    );
+    let done = after(&build, &pod_says(&build, |p| p.pushed(DIGEST), 100));
     let plan = decide_at(
         &done.clone().generation(2),
         &with_pods([PodFixture::for_build(&done, 1).pushed(DIGEST)]),
@@ -721,14 +630,7 @@ fn a_new_generation_after_success_builds_again() {
 #[test]
 fn a_rerun_token_starts_a_new_attempt_once() {
     let build = running(Build::test("app"));
-    let done = after(
-        &build,
-        &decide_at(
-            &build,
-            &with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]),
-            100,
-        ),
-    );
+    let done = after(&build, &pod_says(&build, |p| p.pushed(DIGEST), 100));
     let pods = with_pods([PodFixture::for_build(&done, 1).pushed(DIGEST)]);
     let rerun = done.rerun("2026-01-02");
     let plan = decide_at(&rerun, &pods, 200);
@@ -779,13 +681,7 @@ fn a_build_waits_behind_an_earlier_waiting_member() {
     };
     let plan = decide_at(&build, &observed, 20);
     assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::Queued));
-    assert!(
-        status(&plan)
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("queued ahead")
-    );
+    assert!(message(&plan).contains("queued ahead"));
 }
 
 #[test]
@@ -826,13 +722,7 @@ fn cancel_in_progress_cancels_the_older_running_build() {
             "Event Normal Superseded"
         ]
     );
-    assert!(
-        status(&plan)
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("newer Build \"b\"")
-    );
+    assert!(message(&plan).contains("newer Build \"b\""));
 }
 
 #[test]
@@ -862,14 +752,7 @@ fn a_pod_newer_than_the_status_is_adopted_not_duplicated() {
     // Status says attempt 1 finished with a retry pending; attempt 2's pod exists (the
     // status write that announced it was lost).
     let build = running(Build::test("app"));
-    let build = after(
-        &build,
-        &decide_at(
-            &build,
-            &with_pods([PodFixture::for_build(&build, 1).evicted()]),
-            100,
-        ),
-    );
+    let build = after(&build, &pod_says(&build, |p| p.evicted(), 100));
     let pods = with_pods([
         PodFixture::for_build(&build, 1).evicted(),
         PodFixture::for_build(&build, 2).running(),
@@ -888,14 +771,7 @@ fn a_pod_newer_than_the_status_is_adopted_not_duplicated() {
 #[test]
 fn a_live_pod_of_an_earlier_attempt_is_deleted() {
     let build = running(Build::test("app"));
-    let build = after(
-        &build,
-        &decide_at(
-            &build,
-            &with_pods([PodFixture::for_build(&build, 1).evicted()]),
-            100,
-        ),
-    );
+    let build = after(&build, &pod_says(&build, |p| p.evicted(), 100));
     let plan = decide_at(
         &build,
         &with_pods([
