@@ -260,6 +260,18 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_registries_get_a_section_each() {
+        let mut config = Config::default();
+        config
+            .plain_http_registries
+            .insert("kind-registry:5000".into());
+        assert_eq!(
+            buildkitd_toml(&config).unwrap(),
+            "[registry.\"kind-registry:5000\"]\n  http = true\n"
+        );
+    }
+
+    #[test]
     fn daemon_flags() {
         assert_eq!(buildkitd_flags(false), "--oci-worker-no-process-sandbox");
         assert_eq!(

@@ -563,7 +563,8 @@ impl<'a> Decision<'a> {
             );
             return self.requeue_after(POD_GONE_RECHECK);
         }
-        match queue::admit(self.build, &self.observed.peers) {
+        let retrying = self.status.retries > 0;
+        match queue::admit(self.build, &self.observed.peers, retrying) {
             Admission::Superseded { by } => return self.supersede(&by),
             Admission::Wait { holder, running } => {
                 self.set(

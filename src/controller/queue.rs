@@ -131,8 +131,10 @@ pub fn superseded_by(build: &Build, peers: &[Peer]) -> Option<String> {
         .map(|p| p.name.clone())
 }
 
-/// Whether `build` may start now.
-pub fn admit(build: &Build, peers: &[Peer]) -> Admission {
+/// Whether `build` may start now. `retrying` says that it already holds the group (the
+/// next attempt of a run in progress): then only an active member, never a waiting one
+/// ahead in the queue, makes it wait.
+pub fn admit(build: &Build, peers: &[Peer], retrying: bool) -> Admission {
     if let Some(by) = superseded_by(build, peers) {
         return Admission::Superseded { by };
     }
@@ -148,7 +150,7 @@ pub fn admit(build: &Build, peers: &[Peer]) -> Admission {
             running: true,
         };
     }
-    if build.spec.concurrency.policy == ConcurrencyPolicy::Queue {
+    if build.spec.concurrency.policy == ConcurrencyPolicy::Queue && !retrying {
         let (created, name) = key_of(build);
         if let Some(ahead) = peers
             .iter()
@@ -247,14 +249,15 @@ mod tests {
     #[test]
     fn queue_is_fifo_by_creation_then_name() {
         let me = Build::test("m").created_at(at(10));
-        assert_eq!(admit(&me, &[]), Admission::Go);
+        assert_eq!(admit(&me, &[], false), Admission::Go);
         assert_eq!(
             admit(
                 &me,
                 &[
                     peer("a", 5, Standing::Waiting),
                     peer("z", 20, Standing::Waiting)
-                ]
+                ],
+                false
             ),
             Admission::Wait {
                 holder: "a".into(),
@@ -263,14 +266,14 @@ mod tests {
         );
         // Same second: the name breaks the tie.
         assert_eq!(
-            admit(&me, &[peer("a", 10, Standing::Waiting)]),
+            admit(&me, &[peer("a", 10, Standing::Waiting)], false),
             Admission::Wait {
                 holder: "a".into(),
                 running: false
             }
         );
         assert_eq!(
-            admit(&me, &[peer("z", 10, Standing::Waiting)]),
+            admit(&me, &[peer("z", 10, Standing::Waiting)], false),
             Admission::Go
         );
         // An active member holds the group, even a newer one.
@@ -280,7 +283,8 @@ mod tests {
                 &[
                     peer("z", 99, Standing::Active),
                     peer("y", 1, Standing::Idle)
-                ]
+                ],
+                false
             ),
             Admission::Wait {
                 holder: "z".into(),
@@ -300,7 +304,8 @@ mod tests {
                 &[
                     peer("new", 2, Standing::Waiting),
                     peer("newer", 3, Standing::Waiting)
-                ]
+                ],
+                false
             ),
             Admission::Superseded { by: "newer".into() }
         );
@@ -310,15 +315,30 @@ mod tests {
             .policy(ConcurrencyPolicy::CancelInProgress);
         // The newest waits for the older pod to go, then starts.
         assert_eq!(
-            admit(&new, &[peer("old", 1, Standing::Active)]),
+            admit(&new, &[peer("old", 1, Standing::Active)], false),
             Admission::Wait {
                 holder: "old".into(),
                 running: true
             }
         );
         assert_eq!(
-            admit(&new, &[peer("old", 1, Standing::Waiting)]),
+            admit(&new, &[peer("old", 1, Standing::Waiting)], false),
             Admission::Go
+        );
+    }
+
+    #[test]
+    fn a_retry_keeps_its_place_ahead_of_waiting_members() {
+        let me = Build::test("m").created_at(at(10));
+        let ahead = [peer("a", 5, Standing::Waiting)];
+        assert_eq!(admit(&me, &ahead, true), Admission::Go);
+        let running = [peer("a", 5, Standing::Active)];
+        assert_eq!(
+            admit(&me, &running, true),
+            Admission::Wait {
+                holder: "a".into(),
+                running: true
+            }
         );
     }
 

@@ -702,6 +702,23 @@ fn a_queued_build_starts_when_its_group_is_free() {
 }
 
 #[test]
+fn a_retry_keeps_the_group_even_when_an_earlier_member_waits() {
+    let build = running(Build::test("b").created_at(at(10)));
+    let evicted = PodFixture::for_build(&build, 1).evicted();
+    let build = after(
+        &build,
+        &decide_at(&build, &with_pods([evicted.clone()]), 100),
+    );
+    let observed = Observed {
+        pods: vec![evicted.pod],
+        peers: vec![peer("a", 0, Standing::Waiting)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 110);
+    assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
+}
+
+#[test]
 fn cancel_in_progress_cancels_the_older_running_build() {
     let build = running(
         Build::test("a")
