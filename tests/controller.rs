@@ -552,3 +552,18 @@ async fn the_full_lifecycle_leaves_one_pod_per_attempt() {
     let attempts: Vec<u32> = status.attempts.iter().map(|a| a.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
 }
+
+#[tokio::test]
+async fn the_controller_fails_fast_with_the_fix_when_the_crd_is_missing() {
+    let client = kube_fake_client::ClientBuilder::new()
+        .build()
+        .await
+        .unwrap();
+    let result = kiln::controller::run(client, Config::default(), std::future::pending()).await;
+    let error = result.expect_err("no Build API");
+    assert!(
+        matches!(error, kiln::controller::error::RunError::CrdMissing(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("kiln crd | kubectl apply -f -"));
+}

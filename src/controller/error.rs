@@ -210,4 +210,9 @@ pub enum RunError {
         "the Build API (builds.kiln.dev) is not available; install it with `kiln crd | kubectl apply -f -`"
     )]
     CrdMissing(#[source] kube::Error),
+    /// Builds could not be listed for another reason (connection, RBAC).
+    #[error(
+        "listing Builds failed; check the connection to the API server and the controller's RBAC"
+    )]
+    ListBuilds(#[source] kube::Error),
 }

@@ -55,7 +55,10 @@ pub async fn run_with(
     builds
         .list(&ListParams::default().limit(1))
         .await
-        .map_err(RunError::CrdMissing)?;
+        .map_err(|error| match &error {
+            kube::Error::Api(status) if status.code == 404 => RunError::CrdMissing(error),
+            _ => RunError::ListBuilds(error),
+        })?;
 
     let owned = watcher::Config::default().labels(&managed_selector());
     let controller = Controller::new(builds.clone(), watcher::Config::default());
