@@ -29,6 +29,8 @@ pub struct Cli {
 }
 
 /// The top-level commands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller against the current kubeconfig (or in-cluster config).

@@ -1,13 +1,302 @@
-//! `kiln controller`: its flags and the function that runs it.
+//! `kiln controller`: its flags and the function that runs it (the edge: reads the
+//! kubeconfig, handles SIGTERM and SIGINT).
+//!
+//! Every flag has an environment variable only where a Deployment is expected to set it
+//! from the downward API or a ConfigMap; the Helm chart sets the rest as arguments.
 
-use crate::cli::{CliResult, NotImplemented};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Client;
+
+use super::context::{CacheService, Config, Mirror, parse_mirror};
+use crate::cli::CliResult;
+use crate::crd::build::DEFAULT_BUILDER_IMAGE;
+use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
 #[derive(Debug, clap::Args)]
-pub struct ControllerArgs {}
+pub struct ControllerArgs {
+    /// Watch Builds in this namespace only [default: every namespace].
+    #[arg(long, env = "KILN_NAMESPACE")]
+    pub namespace: Option<String>,
 
-/// Runs the controller until SIGTERM or SIGINT.
+    /// Builder image for Builds that name none: rootless BuildKit with
+    /// buildctl-daemonless.sh (pin it by digest in production).
+    #[arg(long, env = "KILN_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
+    pub builder_image: String,
+
+    /// The build cache service, `http(s)://HOST[:PORT][/PATH]`; BuildKit gets
+    /// --export-cache/--import-cache refs under it. No cache without it.
+    #[arg(long, env = "KILN_CACHE_SERVICE", value_parser = CacheService::parse)]
+    pub cache_service: Option<CacheService>,
+
+    /// A registry mirror for builders, `REGISTRY=[http://]HOST[:PORT][/PATH]`, for example
+    /// docker.io=mirror.gcr.io (avoids Docker Hub rate limits). Repeatable.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST", value_parser = parse_mirror)]
+    pub registry_mirrors: Vec<(String, Mirror)>,
+
+    /// A registry builders reach over plain HTTP, `HOST[:PORT]` (an in-cluster registry
+    /// without TLS). Repeatable.
+    #[arg(long = "plain-http-registry", value_name = "HOST[:PORT]", value_parser = parse_host)]
+    pub plain_http_registries: Vec<String>,
+
+    /// CPU request of builders whose Build requests none.
+    #[arg(long, default_value = "500m", value_parser = parse_quantity)]
+    pub builder_cpu_request: Quantity,
+
+    /// Memory request of builders whose Build requests none.
+    #[arg(long, default_value = "1Gi", value_parser = parse_quantity)]
+    pub builder_memory_request: Quantity,
+
+    /// Delay before the first retry of an infrastructure failure (eviction, lost node,
+    /// image pull); it doubles on each further retry.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest delay between two retries.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Grace period of a build pod that is cancelled, superseded or cleaned up.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub pod_grace_period: Duration,
+
+    /// How often a queued Build re-checks its concurrency group (it is also woken when a
+    /// Build of its group changes).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub queue_recheck: Duration,
+
+    /// Largest inline build context (Dockerfile plus files), e.g. 512KiB; at most 900KiB,
+    /// since it is stored in a ConfigMap.
+    #[arg(long, default_value = "512KiB", value_parser = parse_inline_limit)]
+    pub max_inline_context: u64,
+
+    /// Attempts kept in status.attempts when the Build sets no
+    /// spec.retention.attemptHistory.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub attempt_history: u32,
+
+    /// Most reconciles running at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Name of this controller instance on Events (set it to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+impl ControllerArgs {
+    /// The controller configuration these flags describe.
+    pub fn into_config(self) -> Config {
+        let ControllerArgs {
+            namespace,
+            builder_image,
+            cache_service,
+            registry_mirrors,
+            plain_http_registries,
+            builder_cpu_request,
+            builder_memory_request,
+            retry_backoff,
+            retry_backoff_max,
+            pod_grace_period,
+            queue_recheck,
+            max_inline_context,
+            attempt_history,
+            concurrency,
+            instance,
+        } = self;
+        Config {
+            builder_image,
+            cache_service,
+            registry_mirrors: registry_mirrors.into_iter().collect(),
+            plain_http_registries: plain_http_registries.into_iter().collect(),
+            default_requests: [
+                ("cpu".to_owned(), builder_cpu_request),
+                ("memory".to_owned(), builder_memory_request),
+            ]
+            .into_iter()
+            .collect(),
+            retry_backoff,
+            retry_backoff_max,
+            pod_grace_period,
+            queue_recheck,
+            max_inline_bytes: max_inline_context,
+            attempt_history,
+            namespace,
+            concurrency,
+            instance,
+        }
+    }
+}
+
+/// Why `kiln controller` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerCliError {
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error(
+        "connecting to Kubernetes (from $KUBECONFIG, ~/.kube/config or the in-cluster service account)"
+    )]
+    Connect(#[source] kube::Error),
+}
+
+/// Why a quantity or size flag was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// Not a Kubernetes quantity.
+    #[error("{0:?} is not a Kubernetes quantity such as 500m, 2, 1Gi or 512Mi")]
+    Quantity(String),
+    /// Larger than a ConfigMap can hold.
+    #[error("{0} is more than 900KiB, which a ConfigMap cannot hold with its other keys")]
+    InlineTooLarge(String),
+    /// Not `host[:port]`.
+    #[error("{0:?} is not HOST[:PORT]")]
+    Host(String),
+    /// Not a size.
+    #[error(transparent)]
+    Size(#[from] crate::units::UnitsError),
+}
+
+fn parse_quantity(text: &str) -> Result<Quantity, FlagError> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let valid_number = !number.is_empty() && number.parse::<f64>().is_ok();
+    let valid_suffix = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    );
+    if valid_number && valid_suffix {
+        Ok(Quantity(text.to_owned()))
+    } else {
+        Err(FlagError::Quantity(text.to_owned()))
+    }
+}
+
+fn parse_host(text: &str) -> Result<String, FlagError> {
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(FlagError::Host(text.to_owned()))
+    }
+}
+
+fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
+    let bytes = parse_size(text)?;
+    if bytes > 900 * 1024 {
+        return Err(FlagError::InlineTooLarge(text.to_owned()));
+    }
+    Ok(bytes)
+}
+
+/// Runs the controller against the current kubeconfig (or the in-cluster config) until
+/// SIGTERM or SIGINT: then it stops taking work, lets in-flight reconciles finish and exits
+/// 0. A second signal exits at once. Build pods keep running and are adopted on restart.
 pub async fn run(args: ControllerArgs) -> CliResult {
-    let ControllerArgs {} = args;
-    Err(Box::new(NotImplemented("kiln controller")))
+    let config = args.into_config();
+    let client = Client::try_default()
+        .await
+        .map_err(ControllerCliError::Connect)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "signal received: finishing in-flight reconciles (signal again to exit now)"
+        );
+        let _ = stop.send(());
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    super::run(client, config, async move {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_library_defaults() {
+        let mut config = Harness::try_parse_from(["kiln"])
+            .unwrap()
+            .args
+            .into_config();
+        // Set by the environment in a cluster; not a default.
+        config.instance = None;
+        config.namespace = None;
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn flags_are_parsed_into_the_config() {
+        let config = Harness::try_parse_from([
+            "kiln",
+            "--namespace=builds",
+            "--cache-service=http://kiln-cache:5000",
+            "--registry-mirror=docker.io=mirror.gcr.io",
+            "--registry-mirror=ghcr.io=http://kiln-cache:5000",
+            "--retry-backoff=5s",
+            "--max-inline-context=64KiB",
+            "--builder-memory-request=2Gi",
+        ])
+        .unwrap()
+        .args
+        .into_config();
+        assert_eq!(config.namespace.as_deref(), Some("builds"));
+        assert!(config.cache_service.unwrap().plain_http);
+        assert_eq!(
+            config.registry_mirrors.keys().collect::<Vec<_>>(),
+            ["docker.io", "ghcr.io"]
+        );
+        assert_eq!(config.retry_backoff, Duration::from_secs(5));
+        assert_eq!(config.max_inline_bytes, 64 * 1024);
+        assert_eq!(config.default_requests["memory"], Quantity("2Gi".into()));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_a_message() {
+        for bad in [
+            ["kiln", "--cache-service=kiln-cache:5000"],
+            ["kiln", "--registry-mirror=docker.io"],
+            ["kiln", "--builder-cpu-request=lots"],
+            ["kiln", "--max-inline-context=2MiB"],
+            ["kiln", "--attempt-history=0"],
+            ["kiln", "--plain-http-registry=http://x"],
+        ] {
+            assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,2 +1,44 @@
 //! The controller that turns `Build` objects into build pods and status.
+//!
+//! Reconcile is split so that every decision is testable without a cluster:
+//!
+//! | file | holds | I/O |
+//! | --- | --- | --- |
+//! | [`decide`](mod@decide) | `decide(build, observed, now, config) -> Plan`: the lifecycle | pure |
+//! | [`plan`] | the [`Plan`](plan::Plan) and its [`Action`](plan::Action)s | pure |
+//! | [`pod`] | the build pod and ConfigMap of one attempt, and why its security context is what it is | pure |
+//! | [`buildkit`] | `buildctl` arguments, BuildKit configuration, cache references | pure |
+//! | [`podstate`] | what a pod's status says happened; the pushed digest | pure |
+//! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
+//! | [`validate`] | the checks the schema cannot make | pure |
+//! | [`labels`] | labels, selectors and deterministic names | pure |
+//! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
+//! | [`apply`] | carries out a plan | API writes |
+//! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
+//! | [`run`](mod@run) | the watch loop: [`run()`] | both |
+//! | [`context`] | controller-wide [`Config`] and the shared [`Context`] | — |
+//! | [`error`] | one error enum per step | — |
+//! | [`fixtures`] | build pods in every state a kubelet reports, for tests | pure |
+//! | [`cli`] | `kiln controller` | — |
+
+pub mod apply;
+pub mod buildkit;
 pub mod cli;
+pub mod context;
+pub mod decide;
+pub mod error;
+pub mod fixtures;
+pub mod labels;
+pub mod observe;
+pub mod plan;
+pub mod pod;
+pub mod podstate;
+pub mod queue;
+pub mod reconcile;
+pub mod run;
+pub mod validate;
+
+pub use context::{Config, Context};
+pub use decide::decide;
+pub use reconcile::{error_policy, reconcile};
+pub use run::{run, run_with};

@@ -1,8 +1,16 @@
-//! `kiln crd`: prints the CustomResourceDefinitions as YAML.
+//! `kiln crd`: prints the CustomResourceDefinitions as YAML (I/O: writes to stdout).
 
-use crate::cli::{CliResult, NotImplemented};
+use std::io::Write;
+use std::process::ExitCode;
 
-/// Prints every CRD Kiln serves, as one YAML stream, to stdout.
+use crate::cli::CliResult;
+
+/// Prints every CRD Kiln serves, as one YAML stream, to stdout: what `crds/` holds and what
+/// `kiln crd | kubectl apply -f -` installs.
 pub async fn run() -> CliResult {
-    Err(Box::new(NotImplemented("kiln crd")))
+    let yaml = super::crds_yaml()?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(yaml.as_bytes())?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

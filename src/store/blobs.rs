@@ -278,7 +278,9 @@ impl Store {
         let action = "read blob";
         let txn = self.read(action)?;
         if let Some(repo) = repo {
-            let links = txn.open_table(tables::LINKS).map_err(StoreError::db(action))?;
+            let links = txn
+                .open_table(tables::LINKS)
+                .map_err(StoreError::db(action))?;
             if links
                 .get((repo, *digest.as_bytes()))
                 .map_err(StoreError::db(action))?
@@ -287,7 +289,9 @@ impl Store {
                 return Ok(None);
             }
         }
-        let blobs = txn.open_table(tables::BLOBS).map_err(StoreError::db(action))?;
+        let blobs = txn
+            .open_table(tables::BLOBS)
+            .map_err(StoreError::db(action))?;
         let row = blobs
             .get(digest.as_bytes())
             .map_err(StoreError::db(action))?;

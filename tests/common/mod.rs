@@ -6,14 +6,18 @@
 //! | [`docker_registry`] | Debian's `docker-registry` on a free loopback port, stopped on drop |
 //! | [`skopeo`] | running Debian's `skopeo` against plain-HTTP registries |
 //! | [`oci_layout`] | a tiny image written by the test itself as an OCI layout directory |
+//! | [`fake_api`] | the controller's reconcile against kube-fake-client, with a test kubelet |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
 pub mod cut_proxy;
 pub mod docker_registry;
+pub mod fake_api;
 pub mod oci_layout;
 pub mod skopeo;
+
+pub use fake_api::{Harness, NS, fake_api};
 
 use std::net::TcpListener;
 

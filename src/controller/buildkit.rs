@@ -1,0 +1,282 @@
+//! What the builder runs: `buildctl-daemonless.sh` arguments, the BuildKit daemon's
+//! configuration (registry mirrors, plain-HTTP registries) and cache references (pure).
+//!
+//! Arguments are passed as an argv, never through a shell, so no value from a Build is ever
+//! interpreted by one. Everything is emitted in a fixed order from sorted inputs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use kube::ResourceExt;
+
+use super::context::Config;
+use super::validate::{GitAuth, SourceKind, Validated};
+use crate::crd::{Build, CacheMode, CacheScope, GitSource};
+
+/// Where the builder's state lives (an emptyDir; see `pod.rs` for why).
+pub const STATE_DIR: &str = "/home/user/.local/share/buildkit";
+/// Where a local build context is mounted or fetched to.
+pub const CONTEXT_DIR: &str = "/workspace/context";
+/// Where the attempt's ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/kiln";
+/// Path of the BuildKit daemon configuration inside [`CONFIG_DIR`].
+pub const BUILDKITD_TOML: &str = "buildkit/buildkitd.toml";
+/// Directory of the OCI fetch Dockerfile inside [`CONFIG_DIR`].
+pub const FETCH_DIR: &str = "fetch";
+/// Where the push Secret is mounted as a Docker config (`$DOCKER_CONFIG`).
+pub const DOCKER_CONFIG_DIR: &str = "/var/run/kiln/docker";
+/// Where the Git clone Secret is mounted.
+pub const GIT_AUTH_DIR: &str = "/var/run/kiln/git";
+/// Where BuildKit's metadata (with the pushed digest) is written: the file the kubelet
+/// reads as the container's termination message.
+pub const METADATA_FILE: &str = "/dev/termination-log";
+/// Tag of every cache reference.
+pub const CACHE_TAG: &str = "buildcache";
+
+/// Flags of the BuildKit daemon that `buildctl-daemonless.sh` starts (`$BUILDKITD_FLAGS`).
+///
+/// `--oci-worker-no-process-sandbox`: the build's `RUN` steps share the daemon's PID
+/// namespace instead of getting their own, which would need an unmasked `/proc`
+/// (`procMount: Unmasked`, itself only allowed with user namespaces). A step can therefore
+/// signal the daemon, but the pod holds nothing else: one build, one tenant, thrown away
+/// after the attempt.
+pub fn buildkitd_flags(has_config: bool) -> String {
+    let mut flags = String::from("--oci-worker-no-process-sandbox");
+    if has_config {
+        let _ = write!(flags, " --config={CONFIG_DIR}/{BUILDKITD_TOML}");
+    }
+    flags
+}
+
+/// The BuildKit daemon configuration: mirrors per upstream registry, and `http = true` for
+/// registries reached over plain HTTP (the in-cluster cache service, `--plain-http-registry`).
+/// `None` when there is nothing to configure.
+pub fn buildkitd_toml(config: &Config) -> Option<String> {
+    let mut plain_http: BTreeMap<&str, ()> = BTreeMap::new();
+    let mut out = String::new();
+    for (registry, mirror) in &config.registry_mirrors {
+        let _ = writeln!(out, "[registry.\"{registry}\"]");
+        let _ = writeln!(out, "  mirrors = [\"{}\"]", mirror.host);
+        if mirror.plain_http {
+            plain_http.insert(mirror.host.split('/').next().unwrap_or(&mirror.host), ());
+        }
+    }
+    if let Some(cache) = config.cache_service.as_ref().filter(|c| c.plain_http) {
+        plain_http.insert(cache.registry_host(), ());
+    }
+    for host in &config.plain_http_registries {
+        plain_http.insert(host, ());
+    }
+    for host in plain_http.keys() {
+        if config.registry_mirrors.contains_key(*host) {
+            // Already has a section; TOML forbids a second one.
+            let _ = writeln!(out, "# {host} is both mirrored and plain HTTP; mirror wins");
+            continue;
+        }
+        let _ = writeln!(out, "[registry.\"{host}\"]");
+        let _ = writeln!(out, "  http = true");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The cache reference of a Build: `<service>/<namespace>/<build>:buildcache`, or
+/// `<service>/<namespace>/shared:buildcache` for the namespace scope. `None` without a cache
+/// service or with `spec.cache.mode: Off`.
+pub fn cache_ref(build: &Build, config: &Config) -> Option<String> {
+    let service = config.cache_service.as_ref()?;
+    if build.spec.cache.mode == CacheMode::Off {
+        return None;
+    }
+    let namespace = build.namespace().unwrap_or_default();
+    let repository = match build.spec.cache.scope {
+        CacheScope::Build => build.name_any(),
+        CacheScope::Namespace => "shared".to_owned(),
+    };
+    Some(format!(
+        "{}/{namespace}/{repository}:{CACHE_TAG}",
+        service.host
+    ))
+}
+
+/// The Git context BuildKit clones: `<url>[#<revision>][:<contextDir>]`.
+pub fn git_context(git: &GitSource) -> String {
+    let revision = git.revision.as_deref().unwrap_or_default();
+    match git.context_dir.as_deref() {
+        Some(dir) => format!("{}#{revision}:{dir}", git.url),
+        None if !revision.is_empty() => format!("{}#{revision}", git.url),
+        None => git.url.clone(),
+    }
+}
+
+/// The Dockerfile the fetch init container builds to export an OCI context to a directory.
+pub fn fetch_dockerfile(image: &str) -> String {
+    format!("FROM {image}\n")
+}
+
+/// Arguments of the init container that exports an OCI context's filesystem into
+/// [`CONTEXT_DIR`].
+pub fn fetch_args() -> Vec<String> {
+    vec![
+        "build".into(),
+        "--progress=plain".into(),
+        "--frontend=dockerfile.v0".into(),
+        // `FROM <image>` reads nothing from its context; a tiny one is given anyway so the
+        // frontend never asks the session for a directory it does not have.
+        format!("--local=context={CONFIG_DIR}/{FETCH_DIR}"),
+        format!("--local=dockerfile={CONFIG_DIR}/{FETCH_DIR}"),
+        format!("--output=type=local,dest={CONTEXT_DIR}"),
+    ]
+}
+
+/// Arguments of `buildctl-daemonless.sh` for the build itself.
+pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> Vec<String> {
+    let spec = &build.spec;
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--progress=plain".into(),
+        "--frontend=dockerfile.v0".into(),
+    ];
+    match validated.source {
+        SourceKind::Git(git) => args.push(format!("--opt=context={}", git_context(git))),
+        SourceKind::Oci(_) | SourceKind::Inline(_) => {
+            args.push(format!("--local=context={CONTEXT_DIR}"));
+            args.push(format!("--local=dockerfile={CONTEXT_DIR}"));
+        }
+    }
+    args.push(format!("--opt=filename={}", spec.dockerfile));
+    if let Some(target) = &spec.target {
+        args.push(format!("--opt=target={target}"));
+    }
+    for (name, value) in &spec.build_args {
+        args.push(format!("--opt=build-arg:{name}={value}"));
+    }
+    if !spec.platforms.is_empty() {
+        // The platform list is a set (x-kubernetes-list-type: set): sorted, so the index
+        // lists platforms in the same order whatever order the Build gave.
+        let mut platforms = spec.platforms.clone();
+        platforms.sort();
+        platforms.dedup();
+        args.push(format!("--opt=platform={}", platforms.join(",")));
+    }
+    args.push(format!(
+        "--output=type=image,name={},push=true",
+        spec.output.image
+    ));
+    args.push(format!("--metadata-file={METADATA_FILE}"));
+    if let Some(reference) = cache_ref(build, config) {
+        let mode = match spec.cache.mode {
+            CacheMode::Min => "min",
+            CacheMode::Max | CacheMode::Off => "max",
+        };
+        args.push(format!(
+            "--export-cache=type=registry,ref={reference},mode={mode}"
+        ));
+        args.push(format!("--import-cache=type=registry,ref={reference}"));
+    }
+    match &validated.git_auth {
+        Some(GitAuth::Token { .. }) => args.push(format!(
+            "--secret=id=GIT_AUTH_TOKEN,src={GIT_AUTH_DIR}/{}",
+            super::validate::BASIC_AUTH_KEY
+        )),
+        Some(GitAuth::Ssh { .. }) => args.push(format!(
+            "--ssh=default={GIT_AUTH_DIR}/{}",
+            super::validate::SSH_AUTH_KEY
+        )),
+        None => {}
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::context::{CacheService, parse_mirror};
+
+    fn with_cache(url: &str) -> Config {
+        Config {
+            cache_service: Some(CacheService::parse(url).unwrap()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn git_contexts() {
+        let git = |revision: Option<&str>, dir: Option<&str>| GitSource {
+            url: "https://g.example/r.git".into(),
+            revision: revision.map(Into::into),
+            context_dir: dir.map(Into::into),
+            clone_secret_ref: None,
+        };
+        assert_eq!(git_context(&git(None, None)), "https://g.example/r.git");
+        assert_eq!(
+            git_context(&git(Some("v1"), None)),
+            "https://g.example/r.git#v1"
+        );
+        assert_eq!(
+            git_context(&git(None, Some("app"))),
+            "https://g.example/r.git#:app"
+        );
+        assert_eq!(
+            git_context(&git(Some("main"), Some("a/b"))),
+            "https://g.example/r.git#main:a/b"
+        );
+    }
+
+    #[test]
+    fn cache_refs_by_scope_and_none_without_a_service_or_when_off() {
+        let build = Build::test("app").in_namespace("team");
+        assert_eq!(cache_ref(&build, &Config::default()), None);
+        let config = with_cache("http://kiln-cache:5000");
+        assert_eq!(
+            cache_ref(&build, &config).as_deref(),
+            Some("kiln-cache:5000/team/app:buildcache")
+        );
+        let shared = build.clone().cache(CacheMode::Max, CacheScope::Namespace);
+        assert_eq!(
+            cache_ref(&shared, &config).as_deref(),
+            Some("kiln-cache:5000/team/shared:buildcache")
+        );
+        let off = build.cache(CacheMode::Off, CacheScope::Build);
+        assert_eq!(cache_ref(&off, &config), None);
+    }
+
+    #[test]
+    fn buildkitd_config_lists_mirrors_and_plain_http_registries() {
+        assert_eq!(buildkitd_toml(&Config::default()), None);
+        let mut config = with_cache("http://kiln-cache.kiln-system.svc:5000");
+        for m in [
+            "docker.io=mirror.gcr.io",
+            "ghcr.io=http://kiln-cache.kiln-system.svc:5000",
+        ] {
+            let (registry, mirror) = parse_mirror(m).unwrap();
+            config.registry_mirrors.insert(registry, mirror);
+        }
+        assert_eq!(
+            buildkitd_toml(&config).unwrap(),
+            "[registry.\"docker.io\"]\n  mirrors = [\"mirror.gcr.io\"]\n\
+             [registry.\"ghcr.io\"]\n  mirrors = [\"kiln-cache.kiln-system.svc:5000\"]\n\
+             [registry.\"kiln-cache.kiln-system.svc:5000\"]\n  http = true\n"
+        );
+    }
+
+    #[test]
+    fn plain_http_registries_get_a_section_each() {
+        let mut config = Config::default();
+        config
+            .plain_http_registries
+            .insert("kind-registry:5000".into());
+        assert_eq!(
+            buildkitd_toml(&config).unwrap(),
+            "[registry.\"kind-registry:5000\"]\n  http = true\n"
+        );
+    }
+
+    #[test]
+    fn daemon_flags() {
+        assert_eq!(buildkitd_flags(false), "--oci-worker-no-process-sandbox");
+        assert_eq!(
+            buildkitd_flags(true),
+            "--oci-worker-no-process-sandbox --config=/etc/kiln/buildkit/buildkitd.toml"
+        );
+    }
+}

@@ -1,0 +1,728 @@
+//! `decide`: from a Build, what was observed about it, the time and the controller's
+//! settings, to the [`Plan`] that moves it forward (pure: no I/O, no clock, no randomness).
+//!
+//! # The lifecycle
+//!
+//! ```text
+//!            ┌────────── Queued ◄──── group busy
+//! new run ──►│ Pending ──► PodCreated ──► Running ──► Succeeded
+//!            │    ▲                          │
+//!            │    └── retry after backoff ◄──┤ evicted, lost, image pull (retries left)
+//!            │                               ├──► Failed (build failed, timed out, no retries left)
+//!            └─ spec.cancel / newer group member ──► Cancelled
+//! ```
+//!
+//! A new run starts on a new generation or a new `kiln.dev/rerun` token; an attempt still
+//! going is recorded as `Superseded` and its pod deleted. Deletion runs the finalizer path.
+//!
+//! # Guarantees
+//!
+//! - **One pod per attempt.** A pod is only planned for an attempt whose pod has never been
+//!   seen (`podUID` unset) and does not exist, and only while no other pod of the Build is
+//!   live. Names are deterministic, so a repeated create after a crash is `AlreadyExists`.
+//! - **Attempt numbers only grow**, across generations; a pod found with a higher number than
+//!   the status knows (a lost status write) is adopted, not duplicated.
+//! - **Status first.** The plan writes the status that announces an attempt before creating
+//!   its pod, and writes status only when it changed.
+//! - **No hot loops.** Invalid input ends in a final phase and waits for a change; waits
+//!   (backoff, queue, deadline) requeue at the moment they end.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use super::context::Config;
+use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
+use super::observe::Observed;
+use super::plan::{Action, EventSpec, Plan, Requeue};
+use super::pod::attempt_objects;
+use super::podstate::{self, Failure, PodState, is_live};
+use super::queue::{self, Admission};
+use super::validate::{self, Problem};
+use crate::crd::build::{FINALIZER, MAX_ATTEMPT_HISTORY};
+use crate::crd::condition::set_condition;
+use crate::crd::status::truncate_message;
+use crate::crd::{
+    AttemptRecord, AttemptResult, Build, BuildStatus, CONDITION_READY, CONDITION_SUCCEEDED,
+    ConditionStatus, OutputStatus, Phase, Reason,
+};
+use crate::digest::Digest;
+
+/// How soon to look again while waiting for pods to go away (their deletion also wakes the
+/// controller through its pod watch; this is the fallback).
+const POD_GONE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether `observe` must read the Build's Secrets and concurrency group: it may start or
+/// hold an attempt. A finished Build with nothing requested needs neither.
+pub fn wants_inputs(build: &Build) -> bool {
+    build.metadata.deletion_timestamp.is_none()
+        && (build.run_requested()
+            || !build
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(Phase::is_terminal))
+}
+
+/// The delay before retry number `retry` (1 for the first): `base · 2^(retry-1)`, at most
+/// `max`.
+pub fn backoff(retry: u32, config: &Config) -> Duration {
+    let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+    config
+        .retry_backoff
+        .saturating_mul(factor)
+        .min(config.retry_backoff_max)
+}
+
+/// Decides what to do with `build`.
+pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
+    if build.metadata.deletion_timestamp.is_some() {
+        return finalize(build, observed, config);
+    }
+    if !build.finalizers().iter().any(|f| f == FINALIZER) {
+        // Alone in its plan: the cleanup guarantee must be in place before any pod exists,
+        // and the patch gives the Build a new resourceVersion.
+        return Plan {
+            actions: vec![Action::AddFinalizer],
+            requeue: Requeue::OnChange,
+        };
+    }
+
+    let old = build.status.clone().unwrap_or_default();
+    let mut d = Decision::new(build, observed, now, config, old.clone());
+    d.adopt_unknown_attempt();
+    if let Some(request) = d.run_request() {
+        d.start_run(request, build.spec.cancel);
+    }
+    if build.spec.cancel {
+        d.cancel();
+    } else if !d.is_terminal() {
+        if let Some(by) = queue::superseded_by(build, &observed.peers) {
+            d.supersede(&by);
+        } else if d.open_attempt().is_some() {
+            d.follow_attempt();
+        }
+        if !d.is_terminal() && d.open_attempt().is_none() {
+            d.maybe_start();
+        }
+    }
+    d.finish(&old)
+}
+
+/// Deletion: delete the pods (live ones with a grace period) and ConfigMaps, then remove
+/// the finalizer once none is left.
+///
+/// Idempotent: a pod already being deleted is not deleted again; the finalizer goes only
+/// when a fresh list shows nothing left, so a crash at any point resumes where it stopped.
+/// Objects of another Build that reused the name are never listed (they are selected by
+/// UID).
+fn finalize(build: &Build, observed: &Observed, config: &Config) -> Plan {
+    if !build.finalizers().iter().any(|f| f == FINALIZER) {
+        return Plan::default();
+    }
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+    for pod in &observed.pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let live = is_live(pod);
+        actions.push(Action::DeletePod {
+            name: pod.name_any(),
+            uid: pod.metadata.uid.clone(),
+            grace: if live {
+                config.pod_grace_period
+            } else {
+                Duration::ZERO
+            },
+        });
+        if live {
+            events.push(Action::Event(EventSpec::new(
+                Reason::Cancelled,
+                "DeletePod",
+                format!(
+                    "Build is being deleted: stopping pod {} (grace period {}s)",
+                    pod.name_any(),
+                    config.pod_grace_period.as_secs()
+                ),
+            )));
+        }
+    }
+    for name in &observed.config_maps {
+        actions.push(Action::DeleteConfigMap { name: name.clone() });
+    }
+    if observed.pods.is_empty() && observed.config_maps.is_empty() {
+        return Plan {
+            actions: vec![Action::RemoveFinalizer],
+            requeue: Requeue::OnChange,
+        };
+    }
+    actions.extend(events);
+    Plan {
+        actions,
+        requeue: Requeue::After(POD_GONE_RECHECK),
+    }
+}
+
+/// Why a new run starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RunRequest {
+    /// The generation changed.
+    new_generation: bool,
+    /// The rerun annotation, when set.
+    token: Option<String>,
+}
+
+/// The working state of one decision.
+struct Decision<'a> {
+    build: &'a Build,
+    observed: &'a Observed,
+    now: Timestamp,
+    config: &'a Config,
+    generation: i64,
+    status: BuildStatus,
+    reason: Option<Reason>,
+    message: String,
+    creates: Vec<Action>,
+    events: Vec<EventSpec>,
+    requeue: Requeue,
+}
+
+impl<'a> Decision<'a> {
+    fn new(
+        build: &'a Build,
+        observed: &'a Observed,
+        now: Timestamp,
+        config: &'a Config,
+        status: BuildStatus,
+    ) -> Self {
+        Self {
+            build,
+            observed,
+            now,
+            config,
+            generation: build.metadata.generation.unwrap_or(0),
+            reason: status.reason(),
+            message: status.message.clone().unwrap_or_default(),
+            status,
+            creates: Vec::new(),
+            events: Vec::new(),
+            requeue: Requeue::OnChange,
+        }
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.status.phase.is_some_and(Phase::is_terminal)
+    }
+
+    fn open_attempt(&self) -> Option<&AttemptRecord> {
+        self.status
+            .current_attempt()
+            .filter(|a| a.completion_time.is_none())
+    }
+
+    fn set(&mut self, phase: Phase, reason: Reason, message: impl Into<String>) {
+        self.status.phase = Some(phase);
+        self.reason = Some(reason);
+        self.message = truncate_message(&message.into());
+        if phase.is_terminal() {
+            self.status.completion_time = Some(Time(self.now));
+        }
+    }
+
+    fn requeue_after(&mut self, after: Duration) {
+        self.requeue = self.requeue.min(Requeue::After(after));
+    }
+
+    fn requeue_at(&mut self, at: Timestamp) {
+        let wait = at.duration_since(self.now);
+        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+        self.requeue_after(wait.max(Duration::from_secs(1)));
+    }
+
+    /// Closes the open attempt, if any.
+    fn close_attempt(&mut self, result: AttemptResult, reason: Reason, message: &str) {
+        let now = self.now;
+        if let Some(record) = self
+            .status
+            .current_attempt_mut()
+            .filter(|a| a.completion_time.is_none())
+        {
+            record.completion_time = Some(Time(now));
+            record.result = Some(result);
+            record.reason = Some(reason);
+            record.message = Some(truncate_message(message));
+        }
+    }
+
+    /// A pod with a higher attempt number than the status knows means a status write was
+    /// lost after the pod was created: take it up as the current attempt rather than
+    /// starting another.
+    fn adopt_unknown_attempt(&mut self) {
+        let Some((attempt, pod)) = self
+            .observed
+            .pods
+            .iter()
+            .filter_map(|p| attempt_of(p.metadata.labels.as_ref()).map(|n| (n, p)))
+            .max_by_key(|(n, _)| *n)
+        else {
+            return;
+        };
+        if attempt <= self.status.attempt {
+            return;
+        }
+        let generation = pod
+            .annotations()
+            .get(GENERATION_ANNOTATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(self.generation);
+        self.status.attempt = attempt;
+        self.status.attempts.push(AttemptRecord {
+            attempt,
+            pod_name: pod.name_any(),
+            pod_uid: None,
+            generation,
+            start_time: pod
+                .metadata
+                .creation_timestamp
+                .clone()
+                .unwrap_or(Time(self.now)),
+            completion_time: None,
+            result: None,
+            reason: None,
+            message: None,
+            digest: None,
+        });
+        if generation == self.generation && self.status.observed_generation.is_none() {
+            // The pod builds the current spec: it is the run, not something to supersede.
+            self.status.observed_generation = Some(generation);
+        }
+        if self.is_terminal() || self.status.phase.is_none() {
+            self.status.phase = Some(Phase::Pending);
+            self.status.completion_time = None;
+        }
+    }
+
+    fn run_request(&self) -> Option<RunRequest> {
+        let new_generation = self.status.observed_generation != Some(self.generation);
+        let token = self.build.rerun_token().map(str::to_owned);
+        let new_token = token.is_some() && token.as_deref() != self.status.rerun_token.as_deref();
+        (new_generation || new_token).then_some(RunRequest {
+            new_generation,
+            token,
+        })
+    }
+
+    /// A new generation or rerun request: the attempt still going is superseded (or, when
+    /// the new spec cancels, left for [`Self::cancel`] to record), and the run starts over
+    /// with a fresh retry budget.
+    fn start_run(&mut self, request: RunRequest, cancelling: bool) {
+        let why = if request.new_generation {
+            format!("generation {}", self.generation)
+        } else {
+            format!(
+                "rerun request {:?}",
+                request.token.as_deref().unwrap_or_default()
+            )
+        };
+        if let Some(open) = self
+            .open_attempt()
+            .map(|a| a.attempt)
+            .filter(|_| !cancelling)
+        {
+            let message = format!("attempt {open} superseded by {why}");
+            self.close_attempt(AttemptResult::Cancelled, Reason::Superseded, &message);
+            self.events
+                .push(EventSpec::new(Reason::Superseded, "DeletePod", message));
+        }
+        self.status.observed_generation = Some(self.generation);
+        if request.token.is_some() {
+            self.status.rerun_token = request.token;
+        }
+        self.status.retries = 0;
+        self.status.start_time = None;
+        self.status.completion_time = None;
+        self.status.output = None;
+        self.status.phase = Some(Phase::Pending);
+    }
+
+    fn cancel(&mut self) {
+        if self.is_terminal() {
+            return;
+        }
+        let message = "cancelled: spec.cancel is true";
+        self.close_attempt(AttemptResult::Cancelled, Reason::Cancelled, message);
+        self.set(Phase::Cancelled, Reason::Cancelled, message);
+    }
+
+    fn supersede(&mut self, by: &str) {
+        let message = format!(
+            "superseded by newer Build {by:?} in concurrency group {:?} (policy CancelInProgress)",
+            queue::group_of(self.build)
+        );
+        self.close_attempt(AttemptResult::Cancelled, Reason::Superseded, &message);
+        self.set(Phase::Cancelled, Reason::Superseded, message);
+    }
+
+    /// Follows the open attempt through its pod.
+    fn follow_attempt(&mut self) {
+        let Some(record) = self.open_attempt().cloned() else {
+            return;
+        };
+        let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+        let deadline = record
+            .start_time
+            .0
+            .saturating_add(SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX);
+        let pod = self
+            .observed
+            .pods
+            .iter()
+            .find(|p| p.name_any() == record.pod_name);
+        let pod = match (pod, record.pod_uid.as_deref()) {
+            (None, None) => {
+                // Announced in status but never seen: the create did not happen (or is not
+                // visible yet). Create it again under the same name, once no other pod of
+                // this Build is live.
+                if self.observed.pods.iter().any(is_live) {
+                    return self.requeue_after(POD_GONE_RECHECK);
+                }
+                self.create_attempt_objects(record.attempt);
+                if self.open_attempt().is_some() {
+                    self.requeue_at(deadline);
+                }
+                return;
+            }
+            (None, Some(_)) => {
+                return self.fail(Failure {
+                    reason: Reason::PodLost,
+                    retriable: true,
+                    message: format!("pod {} disappeared", record.pod_name),
+                });
+            }
+            (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => {
+                return self.fail(Failure {
+                    reason: Reason::PodLost,
+                    retriable: true,
+                    message: format!(
+                        "pod {} was replaced by another object of the same name",
+                        record.pod_name
+                    ),
+                });
+            }
+            (Some(pod), _) => pod,
+        };
+        if let Some(current) = self.status.current_attempt_mut() {
+            current.pod_uid = pod.metadata.uid.clone();
+        }
+
+        let state = podstate::classify(pod);
+        if pod.metadata.deletion_timestamp.is_some() && !matches!(state, PodState::Succeeded { .. })
+        {
+            // Nobody here deleted the pod of an open attempt: the cluster or a person did.
+            let failure = match state {
+                PodState::Failed(f) if f.reason == Reason::PodEvicted => f,
+                _ => Failure {
+                    reason: Reason::PodLost,
+                    retriable: true,
+                    message: format!("pod {} was deleted while it ran", record.pod_name),
+                },
+            };
+            return self.fail(failure);
+        }
+        match state {
+            PodState::Waiting => self.set(
+                Phase::Pending,
+                Reason::PodCreated,
+                format!(
+                    "attempt {}: pod {} created, waiting to start",
+                    record.attempt, record.pod_name
+                ),
+            ),
+            PodState::Running => self.set(
+                Phase::Running,
+                Reason::Running,
+                format!(
+                    "attempt {}: pod {} is building",
+                    record.attempt, record.pod_name
+                ),
+            ),
+            PodState::Succeeded {
+                termination_message,
+            } => {
+                return match podstate::pushed_digest(termination_message.as_deref()) {
+                    Ok(digest) => self.succeed(digest),
+                    Err(problem) => self.fail(Failure {
+                        reason: Reason::BuildFailed,
+                        retriable: false,
+                        message: format!("pod {} exited 0, but {problem}", record.pod_name),
+                    }),
+                };
+            }
+            PodState::Failed(failure) => return self.fail(failure),
+        }
+        if self.now >= deadline {
+            return self.fail(Failure {
+                reason: Reason::TimedOut,
+                retriable: false,
+                message: format!(
+                    "attempt {} ran longer than spec.timeout ({})",
+                    record.attempt, self.build.spec.timeout
+                ),
+            });
+        }
+        self.requeue_at(deadline);
+    }
+
+    fn succeed(&mut self, digest: Digest) {
+        let image = self.build.spec.output.image.clone();
+        let message = format!("pushed {image}@{digest}");
+        if let Some(record) = self.status.current_attempt_mut() {
+            record.digest = Some(digest.to_string());
+        }
+        self.close_attempt(AttemptResult::Succeeded, Reason::Succeeded, &message);
+        self.status.output = Some(OutputStatus {
+            image,
+            digest: digest.to_string(),
+            short_digest: digest.short(),
+        });
+        self.set(Phase::Succeeded, Reason::Succeeded, message);
+    }
+
+    /// Ends the open attempt as failed: retried after a backoff when the infrastructure
+    /// failed and retries are left, final otherwise.
+    fn fail(&mut self, failure: Failure) {
+        let attempt = self.status.attempt;
+        self.close_attempt(AttemptResult::Failed, failure.reason, &failure.message);
+        let allowed = u32::try_from(self.build.spec.retries).unwrap_or(0);
+        if failure.retriable && self.status.retries < allowed {
+            self.status.retries += 1;
+            let retry = self.status.retries;
+            let at = self
+                .now
+                .saturating_add(
+                    SignedDuration::try_from(backoff(retry, self.config))
+                        .unwrap_or(SignedDuration::MAX),
+                )
+                .unwrap_or(self.now);
+            self.set(
+                Phase::Pending,
+                failure.reason,
+                format!(
+                    "attempt {attempt} failed: {}; retry {retry} of {allowed} at {at}",
+                    failure.message
+                ),
+            );
+        } else if failure.retriable {
+            self.set(
+                Phase::Failed,
+                failure.reason,
+                format!(
+                    "attempt {attempt} failed: {}; no retries left (spec.retries: {allowed})",
+                    failure.message
+                ),
+            );
+        } else {
+            self.set(Phase::Failed, failure.reason, failure.message);
+        }
+    }
+
+    /// Starts the next attempt if nothing stands in the way: a retry backoff, a pod of an
+    /// earlier attempt still running, the concurrency group, or an invalid spec.
+    fn maybe_start(&mut self) {
+        if self.status.retries > 0 {
+            if let Some(ended) = self
+                .status
+                .attempts
+                .last()
+                .and_then(|a| a.completion_time.clone())
+            {
+                let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
+                    .unwrap_or(SignedDuration::MAX);
+                let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
+                if self.now < at {
+                    return self.requeue_at(at);
+                }
+            }
+        }
+        if let Some(pod) = self.observed.pods.iter().find(|p| is_live(p)) {
+            // Never two pods of one Build at once: wait for the earlier one to go (it is
+            // being deleted by this same plan or an earlier one).
+            self.set(
+                Phase::Pending,
+                Reason::Starting,
+                format!(
+                    "attempt {} waits for pod {} of an earlier attempt to terminate",
+                    self.status.attempt + 1,
+                    pod.name_any()
+                ),
+            );
+            return self.requeue_after(POD_GONE_RECHECK);
+        }
+        let retrying = self.status.retries > 0;
+        match queue::admit(self.build, &self.observed.peers, retrying) {
+            Admission::Superseded { by } => return self.supersede(&by),
+            Admission::Wait { holder, running } => {
+                self.set(
+                    Phase::Pending,
+                    Reason::Queued,
+                    format!(
+                        "waiting for Build {holder:?} ({}) in concurrency group {:?}",
+                        if running { "running" } else { "queued ahead" },
+                        queue::group_of(self.build)
+                    ),
+                );
+                return self.requeue_after(self.config.queue_recheck);
+            }
+            Admission::Go => {}
+        }
+        let attempt = self.status.attempt + 1;
+        let name = pod_name(&self.build.name_any(), attempt);
+        self.status.attempt = attempt;
+        self.status.attempts.push(AttemptRecord {
+            attempt,
+            pod_name: name,
+            pod_uid: None,
+            generation: self.generation,
+            start_time: Time(self.now),
+            completion_time: None,
+            result: None,
+            reason: None,
+            message: None,
+            digest: None,
+        });
+        if self.status.start_time.is_none() {
+            self.status.start_time = Some(Time(self.now));
+        }
+        self.create_attempt_objects(attempt);
+        if self.open_attempt().is_some() {
+            let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+            self.requeue_after(timeout);
+        }
+    }
+
+    /// Plans the ConfigMap and pod of `attempt`, or fails the Build when its spec cannot
+    /// be built.
+    fn create_attempt_objects(&mut self, attempt: u32) {
+        let validated = match validate::validate(self.build, &self.observed.secrets, self.config) {
+            Ok(v) => v,
+            Err(Problem { reason, message }) => {
+                self.close_attempt(AttemptResult::Failed, reason, &message);
+                return self.set(Phase::Failed, reason, message);
+            }
+        };
+        let objects = attempt_objects(self.build, attempt, &validated, self.config);
+        let name = objects.pod.name_any();
+        if let Some(config_map) = objects.config_map {
+            self.creates
+                .push(Action::CreateConfigMap(Box::new(config_map)));
+        }
+        self.creates.push(Action::CreatePod(Box::new(objects.pod)));
+        self.set(
+            Phase::Pending,
+            Reason::PodCreated,
+            format!("attempt {attempt}: pod {name} created, waiting to start"),
+        );
+    }
+
+    /// Pods of this Build that must go: every live pod except the open attempt's own.
+    fn pods_to_delete(&self) -> Vec<&'a Pod> {
+        let keep = self
+            .open_attempt()
+            .map(|a| (a.pod_name.clone(), a.pod_uid.clone()));
+        self.observed
+            .pods
+            .iter()
+            .filter(|p| is_live(p) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| match &keep {
+                Some((name, uid)) => {
+                    p.name_any() != *name
+                        || uid
+                            .as_ref()
+                            .is_some_and(|u| p.metadata.uid.as_ref() != Some(u))
+                }
+                None => true,
+            })
+            .collect()
+    }
+
+    fn finish(mut self, old: &BuildStatus) -> Plan {
+        // Bounded history: the latest attempts, always including the current one.
+        let keep = self
+            .build
+            .spec
+            .retention
+            .as_ref()
+            .and_then(|r| r.attempt_history)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(self.config.attempt_history)
+            .clamp(1, MAX_ATTEMPT_HISTORY as u32) as usize;
+        let len = self.status.attempts.len();
+        if len > keep {
+            self.status.attempts.drain(..len - keep);
+        }
+
+        if let Some(reason) = self.reason {
+            let phase = self.status.phase.unwrap_or(Phase::Pending);
+            let succeeded = match phase {
+                Phase::Succeeded => ConditionStatus::True,
+                Phase::Failed | Phase::Cancelled => ConditionStatus::False,
+                Phase::Pending | Phase::Running => ConditionStatus::Unknown,
+            };
+            let ready = if phase == Phase::Succeeded {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            };
+            let generation = self.status.observed_generation;
+            for (type_, status) in [(CONDITION_SUCCEEDED, succeeded), (CONDITION_READY, ready)] {
+                set_condition(
+                    &mut self.status.conditions,
+                    type_,
+                    status,
+                    reason,
+                    &self.message,
+                    generation,
+                    self.now,
+                );
+            }
+            self.status.message = (!self.message.is_empty()).then(|| self.message.clone());
+        }
+
+        let mut actions = Vec::new();
+        if self.status != *old {
+            actions.push(Action::WriteStatus(Box::new(self.status.clone())));
+        }
+        actions.append(&mut self.creates);
+        let grace = self.config.pod_grace_period;
+        for pod in self.pods_to_delete() {
+            actions.push(Action::DeletePod {
+                name: pod.name_any(),
+                uid: pod.metadata.uid.clone(),
+                grace,
+            });
+        }
+        for event in self.events.drain(..) {
+            actions.push(Action::Event(event));
+        }
+        let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
+        if let (true, Some(reason)) = (transition, self.reason) {
+            actions.push(Action::Event(EventSpec::new(
+                reason,
+                "UpdateStatus",
+                self.message.clone(),
+            )));
+        }
+        Plan {
+            actions,
+            requeue: self.requeue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

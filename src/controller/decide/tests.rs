@@ -1,0 +1,1137 @@
+//! Table tests of `decide`: one test per transition of the lifecycle, each asserting the
+//! whole plan (every action, in order) and the status it writes (pure).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::*;
+use crate::controller::fixtures::PodFixture;
+use crate::controller::observe::Observed;
+use crate::controller::queue::{Peer, Standing};
+use crate::controller::validate::SecretInfo;
+use crate::crd::ConcurrencyPolicy;
+use crate::crd::fixtures::{T0, at};
+
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// `(status, reason)` of a condition.
+fn find_condition_reason<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<(&'a str, &'a str)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn config() -> Config {
+    Config::default()
+}
+
+fn decide_at(build: &Build, observed: &Observed, secs: i64) -> Plan {
+    decide(build, observed, at(secs), &config())
+}
+
+fn with_pods(pods: impl IntoIterator<Item = PodFixture>) -> Observed {
+    Observed {
+        pods: pods.into_iter().map(|p| p.pod).collect(),
+        ..Observed::default()
+    }
+}
+
+fn none() -> Observed {
+    Observed::default()
+}
+
+/// The Build after `apply` wrote the plan's status.
+fn after(build: &Build, plan: &Plan) -> Build {
+    let mut next = build.clone();
+    if let Some(status) = plan.status() {
+        next.status = Some(status.clone());
+    }
+    next
+}
+
+/// A Build whose attempt 1 was started at `T0` (its pod not seen yet).
+fn started(build: Build) -> Build {
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
+    after(&build, &plan)
+}
+
+/// A Build whose attempt 1 pod was seen running.
+fn running(build: Build) -> Build {
+    let build = started(build);
+    let plan = pod_says(&build, |p| p.running(), 5);
+    after(&build, &plan)
+}
+
+fn status(plan: &Plan) -> &BuildStatus {
+    plan.status().expect("the plan writes status")
+}
+
+fn message(plan: &Plan) -> &str {
+    status(plan).message.as_deref().unwrap_or_default()
+}
+
+/// Decides on `build` after the kubelet moved its attempt-1 pod to `state`.
+fn pod_says(build: &Build, state: impl FnOnce(PodFixture) -> PodFixture, secs: i64) -> Plan {
+    decide_at(
+        build,
+        &with_pods([state(PodFixture::for_build(build, 1))]),
+        secs,
+    )
+}
+
+fn phase_reason(plan: &Plan) -> (Phase, Reason) {
+    let s = status(plan);
+    (s.phase.expect("phase"), s.reason().expect("reason"))
+}
+
+fn peer(name: &str, created: i64, standing: Standing) -> Peer {
+    Peer {
+        name: name.into(),
+        created: Some(at(created)),
+        standing,
+    }
+}
+
+// --- Finalizer and deletion ----------------------------------------------------------------
+
+#[test]
+fn a_missing_finalizer_is_added_alone_before_anything_else() {
+    let plan = decide_at(&Build::test("app").without_finalizer(), &none(), 0);
+    assert_eq!(plan.describe(), ["AddFinalizer"]);
+    assert_eq!(plan.requeue, Requeue::OnChange);
+}
+
+#[test]
+fn deletion_stops_live_pods_with_grace_and_removes_finished_pods_and_config_maps() {
+    let build = running(Build::test("app")).deleting(at(60));
+    let observed = Observed {
+        pods: vec![
+            PodFixture::for_build(&build, 1).evicted().pod,
+            PodFixture::for_build(&build, 2).running().pod,
+        ],
+        config_maps: vec!["app-1".into(), "app-2".into()],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 60);
+    assert_eq!(
+        plan.describe(),
+        [
+            "DeletePod app-1 grace=0s",
+            "DeletePod app-2 grace=30s",
+            "DeleteConfigMap app-1",
+            "DeleteConfigMap app-2",
+            "Event Normal Cancelled",
+        ]
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
+}
+
+#[test]
+fn deletion_waits_while_pods_terminate() {
+    let build = running(Build::test("app")).deleting(at(60));
+    let plan = pod_says(&build, |p| p.running().terminating(), 61);
+    assert!(plan.actions.is_empty(), "{:?}", plan.describe());
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
+}
+
+#[test]
+fn deletion_removes_the_finalizer_once_nothing_is_left() {
+    let build = running(Build::test("app")).deleting(at(60));
+    let plan = decide_at(&build, &none(), 70);
+    assert_eq!(plan.describe(), ["RemoveFinalizer"]);
+}
+
+#[test]
+fn deletion_without_our_finalizer_does_nothing() {
+    let build = Build::test("app").without_finalizer().deleting(at(1));
+    let plan = decide_at(&build, &with_pods([PodFixture::new("app", 1).running()]), 2);
+    assert_eq!(plan, Plan::default());
+}
+
+// --- Starting ---------------------------------------------------------------------------
+
+#[test]
+fn a_new_build_writes_its_status_then_creates_attempt_one() {
+    let build = Build::test("app");
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=1",
+            "CreatePod app-1",
+            "Event Normal PodCreated"
+        ]
+    );
+    let s = status(&plan);
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(s.start_time, Some(Time(T0)));
+    assert_eq!(s.attempts.len(), 1);
+    assert_eq!(s.attempts[0].pod_name, "app-1");
+    assert_eq!(s.attempts[0].pod_uid, None);
+    assert_eq!(
+        find_condition_reason(&s.conditions, CONDITION_SUCCEEDED),
+        Some(("Unknown", "PodCreated"))
+    );
+    assert_eq!(
+        find_condition_reason(&s.conditions, CONDITION_READY),
+        Some(("False", "PodCreated"))
+    );
+    // The deadline: spec.timeout after the start.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3600)));
+}
+
+#[test]
+fn an_inline_build_creates_its_config_map_before_its_pod() {
+    let build = Build::test("app").inline("FROM scratch\n");
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=1",
+            "CreateConfigMap app-1",
+            "CreatePod app-1",
+            "Event Normal PodCreated"
+        ]
+    );
+}
+
+#[test]
+fn an_invalid_spec_fails_without_a_pod_and_without_a_requeue() {
+    let build = Build::test("app").timeout("30s");
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Failed/InvalidSpec attempt=1",
+            "Event Warning InvalidSpec"
+        ]
+    );
+    let s = status(&plan);
+    assert!(s.message.as_deref().unwrap().starts_with("spec.timeout"));
+    assert_eq!(s.completion_time, Some(Time(T0)));
+    assert_eq!(plan.requeue, Requeue::OnChange);
+    // And it stays there: no hot loop.
+    let again = decide_at(&after(&build, &plan), &none(), 100);
+    assert_eq!(again, Plan::default());
+}
+
+#[test]
+fn a_missing_push_secret_fails_with_secret_not_found_naming_the_field() {
+    let build = Build::test("app").push_secret("regcred");
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::SecretNotFound));
+    assert!(plan.created_pods().is_empty());
+    assert!(message(&plan).starts_with("spec.output.pushSecretRef: Secret \"regcred\" not found"));
+}
+
+#[test]
+fn a_present_push_secret_is_mounted() {
+    let build = Build::test("app").push_secret("regcred");
+    let observed = Observed {
+        secrets: [(
+            "regcred".to_owned(),
+            SecretInfo {
+                type_: "kubernetes.io/dockerconfigjson".into(),
+                keys: [".dockerconfigjson".to_owned()].into(),
+            },
+        )]
+        .into(),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 0);
+    assert_eq!(plan.created_pods().len(), 1);
+}
+
+// --- Following the attempt ----------------------------------------------------------------
+
+#[test]
+fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
+    let build = started(Build::test("app"));
+    let plan = decide_at(&build, &with_pods([PodFixture::for_build(&build, 1)]), 2);
+    assert_eq!(
+        plan.describe(),
+        ["WriteStatus Pending/PodCreated attempt=1"]
+    );
+    assert_eq!(
+        status(&plan).attempts[0].pod_uid.as_deref(),
+        Some("pod-app-1")
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3598)));
+}
+
+#[test]
+fn a_running_pod_moves_the_build_to_running() {
+    let build = started(Build::test("app"));
+    let plan = pod_says(&build, |p| p.running(), 5);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Running/Running attempt=1",
+            "Event Normal Running"
+        ]
+    );
+}
+
+#[test]
+fn nothing_is_written_when_nothing_changed() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.running(), 50);
+    assert!(plan.actions.is_empty(), "{:?}", plan.describe());
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3550)));
+}
+
+#[test]
+fn a_pushed_digest_succeeds_the_build() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.pushed(DIGEST), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Succeeded/Succeeded attempt=1",
+            "Event Normal Succeeded"
+        ]
+    );
+    let s = status(&plan);
+    let output = s.output.as_ref().unwrap();
+    assert_eq!(output.digest, DIGEST);
+    assert_eq!(output.short_digest, "111111111111");
+    assert_eq!(output.image, "registry.example.com/team/app:latest");
+    assert_eq!(s.attempts[0].result, Some(AttemptResult::Succeeded));
+    assert_eq!(s.attempts[0].digest.as_deref(), Some(DIGEST));
+    assert_eq!(s.completion_time, Some(Time(at(100))));
+    assert_eq!(
+        find_condition_reason(&s.conditions, CONDITION_READY),
+        Some(("True", "Succeeded"))
+    );
+    assert_eq!(plan.requeue, Requeue::OnChange);
+}
+
+#[test]
+fn success_without_a_valid_digest_is_a_build_failure() {
+    let build = running(Build::test("app"));
+    let plan = decide_at(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1)
+            .succeeded("{\"containerimage.digest\":\"sha256:nope\"}")]),
+        100,
+    );
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::BuildFailed));
+    assert!(status(&plan).output.is_none());
+}
+
+#[test]
+fn a_failing_build_is_not_retried() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.exited(1, "ERROR: RUN make: exit code 2"), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Failed/BuildFailed attempt=1",
+            "Event Warning BuildFailed"
+        ]
+    );
+    let s = status(&plan);
+    assert!(s.message.as_deref().unwrap().contains("RUN make"));
+    assert_eq!(s.retries, 0);
+    assert_eq!(plan.requeue, Requeue::OnChange);
+}
+
+#[test]
+fn out_of_memory_is_a_build_failure_that_names_the_limit() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.oom_killed(), 100);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::BuildFailed));
+    assert!(message(&plan).contains("limits.memory"));
+}
+
+#[test]
+fn an_eviction_is_retried_after_a_backoff() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.evicted(), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodEvicted attempt=1",
+            "Event Warning PodEvicted"
+        ]
+    );
+    let s = status(&plan);
+    assert_eq!(s.retries, 1);
+    assert_eq!(s.attempts[0].result, Some(AttemptResult::Failed));
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap()
+            .contains("retry 1 of 2 at 2026-01-01T00:01:50Z")
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(10)));
+}
+
+#[test]
+fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
+    let build = running(Build::test("app"));
+    let evicted = [PodFixture::for_build(&build, 1).evicted()];
+    let build = after(&build, &decide_at(&build, &with_pods(evicted.clone()), 100));
+    // Still backing off: nothing.
+    let early = decide_at(&build, &with_pods(evicted.clone()), 105);
+    assert!(early.actions.is_empty());
+    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(5)));
+    // Backoff over: attempt 2.
+    let plan = decide_at(&build, &with_pods(evicted), 110);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=2",
+            "CreatePod app-2",
+            "Event Normal PodCreated"
+        ]
+    );
+    assert_eq!(
+        status(&plan).start_time,
+        Some(Time(T0)),
+        "the run's start stays"
+    );
+}
+
+#[test]
+fn the_backoff_doubles_and_is_capped() {
+    let config = config();
+    let delays: Vec<u64> = (1..=7).map(|n| backoff(n, &config).as_secs()).collect();
+    assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+}
+
+#[test]
+fn an_infrastructure_failure_without_retries_left_fails_the_build() {
+    let build = running(Build::test("app").retries(0));
+    let plan = pod_says(&build, |p| p.disrupted(), 100);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::PodEvicted));
+    assert!(message(&plan).contains("no retries left"));
+}
+
+#[test]
+fn an_image_pull_backoff_deletes_the_stuck_pod_and_retries() {
+    let build = started(Build::test("app"));
+    let plan = pod_says(&build, |p| p.image_pull_backoff(), 30);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/ImagePullFailed attempt=1",
+            "DeletePod app-1 grace=30s",
+            "Event Warning ImagePullFailed"
+        ]
+    );
+}
+
+#[test]
+fn the_next_attempt_waits_for_the_stuck_pod_to_terminate() {
+    let build = started(Build::test("app"));
+    let stuck = PodFixture::for_build(&build, 1).image_pull_backoff();
+    let build = after(&build, &decide_at(&build, &with_pods([stuck.clone()]), 30));
+    let plan = decide_at(&build, &with_pods([stuck.terminating()]), 60);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/Starting attempt=1",
+            "Event Normal Starting"
+        ]
+    );
+    assert!(plan.created_pods().is_empty());
+}
+
+#[test]
+fn an_invalid_image_name_is_not_retried() {
+    let build = started(Build::test("app"));
+    let plan = pod_says(&build, |p| p.invalid_image(), 30);
+    assert_eq!(
+        phase_reason(&plan),
+        (Phase::Failed, Reason::ImagePullFailed)
+    );
+    assert_eq!(
+        plan.describe()[1],
+        "DeletePod app-1 grace=30s",
+        "the stuck pod goes"
+    );
+}
+
+#[test]
+fn a_pod_that_vanished_after_it_was_seen_is_lost_and_retried() {
+    let build = running(Build::test("app"));
+    let plan = decide_at(&build, &none(), 100);
+    assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::PodLost));
+    assert_eq!(status(&plan).retries, 1);
+    assert!(plan.created_pods().is_empty(), "not before the backoff");
+}
+
+#[test]
+fn a_pod_announced_but_never_seen_is_created_again_under_the_same_name() {
+    // A controller that crashed after writing the status and before creating the pod.
+    let build = started(Build::test("app"));
+    let plan = decide_at(&build, &none(), 3);
+    assert_eq!(plan.describe(), ["CreatePod app-1"]);
+}
+
+#[test]
+fn a_pod_deleted_by_someone_else_is_lost_and_retried() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.running().terminating(), 100);
+    assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::PodLost));
+    assert!(
+        plan.describe().iter().all(|a| !a.starts_with("DeletePod")),
+        "already going"
+    );
+}
+
+#[test]
+fn a_pod_replaced_under_the_same_name_is_lost() {
+    let build = running(Build::test("app"));
+    let impostor = PodFixture::for_build(&build, 1).pod_uid("other").running();
+    let plan = decide_at(&build, &with_pods([impostor]), 100);
+    assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::PodLost));
+    assert!(
+        plan.describe()
+            .contains(&"DeletePod app-1 grace=30s".to_owned())
+    );
+}
+
+#[test]
+fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.unknown(), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodLost attempt=1",
+            "DeletePod app-1 grace=30s",
+            "Event Warning PodLost"
+        ]
+    );
+}
+
+#[test]
+fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
+    let build = running(Build::test("app").timeout("10m"));
+    let plan = pod_says(&build, |p| p.running(), 600);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Failed/TimedOut attempt=1",
+            "DeletePod app-1 grace=30s",
+            "Event Warning TimedOut"
+        ]
+    );
+    assert_eq!(status(&plan).retries, 0, "a timeout is not retried");
+}
+
+#[test]
+fn the_kubelets_deadline_is_a_timeout_too() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.deadline_exceeded(), 3600);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+}
+
+// --- Cancel -----------------------------------------------------------------------------
+
+#[test]
+fn cancel_deletes_the_running_pod_with_a_grace_period() {
+    let build = running(Build::test("app")).cancel().generation(2);
+    let plan = pod_says(&build, |p| p.running(), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Cancelled/Cancelled attempt=1",
+            "DeletePod app-1 grace=30s",
+            "Event Normal Cancelled"
+        ]
+    );
+    let s = status(&plan);
+    assert_eq!(s.attempts[0].result, Some(AttemptResult::Cancelled));
+    assert_eq!(s.attempts[0].reason, Some(Reason::Cancelled));
+    assert_eq!(s.observed_generation, Some(2));
+    // Cancelled stays cancelled, and the pod is not deleted twice.
+    let next = after(&build, &plan);
+    let again = decide_at(
+        &next,
+        &with_pods([PodFixture::for_build(&build, 1).running().terminating()]),
+        110,
+    );
+    assert_eq!(again, Plan::default());
+}
+
+#[test]
+fn a_build_cancelled_before_it_started_never_gets_a_pod() {
+    let plan = decide_at(&Build::test("app").cancel(), &none(), 0);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Cancelled/Cancelled attempt=0",
+            "Event Normal Cancelled"
+        ]
+    );
+}
+
+// --- New generations and reruns -------------------------------------------------------------
+
+#[test]
+fn a_new_generation_supersedes_the_running_attempt() {
+    let build = running(Build::test("app")).generation(2);
+    let plan = pod_says(&build, |p| p.running(), 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/Starting attempt=1",
+            "DeletePod app-1 grace=30s",
+            "Event Normal Superseded",
+            "Event Normal Starting"
+        ]
+    );
+    let s = status(&plan);
+    assert_eq!(s.attempts[0].result, Some(AttemptResult::Cancelled));
+    assert_eq!(s.attempts[0].reason, Some(Reason::Superseded));
+    assert_eq!(s.observed_generation, Some(2));
+}
+
+#[test]
+fn the_new_attempt_starts_once_the_superseded_pod_is_gone() {
+    let build = running(Build::test("app")).generation(2);
+    let build = after(&build, &pod_says(&build, |p| p.running(), 100));
+    let plan = pod_says(&build, |p| p.exited(143, ""), 110);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=2",
+            "CreatePod app-2",
+            "Event Normal PodCreated"
+        ]
+    );
+    assert_eq!(status(&plan).attempts[1].generation, 2);
+}
+
+#[test]
+fn a_new_generation_after_success_builds_again() {
+    let build = running(Build::test("app"));
+    let done = after(&build, &pod_says(&build, |p| p.pushed(DIGEST), 100));
+    let plan = decide_at(
+        &done.clone().generation(2),
+        &with_pods([PodFixture::for_build(&done, 1).pushed(DIGEST)]),
+        200,
+    );
+    assert_eq!(plan.created_pods().len(), 1);
+    let s = status(&plan);
+    assert_eq!((s.attempt, s.output.clone()), (2, None));
+    assert_eq!(s.completion_time, None);
+}
+
+#[test]
+fn a_rerun_token_starts_a_new_attempt_once() {
+    let build = running(Build::test("app"));
+    let done = after(&build, &pod_says(&build, |p| p.pushed(DIGEST), 100));
+    let pods = with_pods([PodFixture::for_build(&done, 1).pushed(DIGEST)]);
+    let rerun = done.rerun("2026-01-02");
+    let plan = decide_at(&rerun, &pods, 200);
+    assert_eq!(plan.created_pods().len(), 1);
+    assert_eq!(status(&plan).rerun_token.as_deref(), Some("2026-01-02"));
+    // The same token again is not a new request.
+    let next = after(&rerun, &plan);
+    let mut pods = pods;
+    pods.pods
+        .push(PodFixture::for_build(&next, 2).running().pod);
+    let again = decide_at(&next, &pods, 210);
+    assert!(again.created_pods().is_empty());
+}
+
+// --- Concurrency groups ---------------------------------------------------------------------
+
+#[test]
+fn a_build_waits_while_another_of_its_group_runs() {
+    let build = Build::test("b").group("g").created_at(at(10));
+    let observed = Observed {
+        peers: vec![peer("a", 0, Standing::Active)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 20);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/Queued attempt=0",
+            "Event Normal Queued"
+        ]
+    );
+    assert_eq!(
+        status(&plan).message.as_deref(),
+        Some("waiting for Build \"a\" (running) in concurrency group \"g\"")
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(30)));
+    // Still queued later: no write, no event.
+    let again = decide_at(&after(&build, &plan), &observed, 50);
+    assert!(again.actions.is_empty());
+}
+
+#[test]
+fn a_build_waits_behind_an_earlier_waiting_member() {
+    let build = Build::test("b").created_at(at(10));
+    let observed = Observed {
+        peers: vec![peer("a", 5, Standing::Waiting)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 20);
+    assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::Queued));
+    assert!(message(&plan).contains("queued ahead"));
+}
+
+#[test]
+fn a_queued_build_starts_when_its_group_is_free() {
+    let build = Build::test("b").created_at(at(10));
+    let busy = Observed {
+        peers: vec![peer("a", 0, Standing::Active)],
+        ..Observed::default()
+    };
+    let queued = after(&build, &decide_at(&build, &busy, 20));
+    let free = Observed {
+        peers: vec![peer("a", 0, Standing::Idle)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&queued, &free, 40);
+    assert_eq!(plan.created_pods().len(), 1);
+    assert_eq!(phase_reason(&plan), (Phase::Pending, Reason::PodCreated));
+}
+
+#[test]
+fn a_retry_keeps_the_group_even_when_an_earlier_member_waits() {
+    let build = running(Build::test("b").created_at(at(10)));
+    let evicted = PodFixture::for_build(&build, 1).evicted();
+    let build = after(
+        &build,
+        &decide_at(&build, &with_pods([evicted.clone()]), 100),
+    );
+    let observed = Observed {
+        pods: vec![evicted.pod],
+        peers: vec![peer("a", 0, Standing::Waiting)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 110);
+    assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
+}
+
+#[test]
+fn cancel_in_progress_cancels_the_older_running_build() {
+    let build = running(
+        Build::test("a")
+            .group("g")
+            .policy(ConcurrencyPolicy::CancelInProgress),
+    );
+    let observed = Observed {
+        pods: vec![PodFixture::for_build(&build, 1).running().pod],
+        peers: vec![peer("b", 60, Standing::Waiting)],
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 100);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Cancelled/Superseded attempt=1",
+            "DeletePod a-1 grace=30s",
+            "Event Normal Superseded"
+        ]
+    );
+    assert!(message(&plan).contains("newer Build \"b\""));
+}
+
+#[test]
+fn cancel_in_progress_starts_the_newest_once_the_older_pod_is_gone() {
+    let build = Build::test("b")
+        .created_at(at(60))
+        .policy(ConcurrencyPolicy::CancelInProgress);
+    let busy = Observed {
+        peers: vec![peer("a", 0, Standing::Active)],
+        ..Observed::default()
+    };
+    assert_eq!(
+        phase_reason(&decide_at(&build, &busy, 61)),
+        (Phase::Pending, Reason::Queued)
+    );
+    let free = Observed {
+        peers: vec![peer("a", 0, Standing::Idle)],
+        ..Observed::default()
+    };
+    assert_eq!(decide_at(&build, &free, 62).created_pods().len(), 1);
+}
+
+// --- Recovery and bookkeeping -------------------------------------------------------------
+
+#[test]
+fn a_pod_newer_than_the_status_is_adopted_not_duplicated() {
+    // Status says attempt 1 finished with a retry pending; attempt 2's pod exists (the
+    // status write that announced it was lost).
+    let build = running(Build::test("app"));
+    let build = after(&build, &pod_says(&build, |p| p.evicted(), 100));
+    let pods = with_pods([
+        PodFixture::for_build(&build, 1).evicted(),
+        PodFixture::for_build(&build, 2).running(),
+    ]);
+    let plan = decide_at(&build, &pods, 200);
+    assert!(plan.created_pods().is_empty(), "{:?}", plan.describe());
+    let s = status(&plan);
+    assert_eq!(s.attempt, 2);
+    assert_eq!(s.phase, Some(Phase::Running));
+    assert_eq!(
+        s.attempts.last().unwrap().pod_uid.as_deref(),
+        Some("pod-app-2")
+    );
+}
+
+#[test]
+fn a_live_pod_of_an_earlier_attempt_is_deleted() {
+    let build = running(Build::test("app"));
+    let build = after(&build, &pod_says(&build, |p| p.evicted(), 100));
+    let plan = decide_at(
+        &build,
+        &with_pods([
+            PodFixture::for_build(&build, 1).running(),
+            PodFixture::for_build(&build, 2).running(),
+        ]),
+        200,
+    );
+    assert!(
+        plan.describe()
+            .contains(&"DeletePod app-1 grace=30s".to_owned())
+    );
+    assert!(
+        !plan
+            .describe()
+            .iter()
+            .any(|a| a.starts_with("DeletePod app-2"))
+    );
+}
+
+#[test]
+fn the_attempt_history_is_bounded() {
+    let mut build = Build::test("app").retries(10);
+    build.spec.retention = Some(crate::crd::Retention {
+        attempt_history: Some(3),
+        ..Default::default()
+    });
+    let mut now = 0;
+    for attempt in 1..=6 {
+        let pods: Vec<Pod> = (1..attempt)
+            .map(|n| PodFixture::for_build(&build, n).evicted().pod)
+            .collect();
+        let observed = Observed {
+            pods,
+            ..Observed::default()
+        };
+        build = after(&build, &decide_at(&build, &observed, now));
+        now += 1000;
+    }
+    let s = build.status.unwrap();
+    assert!(s.attempt >= 4);
+    assert_eq!(s.attempts.len(), 3);
+    assert_eq!(s.attempts.last().unwrap().attempt, s.attempt);
+}
+
+#[test]
+fn wants_inputs_only_while_the_build_may_start_or_run() {
+    let build = Build::test("app");
+    assert!(wants_inputs(&build));
+    let done = running(build.clone());
+    let done = after(
+        &done,
+        &decide_at(
+            &done,
+            &with_pods([PodFixture::for_build(&done, 1).pushed(DIGEST)]),
+            100,
+        ),
+    );
+    assert!(!wants_inputs(&done));
+    assert!(wants_inputs(&done.clone().generation(2)));
+    assert!(!wants_inputs(&build.deleting(at(1))));
+}
+
+// --- Property: one pod per attempt ------------------------------------------------------------
+
+mod one_pod_per_attempt {
+    //! A simulated world (the API server and a kubelet) driven by random events, with
+    //! `decide` reconciling in between, plans applied only partly (a crash mid-apply), and
+    //! status writes lost. Whatever happens, `decide` never plans two pods for one attempt.
+
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::controller::labels::attempt_of;
+    use crate::controller::podstate::is_live;
+
+    #[derive(Clone, Debug)]
+    enum PodTo {
+        Running,
+        Pushed,
+        Exited,
+        Evicted,
+        PullBackOff,
+        Unknown,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Reconcile, applying only the first `applied` actions when set (a crash).
+        Reconcile { applied: Option<usize> },
+        /// Reconcile, but the status write is lost.
+        ReconcileLosingStatus,
+        /// A kubelet moves a pod.
+        Pod { pick: usize, to: PodTo },
+        /// A pod vanishes (node lost, garbage collected).
+        Vanish { pick: usize },
+        /// Terminating pods finish terminating.
+        Terminated,
+        /// Time passes.
+        Advance { secs: i64 },
+        /// The spec changes.
+        SpecChange,
+        /// The spec is cancelled.
+        Cancel,
+        /// A rerun is requested.
+        Rerun,
+        /// The concurrency group becomes busy or free.
+        Peer { busy: bool },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => prop::option::of(0usize..4).prop_map(|applied| Step::Reconcile { applied }),
+            1 => Just(Step::ReconcileLosingStatus),
+            4 => (0usize..4, prop_oneof![
+                Just(PodTo::Running),
+                Just(PodTo::Pushed),
+                Just(PodTo::Exited),
+                Just(PodTo::Evicted),
+                Just(PodTo::PullBackOff),
+                Just(PodTo::Unknown),
+            ]).prop_map(|(pick, to)| Step::Pod { pick, to }),
+            1 => (0usize..4).prop_map(|pick| Step::Vanish { pick }),
+            2 => Just(Step::Terminated),
+            2 => (1i64..400).prop_map(|secs| Step::Advance { secs }),
+            1 => Just(Step::SpecChange),
+            1 => Just(Step::Cancel),
+            1 => Just(Step::Rerun),
+            1 => any::<bool>().prop_map(|busy| Step::Peer { busy }),
+        ]
+    }
+
+    struct World {
+        build: Build,
+        pods: BTreeMap<String, Pod>,
+        now: i64,
+        next_uid: u32,
+        reruns: u32,
+        busy: bool,
+        /// Pod UIDs that `decide` recorded in a written status, by attempt.
+        seen: BTreeMap<u32, String>,
+        highest_attempt: u32,
+    }
+
+    impl World {
+        fn observed(&self) -> Observed {
+            Observed {
+                pods: self.pods.values().cloned().collect(),
+                peers: vec![peer(
+                    "other",
+                    -100,
+                    if self.busy {
+                        Standing::Active
+                    } else {
+                        Standing::Idle
+                    },
+                )],
+                ..Observed::default()
+            }
+        }
+
+        fn reconcile(&mut self, applied: Option<usize>, lose_status: bool) {
+            let plan = decide(
+                &self.build,
+                &self.observed(),
+                at(self.now),
+                &Config::default(),
+            );
+            let creates = plan.created_pods();
+            prop_assert_eq_ok(creates.len() <= 1, "two pods in one plan", &plan);
+            if let Some(pod) = creates.first() {
+                let name = pod.name_any();
+                prop_assert_eq_ok(
+                    !self.pods.contains_key(&name),
+                    "planned a pod whose name exists",
+                    &plan,
+                );
+                prop_assert_eq_ok(
+                    !self.pods.values().any(is_live),
+                    "planned a pod while another of the Build is live",
+                    &plan,
+                );
+                let attempt = attempt_of(pod.metadata.labels.as_ref()).expect("attempt label");
+                let announced = plan
+                    .status()
+                    .or(self.build.status.as_ref())
+                    .map_or(0, |s| s.attempt);
+                prop_assert_eq_ok(
+                    attempt == announced,
+                    "pod for an unannounced attempt",
+                    &plan,
+                );
+                prop_assert_eq_ok(
+                    !self.seen.contains_key(&attempt),
+                    "a second pod for an attempt whose pod was already seen",
+                    &plan,
+                );
+            }
+            let limit = applied.unwrap_or(usize::MAX);
+            for action in plan.actions.iter().take(limit) {
+                match action {
+                    Action::WriteStatus(status) if !lose_status => {
+                        prop_assert_eq_ok(
+                            status.attempt >= self.build.status.as_ref().map_or(0, |s| s.attempt),
+                            "attempt number went down",
+                            &plan,
+                        );
+                        for record in &status.attempts {
+                            if let Some(uid) = &record.pod_uid {
+                                self.seen.insert(record.attempt, uid.clone());
+                            }
+                        }
+                        self.build.status = Some(status.as_ref().clone());
+                    }
+                    Action::CreatePod(pod) => {
+                        let mut pod = pod.as_ref().clone();
+                        self.next_uid += 1;
+                        pod.metadata.uid = Some(format!("u{}", self.next_uid));
+                        pod.metadata.creation_timestamp = Some(Time(at(self.now)));
+                        pod.status = Some(Default::default());
+                        let attempt = attempt_of(pod.metadata.labels.as_ref()).unwrap_or(0);
+                        self.highest_attempt = self.highest_attempt.max(attempt);
+                        self.pods.insert(pod.name_any(), pod);
+                    }
+                    Action::DeletePod { name, uid, .. } => {
+                        if let Some(pod) = self.pods.get_mut(name) {
+                            if uid.is_none() || pod.metadata.uid == *uid {
+                                pod.metadata.deletion_timestamp = Some(Time(at(self.now)));
+                            }
+                        }
+                    }
+                    Action::AddFinalizer
+                    | Action::RemoveFinalizer
+                    | Action::WriteStatus(_)
+                    | Action::CreateConfigMap(_)
+                    | Action::DeleteConfigMap { .. }
+                    | Action::Event(_) => {}
+                }
+            }
+            // At any moment, at most one pod per attempt label.
+            let mut by_attempt = BTreeMap::new();
+            for pod in self.pods.values() {
+                let attempt = attempt_of(pod.metadata.labels.as_ref()).unwrap_or(0);
+                *by_attempt.entry(attempt).or_insert(0) += 1;
+            }
+            prop_assert_eq_ok(
+                by_attempt.values().all(|n| *n == 1),
+                "two pods share an attempt",
+                &plan,
+            );
+        }
+
+        fn pick(&mut self, pick: usize) -> Option<String> {
+            let names: Vec<String> = self.pods.keys().cloned().collect();
+            (!names.is_empty()).then(|| names[pick % names.len()].clone())
+        }
+
+        fn apply(&mut self, step: &Step) {
+            match step {
+                Step::Reconcile { applied } => self.reconcile(*applied, false),
+                Step::ReconcileLosingStatus => self.reconcile(None, true),
+                Step::Pod { pick, to } => {
+                    let Some(name) = self.pick(*pick) else { return };
+                    let build = self.build.clone();
+                    let pod = &self.pods[&name];
+                    let attempt = attempt_of(pod.metadata.labels.as_ref()).unwrap_or(1);
+                    let fixture = PodFixture::for_build(&build, attempt);
+                    let fixture = match to {
+                        PodTo::Running => fixture.running(),
+                        PodTo::Pushed => fixture.pushed(DIGEST),
+                        PodTo::Exited => fixture.exited(1, "boom"),
+                        PodTo::Evicted => fixture.evicted(),
+                        PodTo::PullBackOff => fixture.image_pull_backoff(),
+                        PodTo::Unknown => fixture.unknown(),
+                    };
+                    let pod = self.pods.get_mut(&name).expect("picked");
+                    // Finished pods stay finished, as with a real kubelet.
+                    if is_live(pod) {
+                        pod.status = fixture.pod.status;
+                    }
+                }
+                Step::Vanish { pick } => {
+                    if let Some(name) = self.pick(*pick) {
+                        self.pods.remove(&name);
+                    }
+                }
+                Step::Terminated => self
+                    .pods
+                    .retain(|_, p| p.metadata.deletion_timestamp.is_none()),
+                Step::Advance { secs } => self.now += secs,
+                Step::SpecChange => {
+                    let generation = self.build.metadata.generation.unwrap_or(1) + 1;
+                    self.build.metadata.generation = Some(generation);
+                    self.build.spec.cancel = false;
+                }
+                Step::Cancel => {
+                    let generation = self.build.metadata.generation.unwrap_or(1) + 1;
+                    self.build.metadata.generation = Some(generation);
+                    self.build.spec.cancel = true;
+                }
+                Step::Rerun => {
+                    self.reruns += 1;
+                    self.build = self.build.clone().rerun(&format!("r{}", self.reruns));
+                }
+                Step::Peer { busy } => self.busy = *busy,
+            }
+        }
+    }
+
+    /// Panics with the plan when an invariant breaks (proptest then shrinks the steps).
+    fn prop_assert_eq_ok(holds: bool, what: &str, plan: &Plan) {
+        assert!(holds, "{what}: {:?}", plan.describe());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn decide_never_plans_two_pods_for_one_attempt(
+            steps in prop::collection::vec(step(), 1..60),
+            retries in 0i32..4,
+        ) {
+            let mut world = World {
+                build: Build::test("app").retries(retries),
+                pods: BTreeMap::new(),
+                now: 0,
+                next_uid: 0,
+                reruns: 0,
+                busy: false,
+                seen: BTreeMap::new(),
+                highest_attempt: 0,
+            };
+            for step in &steps {
+                world.apply(step);
+            }
+            // Settle: the kubelet finishes what runs, the controller reconciles.
+            for _ in 0..5 {
+                world.apply(&Step::Terminated);
+                world.apply(&Step::Advance { secs: 400 });
+                world.apply(&Step::Reconcile { applied: None });
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Reads what `decide` needs about one Build into an [`Observed`] snapshot (I/O: API reads
+//! only, never a write).
+//!
+//! The Build and its pods are read fresh from the API server, not from the watch cache: a
+//! stale list could hide a pod this controller just created and lead to a second one. The
+//! other Builds of a concurrency group may come from the watch cache (they only order the
+//! queue); their pods, which decide who holds the group, are listed fresh.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use super::context::{Context, PeerSource};
+use super::decide::wants_inputs;
+use super::error::ObserveError;
+use super::labels::{BUILD, build_uid_selector, builds_selector};
+use super::podstate::is_live;
+use super::queue::{self, Peer};
+use super::validate::SecretInfo;
+use crate::crd::Build;
+
+/// What the controller saw of a Build's world, sorted so that `decide` never depends on
+/// the order the API server listed things in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// The Build's pods (selected by its UID), by name.
+    pub pods: Vec<Pod>,
+    /// Names of the Build's ConfigMaps (listed only while the Build is being deleted).
+    pub config_maps: Vec<String>,
+    /// The Secrets the Build names that exist, by name (read only while it may start).
+    pub secrets: BTreeMap<String, SecretInfo>,
+    /// The other Builds of its concurrency group, by name (read only while it may start
+    /// or hold the group).
+    pub peers: Vec<Peer>,
+}
+
+/// Reads the Build afresh and everything its decision needs. `Ok(None)` when the Build is
+/// gone.
+pub async fn observe(
+    ctx: &Context,
+    build: &Build,
+) -> Result<Option<(Build, Observed)>, ObserveError> {
+    let namespace = build.namespace().unwrap_or_default();
+    let name = build.name_any();
+    let builds: Api<Build> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(build) = builds
+        .get_opt(&name)
+        .await
+        .map_err(|source| ObserveError::GetBuild {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    let uid = build.metadata.uid.clone().unwrap_or_default();
+    let selector = ListParams::default().labels(&build_uid_selector(&uid));
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut own_pods = pods
+        .list(&selector)
+        .await
+        .map_err(|source| ObserveError::ListPods {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?
+        .items;
+    own_pods.sort_by_key(|p| p.name_any());
+
+    let mut observed = Observed {
+        pods: own_pods,
+        ..Observed::default()
+    };
+
+    if build.metadata.deletion_timestamp.is_some() {
+        let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut names: Vec<String> = config_maps
+            .list_metadata(&selector)
+            .await
+            .map_err(|source| ObserveError::ListConfigMaps {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?
+            .items
+            .into_iter()
+            .map(|cm| cm.name_any())
+            .collect();
+        names.sort();
+        observed.config_maps = names;
+    }
+
+    if wants_inputs(&build) {
+        observed.secrets = read_secrets(ctx, &build, &namespace).await?;
+        observed.peers = read_peers(ctx, &build, &namespace).await?;
+    }
+    Ok(Some((build, observed)))
+}
+
+/// The Secrets the Build names: their type and keys, never their data.
+async fn read_secrets(
+    ctx: &Context,
+    build: &Build,
+    namespace: &str,
+) -> Result<BTreeMap<String, SecretInfo>, ObserveError> {
+    let names: BTreeSet<&str> = [
+        build.spec.output.push_secret_ref.as_ref(),
+        build
+            .spec
+            .source
+            .git
+            .as_ref()
+            .and_then(|g| g.clone_secret_ref.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| r.name.as_str())
+    .collect();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut found = BTreeMap::new();
+    for name in names {
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|source| ObserveError::GetSecret {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source,
+            })?;
+        if let Some(secret) = secret {
+            let keys = secret
+                .data
+                .unwrap_or_default()
+                .into_keys()
+                .chain(secret.string_data.unwrap_or_default().into_keys())
+                .collect();
+            found.insert(
+                name.to_owned(),
+                SecretInfo {
+                    type_: secret.type_.unwrap_or_else(|| "Opaque".to_owned()),
+                    keys,
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The other Builds of the concurrency group, with their standing.
+async fn read_peers(
+    ctx: &Context,
+    build: &Build,
+    namespace: &str,
+) -> Result<Vec<Peer>, ObserveError> {
+    let group = queue::group_of(build);
+    let uid = build.metadata.uid.as_deref();
+    let members: Vec<Build> = match &ctx.peers {
+        PeerSource::Store(store) => store
+            .state()
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(namespace))
+            .map(|b| b.as_ref().clone())
+            .collect(),
+        PeerSource::Api => {
+            let builds: Api<Build> = Api::namespaced(ctx.client.clone(), namespace);
+            builds
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| ObserveError::ListBuilds {
+                    namespace: namespace.to_owned(),
+                    source,
+                })?
+                .items
+        }
+    };
+    let mut members: Vec<Build> = members
+        .into_iter()
+        .filter(|b| queue::group_of(b) == group && b.metadata.uid.as_deref() != uid)
+        .collect();
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    members.sort_by_key(|b| b.name_any());
+
+    let names: Vec<String> = members.iter().map(|b| b.name_any()).collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let live: BTreeSet<String> = pods
+        .list(&ListParams::default().labels(&builds_selector(names.iter().map(String::as_str))))
+        .await
+        .map_err(|source| ObserveError::ListGroupPods {
+            namespace: namespace.to_owned(),
+            group: group.to_owned(),
+            source,
+        })?
+        .items
+        .iter()
+        .filter(|p| is_live(p))
+        .filter_map(|p| p.labels().get(BUILD).cloned())
+        .collect();
+    Ok(members
+        .iter()
+        .map(|b| Peer {
+            name: b.name_any(),
+            created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            standing: queue::standing(b, live.contains(&b.name_any())),
+        })
+        .collect())
+}

@@ -1,0 +1,182 @@
+//! The plan `decide` returns and `apply` carries out: a list of actions and when to look
+//! again (pure data).
+//!
+//! Actions run in order and the first failure stops the plan, so the order is part of the
+//! contract: status is written before the pod it announces is created (a crash in between
+//! leaves a status that names an attempt whose pod does not exist yet, and the next reconcile
+//! creates it under the same deterministic name).
+//!
+//! New kinds of work (releasing a cache lease, minting a cache token) are new [`Action`]
+//! variants: `apply` matches exhaustively, so the compiler points at every place to extend.
+
+use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+
+use crate::crd::{BuildStatus, Reason};
+
+/// What `decide` wants done for one Build.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The writes, in order.
+    pub actions: Vec<Action>,
+    /// When to reconcile again if nothing else happens.
+    pub requeue: Requeue,
+}
+
+/// When to reconcile again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only when something changes (the Build, its pods or its group).
+    #[default]
+    OnChange,
+    /// After this long, even if nothing changes: a deadline, a backoff, a queue re-check.
+    After(Duration),
+}
+
+impl Requeue {
+    /// The earlier of two requeues.
+    pub fn min(self, other: Requeue) -> Requeue {
+        match (self, other) {
+            (Requeue::OnChange, x) | (x, Requeue::OnChange) => x,
+            (Requeue::After(a), Requeue::After(b)) => Requeue::After(a.min(b)),
+        }
+    }
+}
+
+/// One write to the API.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Put the cleanup finalizer on the Build.
+    AddFinalizer,
+    /// Take the cleanup finalizer off (everything it guards is gone).
+    RemoveFinalizer,
+    /// Replace the Build's status (only planned when it differs from the current one).
+    WriteStatus(Box<BuildStatus>),
+    /// Create an attempt's ConfigMap; `AlreadyExists` is success.
+    CreateConfigMap(Box<ConfigMap>),
+    /// Create an attempt's pod; `AlreadyExists` with this Build's UID is adoption.
+    CreatePod(Box<Pod>),
+    /// Delete a pod of this Build.
+    DeletePod {
+        /// The pod.
+        name: String,
+        /// Delete only this UID (a precondition), when known.
+        uid: Option<String>,
+        /// Grace period given to the build to stop.
+        grace: Duration,
+    },
+    /// Delete a ConfigMap of this Build.
+    DeleteConfigMap {
+        /// The ConfigMap.
+        name: String,
+    },
+    /// Publish an Event on the Build.
+    Event(EventSpec),
+}
+
+/// An Event on the Build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    /// `Warning` for failures, `Normal` otherwise.
+    pub warning: bool,
+    /// Short CamelCase reason: one of the Build's [`Reason`]s.
+    pub reason: Reason,
+    /// What the controller did, in CamelCase (`CreatePod`, `DeletePod`, `UpdateStatus`).
+    pub action: &'static str,
+    /// What happened, for people.
+    pub note: String,
+}
+
+impl EventSpec {
+    /// An Event whose type follows from its reason.
+    pub fn new(reason: Reason, action: &'static str, note: impl Into<String>) -> Self {
+        Self {
+            warning: reason.is_warning(),
+            reason,
+            action,
+            note: note.into(),
+        }
+    }
+}
+
+impl Plan {
+    /// The status this plan writes, if any.
+    pub fn status(&self) -> Option<&BuildStatus> {
+        self.actions.iter().find_map(|a| match a {
+            Action::WriteStatus(s) => Some(s.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The pods this plan creates.
+    pub fn created_pods(&self) -> Vec<&Pod> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreatePod(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One line per action, for tests and logs.
+    pub fn describe(&self) -> Vec<String> {
+        self.actions.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::AddFinalizer => write!(f, "AddFinalizer"),
+            Action::RemoveFinalizer => write!(f, "RemoveFinalizer"),
+            Action::WriteStatus(status) => {
+                let phase = status.phase.map_or("-", |p| p.as_str());
+                let reason = status.reason().map_or("-", Reason::as_str);
+                write!(f, "WriteStatus {phase}/{reason} attempt={}", status.attempt)
+            }
+            Action::CreateConfigMap(cm) => write!(
+                f,
+                "CreateConfigMap {}",
+                cm.metadata.name.as_deref().unwrap_or("?")
+            ),
+            Action::CreatePod(pod) => write!(
+                f,
+                "CreatePod {}",
+                pod.metadata.name.as_deref().unwrap_or("?")
+            ),
+            Action::DeletePod { name, grace, .. } => {
+                write!(f, "DeletePod {name} grace={}s", grace.as_secs())
+            }
+            Action::DeleteConfigMap { name } => write!(f, "DeleteConfigMap {name}"),
+            Action::Event(e) => write!(
+                f,
+                "Event {} {}",
+                if e.warning { "Warning" } else { "Normal" },
+                e.reason
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_min_prefers_the_earlier_deadline() {
+        let a = Requeue::After(Duration::from_secs(5));
+        let b = Requeue::After(Duration::from_secs(9));
+        assert_eq!(a.min(b), a);
+        assert_eq!(Requeue::OnChange.min(b), b);
+        assert_eq!(Requeue::OnChange.min(Requeue::OnChange), Requeue::OnChange);
+    }
+
+    #[test]
+    fn event_type_follows_the_reason() {
+        assert!(EventSpec::new(Reason::BuildFailed, "UpdateStatus", "x").warning);
+        assert!(!EventSpec::new(Reason::Succeeded, "UpdateStatus", "x").warning);
+    }
+}

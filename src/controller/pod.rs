@@ -1,0 +1,590 @@
+//! The build pod and its ConfigMap for one attempt, built from a validated Build (pure and
+//! deterministic: the same Build gives byte-identical objects; no map is iterated unsorted).
+//!
+//! # What rootless BuildKit needs, and why each permission is there
+//!
+//! The builder is `moby/buildkit:<version>-rootless`, run daemonless
+//! (`buildctl-daemonless.sh` starts `buildkitd` under RootlessKit for one build and stops
+//! it). Inside, RootlessKit creates a user namespace and maps the image's subordinate IDs
+//! (`user:100000:65536`) with `newuidmap`/`newgidmap`; BuildKit then mounts overlay
+//! filesystems and runs `RUN` steps with runc, all inside that namespace. The tightest
+//! security context that allows this:
+//!
+//! - **`runAsNonRoot`, `runAsUser: 1000`, `runAsGroup: 1000`** (and `fsGroup: 1000` so the
+//!   mounted Secrets are readable): the image's `user`. Nothing runs as root on the node.
+//! - **`capabilities: drop [ALL], add [SETUID, SETGID]`**: `newuidmap` and `newgidmap` are
+//!   setuid binaries (built by BuildKit with libcap so they keep only `CAP_SETUID` /
+//!   `CAP_SETGID` while writing the ID maps). Those two must stay in the bounding set; no
+//!   other capability is needed outside the user namespace (inside it, the kernel grants a
+//!   full set that is worthless outside).
+//! - **`allowPrivilegeEscalation: true`**: the same setuid helpers; `no_new_privs` would stop
+//!   them from gaining the two capabilities, and RootlessKit would fall back to a single-ID
+//!   mapping under which package managers fail.
+//! - **`seccompProfile: Unconfined`**: the runtime's default profile refuses `unshare` and
+//!   `mount` with new namespaces to processes without `CAP_SYS_ADMIN`, which is exactly
+//!   what RootlessKit and runc do. (A node-local profile, `Localhost`, can narrow this where
+//!   the platform team ships one.)
+//! - **`appArmorProfile: Unconfined`**: the runtime's default AppArmor profile denies
+//!   `mount`, which BuildKit needs for its snapshots.
+//! - **`--oci-worker-no-process-sandbox`** (in `BUILDKITD_FLAGS`): otherwise each `RUN`
+//!   step gets its own PID namespace and a fresh `/proc`, which needs `procMount: Unmasked`,
+//!   only allowed together with `hostUsers: false`. See `buildkit::buildkitd_flags` for the
+//!   trade-off.
+//! - **`readOnlyRootFilesystem: true`**, with emptyDirs where BuildKit writes: its state
+//!   (`~/.local/share/buildkit`; an emptyDir also because the image's `VOLUME` is mounted
+//!   `nosuid,nodev` on some nodes), its temporary directory (`~/.local/tmp`, `$TMPDIR`),
+//!   RootlessKit's runtime directory (`/run/user/1000`, `$XDG_RUNTIME_DIR`) and `/tmp`.
+//! - **`automountServiceAccountToken: false`**, **`enableServiceLinks: false`**: the build
+//!   needs no access to the Kubernetes API and no environment from Services.
+//! - **`privileged`** and **`hostUsers: false`** are not used: the first is what rootless
+//!   avoids, the second needs node support that cannot be assumed.
+//!
+//! # The result
+//!
+//! `buildctl --metadata-file /dev/termination-log` writes BuildKit's metadata (with
+//! `containerimage.digest`) where the kubelet reads the container's termination message;
+//! `terminationMessagePolicy: FallbackToLogsOnError` puts the end of the build log there
+//! instead when the build fails, so that the Build's status can say why.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Capabilities, ConfigMap, ConfigMapVolumeSource, Container,
+    EmptyDirVolumeSource, EnvVar, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use super::buildkit::{
+    self, BUILDKITD_TOML, CONFIG_DIR, CONTEXT_DIR, DOCKER_CONFIG_DIR, FETCH_DIR, GIT_AUTH_DIR,
+    STATE_DIR,
+};
+use super::context::Config;
+use super::labels::{GENERATION_ANNOTATION, attempt_labels, pod_name};
+use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
+use super::validate::{
+    BASIC_AUTH_KEY, DOCKER_CONFIG_KEY, GitAuth, SSH_AUTH_KEY, SourceKind, Validated,
+};
+use crate::crd::Build;
+
+/// UID and GID of the rootless BuildKit image's user.
+pub const BUILDER_UID: i64 = 1000;
+
+/// ConfigMap key of the inline Dockerfile.
+const KEY_DOCKERFILE: &str = "Dockerfile";
+/// ConfigMap key of the BuildKit daemon configuration.
+const KEY_BUILDKITD: &str = "buildkitd.toml";
+/// ConfigMap key of the OCI fetch Dockerfile.
+const KEY_FETCH: &str = "fetch.Dockerfile";
+
+/// The objects of one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptObjects {
+    /// The build pod.
+    pub pod: Pod,
+    /// Its ConfigMap (inline files, fetch Dockerfile, BuildKit configuration), when it
+    /// needs one. Created before the pod, with the same name and labels.
+    pub config_map: Option<ConfigMap>,
+}
+
+/// Builds the pod (and ConfigMap) of attempt `attempt` of `build`.
+pub fn attempt_objects(
+    build: &Build,
+    attempt: u32,
+    validated: &Validated<'_>,
+    config: &Config,
+) -> AttemptObjects {
+    let name = pod_name(&build.name_any(), attempt);
+    let labels = attempt_labels(
+        &build.name_any(),
+        build.metadata.uid.as_deref().unwrap_or_default(),
+        attempt,
+    );
+    let owner = build
+        .controller_owner_ref(&())
+        .into_iter()
+        .collect::<Vec<_>>();
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: build.namespace(),
+        labels: Some(labels),
+        owner_references: Some(owner),
+        ..ObjectMeta::default()
+    };
+
+    // --- ConfigMap -----------------------------------------------------------------------
+    let mut data = BTreeMap::new();
+    // Inline files become `file-<n>` keys in path order (keys cannot hold '/'), each
+    // mounted at its path with subPath: real files, not the symlinks a ConfigMap volume
+    // holds, which BuildKit would copy into the image as they are.
+    let mut inline_files: Vec<(String, &str)> = Vec::new();
+    if let SourceKind::Inline(inline) = validated.source {
+        data.insert(KEY_DOCKERFILE.to_owned(), inline.dockerfile.clone());
+        inline_files.push((KEY_DOCKERFILE.to_owned(), build.spec.dockerfile.as_str()));
+        let mut files: Vec<_> = inline.files.iter().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for (n, file) in files.into_iter().enumerate() {
+            let key = format!("file-{n}");
+            data.insert(key.clone(), file.content.clone());
+            inline_files.push((key, file.path.as_str()));
+        }
+    }
+    if let SourceKind::Oci(oci) = validated.source {
+        data.insert(KEY_FETCH.to_owned(), buildkit::fetch_dockerfile(&oci.image));
+    }
+    let buildkitd_toml = buildkit::buildkitd_toml(config);
+    if let Some(toml) = &buildkitd_toml {
+        data.insert(KEY_BUILDKITD.to_owned(), toml.clone());
+    }
+    let config_map = (!data.is_empty()).then(|| ConfigMap {
+        metadata: meta.clone(),
+        data: Some(data.clone()),
+        // One attempt, one content: immutable spares the kubelet a watch.
+        immutable: Some(true),
+        ..ConfigMap::default()
+    });
+
+    // --- Volumes and mounts ------------------------------------------------------------------
+    let empty_dir = |name: &str| Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    };
+    let mut volumes = vec![
+        empty_dir("buildkit-state"),
+        empty_dir("buildkit-tmp"),
+        empty_dir("runtime-dir"),
+        empty_dir("tmp"),
+    ];
+    let mut mounts = vec![
+        mount("buildkit-state", STATE_DIR, false),
+        mount("buildkit-tmp", "/home/user/.local/tmp", false),
+        mount("runtime-dir", "/run/user/1000", false),
+        mount("tmp", "/tmp", false),
+    ];
+    let local_context = matches!(validated.source, SourceKind::Oci(_) | SourceKind::Inline(_));
+    if local_context {
+        volumes.push(empty_dir("workspace"));
+        mounts.push(mount("workspace", "/workspace", false));
+    }
+    if config_map.is_some() {
+        let mut items = Vec::new();
+        if buildkitd_toml.is_some() {
+            items.push(key_to_path(KEY_BUILDKITD, BUILDKITD_TOML));
+        }
+        if matches!(validated.source, SourceKind::Oci(_)) {
+            items.push(key_to_path(KEY_FETCH, &format!("{FETCH_DIR}/Dockerfile")));
+        }
+        for (key, _) in &inline_files {
+            items.push(key_to_path(key, &format!("context/{key}")));
+        }
+        volumes.push(Volume {
+            name: "kiln-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                items: Some(items),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("kiln-config", CONFIG_DIR, true));
+    }
+    if let Some(secret) = validated.push_secret {
+        volumes.push(secret_volume(
+            "docker-config",
+            secret,
+            DOCKER_CONFIG_KEY,
+            "config.json",
+        ));
+        mounts.push(mount("docker-config", DOCKER_CONFIG_DIR, true));
+    }
+    match &validated.git_auth {
+        Some(GitAuth::Token { secret }) => {
+            volumes.push(secret_volume(
+                "git-auth",
+                secret,
+                BASIC_AUTH_KEY,
+                BASIC_AUTH_KEY,
+            ));
+            mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
+        }
+        Some(GitAuth::Ssh { secret }) => {
+            volumes.push(secret_volume(
+                "git-auth",
+                secret,
+                SSH_AUTH_KEY,
+                SSH_AUTH_KEY,
+            ));
+            mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
+        }
+        None => {}
+    }
+    let mut inline_mounts: Vec<VolumeMount> = inline_files
+        .iter()
+        .map(|(key, path)| VolumeMount {
+            name: "kiln-config".into(),
+            mount_path: format!("{CONTEXT_DIR}/{path}"),
+            sub_path: Some(format!("context/{key}")),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        })
+        .collect();
+    inline_mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
+    mounts.extend(inline_mounts);
+
+    // --- Containers ----------------------------------------------------------------------
+    let image = build
+        .spec
+        .builder
+        .image
+        .clone()
+        .unwrap_or_else(|| config.builder_image.clone());
+    let mut env = vec![EnvVar {
+        name: "BUILDKITD_FLAGS".into(),
+        value: Some(buildkit::buildkitd_flags(buildkitd_toml.is_some())),
+        ..EnvVar::default()
+    }];
+    if validated.push_secret.is_some() {
+        env.push(EnvVar {
+            name: "DOCKER_CONFIG".into(),
+            value: Some(DOCKER_CONFIG_DIR.into()),
+            ..EnvVar::default()
+        });
+    }
+    let resources = resources(build, config);
+    let builder = |name: &str, args: Vec<String>, mounts: Vec<VolumeMount>| Container {
+        name: name.to_owned(),
+        image: Some(image.clone()),
+        command: Some(vec!["buildctl-daemonless.sh".into()]),
+        args: Some(args),
+        env: Some(env.clone()),
+        resources: Some(resources.clone()),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(mounts),
+        termination_message_path: Some(buildkit::METADATA_FILE.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let init_containers = match validated.source {
+        SourceKind::Oci(_) => {
+            let fetch_mounts = mounts
+                .iter()
+                .filter(|m| m.sub_path.is_none() && m.name != "git-auth")
+                .cloned()
+                .collect();
+            Some(vec![builder(
+                FETCH_CONTAINER,
+                buildkit::fetch_args(),
+                fetch_mounts,
+            )])
+        }
+        SourceKind::Git(_) | SourceKind::Inline(_) => None,
+    };
+    let main = builder(
+        BUILD_CONTAINER,
+        buildkit::build_args(build, validated, config),
+        mounts,
+    );
+
+    let spec = &build.spec.builder;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                GENERATION_ANNOTATION.to_owned(),
+                build.metadata.generation.unwrap_or_default().to_string(),
+            )])),
+            ..meta
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(validated.timeout.as_secs() as i64),
+            termination_grace_period_seconds: Some(config.pod_grace_period.as_secs() as i64),
+            service_account_name: spec.service_account_name.clone(),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(BUILDER_UID),
+                run_as_group: Some(BUILDER_UID),
+                fs_group: Some(BUILDER_UID),
+                ..PodSecurityContext::default()
+            }),
+            init_containers,
+            containers: vec![main],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    };
+    AttemptObjects { pod, config_map }
+}
+
+fn key_to_path(key: &str, path: &str) -> KeyToPath {
+    KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        mode: None,
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![key_to_path(key, path)]),
+            // Readable by the builder's group (fsGroup), by nobody else.
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The tightest security context rootless BuildKit runs under (see the module docs).
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(BUILDER_UID),
+        run_as_group: Some(BUILDER_UID),
+        allow_privilege_escalation: Some(true),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: Some(vec!["SETGID".into(), "SETUID".into()]),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "Unconfined".into(),
+            localhost_profile: None,
+        }),
+        app_armor_profile: Some(AppArmorProfile {
+            type_: "Unconfined".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The builder's resources: the Build's own, with the controller's default requests for
+/// any resource the Build requests nothing of (a builder always has requests, so that the
+/// scheduler accounts for it).
+fn resources(build: &Build, config: &Config) -> ResourceRequirements {
+    let mut resources = build.spec.builder.resources.clone().unwrap_or_default();
+    let limits = resources.limits.clone().unwrap_or_default();
+    let requests = resources.requests.get_or_insert_with(BTreeMap::new);
+    for (resource, quantity) in &config.default_requests {
+        // A limit without a request means request = limit (Kubernetes' own default).
+        if !requests.contains_key(resource) && !limits.contains_key(resource) {
+            requests.insert(resource.clone(), quantity.clone());
+        }
+    }
+    resources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::context::{CacheService, parse_mirror};
+    use crate::controller::validate::{SecretInfo, validate};
+    use crate::crd::{CacheMode, CacheScope};
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    fn secrets() -> BTreeMap<String, SecretInfo> {
+        [
+            (
+                "regcred",
+                "kubernetes.io/dockerconfigjson",
+                ".dockerconfigjson",
+            ),
+            ("git-token", "kubernetes.io/basic-auth", "password"),
+        ]
+        .into_iter()
+        .map(|(n, t, k)| {
+            (
+                n.to_owned(),
+                SecretInfo {
+                    type_: t.into(),
+                    keys: BTreeSet::from([k.to_owned()]),
+                },
+            )
+        })
+        .collect()
+    }
+
+    fn yaml(build: &Build, config: &Config) -> String {
+        let validated = validate(build, &secrets(), config).expect("valid build");
+        let objects = attempt_objects(build, 3, &validated, config);
+        let mut out = serde_yaml::to_string(&objects.pod).unwrap();
+        if let Some(cm) = &objects.config_map {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(cm).unwrap());
+        }
+        out
+    }
+
+    /// Compares `actual` with `tests/snapshots/<name>.yaml`. With `KILN_UPDATE_SNAPSHOTS=1`
+    /// it rewrites the file instead (then review the diff before committing it).
+    fn assert_snapshot(name: &str, actual: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(format!("{name}.yaml"));
+        if std::env::var_os("KILN_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        if expected != actual {
+            let line = expected
+                .lines()
+                .zip(actual.lines())
+                .position(|(e, a)| e != a)
+                .map_or(expected.lines().count().min(actual.lines().count()), |n| n)
+                + 1;
+            panic!(
+                "pod snapshot {} differs from the builder's output (first difference at line {line}).\n\
+                 If the change is intended, regenerate with:\n  \
+                 KILN_UPDATE_SNAPSHOTS=1 cargo test --lib controller::pod\n\
+                 and review `git diff tests/snapshots`.\n--- actual ---\n{actual}",
+                path.display()
+            );
+        }
+    }
+
+    fn full_config() -> Config {
+        let mut config = Config {
+            cache_service: Some(
+                CacheService::parse("http://kiln-cache.kiln-system.svc:5000").unwrap(),
+            ),
+            ..Config::default()
+        };
+        let (registry, mirror) = parse_mirror("docker.io=mirror.gcr.io").unwrap();
+        config.registry_mirrors.insert(registry, mirror);
+        config
+    }
+
+    #[test]
+    fn snapshot_git_build_with_credentials_cache_and_platforms() {
+        let build = Build::test("app")
+            .in_namespace("team")
+            .git(
+                "https://git.example.com/team/app.git",
+                Some("v1.2.0"),
+                Some("services/api"),
+            )
+            .clone_secret("git-token")
+            .push_secret("regcred")
+            .target("runtime")
+            .build_arg("VERSION", "1.2.0")
+            .build_arg("GOFLAGS", "-mod=vendor")
+            .platform("linux/arm64")
+            .platform("linux/amd64")
+            .cache(CacheMode::Max, CacheScope::Namespace);
+        assert_snapshot("pod-git", &yaml(&build, &full_config()));
+    }
+
+    #[test]
+    fn snapshot_inline_build() {
+        let build = Build::test("hello")
+            .inline("FROM alpine:3.20\nCOPY . /app\n")
+            .inline_file("src/main.sh", "echo hello\n")
+            .inline_file("README.md", "hello\n");
+        assert_snapshot("pod-inline", &yaml(&build, &Config::default()));
+    }
+
+    #[test]
+    fn snapshot_oci_build() {
+        let build = Build::test("ctx")
+            .oci("registry.example.com/team/context@sha256:2222222222222222222222222222222222222222222222222222222222222222")
+            .push_secret("regcred");
+        assert_snapshot("pod-oci", &yaml(&build, &Config::default()));
+    }
+
+    #[test]
+    fn the_same_build_gives_byte_identical_yaml_whatever_the_order_of_its_maps_and_sets() {
+        let a = Build::test("app")
+            .inline("FROM scratch\n")
+            .inline_file("b.txt", "b")
+            .inline_file("a.txt", "a")
+            .build_arg("B", "2")
+            .build_arg("A", "1")
+            .platform("linux/arm64")
+            .platform("linux/amd64");
+        let b = Build::test("app")
+            .inline("FROM scratch\n")
+            .inline_file("a.txt", "a")
+            .inline_file("b.txt", "b")
+            .build_arg("A", "1")
+            .build_arg("B", "2")
+            .platform("linux/amd64")
+            .platform("linux/arm64");
+        // Also through JSON with keys in a different order, as an API server might send them.
+        let mut json = serde_json::to_value(&b).unwrap();
+        let node_selector = serde_json::json!({"zone": "b", "arch": "amd64"});
+        json["spec"]["builder"]["nodeSelector"] = node_selector;
+        let c: Build = serde_json::from_value(json).unwrap();
+        let mut a = a;
+        a.spec.builder.node_selector =
+            BTreeMap::from([("arch".into(), "amd64".into()), ("zone".into(), "b".into())]);
+        let config = full_config();
+        assert_eq!(yaml(&a, &config), yaml(&c, &config));
+        // And one build rendered twice is the same.
+        assert_eq!(yaml(&a, &config), yaml(&a, &config));
+    }
+
+    #[test]
+    fn every_container_runs_with_the_documented_security_context() {
+        let build = Build::test("ctx").oci("registry.example.com/c:1");
+        let validated = validate(&build, &secrets(), &Config::default()).unwrap();
+        let pod = attempt_objects(&build, 1, &validated, &Config::default()).pod;
+        let spec = pod.spec.unwrap();
+        let containers: Vec<_> = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.containers)
+            .collect();
+        assert_eq!(containers.len(), 2);
+        for c in containers {
+            let sc = c.security_context.unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            let caps = sc.capabilities.unwrap();
+            assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+            assert_eq!(
+                caps.add,
+                Some(vec!["SETGID".to_owned(), "SETUID".to_owned()])
+            );
+            assert_eq!(sc.privileged, None);
+        }
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+    }
+
+    #[test]
+    fn requests_default_per_resource_and_never_override_the_build() {
+        let mut build = Build::test("app");
+        build.spec.builder.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("8Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let r = resources(&build, &Config::default());
+        let requests = r.requests.unwrap();
+        // cpu defaulted; memory left to Kubernetes (request = limit).
+        assert!(requests.contains_key("cpu"));
+        assert!(!requests.contains_key("memory"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Runs the controller: watches Builds and the pods and ConfigMaps they own, and reconciles
+//! until a shutdown signal (I/O).
+//!
+//! This is the library entry point that `kiln controller` and the real-API-server tests
+//! share; signal handling stays at the command-line edge, which passes a `shutdown` future.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::{Controller, watcher};
+
+use super::context::{Config, Context};
+use super::error::RunError;
+use super::labels::managed_selector;
+use super::queue;
+use super::reconcile::{error_policy, reconcile};
+use crate::cli::error_chain;
+use crate::crd::Build;
+
+/// Runs the controller until `shutdown` completes, then stops taking work, lets the
+/// reconciles in flight finish, and returns. Build pods keep running; a restarted
+/// controller adopts them.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    run_with(Context::new(client, config), shutdown).await
+}
+
+/// [`run`] with a prepared context (a test clock, an outcome observer).
+pub async fn run_with(
+    context: Context,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    let client = context.client.clone();
+    let (builds, pods, config_maps): (Api<Build>, Api<Pod>, Api<ConfigMap>) =
+        match &context.config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    // Fail fast, with the fix in the message, when the CRD is missing.
+    builds
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|error| match &error {
+            kube::Error::Api(status) if status.code == 404 => RunError::CrdMissing(error),
+            _ => RunError::ListBuilds(error),
+        })?;
+
+    let owned = watcher::Config::default().labels(&managed_selector());
+    let controller = Controller::new(builds.clone(), watcher::Config::default());
+    let store = controller.store();
+    let concurrency = context.config.concurrency;
+    let context = Arc::new(context.with_peer_store(store.clone()));
+    tracing::info!(
+        namespace = context.config.namespace.as_deref().unwrap_or("*"),
+        builder_image = %context.config.builder_image,
+        "controller started"
+    );
+    controller
+        .owns(pods, owned.clone())
+        .owns(config_maps, owned)
+        // When a Build changes, the others of its concurrency group may move up the queue.
+        .watches(builds, watcher::Config::default(), move |build: Build| {
+            queue::wakeups(&build, &store.state())
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(build = %object, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
+                    tracing::debug!(build = %object, error = error_chain(&error), "reconcile failed");
+                }
+                Err(error) => tracing::warn!(error = error_chain(&error), "controller error"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The Build's status: phase, conditions, the current attempt and a bounded history of
+//! attempts, and the pushed image (pure).
+//!
+//! Only the controller writes it, through the status subresource. Strings that come from a
+//! build pod (termination messages) are truncated before they are stored, so that the status
+//! stays small whatever a build prints.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::{CONDITION_SUCCEEDED, Reason, find_condition};
+
+/// Longest message stored in a status field; longer ones are cut at a character boundary
+/// and end with `…`.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Where a Build is in its lifecycle: Pending → Running → Succeeded | Failed | Cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Accepted and waiting: queued, waiting for a retry, or its pod is being created.
+    Pending,
+    /// The build pod runs.
+    Running,
+    /// The image was pushed; `status.output.digest` holds its digest.
+    Succeeded,
+    /// The build failed, timed out, or its spec is invalid.
+    Failed,
+    /// The build was cancelled (`spec.cancel`, or superseded in its concurrency group).
+    Cancelled,
+}
+
+impl Phase {
+    /// Whether the phase is final for the current generation.
+    pub const fn is_terminal(self) -> bool {
+        match self {
+            Phase::Pending | Phase::Running => false,
+            Phase::Succeeded | Phase::Failed | Phase::Cancelled => true,
+        }
+    }
+
+    /// The phase as written in `status.phase`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AttemptResult {
+    /// The image was pushed.
+    Succeeded,
+    /// The attempt failed (the reason says whether it was retried).
+    Failed,
+    /// The attempt was stopped: cancelled, superseded, or its Build was deleted.
+    Cancelled,
+}
+
+/// Observed state of a Build.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    /// Pending, Running, Succeeded, Failed or Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// `Succeeded` and `Ready`, with one of the documented reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Number of the latest attempt (1 for the first); attempts are numbered across the
+    /// Build's whole life and never reused.
+    #[serde(default)]
+    pub attempt: u32,
+
+    /// Infrastructure retries spent on the current generation, at most `spec.retries`.
+    #[serde(default)]
+    pub retries: u32,
+
+    /// The latest attempts, oldest first, at most `spec.retention.attemptHistory`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+
+    /// The pushed image, once the build succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputStatus>,
+
+    /// When the current generation's first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the current generation reached a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The last value of the `kiln.dev/rerun` annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_token: Option<String>,
+}
+
+/// One attempt: one build pod.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The attempt's number.
+    pub attempt: u32,
+    /// Name of its pod.
+    pub pod_name: String,
+    /// UID of its pod, once the controller has seen the pod.
+    #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The Build generation it built.
+    pub generation: i64,
+    /// When it started.
+    pub start_time: Time,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<AttemptResult>,
+    /// Why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The digest it pushed, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The image a Build pushed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputStatus {
+    /// The pushed reference (`spec.output.image`).
+    pub image: String,
+    /// Digest of the pushed manifest or index, `sha256:<64 hex>`.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: String,
+    /// The first 12 hex characters of the digest, for `kubectl get`.
+    pub short_digest: String,
+}
+
+impl BuildStatus {
+    /// The reason of the `Succeeded` condition, when it carries a known one.
+    pub fn reason(&self) -> Option<Reason> {
+        let condition = find_condition(&self.conditions, CONDITION_SUCCEEDED)?;
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == condition.reason)
+    }
+
+    /// The record of the current attempt (`status.attempt`), if it is in the history.
+    pub fn current_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.iter().find(|a| a.attempt == self.attempt)
+    }
+
+    /// The current attempt's record, mutably.
+    pub fn current_attempt_mut(&mut self) -> Option<&mut AttemptRecord> {
+        let current = self.attempt;
+        self.attempts.iter_mut().find(|a| a.attempt == current)
+    }
+}
+
+/// Cuts `text` to at most [`MAX_STATUS_MESSAGE`] bytes at a character boundary, marking the
+/// cut with `…`. Build output is unbounded; the status must not be.
+pub fn truncate_message(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= MAX_STATUS_MESSAGE {
+        return text.to_owned();
+    }
+    let mut end = MAX_STATUS_MESSAGE - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_message_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(truncate_message("  ok \n"), "ok");
+        let long = "é".repeat(MAX_STATUS_MESSAGE);
+        let cut = truncate_message(&long);
+        assert!(cut.len() <= MAX_STATUS_MESSAGE);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn terminal_phases() {
+        let terminal: Vec<_> = [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::Cancelled,
+        ]
+        .into_iter()
+        .filter(|p| p.is_terminal())
+        .collect();
+        assert_eq!(
+            terminal,
+            [Phase::Succeeded, Phase::Failed, Phase::Cancelled]
+        );
+    }
+}
