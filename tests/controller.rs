@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, NS};
+use common::fake_api::{Harness, NS};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -205,7 +205,7 @@ async fn a_repeated_create_adopts_the_pod_of_this_build() {
             }
             Ok(None)
         });
-    let client = common::fake_api(objects, Some(funcs)).await;
+    let client = common::fake_api::fake_api(objects, Some(funcs)).await;
     let ctx = std::sync::Arc::new(kiln::controller::Context::new(
         client.clone(),
         Config::default(),

@@ -142,10 +142,10 @@ impl Scene {
     async fn wait(&self, name: &str, limit: Duration, done: impl Fn(&Build) -> bool) -> Build {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(build) = self.builds().get(name).await {
-                if done(&build) {
-                    return build;
-                }
+            if let Ok(build) = self.builds().get(name).await
+                && done(&build)
+            {
+                return build;
             }
             if tokio::time::Instant::now() > deadline {
                 self.diagnose(name).await;

@@ -534,19 +534,18 @@ impl<'a> Decision<'a> {
     /// Starts the next attempt if nothing stands in the way: a retry backoff, a pod of an
     /// earlier attempt still running, the concurrency group, or an invalid spec.
     fn maybe_start(&mut self) {
-        if self.status.retries > 0 {
-            if let Some(ended) = self
+        if self.status.retries > 0
+            && let Some(ended) = self
                 .status
                 .attempts
                 .last()
                 .and_then(|a| a.completion_time.clone())
-            {
-                let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
-                    .unwrap_or(SignedDuration::MAX);
-                let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
-                if self.now < at {
-                    return self.requeue_at(at);
-                }
+        {
+            let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
+                .unwrap_or(SignedDuration::MAX);
+            let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
+            if self.now < at {
+                return self.requeue_at(at);
             }
         }
         if let Some(pod) = self.observed.pods.iter().find(|p| is_live(p)) {

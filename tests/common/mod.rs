@@ -17,8 +17,6 @@ pub mod fake_api;
 pub mod oci_layout;
 pub mod skopeo;
 
-pub use fake_api::{Harness, NS, fake_api};
-
 use std::net::TcpListener;
 
 /// A loopback port that was free a moment ago. Another process may take it before the

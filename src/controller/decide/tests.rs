@@ -1017,10 +1017,10 @@ mod one_pod_per_attempt {
                         self.pods.insert(pod.name_any(), pod);
                     }
                     Action::DeletePod { name, uid, .. } => {
-                        if let Some(pod) = self.pods.get_mut(name) {
-                            if uid.is_none() || pod.metadata.uid == *uid {
-                                pod.metadata.deletion_timestamp = Some(Time(at(self.now)));
-                            }
+                        if let Some(pod) = self.pods.get_mut(name)
+                            && (uid.is_none() || pod.metadata.uid == *uid)
+                        {
+                            pod.metadata.deletion_timestamp = Some(Time(at(self.now)));
                         }
                     }
                     Action::AddFinalizer
