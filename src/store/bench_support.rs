@@ -46,6 +46,7 @@ pub fn load(
                     subject: parsed.subject,
                     artifact_type: parsed.artifact_type,
                     annotations: parsed.annotations,
+                    on_demand: false,
                 })
             } else {
                 None
