@@ -1,0 +1,370 @@
+//! Upload routes: `POST /v2/<name>/blobs/uploads/` (a session, a monolithic upload with
+//! `?digest=`, or a cross-repository mount with `?mount=&from=`), and on a session `PATCH`
+//! (a chunk, in order: 416 otherwise), `PUT ?digest=` (the last chunk and the commit),
+//! `GET` (progress: 204 with `Range`) and `DELETE` (cancel) (I/O: the store).
+//!
+//! Bodies stream into the store chunk by chunk on a blocking thread; nothing is buffered
+//! whole, and nothing is committed from a body that broke off.
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::digest::Digest;
+use crate::registry::auth::{Access, Resource};
+use crate::registry::body::{BodyEnd, feed};
+use crate::registry::error::RegistryError;
+use crate::registry::headers::{
+    ByteRange, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, UPLOAD_SESSION_ID, parse_content_range,
+    upload_progress,
+};
+use crate::registry::name::{RepoName, UploadId};
+use crate::registry::route::{Reply, Request, check};
+use crate::store::{StoreError, UploadStatus};
+
+fn session_path(name: &RepoName, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// The answer about a session: where it is and how much it holds.
+fn session_reply(status: StatusCode, name: &RepoName, id: &str, size: u64) -> Response {
+    Reply::new(status)
+        .header(header::LOCATION, session_path(name, id))
+        .header(header::RANGE, upload_progress(size))
+        .header(DOCKER_UPLOAD_UUID, id)
+        .header(UPLOAD_SESSION_ID, id)
+        .header(header::CONTENT_LENGTH, "0")
+        .into_response()
+}
+
+/// The answer to a committed or mounted blob.
+fn created(name: &RepoName, digest: Digest) -> Response {
+    Reply::new(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{name}/blobs/{digest}"))
+        .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+        .header(header::CONTENT_LENGTH, "0")
+        .into_response()
+}
+
+/// A chunk that does not start where the upload ends: 416 with the progress, so the client
+/// can resume.
+fn out_of_order(name: &RepoName, id: &str, size: u64, reason: String) -> Response {
+    let mut response = RegistryError::RangeNotSatisfiable { reason }.into_response();
+    let progress = session_reply(StatusCode::OK, name, id, size);
+    for (key, value) in progress.headers() {
+        if key != header::CONTENT_LENGTH {
+            response.headers_mut().insert(key.clone(), value.clone());
+        }
+    }
+    response
+}
+
+/// `POST …/blobs/uploads/`.
+pub(crate) async fn start(
+    request: &Request,
+    name: &RepoName,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    if let (Some(mount), Some(from)) = (request.query.get("mount"), request.query.get("from"))
+        && let Some(mounted) = mount_blob(request, name, mount, from).await?
+    {
+        return Ok(mounted);
+    }
+    if let Some(digest) = request.query.get("digest") {
+        let digest: Digest = digest.parse()?;
+        return monolithic(request, name, digest, body).await;
+    }
+    let repo = name.to_string();
+    let id = request
+        .registry
+        .blocking("start an upload", move |store| store.upload_create(&repo))
+        .await?;
+    Ok(session_reply(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+/// A cross-repository mount, if it can be done: the digest and source are valid, the
+/// client may pull from the source, and the source has the blob. Otherwise `None`, and the
+/// request goes on as a normal upload (the spec's fallback, which tells nothing about a
+/// repository the client may not read).
+async fn mount_blob(
+    request: &Request,
+    name: &RepoName,
+    mount: &str,
+    from: &str,
+) -> Result<Option<Response>, RegistryError> {
+    let (Ok(digest), Ok(from)) = (mount.parse::<Digest>(), RepoName::parse(from)) else {
+        return Ok(None);
+    };
+    let source = Resource::Repository {
+        name: &from,
+        mirror: request.registry.auth().is_mirror(&from),
+    };
+    if check(&request.registry, &request.headers, source, Access::Pull).is_err() {
+        return Ok(None);
+    }
+    let (from, to) = (from.to_string(), name.to_string());
+    let mounted = request
+        .registry
+        .blocking("mount a blob", move |store| store.mount(&from, &to, digest))
+        .await?;
+    Ok(mounted.then(|| created(name, digest)))
+}
+
+/// `POST …/blobs/uploads/?digest=`: the whole blob in one request.
+async fn monolithic(
+    request: &Request,
+    name: &RepoName,
+    digest: Digest,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let expected_size = content_length(request);
+    let writer = request
+        .registry
+        .blocking("start an upload", |store| store.blob_writer())
+        .await?;
+    let ((writer, written), end) = feed(body, move |chunks| {
+        let mut writer = writer;
+        for chunk in chunks {
+            if let Err(err) = writer.write_chunk(&chunk) {
+                return (writer, Err(err));
+            }
+        }
+        (writer, Ok(()))
+    })
+    .await?;
+    written.map_err(|err| RegistryError::from_store("write an upload", err))?;
+    complete(end)?;
+    let repo = name.to_string();
+    let info = request
+        .registry
+        .blocking("commit an upload", move |_| {
+            writer.commit(&repo, digest, expected_size)
+        })
+        .await?;
+    Ok(created(name, info.digest))
+}
+
+/// `GET` on a session: its progress.
+pub(crate) async fn status(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+) -> Result<Response, RegistryError> {
+    let session = session(request, name, id).await?;
+    Ok(session_reply(
+        StatusCode::NO_CONTENT,
+        name,
+        id.as_str(),
+        session.size,
+    ))
+}
+
+/// `PATCH` on a session: appends a chunk (the whole request body).
+pub(crate) async fn patch(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let session = session(request, name, id).await?;
+    if let Err(response) = check_range(request, name, id, &session) {
+        return Ok(response);
+    }
+    let (size, end) = match append(request, id, session.size, body).await {
+        Ok(appended) => appended,
+        Err(Appended::OutOfOrder { offset, size }) => {
+            return Ok(out_of_order(
+                name,
+                id.as_str(),
+                size,
+                format!("chunk starts at {offset}, the upload holds {size} bytes"),
+            ));
+        }
+        Err(Appended::Failed(err)) => return Err(err),
+    };
+    complete(end)?;
+    Ok(session_reply(StatusCode::ACCEPTED, name, id.as_str(), size))
+}
+
+/// `PUT ?digest=` on a session: appends the body (if any) and commits the blob.
+pub(crate) async fn finish(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let digest: Digest = request
+        .query
+        .get("digest")
+        .ok_or_else(|| RegistryError::DigestInvalid {
+            reason: "the digest parameter is required to finish an upload".into(),
+        })?
+        .parse()?;
+    let session = session(request, name, id).await?;
+    if let Err(response) = check_range(request, name, id, &session) {
+        return Ok(response);
+    }
+    if http_body::Body::size_hint(&body).exact() != Some(0) {
+        match append(request, id, session.size, body).await {
+            Ok((_, end)) => complete(end)?,
+            Err(Appended::OutOfOrder { offset, size }) => {
+                return Ok(out_of_order(
+                    name,
+                    id.as_str(),
+                    size,
+                    format!("chunk starts at {offset}, the upload holds {size} bytes"),
+                ));
+            }
+            Err(Appended::Failed(err)) => return Err(err),
+        }
+    }
+    let id = id.to_string();
+    let info = request
+        .registry
+        .blocking("commit an upload", move |store| {
+            store.upload_commit(&id, digest, None)
+        })
+        .await?;
+    Ok(created(name, info.digest))
+}
+
+/// `DELETE` on a session.
+pub(crate) async fn cancel(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+) -> Result<Response, RegistryError> {
+    session(request, name, id).await?;
+    let owned = id.to_string();
+    let cancelled = request
+        .registry
+        .blocking("cancel an upload", move |store| store.upload_cancel(&owned))
+        .await?;
+    if !cancelled {
+        return Err(RegistryError::BlobUploadUnknown { id: id.to_string() });
+    }
+    Ok(Reply::new(StatusCode::NO_CONTENT).into_response())
+}
+
+/// The session `id`, which must belong to `name`: a session id from another repository is
+/// as unknown as one that never existed.
+async fn session(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+) -> Result<UploadStatus, RegistryError> {
+    let owned = id.to_string();
+    let session = request
+        .registry
+        .blocking("read an upload", move |store| store.upload_status(&owned))
+        .await?;
+    if session.repo != name.as_str() {
+        return Err(RegistryError::BlobUploadUnknown { id: id.to_string() });
+    }
+    Ok(session)
+}
+
+/// A `Content-Range` must start where the upload ends (416 with the progress otherwise).
+fn check_range(
+    request: &Request,
+    name: &RepoName,
+    id: &UploadId,
+    session: &UploadStatus,
+) -> Result<Option<ByteRange>, Response> {
+    let Some(value) = request.headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let range = match parse_content_range(text) {
+        Ok(range) => range,
+        Err(err) => return Err(with_progress(err, name, id.as_str(), session.size)),
+    };
+    if range.start != session.size {
+        return Err(out_of_order(
+            name,
+            id.as_str(),
+            session.size,
+            format!(
+                "chunk {text:?} starts at {}, the upload holds {} bytes",
+                range.start, session.size
+            ),
+        ));
+    }
+    if let Some(length) = content_length(request)
+        && length != range.len()
+    {
+        return Err(out_of_order(
+            name,
+            id.as_str(),
+            session.size,
+            format!(
+                "Content-Range {text:?} spans {} bytes, Content-Length is {length}",
+                range.len()
+            ),
+        ));
+    }
+    Ok(Some(range))
+}
+
+fn with_progress(err: RegistryError, name: &RepoName, id: &str, size: u64) -> Response {
+    out_of_order(name, id, size, err.to_string())
+}
+
+fn content_length(request: &Request) -> Option<u64> {
+    request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Why an append failed.
+enum Appended {
+    /// Another request appended first: the chunk no longer starts at the end.
+    OutOfOrder { offset: u64, size: u64 },
+    /// Anything else.
+    Failed(RegistryError),
+}
+
+/// Appends a request body to session `id` from `offset`; returns the new size.
+async fn append(
+    request: &Request,
+    id: &UploadId,
+    offset: u64,
+    body: Body,
+) -> Result<(u64, BodyEnd), Appended> {
+    let store = request.registry.store().clone();
+    let id = id.to_string();
+    let (result, end) = feed(body, move |chunks| {
+        let mut size = offset;
+        for chunk in chunks {
+            size = store.upload_append(&id, size, &chunk)?;
+        }
+        Ok::<_, StoreError>(size)
+    })
+    .await
+    .map_err(Appended::Failed)?;
+    match result {
+        Ok(size) => Ok((size, end)),
+        Err(StoreError::UploadOffset { offset, size, .. }) => {
+            Err(Appended::OutOfOrder { offset, size })
+        }
+        Err(err) => Err(Appended::Failed(RegistryError::from_store(
+            "append to an upload",
+            err,
+        ))),
+    }
+}
+
+/// A body that broke off is a failed request; what arrived of it stays in the session.
+fn complete(end: BodyEnd) -> Result<(), RegistryError> {
+    match end {
+        BodyEnd::Complete => Ok(()),
+        BodyEnd::Broken(reason) => Err(RegistryError::BlobUploadInvalid {
+            reason: format!("the request body broke off: {reason}"),
+        }),
+        BodyEnd::Abandoned => Err(RegistryError::BlobUploadInvalid {
+            reason: "the upload stopped before the end of the body".into(),
+        }),
+    }
+}
