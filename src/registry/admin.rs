@@ -450,3 +450,294 @@ async fn delete_repository(registry: &Registry, name: RepoName) -> Result<Respon
         manifests_removed: deleted.manifests,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cacheapi::token::Action;
+    use crate::registry::testing::{Answer, TestRegistry, admin, token};
+    use serde_json::json;
+
+    async fn call(
+        registry: &TestRegistry,
+        method: Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Answer {
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
+        registry
+            .call(method, path, &[("authorization", &admin())], body)
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_needs_the_admin_token() {
+        let registry = TestRegistry::authenticated();
+        registry
+            .get("/admin/v1/du")
+            .await
+            .expect(401, Some("UNAUTHORIZED"));
+        let build = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
+        registry
+            .call(
+                Method::GET,
+                "/admin/v1/du",
+                &[("authorization", &build)],
+                Body::empty(),
+            )
+            .await
+            .expect(403, Some("DENIED"));
+        call(&registry, Method::GET, "/admin/v1/du", json!(null))
+            .await
+            .expect(200, None);
+        // Paths, methods and bodies are checked.
+        call(&registry, Method::GET, "/admin/v1/gc", json!(null))
+            .await
+            .expect(404, Some("UNSUPPORTED"));
+        call(&registry, Method::GET, "/admin/v1/prune", json!(null))
+            .await
+            .expect(405, Some("UNSUPPORTED"));
+        call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "most"}}),
+        )
+        .await
+        .expect(400, Some("MANIFEST_INVALID"));
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/Bad",
+            json!(null),
+        )
+        .await
+        .expect(400, Some("NAME_INVALID"));
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/a%2Fb",
+            json!(null),
+        )
+        .await
+        .expect(400, Some("NAME_INVALID"));
+    }
+
+    #[tokio::test]
+    async fn du_leases_prune_and_deletes_over_http() {
+        let registry = TestRegistry::open();
+        let (_, kept) = registry.push_image("team-a/cache", "v1", "kept").await;
+        registry.push_image("team-a/cache", "v2", "dropped").await;
+        registry.push_image("team-b/app", "v1", "b").await;
+
+        let du = call(&registry, Method::GET, "/admin/v1/du", json!(null)).await;
+        du.expect(200, None);
+        let du: DuReport = serde_json::from_slice(&du.body).unwrap();
+        assert_eq!((du.blobs.count, du.manifests, du.tags), (9, 3, 3));
+        let names: Vec<&str> = du.repositories.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["team-a/cache", "team-b/app"]);
+        assert_eq!(
+            (du.repositories[0].tags, du.repositories[0].manifests),
+            (2, 2)
+        );
+
+        let lease = call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-1",
+            json!({"targets": [{"repository": "team-a/cache", "tag": "v1"}], "ttl_seconds": 600}),
+        )
+        .await;
+        lease.expect(200, None);
+        let lease: LeaseResponse = serde_json::from_slice(&lease.body).unwrap();
+        assert!(lease.created);
+        assert_eq!(lease.digests, [kept]);
+        let again = call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-1",
+            json!({"targets": [{"digest": kept.to_string()}], "ttl_seconds": 600}),
+        )
+        .await;
+        assert!(
+            !serde_json::from_slice::<LeaseResponse>(&again.body)
+                .unwrap()
+                .created
+        );
+        call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-2",
+            json!({"targets": [{"digest": Digest::of(b"absent").to_string()}], "ttl_seconds": 1}),
+        )
+        .await
+        .expect(404, Some("MANIFEST_UNKNOWN"));
+
+        let dry = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}, "dry_run": true}),
+        )
+        .await;
+        dry.expect(200, None);
+        let dry: PruneReport = serde_json::from_slice(&dry.body).unwrap();
+        assert!(dry.dry_run && dry.freed_bytes > 0);
+        assert_eq!(dry.kept_by_leases, 1);
+
+        let deleted_tag = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/team-a/cache/_tags/v2",
+            json!(null),
+        )
+        .await;
+        deleted_tag.expect(200, None);
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/team-a/cache/_tags/v2",
+            json!(null),
+        )
+        .await
+        .expect(404, Some("MANIFEST_UNKNOWN"));
+        let deleted = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/team-b/app",
+            json!(null),
+        )
+        .await;
+        deleted.expect(200, None);
+        let deleted: RepositoryDeleted = serde_json::from_slice(&deleted.body).unwrap();
+        assert_eq!((deleted.tags_removed, deleted.manifests_removed), (1, 1));
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/team-b/app",
+            json!(null),
+        )
+        .await
+        .expect(404, Some("NAME_UNKNOWN"));
+
+        // Prune everything: only what the lease holds stays.
+        let pruned = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}}),
+        )
+        .await;
+        pruned.expect(200, None);
+        let pruned: PruneReport = serde_json::from_slice(&pruned.body).unwrap();
+        assert!(!pruned.dry_run);
+        let kinds: Vec<EntryKind> = pruned.removed.iter().map(|e| e.kind).collect();
+        let mut sorted = kinds.clone();
+        sorted.sort();
+        assert_eq!(kinds, sorted, "removals are sorted by kind");
+        registry
+            .get(&format!("/v2/team-a/cache/manifests/{kept}"))
+            .await
+            .expect(200, None);
+
+        let released = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/build-1",
+            json!(null),
+        )
+        .await;
+        assert_eq!(released.json(), json!({"released": true}));
+        let released = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/build-1",
+            json!(null),
+        )
+        .await;
+        assert_eq!(released.json(), json!({"released": false}));
+        call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}}),
+        )
+        .await
+        .expect(200, None);
+        assert!(registry.registry.store().listing().unwrap().is_empty());
+        let metrics = registry.get("/metrics").await;
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(
+            text.contains("kiln_cache_gc_runs_total{result=\"ok\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_reports_corruption_and_repairs_it() {
+        let registry = TestRegistry::open();
+        let (_, manifest) = registry.push_image("a", "v1", "x").await;
+        let verified = call(&registry, Method::POST, "/admin/v1/verify", json!({})).await;
+        verified.expect(200, None);
+        let clean: VerifyReport = serde_json::from_slice(&verified.body).unwrap();
+        assert!(clean.is_clean(), "{clean:?}");
+        assert_eq!(clean.blobs_checked, 3);
+
+        // Corrupt the layer on disk.
+        let listing = registry.registry.store().listing().unwrap();
+        let layer = listing
+            .blobs
+            .iter()
+            .find(|b| b.digest != manifest && b.size == "layer of x".len() as u64)
+            .unwrap()
+            .digest;
+        std::fs::write(
+            registry.registry.store().layout().blob(&layer),
+            b"LAYER OF X",
+        )
+        .unwrap();
+        let found = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/verify",
+            json!({"repair": true}),
+        )
+        .await;
+        let found: VerifyReport = serde_json::from_slice(&found.body).unwrap();
+        assert_eq!(found.corrupt.len(), 1);
+        assert_eq!(found.corrupt[0].digest, layer);
+        assert_eq!(found.corrupt[0].bytes, 10);
+        assert!(found.corrupt[0].quarantined);
+        assert!(found.repaired.contains(&manifest), "{found:?}");
+        let after = call(&registry, Method::POST, "/admin/v1/verify", json!({})).await;
+        assert!(
+            serde_json::from_slice::<VerifyReport>(&after.body)
+                .unwrap()
+                .is_clean()
+        );
+    }
+
+    #[test]
+    fn prune_requests_map_to_gc_options() {
+        let all = gc_options(&PruneRequest {
+            policy: PrunePolicy::All,
+            dry_run: true,
+        });
+        assert!(all.policy.all && all.dry_run && all.grace.is_zero());
+        let storage = gc_options(&PruneRequest {
+            policy: PrunePolicy::KeepStorage { bytes: 10 },
+            dry_run: false,
+        });
+        assert_eq!(storage.policy.keep_storage, Some(10));
+        assert_eq!(storage.grace, GcOptions::default().grace);
+        let age = gc_options(&PruneRequest {
+            policy: PrunePolicy::KeepDuration { seconds: 60 },
+            dry_run: false,
+        });
+        assert_eq!(age.policy.keep_duration, Some(Duration::from_secs(60)));
+    }
+}

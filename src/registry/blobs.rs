@@ -182,3 +182,93 @@ pub(crate) fn mirror_error(err: MirrorError, missing: Missing) -> RegistryError 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::testing::{TestRegistry, admin};
+
+    #[tokio::test]
+    async fn blobs_answer_head_get_ranges_and_delete() {
+        let registry = TestRegistry::open();
+        let bytes = b"0123456789";
+        let digest = registry.push_blob("a/b", bytes).await;
+        let path = format!("/v2/a/b/blobs/{digest}");
+
+        let head = registry.call(Method::HEAD, &path, &[], Body::empty()).await;
+        head.expect(200, None);
+        assert_eq!(head.header("content-length"), "10");
+        assert_eq!(head.header("docker-content-digest"), digest.to_string());
+        assert!(head.body.is_empty());
+
+        let whole = registry.get(&path).await;
+        whole.expect(200, None);
+        assert_eq!(whole.body.as_ref(), bytes);
+        assert_eq!(whole.header("accept-ranges"), "bytes");
+
+        for (range, status, body, content_range) in [
+            ("bytes=2-5", 206, "2345", "bytes 2-5/10"),
+            ("bytes=7-", 206, "789", "bytes 7-9/10"),
+            ("bytes=-2", 206, "89", "bytes 8-9/10"),
+            ("bytes=0-0,2-3", 200, "0123456789", ""),
+        ] {
+            let answer = registry
+                .call(Method::GET, &path, &[("range", range)], Body::empty())
+                .await;
+            answer.expect(status, None);
+            assert_eq!(answer.body.as_ref(), body.as_bytes(), "{range}");
+            assert_eq!(answer.header("content-range"), content_range, "{range}");
+        }
+        let unsatisfiable = registry
+            .call(Method::GET, &path, &[("range", "bytes=10-")], Body::empty())
+            .await;
+        unsatisfiable.expect(416, Some("RANGE_INVALID"));
+        assert_eq!(unsatisfiable.header("content-range"), "bytes */10");
+
+        // Blobs belong to repositories: another one does not see it.
+        registry
+            .get(&format!("/v2/a/c/blobs/{digest}"))
+            .await
+            .expect(404, Some("BLOB_UNKNOWN"));
+        registry
+            .call(
+                Method::HEAD,
+                &format!("/v2/a/c/blobs/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await
+            .expect(404, None);
+
+        let delete = |path: String| {
+            let registry = &registry;
+            async move {
+                registry
+                    .call(
+                        Method::DELETE,
+                        &path,
+                        &[("authorization", &admin())],
+                        Body::empty(),
+                    )
+                    .await
+            }
+        };
+        delete(path.clone()).await.expect(202, None);
+        registry.get(&path).await.expect(404, Some("BLOB_UNKNOWN"));
+        delete(path).await.expect(404, Some("BLOB_UNKNOWN"));
+    }
+
+    #[tokio::test]
+    async fn pulls_record_last_access_for_gc() {
+        let registry = TestRegistry::open();
+        let digest = registry.push_blob("a", b"layer").await;
+        let before = registry.registry.store().listing().unwrap().blobs[0].accessed_ms;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        registry
+            .get(&format!("/v2/a/blobs/{digest}"))
+            .await
+            .expect(200, None);
+        let after = registry.registry.store().listing().unwrap().blobs[0].accessed_ms;
+        assert!(after > before, "{before} -> {after}");
+    }
+}

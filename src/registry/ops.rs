@@ -75,3 +75,47 @@ pub async fn track(State(registry): State<Registry>, request: Request, next: Nex
         .observe(started.elapsed().as_secs_f64());
     response.map(|body| Body::new(Counted::new(body, metrics.bytes_out.clone())))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::registry::testing::TestRegistry;
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics_need_no_token() {
+        let registry = TestRegistry::authenticated();
+        registry.get("/healthz").await.expect(200, None);
+        registry.get("/readyz").await.expect(200, None);
+        registry.get("/v2/").await.expect(401, Some("UNAUTHORIZED"));
+        registry.registry.set_ready(false);
+        registry.get("/readyz").await.expect(503, None);
+        let metrics = registry.get("/metrics").await;
+        metrics.expect(200, None);
+        assert!(
+            metrics
+                .header("content-type")
+                .starts_with("application/openmetrics-text")
+        );
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        for line in [
+            "kiln_cache_http_requests_total{route=\"base\",method=\"GET\",status=\"401\"} 1",
+            "kiln_cache_http_requests_total{route=\"readyz\",method=\"GET\",status=\"503\"} 1",
+            "kiln_cache_http_request_duration_seconds_count{route=\"healthz\"} 1",
+            "kiln_cache_http_sent_bytes_total",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_in_and_out_are_counted() {
+        let registry = TestRegistry::open();
+        let digest = registry.push_blob("a", &[7u8; 1000]).await;
+        registry
+            .get(&format!("/v2/a/blobs/{digest}"))
+            .await
+            .expect(200, None);
+        let metrics = registry.registry.metrics();
+        assert_eq!(metrics.bytes_in.get(), 1000);
+        assert!(metrics.bytes_out.get() >= 1000);
+    }
+}

@@ -79,3 +79,68 @@ pub(crate) async fn list(
     }
     Ok(Response::from_parts(parts, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::digest::Digest;
+    use crate::registry::testing::TestRegistry;
+    use crate::store::fixtures::referrer_manifest;
+
+    #[tokio::test]
+    async fn referrers_list_and_filter_by_artifact_type() {
+        let registry = TestRegistry::open();
+        let (_, subject) = registry.push_image("a", "v1", "x").await;
+        let empty = registry.push_blob("a", b"{}").await;
+        let sbom = referrer_manifest(subject, (empty, 2), "application/spdx+json");
+        let signature = referrer_manifest(subject, (empty, 2), "application/vnd.dev.sigstore");
+        for body in [&sbom, &signature] {
+            registry
+                .push_manifest("a", &Digest::of(body).to_string(), body)
+                .await
+                .expect(201, None);
+        }
+        let all = registry.get(&format!("/v2/a/referrers/{subject}")).await;
+        all.expect(200, None);
+        assert_eq!(
+            all.header("content-type"),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(all.header("oci-filters-applied"), "");
+        let index = all.json();
+        assert_eq!(index["schemaVersion"], 2);
+        let mut types: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["artifactType"].as_str().unwrap().to_owned())
+            .collect();
+        types.sort();
+        assert_eq!(
+            types,
+            ["application/spdx+json", "application/vnd.dev.sigstore"]
+        );
+
+        let filtered = registry
+            .get(&format!(
+                "/v2/a/referrers/{subject}?artifactType=application/spdx%2Bjson"
+            ))
+            .await;
+        filtered.expect(200, None);
+        assert_eq!(filtered.header("oci-filters-applied"), "artifactType");
+        let manifests = filtered.json()["manifests"].clone();
+        assert_eq!(manifests.as_array().unwrap().len(), 1);
+        assert_eq!(manifests[0]["digest"], Digest::of(&sbom).to_string());
+        assert_eq!(manifests[0]["size"], sbom.len());
+
+        // No referrers (or no subject at all): an empty index, not a 404.
+        let none = registry
+            .get(&format!("/v2/a/referrers/{}", Digest::of(b"nothing")))
+            .await;
+        none.expect(200, None);
+        assert_eq!(none.json()["manifests"], serde_json::json!([]));
+        registry
+            .get("/v2/a/referrers/sha256:xyz")
+            .await
+            .expect(400, Some("DIGEST_INVALID"));
+    }
+}

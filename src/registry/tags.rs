@@ -84,3 +84,93 @@ pub(crate) async fn catalog(request: &Request) -> Result<Response, RegistryError
     );
     reply.json(&Catalog { repositories })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::registry::testing::{TestRegistry, admin};
+    use axum::body::Body;
+    use axum::http::Method;
+
+    #[tokio::test]
+    async fn tags_list_sorted_and_paginated_with_a_link() {
+        let registry = TestRegistry::open();
+        let (manifest, _) = registry.push_image("a/b", "v2", "x").await;
+        for tag in ["v10", "latest", "v1"] {
+            registry
+                .push_manifest("a/b", tag, &manifest)
+                .await
+                .expect(201, None);
+        }
+        let all = registry.get("/v2/a/b/tags/list").await;
+        all.expect(200, None);
+        assert_eq!(
+            all.json(),
+            serde_json::json!({"name": "a/b", "tags": ["latest", "v1", "v10", "v2"]})
+        );
+        assert_eq!(all.header("link"), "");
+        let first = registry.get("/v2/a/b/tags/list?n=2").await;
+        assert_eq!(first.json()["tags"], serde_json::json!(["latest", "v1"]));
+        assert_eq!(
+            first.header("link"),
+            "</v2/a/b/tags/list?n=2&last=v1>; rel=\"next\""
+        );
+        let second = registry.get("/v2/a/b/tags/list?n=2&last=v1").await;
+        assert_eq!(second.json()["tags"], serde_json::json!(["v10", "v2"]));
+        assert_eq!(second.header("link"), "");
+        let none = registry.get("/v2/a/b/tags/list?n=0").await;
+        assert_eq!(none.json()["tags"], serde_json::json!([]));
+        registry
+            .get("/v2/a/b/tags/list?n=many")
+            .await
+            .expect(400, Some("PAGINATION_NUMBER_INVALID"));
+        registry
+            .get("/v2/a/nope/tags/list")
+            .await
+            .expect(404, Some("NAME_UNKNOWN"));
+        // A repository whose tags were all removed still exists while it holds content.
+        for tag in ["latest", "v1", "v10", "v2"] {
+            registry
+                .call(
+                    Method::DELETE,
+                    &format!("/v2/a/b/manifests/{tag}"),
+                    &[("authorization", &admin())],
+                    Body::empty(),
+                )
+                .await
+                .expect(202, None);
+        }
+        let empty = registry.get("/v2/a/b/tags/list").await;
+        empty.expect(200, None);
+        assert_eq!(empty.json()["tags"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn the_catalog_lists_repositories_in_pages() {
+        let registry = TestRegistry::open();
+        for repo in ["c", "a/x", "b", "a"] {
+            registry.push_blob(repo, b"blob").await;
+        }
+        let all = registry.get("/v2/_catalog").await;
+        all.expect(200, None);
+        assert_eq!(
+            all.json(),
+            serde_json::json!({"repositories": ["a", "a/x", "b", "c"]})
+        );
+        let first = registry.get("/v2/_catalog?n=3").await;
+        assert_eq!(
+            first.json()["repositories"],
+            serde_json::json!(["a", "a/x", "b"])
+        );
+        assert_eq!(
+            first.header("link"),
+            "</v2/_catalog?n=3&last=b>; rel=\"next\""
+        );
+        let rest = registry.get("/v2/_catalog?n=3&last=b").await;
+        assert_eq!(rest.json()["repositories"], serde_json::json!(["c"]));
+        assert_eq!(rest.header("link"), "");
+        registry
+            .get("/v2/_catalog?n=-1")
+            .await
+            .expect(400, Some("PAGINATION_NUMBER_INVALID"));
+    }
+}

@@ -368,3 +368,250 @@ fn complete(end: BodyEnd) -> Result<(), RegistryError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+    use crate::cacheapi::token::Action;
+    use crate::registry::testing::{TestRegistry, admin, token};
+
+    fn location(answer: &crate::registry::testing::Answer) -> String {
+        answer.header("location").to_owned()
+    }
+
+    #[tokio::test]
+    async fn chunked_uploads_go_in_order_and_commit_with_their_digest() {
+        let registry = TestRegistry::open();
+        let start = registry
+            .call(Method::POST, "/v2/a/blobs/uploads/", &[], Body::empty())
+            .await;
+        start.expect(202, None);
+        assert_eq!(start.header("range"), "0-0");
+        let session = location(&start);
+        assert!(session.starts_with("/v2/a/blobs/uploads/"), "{session}");
+        assert_eq!(
+            start.header("docker-upload-uuid"),
+            start.header("blob-upload-session-id")
+        );
+
+        let first = registry
+            .call(
+                Method::PATCH,
+                &session,
+                &[("content-range", "0-4"), ("content-length", "5")],
+                "hello",
+            )
+            .await;
+        first.expect(202, None);
+        assert_eq!(first.header("range"), "0-4");
+
+        // Out of order: 416 with where the upload stands.
+        let skipped = registry
+            .call(
+                Method::PATCH,
+                &session,
+                &[("content-range", "10-12")],
+                "xyz",
+            )
+            .await;
+        skipped.expect(416, Some("RANGE_INVALID"));
+        assert_eq!(skipped.header("range"), "0-4");
+        assert_eq!(location(&skipped), session);
+        registry
+            .call(
+                Method::PATCH,
+                &session,
+                &[("content-range", "five-six")],
+                "xyz",
+            )
+            .await
+            .expect(416, Some("RANGE_INVALID"));
+        registry
+            .call(
+                Method::PATCH,
+                &session,
+                &[("content-range", "5-9"), ("content-length", "3")],
+                "xyz",
+            )
+            .await
+            .expect(416, Some("RANGE_INVALID"));
+
+        // A streamed chunk without Content-Range goes at the end.
+        registry
+            .call(Method::PATCH, &session, &[], " world")
+            .await
+            .expect(202, None);
+        let status = registry.get(&session).await;
+        status.expect(204, None);
+        assert_eq!(status.header("range"), "0-10");
+
+        let digest = crate::digest::Digest::of(b"hello world!");
+        registry
+            .call(Method::PUT, &session, &[], "!")
+            .await
+            .expect(400, Some("DIGEST_INVALID"));
+        let done = registry
+            .call(Method::PUT, &format!("{session}?digest={digest}"), &[], "!")
+            .await;
+        done.expect(201, None);
+        assert_eq!(location(&done), format!("/v2/a/blobs/{digest}"));
+        assert_eq!(done.header("docker-content-digest"), digest.to_string());
+        let blob = registry.get(&format!("/v2/a/blobs/{digest}")).await;
+        assert_eq!(blob.body.as_ref(), b"hello world!");
+        // The session is gone.
+        registry
+            .get(&session)
+            .await
+            .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_commits_nothing() {
+        let registry = TestRegistry::open();
+        let claimed = crate::digest::Digest::of(b"something else");
+        registry
+            .call(
+                Method::POST,
+                &format!("/v2/a/blobs/uploads/?digest={claimed}"),
+                &[],
+                "bytes",
+            )
+            .await
+            .expect(400, Some("DIGEST_INVALID"));
+        let session = location(
+            &registry
+                .call(Method::POST, "/v2/a/blobs/uploads/", &[], Body::empty())
+                .await,
+        );
+        registry
+            .call(
+                Method::PUT,
+                &format!("{session}?digest={claimed}"),
+                &[],
+                "bytes",
+            )
+            .await
+            .expect(400, Some("DIGEST_INVALID"));
+        registry
+            .call(
+                Method::POST,
+                "/v2/a/blobs/uploads/?digest=sha256:00",
+                &[],
+                "bytes",
+            )
+            .await
+            .expect(400, Some("DIGEST_INVALID"));
+        assert!(registry.registry.store().listing().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn monolithic_puts_sessions_of_other_repositories_and_cancels() {
+        let registry = TestRegistry::open();
+        let session = location(
+            &registry
+                .call(Method::POST, "/v2/a/blobs/uploads/", &[], Body::empty())
+                .await,
+        );
+        // A session id under another repository is unknown there.
+        let foreign = session.replace("/v2/a/", "/v2/b/");
+        registry
+            .get(&foreign)
+            .await
+            .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+        let digest = crate::digest::Digest::of(b"whole");
+        registry
+            .call(
+                Method::PUT,
+                &format!("{session}?digest={digest}"),
+                &[("content-length", "5")],
+                "whole",
+            )
+            .await
+            .expect(201, None);
+
+        let cancelled = location(
+            &registry
+                .call(Method::POST, "/v2/a/blobs/uploads/", &[], Body::empty())
+                .await,
+        );
+        registry
+            .call(Method::PATCH, &cancelled, &[], "partial")
+            .await
+            .expect(202, None);
+        registry
+            .call(Method::DELETE, &cancelled, &[], Body::empty())
+            .await
+            .expect(204, None);
+        registry
+            .call(Method::DELETE, &cancelled, &[], Body::empty())
+            .await
+            .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+        registry
+            .call(Method::PATCH, &cancelled, &[], "more")
+            .await
+            .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+    }
+
+    #[tokio::test]
+    async fn mounts_need_the_blob_in_a_source_the_client_may_read() {
+        let registry = TestRegistry::authenticated();
+        let digest = registry.push_blob("team-a/src", b"shared layer").await;
+        registry.push_blob("team-b/secret", b"b's layer").await;
+        let a = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
+        let headers = [("authorization", a.as_str())];
+
+        let mounted = registry
+            .call(
+                Method::POST,
+                &format!("/v2/team-a/dst/blobs/uploads/?mount={digest}&from=team-a/src"),
+                &headers,
+                Body::empty(),
+            )
+            .await;
+        mounted.expect(201, None);
+        assert_eq!(location(&mounted), format!("/v2/team-a/dst/blobs/{digest}"));
+        registry
+            .call(
+                Method::HEAD,
+                &format!("/v2/team-a/dst/blobs/{digest}"),
+                &headers,
+                Body::empty(),
+            )
+            .await
+            .expect(200, None);
+
+        // Absent from the source, or a source of another namespace: a normal upload.
+        let secret = crate::digest::Digest::of(b"b's layer");
+        for query in [
+            format!(
+                "mount={}&from=team-a/src",
+                crate::digest::Digest::of(b"absent")
+            ),
+            format!("mount={secret}&from=team-b/secret"),
+            "mount=sha256:bad&from=team-a/src".to_owned(),
+            format!("mount={digest}&from=Bad/Name"),
+        ] {
+            let answer = registry
+                .call(
+                    Method::POST,
+                    &format!("/v2/team-a/dst/blobs/uploads/?{query}"),
+                    &headers,
+                    Body::empty(),
+                )
+                .await;
+            answer.expect(202, None);
+            assert!(location(&answer).contains("/blobs/uploads/"), "{query}");
+        }
+        registry
+            .call(
+                Method::HEAD,
+                &format!("/v2/team-a/dst/blobs/{secret}"),
+                &[("authorization", &admin())],
+                Body::empty(),
+            )
+            .await
+            .expect(404, None);
+    }
+}
