@@ -791,3 +791,76 @@ async fn mirrored_tags_are_revalidated_with_head_and_follow_the_upstream() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_cache_du_prune_verify_with_server_use_the_admin_api() {
+    let server = KilnServer::start(kiln_server::Config::default()).await;
+    let image = TestImage::build("online-cli", "v1");
+    let (reference, target) = (
+        image.reference(),
+        format!("docker://{}/team-a/app:v1", server.host()),
+    );
+    blocking(move || skopeo::copy(&reference, &target, &[])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
+    let (url, token_file) = (server.url(), token_file.display().to_string());
+    let run = move |args: &[&str]| {
+        let mut all: Vec<String> = vec!["cache".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--server".into(), url.clone()]);
+        all.extend(["--admin-token-file".into(), token_file.clone()]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(&all)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let (du, verify, table, dry, pruned, no_token) = blocking(move || {
+        let no_token = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["cache", "du", "--server", "http://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        (
+            run(&["du", "--json"]),
+            run(&["verify", "--json"]),
+            run(&["du"]),
+            run(&["prune", "--all", "--dry-run"]),
+            run(&["prune", "--all", "--json"]),
+            no_token,
+        )
+    })
+    .await;
+    for (what, output) in [
+        ("du", &du),
+        ("verify", &verify),
+        ("du table", &table),
+        ("dry run", &dry),
+        ("prune", &pruned),
+    ] {
+        assert!(
+            output.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let du: kiln::cacheapi::admin::DuReport = serde_json::from_slice(&du.stdout).unwrap();
+    assert_eq!((du.blobs.count, du.tags), (3, 1));
+    assert_eq!(du.repositories[0].name.as_str(), "team-a/app");
+    let verify: kiln::cacheapi::admin::VerifyReport =
+        serde_json::from_slice(&verify.stdout).unwrap();
+    assert!(verify.is_clean() && verify.blobs_checked == 3, "{verify:?}");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("team-a/app"));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("Would free"));
+    let pruned: kiln::cacheapi::admin::PruneReport =
+        serde_json::from_slice(&pruned.stdout).unwrap();
+    assert!(pruned.freed_bytes > 0);
+    assert!(server.store.listing().unwrap().is_empty());
+    assert!(!no_token.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("--admin-token-file"),
+        "{}",
+        String::from_utf8_lossy(&no_token.stderr)
+    );
+    server.stop().await.unwrap();
+}
