@@ -31,10 +31,13 @@ pub struct MirroredManifest {
 
 type Answer = Result<Arc<MirroredManifest>, MirrorError>;
 
+/// One upstream request for a manifest, awaited by every request that wants it.
+type SharedAnswer = Shared<BoxFuture<'static, Answer>>;
+
 /// Upstream requests for manifests in progress, by (repository, reference).
 #[derive(Debug, Default)]
 pub(crate) struct ManifestFetches {
-    flights: Mutex<BTreeMap<(String, String), Shared<BoxFuture<'static, Answer>>>>,
+    flights: Mutex<BTreeMap<(String, String), SharedAnswer>>,
 }
 
 fn store_reference(reference: &Reference) -> store::Reference {

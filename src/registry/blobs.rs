@@ -186,7 +186,7 @@ pub(crate) fn mirror_error(err: MirrorError, missing: Missing) -> RegistryError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::testing::{TestRegistry, admin};
+    use crate::registry::testing::TestRegistry;
 
     #[tokio::test]
     async fn blobs_answer_head_get_ranges_and_delete() {
@@ -240,22 +240,12 @@ mod tests {
             .await
             .expect(404, None);
 
-        let delete = |path: String| {
-            let registry = &registry;
-            async move {
-                registry
-                    .call(
-                        Method::DELETE,
-                        &path,
-                        &[("authorization", &admin())],
-                        Body::empty(),
-                    )
-                    .await
-            }
-        };
-        delete(path.clone()).await.expect(202, None);
+        registry.delete_as_admin(&path).await.expect(202, None);
         registry.get(&path).await.expect(404, Some("BLOB_UNKNOWN"));
-        delete(path).await.expect(404, Some("BLOB_UNKNOWN"));
+        registry
+            .delete_as_admin(&path)
+            .await
+            .expect(404, Some("BLOB_UNKNOWN"));
     }
 
     #[tokio::test]

@@ -372,20 +372,10 @@ mod tests {
             .push_manifest("a", "v2", &manifest)
             .await
             .expect(201, None);
-        let delete = |path: String| {
-            let registry = &registry;
-            async move {
-                registry
-                    .call(
-                        Method::DELETE,
-                        &path,
-                        &[("authorization", &admin())],
-                        Body::empty(),
-                    )
-                    .await
-            }
-        };
-        delete("/v2/a/manifests/v1".into()).await.expect(202, None);
+        registry
+            .delete_as_admin("/v2/a/manifests/v1")
+            .await
+            .expect(202, None);
         registry
             .get("/v2/a/manifests/v1")
             .await
@@ -395,11 +385,13 @@ mod tests {
             .await
             .expect(200, None);
         registry.get("/v2/a/manifests/v2").await.expect(200, None);
-        delete("/v2/a/manifests/v1".into())
+        registry
+            .delete_as_admin("/v2/a/manifests/v1")
             .await
             .expect(404, Some("MANIFEST_UNKNOWN"));
 
-        delete(format!("/v2/a/manifests/{digest}"))
+        registry
+            .delete_as_admin(&format!("/v2/a/manifests/{digest}"))
             .await
             .expect(202, None);
         registry
@@ -410,7 +402,8 @@ mod tests {
             .get("/v2/a/manifests/v2")
             .await
             .expect(404, Some("MANIFEST_UNKNOWN"));
-        delete(format!("/v2/a/manifests/{digest}"))
+        registry
+            .delete_as_admin(&format!("/v2/a/manifests/{digest}"))
             .await
             .expect(404, Some("MANIFEST_UNKNOWN"));
     }

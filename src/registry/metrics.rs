@@ -17,8 +17,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct RequestLabels {
     /// The route's name ([`RouteLabel`]).
     pub route: &'static str,
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method (`OTHER` for non-standard ones).
+    pub method: &'static str,
     /// The status code.
     pub status: u16,
 }
@@ -146,7 +146,7 @@ mod tests {
             .requests
             .get_or_create(&RequestLabels {
                 route: "blob",
-                method: "GET".into(),
+                method: "GET",
                 status: 200,
             })
             .inc();

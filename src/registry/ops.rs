@@ -38,12 +38,28 @@ pub async fn metrics(State(registry): State<Registry>) -> Response {
         .into_response()
 }
 
+/// The method as a metrics label: the standard ones by name, anything else as `OTHER`
+/// (clients choose the method; labels must not grow without bound).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// Counts every request by route, method and status, times it to the response headers,
 /// and counts body bytes in and out.
 pub async fn track(State(registry): State<Registry>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let metrics = registry.metrics().clone();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let path_label = match request.uri().path() {
         "/healthz" => Some("healthz"),
         "/readyz" => Some("readyz"),
@@ -104,6 +120,25 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_share_one_label() {
+        let registry = TestRegistry::open();
+        for method in ["BREW", "WHEN"] {
+            let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap();
+            registry
+                .call(method, "/v2/", &[], axum::body::Body::empty())
+                .await
+                .expect(405, Some("UNSUPPORTED"));
+        }
+        let labels = &registry.registry.metrics().requests;
+        let other = crate::registry::metrics::RequestLabels {
+            route: "base",
+            method: "OTHER",
+            status: 405,
+        };
+        assert_eq!(labels.get_or_create(&other).get(), 2);
     }
 
     #[tokio::test]

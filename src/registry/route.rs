@@ -444,7 +444,16 @@ mod tests {
         let a_basic = basic(&token("team-a", &[Action::Pull]));
         let manifest = "/v2/team-a/app/manifests/v1";
         let upload = "/v2/team-a/app/blobs/uploads/";
-        let cases: Vec<(&str, Method, &str, Option<&str>, u16, Option<&str>)> = vec![
+        // (label, method, path, Authorization, status, code)
+        type Case<'a> = (
+            &'a str,
+            Method,
+            &'a str,
+            Option<&'a str>,
+            u16,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "no token",
                 Method::GET,

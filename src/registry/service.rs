@@ -152,6 +152,8 @@ impl Registry {
             .layer(RequestBodyTimeoutLayer::new(
                 self.inner.limits.body_idle_timeout,
             ))
+            // A span per request (method, URI) for the logs of everything it does.
+            .layer(tower_http::trace::TraceLayer::new_for_http())
             .with_state(self.clone())
     }
 

@@ -158,6 +158,17 @@ impl TestRegistry {
         self.send(request.body(body.into()).unwrap()).await
     }
 
+    /// `DELETE path` as the admin.
+    pub async fn delete_as_admin(&self, path: &str) -> Answer {
+        self.call(
+            Method::DELETE,
+            path,
+            &[("authorization", &admin())],
+            Body::empty(),
+        )
+        .await
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Answer {
         self.call(Method::GET, path, &[], Body::empty()).await

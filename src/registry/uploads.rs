@@ -15,7 +15,7 @@ use crate::registry::auth::{Access, Resource};
 use crate::registry::body::{BodyEnd, feed};
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{
-    ByteRange, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, UPLOAD_SESSION_ID, parse_content_range,
+    DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, UPLOAD_SESSION_ID, parse_content_range,
     upload_progress,
 };
 use crate::registry::name::{RepoName, UploadId};
@@ -167,23 +167,13 @@ pub(crate) async fn patch(
     body: Body,
 ) -> Result<Response, RegistryError> {
     let session = session(request, name, id).await?;
-    if let Err(response) = check_range(request, name, id, &session) {
-        return Ok(response);
+    if let Some(refused) = refuse_range(request, name, id, &session) {
+        return Ok(refused);
     }
-    let (size, end) = match append(request, id, session.size, body).await {
-        Ok(appended) => appended,
-        Err(Appended::OutOfOrder { offset, size }) => {
-            return Ok(out_of_order(
-                name,
-                id.as_str(),
-                size,
-                format!("chunk starts at {offset}, the upload holds {size} bytes"),
-            ));
-        }
-        Err(Appended::Failed(err)) => return Err(err),
-    };
-    complete(end)?;
-    Ok(session_reply(StatusCode::ACCEPTED, name, id.as_str(), size))
+    match append(request, name, id, session.size, body).await? {
+        Appended::Size(size) => Ok(session_reply(StatusCode::ACCEPTED, name, id.as_str(), size)),
+        Appended::OutOfOrder(refused) => Ok(refused),
+    }
 }
 
 /// `PUT ?digest=` on a session: appends the body (if any) and commits the blob.
@@ -201,22 +191,13 @@ pub(crate) async fn finish(
         })?
         .parse()?;
     let session = session(request, name, id).await?;
-    if let Err(response) = check_range(request, name, id, &session) {
-        return Ok(response);
+    if let Some(refused) = refuse_range(request, name, id, &session) {
+        return Ok(refused);
     }
-    if http_body::Body::size_hint(&body).exact() != Some(0) {
-        match append(request, id, session.size, body).await {
-            Ok((_, end)) => complete(end)?,
-            Err(Appended::OutOfOrder { offset, size }) => {
-                return Ok(out_of_order(
-                    name,
-                    id.as_str(),
-                    size,
-                    format!("chunk starts at {offset}, the upload holds {size} bytes"),
-                ));
-            }
-            Err(Appended::Failed(err)) => return Err(err),
-        }
+    if http_body::Body::size_hint(&body).exact() != Some(0)
+        && let Appended::OutOfOrder(refused) = append(request, name, id, session.size, body).await?
+    {
+        return Ok(refused);
     }
     let id = id.to_string();
     let info = request
@@ -264,23 +245,22 @@ async fn session(
     Ok(session)
 }
 
-/// A `Content-Range` must start where the upload ends (416 with the progress otherwise).
-fn check_range(
+/// A `Content-Range` must start where the upload ends: the 416 (with the progress) when
+/// it does not.
+fn refuse_range(
     request: &Request,
     name: &RepoName,
     id: &UploadId,
     session: &UploadStatus,
-) -> Result<Option<ByteRange>, Response> {
-    let Some(value) = request.headers.get(header::CONTENT_RANGE) else {
-        return Ok(None);
-    };
+) -> Option<Response> {
+    let value = request.headers.get(header::CONTENT_RANGE)?;
     let text = value.to_str().unwrap_or_default();
-    let range = match parse_content_range(text) {
-        Ok(range) => range,
-        Err(err) => return Err(with_progress(err, name, id.as_str(), session.size)),
+    let Ok(range) = parse_content_range(text) else {
+        let reason = format!("Content-Range {text:?} is not <start>-<end>");
+        return Some(out_of_order(name, id.as_str(), session.size, reason));
     };
     if range.start != session.size {
-        return Err(out_of_order(
+        return Some(out_of_order(
             name,
             id.as_str(),
             session.size,
@@ -293,7 +273,7 @@ fn check_range(
     if let Some(length) = content_length(request)
         && length != range.len()
     {
-        return Err(out_of_order(
+        return Some(out_of_order(
             name,
             id.as_str(),
             session.size,
@@ -303,11 +283,7 @@ fn check_range(
             ),
         ));
     }
-    Ok(Some(range))
-}
-
-fn with_progress(err: RegistryError, name: &RepoName, id: &str, size: u64) -> Response {
-    out_of_order(name, id, size, err.to_string())
+    None
 }
 
 fn content_length(request: &Request) -> Option<u64> {
@@ -318,41 +294,47 @@ fn content_length(request: &Request) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Why an append failed.
+/// What appending a chunk came to.
 enum Appended {
-    /// Another request appended first: the chunk no longer starts at the end.
-    OutOfOrder { offset: u64, size: u64 },
-    /// Anything else.
-    Failed(RegistryError),
+    /// The chunk is in: the upload's new size.
+    Size(u64),
+    /// Another request appended first, so the chunk no longer starts at the end: the 416.
+    OutOfOrder(Response),
 }
 
-/// Appends a request body to session `id` from `offset`; returns the new size.
+/// Appends a whole request body to session `id` from `offset`. A body that broke off is
+/// an error; what arrived of it stays in the session.
 async fn append(
     request: &Request,
+    name: &RepoName,
     id: &UploadId,
     offset: u64,
     body: Body,
-) -> Result<(u64, BodyEnd), Appended> {
+) -> Result<Appended, RegistryError> {
     let store = request.registry.store().clone();
-    let id = id.to_string();
+    let owned = id.to_string();
     let (result, end) = feed(body, move |chunks| {
         let mut size = offset;
         for chunk in chunks {
-            size = store.upload_append(&id, size, &chunk)?;
+            size = store.upload_append(&owned, size, &chunk)?;
         }
         Ok::<_, StoreError>(size)
     })
-    .await
-    .map_err(Appended::Failed)?;
+    .await?;
     match result {
-        Ok(size) => Ok((size, end)),
-        Err(StoreError::UploadOffset { offset, size, .. }) => {
-            Err(Appended::OutOfOrder { offset, size })
+        Ok(size) => {
+            complete(end)?;
+            Ok(Appended::Size(size))
         }
-        Err(err) => Err(Appended::Failed(RegistryError::from_store(
-            "append to an upload",
-            err,
-        ))),
+        Err(StoreError::UploadOffset { offset, size, .. }) => {
+            Ok(Appended::OutOfOrder(out_of_order(
+                name,
+                id.as_str(),
+                size,
+                format!("chunk starts at {offset}, the upload holds {size} bytes"),
+            )))
+        }
+        Err(err) => Err(RegistryError::from_store("append to an upload", err)),
     }
 }
 

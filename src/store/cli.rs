@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::cacheapi::client::AdminClient;
 use crate::cacheapi::online;
 use crate::cli::CliResult;
 use crate::store::{
@@ -18,12 +19,10 @@ use crate::units;
 /// The default store root on a laptop.
 pub const DEFAULT_ROOT: &str = "./kiln-data";
 
-/// Flags of `kiln cache du`.
+/// `--server URL --admin-token-file FILE`: ask a running cache service through its admin
+/// API instead of opening a store directory.
 #[derive(Debug, clap::Args)]
-pub struct DuArgs {
-    /// The store's root directory.
-    #[arg(long, default_value = DEFAULT_ROOT)]
-    pub root: PathBuf,
+pub struct OnlineArgs {
     /// Ask the cache service at this URL (its admin API) instead of opening --root.
     #[arg(
         long,
@@ -35,6 +34,27 @@ pub struct DuArgs {
     /// The admin token for --server.
     #[arg(long, value_name = "FILE", env = "KILN_CACHE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+impl OnlineArgs {
+    /// A client of the server, when one was named.
+    fn client(&self) -> Result<Option<AdminClient>, Box<dyn std::error::Error + Send + Sync>> {
+        self.server
+            .as_deref()
+            .map(|server| online::client(server, self.admin_token_file.as_deref()))
+            .transpose()
+    }
+}
+
+/// Flags of `kiln cache du`.
+#[derive(Debug, clap::Args)]
+pub struct DuArgs {
+    /// The store's root directory.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,17 +70,9 @@ pub struct PruneArgs {
     /// The store's root directory.
     #[arg(long, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
-    /// Ask the cache service at this URL (its admin API) instead of opening --root.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "root",
-        env = "KILN_CACHE_SERVER"
-    )]
-    pub server: Option<String>,
-    /// The admin token for --server.
-    #[arg(long, value_name = "FILE", env = "KILN_CACHE_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Remove everything no lease holds, recent blobs included.
     #[arg(long)]
     pub all: bool,
@@ -89,17 +101,9 @@ pub struct VerifyArgs {
     /// The store's root directory.
     #[arg(long, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
-    /// Ask the cache service at this URL (its admin API) instead of opening --root.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "root",
-        env = "KILN_CACHE_SERVER"
-    )]
-    pub server: Option<String>,
-    /// The admin token for --server.
-    #[arg(long, value_name = "FILE", env = "KILN_CACHE_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Quarantine corrupt blobs and drop what depended on them, remove dangling rows and
     /// stray temp files.
     #[arg(long)]
@@ -123,13 +127,11 @@ fn open(root: PathBuf) -> Result<Store, crate::store::StoreError> {
 pub async fn run_du(args: DuArgs) -> CliResult {
     let DuArgs {
         root,
-        server,
-        admin_token_file,
+        online,
         json,
         verbose,
     } = args;
-    if let Some(server) = server {
-        let client = online::client(&server, admin_token_file.as_deref())?;
+    if let Some(client) = online.client()? {
         return online::du(&client, json).await;
     }
     let store = open(root)?;
@@ -213,8 +215,7 @@ pub fn format_du(report: &DuReport, now_ms: u64, verbose: bool) -> String {
 pub async fn run_prune(args: PruneArgs) -> CliResult {
     let PruneArgs {
         root,
-        server,
-        admin_token_file,
+        online,
         all,
         keep_storage,
         keep_duration,
@@ -222,8 +223,7 @@ pub async fn run_prune(args: PruneArgs) -> CliResult {
         dry_run,
         json,
     } = args;
-    if let Some(server) = server {
-        let client = online::client(&server, admin_token_file.as_deref())?;
+    if let Some(client) = online.client()? {
         let requests = online::prune_requests(all, keep_storage, keep_duration, dry_run);
         return online::prune(&client, &requests, json).await;
     }
@@ -291,13 +291,11 @@ pub fn format_prune(report: &GcReport, took: Duration) -> String {
 pub async fn run_verify(args: VerifyArgs) -> CliResult {
     let VerifyArgs {
         root,
-        server,
-        admin_token_file,
+        online,
         repair,
         json,
     } = args;
-    if let Some(server) = server {
-        let client = online::client(&server, admin_token_file.as_deref())?;
+    if let Some(client) = online.client()? {
         return online::verify(&client, repair, json).await;
     }
     let store = open(root)?;
