@@ -71,17 +71,7 @@ fn skopeo_pushes_a_layout_to_docker_registry_and_reads_it_back_exactly() {
     let back = tempfile::tempdir().unwrap();
     let local = format!("oci:{}:v1", back.path().display());
     skopeo::copy(&remote, &local, &[]);
-    for (digest, bytes) in [
-        (image.manifest_digest(), &image.manifest),
-        (image.config_digest(), &image.config),
-        (image.layer_digest(), &image.layer),
-    ] {
-        assert_eq!(
-            &oci_layout::read_blob(back.path(), &digest),
-            bytes,
-            "{digest}"
-        );
-    }
+    image.assert_pulled_into(back.path());
     assert_eq!(
         registry.count_requests("PUT", "/manifests/v1"),
         1,
@@ -285,17 +275,7 @@ async fn skopeo_pushes_pulls_copies_and_deletes_through_kiln_with_exact_digests(
     let local = format!("oci:{}:v1", back.path().display());
     let r = remote.clone();
     blocking(move || skopeo::copy(&r, &local, &[])).await;
-    for (digest, bytes) in [
-        (image.manifest_digest(), &image.manifest),
-        (image.config_digest(), &image.config),
-        (image.layer_digest(), &image.layer),
-    ] {
-        assert_eq!(
-            &oci_layout::read_blob(back.path(), &digest),
-            bytes,
-            "{digest}"
-        );
-    }
+    image.assert_pulled_into(back.path());
     let r = remote.clone();
     blocking(move || {
         skopeo::delete(&r, &[]);
