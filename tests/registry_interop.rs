@@ -844,3 +844,61 @@ async fn kiln_cache_du_prune_verify_with_server_use_the_admin_api() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = KilnServer::start(kiln_server::Config {
+        header_timeout: Some(std::time::Duration::from_millis(300)),
+        ..kiln_server::Config::default()
+    })
+    .await;
+    let closed_within = |mut stream: tokio::net::TcpStream| async move {
+        let started = std::time::Instant::now();
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut sink),
+        )
+        .await;
+        assert!(read.is_ok(), "the server kept the connection open");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&sink).into_owned(),
+        )
+    };
+    // Headers that never end.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (after, _) = closed_within(slow).await;
+    assert!(after < std::time::Duration::from_secs(3), "{after:?}");
+    // A keep-alive connection that goes quiet after one request.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, answered) = closed_within(idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn serve_refuses_an_open_api_on_the_network_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["cache", "serve", "--listen", "0.0.0.0:0", "--root"])
+        .arg(dir.path().join("store"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to serve on 0.0.0.0:0 without --token-key"),
+        "{stderr}"
+    );
+    // Nothing was created: it refused before opening the store.
+    assert!(!dir.path().join("store").exists());
+}

@@ -579,4 +579,67 @@ mod tests {
             "Bearer realm=\"http://cache.example:5000/token\",service=\"kiln-cache\",scope=\"repository:team-a/app:pull\""
         );
     }
+
+    /// Whatever a client sends, the answer is never a 5xx: bad input is the client's.
+    #[test]
+    fn arbitrary_requests_never_get_a_server_error() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let registry = runtime.block_on(async {
+            let registry = TestRegistry::open();
+            registry.push_image("a/b", "v1", "x").await;
+            registry
+        });
+        let digest = crate::digest::Digest::of(b"layer of x").to_string();
+        let methods = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "BREW"];
+        let segment = prop_oneof![
+            Just("a/b".to_owned()),
+            Just("manifests".to_owned()),
+            Just("blobs".to_owned()),
+            Just("uploads".to_owned()),
+            Just("tags/list".to_owned()),
+            Just("referrers".to_owned()),
+            Just(digest.clone()),
+            Just("v1".to_owned()),
+            Just("_catalog".to_owned()),
+            "[a-zA-Z0-9:._%-]{0,12}",
+        ];
+        let path = proptest::collection::vec(segment, 0..6);
+        let query =
+            proptest::option::of("(digest|mount|from|n|last|artifactType|ns)=[a-z0-9:/%._-]{0,16}");
+        let header = proptest::option::of((
+            prop_oneof![
+                Just("content-range"),
+                Just("range"),
+                Just("content-type"),
+                Just("accept"),
+                Just("authorization"),
+            ],
+            "[ -~]{0,24}",
+        ));
+        let body = proptest::collection::vec(any::<u8>(), 0..64);
+        let cases = (0..methods.len(), path, query, header, body);
+        proptest!(ProptestConfig::with_cases(256), |((method, path, query, header, body) in cases)| {
+            let mut uri = format!("/v2/{}", path.join("/"));
+            if let Some(query) = query {
+                uri.push('?');
+                uri.push_str(&query);
+            }
+            let Ok(uri) = uri.parse::<Uri>() else {
+                return Ok(());
+            };
+            let mut request = axum::http::Request::builder()
+                .method(Method::from_bytes(methods[method].as_bytes()).unwrap())
+                .uri(uri);
+            if let Some((name, value)) = &header {
+                request = request.header(*name, value.as_str());
+            }
+            let request = request.body(Body::from(body)).unwrap();
+            let answer = runtime.block_on(registry.send(request));
+            prop_assert!(answer.status.as_u16() < 500, "{answer:?}");
+        });
+    }
 }

@@ -103,6 +103,15 @@ impl TestRegistry {
 
     /// A registry whose mirror `make` builds over the store.
     pub fn build(auth: bool, make: impl FnOnce(&Store) -> Option<Mirror>) -> Self {
+        Self::build_with(auth, make, Limits::default())
+    }
+
+    /// [`TestRegistry::build`] with other limits.
+    pub fn build_with(
+        auth: bool,
+        make: impl FnOnce(&Store) -> Option<Mirror>,
+        limits: Limits,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             dir.path(),
@@ -119,7 +128,7 @@ impl TestRegistry {
             external_base: String::new(),
             mirrors: Default::default(),
         };
-        let registry = Registry::new(store, auth, mirror, Limits::default());
+        let registry = Registry::new(store, auth, mirror, limits);
         let router = registry.router();
         Self {
             registry,

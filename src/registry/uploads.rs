@@ -353,6 +353,7 @@ fn complete(end: BodyEnd) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Bytes;
     use axum::http::Method;
 
     use super::*;
@@ -595,5 +596,36 @@ mod tests {
             )
             .await
             .expect(404, None);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_the_request_not_the_server() {
+        let registry = TestRegistry::build_with(
+            false,
+            |_| None,
+            crate::registry::Limits {
+                body_idle_timeout: std::time::Duration::from_millis(200),
+                ..crate::registry::Limits::default()
+            },
+        );
+        let session = location(
+            &registry
+                .call(Method::POST, "/v2/a/blobs/uploads/", &[], Body::empty())
+                .await,
+        );
+        // One chunk, then nothing (the sender stays open).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+        let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let started = std::time::Instant::now();
+        let answer = registry.call(Method::PATCH, &session, &[], body).await;
+        answer.expect(400, Some("BLOB_UPLOAD_INVALID"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        drop(tx);
+        // What arrived stays; the client can resume from there.
+        let status = registry.get(&session).await;
+        assert_eq!(status.header("range"), "0-4");
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub mirrors: Vec<(String, String)>,
     /// The mirror's TTL for tags (default 5 minutes).
     pub mirror_ttl: Option<Duration>,
+    /// The header (and idle keep-alive) timeout (default 30 s).
+    pub header_timeout: Option<Duration>,
 }
 
 /// The token key of test servers.
@@ -99,9 +101,11 @@ impl KilnServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
+        let defaults = ServeOptions::default();
         let options = ServeOptions {
             shutdown_grace: Duration::from_secs(10),
-            ..ServeOptions::default()
+            header_timeout: config.header_timeout.unwrap_or(defaults.header_timeout),
+            ..defaults
         };
         let task = tokio::spawn(serve(registry, listener, options, async {
             let _ = rx.await;
