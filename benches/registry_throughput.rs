@@ -11,6 +11,10 @@
 //! read to the end. Kiln runs as its release binary in its own process, like
 //! docker-registry, and fsyncs every blob before it answers (docker-registry does not
 //! fsync at all).
+//!
+//! The machine may be shared, so wall-clock ratios move with whatever else runs; the CPU
+//! time each server process spent on the same work (from /proc) is printed beside them as
+//! a ratio that contention moves much less.
 
 mod common;
 
@@ -31,9 +35,29 @@ use bytes::Bytes;
 use docker_registry::DockerRegistry;
 use kiln::digest::Digest;
 
-/// One server under test: its base URL.
+/// One server under test: its base URL and process.
 struct Target {
     base: String,
+    pid: u32,
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'; Linux
+    // reports them in USER_HZ, which is 100 on every mainstream architecture.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Kiln's cache service as a child process on a free port; killed on drop.
@@ -194,9 +218,11 @@ fn main() {
     let targets = [
         Target {
             base: distribution.url(),
+            pid: distribution.pid().expect("docker-registry runs"),
         },
         Target {
             base: format!("http://127.0.0.1:{}", kiln.port),
+            pid: kiln.child.id(),
         },
     ];
     let http = reqwest::Client::builder()
@@ -205,6 +231,8 @@ fn main() {
         .expect("bench HTTP client");
     let total = (blob_mb << 20) as f64 * (clients * per_client) as f64;
     let mut best = [[Duration::MAX; 2]; 2];
+    // CPU time per server and phase, summed over the rounds.
+    let mut cpu = [[Duration::ZERO; 2]; 2];
     for round in 0..rounds {
         for (at, target) in targets.iter().enumerate() {
             // Fresh content every round and server: a push of present content would take a
@@ -221,8 +249,12 @@ fn main() {
                         .collect()
                 })
                 .collect();
+            let before = cpu_time(target.pid);
             let pushed = runtime.block_on(push(&http, target, &blobs));
+            let between = cpu_time(target.pid);
             let pulled = runtime.block_on(pull(&http, target, &blobs));
+            cpu[at][0] += between.saturating_sub(before);
+            cpu[at][1] += cpu_time(target.pid).saturating_sub(between);
             best[at][0] = best[at][0].min(pushed);
             best[at][1] = best[at][1].min(pulled);
         }
@@ -243,6 +275,13 @@ fn main() {
             mib_s(theirs),
             mib_s(ours),
             theirs.as_secs_f64() / ours.as_secs_f64()
+        );
+        let (their_cpu, our_cpu) = (cpu[0][index], cpu[1][index]);
+        println!(
+            "        CPU seconds, all rounds: docker-registry {:.2}   kiln {:.2}   ratio {:.2}×",
+            their_cpu.as_secs_f64(),
+            our_cpu.as_secs_f64(),
+            their_cpu.as_secs_f64() / our_cpu.as_secs_f64().max(0.01)
         );
     }
     drop(kiln);
