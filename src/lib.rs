@@ -16,6 +16,7 @@
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
 //! | [`telemetry`] | logging setup | — |
+//! | [`metrics`] | controller metrics, health and readiness, and their HTTP server | HTTP |
 //! | [`tls`] | installs ring as rustls' crypto provider | process state |
 //!
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod digest;
+pub mod metrics;
 pub mod mirror;
 pub mod registry;
 pub mod store;

@@ -4,15 +4,19 @@
 //! Every flag has an environment variable only where a Deployment is expected to set it
 //! from the downward API or a ConfigMap; the Helm chart sets the rest as arguments.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Client;
 
-use super::context::{CacheService, Config, Mirror, parse_mirror};
+use super::context::{CacheService, Config, Context, Mirror, parse_mirror};
+use super::leader::{self, Election};
 use crate::cli::CliResult;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
+use crate::metrics::{self, Metrics};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
@@ -85,6 +89,32 @@ pub struct ControllerArgs {
     /// Name of this controller instance on Events (set it to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// The process around the controller: HTTP endpoints and leader election.
+    #[command(flatten)]
+    pub serving: ServingArgs,
+}
+
+/// Flags of the controller's process rather than of its decisions: where it serves metrics
+/// and health, and whether it contends for a Lease before it reconciles.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServingArgs {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = metrics::DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+
+    /// Reconcile only while holding a Lease, so that of several replicas exactly one
+    /// works; the others stand by (and are ready). The lease is released on shutdown.
+    #[arg(long)]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease [default: the pod's namespace, else the kubeconfig's].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "kiln-controller")]
+    pub leader_election_name: String,
 }
 
 impl ControllerArgs {
@@ -106,6 +136,7 @@ impl ControllerArgs {
             attempt_history,
             concurrency,
             instance,
+            serving: _,
         } = self;
         Config {
             builder_image,
@@ -196,13 +227,24 @@ fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
 }
 
 /// Runs the controller against the current kubeconfig (or the in-cluster config) until
-/// SIGTERM or SIGINT: then it stops taking work, lets in-flight reconciles finish and exits
-/// 0. A second signal exits at once. Build pods keep running and are adopted on restart.
+/// SIGTERM or SIGINT: then it stops taking work, lets in-flight reconciles finish, releases
+/// its lease (with `--leader-elect`) and exits 0. A second signal exits at once. Build pods
+/// keep running and are adopted on restart. `/metrics`, `/healthz` and `/readyz` are served
+/// on `--http-addr` from start to exit.
 pub async fn run(args: ControllerArgs) -> CliResult {
+    let serving = args.serving.clone();
+    let instance = args.instance.clone();
     let config = args.into_config();
     let client = Client::try_default()
         .await
         .map_err(ControllerCliError::Connect)?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = metrics::bind(serving.http_addr).await?;
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
+        let _ = http_stopped.await;
+    }));
+
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -214,11 +256,45 @@ pub async fn run(args: ControllerArgs) -> CliResult {
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    super::run(client, config, async move {
+    let shutdown = async move {
         let _ = stopped.await;
-    })
-    .await?;
-    Ok(ExitCode::SUCCESS)
+    };
+    let context = Context::new(client.clone(), config).with_observer(metrics.clone());
+    let result: CliResult = if serving.leader_elect {
+        let election = election(&serving, instance, client.default_namespace());
+        leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
+            super::run_with(context, stop)
+        })
+        .await
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(Into::into)
+    } else {
+        super::run_with(context, shutdown)
+            .await
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into)
+    };
+    let _ = http_stop.send(());
+    match server.await {
+        Ok(Err(error)) => tracing::warn!(error = crate::cli::error_chain(&error), "metrics server"),
+        Err(error) => tracing::warn!(error = %error, "metrics server task"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// The Lease to contend for: `--leader-election-namespace` (or the client's namespace) and
+/// name, as this pod (or, outside a cluster, this host and process).
+fn election(serving: &ServingArgs, instance: Option<String>, client_namespace: &str) -> Election {
+    let namespace = serving
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client_namespace.to_owned());
+    let identity = instance.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kiln".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    Election::new(&namespace, &serving.leader_election_name, &identity)
 }
 
 /// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
@@ -287,6 +363,42 @@ mod tests {
     }
 
     #[test]
+    fn leader_election_is_off_by_default_and_names_its_lease() {
+        let args = Harness::try_parse_from(["kiln"]).unwrap().args;
+        assert!(!args.serving.leader_elect);
+        assert_eq!(args.serving.http_addr.to_string(), "0.0.0.0:8080");
+        let args = Harness::try_parse_from([
+            "kiln",
+            "--leader-elect",
+            "--leader-election-namespace=kiln-system",
+            "--leader-election-name=kiln",
+            "--http-addr=127.0.0.1:9090",
+            "--instance=kiln-controller-abc",
+        ])
+        .unwrap()
+        .args;
+        let election = election(&args.serving, args.instance.clone(), "default");
+        assert_eq!(
+            election,
+            Election::new("kiln-system", "kiln", "kiln-controller-abc")
+        );
+        // Without a namespace flag, the client's namespace.
+        let args = Harness::try_parse_from(["kiln", "--leader-elect", "--instance=x"])
+            .unwrap()
+            .args;
+        if std::env::var_os("POD_NAMESPACE").is_none() {
+            assert_eq!(
+                election_namespace(&args.serving, "from-kubeconfig"),
+                "from-kubeconfig"
+            );
+        }
+    }
+
+    fn election_namespace(serving: &ServingArgs, client_namespace: &str) -> String {
+        election(serving, Some("x".into()), client_namespace).namespace
+    }
+
+    #[test]
     fn bad_flags_are_rejected_with_a_message() {
         for bad in [
             ["kiln", "--cache-service=kiln-cache:5000"],
@@ -295,6 +407,7 @@ mod tests {
             ["kiln", "--max-inline-context=2MiB"],
             ["kiln", "--attempt-history=0"],
             ["kiln", "--plain-http-registry=http://x"],
+            ["kiln", "--http-addr=localhost"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -15,8 +15,8 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::crd::Build;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
+use crate::crd::{Build, Phase};
 
 /// Controller-wide settings, from `kiln controller`'s flags. `decide` and the pod builder
 /// read it; nothing in it does I/O.
@@ -224,6 +224,15 @@ pub enum Outcome {
 pub trait ReconcileObserver: Send + Sync {
     /// Called once per reconcile.
     fn reconciled(&self, build: &ObjectRef<Build>, outcome: Outcome, elapsed: Duration);
+
+    /// Called when a reconcile wrote a final phase for a new run (a generation or a rerun):
+    /// once per run. `duration` runs from the run's first attempt to its completion, when
+    /// the status records both.
+    fn finished(&self, _build: &ObjectRef<Build>, _phase: Phase, _duration: Option<Duration>) {}
+
+    /// Called once when the watch loop starts, with its cache of Builds (for gauges that
+    /// count Builds, and for readiness: the cache is synced once it is ready).
+    fn watching(&self, _builds: &Store<Build>) {}
 }
 
 /// An observer that does nothing (the default until metrics are wired in).

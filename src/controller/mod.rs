@@ -12,6 +12,7 @@
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
+//! | [`leader`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
 //! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
 //! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
@@ -29,6 +30,7 @@ pub mod decide;
 pub mod error;
 pub mod fixtures;
 pub mod labels;
+pub mod leader;
 pub mod observe;
 pub mod plan;
 pub mod pod;

@@ -63,6 +63,7 @@ pub async fn run_with(
     let owned = watcher::Config::default().labels(&managed_selector());
     let controller = Controller::new(builds.clone(), watcher::Config::default());
     let store = controller.store();
+    context.observer.watching(&store);
     let concurrency = context.config.concurrency;
     let context = Arc::new(context.with_peer_store(store.clone()));
     tracing::info!(

@@ -1,0 +1,559 @@
+//! The controller's metrics (Prometheus, through prometheus-client), its health and
+//! readiness, and the small HTTP server that serves them on `--http-addr`: `/metrics`,
+//! `/healthz`, `/readyz` (I/O: an HTTP listener; the rest is in-memory state).
+//!
+//! | metric | type | labels | what it counts |
+//! | --- | --- | --- | --- |
+//! | `kiln_reconciles_total` | counter | `outcome` = `applied`, `unchanged`, `failed` | every reconcile |
+//! | `kiln_reconcile_duration_seconds` | histogram | — | time of one reconcile, lock wait included |
+//! | `kiln_api_errors_total` | counter | `step` (`create_pod`, `write_status`, …) | failed reconciles, by the API call that failed |
+//! | `kiln_builds` | gauge | `phase` | Builds in the controller's cache (no status yet counts as `Pending`) |
+//! | `kiln_build_duration_seconds` | histogram | `result` = `Succeeded`, `Failed`, `Cancelled` | first attempt start to completion of a run |
+//! | `kiln_queue_depth` | gauge | — | Builds waiting for their concurrency group (reason `Queued`) |
+//! | `kiln_orphans_collected_total` | counter | `kind`, `reason` | objects the garbage collector removed |
+//! | `kiln_leader` | gauge | — | 1 while this replica runs the controller |
+//!
+//! Gauges that count Builds are computed from the watch cache at scrape time, so they are
+//! never out of step with it and cost nothing between scrapes.
+//!
+//! **Readiness.** `/readyz` answers 200 when this replica can do its job: a standby replica
+//! (leader election on, another replica leads) is ready, since it is waiting by design and a
+//! rolling update must be able to proceed past it; a replica that runs the controller is
+//! ready once its Build cache has synced. The JSON body says which, and who leads.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::FutureExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::controller::context::{Outcome, ReconcileObserver};
+use crate::crd::{Build, Phase, Reason};
+
+/// The content type of the OpenMetrics text format that prometheus-client writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The default `--http-addr`.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+const ALL_PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Running,
+    Phase::Succeeded,
+    Phase::Failed,
+    Phase::Cancelled,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrphanLabels {
+    kind: String,
+    reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// What this replica does, as far as leader election goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Leader election is off: this replica runs the controller.
+    Single,
+    /// Leader election is on and this replica waits for the lease.
+    Standby,
+    /// Leader election is on and this replica holds the lease and runs the controller.
+    Leader,
+}
+
+/// What `/readyz` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Whether the replica is ready (the HTTP status is 200 when it is, 503 otherwise).
+    pub ready: bool,
+    /// What the replica does.
+    pub role: Role,
+    /// Whether the Build cache has synced (false while the controller does not run).
+    pub synced: bool,
+    /// This replica's identity on the lease, when leader election is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Why it is (not) ready, for people.
+    pub message: String,
+}
+
+/// The controller's metrics registry and health state; it observes every reconcile.
+///
+/// One per process, shared (`Arc`) by the controller's context (as its
+/// [`ReconcileObserver`]), the leader election and the HTTP server.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<OutcomeLabels, Counter>,
+    reconcile_duration: Histogram,
+    api_errors: Family<StepLabels, Counter>,
+    builds: Family<PhaseLabels, Gauge>,
+    build_duration: HistogramFamily<ResultLabels>,
+    queue_depth: Gauge,
+    orphans: Family<OrphanLabels, Counter>,
+    leader: Gauge,
+    state: Mutex<HealthState>,
+}
+
+struct HealthState {
+    role: Role,
+    identity: Option<String>,
+    builds: Option<Store<Build>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered, for a replica that runs the controller
+    /// without leader election (see [`Metrics::set_role`]).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let reconciles = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
+            reconciles.clone(),
+        );
+        // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its group.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile, including the wait for its concurrency group's lock",
+            reconcile_duration.clone(),
+        );
+        let api_errors = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "api_errors",
+            "Reconciles that failed, by the step (API call) that failed",
+            api_errors.clone(),
+        );
+        let builds = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "builds",
+            "Builds in the controller's cache, by phase (no status yet counts as Pending)",
+            builds.clone(),
+        );
+        // 5 s to about 11 h.
+        let build_duration: HistogramFamily<ResultLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(5.0, 2.0, 14)));
+        registry.register(
+            "build_duration_seconds",
+            "Time from a run's first attempt to its completion, by result",
+            build_duration.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Builds waiting for another Build of their concurrency group (reason Queued)",
+            queue_depth.clone(),
+        );
+        let orphans = Family::<OrphanLabels, Counter>::default();
+        registry.register(
+            "orphans_collected",
+            "Objects the garbage collector removed, by kind and reason",
+            orphans.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (holds the lease, or runs without election)",
+            leader.clone(),
+        );
+        let metrics = Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            api_errors,
+            builds,
+            build_duration,
+            queue_depth,
+            orphans,
+            leader,
+            state: Mutex::new(HealthState {
+                role: Role::Single,
+                identity: None,
+                builds: None,
+            }),
+        };
+        metrics.leader.set(1);
+        metrics
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what this replica does now, and its identity on the lease.
+    pub fn set_role(&self, role: Role, identity: Option<String>) {
+        self.leader
+            .set(i64::from(matches!(role, Role::Single | Role::Leader)));
+        let mut state = self.state();
+        state.role = role;
+        state.identity = identity;
+    }
+
+    /// Counts `count` objects of `kind` (`Pod`, `ConfigMap`, `Secret`, `CacheRepository`)
+    /// that the garbage collector removed for `reason` (`BuildGone`, `TTLExpired`, …).
+    pub fn orphans_collected(&self, kind: &str, reason: &str, count: u64) {
+        self.orphans
+            .get_or_create(&OrphanLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(count);
+    }
+
+    /// What `/readyz` says now.
+    pub fn readiness(&self) -> Readiness {
+        let state = self.state();
+        let synced = state.builds.as_ref().is_some_and(is_synced);
+        let (ready, message) = match (&state.role, synced) {
+            (Role::Standby, _) => (true, "standing by: another replica holds the lease"),
+            (Role::Single | Role::Leader, true) => (true, "running: the Build cache is synced"),
+            (Role::Single | Role::Leader, false) => {
+                (false, "starting: the Build cache has not synced yet")
+            }
+        };
+        Readiness {
+            ready,
+            role: state.role.clone(),
+            synced,
+            identity: state.identity.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format, with the Build gauges computed from the
+    /// watch cache now.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.refresh_build_gauges();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    fn refresh_build_gauges(&self) {
+        let builds = self.state().builds.clone();
+        let counts = builds
+            .map(|store| count_builds(store.state().iter().map(|b| b.as_ref())))
+            .unwrap_or_default();
+        for (phase, count) in ALL_PHASES.iter().zip(counts.by_phase) {
+            self.builds
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .set(count);
+        }
+        self.queue_depth.set(counts.queued);
+    }
+}
+
+fn is_synced(store: &Store<Build>) -> bool {
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// Builds counted by phase (in the order of `ALL_PHASES`) and waiting in a queue.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BuildCounts {
+    by_phase: [i64; 5],
+    queued: i64,
+}
+
+fn count_builds<'a>(builds: impl Iterator<Item = &'a Build>) -> BuildCounts {
+    let mut counts = BuildCounts::default();
+    for build in builds {
+        let status = build.status.as_ref();
+        let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
+        if let Some(slot) = ALL_PHASES.iter().position(|p| *p == phase) {
+            counts.by_phase[slot] += 1;
+        }
+        if status.and_then(|s| s.reason()) == Some(Reason::Queued) {
+            counts.queued += 1;
+        }
+    }
+    counts
+}
+
+impl ReconcileObserver for Metrics {
+    fn reconciled(&self, _build: &ObjectRef<Build>, outcome: Outcome, elapsed: Duration) {
+        let label = match outcome {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed { step } => {
+                self.api_errors.get_or_create(&StepLabels { step }).inc();
+                "failed"
+            }
+        };
+        self.reconciles
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn finished(&self, _build: &ObjectRef<Build>, phase: Phase, duration: Option<Duration>) {
+        if let Some(duration) = duration {
+            self.build_duration
+                .get_or_create(&ResultLabels {
+                    result: phase.as_str(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+    }
+
+    fn watching(&self, builds: &Store<Build>) {
+        self.state().builds = Some(builds.clone());
+    }
+}
+
+/// The routes `/metrics`, `/healthz` and `/readyz` over `metrics`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(serve_readiness))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn serve_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
+    let readiness = metrics.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(readiness)).into_response()
+}
+
+/// Why the HTTP server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} (--http-addr)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("the metrics and health server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Binds `addr`, so that a taken port fails the command at start rather than later.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use kube::runtime::reflector::store::Writer;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::crd::condition::set_condition;
+    use crate::crd::fixtures::T0;
+    use crate::crd::{BuildStatus, CONDITION_SUCCEEDED, ConditionStatus};
+
+    async fn get_path(metrics: &Arc<Metrics>, path: &str) -> (StatusCode, String) {
+        let response = router(metrics.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn reference() -> ObjectRef<Build> {
+        ObjectRef::new("app").within("default")
+    }
+
+    #[tokio::test]
+    async fn metrics_count_reconciles_errors_durations_and_orphans() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.reconciled(
+            &reference(),
+            Outcome::Applied { writes: 2 },
+            Duration::from_millis(3),
+        );
+        metrics.reconciled(&reference(), Outcome::Unchanged, Duration::from_millis(1));
+        metrics.reconciled(
+            &reference(),
+            Outcome::Failed { step: "create_pod" },
+            Duration::from_millis(2),
+        );
+        metrics.finished(
+            &reference(),
+            Phase::Succeeded,
+            Some(Duration::from_secs(42)),
+        );
+        metrics.finished(&reference(), Phase::Failed, None);
+        metrics.orphans_collected("Pod", "BuildGone", 3);
+
+        let (status, text) = get_path(&metrics, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "kiln_reconciles_total{outcome=\"applied\"} 1",
+            "kiln_reconciles_total{outcome=\"unchanged\"} 1",
+            "kiln_reconciles_total{outcome=\"failed\"} 1",
+            "kiln_api_errors_total{step=\"create_pod\"} 1",
+            "kiln_reconcile_duration_seconds_count 3",
+            "kiln_build_duration_seconds_count{result=\"Succeeded\"} 1",
+            "kiln_build_duration_seconds_sum{result=\"Succeeded\"} 42.0",
+            "kiln_orphans_collected_total{kind=\"Pod\",reason=\"BuildGone\"} 3",
+            "kiln_leader 1",
+            "kiln_queue_depth 0",
+            "kiln_builds{phase=\"Running\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // A run without a start time is not observed as a zero-length build.
+        assert!(!text.contains("result=\"Failed\""), "{text}");
+    }
+
+    #[test]
+    fn builds_are_counted_by_phase_and_queue() {
+        let mut waiting = BuildStatus {
+            phase: Some(Phase::Pending),
+            ..BuildStatus::default()
+        };
+        set_condition(
+            &mut waiting.conditions,
+            CONDITION_SUCCEEDED,
+            ConditionStatus::Unknown,
+            Reason::Queued,
+            "waiting for app",
+            Some(1),
+            T0,
+        );
+        let queued = Build::test("queued").with_status(waiting);
+        let running = Build::test("running").with_status(BuildStatus {
+            phase: Some(Phase::Running),
+            ..BuildStatus::default()
+        });
+        let fresh = Build::test("fresh");
+        let counts = count_builds([&queued, &running, &fresh].into_iter());
+        assert_eq!(
+            counts,
+            BuildCounts {
+                by_phase: [2, 1, 0, 0, 0],
+                queued: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_cache_and_the_role() {
+        let metrics = Arc::new(Metrics::new());
+        // Running alone, before the watch starts: not ready.
+        let (status, body) = get_path(&metrics, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(readiness["role"], "single");
+        assert_eq!(readiness["synced"], false);
+
+        // A standby replica is ready and says it does not lead.
+        metrics.set_role(Role::Standby, Some("kiln-1".into()));
+        let (status, body) = get_path(&metrics, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(readiness["role"], "standby");
+        assert_eq!(readiness["identity"], "kiln-1");
+        let (_, text) = get_path(&metrics, "/metrics").await;
+        assert!(text.lines().any(|l| l == "kiln_leader 0"), "{text}");
+
+        // The leader is ready once its cache has synced.
+        metrics.set_role(Role::Leader, Some("kiln-1".into()));
+        let mut writer = Writer::<Build>::default();
+        metrics.watching(&writer.as_reader());
+        assert_eq!(
+            get_path(&metrics, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        let (status, body) = get_path(&metrics, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"role\":\"leader\""), "{body}");
+
+        assert_eq!(get_path(&metrics, "/healthz").await.0, StatusCode::OK);
+    }
+}
