@@ -36,7 +36,7 @@ log() { printf 'envtest: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 find_go() {
-  if [ -n "${GO:-}" ]; then echo "$GO"; return; fi
+  if [ -n "${GO:-}" ]; then command -v "$GO" || return 1; return; fi
   if command -v go >/dev/null; then command -v go; return; fi
   if [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go; return; fi
   return 1
@@ -50,7 +50,7 @@ cache_key() {
   local go_version
   go_version="$("$GO_BIN" env GOVERSION)"
   {
-    echo "$go_version $(uname -m) CGO_ENABLED=$CGO_ENABLED ${BUILD_FLAGS[*]}"
+    echo "$go_version $(uname -m) CGO_ENABLED=$CGO_ENABLED ${BUILD_FLAGS[*]} GOFLAGS=$("$GO_BIN" env GOFLAGS)"
     (cd "$MODULE_DIR" && LC_ALL=C find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) \
       -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
   } | sha256sum | cut -c1-16
