@@ -282,6 +282,7 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
     let script = {
         let (digest, gate) = (digest, gate.clone());
         move |pod: &Pod| match pod.name_any().as_str() {
+            _ if pod.labels().contains_key("smoke.kiln.dev/second") => Script::succeed(&digest),
             "fails" => Script::fail(
                 2,
                 "process \"make\" did not complete successfully: exit code: 2",
@@ -397,6 +398,16 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
             .then_some(())
     })
     .await;
+    // A pod re-created under the same name is a new pod, driven from the start.
+    let mut second = build_pod("deleted", true);
+    second
+        .labels_mut()
+        .insert("smoke.kiln.dev/second".to_owned(), "true".to_owned());
+    pods.create(&PostParams::default(), &second)
+        .await
+        .expect("re-create the pod");
+    let again = kubelet::wait_for_pod(&pods, "deleted", "Succeeded", WAIT, ended).await;
+    assert_eq!(pod_phase(&again), "Succeeded");
 
     // Pods without the label are not the test kubelet's: never bound, never started.
     let unlabelled = pods.get("unlabelled").await.expect("get unlabelled");
@@ -421,7 +432,7 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
     assert_eq!(kubelet.errors(), Vec::<String>::new());
     assert_eq!(
         kubelet.pods().len(),
-        7,
+        8,
         "every labelled pod, once each: {:?}",
         kubelet.pods()
     );

@@ -318,8 +318,8 @@ where
         let task = tasks.spawn(async move {
             match drive(&pods, &pod, &chosen).await {
                 Ok(()) => {}
-                // Deleted while we drove it: what a kubelet sees all the time.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                // Deleted (or replaced) while we drove it: a kubelet sees this all the time.
+                Err(kube::Error::Api(status)) if is_gone(&status) => {}
                 Err(err) => {
                     record_error(&journal, format!("driving pod {}: {err}", pod.name_any()))
                 }
@@ -356,14 +356,13 @@ pub fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
 
 /// Plays one pod's script: bind, Pending, Running, (held,) terminal.
 async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::Error> {
-    let name = pod.name_any();
     if pod
         .spec
         .as_ref()
         .and_then(|spec| spec.node_name.as_ref())
         .is_none()
     {
-        bind(pods, &name).await?;
+        bind(pods, pod).await?;
     }
     let started = now();
     // activeDeadlineSeconds counts from the pod's start time, as the kubelet counts it.
@@ -375,7 +374,7 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         .map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
     write_status(
         pods,
-        &name,
+        pod,
         status(pod, &Stage::Pending { started: &started }),
     )
     .await?;
@@ -388,7 +387,7 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         since: &running_since,
         ip: &ip,
     };
-    write_status(pods, &name, status(pod, &running)).await?;
+    write_status(pods, pod, status(pod, &running)).await?;
 
     let finish = async {
         if let Some(gate) = &script.hold {
@@ -410,15 +409,18 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         ip: &ip,
         outcome: &outcome,
     };
-    write_status(pods, &name, status(pod, &ended)).await
+    write_status(pods, pod, status(pod, &ended)).await
 }
 
 /// Binds the pod to the fake node, as the scheduler does (which also sets the
-/// `PodScheduled` condition).
-async fn bind(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+/// `PodScheduled` condition). The UID makes the API server refuse (409) to bind a pod
+/// re-created under the same name.
+async fn bind(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let name = pod.name_any();
     let binding = Binding {
         metadata: ObjectMeta {
-            name: Some(name.to_owned()),
+            name: Some(name.clone()),
+            uid: pod.uid(),
             ..ObjectMeta::default()
         },
         target: ObjectReference {
@@ -430,7 +432,7 @@ async fn bind(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
     };
     pods.create_subresource::<_, serde_json::Value>(
         "binding",
-        name,
+        &name,
         &PostParams::default(),
         &binding,
     )
@@ -452,15 +454,19 @@ async fn kill(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
             .as_ref()
             .and_then(|status| status.start_time.clone())
             .unwrap_or_else(now);
-        let ip = pod_ip();
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|status| status.pod_ip.clone())
+            .unwrap_or_else(pod_ip);
         let ended = Stage::Ended {
             started: &started,
             since: &started,
             ip: &ip,
             outcome: &killed,
         };
-        match write_status(pods, &name, status(pod, &ended)).await {
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        match write_status(pods, pod, status(pod, &ended)).await {
+            Err(kube::Error::Api(status)) if is_gone(&status) => return Ok(()),
             other => other?,
         }
     }
@@ -475,16 +481,39 @@ async fn kill(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
     match pods.delete(&name, &params).await {
         Ok(_) => Ok(()),
         // Gone already, or re-created under the same name (a new UID): not ours to delete.
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(kube::Error::Api(status)) if is_gone(&status) => Ok(()),
         Err(err) => Err(err),
     }
 }
 
-async fn write_status(pods: &Api<Pod>, name: &str, status: PodStatus) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({ "status": status });
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(drop)
+/// Writes `status` to the pods/status subresource of this very pod: the UID in the patch
+/// makes the API server refuse it (422 on `metadata.uid`) when the name now belongs to a
+/// re-created pod, as the kubelet's own status patches do.
+async fn write_status(pods: &Api<Pod>, pod: &Pod, status: PodStatus) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "metadata": { "uid": pod.metadata.uid },
+        "status": status,
+    });
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+}
+
+/// The pod we were driving is gone (404) or its name now belongs to another pod (the UID
+/// check of [`write_status`], or a UID precondition of a delete).
+fn is_gone(status: &kube::core::Status) -> bool {
+    let uid_mismatch = status.code == 422
+        && status.details.as_ref().is_some_and(|details| {
+            details
+                .causes
+                .iter()
+                .any(|cause| cause.field == "metadata.uid")
+        });
+    status.code == 404 || status.code == 409 || uid_mismatch
 }
 
 fn now() -> Time {
