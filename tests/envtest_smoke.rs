@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::cluster;
 use common::envtest::{self, ControlPlane};
 use common::kubelet::{self, Gate, NODE_NAME, Script, TestKubelet, pod_phase, terminated};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, ServiceAccount};
@@ -46,7 +47,7 @@ async fn control_plane_serves_namespaces_and_audits_writes() {
         ("1", "36")
     );
 
-    let ns = envtest::create_namespace(&client, "smoke-namespaces").await;
+    let ns = cluster::create_namespace(&client, "smoke-namespaces").await;
     let names: Vec<String> = Api::<Namespace>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -116,18 +117,18 @@ async fn crd_is_established_and_its_cel_rule_rejects_a_bad_object() {
         return;
     };
     let client = cp.client();
-    envtest::apply_yaml(&client, WIDGET_CRD, None)
+    cluster::apply_yaml(&client, WIDGET_CRD, None)
         .await
         .expect("apply the CRD");
-    envtest::wait_for_crd_established(&client, "widgets.smoke.kiln.dev", WAIT).await;
-    let ns = envtest::create_namespace(&client, "smoke-crd").await;
+    cluster::wait_for_crd_established(&client, "widgets.smoke.kiln.dev", WAIT).await;
+    let ns = cluster::create_namespace(&client, "smoke-crd").await;
 
-    let good = envtest::apply_yaml(&client, &widget("good", 1, 2), Some(&ns))
+    let good = cluster::apply_yaml(&client, &widget("good", 1, 2), Some(&ns))
         .await
         .expect("a valid Widget is accepted");
     assert_eq!(good[0].metadata.namespace.as_deref(), Some(ns.as_str()));
 
-    let err = envtest::apply_yaml(&client, &widget("bad", 3, 2), Some(&ns))
+    let err = cluster::apply_yaml(&client, &widget("bad", 3, 2), Some(&ns))
         .await
         .expect_err("the CEL rule must reject min > max");
     let status = err
@@ -147,7 +148,7 @@ async fn rbac_denies_a_service_account_without_a_role_and_allows_it_with_one() {
         return;
     };
     let admin = cp.client();
-    let ns = envtest::create_namespace(&admin, "smoke-rbac").await;
+    let ns = cluster::create_namespace(&admin, "smoke-rbac").await;
     let account = ServiceAccount {
         metadata: ObjectMeta {
             name: Some("reader".to_owned()),
@@ -174,11 +175,11 @@ async fn rbac_denies_a_service_account_without_a_role_and_allows_it_with_one() {
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-config}}\n\
          subjects:\n- {{kind: ServiceAccount, name: reader, namespace: {ns}}}\n"
     );
-    envtest::apply_yaml(&admin, &rbac, Some(&ns))
+    cluster::apply_yaml(&admin, &rbac, Some(&ns))
         .await
         .expect("apply Role and RoleBinding");
     // The authorizer reads RBAC from informers: allow a moment for the binding to arrive.
-    envtest::wait_until("the RoleBinding to take effect", WAIT, || async {
+    cluster::wait_until("the RoleBinding to take effect", WAIT, || async {
         reader.list(&ListParams::default()).await.ok()
     })
     .await;
@@ -198,7 +199,7 @@ async fn controller_manager_garbage_collects_dependents_of_a_deleted_owner() {
         return;
     };
     let client = cp.client();
-    let ns = envtest::create_namespace(&client, "smoke-gc").await;
+    let ns = cluster::create_namespace(&client, "smoke-gc").await;
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
     let owner = config_maps
         .create(&PostParams::default(), &config_map("owner"))
@@ -276,7 +277,7 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
         return;
     };
     let client = cp.client();
-    let ns = envtest::create_namespace(&client, "smoke-kubelet").await;
+    let ns = cluster::create_namespace(&client, "smoke-kubelet").await;
     let digest = Digest::of(b"an image manifest");
     let gate = Gate::new();
     let script = {
@@ -333,6 +334,7 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
         serde_json::from_str(result.message.as_deref().expect("a termination message"))
             .expect("BuildKit metadata is JSON");
     assert_eq!(metadata["containerimage.digest"], digest.to_string());
+    assert_eq!(result.message, Some(kubelet::buildkit_metadata(&digest)));
 
     let failed = kubelet::wait_for_pod(&pods, "fails", "Failed", WAIT, ended).await;
     assert_eq!(pod_phase(&failed), "Failed");
@@ -390,7 +392,7 @@ async fn test_kubelet_drives_labelled_pods_to_each_scripted_outcome() {
     pods.delete("deleted", &DeleteParams::default())
         .await
         .expect("delete a running pod");
-    envtest::wait_until("the deleted pod to be gone", WAIT, || async {
+    cluster::wait_until("the deleted pod to be gone", WAIT, || async {
         pods.get_opt("deleted")
             .await
             .expect("get deleted")
@@ -501,7 +503,7 @@ async fn a_server_exits_and_cleans_up_when_the_test_process_dies() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn etcd");
-    envtest::wait_until("etcd to be ready", WAIT, || async {
+    cluster::wait_until("etcd to be ready", WAIT, || async {
         ready.exists().then_some(())
     })
     .await;

@@ -4,17 +4,18 @@
 //! `scripts/envtest.sh`: kube-apiserver, kube-controller-manager and an embedded etcd in
 //! one binary), starts the three servers on free loopback ports with generated
 //! certificates, RBAC authorization and an audit log, and hands out `kube::Client`s: the
-//! admin's, or one impersonating a ServiceAccount.
+//! admin's, or one impersonating a ServiceAccount. Helpers that work on any cluster
+//! (namespaces, applying YAML, waiting for a CRD) are in `common::cluster`.
 //!
 //! ```ignore
 //! mod common;
-//! use common::envtest;
+//! use common::{cluster, envtest};
 //!
 //! #[tokio::test]
 //! async fn something() {
 //!     let Some(cp) = envtest::shared().await else { return }; // skipped; reason printed
 //!     let client = cp.client();
-//!     let ns = envtest::create_namespace(&client, "something").await;
+//!     let ns = cluster::create_namespace(&client, "something").await;
 //!     // ...
 //! }
 //! ```
@@ -41,26 +42,26 @@
 //! - `KILN_ENVTEST_KEEP=1`: keep the control plane's directory (logs, certificates,
 //!   kubeconfig, audit log) after the tests, and print where it is.
 
-use std::collections::BTreeMap;
+mod audit;
+mod servers;
+
 use std::fs::File;
 use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
 use kube::{Client, Config};
-use serde::Deserialize as _;
+
+pub use audit::AuditEvent;
+use servers::{Layout, Ports};
 
 /// Names the binary to use instead of running `scripts/envtest.sh ensure`.
 pub const ENV_BINARY: &str = "KILN_ENVTEST_BIN";
@@ -69,35 +70,12 @@ pub const ENV_REQUIRE: &str = "KILN_REQUIRE_ENVTEST";
 /// When `1`, control-plane directories are kept after the tests for inspection.
 pub const ENV_KEEP: &str = "KILN_ENVTEST_KEEP";
 
-/// The field manager of every server-side apply made by these helpers.
-pub const FIELD_MANAGER: &str = "kiln-envtest";
-
-/// kube-controller-manager runs only what the tests rely on: owner-reference garbage
-/// collection, namespace deletion, the `default` ServiceAccount of each namespace (pods
-/// are admitted only once it exists) and the aggregated `admin`/`edit`/`view` roles.
-/// Without the node lifecycle controller, the test kubelet's Node stays Ready without
-/// heartbeats.
-pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,\
-serviceaccount-controller,clusterrole-aggregation-controller";
-
 const START_ATTEMPTS: u32 = 3;
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 // Generous: a cold kube-apiserver builds its OpenAPI and RBAC bootstrap on two busy cores.
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
-
-/// Audit only writes, at the Metadata level: enough to count API writes per actor and
-/// resource (e.g. status writes per build) without the cost of logging reads and bodies.
-const AUDIT_POLICY: &str = "\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-- level: Metadata
-  verbs: [create, update, patch, delete, deletecollection]
-- level: None
-";
 
 /// Why a control plane is unavailable or did not start.
 #[derive(Debug, thiserror::Error)]
@@ -285,22 +263,14 @@ pub fn current_test() -> String {
 
 /// A running etcd + kube-apiserver + kube-controller-manager, stopped when dropped.
 pub struct ControlPlane {
-    root: PathBuf,
-    /// Removes `root` on drop; `None` once kept (`KILN_ENVTEST_KEEP=1`).
+    layout: Layout,
+    /// Removes the directory on drop; `None` once kept (`KILN_ENVTEST_KEEP=1`).
     dir: Option<tempfile::TempDir>,
-    server_url: String,
     kubeconfig: PathBuf,
     config: Config,
     /// The servers in start order: etcd, kube-apiserver, kube-controller-manager.
     servers: Vec<Child>,
     started_in: Duration,
-}
-
-/// The loopback ports of one control plane.
-struct Ports {
-    etcd_client: u16,
-    etcd_peer: u16,
-    apiserver: u16,
 }
 
 impl ControlPlane {
@@ -350,15 +320,10 @@ impl ControlPlane {
             .prefix("kiln-envtest-")
             .tempdir()
             .map_err(io_error("creating the control plane's directory"))?;
-        let root = dir.path().to_path_buf();
-        let ports = free_ports()?;
-        let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
-        let pki = root.join("pki");
-
+        let layout = Layout::new(dir.path(), free_ports()?);
         let status = Command::new(binary)
-            .args(["pki", "--dir"])
-            .arg(&pki)
-            .args(["--server", &server_url])
+            .arg("pki")
+            .args(layout.pki_args())
             .stdin(Stdio::null())
             .status()
             .map_err(io_error(format!("running {} pki", binary.display())))?;
@@ -368,8 +333,7 @@ impl ControlPlane {
                 source: std::io::Error::other(status.to_string()),
             });
         }
-        let audit_policy = root.join("audit-policy.yaml");
-        std::fs::write(&audit_policy, AUDIT_POLICY)
+        std::fs::write(layout.file(servers::AUDIT_POLICY), audit::POLICY)
             .map_err(io_error("writing the audit policy"))?;
 
         // A small runtime for start-up's own API calls; tests build their own clients.
@@ -377,7 +341,7 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(io_error("building a tokio runtime"))?;
-        let kubeconfig = pki.join("admin.kubeconfig");
+        let kubeconfig = layout.pki("admin.kubeconfig");
         let config = runtime.block_on(load_config(&kubeconfig))?;
         let client = runtime
             .block_on(async { Client::try_from(config.clone()) })
@@ -388,65 +352,18 @@ impl ControlPlane {
 
         // Servers are pushed as they start, so that an error below drops (stops) them.
         let mut plane = Self {
-            root,
+            layout,
             dir: Some(dir),
-            server_url,
             kubeconfig,
             config,
             servers: Vec::new(),
             started_in: Duration::ZERO,
         };
-        let file = |name: &str| plane.root.join(name).display().to_string();
-        let pki_file = |name: &str| pki.join(name).display().to_string();
-        let etcd_ready = plane.root.join("etcd.ready");
-
-        let etcd_args = vec![
-            format!("--data-dir={}", file("etcd")),
-            format!("--listen-client-url=http://127.0.0.1:{}", ports.etcd_client),
-            format!("--listen-peer-url=http://127.0.0.1:{}", ports.etcd_peer),
-            format!("--ready-file={}", etcd_ready.display()),
-        ];
-        let apiserver_args = vec![
-            format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
-            format!("--secure-port={}", ports.apiserver),
-            format!("--cert-dir={}", file("apiserver-certs")),
-            format!("--tls-cert-file={}", pki_file("apiserver.crt")),
-            format!("--tls-private-key-file={}", pki_file("apiserver.key")),
-            format!("--client-ca-file={}", pki_file("ca.crt")),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
-            format!("--service-account-key-file={}", pki_file("sa.pub")),
-            format!("--service-account-signing-key-file={}", pki_file("sa.key")),
-            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-            "--authorization-mode=RBAC".to_owned(),
-            "--allow-privileged=true".to_owned(),
-            // No Endpoints churn for the `kubernetes` Service every 10 s: nothing here
-            // reaches the API server through it.
-            "--endpoint-reconciler-type=none".to_owned(),
-            // Few clients at a time: request queueing would only cost CPU on two cores.
-            "--enable-priority-and-fairness=false".to_owned(),
-            "--profiling=false".to_owned(),
-            format!("--audit-policy-file={}", audit_policy.display()),
-            format!("--audit-log-path={}", file("audit.log")),
-            "--audit-log-format=json".to_owned(),
-        ];
-        let controller_manager_args = vec![
-            format!(
-                "--kubeconfig={}",
-                pki_file("kube-controller-manager.kubeconfig")
-            ),
-            format!("--controllers={CONTROLLERS}"),
-            // Each controller gets its own ServiceAccount and bootstrap role, as in a real
-            // cluster, so RBAC is exercised on their side too.
-            "--use-service-account-credentials=true".to_owned(),
-            "--leader-elect=false".to_owned(),
-            "--secure-port=0".to_owned(),
-            "--profiling=false".to_owned(),
-        ];
 
         let etcd_began = Instant::now();
-        plane.spawn(binary, "etcd", &etcd_args, true)?;
+        let args = plane.layout.etcd_args();
+        plane.spawn(binary, "etcd", &args, true)?;
+        let etcd_ready = plane.layout.file(servers::ETCD_READY);
         plane.wait_for("etcd", ETCD_READY_TIMEOUT, &runtime, || {
             let ready = etcd_ready.exists();
             async move { ready }
@@ -454,7 +371,8 @@ impl ControlPlane {
         let etcd_took = etcd_began.elapsed();
 
         let apiserver_began = Instant::now();
-        plane.spawn(binary, "kube-apiserver", &apiserver_args, false)?;
+        let args = plane.layout.apiserver_args();
+        plane.spawn(binary, "kube-apiserver", &args, false)?;
         plane.wait_for("kube-apiserver", APISERVER_READY_TIMEOUT, &runtime, || {
             readyz(&client)
         })?;
@@ -464,12 +382,8 @@ impl ControlPlane {
         // role, has created the `default` namespace's ServiceAccount: that proves its
         // authentication, RBAC and informers all work.
         let controller_manager_began = Instant::now();
-        plane.spawn(
-            binary,
-            "kube-controller-manager",
-            &controller_manager_args,
-            false,
-        )?;
+        let args = plane.layout.controller_manager_args();
+        plane.spawn(binary, "kube-controller-manager", &args, false)?;
         let accounts = Api::<ServiceAccount>::namespaced(client.clone(), "default");
         plane.wait_for(
             "kube-controller-manager",
@@ -483,12 +397,12 @@ impl ControlPlane {
         say(&format!(
             "control plane at {} ready in {:.1}s (etcd {:.1}s, kube-apiserver {:.1}s, \
              kube-controller-manager {:.1}s); files in {}",
-            plane.server_url,
+            plane.server_url(),
             plane.started_in.as_secs_f64(),
             etcd_took.as_secs_f64(),
             apiserver_took.as_secs_f64(),
             controller_manager_took.as_secs_f64(),
-            plane.root.display(),
+            plane.dir().display(),
         ));
         Ok(plane)
     }
@@ -517,7 +431,7 @@ impl ControlPlane {
             .process_group(0)
             .env("KILN_ENVTEST_PARENT_PID", std::process::id().to_string());
         if owns_directory && !env_flag(ENV_KEEP) {
-            command.env("KILN_ENVTEST_CLEANUP_DIR", &self.root);
+            command.env("KILN_ENVTEST_CLEANUP_DIR", self.layout.root());
         }
         let child = command
             .spawn()
@@ -596,13 +510,13 @@ impl ControlPlane {
     }
 
     /// The API server's URL, `https://127.0.0.1:<port>`.
-    pub fn server_url(&self) -> &str {
-        &self.server_url
+    pub fn server_url(&self) -> String {
+        self.layout.server_url()
     }
 
     /// The directory holding the servers' logs, certificates, etcd data and audit log.
     pub fn dir(&self) -> &Path {
-        &self.root
+        self.layout.root()
     }
 
     /// How long starting took, from the first file written to the last server ready.
@@ -618,7 +532,7 @@ impl ControlPlane {
 
     /// The log file of `server` (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn log(&self, server: &str) -> PathBuf {
-        self.root.join(format!("{server}.log"))
+        self.layout.log(server)
     }
 
     /// The last `lines` lines of `server`'s log, for a failing test's message.
@@ -628,17 +542,7 @@ impl ControlPlane {
 
     /// Every completed write request the API server has audited so far, in order.
     pub fn audit_events(&self) -> Vec<AuditEvent> {
-        let path = self.root.join("audit.log");
-        let Ok(file) = File::open(&path) else {
-            return Vec::new();
-        };
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str::<RawAuditEvent>(&line).ok())
-            .filter(|raw| raw.stage == "ResponseComplete")
-            .map(AuditEvent::from)
-            .collect()
+        audit::read(&self.layout.file(servers::AUDIT_LOG))
     }
 }
 
@@ -659,79 +563,6 @@ impl Drop for ControlPlane {
             && let Some(dir) = self.dir.take()
         {
             say(&format!("kept {}", dir.keep().display()));
-        }
-    }
-}
-
-/// One audited write: who did what to which object, and the response code.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEvent {
-    /// `create`, `update`, `patch`, `delete` or `deletecollection`.
-    pub verb: String,
-    /// The authenticated user (the impersonated one when impersonating).
-    pub user: String,
-    /// The resource, e.g. `pods`.
-    pub resource: String,
-    /// The subresource, e.g. `status` or `binding`; empty for the object itself.
-    pub subresource: String,
-    /// The API group; empty for the core group.
-    pub api_group: String,
-    /// The namespace; empty for cluster-scoped objects.
-    pub namespace: String,
-    /// The object's name; empty for a create without a name in the URL.
-    pub name: String,
-    /// The HTTP status code of the response.
-    pub code: u16,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawAuditEvent {
-    stage: String,
-    verb: String,
-    user: RawUser,
-    #[serde(default)]
-    impersonated_user: Option<RawUser>,
-    #[serde(default)]
-    object_ref: Option<RawObjectRef>,
-    #[serde(default)]
-    response_status: Option<RawResponseStatus>,
-}
-
-#[derive(serde::Deserialize)]
-struct RawUser {
-    #[serde(default)]
-    username: String,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RawObjectRef {
-    resource: String,
-    subresource: String,
-    api_group: String,
-    namespace: String,
-    name: String,
-}
-
-#[derive(serde::Deserialize)]
-struct RawResponseStatus {
-    #[serde(default)]
-    code: u16,
-}
-
-impl From<RawAuditEvent> for AuditEvent {
-    fn from(raw: RawAuditEvent) -> Self {
-        let object = raw.object_ref.unwrap_or_default();
-        Self {
-            verb: raw.verb,
-            user: raw.impersonated_user.unwrap_or(raw.user).username,
-            resource: object.resource,
-            subresource: object.subresource,
-            api_group: object.api_group,
-            namespace: object.namespace,
-            name: object.name,
-            code: raw.response_status.map_or(0, |status| status.code),
         }
     }
 }
@@ -797,214 +628,4 @@ fn tail(path: &Path, lines: usize) -> String {
     };
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-// --- helpers for tests ---------------------------------------------------------------------
-
-/// Polls `check` every 100 ms until it returns `Some`, and returns that; panics naming
-/// `what` after `timeout`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Creates a namespace named `<base>-<n>` (unique within this test binary) and waits for
-/// its `default` ServiceAccount, without which the API server admits no pod. Returns the
-/// name.
-pub async fn create_namespace(client: &Client, base: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let name = format!("{base}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(BTreeMap::from([(
-                "kiln.dev/test".to_owned(),
-                base.to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap_or_else(|err| panic!("creating namespace {name}: {err}"));
-    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &name);
-    wait_until(
-        &format!("the default ServiceAccount of namespace {name}"),
-        Duration::from_secs(60),
-        || async { accounts.get_opt("default").await.ok().flatten() },
-    )
-    .await;
-    name
-}
-
-/// Why [`apply_yaml`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// A document is not valid YAML for a Kubernetes object.
-    #[error("document {index} is not a Kubernetes object: {source}")]
-    Parse {
-        /// The document's position, from 0.
-        index: usize,
-        /// The underlying error.
-        #[source]
-        source: serde_yaml::Error,
-    },
-    /// A document has no `apiVersion` or `kind`, or no `metadata.name`.
-    #[error("document {index} lacks apiVersion, kind or metadata.name")]
-    Incomplete {
-        /// The document's position, from 0.
-        index: usize,
-    },
-    /// The API server does not serve the document's kind.
-    #[error("discovering {gvk:?}: {source}")]
-    Discover {
-        /// The kind looked up.
-        gvk: GroupVersionKind,
-        /// The underlying error.
-        #[source]
-        source: kube::Error,
-    },
-    /// A namespaced object has no namespace and no default was given.
-    #[error("{kind} {name} is namespaced but has no namespace")]
-    NoNamespace {
-        /// The object's kind.
-        kind: String,
-        /// The object's name.
-        name: String,
-    },
-    /// The API server rejected the object.
-    #[error("applying {kind} {name}: {source}")]
-    Apply {
-        /// The object's kind.
-        kind: String,
-        /// The object's name.
-        name: String,
-        /// The API server's answer.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl ApplyError {
-    /// The API server's rejection (status, reason, message), if that is what failed.
-    pub fn api_status(&self) -> Option<&kube::core::Status> {
-        match self {
-            Self::Apply {
-                source: kube::Error::Api(status),
-                ..
-            } => Some(status),
-            _ => None,
-        }
-    }
-}
-
-/// Server-side applies every document of `yaml` (`---`-separated; empty documents are
-/// skipped), in order, as `kiln-envtest`, forcing conflicts. Namespaced objects without a
-/// namespace go to `default_namespace`. Returns the applied objects as the server stored
-/// them.
-pub async fn apply_yaml(
-    client: &Client,
-    yaml: &str,
-    default_namespace: Option<&str>,
-) -> Result<Vec<DynamicObject>, ApplyError> {
-    let mut applied = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|source| ApplyError::Parse { index, source })?;
-        if value.is_null() {
-            continue;
-        }
-        let object: DynamicObject =
-            serde_yaml::from_value(value).map_err(|source| ApplyError::Parse { index, source })?;
-        let (Some(types), Some(name)) = (object.types.as_ref(), object.metadata.name.clone())
-        else {
-            return Err(ApplyError::Incomplete { index });
-        };
-        let gvk =
-            GroupVersionKind::try_from(types).map_err(|_| ApplyError::Incomplete { index })?;
-        let (resource, capabilities) =
-            kube::discovery::pinned_kind(client, &gvk)
-                .await
-                .map_err(|source| ApplyError::Discover {
-                    gvk: gvk.clone(),
-                    source,
-                })?;
-        let api: Api<DynamicObject> = match capabilities.scope {
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-            Scope::Namespaced => {
-                let namespace = object
-                    .metadata
-                    .namespace
-                    .as_deref()
-                    .or(default_namespace)
-                    .ok_or_else(|| ApplyError::NoNamespace {
-                        kind: gvk.kind.clone(),
-                        name: name.clone(),
-                    })?;
-                Api::namespaced_with(client.clone(), namespace, &resource)
-            }
-        };
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let stored = api
-            .patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .map_err(|source| ApplyError::Apply {
-                kind: gvk.kind.clone(),
-                name: name.clone(),
-                source,
-            })?;
-        applied.push(stored);
-    }
-    Ok(applied)
-}
-
-/// [`apply_yaml`] on the contents of a file (e.g. the CRDs in `crds/`).
-pub async fn apply_file(
-    client: &Client,
-    path: &Path,
-    default_namespace: Option<&str>,
-) -> Result<Vec<DynamicObject>, ApplyError> {
-    let yaml = std::fs::read_to_string(path)
-        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
-    apply_yaml(client, &yaml, default_namespace).await
-}
-
-/// Waits until the CustomResourceDefinition `name` is Established (its API served);
-/// panics with its conditions after `timeout`.
-pub async fn wait_for_crd_established(client: &Client, name: &str, timeout: Duration) {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let established = kube::runtime::wait::await_condition(
-        api.clone(),
-        name,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    match tokio::time::timeout(timeout, established).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => panic!("watching CRD {name}: {err}"),
-        Err(_) => {
-            let conditions = api
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|crd| crd.status)
-                .and_then(|status| status.conditions);
-            panic!("CRD {name} not Established after {timeout:?}; conditions: {conditions:?}");
-        }
-    }
 }

@@ -28,6 +28,10 @@
 //! assert_eq!(kubelet.errors(), Vec::<String>::new());
 //! ```
 
+mod node;
+mod script;
+mod status;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,19 +39,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Binding, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Node, ObjectReference, Pod, PodCondition, PodIP,
-    PodStatus,
+    Binding, ContainerStateTerminated, ObjectReference, Pod, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kiln::digest::Digest;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+pub use script::{Gate, Outcome, Script, buildkit_metadata};
+use status::{Stage, status};
 
 /// The fake node every pod is bound to.
 pub const NODE_NAME: &str = "kiln-test-node";
@@ -55,147 +58,6 @@ pub const NODE_NAME: &str = "kiln-test-node";
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 /// The node's address: TEST-NET-1, documentation only, never routed.
 const NODE_IP: &str = "192.0.2.10";
-
-/// The termination message BuildKit's metadata file gives for a pushed image.
-pub fn buildkit_metadata(digest: &Digest) -> String {
-    serde_json::json!({ "containerimage.digest": digest.to_string() }).to_string()
-}
-
-/// How a pod's build ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exit code 0, reason `Completed`, with `message` as the termination message.
-    Succeeded {
-        /// The termination message (BuildKit's metadata JSON, or anything a test needs).
-        message: String,
-    },
-    /// A non-zero exit code, reason `Error`, with `message` as the termination message.
-    Failed {
-        /// The container's exit code.
-        exit_code: i32,
-        /// The termination message.
-        message: String,
-    },
-    /// Killed by the kernel's OOM killer: exit code 137, reason `OOMKilled`.
-    OomKilled,
-    /// Evicted by the node: pod-level `status.reason: Evicted` with `message`, the
-    /// `DisruptionTarget` condition, containers killed (exit code 137).
-    Evicted {
-        /// The pod-level message.
-        message: String,
-    },
-    /// Ran past `activeDeadlineSeconds`: pod-level `status.reason: DeadlineExceeded`.
-    DeadlineExceeded,
-}
-
-/// A gate that holds pods Running until the test releases it. Clones share the gate.
-#[derive(Clone, Debug)]
-pub struct Gate(Arc<watch::Sender<bool>>);
-
-impl Gate {
-    /// A closed gate.
-    pub fn new() -> Self {
-        Self(Arc::new(watch::channel(false).0))
-    }
-
-    /// Opens the gate: every pod held by it (now or later) goes on to its outcome.
-    pub fn release(&self) {
-        self.0.send_replace(true);
-    }
-
-    async fn opened(&self) {
-        let mut released = self.0.subscribe();
-        // The sender lives in self, so wait_for cannot fail while we wait.
-        let _ = released.wait_for(|open| *open).await;
-    }
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// What the test kubelet does with one pod.
-#[derive(Clone, Debug)]
-pub struct Script {
-    /// How long the pod stays Pending (bound, containers `ContainerCreating`).
-    pub pending_for: Duration,
-    /// How long it runs before its outcome (after the gate opens, when there is one).
-    pub running_for: Duration,
-    /// Holds the pod Running until released.
-    pub hold: Option<Gate>,
-    /// How it ends.
-    pub outcome: Outcome,
-}
-
-impl Script {
-    fn ending(outcome: Outcome) -> Self {
-        Self {
-            pending_for: Duration::ZERO,
-            running_for: Duration::ZERO,
-            hold: None,
-            outcome,
-        }
-    }
-
-    /// Succeeds, reporting `digest` the way BuildKit does.
-    pub fn succeed(digest: &Digest) -> Self {
-        Self::succeed_with_message(buildkit_metadata(digest))
-    }
-
-    /// Succeeds with an arbitrary termination message (e.g. malformed metadata).
-    pub fn succeed_with_message(message: impl Into<String>) -> Self {
-        Self::ending(Outcome::Succeeded {
-            message: message.into(),
-        })
-    }
-
-    /// Fails with `exit_code` and `message`.
-    pub fn fail(exit_code: i32, message: impl Into<String>) -> Self {
-        Self::ending(Outcome::Failed {
-            exit_code,
-            message: message.into(),
-        })
-    }
-
-    /// Is OOM-killed.
-    pub fn oom_killed() -> Self {
-        Self::ending(Outcome::OomKilled)
-    }
-
-    /// Is evicted for memory pressure.
-    pub fn evicted() -> Self {
-        Self::ending(Outcome::Evicted {
-            message: "The node was low on resource: memory. Threshold quantity: 100Mi, \
-                      available: 42Mi."
-                .to_owned(),
-        })
-    }
-
-    /// Runs until `activeDeadlineSeconds` fails it (forever, without one).
-    pub fn run_until_deadline() -> Self {
-        Self::ending(Outcome::DeadlineExceeded).hold_until(&Gate::new())
-    }
-
-    /// Stays Pending for `duration` first.
-    pub fn pending_for(mut self, duration: Duration) -> Self {
-        self.pending_for = duration;
-        self
-    }
-
-    /// Runs for `duration` before the outcome.
-    pub fn running_for(mut self, duration: Duration) -> Self {
-        self.running_for = duration;
-        self
-    }
-
-    /// Stays Running until `gate` is released.
-    pub fn hold_until(mut self, gate: &Gate) -> Self {
-        self.hold = Some(gate.clone());
-        self
-    }
-}
 
 /// What the kubelet did, shared with its handle.
 #[derive(Default)]
@@ -219,7 +81,7 @@ impl TestKubelet {
     where
         F: Fn(&Pod) -> Script + Send + Sync + 'static,
     {
-        register_node(&client).await;
+        node::register(&client).await;
         let journal = Arc::new(Mutex::new(Journal::default()));
         let pods = Api::<Pod>::namespaced(client, namespace);
         let task = tokio::spawn(run(pods, Arc::new(script), Arc::clone(&journal)));
@@ -375,7 +237,7 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
     write_status(
         pods,
         pod,
-        status(pod, &Stage::Pending { started: &started }),
+        status(pod, &Stage::Pending { started: &started }, &now()),
     )
     .await?;
     tokio::time::sleep(script.pending_for).await;
@@ -387,7 +249,7 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         since: &running_since,
         ip: &ip,
     };
-    write_status(pods, pod, status(pod, &running)).await?;
+    write_status(pods, pod, status(pod, &running, &now())).await?;
 
     let finish = async {
         if let Some(gate) = &script.hold {
@@ -409,7 +271,7 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         ip: &ip,
         outcome: &outcome,
     };
-    write_status(pods, pod, status(pod, &ended)).await
+    write_status(pods, pod, status(pod, &ended, &now())).await
 }
 
 /// Binds the pod to the fake node, as the scheduler does (which also sets the
@@ -465,7 +327,7 @@ async fn kill(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
             ip: &ip,
             outcome: &killed,
         };
-        match write_status(pods, pod, status(pod, &ended)).await {
+        match write_status(pods, pod, status(pod, &ended, &now())).await {
             Err(kube::Error::Api(status)) if is_gone(&status) => return Ok(()),
             other => other?,
         }
@@ -527,301 +389,6 @@ fn pod_ip() -> String {
         "198.51.100.{}",
         NEXT.fetch_add(1, Ordering::Relaxed) % 250 + 2
     )
-}
-
-/// Where a pod is in its script.
-enum Stage<'a> {
-    Pending {
-        started: &'a Time,
-    },
-    Running {
-        started: &'a Time,
-        since: &'a Time,
-        ip: &'a str,
-    },
-    Ended {
-        started: &'a Time,
-        since: &'a Time,
-        ip: &'a str,
-        outcome: &'a Outcome,
-    },
-}
-
-/// The status a kubelet would report for `pod` at `stage` (pure).
-fn status(pod: &Pod, stage: &Stage<'_>) -> PodStatus {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let condition = |kind: &str, ok: bool, reason: Option<&str>| PodCondition {
-        type_: kind.to_owned(),
-        status: if ok { "True" } else { "False" }.to_owned(),
-        reason: reason.map(str::to_owned),
-        last_transition_time: Some(now()),
-        ..PodCondition::default()
-    };
-    let container = |name: &str, image: &str, state: ContainerState, ready: bool| ContainerStatus {
-        name: name.to_owned(),
-        image: image.to_owned(),
-        image_id: String::new(),
-        ready,
-        started: Some(ready),
-        restart_count: 0,
-        state: Some(state),
-        ..ContainerStatus::default()
-    };
-    let terminated =
-        |exit_code: i32, reason: &str, message: Option<&str>, started: &Time| ContainerState {
-            terminated: Some(ContainerStateTerminated {
-                exit_code,
-                reason: Some(reason.to_owned()),
-                message: message.map(str::to_owned),
-                started_at: Some(started.clone()),
-                finished_at: Some(now()),
-                ..ContainerStateTerminated::default()
-            }),
-            ..ContainerState::default()
-        };
-    let init_statuses = |started: &Time| {
-        spec.init_containers.as_ref().map(|inits| {
-            inits
-                .iter()
-                .map(|init| {
-                    let image = init.image.clone().unwrap_or_default();
-                    container(
-                        &init.name,
-                        &image,
-                        terminated(0, "Completed", None, started),
-                        false,
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-    };
-
-    let mut status = PodStatus {
-        host_ip: Some(NODE_IP.to_owned()),
-        qos_class: pod
-            .status
-            .as_ref()
-            .and_then(|status| status.qos_class.clone()),
-        ..PodStatus::default()
-    };
-    match stage {
-        Stage::Pending { started } => {
-            status.phase = Some("Pending".to_owned());
-            status.start_time = Some((*started).clone());
-            status.conditions = Some(vec![
-                condition("PodReadyToStartContainers", false, None),
-                condition("Initialized", true, None),
-                condition("Ready", false, Some("ContainersNotReady")),
-                condition("ContainersReady", false, Some("ContainersNotReady")),
-                condition("PodScheduled", true, None),
-            ]);
-            let waiting = ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some("ContainerCreating".to_owned()),
-                    message: None,
-                }),
-                ..ContainerState::default()
-            };
-            status.container_statuses = Some(
-                spec.containers
-                    .iter()
-                    .map(|c| {
-                        container(
-                            &c.name,
-                            c.image.as_deref().unwrap_or(""),
-                            waiting.clone(),
-                            false,
-                        )
-                    })
-                    .collect(),
-            );
-        }
-        Stage::Running { started, since, ip } => {
-            status.phase = Some("Running".to_owned());
-            status.start_time = Some((*started).clone());
-            status.pod_ip = Some((*ip).to_owned());
-            status.pod_ips = Some(vec![PodIP {
-                ip: (*ip).to_owned(),
-            }]);
-            status.conditions = Some(vec![
-                condition("PodReadyToStartContainers", true, None),
-                condition("Initialized", true, None),
-                condition("Ready", true, None),
-                condition("ContainersReady", true, None),
-                condition("PodScheduled", true, None),
-            ]);
-            status.init_container_statuses = init_statuses(started);
-            let running = ContainerState {
-                running: Some(ContainerStateRunning {
-                    started_at: Some((*since).clone()),
-                }),
-                ..ContainerState::default()
-            };
-            status.container_statuses = Some(
-                spec.containers
-                    .iter()
-                    .map(|c| {
-                        container(
-                            &c.name,
-                            c.image.as_deref().unwrap_or(""),
-                            running.clone(),
-                            true,
-                        )
-                    })
-                    .collect(),
-            );
-        }
-        Stage::Ended {
-            started,
-            since,
-            ip,
-            outcome,
-        } => {
-            status.start_time = Some((*started).clone());
-            status.pod_ip = Some((*ip).to_owned());
-            status.pod_ips = Some(vec![PodIP {
-                ip: (*ip).to_owned(),
-            }]);
-            status.init_container_statuses = init_statuses(started);
-            // The outcome is the first container's; any others (sidecars) end alongside.
-            let (phase, first, others) = match outcome {
-                Outcome::Succeeded { message } => (
-                    "Succeeded",
-                    terminated(0, "Completed", Some(message), since),
-                    terminated(0, "Completed", None, since),
-                ),
-                Outcome::Failed { exit_code, message } => (
-                    "Failed",
-                    terminated(
-                        *exit_code,
-                        "Error",
-                        Some(message.as_str()).filter(|m| !m.is_empty()),
-                        since,
-                    ),
-                    terminated(0, "Completed", None, since),
-                ),
-                Outcome::OomKilled => (
-                    "Failed",
-                    terminated(137, "OOMKilled", None, since),
-                    terminated(0, "Completed", None, since),
-                ),
-                Outcome::Evicted { message } => {
-                    status.reason = Some("Evicted".to_owned());
-                    status.message = Some(message.clone());
-                    (
-                        "Failed",
-                        terminated(137, "Error", None, since),
-                        terminated(137, "Error", None, since),
-                    )
-                }
-                Outcome::DeadlineExceeded => {
-                    status.reason = Some("DeadlineExceeded".to_owned());
-                    status.message = Some(
-                        "Pod was active on the node longer than the specified deadline".to_owned(),
-                    );
-                    (
-                        "Failed",
-                        terminated(137, "Error", None, since),
-                        terminated(137, "Error", None, since),
-                    )
-                }
-            };
-            status.phase = Some(phase.to_owned());
-            let mut conditions = vec![
-                condition("PodReadyToStartContainers", false, None),
-                condition("Initialized", true, None),
-                condition("Ready", false, Some("PodCompleted")),
-                condition("ContainersReady", false, Some("PodCompleted")),
-                condition("PodScheduled", true, None),
-            ];
-            if matches!(outcome, Outcome::Evicted { .. }) {
-                let mut disruption =
-                    condition("DisruptionTarget", true, Some("TerminationByKubelet"));
-                disruption.message = status.message.clone();
-                conditions.push(disruption);
-            }
-            status.conditions = Some(conditions);
-            status.container_statuses = Some(
-                spec.containers
-                    .iter()
-                    .enumerate()
-                    .map(|(index, c)| {
-                        let state = if index == 0 {
-                            first.clone()
-                        } else {
-                            others.clone()
-                        };
-                        container(&c.name, c.image.as_deref().unwrap_or(""), state, false)
-                    })
-                    .collect(),
-            );
-        }
-    }
-    status
-}
-
-/// Registers [`NODE_NAME`] as a Ready, untainted node (idempotent: every kubelet of the
-/// test binary shares it). Without the node lifecycle controller nothing marks it
-/// NotReady, so no heartbeat is needed.
-async fn register_node(client: &Client) {
-    let nodes = Api::<Node>::all(client.clone());
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "name": NODE_NAME,
-            "labels": {
-                "kubernetes.io/hostname": NODE_NAME,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "kiln.dev/test-node": "true",
-            },
-        },
-    }))
-    .expect("a Node");
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => return,
-        Err(err) => panic!("registering the test node {NODE_NAME}: {err}"),
-    }
-    // Admission taints a new node not-ready; a kubelet's node lifecycle would lift it.
-    let untaint = serde_json::json!({ "spec": { "taints": null } });
-    nodes
-        .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&untaint))
-        .await
-        .unwrap_or_else(|err| panic!("untainting the test node {NODE_NAME}: {err}"));
-    let now = Timestamp::now().to_string();
-    let capacity = serde_json::json!({
-        "cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi",
-    });
-    let condition = |kind: &str, status: &str, reason: &str| {
-        serde_json::json!({
-            "type": kind, "status": status, "reason": reason,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        })
-    };
-    let status = serde_json::json!({ "status": {
-        "conditions": [
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID"),
-            condition("Ready", "True", "KubeletReady"),
-        ],
-        "addresses": [
-            { "type": "InternalIP", "address": NODE_IP },
-            { "type": "Hostname", "address": NODE_NAME },
-        ],
-        "capacity": capacity,
-        "allocatable": capacity,
-        "nodeInfo": {
-            "machineID": "kiln-test", "systemUUID": "kiln-test", "bootID": "kiln-test",
-            "kernelVersion": "6.1.0", "osImage": "kiln test kubelet (no containers run)",
-            "containerRuntimeVersion": "kiln-test://0", "kubeletVersion": "v1.36.4",
-            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
-        },
-    }});
-    nodes
-        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap_or_else(|err| panic!("marking the test node {NODE_NAME} Ready: {err}"));
 }
 
 /// Waits until the pod `name` satisfies `done`, returning it; panics after `timeout` with
