@@ -84,6 +84,8 @@ build() {
   log "listing packages, downloading modules when missing (GOMODCACHE=$("$GO_BIN" env GOMODCACHE))"
   total="$(cd "$MODULE_DIR" && "$GO_BIN" list -mod=readonly -deps . | wc -l)" || die "go list failed"
   log "compiling up to $total packages (GOCACHE=$GOCACHE; a cold build takes minutes)"
+  # We hold the lock: any other build directory is a leftover of a killed build.
+  rm -rf "$CACHE_ROOT"/.build.*
   tmp="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")"
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT

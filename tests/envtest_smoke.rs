@@ -449,8 +449,10 @@ fn process_alive(pid: u32) -> bool {
 }
 
 #[tokio::test]
-async fn dropping_a_control_plane_stops_every_server_and_removes_its_files() {
-    let Some(cp) = ControlPlane::start().await else {
+async fn private_control_plane_collects_dependents_of_preinstalled_kinds_and_stops_on_drop() {
+    // CRDs installed before kube-controller-manager starts are watched by its garbage
+    // collector from the start, as the shared control plane does with crds/.
+    let Some(cp) = ControlPlane::start_with_crds(vec![WIDGET_CRD.to_owned()]).await else {
         return;
     };
     let pids = cp.pids();
@@ -461,10 +463,46 @@ async fn dropping_a_control_plane_stops_every_server_and_removes_its_files() {
         "etcd, kube-apiserver, kube-controller-manager"
     );
     assert!(pids.iter().all(|&pid| process_alive(pid)));
-    cp.client()
-        .apiserver_version()
+
+    let client = cp.client();
+    let ns = cluster::create_namespace(&client, "private-gc").await;
+    let owner = cluster::apply_yaml(&client, &widget("owner", 1, 2), Some(&ns))
         .await
-        .expect("the private API server answers");
+        .expect("the preinstalled CRD serves Widgets");
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let mut dependent = config_map("dependent");
+    dependent.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "smoke.kiln.dev/v1".to_owned(),
+        kind: "Widget".to_owned(),
+        name: "owner".to_owned(),
+        uid: owner[0].uid().expect("a stored object has a UID"),
+        ..OwnerReference::default()
+    }]);
+    config_maps
+        .create(&PostParams::default(), &dependent)
+        .await
+        .expect("create the dependent");
+    let (resource, _) = kube::discovery::pinned_kind(
+        &client,
+        &kube::core::GroupVersionKind::gvk("smoke.kiln.dev", "v1", "Widget"),
+    )
+    .await
+    .expect("discover Widget");
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
+        .delete("owner", &DeleteParams::background())
+        .await
+        .expect("delete the Widget");
+    let began = std::time::Instant::now();
+    cluster::wait_until("the Widget's dependent to be collected", WAIT, || async {
+        config_maps
+            .get_opt("dependent")
+            .await
+            .expect("get dependent")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    println!("dependent of a Widget collected in {:?}", began.elapsed());
 
     drop(cp);
     let alive: Vec<u32> = pids.into_iter().filter(|&pid| process_alive(pid)).collect();

@@ -205,8 +205,8 @@ pub async fn apply_file(
 }
 
 /// Waits until the CustomResourceDefinition `name` is Established (its API served);
-/// panics with its conditions after `timeout`.
-pub async fn wait_for_crd_established(client: &Client, name: &str, timeout: Duration) {
+/// after `timeout`, says why not, with its conditions.
+pub async fn crd_established(client: &Client, name: &str, timeout: Duration) -> Result<(), String> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let established = kube::runtime::wait::await_condition(
         api.clone(),
@@ -214,8 +214,8 @@ pub async fn wait_for_crd_established(client: &Client, name: &str, timeout: Dura
         kube::runtime::wait::conditions::is_crd_established(),
     );
     match tokio::time::timeout(timeout, established).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => panic!("watching CRD {name}: {err}"),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("watching CRD {name}: {err}")),
         Err(_) => {
             let conditions = api
                 .get_opt(name)
@@ -224,7 +224,16 @@ pub async fn wait_for_crd_established(client: &Client, name: &str, timeout: Dura
                 .flatten()
                 .and_then(|crd| crd.status)
                 .and_then(|status| status.conditions);
-            panic!("CRD {name} not Established after {timeout:?}; conditions: {conditions:?}");
+            Err(format!(
+                "CRD {name} not Established after {timeout:?}; conditions: {conditions:?}"
+            ))
         }
+    }
+}
+
+/// [`crd_established`], panicking when it is not.
+pub async fn wait_for_crd_established(client: &Client, name: &str, timeout: Duration) {
+    if let Err(why) = crd_established(client, name, timeout).await {
+        panic!("{why}");
     }
 }

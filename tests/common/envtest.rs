@@ -60,6 +60,7 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use super::cluster;
 pub use audit::AuditEvent;
 use servers::{Layout, Ports};
 
@@ -75,6 +76,7 @@ const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 // Generous: a cold kube-apiserver builds its OpenAPI and RBAC bootstrap on two busy cores.
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 
 /// Why a control plane is unavailable or did not start.
@@ -115,6 +117,10 @@ pub enum EnvtestError {
         /// The end of that log.
         tail: String,
     },
+    /// A CustomResourceDefinition to install before kube-controller-manager starts was
+    /// rejected or never became Established.
+    #[error("installing CRDs before kube-controller-manager: {0}")]
+    Preinstall(String),
     /// The admin kubeconfig written by `kiln-envtest pki` could not be loaded.
     #[error("loading the admin kubeconfig {path}: {source}")]
     Kubeconfig {
@@ -213,7 +219,9 @@ fn is_executable(path: &Path) -> bool {
 
 // --- the shared control plane --------------------------------------------------------------
 
-/// The control plane shared by every test of this test binary, started on first use.
+/// The control plane shared by every test of this test binary, started on first use,
+/// with the repository's `crds/` installed before kube-controller-manager starts (see
+/// [`repository_crds`]).
 ///
 /// Returns `None` when the binary is unavailable (no Go toolchain, failed build) and
 /// `KILN_REQUIRE_ENVTEST` is not `1`: the reason is printed, and the test should return
@@ -224,7 +232,7 @@ pub async fn shared() -> Option<&'static ControlPlane> {
     let test = current_test();
     let binary = available_binary(&test).await?;
     let outcome = tokio::task::spawn_blocking(move || {
-        SHARED.get_or_init(|| ControlPlane::start_in_thread(binary))
+        SHARED.get_or_init(|| ControlPlane::start_in_thread(binary, repository_crds()))
     })
     .await
     .expect("starting the shared control plane panicked");
@@ -279,9 +287,16 @@ impl ControlPlane {
     /// after printing why when the binary is unavailable and not required, and panics
     /// when the control plane does not start.
     pub async fn start() -> Option<Self> {
+        Self::start_with_crds(Vec::new()).await
+    }
+
+    /// [`ControlPlane::start`], installing the CRDs of `crds` (YAML documents) before
+    /// kube-controller-manager starts, so that its garbage collector watches their kinds
+    /// from the start (see [`shared`]).
+    pub async fn start_with_crds(crds: Vec<String>) -> Option<Self> {
         let test = current_test();
         let binary = available_binary(&test).await?;
-        let started = tokio::task::spawn_blocking(move || Self::start_in_thread(binary))
+        let started = tokio::task::spawn_blocking(move || Self::start_in_thread(binary, crds))
             .await
             .expect("starting a control plane panicked");
         match started {
@@ -292,19 +307,19 @@ impl ControlPlane {
 
     /// Starts on a thread of its own: start-up runs a small runtime of its own, which
     /// must not be nested in a caller's.
-    fn start_in_thread(binary: PathBuf) -> Result<Self, EnvtestError> {
-        std::thread::spawn(move || Self::start_blocking(&binary))
+    fn start_in_thread(binary: PathBuf, crds: Vec<String>) -> Result<Self, EnvtestError> {
+        std::thread::spawn(move || Self::start_blocking(&binary, &crds))
             .join()
             .expect("the control-plane starter thread panicked")
     }
 
     /// Starts the three servers, retrying with fresh ports when another process took one
     /// between our choosing it and a server binding it.
-    fn start_blocking(binary: &Path) -> Result<Self, EnvtestError> {
+    fn start_blocking(binary: &Path, crds: &[String]) -> Result<Self, EnvtestError> {
         install_crypto_provider();
         let mut attempt = 1;
         loop {
-            match Self::try_start(binary) {
+            match Self::try_start(binary, crds) {
                 Err(err) if attempt < START_ATTEMPTS && err.is_port_clash() => {
                     say(&format!("a port was taken, retrying with others: {err}"));
                     attempt += 1;
@@ -314,7 +329,7 @@ impl ControlPlane {
         }
     }
 
-    fn try_start(binary: &Path) -> Result<Self, EnvtestError> {
+    fn try_start(binary: &Path, crds: &[String]) -> Result<Self, EnvtestError> {
         let began = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("kiln-envtest-")
@@ -378,6 +393,10 @@ impl ControlPlane {
         })?;
         let apiserver_took = apiserver_began.elapsed();
 
+        let crds_began = Instant::now();
+        runtime.block_on(preinstall(&client, crds))?;
+        let crds_took = crds_began.elapsed();
+
         // Ready once the serviceaccount controller, under its own token and bootstrap
         // role, has created the `default` namespace's ServiceAccount: that proves its
         // authentication, RBAC and informers all work.
@@ -396,11 +415,13 @@ impl ControlPlane {
         plane.started_in = began.elapsed();
         say(&format!(
             "control plane at {} ready in {:.1}s (etcd {:.1}s, kube-apiserver {:.1}s, \
-             kube-controller-manager {:.1}s); files in {}",
+             {} CRD files {:.1}s, kube-controller-manager {:.1}s); files in {}",
             plane.server_url(),
             plane.started_in.as_secs_f64(),
             etcd_took.as_secs_f64(),
             apiserver_took.as_secs_f64(),
+            crds.len(),
+            crds_took.as_secs_f64(),
             controller_manager_took.as_secs_f64(),
             plane.dir().display(),
         ));
@@ -578,6 +599,61 @@ async fn load_config(kubeconfig: &Path) -> Result<Config, EnvtestError> {
         .map_err(kubeconfig_error)?;
     config.default_namespace = "default".to_owned();
     Ok(config)
+}
+
+/// The YAML files in the repository's `crds/` directory (sorted by name; none when it
+/// does not exist): the shared control plane installs them before kube-controller-manager
+/// starts.
+///
+/// Why: the garbage collector learns of new kinds through discovery every 30 seconds
+/// (hard-coded in kube-controller-manager). Objects owned by a custom resource whose CRD
+/// was installed after it started are collected only after that resync, up to ~40 s late
+/// (measured); CRDs installed before it starts are watched from the first moment, as in a
+/// cluster where Helm installed the CRDs before anything used them.
+fn repository_crds() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect()
+}
+
+/// Applies `crds` and waits until every CRD among them is Established.
+async fn preinstall(client: &Client, crds: &[String]) -> Result<(), EnvtestError> {
+    let mut names = Vec::new();
+    for yaml in crds {
+        let applied = cluster::apply_yaml(client, yaml, None)
+            .await
+            .map_err(|err| EnvtestError::Preinstall(err.to_string()))?;
+        names.extend(
+            applied
+                .iter()
+                .filter(|object| {
+                    object
+                        .types
+                        .as_ref()
+                        .is_some_and(|types| types.kind == "CustomResourceDefinition")
+                })
+                .filter_map(|object| object.metadata.name.clone()),
+        );
+    }
+    for name in names {
+        cluster::crd_established(client, &name, CRD_ESTABLISHED_TIMEOUT)
+            .await
+            .map_err(EnvtestError::Preinstall)?;
+    }
+    Ok(())
 }
 
 /// Makes ring the process's TLS provider (once; later calls are no-ops). The test build
