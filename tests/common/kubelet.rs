@@ -34,7 +34,7 @@ mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -88,9 +88,14 @@ impl TestKubelet {
         Self { task, journal }
     }
 
-    /// The unexpected API errors met so far (a test asserts there are none).
+    /// The unexpected API errors met so far, and whether the kubelet itself stopped (its
+    /// script panicked): a test asserts there are none.
     pub fn errors(&self) -> Vec<String> {
-        self.journal().errors.clone()
+        let mut errors = self.journal().errors.clone();
+        if self.task.is_finished() {
+            errors.push("the test kubelet stopped: did its script panic?".to_owned());
+        }
+        errors
     }
 
     /// The pods it has started driving, in order.
@@ -98,10 +103,8 @@ impl TestKubelet {
         self.journal().pods.clone()
     }
 
-    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
-        self.journal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
     }
 }
 
@@ -112,12 +115,15 @@ impl Drop for TestKubelet {
     }
 }
 
-fn record_error(journal: &Mutex<Journal>, error: String) {
+/// The journal, even after a pod task panicked while holding it: it is only appended to.
+fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
     journal
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .errors
-        .push(error);
+}
+
+fn record_error(journal: &Mutex<Journal>, error: String) {
+    lock(journal).errors.push(error);
 }
 
 async fn run<F>(pods: Api<Pod>, script: Arc<F>, journal: Arc<Mutex<Journal>>)
@@ -136,9 +142,11 @@ where
         let pod = match event {
             Ok(Event::Apply(pod) | Event::InitApply(pod)) => pod,
             Ok(Event::Delete(pod)) => {
-                if let Some(task) = driving.remove(&pod.uid().unwrap_or_default()) {
+                let uid = pod.uid().unwrap_or_default();
+                if let Some(task) = driving.remove(&uid) {
                     task.abort();
                 }
+                terminating.remove(&uid);
                 continue;
             }
             Ok(Event::Init | Event::InitDone) => continue,
@@ -171,11 +179,7 @@ where
             continue;
         }
         let chosen = script(&pod);
-        journal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pods
-            .push(pod.name_any());
+        lock(&journal).pods.push(pod.name_any());
         let (pods, journal) = (pods.clone(), Arc::clone(&journal));
         let task = tasks.spawn(async move {
             match drive(&pods, &pod, &chosen).await {
@@ -240,10 +244,22 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         status(pod, &Stage::Pending { started: &started }, &now()),
     )
     .await?;
-    tokio::time::sleep(script.pending_for).await;
+    let ip = pod_ip();
+    let pending_until = tokio::time::Instant::now() + script.pending_for;
+    if let Some(deadline) = deadline.filter(|deadline| *deadline <= pending_until) {
+        // Past its deadline before it ever ran.
+        tokio::time::sleep_until(deadline).await;
+        let ended = Stage::Ended {
+            started: &started,
+            since: &started,
+            ip: &ip,
+            outcome: &Outcome::DeadlineExceeded,
+        };
+        return write_status(pods, pod, status(pod, &ended, &now())).await;
+    }
+    tokio::time::sleep_until(pending_until).await;
 
     let running_since = now();
-    let ip = pod_ip();
     let running = Stage::Running {
         started: &started,
         since: &running_since,
