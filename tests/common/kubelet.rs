@@ -49,6 +49,8 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinSet;
 
+// Re-exported for the test files, each of which uses its own subset.
+#[allow(unused_imports)]
 pub use script::{Gate, Outcome, Script, buildkit_metadata};
 use status::{Stage, status};
 
