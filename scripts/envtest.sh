@@ -139,9 +139,10 @@ cmd_prune() {
   local keep
   keep="$(key_dir)"
   for dir in "$CACHE_ROOT"/k8s-*; do
-    [ -d "$dir" ] && [ "$dir" != "$keep" ] || continue
-    log "removing $dir"
-    rm -rf "$dir"
+    if [ -d "$dir" ] && [ "$dir" != "$keep" ]; then
+      log "removing $dir"
+      rm -rf "$dir"
+    fi
   done
 }
 
