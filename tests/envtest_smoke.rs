@@ -35,6 +35,19 @@ fn config_map(name: &str) -> ConfigMap {
     }
 }
 
+/// The ConfigMap `dependent`, owned by the object `owner` of the given kind and UID.
+fn dependent_of(api_version: &str, kind: &str, uid: &str) -> ConfigMap {
+    let mut dependent = config_map("dependent");
+    dependent.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        name: "owner".to_owned(),
+        uid: uid.to_owned(),
+        ..OwnerReference::default()
+    }]);
+    dependent
+}
+
 #[tokio::test]
 async fn control_plane_serves_namespaces_and_audits_writes() {
     let Some(cp) = envtest::shared().await else {
@@ -205,14 +218,7 @@ async fn controller_manager_garbage_collects_dependents_of_a_deleted_owner() {
         .create(&PostParams::default(), &config_map("owner"))
         .await
         .expect("create the owner");
-    let mut dependent = config_map("dependent");
-    dependent.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".to_owned(),
-        kind: "ConfigMap".to_owned(),
-        name: "owner".to_owned(),
-        uid: owner.uid().expect("a stored object has a UID"),
-        ..OwnerReference::default()
-    }]);
+    let dependent = dependent_of("v1", "ConfigMap", &owner.uid().expect("a UID"));
     config_maps
         .create(&PostParams::default(), &dependent)
         .await
@@ -470,14 +476,11 @@ async fn private_control_plane_collects_dependents_of_preinstalled_kinds_and_sto
         .await
         .expect("the preinstalled CRD serves Widgets");
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let mut dependent = config_map("dependent");
-    dependent.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "smoke.kiln.dev/v1".to_owned(),
-        kind: "Widget".to_owned(),
-        name: "owner".to_owned(),
-        uid: owner[0].uid().expect("a stored object has a UID"),
-        ..OwnerReference::default()
-    }]);
+    let dependent = dependent_of(
+        "smoke.kiln.dev/v1",
+        "Widget",
+        &owner[0].uid().expect("a UID"),
+    );
     config_maps
         .create(&PostParams::default(), &dependent)
         .await
