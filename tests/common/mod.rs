@@ -7,13 +7,19 @@
 //! | [`skopeo`] | running Debian's `skopeo` against plain-HTTP registries |
 //! | [`oci_layout`] | a tiny image written by the test itself as an OCI layout directory |
 //! | [`fake_api`] | the controller's reconcile against kube-fake-client, with a test kubelet |
+//! | [`envtest`] | a real kube-apiserver, kube-controller-manager and etcd built from Go modules |
+//! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
+//! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod cut_proxy;
 pub mod docker_registry;
+pub mod envtest;
 pub mod fake_api;
+pub mod kubelet;
 pub mod oci_layout;
 pub mod skopeo;
 
