@@ -14,13 +14,16 @@
 //! | `kiln_leader` | gauge | — | 1 while this replica runs the controller |
 //!
 //! Gauges that count Builds are computed from the watch cache at scrape time, so they are
-//! never out of step with it and cost nothing between scrapes.
+//! never out of step with it and cost nothing between scrapes. Label sets are written in
+//! sorted order ([`Sorted`]), so that two scrapes of the same state are the same text; the
+//! outcomes and phases are there from the start, at zero.
 //!
 //! **Readiness.** `/readyz` answers 200 when this replica can do its job: a standby replica
 //! (leader election on, another replica leads) is ready, since it is waiting by design and a
 //! rolling update must be able to proceed past it; a replica that runs the controller is
 //! ready once its Build cache has synced. The JSON body says which, and who leads.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,11 +35,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::FutureExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -58,33 +61,85 @@ const ALL_PHASES: [Phase; 5] = [
     Phase::Cancelled,
 ];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct StepLabels {
     step: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct OrphanLabels {
     kind: String,
     reason: String,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A metric family written in the order of its label sets. prometheus-client's `Family`
+/// keeps them in a `HashMap`, whose order changes from one process to the next.
+#[derive(Debug)]
+struct Sorted<L, M> {
+    metrics: Arc<Mutex<BTreeMap<L, M>>>,
+    make: fn() -> M,
+}
+
+impl<L, M> Clone for Sorted<L, M> {
+    fn clone(&self) -> Self {
+        Self {
+            metrics: self.metrics.clone(),
+            make: self.make,
+        }
+    }
+}
+
+impl<L: Ord, M: Clone> Sorted<L, M> {
+    fn new(make: fn() -> M) -> Self {
+        Self {
+            metrics: Arc::new(Mutex::new(BTreeMap::new())),
+            make,
+        }
+    }
+
+    /// The metric of `labels` (a handle sharing its value), created on first use.
+    fn get(&self, labels: L) -> M {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.entry(labels).or_insert_with(self.make).clone()
+    }
+}
+
+impl<L, M: TypedMetric> TypedMetric for Sorted<L, M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<L, M> EncodeMetric for Sorted<L, M>
+where
+    L: Ord + EncodeLabelSet + std::fmt::Debug,
+    M: EncodeMetric + TypedMetric,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        for (labels, metric) in metrics.iter() {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
 
 /// What this replica does, as far as leader election goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -121,13 +176,13 @@ pub struct Readiness {
 /// [`ReconcileObserver`]), the leader election and the HTTP server.
 pub struct Metrics {
     registry: Registry,
-    reconciles: Family<OutcomeLabels, Counter>,
+    reconciles: Sorted<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
-    api_errors: Family<StepLabels, Counter>,
-    builds: Family<PhaseLabels, Gauge>,
-    build_duration: HistogramFamily<ResultLabels>,
+    api_errors: Sorted<StepLabels, Counter>,
+    builds: Sorted<PhaseLabels, Gauge>,
+    build_duration: Sorted<ResultLabels, Histogram>,
     queue_depth: Gauge,
-    orphans: Family<OrphanLabels, Counter>,
+    orphans: Sorted<OrphanLabels, Counter>,
     leader: Gauge,
     state: Mutex<HealthState>,
 }
@@ -155,7 +210,10 @@ impl Metrics {
     /// without leader election (see [`Metrics::set_role`]).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kiln");
-        let reconciles = Family::<OutcomeLabels, Counter>::default();
+        let reconciles = Sorted::<OutcomeLabels, Counter>::new(Counter::default);
+        for outcome in ["applied", "unchanged", "failed"] {
+            reconciles.get(OutcomeLabels { outcome });
+        }
         registry.register(
             "reconciles",
             "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
@@ -168,21 +226,27 @@ impl Metrics {
             "Time of one reconcile, including the wait for its concurrency group's lock",
             reconcile_duration.clone(),
         );
-        let api_errors = Family::<StepLabels, Counter>::default();
+        let api_errors = Sorted::<StepLabels, Counter>::new(Counter::default);
         registry.register(
             "api_errors",
             "Reconciles that failed, by the step (API call) that failed",
             api_errors.clone(),
         );
-        let builds = Family::<PhaseLabels, Gauge>::default();
+        let builds = Sorted::<PhaseLabels, Gauge>::new(Gauge::default);
+        for phase in ALL_PHASES {
+            builds.get(PhaseLabels {
+                phase: phase.as_str(),
+            });
+        }
         registry.register(
             "builds",
             "Builds in the controller's cache, by phase (no status yet counts as Pending)",
             builds.clone(),
         );
         // 5 s to about 11 h.
-        let build_duration: HistogramFamily<ResultLabels> =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(5.0, 2.0, 14)));
+        let build_duration = Sorted::<ResultLabels, Histogram>::new(|| {
+            Histogram::new(exponential_buckets(5.0, 2.0, 14))
+        });
         registry.register(
             "build_duration_seconds",
             "Time from a run's first attempt to its completion, by result",
@@ -194,7 +258,7 @@ impl Metrics {
             "Builds waiting for another Build of their concurrency group (reason Queued)",
             queue_depth.clone(),
         );
-        let orphans = Family::<OrphanLabels, Counter>::default();
+        let orphans = Sorted::<OrphanLabels, Counter>::new(Counter::default);
         registry.register(
             "orphans_collected",
             "Objects the garbage collector removed, by kind and reason",
@@ -243,7 +307,7 @@ impl Metrics {
     /// that the garbage collector removed for `reason` (`BuildGone`, `TTLExpired`, …).
     pub fn orphans_collected(&self, kind: &str, reason: &str, count: u64) {
         self.orphans
-            .get_or_create(&OrphanLabels {
+            .get(OrphanLabels {
                 kind: kind.to_owned(),
                 reason: reason.to_owned(),
             })
@@ -286,7 +350,7 @@ impl Metrics {
             .unwrap_or_default();
         for (phase, count) in ALL_PHASES.iter().zip(counts.by_phase) {
             self.builds
-                .get_or_create(&PhaseLabels {
+                .get(PhaseLabels {
                     phase: phase.as_str(),
                 })
                 .set(count);
@@ -327,20 +391,18 @@ impl ReconcileObserver for Metrics {
             Outcome::Applied { .. } => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Failed { step } => {
-                self.api_errors.get_or_create(&StepLabels { step }).inc();
+                self.api_errors.get(StepLabels { step }).inc();
                 "failed"
             }
         };
-        self.reconciles
-            .get_or_create(&OutcomeLabels { outcome: label })
-            .inc();
+        self.reconciles.get(OutcomeLabels { outcome: label }).inc();
         self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
     fn finished(&self, _build: &ObjectRef<Build>, phase: Phase, duration: Option<Duration>) {
         if let Some(duration) = duration {
             self.build_duration
-                .get_or_create(&ResultLabels {
+                .get(ResultLabels {
                     result: phase.as_str(),
                 })
                 .observe(duration.as_secs_f64());
@@ -488,6 +550,69 @@ mod tests {
         }
         // A run without a start time is not observed as a zero-length build.
         assert!(!text.contains("result=\"Failed\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_on_a_socket_until_shutdown() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics, async move {
+            let _ = stopped.await;
+        }));
+        crate::tls::install_crypto_provider();
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], OPENMETRICS_CONTENT_TYPE);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("kiln_reconciles"), "{text}");
+        // A taken port is an error that names the flag.
+        let error = bind(addr).await.unwrap_err();
+        assert!(error.to_string().contains("--http-addr"), "{error}");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn label_sets_are_written_in_order_and_outcomes_start_at_zero() {
+        let metrics = Metrics::new();
+        metrics.orphans_collected("Pod", "TTLExpired", 1);
+        metrics.orphans_collected("ConfigMap", "BuildGone", 1);
+        metrics.orphans_collected("Pod", "BuildGone", 1);
+        let text = metrics.encode().unwrap();
+        let lines = |prefix: &str| -> Vec<&str> {
+            text.lines().filter(|l| l.starts_with(prefix)).collect()
+        };
+        assert_eq!(
+            lines("kiln_orphans_collected_total{"),
+            [
+                "kiln_orphans_collected_total{kind=\"ConfigMap\",reason=\"BuildGone\"} 1",
+                "kiln_orphans_collected_total{kind=\"Pod\",reason=\"BuildGone\"} 1",
+                "kiln_orphans_collected_total{kind=\"Pod\",reason=\"TTLExpired\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines("kiln_reconciles_total{"),
+            [
+                "kiln_reconciles_total{outcome=\"applied\"} 0",
+                "kiln_reconciles_total{outcome=\"failed\"} 0",
+                "kiln_reconciles_total{outcome=\"unchanged\"} 0",
+            ]
+        );
+        assert_eq!(
+            lines("kiln_builds{"),
+            [
+                "kiln_builds{phase=\"Cancelled\"} 0",
+                "kiln_builds{phase=\"Failed\"} 0",
+                "kiln_builds{phase=\"Pending\"} 0",
+                "kiln_builds{phase=\"Running\"} 0",
+                "kiln_builds{phase=\"Succeeded\"} 0",
+            ]
+        );
+        assert_eq!(text, metrics.encode().unwrap());
     }
 
     #[test]
