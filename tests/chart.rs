@@ -1159,3 +1159,66 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
         .expect("a clean stop");
     assert_eq!(holder(leases.get("kiln-controller").await.unwrap()), None);
 }
+
+// --- the image -----------------------------------------------------------------------------
+
+/// The Kiln image's dependency layer (`cargo fetch` before the sources are copied) gets
+/// every file Cargo.toml names, or cargo cannot even read the manifest there; and the
+/// build context keeps them (`Dockerfile.dockerignore`).
+#[test]
+fn the_image_fetches_dependencies_with_every_file_the_manifest_names() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(ROOT).join("config/image/Dockerfile")).unwrap();
+    let before_fetch = &dockerfile[..dockerfile.find("cargo fetch").expect("a cargo fetch step")];
+    let copied: Vec<&str> = before_fetch
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    let mut named = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    let mut section = String::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.to_owned();
+        } else if let Some(value) = line.strip_prefix("path = ") {
+            named.push(value.trim_matches('"').to_owned());
+        } else if let Some(value) = line.strip_prefix("name = ")
+            && section == "[[bench]]"
+        {
+            named.push(format!("benches/{}.rs", value.trim_matches('"')));
+        }
+    }
+    assert!(named.len() > 2, "no bench targets found in Cargo.toml");
+    for file in &named {
+        assert!(
+            Path::new(ROOT).join(file).is_file(),
+            "{file} does not exist"
+        );
+        assert!(
+            copied
+                .iter()
+                .any(|c| file == c || file.starts_with(&format!("{}/", c.trim_end_matches('/')))),
+            "Cargo.toml names {file}, but the Dockerfile copies only {copied:?} before `cargo fetch`"
+        );
+    }
+    let ignored =
+        std::fs::read_to_string(Path::new(ROOT).join("config/image/Dockerfile.dockerignore"))
+            .unwrap();
+    for pattern in ignored
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        for file in named.iter().map(String::as_str).chain(["src/main.rs"]) {
+            assert!(
+                !file.starts_with(pattern.trim_end_matches('/')),
+                "the build context ignores {pattern}, which holds {file}"
+            );
+        }
+    }
+}
