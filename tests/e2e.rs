@@ -531,21 +531,20 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
             },
         })
     };
-    let finished = |b: &Build| phase(b).is_some_and(|p| p.is_terminal());
-    scene.apply(build("first")).await.expect("create first");
-    let first = scene
-        .wait("first", Duration::from_secs(600), finished)
-        .await;
-    if phase(&first) != Some(Phase::Succeeded) {
-        scene.diagnose("first").await;
+    let mut done = Vec::new();
+    for name in ["first", "second"] {
+        scene.apply(build(name)).await.expect("create the Build");
+        let finished = scene
+            .wait(name, Duration::from_secs(600), |b| {
+                phase(b).is_some_and(|p| p.is_terminal())
+            })
+            .await;
+        if phase(&finished) != Some(Phase::Succeeded) {
+            scene.diagnose(name).await;
+        }
+        done.push(finished);
     }
-    scene.apply(build("second")).await.expect("create second");
-    let second = scene
-        .wait("second", Duration::from_secs(600), finished)
-        .await;
-    if phase(&second) != Some(Phase::Succeeded) {
-        scene.diagnose("second").await;
-    }
+    let [first, second] = <[Build; 2]>::try_from(done).expect("two Builds");
     let first_log = last_attempt_log(&scene, &first).await;
     let second_log = last_attempt_log(&scene, &second).await;
     let leftovers = scene

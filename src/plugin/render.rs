@@ -502,35 +502,33 @@ mod tests {
             Some(1),
             at(100),
         );
-        status.attempts = vec![
-            AttemptRecord {
-                attempt: 1,
-                pod_name: format!("{name}-1"),
+        let record =
+            |attempt: u32, start: i64, result, reason, message: Option<&str>| AttemptRecord {
+                attempt,
+                pod_name: format!("{name}-{attempt}"),
                 pod_uid: None,
                 generation: 1,
-                start_time: Time(at(10)),
-                completion_time: Some(Time(at(40))),
-                result: Some(AttemptResult::Failed),
-                reason: Some(Reason::PodEvicted),
-                message: Some("The node was low on memory.".into()),
-                digest: None,
-            },
-            AttemptRecord {
-                attempt: 2,
-                pod_name: format!("{name}-2"),
-                pod_uid: None,
-                generation: 1,
-                start_time: Time(at(50)),
-                completion_time: Some(Time(at(100))),
-                result: Some(if phase == Phase::Succeeded {
-                    AttemptResult::Succeeded
-                } else {
-                    AttemptResult::Failed
-                }),
+                start_time: Time(at(start)),
+                completion_time: Some(Time(at(start + 30 + 20 * i64::from(attempt - 1)))),
+                result: Some(result),
                 reason: Some(reason),
-                message: None,
-                digest: (phase == Phase::Succeeded).then(|| DIGEST.to_owned()),
-            },
+                message: message.map(str::to_owned),
+                digest: (result == AttemptResult::Succeeded).then(|| DIGEST.to_owned()),
+            };
+        let last = if phase == Phase::Succeeded {
+            AttemptResult::Succeeded
+        } else {
+            AttemptResult::Failed
+        };
+        status.attempts = vec![
+            record(
+                1,
+                10,
+                AttemptResult::Failed,
+                Reason::PodEvicted,
+                Some("The node was low on memory."),
+            ),
+            record(2, 50, last, reason, None),
         ];
         if phase == Phase::Succeeded {
             status.output = Some(OutputStatus {
