@@ -343,6 +343,16 @@ const PENDING_FLAGS: &[(&str, &str, &str, Kind)] = &[
     ("cache serve", "--keep-duration", "serve", Kind::Duration),
 ];
 
+/// Flags (of either command) whose value is a file the container must have mounted.
+const FILE_FLAGS: &[&str] = &[
+    "--cache-admin-token-file",
+    "--cache-token-key-file",
+    "--root",
+    "--mirror-credentials",
+    "--token-key",
+    "--admin-token-file",
+];
+
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     File,
@@ -472,11 +482,7 @@ fn assert_files_mounted(objects: &[Value], object: &Value, container: &Value) {
             )
         })
         .collect();
-    let files = PENDING_FLAGS
-        .iter()
-        .filter(|(.., kind)| matches!(kind, Kind::File))
-        .map(|(_, flag, ..)| *flag);
-    for flag in files {
+    for flag in FILE_FLAGS {
         for path in flag_values(&args(container), flag) {
             let (dir, volume) = mounts
                 .iter()
@@ -907,6 +913,8 @@ fn values_the_schema_rejects_fail_the_render_with_the_field_named() {
         ("controller.replicaz=3", "/controller"),
         ("logFormat=xml", "/logFormat"),
         ("controller.extraArgs[0]=-v", "/controller/extraArgs/0"),
+        // Two replicas without leader election would both reconcile.
+        ("controller.leaderElection.enabled=false", "leader election"),
     ] {
         let output = Command::new(&helm)
             .args(["template", "kiln", CHART, "--set", set])
