@@ -1028,6 +1028,11 @@ mod one_pod_per_attempt {
                     | Action::WriteStatus(_)
                     | Action::CreateConfigMap(_)
                     | Action::DeleteConfigMap { .. }
+                    | Action::CreateCacheSecret { .. }
+                    | Action::DeleteSecret { .. }
+                    | Action::PutLease { .. }
+                    | Action::ReleaseLease { .. }
+                    | Action::DeleteCacheTag { .. }
                     | Action::Event(_) => {}
                 }
             }
