@@ -11,8 +11,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
-
 use super::context::Context;
 use super::decide::backoff;
 use super::ledger::CacheCall;
@@ -60,17 +58,19 @@ pub async fn put_lease(
         targets: targets.to_vec(),
         ttl_seconds: ttl.as_secs(),
     };
+    // The lease holds at least until `ttl` after the request was sent, by this process's
+    // clock: what renewals are timed by, whatever the cache service's clock says.
+    let sent = ctx.clock.now();
     let result = bounded(ctx, |admin| async move {
         let lease = LeaseName::parse(name)?;
         Ok(admin.put_lease(&lease, &request).await?)
     })
     .await;
-    let now = ctx.clock.now();
     match result {
         Ok(response) => {
-            let until = Timestamp::from_second(i64::try_from(response.expires_at).unwrap_or(0))
-                .unwrap_or_else(|_| super::retention::after(now, ttl));
-            ctx.ledger.held(name, until, response.digests, now);
+            let until = super::retention::after(sent, ttl);
+            ctx.ledger
+                .held(name, until, response.digests, ctx.clock.now());
             ctx.gc_observer.cache_call(call, true);
             None
         }

@@ -384,10 +384,22 @@ mod tests {
             "--retry-backoff=5s",
             "--max-inline-context=64KiB",
             "--builder-memory-request=2Gi",
+            "--succeeded-pod-ttl=10m",
+            "--failed-pod-ttl=7d",
+            "--attempt-history=3",
+            "--sweep-interval=5m",
+            "--cache-admin-token-file=/var/run/kiln/admin-token",
+            "--cache-token-key-file=/var/run/kiln/token-key",
         ])
         .unwrap()
         .args
         .into_config();
+        assert_eq!(config.succeeded_pod_ttl, Duration::from_secs(600));
+        assert_eq!(config.failed_pod_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.attempt_history, 3);
+        assert_eq!(config.sweep_interval, Duration::from_secs(300));
+        // Turned on by the context once the files are read, not by the flags alone.
+        assert!(!config.cache_leases && !config.cache_tokens);
         assert_eq!(config.namespace.as_deref(), Some("builds"));
         assert!(config.cache_service.unwrap().plain_http);
         assert_eq!(
@@ -400,6 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_client_reads_a_trimmed_token_and_refuses_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = CacheService::parse("http://kiln-cache:5000").unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(matches!(
+            admin_client(&path, &service),
+            Err(ControllerCliError::EmptyAdminToken(_))
+        ));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert!(admin_client(&path, &service).is_ok());
+        assert!(matches!(
+            admin_client(&dir.path().join("missing"), &service),
+            Err(ControllerCliError::ReadAdminToken { .. })
+        ));
+    }
+
+    #[test]
     fn bad_flags_are_rejected_with_a_message() {
         for bad in [
             ["kiln", "--cache-service=kiln-cache:5000"],
@@ -408,6 +438,11 @@ mod tests {
             ["kiln", "--max-inline-context=2MiB"],
             ["kiln", "--attempt-history=0"],
             ["kiln", "--plain-http-registry=http://x"],
+            ["kiln", "--sweep-interval=500ms"],
+            ["kiln", "--succeeded-pod-ttl=soon"],
+            // The cache files need the cache service.
+            ["kiln", "--cache-admin-token-file=/x"],
+            ["kiln", "--cache-token-key-file=/x"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -237,10 +237,10 @@ pub async fn run_sweeps(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receive
             Ok(_) => tracing::debug!("sweep found nothing to delete"),
             Err(error) => tracing::warn!(error = error_chain(&error), "sweep failed"),
         }
-        if sweeps % CACHE_SWEEP_EVERY == 0 {
-            if let Err(error) = sweep_cache(&ctx).await {
-                tracing::warn!(error = error_chain(&error), "cache repository sweep failed");
-            }
+        if sweeps.is_multiple_of(CACHE_SWEEP_EVERY)
+            && let Err(error) = sweep_cache(&ctx).await
+        {
+            tracing::warn!(error = error_chain(&error), "cache repository sweep failed");
         }
         sweeps += 1;
     }

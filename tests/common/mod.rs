@@ -7,6 +7,7 @@
 //! | [`skopeo`] | running Debian's `skopeo` against plain-HTTP registries |
 //! | [`oci_layout`] | a tiny image written by the test itself as an OCI layout directory |
 //! | [`fake_api`] | the controller's reconcile against kube-fake-client, with a test kubelet |
+//! | [`fake_cache`] | a stateful fake of the cache service's admin API (leases, tags, repositories) |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
@@ -14,6 +15,7 @@
 pub mod cut_proxy;
 pub mod docker_registry;
 pub mod fake_api;
+pub mod fake_cache;
 pub mod oci_layout;
 pub mod skopeo;
 
