@@ -387,57 +387,30 @@ struct ApiCalls {
     deletes: Mutex<Vec<String>>,
 }
 
-fn counting(calls: &Arc<ApiCalls>) -> interceptor::Funcs {
-    let count = |calls: &Arc<ApiCalls>| {
-        let calls = calls.clone();
-        move || {
+/// An interceptor that counts the request and lets it through (a macro: each interceptor
+/// takes its own context type, borrowed for any lifetime).
+macro_rules! pass {
+    ($calls:expr) => {{
+        let calls = $calls.clone();
+        move |_| {
             calls.total.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
         }
-    };
-    let (c1, c2, c3, c4, c5, c6, c7, c8) = (
-        count(calls),
-        count(calls),
-        count(calls),
-        count(calls),
-        count(calls),
-        count(calls),
-        count(calls),
-        count(calls),
-    );
+    }};
+}
+
+fn counting(calls: &Arc<ApiCalls>) -> interceptor::Funcs {
     let deletes = calls.clone();
     interceptor::Funcs::new()
-        .get(move |_| {
-            c1();
-            Ok(None)
-        })
-        .list(move |_| {
-            c2();
-            Ok(None)
-        })
-        .create(move |_| {
-            c3();
-            Ok(None)
-        })
-        .update(move |_| {
-            c4();
-            Ok(None)
-        })
-        .replace(move |_| {
-            c5();
-            Ok(None)
-        })
-        .patch(move |_| {
-            c6();
-            Ok(None)
-        })
-        .replace_status(move |_| {
-            c7();
-            Ok(None)
-        })
-        .delete_collection(move |_| {
-            c8();
-            Ok(None)
-        })
+        .get(pass!(calls))
+        .list(pass!(calls))
+        .create(pass!(calls))
+        .update(pass!(calls))
+        .replace(pass!(calls))
+        .patch(pass!(calls))
+        .replace_status(pass!(calls))
+        .patch_status(pass!(calls))
+        .delete_collection(pass!(calls))
         .delete(move |ctx| {
             deletes.total.fetch_add(1, Ordering::SeqCst);
             deletes

@@ -134,16 +134,12 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 }
             }
             Action::DeleteConfigMap { name } => {
-                match config_maps.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(source) => {
-                        return Err(ApplyError::DeleteConfigMap {
-                            name: name.clone(),
-                            source,
-                        });
+                delete_named(&config_maps, name).await.map_err(|source| {
+                    ApplyError::DeleteConfigMap {
+                        name: name.clone(),
+                        source,
                     }
-                }
+                })?;
             }
             Action::CreateCacheSecret {
                 name: secret_name,
@@ -163,16 +159,12 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
             }
             Action::DeleteSecret { name } => {
                 let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                match secrets.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(source) => {
-                        return Err(ApplyError::DeleteSecret {
-                            name: name.clone(),
-                            source,
-                        });
-                    }
-                }
+                delete_named(&secrets, name)
+                    .await
+                    .map_err(|source| ApplyError::DeleteSecret {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
             Action::PutLease {
                 name,
@@ -211,6 +203,18 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
         writes += 1;
     }
     Ok(writes)
+}
+
+/// Deletes `name`; gone already is done.
+async fn delete_named<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(source),
+    }
 }
 
 /// After a cache call: `true` when it succeeded (a write made); otherwise its Warning

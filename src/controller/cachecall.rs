@@ -82,23 +82,13 @@ pub async fn put_lease(
 pub async fn release_lease(ctx: &Context, name: &str) -> Option<EventSpec> {
     let result = bounded(ctx, |admin| async move {
         let lease = LeaseName::parse(name)?;
-        Ok(admin.release_lease(&lease).await?)
+        admin.release_lease(&lease).await?;
+        Ok(())
     })
     .await;
-    match result {
-        Ok(_) => {
-            ctx.ledger.done(name, ctx.clock.now());
-            ctx.gc_observer.cache_call(CacheCall::ReleaseLease, true);
-            None
-        }
-        Err(error) => failed(
-            ctx,
-            name,
-            CacheCall::ReleaseLease,
-            &error,
-            format!("releasing lease {name}"),
-        ),
-    }
+    settle(ctx, name, CacheCall::ReleaseLease, result, || {
+        format!("releasing lease {name}")
+    })
 }
 
 /// Deletes `repository:tag` (a tag that is already gone counts as deleted); `key` is its
@@ -110,22 +100,30 @@ pub async fn delete_tag(
     tag: &Tag,
 ) -> Option<EventSpec> {
     let result = bounded(ctx, |admin| async move {
-        Ok(admin.delete_tag(repository, tag).await?)
+        admin.delete_tag(repository, tag).await?;
+        Ok(())
     })
     .await;
+    settle(ctx, key, CacheCall::DeleteTag, result, || {
+        format!("deleting cache tag {repository}:{tag}")
+    })
+}
+
+/// Records the outcome of a call that is done once it succeeds.
+fn settle(
+    ctx: &Context,
+    key: &str,
+    call: CacheCall,
+    result: Result<(), CallError>,
+    what: impl FnOnce() -> String,
+) -> Option<EventSpec> {
     match result {
-        Ok(_) => {
+        Ok(()) => {
             ctx.ledger.done(key, ctx.clock.now());
-            ctx.gc_observer.cache_call(CacheCall::DeleteTag, true);
+            ctx.gc_observer.cache_call(call, true);
             None
         }
-        Err(error) => failed(
-            ctx,
-            key,
-            CacheCall::DeleteTag,
-            &error,
-            format!("deleting cache tag {repository}:{tag}"),
-        ),
+        Err(error) => failed(ctx, key, call, &error, what()),
     }
 }
 

@@ -331,7 +331,7 @@ fn admin_client(path: &Path, service: &CacheService) -> Result<AdminClient, Cont
             path.display().to_string(),
         ));
     }
-    AdminClient::new(&service.url(), token).map_err(ControllerCliError::AdminClient)
+    AdminClient::new(&service.root_url(), token).map_err(ControllerCliError::AdminClient)
 }
 
 /// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

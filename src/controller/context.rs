@@ -144,11 +144,12 @@ impl CacheService {
         })
     }
 
-    /// The URL it was given (`http[s]://host[:port][/path]`), where the admin API lives
-    /// too.
-    pub fn url(&self) -> String {
+    /// The root of its host, `http[s]://host[:port]`, where the registry API (`/v2/`) and
+    /// the admin API (`/admin/v1/`) live: a path in `--cache-service` is a prefix of
+    /// repository names, not of routes.
+    pub fn root_url(&self) -> String {
         let scheme = if self.plain_http { "http" } else { "https" };
-        format!("{scheme}://{}", self.host)
+        format!("{scheme}://{}", self.registry_host())
     }
 
     /// The registry host (without path), which BuildKit's configuration is keyed by.
@@ -421,6 +422,13 @@ mod tests {
         let tls = CacheService::parse("https://cache.example.com/kiln").unwrap();
         assert!(!tls.plain_http);
         assert_eq!(tls.registry_host(), "cache.example.com");
+        assert_eq!(tls.root_url(), "https://cache.example.com");
+        assert_eq!(
+            CacheService::parse("http://kiln-cache:5000/")
+                .unwrap()
+                .root_url(),
+            "http://kiln-cache:5000"
+        );
         for bad in ["cache:5000", "ftp://x", "http://", "http://a b"] {
             assert!(CacheService::parse(bad).is_err(), "{bad}");
         }

@@ -26,6 +26,10 @@
 //!   its pod, and writes status only when it changed.
 //! - **No hot loops.** Invalid input ends in a final phase and waits for a change; waits
 //!   (backoff, queue, deadline) requeue at the moment they end.
+//! - **Retention is announced.** An attempt that ends with a finished pod records when the
+//!   pod goes (`podRetainedUntil`, see [`retention`]); the sweeper deletes it then.
+//! - **Cache calls never block a build.** Leases are planned by [`lease`] after the status
+//!   and before the pod; their failures are warnings, retried with backoff.
 
 use std::time::Duration;
 

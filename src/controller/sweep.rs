@@ -52,36 +52,24 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, SweepError> {
     let pods: Vec<Pod> = api::<Pod>(ctx)
         .list(&labelled)
         .await
-        .map_err(|source| SweepError::List {
-            what: "pods",
-            source,
-        })?
+        .map_err(list_failed("pods"))?
         .items;
     let config_maps = api::<ConfigMap>(ctx)
         .list_metadata(&labelled)
         .await
-        .map_err(|source| SweepError::List {
-            what: "configmaps",
-            source,
-        })?
+        .map_err(list_failed("configmaps"))?
         .items;
     let secrets = api::<Secret>(ctx)
         .list_metadata(&labelled)
         .await
-        .map_err(|source| SweepError::List {
-            what: "secrets",
-            source,
-        })?
+        .map_err(list_failed("secrets"))?
         .items;
     // Last: every object listed above has its Build, and the status naming its attempt,
     // in this list.
     let builds: Vec<Build> = api::<Build>(ctx)
         .list(&ListParams::default())
         .await
-        .map_err(|source| SweepError::List {
-            what: "builds",
-            source,
-        })?
+        .map_err(list_failed("builds"))?
         .items;
 
     let now = ctx.clock.now();
@@ -178,10 +166,7 @@ pub async fn sweep_cache(ctx: &Context) -> Result<CacheSweepReport, SweepError> 
     let namespaces: BTreeSet<String> = Api::<Namespace>::all(ctx.client.clone())
         .list_metadata(&ListParams::default())
         .await
-        .map_err(|source| SweepError::List {
-            what: "namespaces",
-            source,
-        })?
+        .map_err(list_failed("namespaces"))?
         .items
         .iter()
         .map(|n| n.name_any())
@@ -244,6 +229,10 @@ pub async fn run_sweeps(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receive
         }
         sweeps += 1;
     }
+}
+
+fn list_failed(what: &'static str) -> impl FnOnce(kube::Error) -> SweepError {
+    move |source| SweepError::List { what, source }
 }
 
 /// The API of `K` in the controller's scope (one namespace, or all).

@@ -285,8 +285,16 @@ impl Harness {
         self.pods().await.iter().map(|p| p.name_any()).collect()
     }
 
-    pub async fn secret_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Api::<Secret>::namespaced(self.client.clone(), NS)
+    /// The names of every object of kind `K` in the test namespace, sorted.
+    pub async fn names<K>(&self) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let mut names: Vec<String> = Api::<K>::namespaced(self.client.clone(), NS)
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -297,16 +305,12 @@ impl Harness {
         names
     }
 
+    pub async fn secret_names(&self) -> Vec<String> {
+        self.names::<Secret>().await
+    }
+
     pub async fn config_map_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Api::<ConfigMap>::namespaced(self.client.clone(), NS)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.name_any())
-            .collect();
-        names.sort();
-        names
+        self.names::<ConfigMap>().await
     }
 
     /// The kubelet: gives pod `pod` the status of `fixture`.
