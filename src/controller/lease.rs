@@ -139,7 +139,7 @@ pub fn plan(
             plan.requeue = plan.requeue.min(wait_until(now, state.retry_at));
         } else if renew_at.is_none_or(|at| now >= at) {
             plan.actions
-                .push(put_lease(name, repository, state, config));
+                .push(put_lease(name, repository, state, now, config));
             plan.requeue = plan.requeue.min(Requeue::After(OUTCOME_RECHECK));
         } else {
             plan.requeue = plan.requeue.min(wait_until(now, renew_at));
@@ -164,10 +164,18 @@ pub fn plan(
     plan
 }
 
-fn put_lease(name: &str, repository: &str, state: &CallState, config: &Config) -> Action {
-    // A renewal pins what the first take resolved; without one (a first take, or after a
-    // restart emptied the ledger) the tag is resolved now.
-    let targets = if state.held_until.is_some() {
+fn put_lease(
+    name: &str,
+    repository: &str,
+    state: &CallState,
+    now: Timestamp,
+    config: &Config,
+) -> Action {
+    // A renewal pins what the first take resolved. Without a lease still held (a first
+    // take, a restart that emptied the ledger, a lease that lapsed while the cache service
+    // was away and whose digests may be gone) the tag is resolved again.
+    let held = state.held_until.is_some_and(|until| until > now);
+    let targets = if held {
         state
             .digests
             .iter()
@@ -183,7 +191,7 @@ fn put_lease(name: &str, repository: &str, state: &CallState, config: &Config) -
         name: name.to_owned(),
         targets,
         ttl: config.lease_ttl,
-        renewal: state.held_until.is_some(),
+        renewal: held,
     }
 }
 

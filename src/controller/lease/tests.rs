@@ -168,6 +168,29 @@ fn lease_is_renewed_at_half_its_ttl_on_the_digests_it_holds() {
 }
 
 #[test]
+fn lease_that_lapsed_while_renewals_failed_is_taken_on_the_tag_again() {
+    let build = Build::test("app");
+    let mut state = held(1000, vec![Digest::of(b"gone by now")]);
+    state.failures = 3;
+    state.retry_at = Some(at(1200));
+    let (_, plan) = run(
+        &build,
+        status(None, vec![lease(None)]),
+        &ledger(state),
+        1200,
+        &config(),
+    );
+    assert_eq!(described(&plan), ["TakeLease build-uid-app-1"]);
+    let Action::PutLease { targets, .. } = &plan.actions[0] else {
+        panic!("{plan:?}");
+    };
+    assert!(
+        matches!(targets[..], [LeaseTarget::Tag { .. }]),
+        "{targets:?}"
+    );
+}
+
+#[test]
 fn lease_calls_that_failed_wait_for_their_backoff() {
     let build = Build::test("app");
     let state = ledger(failing(60));
