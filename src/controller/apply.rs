@@ -23,7 +23,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::cachecall;
+use super::cachecall::{self, CallOutcome};
 use super::cachetoken::{attempt_secret, docker_config};
 use super::context::Context;
 use super::error::ApplyError;
@@ -172,14 +172,14 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 ttl,
                 renewal,
             } => {
-                let warning = cachecall::put_lease(ctx, name, targets, *ttl, *renewal).await;
-                if !report(ctx, build, warning).await {
+                let outcome = cachecall::put_lease(ctx, name, targets, *ttl, *renewal).await;
+                if !report(ctx, build, outcome).await {
                     continue;
                 }
             }
             Action::ReleaseLease { name } => {
-                let warning = cachecall::release_lease(ctx, name).await;
-                if !report(ctx, build, warning).await {
+                let outcome = cachecall::release_lease(ctx, name).await;
+                if !report(ctx, build, outcome).await {
                     continue;
                 }
             }
@@ -188,8 +188,8 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 repository,
                 tag,
             } => {
-                let warning = cachecall::delete_tag(ctx, key, repository, tag).await;
-                if !report(ctx, build, warning).await {
+                let outcome = cachecall::delete_tag(ctx, key, repository, tag).await;
+                if !report(ctx, build, outcome).await {
                     continue;
                 }
             }
@@ -217,13 +217,16 @@ where
     }
 }
 
-/// After a cache call: `true` when it succeeded (a write made); otherwise its Warning
-/// Event, if it is the first failure of a streak, is published.
-async fn report(ctx: &Context, build: &Build, warning: Option<EventSpec>) -> bool {
-    let Some(event) = warning else {
-        return true;
+/// After a cache call: `true` when it succeeded (a write made). A failure's Warning
+/// Event, when it is the first of a streak, is published.
+async fn report(ctx: &Context, build: &Build, outcome: CallOutcome) -> bool {
+    let warning = match outcome {
+        Ok(()) => return true,
+        Err(warning) => warning,
     };
-    if let Err(error) = publish(ctx, &build.object_ref(&()), &event).await {
+    if let Some(event) = warning
+        && let Err(error) = publish(ctx, &build.object_ref(&()), &event).await
+    {
         tracing::warn!(build = %build.name_any(), %error, "could not publish event");
     }
     false

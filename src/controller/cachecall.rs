@@ -41,6 +41,10 @@ pub enum CallError {
     Admin(#[from] AdminClientError),
 }
 
+/// How a call went: done, or failed, with the Warning Event to publish when it is the
+/// first failure of a streak.
+pub type CallOutcome = Result<(), Option<EventSpec>>;
+
 /// Takes (`renewal: false`) or renews lease `name` on `targets` for `ttl`.
 pub async fn put_lease(
     ctx: &Context,
@@ -48,7 +52,7 @@ pub async fn put_lease(
     targets: &[LeaseTarget],
     ttl: Duration,
     renewal: bool,
-) -> Option<EventSpec> {
+) -> CallOutcome {
     let call = if renewal {
         CacheCall::RenewLease
     } else {
@@ -72,14 +76,14 @@ pub async fn put_lease(
             ctx.ledger
                 .held(name, until, response.digests, ctx.clock.now());
             ctx.gc_observer.cache_call(call, true);
-            None
+            Ok(())
         }
         Err(error) => failed(ctx, name, call, &error, format!("lease {name}")),
     }
 }
 
 /// Releases lease `name` (a lease that is already gone counts as released).
-pub async fn release_lease(ctx: &Context, name: &str) -> Option<EventSpec> {
+pub async fn release_lease(ctx: &Context, name: &str) -> CallOutcome {
     let result = bounded(ctx, |admin| async move {
         let lease = LeaseName::parse(name)?;
         admin.release_lease(&lease).await?;
@@ -93,12 +97,7 @@ pub async fn release_lease(ctx: &Context, name: &str) -> Option<EventSpec> {
 
 /// Deletes `repository:tag` (a tag that is already gone counts as deleted); `key` is its
 /// ledger key.
-pub async fn delete_tag(
-    ctx: &Context,
-    key: &str,
-    repository: &RepoName,
-    tag: &Tag,
-) -> Option<EventSpec> {
+pub async fn delete_tag(ctx: &Context, key: &str, repository: &RepoName, tag: &Tag) -> CallOutcome {
     let result = bounded(ctx, |admin| async move {
         admin.delete_tag(repository, tag).await?;
         Ok(())
@@ -116,12 +115,12 @@ fn settle(
     call: CacheCall,
     result: Result<(), CallError>,
     what: impl FnOnce() -> String,
-) -> Option<EventSpec> {
+) -> CallOutcome {
     match result {
         Ok(()) => {
             ctx.ledger.done(key, ctx.clock.now());
             ctx.gc_observer.cache_call(call, true);
-            None
+            Ok(())
         }
         Err(error) => failed(ctx, key, call, &error, what()),
     }
@@ -148,18 +147,18 @@ fn failed(
     call: CacheCall,
     error: &CallError,
     what: String,
-) -> Option<EventSpec> {
+) -> CallOutcome {
     let chain = error_chain(error);
     let failures = ctx.ledger.failed(key, chain.clone(), ctx.clock.now(), |n| {
         backoff(n, &ctx.config)
     });
     ctx.gc_observer.cache_call(call, false);
     tracing::warn!(key, call = call.as_str(), failures, error = %chain, "cache admin call failed");
-    (failures == 1).then(|| {
+    Err((failures == 1).then(|| {
         EventSpec::new(
             Reason::CacheUnavailable,
             "CallCache",
             format!("{what} failed: {chain}; the build goes on, the call is retried with backoff"),
         )
-    })
+    }))
 }
