@@ -10,7 +10,10 @@
 //! | `kiln_builds` | gauge | `phase` | Builds in the controller's cache (no status yet counts as `Pending`) |
 //! | `kiln_build_duration_seconds` | histogram | `result` = `Succeeded`, `Failed`, `Cancelled` | first attempt start to completion of a run |
 //! | `kiln_queue_depth` | gauge | — | Builds waiting for their concurrency group (reason `Queued`) |
-//! | `kiln_orphans_collected_total` | counter | `kind`, `reason` | objects the garbage collector removed |
+//! | `kiln_orphans_collected_total` | counter | `kind` = `object` (a pod, ConfigMap or Secret), `cache_repository`; `reason` | what the garbage collector removed |
+//! | `kiln_sweeps_total` | counter | `sweep` = `objects`, `cache_repositories` | garbage-collection sweeps that ran to the end |
+//! | `kiln_sweep_failures_total` | counter | `sweep` = `objects`, `cache_repositories` | deletions a sweep could not make (the next one retries) |
+//! | `kiln_cache_calls_total` | counter | `call` (`take_lease`, `release_lease`, …), `result` = `ok`, `error` | admin API calls made for Builds |
 //! | `kiln_leader` | gauge | — | 1 while this replica runs the controller |
 //!
 //! Gauges that count Builds are computed from the watch cache at scrape time, so they are
@@ -43,7 +46,9 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::controller::context::{Outcome, ReconcileObserver};
+use crate::controller::context::{GcObserver, Outcome, ReconcileObserver};
+use crate::controller::gc::{CacheSweepReport, SweepReason, SweepReport};
+use crate::controller::ledger::CacheCall;
 use crate::crd::{Build, Phase, Reason};
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
@@ -86,6 +91,29 @@ struct OrphanLabels {
     kind: String,
     reason: String,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct SweepLabels {
+    sweep: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct CacheCallLabels {
+    call: &'static str,
+    result: &'static str,
+}
+
+/// `kind` of the objects the orphan and retention sweep deletes (its report counts them by
+/// reason, not by kind).
+const KIND_OBJECT: &str = "object";
+/// `kind` of the cache repositories of deleted namespaces.
+const KIND_CACHE_REPOSITORY: &str = "cache_repository";
+/// `reason` of a cache repository's deletion.
+const REASON_NAMESPACE_GONE: &str = "namespace_gone";
+/// `sweep` of the orphan and retention sweep.
+const SWEEP_OBJECTS: &str = "objects";
+/// `sweep` of the cache repositories' sweep.
+const SWEEP_CACHE: &str = "cache_repositories";
 
 /// A metric family written in the order of its label sets. prometheus-client's `Family`
 /// keeps them in a `HashMap`, whose order changes from one process to the next.
@@ -183,6 +211,9 @@ pub struct Metrics {
     build_duration: Sorted<ResultLabels, Histogram>,
     queue_depth: Gauge,
     orphans: Sorted<OrphanLabels, Counter>,
+    sweeps: Sorted<SweepLabels, Counter>,
+    sweep_failures: Sorted<SweepLabels, Counter>,
+    cache_calls: Sorted<CacheCallLabels, Counter>,
     leader: Gauge,
     state: Mutex<HealthState>,
 }
@@ -259,10 +290,42 @@ impl Metrics {
             queue_depth.clone(),
         );
         let orphans = Sorted::<OrphanLabels, Counter>::new(Counter::default);
+        let reasons = SweepReason::ALL.map(|r| (KIND_OBJECT, r.as_str()));
+        for (kind, reason) in reasons
+            .into_iter()
+            .chain([(KIND_CACHE_REPOSITORY, REASON_NAMESPACE_GONE)])
+        {
+            orphans.get(OrphanLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
         registry.register(
             "orphans_collected",
-            "Objects the garbage collector removed, by kind and reason",
+            "What the garbage collector removed, by kind and reason",
             orphans.clone(),
+        );
+        let sweeps = Sorted::<SweepLabels, Counter>::new(Counter::default);
+        let sweep_failures = Sorted::<SweepLabels, Counter>::new(Counter::default);
+        for sweep in [SWEEP_OBJECTS, SWEEP_CACHE] {
+            sweeps.get(SweepLabels { sweep });
+            sweep_failures.get(SweepLabels { sweep });
+        }
+        registry.register(
+            "sweeps",
+            "Garbage-collection sweeps that ran to the end",
+            sweeps.clone(),
+        );
+        registry.register(
+            "sweep_failures",
+            "Deletions a garbage-collection sweep could not make; the next sweep retries them",
+            sweep_failures.clone(),
+        );
+        let cache_calls = Sorted::<CacheCallLabels, Counter>::new(Counter::default);
+        registry.register(
+            "cache_calls",
+            "Calls to the cache service's admin API made for Builds, by call and result",
+            cache_calls.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -279,6 +342,9 @@ impl Metrics {
             build_duration,
             queue_depth,
             orphans,
+            sweeps,
+            sweep_failures,
+            cache_calls,
             leader,
             state: Mutex::new(HealthState {
                 role: Role::Single,
@@ -411,6 +477,40 @@ impl ReconcileObserver for Metrics {
 
     fn watching(&self, builds: &Store<Build>) {
         self.state().builds = Some(builds.clone());
+    }
+}
+
+impl GcObserver for Metrics {
+    fn swept(&self, report: &SweepReport, _elapsed: Duration) {
+        for (reason, count) in &report.deleted {
+            self.orphans_collected(KIND_OBJECT, reason.as_str(), *count);
+        }
+        let sweep = SweepLabels {
+            sweep: SWEEP_OBJECTS,
+        };
+        self.sweeps.get(sweep.clone()).inc();
+        self.sweep_failures.get(sweep).inc_by(report.failed);
+    }
+
+    fn cache_swept(&self, report: &CacheSweepReport, _elapsed: Duration) {
+        self.orphans_collected(
+            KIND_CACHE_REPOSITORY,
+            REASON_NAMESPACE_GONE,
+            report.deleted.len() as u64,
+        );
+        let sweep = SweepLabels { sweep: SWEEP_CACHE };
+        self.sweeps.get(sweep.clone()).inc();
+        self.sweep_failures.get(sweep).inc_by(report.failed);
+    }
+
+    fn cache_call(&self, call: CacheCall, succeeded: bool) {
+        let result = if succeeded { "ok" } else { "error" };
+        self.cache_calls
+            .get(CacheCallLabels {
+                call: call.as_str(),
+                result,
+            })
+            .inc();
     }
 }
 
@@ -579,9 +679,24 @@ mod tests {
     #[test]
     fn label_sets_are_written_in_order_and_outcomes_start_at_zero() {
         let metrics = Metrics::new();
-        metrics.orphans_collected("Pod", "TTLExpired", 1);
-        metrics.orphans_collected("ConfigMap", "BuildGone", 1);
-        metrics.orphans_collected("Pod", "BuildGone", 1);
+        metrics.swept(
+            &SweepReport {
+                examined: 9,
+                deleted: [(SweepReason::Expired, 2), (SweepReason::BuildGone, 3)].into(),
+                failed: 1,
+            },
+            Duration::from_millis(5),
+        );
+        metrics.cache_swept(
+            &CacheSweepReport {
+                examined: 4,
+                deleted: vec!["gone/app".parse().unwrap()],
+                failed: 0,
+            },
+            Duration::from_millis(5),
+        );
+        metrics.cache_call(CacheCall::TakeLease, true);
+        metrics.cache_call(CacheCall::ReleaseLease, false);
         let text = metrics.encode().unwrap();
         let lines = |prefix: &str| -> Vec<&str> {
             text.lines().filter(|l| l.starts_with(prefix)).collect()
@@ -589,9 +704,33 @@ mod tests {
         assert_eq!(
             lines("kiln_orphans_collected_total{"),
             [
-                "kiln_orphans_collected_total{kind=\"ConfigMap\",reason=\"BuildGone\"} 1",
-                "kiln_orphans_collected_total{kind=\"Pod\",reason=\"BuildGone\"} 1",
-                "kiln_orphans_collected_total{kind=\"Pod\",reason=\"TTLExpired\"} 1",
+                "kiln_orphans_collected_total{kind=\"cache_repository\",reason=\"namespace_gone\"} 1",
+                "kiln_orphans_collected_total{kind=\"object\",reason=\"attempt_ended\"} 0",
+                "kiln_orphans_collected_total{kind=\"object\",reason=\"attempt_finished\"} 0",
+                "kiln_orphans_collected_total{kind=\"object\",reason=\"build_gone\"} 3",
+                "kiln_orphans_collected_total{kind=\"object\",reason=\"build_replaced\"} 0",
+                "kiln_orphans_collected_total{kind=\"object\",reason=\"expired\"} 2",
+            ]
+        );
+        assert_eq!(
+            lines("kiln_sweeps_total{"),
+            [
+                "kiln_sweeps_total{sweep=\"cache_repositories\"} 1",
+                "kiln_sweeps_total{sweep=\"objects\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines("kiln_sweep_failures_total{"),
+            [
+                "kiln_sweep_failures_total{sweep=\"cache_repositories\"} 0",
+                "kiln_sweep_failures_total{sweep=\"objects\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines("kiln_cache_calls_total{"),
+            [
+                "kiln_cache_calls_total{call=\"release_lease\",result=\"error\"} 1",
+                "kiln_cache_calls_total{call=\"take_lease\",result=\"ok\"} 1",
             ]
         );
         assert_eq!(

@@ -34,6 +34,7 @@ fn status(phase: Phase, attempt: u32, result: Option<AttemptResult>) -> BuildSta
                 reason: result.map(|_| Reason::BuildFailed),
                 message: None,
                 digest: None,
+                pod_retained_until: None,
             })
             .collect(),
         ..BuildStatus::default()

@@ -5,6 +5,7 @@
 //! from the downward API or a ConfigMap; the Helm chart sets the rest as arguments.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use kube::Client;
 
 use super::context::{CacheService, Config, Context, Mirror, parse_mirror};
 use super::leader::{self, Election};
+use crate::cacheapi::client::{AdminClient, AdminClientError};
+use crate::cacheapi::token::{TokenKey, TokenKeyError};
 use crate::cli::CliResult;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, Metrics};
@@ -82,6 +85,34 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub attempt_history: u32,
 
+    /// How long the pod of a succeeded attempt (and its log) is kept when the Build sets
+    /// no spec.retention.succeededPodTTL.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub succeeded_pod_ttl: Duration,
+
+    /// How long the pod of a failed attempt is kept when the Build sets no
+    /// spec.retention.failedPodTTL.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub failed_pod_ttl: Duration,
+
+    /// How often the sweeper deletes orphaned pods, ConfigMaps and Secrets and expired
+    /// pods (it also runs at start-up); the cache repositories of deleted namespaces are
+    /// swept every tenth time.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    pub sweep_interval: Duration,
+
+    /// File holding the cache service's admin token: running attempts then hold leases on
+    /// the cache they import, and the cache of deleted Builds and namespaces is cleaned
+    /// up. Needs --cache-service.
+    #[arg(long, value_name = "FILE", requires = "cache_service")]
+    pub cache_admin_token_file: Option<PathBuf>,
+
+    /// File holding the key that signs cache tokens (the cache service's token key, at
+    /// least 32 random bytes): each attempt then gets a token of its own, scoped to its
+    /// namespace. Needs --cache-service.
+    #[arg(long, value_name = "FILE", requires = "cache_service")]
+    pub cache_token_key_file: Option<PathBuf>,
+
     /// Most reconciles running at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -134,6 +165,12 @@ impl ControllerArgs {
             queue_recheck,
             max_inline_context,
             attempt_history,
+            succeeded_pod_ttl,
+            failed_pod_ttl,
+            sweep_interval,
+            // Read by `run`: files are I/O, the config is data.
+            cache_admin_token_file: _,
+            cache_token_key_file: _,
             concurrency,
             instance,
             serving: _,
@@ -155,9 +192,13 @@ impl ControllerArgs {
             queue_recheck,
             max_inline_bytes: max_inline_context,
             attempt_history,
+            succeeded_pod_ttl,
+            failed_pod_ttl,
+            sweep_interval,
             namespace,
             concurrency,
             instance,
+            ..Config::default()
         }
     }
 }
@@ -170,6 +211,30 @@ pub enum ControllerCliError {
         "connecting to Kubernetes (from $KUBECONFIG, ~/.kube/config or the in-cluster service account)"
     )]
     Connect(#[source] kube::Error),
+    /// The admin token file could not be read.
+    #[error("reading the cache admin token from {path}")]
+    ReadAdminToken {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin token file is empty.
+    #[error("the cache admin token file {0} is empty")]
+    EmptyAdminToken(String),
+    /// The admin API client could not be made.
+    #[error("connecting to the cache service's admin API")]
+    AdminClient(#[source] AdminClientError),
+    /// The token key could not be loaded.
+    #[error(transparent)]
+    TokenKey(#[from] TokenKeyError),
+    /// Tokens cover `<namespace>/…` at the cache service's root; a cache service under a
+    /// path would put every repository outside them.
+    #[error(
+        "--cache-token-key-file needs a --cache-service at the root of its host (tokens cover <namespace>/...), not under the path of {0:?}"
+    )]
+    TokensNeedRootService(String),
 }
 
 /// Why a quantity or size flag was rejected.
@@ -184,9 +249,12 @@ pub enum FlagError {
     /// Not `host[:port]`.
     #[error("{0:?} is not HOST[:PORT]")]
     Host(String),
-    /// Not a size.
+    /// Not a size or duration.
     #[error(transparent)]
     Size(#[from] crate::units::UnitsError),
+    /// An interval shorter than a second.
+    #[error("{0:?} is shorter than a second")]
+    Interval(String),
 }
 
 fn parse_quantity(text: &str) -> Result<Quantity, FlagError> {
@@ -218,6 +286,14 @@ fn parse_host(text: &str) -> Result<String, FlagError> {
     }
 }
 
+fn parse_interval(text: &str) -> Result<Duration, FlagError> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(FlagError::Interval(text.to_owned()));
+    }
+    Ok(interval)
+}
+
 fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
     let bytes = parse_size(text)?;
     if bytes > 900 * 1024 {
@@ -234,7 +310,20 @@ fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
 pub async fn run(args: ControllerArgs) -> CliResult {
     let serving = args.serving.clone();
     let instance = args.instance.clone();
+    let admin_token_file = args.cache_admin_token_file.clone();
+    let token_key_file = args.cache_token_key_file.clone();
     let config = args.into_config();
+    let admin = match (&admin_token_file, &config.cache_service) {
+        (Some(path), Some(service)) => Some(admin_client(path, service)?),
+        _ => None,
+    };
+    let token_key = match (&token_key_file, &config.cache_service) {
+        (Some(_), Some(service)) if service.host.contains('/') => {
+            return Err(ControllerCliError::TokensNeedRootService(service.host.clone()).into());
+        }
+        (Some(path), Some(_)) => Some(TokenKey::read(path).map_err(ControllerCliError::from)?),
+        _ => None,
+    };
     let client = Client::try_default()
         .await
         .map_err(ControllerCliError::Connect)?;
@@ -244,6 +333,15 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
         let _ = http_stopped.await;
     }));
+    let mut context = Context::new(client.clone(), config)
+        .with_observer(metrics.clone())
+        .with_gc_observer(metrics.clone());
+    if let Some(admin) = admin {
+        context = context.with_cache_admin(admin);
+    }
+    if let Some(key) = token_key {
+        context = context.with_token_key(key);
+    }
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -259,7 +357,6 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let context = Context::new(client.clone(), config).with_observer(metrics.clone());
     let result: CliResult = if serving.leader_elect {
         let election = election(&serving, instance, client.default_namespace());
         leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
@@ -295,6 +392,23 @@ fn election(serving: &ServingArgs, instance: Option<String>, client_namespace: &
         format!("{host}-{}", std::process::id())
     });
     Election::new(&namespace, &serving.leader_election_name, &identity)
+}
+
+/// The admin API client of `service`, with the token read from `path` (surrounding
+/// whitespace, such as the newline `echo` leaves, is not part of it).
+fn admin_client(path: &Path, service: &CacheService) -> Result<AdminClient, ControllerCliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ControllerCliError::ReadAdminToken {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ControllerCliError::EmptyAdminToken(
+            path.display().to_string(),
+        ));
+    }
+    AdminClient::new(&service.root_url(), token).map_err(ControllerCliError::AdminClient)
 }
 
 /// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
@@ -347,10 +461,22 @@ mod tests {
             "--retry-backoff=5s",
             "--max-inline-context=64KiB",
             "--builder-memory-request=2Gi",
+            "--succeeded-pod-ttl=10m",
+            "--failed-pod-ttl=7d",
+            "--attempt-history=3",
+            "--sweep-interval=5m",
+            "--cache-admin-token-file=/var/run/kiln/admin-token",
+            "--cache-token-key-file=/var/run/kiln/token-key",
         ])
         .unwrap()
         .args
         .into_config();
+        assert_eq!(config.succeeded_pod_ttl, Duration::from_secs(600));
+        assert_eq!(config.failed_pod_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.attempt_history, 3);
+        assert_eq!(config.sweep_interval, Duration::from_secs(300));
+        // Turned on by the context once the files are read, not by the flags alone.
+        assert!(!config.cache_leases && !config.cache_tokens);
         assert_eq!(config.namespace.as_deref(), Some("builds"));
         assert!(config.cache_service.unwrap().plain_http);
         assert_eq!(
@@ -399,6 +525,24 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_client_reads_a_trimmed_token_and_refuses_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = CacheService::parse("http://kiln-cache:5000").unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(matches!(
+            admin_client(&path, &service),
+            Err(ControllerCliError::EmptyAdminToken(_))
+        ));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert!(admin_client(&path, &service).is_ok());
+        assert!(matches!(
+            admin_client(&dir.path().join("missing"), &service),
+            Err(ControllerCliError::ReadAdminToken { .. })
+        ));
+    }
+
+    #[test]
     fn bad_flags_are_rejected_with_a_message() {
         for bad in [
             ["kiln", "--cache-service=kiln-cache:5000"],
@@ -408,6 +552,11 @@ mod tests {
             ["kiln", "--attempt-history=0"],
             ["kiln", "--plain-http-registry=http://x"],
             ["kiln", "--http-addr=localhost"],
+            ["kiln", "--sweep-interval=500ms"],
+            ["kiln", "--succeeded-pod-ttl=soon"],
+            // The cache files need the cache service.
+            ["kiln", "--cache-admin-token-file=/x"],
+            ["kiln", "--cache-token-key-file=/x"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

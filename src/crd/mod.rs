@@ -22,7 +22,7 @@ pub use build::{
     Source,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
-pub use status::{AttemptRecord, AttemptResult, BuildStatus, OutputStatus, Phase};
+pub use status::{AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

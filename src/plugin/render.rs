@@ -514,6 +514,7 @@ mod tests {
                 reason: Some(reason),
                 message: message.map(str::to_owned),
                 digest: (result == AttemptResult::Succeeded).then(|| DIGEST.to_owned()),
+                pod_retained_until: None,
             };
         let last = if phase == Phase::Succeeded {
             AttemptResult::Succeeded

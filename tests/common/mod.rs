@@ -10,6 +10,7 @@
 //! | [`envtest`] | a real kube-apiserver, kube-controller-manager and etcd built from Go modules |
 //! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
 //! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
+//! | [`fake_cache`] | a stateful fake of the cache service's admin API (leases, tags, repositories) |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
@@ -19,6 +20,7 @@ pub mod cut_proxy;
 pub mod docker_registry;
 pub mod envtest;
 pub mod fake_api;
+pub mod fake_cache;
 pub mod kubelet;
 pub mod oci_layout;
 pub mod skopeo;

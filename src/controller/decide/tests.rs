@@ -1028,6 +1028,11 @@ mod one_pod_per_attempt {
                     | Action::WriteStatus(_)
                     | Action::CreateConfigMap(_)
                     | Action::DeleteConfigMap { .. }
+                    | Action::CreateCacheSecret { .. }
+                    | Action::DeleteSecret { .. }
+                    | Action::PutLease { .. }
+                    | Action::ReleaseLease { .. }
+                    | Action::DeleteCacheTag { .. }
                     | Action::Event(_) => {}
                 }
             }
@@ -1134,4 +1139,154 @@ mod one_pod_per_attempt {
             }
         }
     }
+}
+
+// --- Retention, cache leases and tokens ------------------------------------------------------
+
+fn with_cache(leases: bool, tokens: bool) -> Config {
+    Config {
+        cache_service: Some(
+            crate::controller::context::CacheService::parse("http://kiln-cache:5000").unwrap(),
+        ),
+        cache_leases: leases,
+        cache_tokens: tokens,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn retention_time_is_announced_when_an_attempt_ends_with_a_finished_pod() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.pushed(DIGEST), 100);
+    let s = status(&plan);
+    assert_eq!(s.attempts[0].pod_retained_until, Some(Time(at(100 + 3600))));
+    assert_eq!(
+        message(&plan),
+        format!(
+            "pushed registry.example.com/team/app:latest@{DIGEST}; pod app-1 is kept until 2026-01-01T01:01:40Z (retention 1h)"
+        )
+    );
+
+    let failed = pod_says(&build, |p| p.exited(1, "boom"), 100);
+    assert_eq!(
+        status(&failed).attempts[0].pod_retained_until,
+        Some(Time(at(100 + 86_400)))
+    );
+    assert!(
+        message(&failed).ends_with("(retention 1d)"),
+        "{}",
+        message(&failed)
+    );
+}
+
+#[test]
+fn retention_gives_no_time_to_a_pod_the_controller_stops() {
+    let build = running(Build::test("app").timeout("10m"));
+    let plan = pod_says(&build, |p| p.running(), 600);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert_eq!(status(&plan).attempts[0].pod_retained_until, None);
+    assert!(!message(&plan).contains("kept until"), "{}", message(&plan));
+}
+
+#[test]
+fn lease_and_token_come_before_the_pod_that_uses_them() {
+    let build = Build::test("app");
+    let plan = decide(&build, &none(), at(0), &with_cache(true, true));
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=1",
+            "TakeLease build-uid-app-1",
+            // BuildKit's configuration: the cache service speaks plain HTTP.
+            "CreateConfigMap app-1",
+            "CreateCacheSecret app-1",
+            "CreatePod app-1",
+            "Event Normal PodCreated",
+        ]
+    );
+    assert_eq!(status(&plan).cache_leases[0].name, "build-uid-app-1");
+    assert_eq!(plan.requeue, Requeue::After(lease::OUTCOME_RECHECK));
+    let secret = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateCacheSecret { ttl, .. } => Some(*ttl),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(secret, Duration::from_secs(3600 + 600), "timeout + slack");
+    let volumes = plan.created_pods()[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .clone()
+        .unwrap();
+    let docker = volumes.iter().find(|v| v.name == "docker-config").unwrap();
+    assert_eq!(
+        docker.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("app-1"),
+        "the attempt's own Secret"
+    );
+}
+
+#[test]
+fn lease_is_released_in_the_decision_that_ends_its_attempt() {
+    let config = with_cache(true, false);
+    let build = Build::test("app");
+    let plan = decide(&build, &none(), at(0), &config);
+    let build = after(&build, &plan);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]),
+        at(100),
+        &config,
+    );
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Succeeded/Succeeded attempt=1",
+            "ReleaseLease build-uid-app-1",
+            "Event Normal Succeeded"
+        ]
+    );
+    assert_eq!(
+        status(&plan).cache_leases[0].lapses_at,
+        Some(Time(at(100 + 900)))
+    );
+}
+
+#[test]
+fn deletion_deletes_token_secrets_and_waits_for_the_cache_cleanup() {
+    let config = with_cache(true, true);
+    let build = Build::test("app").deleting(at(60));
+    let observed = Observed {
+        owned_secrets: vec!["app-1".into()],
+        ..Observed::default()
+    };
+    let plan = decide(&build, &observed, at(60), &config);
+    assert_eq!(
+        plan.describe(),
+        [
+            "DeleteSecret app-1",
+            "DeleteCacheTag default/app:buildcache"
+        ]
+    );
+    // Objects gone, tag deleted: the finalizer lets go.
+    let mut observed = Observed::default();
+    observed.cache.insert(
+        lease::tag_key("uid-app"),
+        crate::controller::ledger::CallState {
+            done: true,
+            ..Default::default()
+        },
+    );
+    let plan = decide(&build, &observed, at(61), &config);
+    assert_eq!(plan.describe(), ["RemoveFinalizer"]);
+    // Unreachable cache: it waits, then lets go at the deadline with a warning.
+    let plan = decide(&build, &none(), at(60 + 600), &config);
+    assert_eq!(
+        plan.describe(),
+        ["Event Warning CacheUnavailable", "RemoveFinalizer"]
+    );
 }
