@@ -5,8 +5,9 @@
 //!
 //! Each test works in a namespace of its own, prints the Build, its pods, their logs and
 //! Events when it fails, and deletes its namespace at the end. What they cover: the API
-//! server rejects an invalid Build naming the field; a Build pushes and records its digest;
-//! the second of two Builds sharing a cache hits it; a cancelled Build's pod stops; after
+//! server rejects an invalid Build naming the field; a Build pushes and records its digest
+//! (and `kubectl kiln status` shows it); the second of two Builds sharing a cache hits it,
+//! and `kubectl kiln cache du` finds that cache; a cancelled Build's pod stops; after
 //! the Builds are deleted no pod or ConfigMap of theirs is left; the installed controller
 //! and cache answer `/metrics`, and exactly one controller replica leads.
 //!
@@ -508,7 +509,7 @@ async fn last_attempt_log(scene: &Scene, build: &Build) -> String {
 #[tokio::test]
 async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
     let test = "e2e_the_second_build_hits_the_cache_the_first_exported";
-    let Some((client, registry, _)) = installed_cluster_with_registry(test).await else {
+    let Some((client, registry, release)) = installed_cluster_with_registry(test).await else {
         return;
     };
     let scene = Scene::new(client, "cache", Some(&registry)).await;
@@ -547,9 +548,12 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
     let [first, second] = <[Build; 2]>::try_from(done).expect("two Builds");
     let first_log = last_attempt_log(&scene, &first).await;
     let second_log = last_attempt_log(&scene, &second).await;
+    // What `kubectl kiln cache du` sees, through its port-forward to the cache pod.
+    let repositories = cache_repositories(&scene.client, &release).await;
     let leftovers = scene
         .delete_and_collect_leftovers(&["first", "second"], Duration::from_secs(120))
         .await;
+    let scene_namespace = scene.namespace.clone();
     scene.finish().await;
     assert_eq!(phase(&first), Some(Phase::Succeeded));
     assert_eq!(phase(&second), Some(Phase::Succeeded));
@@ -569,10 +573,44 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
         cached(&second_log),
         "the second build hit no cache:\n{second_log}"
     );
+    let shared = format!("{}/shared", scene_namespace);
+    assert!(
+        repositories.contains(&shared),
+        "no {shared} in the cache: {repositories:?}"
+    );
     assert!(
         leftovers.is_empty(),
         "left behind after the delete: {leftovers:?}"
     );
+}
+
+/// The repositories of the installed cache service, read as `kubectl kiln cache du` reads
+/// them: the admin token from its Secret, a port-forward to the cache pod (the chart's
+/// names for release `kiln`).
+async fn cache_repositories(client: &Client, release_namespace: &str) -> Vec<String> {
+    use kiln::plugin::forward::{self, CacheTarget};
+    let target = CacheTarget {
+        namespace: release_namespace.to_owned(),
+        service: "kiln-cache".to_owned(),
+        admin_secret: "kiln-cache-admin-token".to_owned(),
+        admin_secret_key: "token".to_owned(),
+    };
+    let token = forward::admin_token(client, &target)
+        .await
+        .expect("the admin token");
+    let local = forward::forward(client, &target)
+        .await
+        .expect("a port-forward to the cache");
+    let report = kiln::cacheapi::client::AdminClient::new(&local.url, token)
+        .expect("an admin client")
+        .du()
+        .await
+        .expect("the cache's disk usage");
+    report
+        .repositories
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect()
 }
 
 /// GETs `path` through the API server's proxy.
