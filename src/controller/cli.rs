@@ -68,6 +68,11 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub queue_recheck: Duration,
 
+    /// Longest time any build attempt may run, whatever its spec.timeout says (e.g. 2h): a
+    /// cluster-wide ceiling on the build pods' activeDeadlineSeconds [default: none].
+    #[arg(long, value_parser = parse_max_timeout)]
+    pub max_build_timeout: Option<Duration>,
+
     /// Largest inline build context (Dockerfile plus files), e.g. 512KiB; at most 900KiB,
     /// since it is stored in a ConfigMap.
     #[arg(long, default_value = "512KiB", value_parser = parse_inline_limit)]
@@ -102,6 +107,7 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_build_timeout,
             max_inline_context,
             attempt_history,
             concurrency,
@@ -122,6 +128,7 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_timeout: max_build_timeout,
             max_inline_bytes: max_inline_context,
             attempt_history,
             namespace,
@@ -153,7 +160,10 @@ pub enum FlagError {
     /// Not `host[:port]`.
     #[error("{0:?} is not HOST[:PORT]")]
     Host(String),
-    /// Not a size.
+    /// A maximum build timeout under one second (`activeDeadlineSeconds` counts seconds).
+    #[error("{0:?} is less than 1s, the shortest activeDeadlineSeconds")]
+    TimeoutTooShort(String),
+    /// Not a size or duration.
     #[error(transparent)]
     Size(#[from] crate::units::UnitsError),
 }
@@ -185,6 +195,14 @@ fn parse_host(text: &str) -> Result<String, FlagError> {
     } else {
         Err(FlagError::Host(text.to_owned()))
     }
+}
+
+fn parse_max_timeout(text: &str) -> Result<Duration, FlagError> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_secs(1) {
+        return Err(FlagError::TimeoutTooShort(text.to_owned()));
+    }
+    Ok(timeout)
 }
 
 fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
@@ -269,6 +287,7 @@ mod tests {
             "--registry-mirror=docker.io=mirror.gcr.io",
             "--registry-mirror=ghcr.io=http://kiln-cache:5000",
             "--retry-backoff=5s",
+            "--max-build-timeout=2h",
             "--max-inline-context=64KiB",
             "--builder-memory-request=2Gi",
         ])
@@ -282,6 +301,7 @@ mod tests {
             ["docker.io", "ghcr.io"]
         );
         assert_eq!(config.retry_backoff, Duration::from_secs(5));
+        assert_eq!(config.max_timeout, Some(Duration::from_secs(2 * 3600)));
         assert_eq!(config.max_inline_bytes, 64 * 1024);
         assert_eq!(config.default_requests["memory"], Quantity("2Gi".into()));
     }
@@ -295,6 +315,7 @@ mod tests {
             ["kiln", "--max-inline-context=2MiB"],
             ["kiln", "--attempt-history=0"],
             ["kiln", "--plain-http-registry=http://x"],
+            ["kiln", "--max-build-timeout=500ms"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

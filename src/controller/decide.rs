@@ -367,12 +367,32 @@ impl<'a> Decision<'a> {
         self.set(Phase::Cancelled, Reason::Superseded, message);
     }
 
+    /// How long an attempt may run (an invalid `spec.timeout` fails the attempt before its
+    /// pod is created; until then, the schema's default of one hour).
+    fn attempt_timeout(&self) -> Duration {
+        validate::attempt_timeout(self.build, self.config).unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// The timeout in force, for messages: `spec.timeout (30m)`, or the controller's
+    /// ceiling when it cut `spec.timeout` short.
+    fn timeout_description(&self, timeout: Duration) -> String {
+        let spec = &self.build.spec.timeout;
+        if validate::timeout(self.build).is_ok_and(|t| t > timeout) {
+            format!(
+                "the controller's maximum build timeout ({}s; spec.timeout is {spec})",
+                timeout.as_secs()
+            )
+        } else {
+            format!("spec.timeout ({spec})")
+        }
+    }
+
     /// Follows the open attempt through its pod.
     fn follow_attempt(&mut self) {
         let Some(record) = self.open_attempt().cloned() else {
             return;
         };
-        let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+        let timeout = self.attempt_timeout();
         let deadline = record
             .start_time
             .0
@@ -470,8 +490,9 @@ impl<'a> Decision<'a> {
                 reason: Reason::TimedOut,
                 retriable: false,
                 message: format!(
-                    "attempt {} ran longer than spec.timeout ({})",
-                    record.attempt, self.build.spec.timeout
+                    "attempt {} ran longer than {}",
+                    record.attempt,
+                    self.timeout_description(timeout)
                 ),
             });
         }
@@ -599,7 +620,7 @@ impl<'a> Decision<'a> {
         }
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
-            let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+            let timeout = self.attempt_timeout();
             self.requeue_after(timeout);
         }
     }

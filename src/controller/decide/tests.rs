@@ -529,6 +529,55 @@ fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
 }
 
 #[test]
+fn the_controllers_maximum_timeout_cuts_spec_timeout_short() {
+    let capped = Config {
+        max_timeout: Some(Duration::from_secs(120)),
+        ..config()
+    };
+    let build = Build::test("app").timeout("10m");
+    let plan = decide(&build, &none(), at(0), &capped);
+    let pod = plan.created_pods()[0];
+    let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    assert_eq!(
+        deadline,
+        Some(120),
+        "activeDeadlineSeconds follows the ceiling"
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(120)));
+
+    let build = after(&build, &plan);
+    let running = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(5),
+        &capped,
+    );
+    let build = after(&build, &running);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(120),
+        &capped,
+    );
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert_eq!(
+        message(&plan),
+        "attempt 1 ran longer than the controller's maximum build timeout (120s; spec.timeout is 10m)"
+    );
+    // A ceiling above spec.timeout changes nothing.
+    let loose = Config {
+        max_timeout: Some(Duration::from_secs(7200)),
+        ..config()
+    };
+    let plan = decide(&Build::test("app").timeout("10m"), &none(), at(0), &loose);
+    let pod = plan.created_pods()[0];
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        Some(600)
+    );
+}
+
+#[test]
 fn the_kubelets_deadline_is_a_timeout_too() {
     let build = running(Build::test("app"));
     let plan = pod_says(&build, |p| p.deadline_exceeded(), 3600);
