@@ -77,6 +77,22 @@ pub fn backoff(retry: u32, config: &Config) -> Duration {
         .min(config.retry_backoff_max)
 }
 
+/// The moment `wait` has passed since the status time `since`, counted from the end of
+/// that second.
+///
+/// The API server keeps status times (`metav1.Time`) to whole seconds, and k8s-openapi
+/// writes them so too: a time read back from status was cut short by up to a second.
+/// Counting from the end of its second makes a retry backoff or an attempt's deadline
+/// never shorter than configured (at most a second longer), and gives the same answer
+/// before and after the time went through the API server.
+pub fn wait_ends(since: &Time, wait: Duration) -> Timestamp {
+    let end_of_second =
+        Timestamp::from_second(since.0.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX);
+    end_of_second
+        .saturating_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
 /// Decides what to do with `build`.
 pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
     if build.metadata.deletion_timestamp.is_some() {
@@ -393,11 +409,7 @@ impl<'a> Decision<'a> {
             return;
         };
         let timeout = self.attempt_timeout();
-        let deadline = record
-            .start_time
-            .0
-            .saturating_add(SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX))
-            .unwrap_or(Timestamp::MAX);
+        let deadline = wait_ends(&record.start_time, timeout);
         let pod = self
             .observed
             .pods
@@ -523,13 +535,7 @@ impl<'a> Decision<'a> {
         if failure.retriable && self.status.retries < allowed {
             self.status.retries += 1;
             let retry = self.status.retries;
-            let at = self
-                .now
-                .saturating_add(
-                    SignedDuration::try_from(backoff(retry, self.config))
-                        .unwrap_or(SignedDuration::MAX),
-                )
-                .unwrap_or(self.now);
+            let at = wait_ends(&Time(self.now), backoff(retry, self.config));
             self.set(
                 Phase::Pending,
                 failure.reason,
@@ -562,9 +568,7 @@ impl<'a> Decision<'a> {
                 .last()
                 .and_then(|a| a.completion_time.clone())
         {
-            let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
-                .unwrap_or(SignedDuration::MAX);
-            let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
+            let at = wait_ends(&ended, backoff(self.status.retries, self.config));
             if self.now < at {
                 return self.requeue_at(at);
             }

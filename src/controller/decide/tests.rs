@@ -262,7 +262,9 @@ fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
         status(&plan).attempts[0].pod_uid.as_deref(),
         Some("pod-app-1")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3598)));
+    // The deadline counts from the end of the start's second (status times are whole
+    // seconds): 3601 s after T0.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3599)));
 }
 
 #[test]
@@ -283,7 +285,7 @@ fn nothing_is_written_when_nothing_changed() {
     let build = running(Build::test("app"));
     let plan = pod_says(&build, |p| p.running(), 50);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3550)));
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3551)));
 }
 
 #[test]
@@ -368,9 +370,10 @@ fn an_eviction_is_retried_after_a_backoff() {
         s.message
             .as_deref()
             .unwrap()
-            .contains("retry 1 of 2 at 2026-01-01T00:01:50Z")
+            .contains("retry 1 of 2 at 2026-01-01T00:01:51Z")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(10)));
+    // 10 s from the end of the failure's second: never shorter than the backoff.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(11)));
 }
 
 #[test]
@@ -381,9 +384,13 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
     // Still backing off: nothing.
     let early = decide_at(&build, &with_pods(evicted.clone()), 105);
     assert!(early.actions.is_empty());
-    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(5)));
+    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(6)));
+    // The failure was stored as 100 s, but may have been up to 100.999 s: at 110 s the
+    // backoff may not be over yet.
+    let not_yet = decide_at(&build, &with_pods(evicted.clone()), 110);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
     // Backoff over: attempt 2.
-    let plan = decide_at(&build, &with_pods(evicted), 110);
+    let plan = decide_at(&build, &with_pods(evicted), 111);
     assert_eq!(
         plan.describe(),
         [
@@ -397,6 +404,22 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
         Some(Time(T0)),
         "the run's start stays"
     );
+}
+
+#[test]
+fn waits_count_from_the_end_of_the_second_a_status_time_stands_for() {
+    // What decide holds in memory (sub-second) and what it reads back from the API server
+    // (cut to the second) give the same moment, never earlier than the wait allows.
+    let precise = Time(T0.saturating_add(SignedDuration::from_millis(300)).unwrap());
+    let stored = Time(T0);
+    let wait = Duration::from_secs(2);
+    assert_eq!(wait_ends(&precise, wait), at(3));
+    assert_eq!(wait_ends(&stored, wait), at(3));
+    let exact = precise
+        .0
+        .saturating_add(SignedDuration::from_secs(2))
+        .unwrap();
+    assert!(wait_ends(&precise, wait) >= exact);
 }
 
 #[test]
@@ -516,7 +539,10 @@ fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
 #[test]
 fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
     let build = running(Build::test("app").timeout("10m"));
-    let plan = pod_says(&build, |p| p.running(), 600);
+    // Not at 600 s: the start was stored as T0 but may have been up to T0 + 0.999 s.
+    let not_yet = pod_says(&build, |p| p.running(), 600);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
+    let plan = pod_says(&build, |p| p.running(), 601);
     assert_eq!(
         plan.describe(),
         [
@@ -556,7 +582,7 @@ fn the_controllers_maximum_timeout_cuts_spec_timeout_short() {
     let plan = decide(
         &build,
         &with_pods([PodFixture::for_build(&build, 1).running()]),
-        at(120),
+        at(121),
         &capped,
     );
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
@@ -763,7 +789,7 @@ fn a_retry_keeps_the_group_even_when_an_earlier_member_waits() {
         peers: vec![peer("a", 0, Standing::Waiting)],
         ..Observed::default()
     };
-    let plan = decide_at(&build, &observed, 110);
+    let plan = decide_at(&build, &observed, 111);
     assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
 }
 
