@@ -10,11 +10,13 @@
 //! | [`envtest`] | a real kube-apiserver, kube-controller-manager and etcd built from Go modules |
 //! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
 //! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
+//! | [`controller`] | the real controller in-process: start, stop, identity, a timeline of what its watches saw |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod controller;
 pub mod cut_proxy;
 pub mod docker_registry;
 pub mod envtest;

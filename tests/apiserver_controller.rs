@@ -1,0 +1,923 @@
+//! The controller's lifecycle scenarios over a real kube-apiserver (I/O: the shared envtest
+//! control plane, the real controller in-process with its real watches, and the test
+//! kubelet playing the node).
+//!
+//! Each test is one scenario in a namespace of its own, with a controller of its own that
+//! watches only that namespace (`Config::namespace`), so scenarios run in parallel without
+//! seeing each other. A [`Timeline`] records every Build state and pod event from the
+//! start, so that invariants (never two live pods of one Build, never two of one
+//! concurrency group) are checked at every step, not only when the test looks. The
+//! controller acts as a user of its own, so the audit log tells its writes from the test's.
+//!
+//! Scenarios still to come slot in as tests of their own:
+//! - the orphan sweep after a Build was deleted while the controller was down (issue 5):
+//!   [`Scene::stop_controller`], delete the Build and remove its finalizer as admin,
+//!   [`Scene::start_controller`], and wait for the pods to be swept;
+//! - the controller under the Helm chart's RBAC (issue 6): build the scene with
+//!   [`Scene::with_identity`] and [`Identity::service_account`] from the rendered chart,
+//!   run [`succeed_and_count_writes`], and assert that no controller write was refused
+//!   ([`Scene::finish`] already fails on any refused write or failed reconcile).
+//!
+//! Skipped, with the reason printed, when no Go toolchain can build the control plane;
+//! `KILN_REQUIRE_ENVTEST=1` (set by `.ci/run`) turns that into a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use common::cluster;
+use common::controller::{Identity, Outcomes, RunningController, Timeline, fast_config};
+use common::envtest::{self, AuditEvent, ControlPlane};
+use common::kubelet::{Gate, Script, TestKubelet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kiln::controller::Config;
+use kiln::controller::labels::build_uid_selector;
+use kiln::controller::podstate::is_live;
+use kiln::crd::{AttemptResult, Build, Phase, Reason};
+use kiln::digest::Digest;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// How long any one step of a scenario may take.
+const WAIT: Duration = Duration::from_secs(30);
+/// The user the controller acts as in these scenarios.
+const CONTROLLER_USER: &str = "kiln-controller-under-test";
+/// kube-controller-manager's garbage collector, as the audit log names it.
+const GARBAGE_COLLECTOR: &str = "system:serviceaccount:kube-system:generic-garbage-collector";
+/// The most API writes the controller may make for one successful build, as measured:
+/// the finalizer (1 patch), status (4 updates), the pod (1 create) and an Event per
+/// transition (3 creates: PodCreated, Running, Succeeded). A new write per build shows here.
+const MAX_WRITES_PER_BUILD: usize = 9;
+/// The most status writes for one successful build, as measured: the attempt announced
+/// before its pod exists, the pod's UID once seen (so a replaced pod is never mistaken
+/// for it), Running, Succeeded.
+const MAX_STATUS_WRITES_PER_BUILD: usize = 4;
+
+// --- the scene ----------------------------------------------------------------------------
+
+/// One scenario's world: its namespace, its controller, the test kubelet and a timeline.
+struct Scene {
+    cp: &'static ControlPlane,
+    admin: Client,
+    ns: String,
+    identity: Identity,
+    config: Config,
+    outcomes: Outcomes,
+    controller: Option<RunningController>,
+    kubelet: TestKubelet,
+    timeline: Timeline,
+}
+
+impl Scene {
+    /// A namespace named after `base`, the test kubelet playing `script` there, and the
+    /// controller running for it with [`fast_config`] as a superuser of its own. `None`
+    /// when the control plane is unavailable (the reason is printed).
+    async fn new<F>(base: &str, script: F) -> Option<Scene>
+    where
+        F: Fn(&Pod) -> Script + Send + Sync + 'static,
+    {
+        Self::with_config(base, |_| {}, script).await
+    }
+
+    /// [`Scene::new`] with the controller's settings changed by `edit`.
+    async fn with_config<F>(base: &str, edit: impl FnOnce(&mut Config), script: F) -> Option<Scene>
+    where
+        F: Fn(&Pod) -> Script + Send + Sync + 'static,
+    {
+        let cp = envtest::shared().await?;
+        let identity = Identity::superuser(cp, CONTROLLER_USER);
+        Some(Self::with_identity(cp, base, identity, edit, script).await)
+    }
+
+    /// The scene with the controller acting as `identity` (e.g. a ServiceAccount bound to
+    /// the RBAC the Helm chart ships).
+    async fn with_identity<F>(
+        cp: &'static ControlPlane,
+        base: &str,
+        identity: Identity,
+        edit: impl FnOnce(&mut Config),
+        script: F,
+    ) -> Scene
+    where
+        F: Fn(&Pod) -> Script + Send + Sync + 'static,
+    {
+        let admin = cp.client();
+        let ns = cluster::create_namespace(&admin, base).await;
+        let timeline = Timeline::start(&admin, &ns).await;
+        let kubelet = TestKubelet::start(admin.clone(), &ns, script).await;
+        let mut config = fast_config(&ns);
+        edit(&mut config);
+        let mut scene = Scene {
+            cp,
+            admin,
+            ns,
+            identity,
+            config,
+            outcomes: Outcomes::default(),
+            controller: None,
+            kubelet,
+            timeline,
+        };
+        scene.start_controller();
+        scene
+    }
+
+    fn builds(&self) -> Api<Build> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    /// Starts a controller (after [`Scene::stop_controller`], a new one).
+    fn start_controller(&mut self) {
+        assert!(self.controller.is_none(), "a controller runs already");
+        self.controller = Some(RunningController::start(
+            &self.identity,
+            self.config.clone(),
+            &self.outcomes,
+        ));
+    }
+
+    /// Stops the controller through its shutdown future and waits until it returned.
+    async fn stop_controller(&mut self) {
+        if let Some(controller) = self.controller.take() {
+            controller.stop().await;
+        }
+    }
+
+    /// Creates `build` as the test (admin) would apply it.
+    async fn create(&self, build: Build) -> Build {
+        let name = build.name_any();
+        self.builds()
+            .create(&PostParams::default(), &build)
+            .await
+            .unwrap_or_else(|err| panic!("creating Build {name}: {err}"))
+    }
+
+    /// Merge-patches the Build's spec, as `kubectl patch --type=merge` would.
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
+        self.builds()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("patching Build {name}: {err}"));
+    }
+
+    /// Waits until the Build `name` satisfies `done`; on timeout, prints what the scene
+    /// looks like and panics.
+    async fn wait(&self, name: &str, what: &str, done: impl Fn(&Build) -> bool) -> Build {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(build) = self.builds().get_opt(name).await.ok().flatten()
+                && done(&build)
+            {
+                return build;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.diagnose().await;
+                panic!("Build {name} did not become {what} within {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the Build `name` has `phase` with `reason`.
+    async fn wait_for(&self, name: &str, phase: Phase, reason: Reason) -> Build {
+        self.wait(name, &format!("{phase:?}/{reason:?}"), |b| {
+            phase_reason(b) == (Some(phase), Some(reason))
+        })
+        .await
+    }
+
+    /// Waits until `check` returns `Some`, printing the scene on timeout.
+    async fn until<T, Fut>(&self, what: &str, mut check: impl FnMut() -> Fut) -> T
+    where
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.diagnose().await;
+                panic!("timed out after {WAIT:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the pod `name` no longer exists.
+    async fn wait_pod_gone(&self, name: &str) {
+        let pods = self.pods();
+        self.until(&format!("pod {name} to be gone"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .and_then(|pod| pod.is_none().then_some(()))
+        })
+        .await;
+    }
+
+    /// Names of the pods of this namespace that are still live.
+    async fn live_pods(&self) -> Vec<String> {
+        let mut live: Vec<String> = self
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .expect("list pods")
+            .items
+            .iter()
+            .filter(|pod| is_live(pod))
+            .map(ResourceExt::name_any)
+            .collect();
+        live.sort();
+        live
+    }
+
+    /// Every write the controller made in this namespace so far, in order.
+    fn controller_writes(&self) -> Vec<AuditEvent> {
+        self.cp
+            .audit_events()
+            .into_iter()
+            .filter(|event| event.namespace == self.ns && event.user == self.identity.user)
+            .collect()
+    }
+
+    /// Prints the Builds, pods, Events, the timeline and the controller's failures, so
+    /// that a failing scenario says where it stalled.
+    async fn diagnose(&self) {
+        let mut report = format!("--- scene {} ---\n", self.ns);
+        for build in self
+            .builds()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            report += &format!(
+                "Build {}: states {:?}\n{}\n",
+                build.name_any(),
+                self.timeline.states(&build.name_any()),
+                serde_yaml::to_string(&build.status).unwrap_or_default()
+            );
+        }
+        for pod in self
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let status = pod.status.as_ref();
+            report += &format!(
+                "pod {}: phase {:?} reason {:?} deleting {}\n",
+                pod.name_any(),
+                status.and_then(|s| s.phase.as_deref()),
+                status.and_then(|s| s.reason.as_deref()),
+                pod.metadata.deletion_timestamp.is_some()
+            );
+        }
+        for event in Api::<Event>::namespaced(self.admin.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            report += &format!(
+                "event {} {}: {}\n",
+                event.type_.unwrap_or_default(),
+                event.reason.unwrap_or_default(),
+                event.note.unwrap_or_default()
+            );
+        }
+        report += &format!(
+            "failed reconciles: {:?}\nkubelet errors: {:?}\ntimeline errors: {:?}\n",
+            self.outcomes.failures(),
+            self.kubelet.errors(),
+            self.timeline.errors()
+        );
+        let _ = writeln!(std::io::stderr(), "{report}");
+    }
+
+    /// Stops the controller and checks what every scenario must hold: it stopped cleanly,
+    /// no reconcile failed, no write of the controller was refused, the test kubelet and
+    /// the timeline met no error, and no Build ever had two live pods at once.
+    async fn finish(mut self) {
+        self.stop_controller().await;
+        let failures = self.outcomes.failures();
+        let refused: Vec<String> = self
+            .controller_writes()
+            .iter()
+            .filter(|event| event.code >= 400)
+            .map(|event| {
+                format!(
+                    "{} {} {} → {}",
+                    event.verb,
+                    resource(event),
+                    event.name,
+                    event.code
+                )
+            })
+            .collect();
+        if !failures.is_empty() || !refused.is_empty() {
+            self.diagnose().await;
+        }
+        assert_eq!(failures, Vec::new(), "failed reconciles");
+        assert_eq!(refused, Vec::<String>::new(), "refused controller writes");
+        assert_eq!(self.kubelet.errors(), Vec::<String>::new());
+        assert_eq!(self.timeline.errors(), Vec::<String>::new());
+        let peak = self.timeline.peak_live_per_build();
+        assert!(
+            peak.len() <= 1,
+            "two live pods of one Build at once: {peak:?}"
+        );
+    }
+}
+
+/// A Build named `name` as a person would apply it: [`Build::test`]'s spec (a Git source,
+/// output `registry.example.com/team/<name>:latest`, retries 2), no server-set metadata.
+fn build(name: &str) -> Build {
+    let mut build = Build::test(name);
+    build.metadata = ObjectMeta {
+        name: Some(name.to_owned()),
+        ..ObjectMeta::default()
+    };
+    build
+}
+
+fn phase_reason(build: &Build) -> (Option<Phase>, Option<Reason>) {
+    let status = build.status.as_ref();
+    (
+        status.and_then(|s| s.phase),
+        status.and_then(|s| s.reason()),
+    )
+}
+
+/// `resource[/subresource]` of an audited write.
+fn resource(event: &AuditEvent) -> String {
+    if event.subresource.is_empty() {
+        event.resource.clone()
+    } else {
+        format!("{}/{}", event.resource, event.subresource)
+    }
+}
+
+/// The writes counted by `verb resource[/subresource]`.
+fn count_writes(events: &[AuditEvent]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for event in events {
+        *counts
+            .entry(format!("{} {}", event.verb, resource(event)))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Asserts that `expected` occur in `states` in this order (other states may come
+/// between: a watch may coalesce nothing, but the controller may write more).
+fn assert_in_order(states: &[String], expected: &[&str]) {
+    let mut rest = states.iter();
+    for want in expected {
+        assert!(
+            rest.any(|state| state.starts_with(want)),
+            "{want:?} missing (in this order) from {states:?}"
+        );
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.name_any()
+}
+
+/// Writes to the real stderr, past libtest's capture: numbers a reader of CI logs wants.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+// --- scenarios ----------------------------------------------------------------------------
+
+/// Runs one successful build of `app` in `scene` and returns the controller's writes for
+/// it, by `verb resource`.
+async fn succeed_and_count_writes(scene: &Scene, digest: &Digest) -> BTreeMap<String, usize> {
+    scene.create(build("app")).await;
+    let done = scene
+        .wait_for("app", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    let status = done.status.as_ref().expect("status");
+    let output = status.output.as_ref().expect("status.output");
+    assert_eq!(output.digest, digest.to_string());
+    assert_eq!(output.short_digest, digest.short());
+    assert_eq!(output.image, "registry.example.com/team/app:latest");
+    assert_eq!((status.attempt, status.retries), (1, 0));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        status.attempts[0].digest.as_deref(),
+        Some(&*digest.to_string())
+    );
+    let mut conditions: Vec<(&str, &str, &str)> = status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    conditions.sort();
+    assert_eq!(
+        conditions,
+        [
+            ("Ready", "True", "Succeeded"),
+            ("Succeeded", "True", "Succeeded")
+        ]
+    );
+    assert!(done.finalizers().iter().any(|f| f == "kiln.dev/cleanup"));
+    assert_in_order(
+        &scene.timeline.states("app"),
+        &[
+            "Pending/PodCreated",
+            "Running/Running",
+            "Succeeded/Succeeded",
+        ],
+    );
+    assert_eq!(scene.kubelet.pods(), ["app-1"]);
+
+    // The audit log is written as requests complete: let the last write land. Then the
+    // controller is quiet: a finished build costs no more writes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = count_writes(&scene.controller_writes());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count_writes(&scene.controller_writes()),
+        writes,
+        "the controller kept writing after the build succeeded"
+    );
+    writes
+}
+
+#[tokio::test]
+async fn a_build_succeeds_with_its_digest_in_status_and_few_api_writes() {
+    let digest = Digest::of(b"the app image manifest");
+    // Pending, then Running, for long enough that the controller sees each state.
+    let Some(scene) = Scene::new("scenario-success", move |_| {
+        Script::succeed(&digest)
+            .pending_for(Duration::from_millis(500))
+            .running_for(Duration::from_millis(500))
+    })
+    .await
+    else {
+        return;
+    };
+    let writes = succeed_and_count_writes(&scene, &digest).await;
+    let total: usize = writes.values().sum();
+    let status_writes = writes
+        .iter()
+        .filter(|(key, _)| key.ends_with("builds/status"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    report(&format!(
+        "API writes by the controller for one successful build: {total} ({writes:?})"
+    ));
+    assert!(
+        total <= MAX_WRITES_PER_BUILD,
+        "{total} writes for one build (at most {MAX_WRITES_PER_BUILD}): {writes:?}"
+    );
+    assert!(
+        status_writes <= MAX_STATUS_WRITES_PER_BUILD,
+        "{status_writes} status writes (at most {MAX_STATUS_WRITES_PER_BUILD}): {writes:?}"
+    );
+    assert_eq!(writes.get("create pods"), Some(&1), "{writes:?}");
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_failing_build_fails_once_and_is_not_retried() {
+    let Some(scene) = Scene::new("scenario-failure", |_| {
+        Script::fail(
+            1,
+            "ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 1",
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    scene.create(build("app").retries(3)).await;
+    let failed = scene
+        .wait_for("app", Phase::Failed, Reason::BuildFailed)
+        .await;
+    let status = failed.status.as_ref().expect("status");
+    assert_eq!((status.attempt, status.retries), (1, 0));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exit code: 1")),
+        "{:?}",
+        status.message
+    );
+    assert_eq!(status.attempts[0].result, Some(AttemptResult::Failed));
+    // A retry, were one planned, would have started by now.
+    tokio::time::sleep(scene.config.retry_backoff + Duration::from_secs(1)).await;
+    assert_eq!(
+        scene.kubelet.pods(),
+        ["app-1"],
+        "a failed build was retried"
+    );
+    let again = scene.builds().get("app").await.expect("get app");
+    assert_eq!(
+        phase_reason(&again),
+        (Some(Phase::Failed), Some(Reason::BuildFailed))
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn an_evicted_attempt_is_retried_after_the_backoff_and_then_succeeds() {
+    let digest = Digest::of(b"built on the second try");
+    let Some(scene) = Scene::new("scenario-retry", move |pod| match pod_name(pod).as_str() {
+        "app-1" => Script::evicted().running_for(Duration::from_millis(300)),
+        _ => Script::succeed(&digest),
+    })
+    .await
+    else {
+        return;
+    };
+    scene.create(build("app")).await;
+    let done = scene
+        .wait_for("app", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    let status = done.status.as_ref().expect("status");
+    assert_eq!((status.attempt, status.retries), (2, 1));
+    let first = &status.attempts[0];
+    assert_eq!(
+        (first.result, first.reason),
+        (Some(AttemptResult::Failed), Some(Reason::PodEvicted))
+    );
+    assert_eq!(
+        status.output.as_ref().map(|o| o.digest.clone()),
+        Some(digest.to_string())
+    );
+    assert_in_order(
+        &scene.timeline.states("app"),
+        &[
+            "Running/Running attempt=1",
+            "Pending/PodEvicted attempt=1",
+            "Pending/PodCreated attempt=2",
+            "Succeeded/Succeeded attempt=2",
+        ],
+    );
+    // The second pod came no sooner than the backoff after the first one failed (as the
+    // watches saw both; 100 ms for the two watches' delivery).
+    let failed_at = scene
+        .timeline
+        .pod("app-1")
+        .and_then(|life| life.ended)
+        .expect("app-1 ended");
+    let retried_at = scene.timeline.pod("app-2").expect("app-2 created").created;
+    let gap = retried_at.duration_since(failed_at);
+    assert!(
+        gap + Duration::from_millis(100) >= scene.config.retry_backoff,
+        "retried {gap:?} after the failure; the backoff is {:?}",
+        scene.config.retry_backoff
+    );
+    assert_eq!(scene.kubelet.pods(), ["app-1", "app-2"]);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_times_out_is_not_retried_and_leaves_no_live_pod() {
+    let Some(scene) = Scene::with_config(
+        "scenario-timeout",
+        |config| config.max_timeout = Some(Duration::from_secs(2)),
+        |_| Script::run_until_deadline(),
+    )
+    .await
+    else {
+        return;
+    };
+    scene.create(build("app").retries(3)).await;
+    let pod = scene
+        .until("pod app-1 to run", || async {
+            scene
+                .pods()
+                .get_opt("app-1")
+                .await
+                .ok()
+                .flatten()
+                .filter(|pod| {
+                    kiln::controller::podstate::classify(pod)
+                        == kiln::controller::podstate::PodState::Running
+                })
+        })
+        .await;
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        Some(2),
+        "the controller's maximum timeout caps activeDeadlineSeconds"
+    );
+    let timed_out = scene.wait_for("app", Phase::Failed, Reason::TimedOut).await;
+    let status = timed_out.status.as_ref().expect("status");
+    assert_eq!((status.attempt, status.retries), (1, 0));
+    scene
+        .until("no live pod", || async {
+            scene.live_pods().await.is_empty().then_some(())
+        })
+        .await;
+    tokio::time::sleep(scene.config.retry_backoff + Duration::from_secs(1)).await;
+    assert_eq!(
+        scene.kubelet.pods(),
+        ["app-1"],
+        "a timed-out build was retried"
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_build_and_deletes_its_pod() {
+    let Some(scene) = Scene::new("scenario-cancel", |_| Script::run_until_deadline()).await else {
+        return;
+    };
+    scene.create(build("app")).await;
+    scene.wait_for("app", Phase::Running, Reason::Running).await;
+    scene.patch_spec("app", json!({ "cancel": true })).await;
+    let cancelled = scene
+        .wait_for("app", Phase::Cancelled, Reason::Cancelled)
+        .await;
+    let status = cancelled.status.as_ref().expect("status");
+    assert_eq!(status.attempts[0].result, Some(AttemptResult::Cancelled));
+    assert_eq!(status.observed_generation, Some(2));
+    scene.wait_pod_gone("app-1").await;
+    assert_eq!(scene.kubelet.pods(), ["app-1"]);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_spec_change_supersedes_the_running_attempt_and_builds_the_new_spec() {
+    let digest = Digest::of(b"generation 2");
+    let Some(scene) = Scene::new("scenario-supersede", move |pod| {
+        match pod_name(pod).as_str() {
+            "app-1" => Script::run_until_deadline(),
+            _ => Script::succeed(&digest),
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    scene.create(build("app")).await;
+    scene.wait_for("app", Phase::Running, Reason::Running).await;
+    let old_uid = scene.pods().get("app-1").await.expect("app-1").uid();
+    scene
+        .patch_spec("app", json!({ "buildArgs": { "VERSION": "2" } }))
+        .await;
+    let done = scene
+        .wait("app", "Succeeded at attempt 2", |b| {
+            phase_reason(b) == (Some(Phase::Succeeded), Some(Reason::Succeeded))
+                && b.status.as_ref().is_some_and(|s| s.attempt == 2)
+        })
+        .await;
+    let status = done.status.as_ref().expect("status");
+    assert_eq!(status.observed_generation, Some(2));
+    let first = &status.attempts[0];
+    assert_eq!(
+        (first.result, first.reason, first.generation),
+        (Some(AttemptResult::Cancelled), Some(Reason::Superseded), 1)
+    );
+    assert_eq!(status.attempts[1].generation, 2);
+    scene.wait_pod_gone("app-1").await;
+    // The new pod started only after the old one stopped.
+    let old = scene.timeline.pod("app-1").expect("app-1 seen");
+    assert_eq!(Some(old.uid), old_uid);
+    let new = scene.timeline.pod("app-2").expect("app-2 seen");
+    assert!(
+        old.ended.or(old.gone).is_some_and(|end| end <= new.created),
+        "app-2 was created while app-1 still ran"
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_concurrency_group_runs_one_build_at_a_time_in_creation_order() {
+    let gate = Gate::new();
+    let digest = Digest::of(b"release");
+    let script = {
+        let gate = gate.clone();
+        move |pod: &Pod| match pod_name(pod).as_str() {
+            "first-1" => Script::succeed(&digest).hold_until(&gate),
+            _ => Script::succeed(&digest).running_for(Duration::from_millis(300)),
+        }
+    };
+    let Some(scene) = Scene::new("scenario-queue", script).await else {
+        return;
+    };
+    // The same output image: one concurrency group.
+    let image = "registry.example.com/team/release:latest";
+    scene.create(build("first").output(image)).await;
+    scene
+        .wait_for("first", Phase::Running, Reason::Running)
+        .await;
+    scene.create(build("second").output(image)).await;
+    let queued = scene
+        .wait_for("second", Phase::Pending, Reason::Queued)
+        .await;
+    let message = queued
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("\"first\"") && message.contains(image),
+        "the queued Build names its holder and group: {message:?}"
+    );
+    // Queued stays queued while the holder runs (well past a queue re-check).
+    tokio::time::sleep(scene.config.queue_recheck + Duration::from_millis(500)).await;
+    let still = scene.builds().get("second").await.expect("get second");
+    assert_eq!(
+        phase_reason(&still),
+        (Some(Phase::Pending), Some(Reason::Queued))
+    );
+    assert_eq!(scene.kubelet.pods(), ["first-1"]);
+
+    gate.release();
+    scene
+        .wait_for("first", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    scene
+        .wait_for("second", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    let first = scene.timeline.pod("first-1").expect("first-1 seen");
+    let second = scene.timeline.pod("second-1").expect("second-1 seen");
+    assert!(
+        first.ended.is_some_and(|end| end <= second.created),
+        "second-1 was created while first-1 ran"
+    );
+    let peak = scene.timeline.peak_live_in_namespace();
+    assert!(
+        peak.len() <= 1,
+        "two pods of one concurrency group were live at once: {peak:?}"
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_a_build_deletes_its_pods_and_config_maps_before_the_build_goes() {
+    let Some(scene) = Scene::new("scenario-delete", |_| Script::run_until_deadline()).await else {
+        return;
+    };
+    // An inline source: its Dockerfile and files go into a ConfigMap of the attempt.
+    let inline = build("site")
+        .inline("FROM busybox:1.36\nCOPY index.html /www/\n")
+        .inline_file("index.html", "<h1>hello</h1>\n");
+    let created = scene.create(inline).await;
+    let uid = created.uid().expect("a UID");
+    scene
+        .wait_for("site", Phase::Running, Reason::Running)
+        .await;
+    let selector = ListParams::default().labels(&build_uid_selector(&uid));
+    let config_maps = scene
+        .config_maps()
+        .list(&selector)
+        .await
+        .expect("list ConfigMaps")
+        .items;
+    assert_eq!(
+        config_maps
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>(),
+        ["site-1"]
+    );
+
+    scene
+        .builds()
+        .delete("site", &DeleteParams::default())
+        .await
+        .expect("delete the Build");
+    scene
+        .until("Build site to be gone", || async {
+            scene
+                .builds()
+                .get_opt("site")
+                .await
+                .ok()
+                .and_then(|b| b.is_none().then_some(()))
+        })
+        .await;
+    let pods = scene.pods().list(&selector).await.expect("list pods").items;
+    let config_maps = scene
+        .config_maps()
+        .list(&selector)
+        .await
+        .expect("list ConfigMaps")
+        .items;
+    assert!(pods.is_empty(), "pods left: {pods:?}");
+    assert!(config_maps.is_empty(), "ConfigMaps left: {config_maps:?}");
+
+    // The finalizer did it, in order: the controller deleted the pod and the ConfigMap,
+    // the pod was gone (the kubelet confirmed its deletion), and only then did the
+    // controller release the Build. The garbage collector had nothing left to do.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events: Vec<AuditEvent> = scene
+        .cp
+        .audit_events()
+        .into_iter()
+        .filter(|e| e.namespace == scene.ns && e.code < 400)
+        .collect();
+    let position = |what: &str, matches: &dyn Fn(&AuditEvent) -> bool| {
+        events
+            .iter()
+            .rposition(matches)
+            .unwrap_or_else(|| panic!("no audited {what}: {events:#?}"))
+    };
+    let user = scene.identity.user.clone();
+    let controller_deleted_pod = position("pod delete by the controller", &|e| {
+        e.verb == "delete" && e.resource == "pods" && e.user == user
+    });
+    let controller_deleted_config_map = position("ConfigMap delete by the controller", &|e| {
+        e.verb == "delete" && e.resource == "configmaps" && e.user == user
+    });
+    let pod_gone = position("final pod delete", &|e| {
+        e.verb == "delete" && e.resource == "pods"
+    });
+    let finalizer_removed = position("finalizer removal", &|e| {
+        e.verb == "patch" && e.resource == "builds" && e.subresource.is_empty() && e.user == user
+    });
+    assert!(
+        controller_deleted_pod <= pod_gone
+            && pod_gone < finalizer_removed
+            && controller_deleted_config_map < finalizer_removed,
+        "out of order: pod delete {controller_deleted_pod}, pod gone {pod_gone}, \
+         ConfigMap delete {controller_deleted_config_map}, finalizer {finalizer_removed}"
+    );
+    let collected: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| e.user == GARBAGE_COLLECTOR && e.verb == "delete")
+        .collect();
+    assert!(
+        collected.is_empty(),
+        "left to the garbage collector: {collected:?}"
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_the_running_pod_and_completes_the_build() {
+    let gate = Gate::new();
+    let digest = Digest::of(b"survived a restart");
+    let script = {
+        let gate = gate.clone();
+        move |_: &Pod| Script::succeed(&digest).hold_until(&gate)
+    };
+    let Some(mut scene) = Scene::new("scenario-restart", script).await else {
+        return;
+    };
+    scene.create(build("app")).await;
+    scene.wait_for("app", Phase::Running, Reason::Running).await;
+    let pod_uid = scene.pods().get("app-1").await.expect("app-1").uid();
+
+    scene.stop_controller().await;
+    let reconciled_before = scene.outcomes.of("app").len();
+    scene.start_controller();
+    // The new controller has looked at the Build while its pod still runs.
+    scene
+        .until("the new controller to reconcile app", || async {
+            (scene.outcomes.of("app").len() > reconciled_before).then_some(())
+        })
+        .await;
+    let still = scene.builds().get("app").await.expect("get app");
+    assert_eq!(
+        phase_reason(&still),
+        (Some(Phase::Running), Some(Reason::Running))
+    );
+
+    gate.release();
+    let done = scene
+        .wait_for("app", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    let status = done.status.as_ref().expect("status");
+    assert_eq!(status.attempt, 1);
+    assert_eq!(status.attempts[0].pod_uid, pod_uid, "the same pod, adopted");
+    assert_eq!(
+        status.output.as_ref().map(|o| o.digest.clone()),
+        Some(digest.to_string())
+    );
+    assert_eq!(scene.timeline.pod_names(), ["app-1"]);
+    let creates = scene
+        .controller_writes()
+        .iter()
+        .filter(|e| e.verb == "create" && e.resource == "pods")
+        .count();
+    assert_eq!(creates, 1, "one pod create across both controllers");
+    scene.finish().await;
+}
