@@ -632,7 +632,11 @@ impl<'a> Decision<'a> {
     /// Plans the ConfigMap and pod of `attempt`, or fails the Build when its spec cannot
     /// be built.
     fn create_attempt_objects(&mut self, attempt: u32) {
-        let validated = match validate::validate(self.build, &self.observed.secrets, self.config) {
+        let validated = validate::validate(self.build, &self.observed.secrets, self.config)
+            .and_then(|v| {
+                validate::service_account(self.build, &self.observed.service_accounts).map(|()| v)
+            });
+        let validated = match validated {
             Ok(v) => v,
             Err(Problem { reason, message }) => {
                 self.close_attempt(AttemptResult::Failed, reason, &message);

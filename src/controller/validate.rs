@@ -223,6 +223,19 @@ pub fn validate<'a>(
     })
 }
 
+/// Checks that the builder ServiceAccount the Build names exists (`existing` holds the
+/// names observed): the API server refuses to create a pod whose ServiceAccount does not
+/// exist, and retrying the create would not help until someone creates it.
+pub fn service_account(build: &Build, existing: &BTreeSet<String>) -> Result<(), Problem> {
+    match build.spec.builder.service_account_name.as_deref() {
+        Some(name) if !existing.contains(name) => Err(Problem::invalid(format!(
+            "spec.builder.serviceAccountName: ServiceAccount {name:?} not found in namespace {:?}; create it, then request a new attempt with the annotation kiln.dev/rerun",
+            build.namespace().unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn find_secret<'s>(
     secrets: &'s BTreeMap<String, SecretInfo>,
     name: &str,

@@ -231,6 +231,34 @@ fn a_missing_push_secret_fails_with_secret_not_found_naming_the_field() {
 }
 
 #[test]
+fn a_missing_builder_service_account_fails_naming_the_field_and_creates_no_pod() {
+    let mut build = Build::test("app");
+    build.spec.builder.service_account_name = Some("builder".into());
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::InvalidSpec));
+    assert!(plan.created_pods().is_empty());
+    assert!(
+        message(&plan).starts_with(
+            "spec.builder.serviceAccountName: ServiceAccount \"builder\" not found in namespace \"default\""
+        ),
+        "{}",
+        message(&plan)
+    );
+    // Once it exists, the pod runs as it.
+    let observed = Observed {
+        service_accounts: ["builder".to_owned()].into(),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 0);
+    let pod = plan.created_pods()[0];
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref());
+    assert_eq!(account, Some("builder"));
+}
+
+#[test]
 fn a_present_push_secret_is_mounted() {
     let build = Build::test("app").push_secret("regcred");
     let observed = Observed {
