@@ -34,9 +34,12 @@ use common::kubelet::{Gate, Script, TestKubelet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kiln::controller::Config;
+use kiln::controller::context::{CacheService, parse_mirror};
 use kiln::controller::labels::build_uid_selector;
+use kiln::controller::pod::attempt_objects;
 use kiln::controller::podstate::is_live;
-use kiln::crd::{AttemptResult, Build, Phase, Reason};
+use kiln::controller::validate::{SecretInfo, validate};
+use kiln::crd::{AttemptResult, Build, CacheMode, CacheScope, Phase, Reason};
 use kiln::digest::Digest;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -502,13 +505,16 @@ async fn a_build_succeeds_with_its_digest_in_status_and_few_api_writes() {
 
 #[tokio::test]
 async fn a_failing_build_fails_once_and_is_not_retried() {
-    let Some(scene) = Scene::new("scenario-failure", |_| {
-        Script::fail(
-            1,
-            "ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 1",
-        )
-    })
-    .await
+    // A real build log: long, many lines, not all ASCII; the message and the Event keep
+    // its end, within what the API server accepts (an Event note is at most 1 KiB).
+    let log: String = (1..=60)
+        .map(|n| format!("#{n} [build 3/4] RUN make ─ compiling module {n} of 60 …\n"))
+        .chain([
+            "ERROR: process \"/bin/sh -c make\" did not complete successfully: exit code: 1"
+                .to_owned(),
+        ])
+        .collect();
+    let Some(scene) = Scene::new("scenario-failure", move |_| Script::fail(1, log.clone())).await
     else {
         return;
     };
@@ -527,6 +533,22 @@ async fn a_failing_build_fails_once_and_is_not_retried() {
         status.message
     );
     assert_eq!(status.attempts[0].result, Some(AttemptResult::Failed));
+    let warnings = scene
+        .until("the BuildFailed Event", || async {
+            let events = Api::<Event>::namespaced(scene.admin.clone(), &scene.ns)
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let found: Vec<String> = events
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("BuildFailed"))
+                .filter_map(|e| e.note)
+                .collect();
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+    assert!(warnings[0].contains("exit code: 1"), "{warnings:?}");
     // A retry, were one planned, would have started by now.
     tokio::time::sleep(scene.config.retry_backoff + Duration::from_secs(1)).await;
     assert_eq!(
@@ -872,6 +894,33 @@ async fn deleting_a_build_deletes_its_pods_and_config_maps_before_the_build_goes
 }
 
 #[tokio::test]
+async fn a_build_naming_a_missing_service_account_fails_with_the_field_named_and_no_pod() {
+    // The API server refuses a pod whose ServiceAccount does not exist (admission, 403):
+    // the controller says so in the Build's status instead of retrying the create forever.
+    let Some(scene) = Scene::new("scenario-account", |_| Script::succeed(&Digest::of(b"x"))).await
+    else {
+        return;
+    };
+    let mut named = build("app");
+    named.spec.builder.service_account_name = Some("builder".to_owned());
+    scene.create(named).await;
+    let failed = scene
+        .wait_for("app", Phase::Failed, Reason::InvalidSpec)
+        .await;
+    let message = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("spec.builder.serviceAccountName") && message.contains("\"builder\""),
+        "{message:?}"
+    );
+    assert_eq!(scene.kubelet.pods(), Vec::<String>::new(), "no pod");
+    scene.finish().await;
+}
+
+#[tokio::test]
 async fn a_restarted_controller_adopts_the_running_pod_and_completes_the_build() {
     let gate = Gate::new();
     let digest = Digest::of(b"survived a restart");
@@ -920,4 +969,120 @@ async fn a_restarted_controller_adopts_the_running_pod_and_completes_the_build()
         .count();
     assert_eq!(creates, 1, "one pod create across both controllers");
     scene.finish().await;
+}
+
+/// POSTs `object` to `path` as a dry run with strict field validation: everything the API
+/// server checks (fields, values, admission), nothing stored.
+async fn dry_run_strict(client: &Client, path: &str, object: &impl serde::Serialize) {
+    let body = serde_json::to_vec(object).expect("JSON");
+    let request = http::Request::post(format!("{path}?dryRun=All&fieldValidation=Strict"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .expect("a request");
+    if let Err(err) = client.request::<serde_json::Value>(request).await {
+        panic!(
+            "the API server rejected {path}: {err}\n{}",
+            serde_yaml::to_string(object).unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_pods_and_config_maps_of_every_kind_of_build_pass_strict_validation() {
+    let Some(cp) = envtest::shared().await else {
+        return;
+    };
+    let client = cp.client();
+    let ns = cluster::create_namespace(&client, "scenario-pods").await;
+    // The builder ServiceAccount one of the Builds names (admission checks it exists).
+    cluster::apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: builder\n",
+        Some(&ns),
+    )
+    .await
+    .expect("create ServiceAccount builder");
+    let mut config = fast_config(&ns);
+    config.cache_service =
+        Some(CacheService::parse("http://kiln-cache.kiln-system.svc:5000").unwrap());
+    let (registry, mirror) =
+        parse_mirror("docker.io=http://kiln-cache.kiln-system.svc:5000").unwrap();
+    config.registry_mirrors.insert(registry, mirror);
+    config
+        .plain_http_registries
+        .insert("registry.kiln-system.svc:5000".to_owned());
+    let secrets = [
+        (
+            "regcred",
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+        ),
+        ("git-token", "kubernetes.io/basic-auth", "password"),
+        ("git-ssh", "kubernetes.io/ssh-auth", "ssh-privatekey"),
+    ]
+    .into_iter()
+    .map(|(name, type_, key)| {
+        let info = SecretInfo {
+            type_: type_.to_owned(),
+            keys: [key.to_owned()].into(),
+        };
+        (name.to_owned(), info)
+    })
+    .collect();
+    let mut scheduled = Build::test("scheduled")
+        .git("git@github.com:team/app.git", None, None)
+        .clone_secret("git-ssh");
+    scheduled.spec.builder = serde_json::from_value(json!({
+        "image": "registry.example.com/buildkit:v0.26.1-rootless",
+        "serviceAccountName": "builder",
+        "resources": { "requests": { "cpu": "2", "memory": "4Gi" }, "limits": { "memory": "8Gi" } },
+        "nodeSelector": { "kubernetes.io/arch": "arm64" },
+        "tolerations": [{ "key": "builds", "operator": "Exists", "effect": "NoSchedule" }],
+    }))
+    .expect("a builder spec");
+    let builds = [
+        Build::test("git")
+            .git("https://git.example.com/team/app.git", Some("v1.2.0"), Some("services/api"))
+            .clone_secret("git-token")
+            .push_secret("regcred")
+            .target("runtime")
+            .build_arg("VERSION", "1.2.0")
+            .platform("linux/arm64")
+            .platform("linux/amd64")
+            .cache(CacheMode::Max, CacheScope::Namespace),
+        Build::test("inline")
+            .inline("FROM alpine:3.20\nCOPY . /app\n")
+            .inline_file("src/main.sh", "echo hello\n")
+            .inline_file("README.md", "hello\n"),
+        Build::test("oci")
+            .oci("registry.example.com/team/context@sha256:2222222222222222222222222222222222222222222222222222222222222222")
+            .push_secret("regcred")
+            .cache(CacheMode::Min, CacheScope::Build),
+        scheduled,
+        // The longest name (63): the pod name is cut and hashed; a UID as the server makes.
+        Build::test(&format!("{}end", "long-name-".repeat(6)))
+            .with_uid("4f6b7c2e-0d3a-4b8e-9a51-7c2f1e0b9d44")
+            .inline("FROM scratch\n")
+            .timeout("24h"),
+    ];
+    for build in builds {
+        let build = build.in_namespace(&ns);
+        let validated = validate(&build, &secrets, &config)
+            .unwrap_or_else(|problem| panic!("{}: {}", build.name_any(), problem.message));
+        let objects = attempt_objects(&build, 7, &validated, &config);
+        if let Some(config_map) = &objects.config_map {
+            dry_run_strict(
+                &client,
+                &format!("/api/v1/namespaces/{ns}/configmaps"),
+                config_map,
+            )
+            .await;
+        }
+        dry_run_strict(
+            &client,
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &objects.pod,
+        )
+        .await;
+    }
 }
