@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::cluster;
 use common::envtest;
+use common::schema::walk;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kiln::crd::Build;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -52,23 +53,6 @@ fn crd_schema() -> Value {
         .find(|doc| doc["metadata"]["name"] == CRD_NAME)
         .unwrap_or_else(|| panic!("{CRD_FILE} holds no {CRD_NAME}"));
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
-
-/// Calls `visit(path, node)` for every node of a schema: `.spec.source.git.url`,
-/// `.spec.platforms[]`, `.spec.buildArgs{}`.
-fn walk(path: &str, node: &Value, visit: &mut dyn FnMut(&str, &Value)) {
-    visit(path, node);
-    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
-        for (name, child) in properties {
-            walk(&format!("{path}.{name}"), child, visit);
-        }
-    }
-    if let Some(items) = node.get("items") {
-        walk(&format!("{path}[]"), items, visit);
-    }
-    if let Some(values) = node.get("additionalProperties").filter(|v| v.is_object()) {
-        walk(&format!("{path}{{}}"), values, visit);
-    }
 }
 
 /// Every CEL rule of the CRD as `(path#index, message)`: `.spec.timeout#0`, `#0` for the

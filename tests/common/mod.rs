@@ -10,6 +10,7 @@
 //! | [`envtest`] | a real kube-apiserver, kube-controller-manager and etcd built from Go modules |
 //! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
 //! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
+//! | [`schema`] | walking a CRD's OpenAPI schema (also included by path where `common` is not) |
 //! | [`controller`] | the real controller in-process: start, stop, identity, a timeline of what its watches saw |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
@@ -23,6 +24,7 @@ pub mod envtest;
 pub mod fake_api;
 pub mod kubelet;
 pub mod oci_layout;
+pub mod schema;
 pub mod skopeo;
 
 use std::net::TcpListener;
