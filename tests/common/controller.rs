@@ -194,11 +194,6 @@ impl RunningController {
             Err(_) => panic!("the controller did not stop within {STOP_TIMEOUT:?}"),
         }
     }
-
-    /// Whether it has returned (it only returns when stopped, or on a start-up error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
 }
 
 impl Drop for RunningController {
