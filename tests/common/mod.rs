@@ -11,6 +11,7 @@
 //! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
 //! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
 //! | [`schema`] | walking a CRD's OpenAPI schema (also included by path where `common` is not) |
+//! | [`scene`] | one controller scenario: namespace, controller, test kubelet, timeline, shared checks |
 //! | [`controller`] | the real controller in-process: start, stop, identity, a timeline of what its watches saw |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
@@ -24,6 +25,7 @@ pub mod envtest;
 pub mod fake_api;
 pub mod kubelet;
 pub mod oci_layout;
+pub mod scene;
 pub mod schema;
 pub mod skopeo;
 
