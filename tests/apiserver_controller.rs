@@ -211,21 +211,7 @@ async fn a_build_succeeds_with_only_the_permissions_the_readme_lists() {
         .wait_for("app", Phase::Succeeded, Reason::Succeeded)
         .await;
     // And through the finalizer.
-    scene
-        .builds()
-        .delete("app", &DeleteParams::default())
-        .await
-        .expect("delete the Build");
-    scene
-        .until("Build app to be gone", || async {
-            scene
-                .builds()
-                .get_opt("app")
-                .await
-                .ok()
-                .and_then(|b| b.is_none().then_some(()))
-        })
-        .await;
+    scene.delete_build("app").await;
     assert!(
         scene
             .controller_writes()
@@ -556,21 +542,7 @@ async fn deleting_a_build_deletes_its_pods_and_config_maps_before_the_build_goes
         ["site-1"]
     );
 
-    scene
-        .builds()
-        .delete("site", &DeleteParams::default())
-        .await
-        .expect("delete the Build");
-    scene
-        .until("Build site to be gone", || async {
-            scene
-                .builds()
-                .get_opt("site")
-                .await
-                .ok()
-                .and_then(|b| b.is_none().then_some(()))
-        })
-        .await;
+    scene.delete_build("site").await;
     let pods = scene.pods().list(&selector).await.expect("list pods").items;
     let config_maps = scene
         .config_maps()

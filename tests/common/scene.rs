@@ -21,7 +21,7 @@ use k8s_openapi::api::events::v1::Event;
 use kiln::controller::Config;
 use kiln::controller::podstate::is_live;
 use kiln::crd::{Build, Phase, Reason};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -210,12 +210,28 @@ impl Scene {
 
     /// Waits until the pod `name` no longer exists.
     pub async fn wait_pod_gone(&self, name: &str) {
-        let pods = self.pods();
-        self.until(&format!("pod {name} to be gone"), || async {
-            pods.get_opt(name)
+        self.wait_gone(&self.pods(), "pod", name).await;
+    }
+
+    /// Deletes the Build `name` as a person would (`kubectl delete`) and waits until it is
+    /// gone: until its finalizer let go.
+    pub async fn delete_build(&self, name: &str) {
+        self.builds()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|err| panic!("deleting Build {name}: {err}"));
+        self.wait_gone(&self.builds(), "Build", name).await;
+    }
+
+    async fn wait_gone<K>(&self, api: &Api<K>, kind: &str, name: &str)
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        self.until(&format!("{kind} {name} to be gone"), || async {
+            api.get_opt(name)
                 .await
                 .ok()
-                .and_then(|pod| pod.is_none().then_some(()))
+                .and_then(|found| found.is_none().then_some(()))
         })
         .await;
     }
