@@ -307,6 +307,7 @@ fn assert_controller_rbac(objects: &[Value], leader_election: bool) {
             &["get", "list", "watch", "create", "delete"],
         ),
         grant("", "secrets", &["get", "list", "create", "delete"]),
+        grant("", "serviceaccounts", &["get"]),
         grant("", "namespaces", &["list"]),
         grant("events.k8s.io", "events", &["create", "patch"]),
     ]
@@ -1235,4 +1236,46 @@ fn the_image_fetches_dependencies_with_every_file_the_manifest_names() {
             );
         }
     }
+}
+
+/// The lifecycle scenario of `tests/apiserver_controller.rs` with the controller bound to
+/// the RBAC the chart renders, nothing more: a Build that reads a push Secret and a builder
+/// ServiceAccount runs to success and through its finalizer, with no refused write and no
+/// failed reconcile (the audit log says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_api_server_a_build_succeeds_with_only_the_charts_rbac() {
+    use common::controller::Identity;
+    use common::{cluster, envtest};
+
+    let Some(cp) = envtest::shared().await else {
+        return;
+    };
+    let admin = cp.client();
+    let home = cluster::create_namespace(&admin, "chart-home").await;
+    // Its own release name, so that its cluster-wide objects do not meet the other tests'.
+    let rendered = run(
+        &tool("KILN_HELM", "helm"),
+        &[
+            "template",
+            "rbac-scenario",
+            CHART,
+            "--namespace",
+            &home,
+            "--kube-version",
+            "1.36.0",
+            "--show-only",
+            "templates/serviceaccounts.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+    );
+    let identity = Identity::service_account(
+        cp,
+        &admin,
+        &rendered,
+        &home,
+        "rbac-scenario-kiln-controller",
+    )
+    .await;
+    common::scene::a_build_succeeds_as(cp, "chart-rbac-scenario", identity).await;
 }

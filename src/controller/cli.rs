@@ -75,6 +75,11 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub queue_recheck: Duration,
 
+    /// Longest time any build attempt may run, whatever its spec.timeout says (e.g. 2h): a
+    /// cluster-wide ceiling on the build pods' activeDeadlineSeconds [default: none].
+    #[arg(long, value_parser = parse_max_timeout)]
+    pub max_build_timeout: Option<Duration>,
+
     /// Largest inline build context (Dockerfile plus files), e.g. 512KiB; at most 900KiB,
     /// since it is stored in a ConfigMap.
     #[arg(long, default_value = "512KiB", value_parser = parse_inline_limit)]
@@ -163,6 +168,7 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_build_timeout,
             max_inline_context,
             attempt_history,
             succeeded_pod_ttl,
@@ -190,6 +196,7 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_timeout: max_build_timeout,
             max_inline_bytes: max_inline_context,
             attempt_history,
             succeeded_pod_ttl,
@@ -249,6 +256,9 @@ pub enum FlagError {
     /// Not `host[:port]`.
     #[error("{0:?} is not HOST[:PORT]")]
     Host(String),
+    /// A maximum build timeout under one second (`activeDeadlineSeconds` counts seconds).
+    #[error("{0:?} is less than 1s, the shortest activeDeadlineSeconds")]
+    TimeoutTooShort(String),
     /// Not a size or duration.
     #[error(transparent)]
     Size(#[from] crate::units::UnitsError),
@@ -287,11 +297,23 @@ fn parse_host(text: &str) -> Result<String, FlagError> {
 }
 
 fn parse_interval(text: &str) -> Result<Duration, FlagError> {
-    let interval = parse_duration(text)?;
-    if interval < Duration::from_secs(1) {
-        return Err(FlagError::Interval(text.to_owned()));
+    at_least_one_second(text, FlagError::Interval)
+}
+
+fn parse_max_timeout(text: &str) -> Result<Duration, FlagError> {
+    at_least_one_second(text, FlagError::TimeoutTooShort)
+}
+
+/// A duration of one second or more; shorter ones are rejected with `too_short`.
+fn at_least_one_second(
+    text: &str,
+    too_short: fn(String) -> FlagError,
+) -> Result<Duration, FlagError> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(too_short(text.to_owned()));
     }
-    Ok(interval)
+    Ok(duration)
 }
 
 fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
@@ -459,6 +481,7 @@ mod tests {
             "--registry-mirror=docker.io=mirror.gcr.io",
             "--registry-mirror=ghcr.io=http://kiln-cache:5000",
             "--retry-backoff=5s",
+            "--max-build-timeout=2h",
             "--max-inline-context=64KiB",
             "--builder-memory-request=2Gi",
             "--succeeded-pod-ttl=10m",
@@ -484,6 +507,7 @@ mod tests {
             ["docker.io", "ghcr.io"]
         );
         assert_eq!(config.retry_backoff, Duration::from_secs(5));
+        assert_eq!(config.max_timeout, Some(Duration::from_secs(2 * 3600)));
         assert_eq!(config.max_inline_bytes, 64 * 1024);
         assert_eq!(config.default_requests["memory"], Quantity("2Gi".into()));
     }
@@ -557,6 +581,7 @@ mod tests {
             // The cache files need the cache service.
             ["kiln", "--cache-admin-token-file=/x"],
             ["kiln", "--cache-token-key-file=/x"],
+            ["kiln", "--max-build-timeout=500ms"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

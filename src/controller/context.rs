@@ -47,6 +47,10 @@ pub struct Config {
     /// How often a queued Build checks its concurrency group again (it is also woken up
     /// whenever a Build of its group changes).
     pub queue_recheck: Duration,
+    /// Longest time any attempt may run, whatever its `spec.timeout` says: a cluster-wide
+    /// ceiling on `activeDeadlineSeconds`. `None` (the default) leaves `spec.timeout` (1m to
+    /// 24h) alone.
+    pub max_timeout: Option<Duration>,
     /// Largest inline context (Dockerfile and files, in bytes).
     pub max_inline_bytes: u64,
     /// Attempts kept in `status.attempts` when the Build does not say.
@@ -88,6 +92,7 @@ impl Default for Config {
             retry_backoff_max: Duration::from_secs(300),
             pod_grace_period: Duration::from_secs(30),
             queue_recheck: Duration::from_secs(30),
+            max_timeout: None,
             max_inline_bytes: 512 * 1024,
             attempt_history: 10,
             succeeded_pod_ttl: Duration::from_secs(3600),

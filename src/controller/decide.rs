@@ -84,6 +84,22 @@ pub fn backoff(retry: u32, config: &Config) -> Duration {
         .min(config.retry_backoff_max)
 }
 
+/// The moment `wait` has passed since the status time `since`, counted from the end of
+/// that second.
+///
+/// The API server keeps status times (`metav1.Time`) to whole seconds, and k8s-openapi
+/// writes them so too: a time read back from status was cut short by up to a second.
+/// Counting from the end of its second makes a retry backoff or an attempt's deadline
+/// never shorter than configured (at most a second longer), and gives the same answer
+/// before and after the time went through the API server.
+pub fn wait_ends(since: &Time, wait: Duration) -> Timestamp {
+    let end_of_second =
+        Timestamp::from_second(since.0.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX);
+    end_of_second
+        .saturating_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
 /// Decides what to do with `build`.
 pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
     if build.metadata.deletion_timestamp.is_some() {
@@ -423,17 +439,33 @@ impl<'a> Decision<'a> {
         self.set(Phase::Cancelled, Reason::Superseded, message);
     }
 
+    /// How long an attempt may run (an invalid `spec.timeout` fails the attempt before its
+    /// pod is created; until then, the schema's default of one hour).
+    fn attempt_timeout(&self) -> Duration {
+        validate::attempt_timeout(self.build, self.config).unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// The timeout in force, for messages: `spec.timeout (30m)`, or the controller's
+    /// ceiling when it cut `spec.timeout` short.
+    fn timeout_description(&self, timeout: Duration) -> String {
+        let spec = &self.build.spec.timeout;
+        if validate::timeout(self.build).is_ok_and(|t| t > timeout) {
+            format!(
+                "the controller's maximum build timeout ({}s; spec.timeout is {spec})",
+                timeout.as_secs()
+            )
+        } else {
+            format!("spec.timeout ({spec})")
+        }
+    }
+
     /// Follows the open attempt through its pod.
     fn follow_attempt(&mut self) {
         let Some(record) = self.open_attempt().cloned() else {
             return;
         };
-        let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
-        let deadline = record
-            .start_time
-            .0
-            .saturating_add(SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX))
-            .unwrap_or(Timestamp::MAX);
+        let timeout = self.attempt_timeout();
+        let deadline = wait_ends(&record.start_time, timeout);
         let pod = self
             .observed
             .pods
@@ -526,8 +558,9 @@ impl<'a> Decision<'a> {
                 reason: Reason::TimedOut,
                 retriable: false,
                 message: format!(
-                    "attempt {} ran longer than spec.timeout ({})",
-                    record.attempt, self.build.spec.timeout
+                    "attempt {} ran longer than {}",
+                    record.attempt,
+                    self.timeout_description(timeout)
                 ),
             });
         }
@@ -558,13 +591,7 @@ impl<'a> Decision<'a> {
         if failure.retriable && self.status.retries < allowed {
             self.status.retries += 1;
             let retry = self.status.retries;
-            let at = self
-                .now
-                .saturating_add(
-                    SignedDuration::try_from(backoff(retry, self.config))
-                        .unwrap_or(SignedDuration::MAX),
-                )
-                .unwrap_or(self.now);
+            let at = wait_ends(&Time(self.now), backoff(retry, self.config));
             self.set(
                 Phase::Pending,
                 failure.reason,
@@ -597,9 +624,7 @@ impl<'a> Decision<'a> {
                 .last()
                 .and_then(|a| a.completion_time.clone())
         {
-            let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
-                .unwrap_or(SignedDuration::MAX);
-            let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
+            let at = wait_ends(&ended, backoff(self.status.retries, self.config));
             if self.now < at {
                 return self.requeue_at(at);
             }
@@ -656,7 +681,7 @@ impl<'a> Decision<'a> {
         }
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
-            let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+            let timeout = self.attempt_timeout();
             self.requeue_after(timeout);
         }
     }
@@ -664,7 +689,11 @@ impl<'a> Decision<'a> {
     /// Plans the ConfigMap and pod of `attempt`, or fails the Build when its spec cannot
     /// be built.
     fn create_attempt_objects(&mut self, attempt: u32) {
-        let validated = match validate::validate(self.build, &self.observed.secrets, self.config) {
+        let validated = validate::validate(self.build, &self.observed.secrets, self.config)
+            .and_then(|v| {
+                validate::service_account(self.build, &self.observed.service_accounts).map(|()| v)
+            });
+        let validated = match validated {
             Ok(v) => v,
             Err(Problem { reason, message }) => {
                 self.close_attempt(AttemptResult::Failed, reason, &message);

@@ -63,6 +63,17 @@ pub enum ObserveError {
         #[source]
         source: kube::Error,
     },
+    /// Reading the builder ServiceAccount the Build names.
+    #[error("reading ServiceAccount {namespace}/{name}")]
+    GetServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Listing the Builds of the namespace (the concurrency group).
     #[error("listing the Builds of namespace {namespace}")]
     ListBuilds {
@@ -243,6 +254,7 @@ impl ReconcileError {
                 ObserveError::ListConfigMaps { .. } => "list_config_maps",
                 ObserveError::ListSecrets { .. } => "list_secrets",
                 ObserveError::GetSecret { .. } => "get_secret",
+                ObserveError::GetServiceAccount { .. } => "get_service_account",
                 ObserveError::ListBuilds { .. } => "list_builds",
                 ObserveError::ListGroupPods { .. } => "list_group_pods",
             },

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
@@ -38,6 +38,9 @@ pub struct Observed {
     pub cache: BTreeMap<String, CallState>,
     /// The Secrets the Build names that exist, by name (read only while it may start).
     pub secrets: BTreeMap<String, SecretInfo>,
+    /// The builder ServiceAccount the Build names, when it exists (read only while it may
+    /// start): the API server refuses a pod whose ServiceAccount does not exist.
+    pub service_accounts: BTreeSet<String>,
     /// The other Builds of its concurrency group, by name (read only while it may start
     /// or hold the group).
     pub peers: Vec<Peer>,
@@ -107,6 +110,7 @@ pub async fn observe(
 
     if wants_inputs(&build) {
         observed.secrets = read_secrets(ctx, &build, &namespace).await?;
+        observed.service_accounts = read_service_account(ctx, &build, &namespace).await?;
         observed.peers = read_peers(ctx, &build, &namespace).await?;
     }
     Ok(Some((build, observed)))
@@ -176,6 +180,28 @@ async fn read_secrets(
         }
     }
     Ok(found)
+}
+
+/// The builder ServiceAccount the Build names, if it exists; none when it names none (the
+/// namespace's `default` is then used, which the cluster creates itself).
+async fn read_service_account(
+    ctx: &Context,
+    build: &Build,
+    namespace: &str,
+) -> Result<BTreeSet<String>, ObserveError> {
+    let Some(name) = build.spec.builder.service_account_name.as_deref() else {
+        return Ok(BTreeSet::new());
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = accounts
+        .get_opt(name)
+        .await
+        .map_err(|source| ObserveError::GetServiceAccount {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(found.map(|_| name.to_owned()).into_iter().collect())
 }
 
 /// The other Builds of the concurrency group, with their standing.

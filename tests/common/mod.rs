@@ -11,11 +11,15 @@
 //! | [`cluster`] | helpers that work on any cluster (namespaces, YAML, CRD readiness) |
 //! | [`kubelet`] | the test kubelet: drives labelled pods through scripted lifecycles |
 //! | [`fake_cache`] | a stateful fake of the cache service's admin API (leases, tags, repositories) |
+//! | [`schema`] | walking a CRD's OpenAPI schema (also included by path where `common` is not) |
+//! | [`scene`] | one controller scenario: namespace, controller, test kubelet, timeline, shared checks |
+//! | [`controller`] | the real controller in-process: start, stop, identity, a timeline of what its watches saw |
 //!
 //! Each test file uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod controller;
 pub mod cut_proxy;
 pub mod docker_registry;
 pub mod envtest;
@@ -23,6 +27,8 @@ pub mod fake_api;
 pub mod fake_cache;
 pub mod kubelet;
 pub mod oci_layout;
+pub mod scene;
+pub mod schema;
 pub mod skopeo;
 
 use std::net::TcpListener;

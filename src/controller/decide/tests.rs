@@ -231,6 +231,34 @@ fn a_missing_push_secret_fails_with_secret_not_found_naming_the_field() {
 }
 
 #[test]
+fn a_missing_builder_service_account_fails_naming_the_field_and_creates_no_pod() {
+    let mut build = Build::test("app");
+    build.spec.builder.service_account_name = Some("builder".into());
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::InvalidSpec));
+    assert!(plan.created_pods().is_empty());
+    assert!(
+        message(&plan).starts_with(
+            "spec.builder.serviceAccountName: ServiceAccount \"builder\" not found in namespace \"default\""
+        ),
+        "{}",
+        message(&plan)
+    );
+    // Once it exists, the pod runs as it.
+    let observed = Observed {
+        service_accounts: ["builder".to_owned()].into(),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 0);
+    let pod = plan.created_pods()[0];
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref());
+    assert_eq!(account, Some("builder"));
+}
+
+#[test]
 fn a_present_push_secret_is_mounted() {
     let build = Build::test("app").push_secret("regcred");
     let observed = Observed {
@@ -262,7 +290,9 @@ fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
         status(&plan).attempts[0].pod_uid.as_deref(),
         Some("pod-app-1")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3598)));
+    // The deadline counts from the end of the start's second (status times are whole
+    // seconds): 3601 s after T0.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3599)));
 }
 
 #[test]
@@ -283,7 +313,7 @@ fn nothing_is_written_when_nothing_changed() {
     let build = running(Build::test("app"));
     let plan = pod_says(&build, |p| p.running(), 50);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3550)));
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3551)));
 }
 
 #[test]
@@ -368,9 +398,10 @@ fn an_eviction_is_retried_after_a_backoff() {
         s.message
             .as_deref()
             .unwrap()
-            .contains("retry 1 of 2 at 2026-01-01T00:01:50Z")
+            .contains("retry 1 of 2 at 2026-01-01T00:01:51Z")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(10)));
+    // 10 s from the end of the failure's second: never shorter than the backoff.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(11)));
 }
 
 #[test]
@@ -381,9 +412,13 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
     // Still backing off: nothing.
     let early = decide_at(&build, &with_pods(evicted.clone()), 105);
     assert!(early.actions.is_empty());
-    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(5)));
+    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(6)));
+    // The failure was stored as 100 s, but may have been up to 100.999 s: at 110 s the
+    // backoff may not be over yet.
+    let not_yet = decide_at(&build, &with_pods(evicted.clone()), 110);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
     // Backoff over: attempt 2.
-    let plan = decide_at(&build, &with_pods(evicted), 110);
+    let plan = decide_at(&build, &with_pods(evicted), 111);
     assert_eq!(
         plan.describe(),
         [
@@ -397,6 +432,22 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
         Some(Time(T0)),
         "the run's start stays"
     );
+}
+
+#[test]
+fn waits_count_from_the_end_of_the_second_a_status_time_stands_for() {
+    // What decide holds in memory (sub-second) and what it reads back from the API server
+    // (cut to the second) give the same moment, never earlier than the wait allows.
+    let precise = Time(T0.saturating_add(SignedDuration::from_millis(300)).unwrap());
+    let stored = Time(T0);
+    let wait = Duration::from_secs(2);
+    assert_eq!(wait_ends(&precise, wait), at(3));
+    assert_eq!(wait_ends(&stored, wait), at(3));
+    let exact = precise
+        .0
+        .saturating_add(SignedDuration::from_secs(2))
+        .unwrap();
+    assert!(wait_ends(&precise, wait) >= exact);
 }
 
 #[test]
@@ -516,7 +567,10 @@ fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
 #[test]
 fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
     let build = running(Build::test("app").timeout("10m"));
-    let plan = pod_says(&build, |p| p.running(), 600);
+    // Not at 600 s: the start was stored as T0 but may have been up to T0 + 0.999 s.
+    let not_yet = pod_says(&build, |p| p.running(), 600);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
+    let plan = pod_says(&build, |p| p.running(), 601);
     assert_eq!(
         plan.describe(),
         [
@@ -526,6 +580,55 @@ fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
         ]
     );
     assert_eq!(status(&plan).retries, 0, "a timeout is not retried");
+}
+
+#[test]
+fn the_controllers_maximum_timeout_cuts_spec_timeout_short() {
+    let capped = Config {
+        max_timeout: Some(Duration::from_secs(120)),
+        ..config()
+    };
+    let build = Build::test("app").timeout("10m");
+    let plan = decide(&build, &none(), at(0), &capped);
+    let pod = plan.created_pods()[0];
+    let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    assert_eq!(
+        deadline,
+        Some(120),
+        "activeDeadlineSeconds follows the ceiling"
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(120)));
+
+    let build = after(&build, &plan);
+    let running = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(5),
+        &capped,
+    );
+    let build = after(&build, &running);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(121),
+        &capped,
+    );
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert_eq!(
+        message(&plan),
+        "attempt 1 ran longer than the controller's maximum build timeout (120s; spec.timeout is 10m)"
+    );
+    // A ceiling above spec.timeout changes nothing.
+    let loose = Config {
+        max_timeout: Some(Duration::from_secs(7200)),
+        ..config()
+    };
+    let plan = decide(&Build::test("app").timeout("10m"), &none(), at(0), &loose);
+    let pod = plan.created_pods()[0];
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        Some(600)
+    );
 }
 
 #[test]
@@ -714,7 +817,7 @@ fn a_retry_keeps_the_group_even_when_an_earlier_member_waits() {
         peers: vec![peer("a", 0, Standing::Waiting)],
         ..Observed::default()
     };
-    let plan = decide_at(&build, &observed, 110);
+    let plan = decide_at(&build, &observed, 111);
     assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
 }
 
