@@ -1285,7 +1285,8 @@ fn retention_time_is_announced_when_an_attempt_ends_with_a_finished_pod() {
 #[test]
 fn retention_gives_no_time_to_a_pod_the_controller_stops() {
     let build = running(Build::test("app").timeout("10m"));
-    let plan = pod_says(&build, |p| p.running(), 600);
+    // Status times are whole seconds: the deadline ends one second after 600 s.
+    let plan = pod_says(&build, |p| p.running(), 601);
     assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
     assert_eq!(status(&plan).attempts[0].pod_retained_until, None);
     assert!(!message(&plan).contains("kept until"), "{}", message(&plan));
