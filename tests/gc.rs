@@ -752,7 +752,7 @@ async fn token_is_minted_per_attempt_scoped_to_the_namespace_and_goes_with_its_a
 
     // Evicted and retried: a new token for the new attempt.
     h.pod_becomes("app", 1, |p| p.evicted()).await;
-    h.advance(10);
+    h.advance(11); // the 10 s backoff ends at the end of the stored second
     h.settle("app").await;
     let (second, _) = token_in(&h, "app-2").await;
     assert_ne!(second, token);
