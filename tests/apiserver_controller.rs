@@ -32,7 +32,7 @@ use common::controller::{Identity, fast_config};
 use common::envtest::{self, AuditEvent};
 use common::kubelet::{Gate, Script};
 use common::scene::{Scene, assert_in_order, build, count_writes, phase_reason, pod_name, report};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
 use kiln::controller::context::{CacheService, parse_mirror};
 use kiln::controller::labels::build_uid_selector;
@@ -40,7 +40,7 @@ use kiln::controller::pod::attempt_objects;
 use kiln::controller::validate::{SecretInfo, validate};
 use kiln::crd::{AttemptResult, Build, CacheMode, CacheScope, Phase, Reason};
 use kiln::digest::Digest;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -586,6 +586,76 @@ async fn a_build_naming_a_missing_service_account_fails_with_the_field_named_and
     );
     assert_eq!(scene.kubelet.pods(), Vec::<String>::new(), "no pod");
     scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_pod_refused_by_a_resource_quota_is_explained_by_an_event_and_created_once_it_fits() {
+    // A ResourceQuota that admits no pod: the API server refuses the create (403). The
+    // status cannot say so before the refusal, so a Warning Event carries the API server's
+    // message; the create is retried and succeeds once the quota is lifted.
+    let Some(scene) = Scene::new("scenario-quota", |_| {
+        Script::succeed(&Digest::of(b"quota")).running_for(Duration::from_millis(200))
+    })
+    .await
+    else {
+        return;
+    };
+    // Quota admission enforces what the quota's status holds, which kube-controller-manager's
+    // quota controller (not run here) would fill in: the test writes it.
+    let quotas: Api<ResourceQuota> = Api::namespaced(scene.admin.clone(), &scene.ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }))
+    .unwrap();
+    let mut quota = quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the ResourceQuota");
+    quota.status =
+        serde_json::from_value(json!({"hard": {"pods": "0"}, "used": {"pods": "0"}})).unwrap();
+    quotas
+        .replace_status("no-pods", &PostParams::default(), &quota)
+        .await
+        .expect("write the ResourceQuota's status");
+    scene.create(build("app")).await;
+    let events: Api<Event> = Api::namespaced(scene.admin.clone(), &scene.ns);
+    let note = scene
+        .until("a PodCreateFailed Warning Event", || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(Reason::PodCreateFailed.as_str()))
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+                .and_then(|e| e.note)
+        })
+        .await;
+    assert!(
+        note.contains("app-1") && note.contains("exceeded quota"),
+        "{note:?}"
+    );
+    assert_eq!(scene.live_pods().await, Vec::<String>::new(), "no pod yet");
+    quotas
+        .delete("no-pods", &DeleteParams::default())
+        .await
+        .expect("lift the quota");
+    let done = scene
+        .wait_for("app", Phase::Succeeded, Reason::Succeeded)
+        .await;
+    assert_eq!(
+        done.status.as_ref().map(|s| s.attempt),
+        Some(1),
+        "one attempt"
+    );
+    scene
+        .finish_expecting(
+            |e| e.verb == "create" && e.resource == "pods" && e.code == 403,
+            &["create_pod"],
+        )
+        .await;
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ use super::plan::{Action, EventSpec, Plan};
 use super::validate::DOCKER_CONFIG_KEY;
 use crate::cacheapi::token::{Action as TokenAction, Claims};
 use crate::crd::Build;
+use crate::crd::Reason;
 use crate::crd::build::FINALIZER;
 
 /// Carries out `plan` for `build` (as observed, with its current `resourceVersion`).
@@ -105,6 +106,19 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                         adopt(&pods, &pod_name, build).await?;
                     }
                     Err(source) => {
+                        // The status already says the pod was created: say why it was not
+                        // where `kubectl describe` shows it, before the reconcile retries.
+                        let event = EventSpec::new(
+                            Reason::PodCreateFailed,
+                            "CreatePod",
+                            format!(
+                                "pod {pod_name} could not be created, retrying: {}",
+                                api_message(&source)
+                            ),
+                        );
+                        if let Err(error) = publish(ctx, &build.object_ref(&()), &event).await {
+                            tracing::warn!(build = %name, %error, "could not publish event");
+                        }
                         return Err(ApplyError::CreatePod {
                             name: pod_name,
                             source,
@@ -203,6 +217,15 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
         writes += 1;
     }
     Ok(writes)
+}
+
+/// What the API server said, without the client's wrapping: the `Status` message of a
+/// refusal (`exceeded quota: …`), or the error itself.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Deletes `name`; gone already is done.

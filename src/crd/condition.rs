@@ -25,13 +25,14 @@
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
 //! with result `Cancelled` and reason `Superseded`; the Build itself goes on to a new attempt.
 //!
-//! Two reasons only ever appear on Events, never in a condition, because they say what the
-//! controller did around a Build rather than where the Build is:
+//! Three reasons only ever appear on Events, never in a condition, because they say what
+//! the controller did around a Build rather than where the Build is:
 //!
 //! | reason | type | meaning |
 //! | --- | --- | --- |
 //! | `GarbageCollected` | Normal | the orphan sweeper deleted leftovers of this Build (an earlier Build object of the same name, or an attempt that ended) |
 //! | `CacheUnavailable` | Warning | a cache lease, release or cleanup failed; the build goes on, the call is retried with backoff |
+//! | `PodCreateFailed` | Warning | the API server refused the attempt's pod (a ResourceQuota, a LimitRange, an admission webhook); the create is retried |
 
 use std::fmt;
 
@@ -51,7 +52,7 @@ pub const CONDITION_READY: &str = "Ready";
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed); Events
-/// also carry GarbageCollected and CacheUnavailable.
+/// also carry GarbageCollected, CacheUnavailable and PodCreateFailed.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -88,11 +89,14 @@ pub enum Reason {
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
     CacheUnavailable,
+    /// Event only: the API server refused to create the attempt's pod (quota, limit range,
+    /// admission); the create is retried.
+    PodCreateFailed,
 }
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -109,6 +113,7 @@ impl Reason {
         Reason::ImagePullFailed,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
+        Reason::PodCreateFailed,
     ];
 
     /// The reason as it appears in conditions and Events.
@@ -130,6 +135,7 @@ impl Reason {
             Reason::ImagePullFailed => "ImagePullFailed",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
+            Reason::PodCreateFailed => "PodCreateFailed",
         }
     }
 
@@ -152,7 +158,8 @@ impl Reason {
             | Reason::PodEvicted
             | Reason::PodLost
             | Reason::ImagePullFailed
-            | Reason::CacheUnavailable => true,
+            | Reason::CacheUnavailable
+            | Reason::PodCreateFailed => true,
         }
     }
 }

@@ -325,9 +325,25 @@ impl Scene {
     }
 
     /// [`Scene::finish`], tolerating the refused writes `expected` picks out.
-    pub async fn finish_tolerating(mut self, expected: impl Fn(&AuditEvent) -> bool) {
+    pub async fn finish_tolerating(self, expected: impl Fn(&AuditEvent) -> bool) {
+        self.finish_expecting(expected, &[]).await;
+    }
+
+    /// [`Scene::finish`], tolerating the refused writes `expected` picks out and the failed
+    /// reconciles whose step is one of `failed_steps` (a scenario that makes the API server
+    /// refuse on purpose).
+    pub async fn finish_expecting(
+        mut self,
+        expected: impl Fn(&AuditEvent) -> bool,
+        failed_steps: &[&str],
+    ) {
         self.stop_controller().await;
-        let failures = self.outcomes.failures();
+        let failures: Vec<_> = self
+            .outcomes
+            .failures()
+            .into_iter()
+            .filter(|(_, step)| !failed_steps.contains(step))
+            .collect();
         let refused: Vec<String> = self
             .controller_writes()
             .iter()
