@@ -11,14 +11,6 @@
 //! from the test's.
 //! The same scenario under the Helm chart's RBAC is in `tests/chart.rs`.
 //!
-//! Scenarios still to come slot in as tests of their own:
-//! - the orphan sweep after a Build was deleted while the controller was down (issue 5):
-//!   `Scene::stop_controller`, delete the Build and remove its finalizer as admin,
-//!   `Scene::start_controller`, and wait for the pods to be swept. kube-controller-manager's
-//!   garbage collector also deletes pods whose owner is gone: to prove Kiln's sweep, check
-//!   in the audit log who deleted them (as the deletion scenario does with
-//!   `GARBAGE_COLLECTOR`), or strip the pods' owner references first;
-//!
 //! Skipped, with the reason printed, when no Go toolchain can build the control plane;
 //! `KILN_REQUIRE_ENVTEST=1` (set by `.ci/run`) turns that into a failure.
 
@@ -32,7 +24,7 @@ use common::controller::{Identity, fast_config};
 use common::envtest::{self, AuditEvent};
 use common::kubelet::{Gate, Script};
 use common::scene::{Scene, assert_in_order, build, count_writes, phase_reason, pod_name, report};
-use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kiln::controller::context::{CacheService, parse_mirror};
 use kiln::controller::labels::build_uid_selector;
@@ -40,7 +32,7 @@ use kiln::controller::pod::attempt_objects;
 use kiln::controller::validate::{SecretInfo, validate};
 use kiln::crd::{AttemptResult, Build, CacheMode, CacheScope, Phase, Reason};
 use kiln::digest::Digest;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -653,7 +645,7 @@ async fn a_pod_refused_by_a_resource_quota_is_explained_by_an_event_and_created_
     scene
         .finish_expecting(
             |e| e.verb == "create" && e.resource == "pods" && e.code == 403,
-            &["create_pod"],
+            |_, step| step == "create_pod",
         )
         .await;
 }
@@ -867,4 +859,295 @@ async fn the_pods_and_config_maps_of_every_kind_of_build_pass_strict_validation(
         )
         .await;
     }
+}
+
+/// The resources of an attempt's objects, as the audit log names them.
+const ATTEMPT_RESOURCES: [&str; 3] = ["configmaps", "pods", "secrets"];
+
+/// A Build with every kind of attempt object: its pod, the ConfigMap of its inline source
+/// and (under [`Scene::with_cache_tokens`]) the Secret of its cache token.
+fn build_with_every_object(name: &str, dockerfile: &str) -> Build {
+    build(name)
+        .inline(dockerfile)
+        .cache(CacheMode::Max, CacheScope::Build)
+}
+
+fn secrets(scene: &Scene) -> Api<Secret> {
+    Api::namespaced(scene.admin.clone(), &scene.ns)
+}
+
+/// The metadata of the attempt objects named `name`, by resource (`None`: no such object).
+async fn attempt_metadata(scene: &Scene, name: &str) -> BTreeMap<&'static str, Option<ObjectMeta>> {
+    let config_map = scene.config_maps().get_metadata_opt(name).await;
+    let pod = scene.pods().get_metadata_opt(name).await;
+    let secret = secrets(scene).get_metadata_opt(name).await;
+    BTreeMap::from([
+        ("configmaps", config_map.expect("get").map(|o| o.metadata)),
+        ("pods", pod.expect("get").map(|o| o.metadata)),
+        ("secrets", secret.expect("get").map(|o| o.metadata)),
+    ])
+}
+
+/// `resource/name` of every object labelled with the Build UID `uid`, sorted.
+async fn objects_of(scene: &Scene, uid: &str) -> Vec<String> {
+    let selector = ListParams::default().labels(&build_uid_selector(uid));
+    let config_maps = scene.config_maps().list_metadata(&selector).await;
+    let pods = scene.pods().list_metadata(&selector).await;
+    let secrets = secrets(scene).list_metadata(&selector).await;
+    let name =
+        |resource: &str, name: Option<String>| format!("{resource}/{}", name.unwrap_or_default());
+    let mut found: Vec<String> = config_maps
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|o| name("configmaps", o.metadata.name))
+        .chain(
+            pods.expect("list")
+                .items
+                .into_iter()
+                .map(|o| name("pods", o.metadata.name)),
+        )
+        .chain(
+            secrets
+                .expect("list")
+                .items
+                .into_iter()
+                .map(|o| name("secrets", o.metadata.name)),
+        )
+        .collect();
+    found.sort();
+    found
+}
+
+/// What a person does while the controller is down: takes Kiln's finalizer off the Build
+/// `name` and deletes it with `propagationPolicy: Orphan`. kube-controller-manager's
+/// garbage collector then strips the Build from its dependents' owner references instead
+/// of deleting them, and lets the Build go: leftovers that only Kiln's label-based sweeper
+/// can find. Checks that the attempt objects `<name>-1` were owned by the Build before
+/// and are left, unowned, after.
+async fn orphan_while_the_controller_is_down(scene: &Scene, name: &str, uid: &str) {
+    let before = attempt_metadata(scene, &format!("{name}-1")).await;
+    for (resource, meta) in &before {
+        let meta = meta
+            .as_ref()
+            .unwrap_or_else(|| panic!("{resource}/{name}-1 missing"));
+        assert!(
+            meta.owner_references
+                .iter()
+                .flatten()
+                .any(|owner| owner.uid == uid && owner.controller == Some(true)),
+            "{resource}/{name}-1 is owned by the Build, so a default delete would cascade: {:?}",
+            meta.owner_references
+        );
+    }
+    scene
+        .builds()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("remove the finalizer");
+    scene
+        .builds()
+        .delete(name, &DeleteParams::orphan())
+        .await
+        .expect("delete the Build, orphaning its dependents");
+    scene
+        .until(&format!("Build {name} to be gone"), || async {
+            let found = scene.builds().get_metadata_opt(name).await.ok()?;
+            found
+                .is_none_or(|b| b.uid() != Some(uid.to_owned()))
+                .then_some(())
+        })
+        .await;
+    // The garbage collector let the Build go only after it had orphaned every dependent.
+    for (resource, meta) in attempt_metadata(scene, &format!("{name}-1")).await {
+        let meta = meta.unwrap_or_else(|| panic!("{resource}/{name}-1 was deleted"));
+        assert_eq!(
+            meta.owner_references.unwrap_or_default(),
+            Vec::new(),
+            "{resource}/{name}-1 still has an owner"
+        );
+        assert!(
+            meta.deletion_timestamp.is_none(),
+            "{resource}/{name}-1 is being deleted"
+        );
+    }
+}
+
+/// `resource/name` of every object of the namespace that `user` deleted (successfully,
+/// as the audit log says), sorted.
+fn deleted_by(scene: &Scene, user: &str) -> Vec<String> {
+    let mut deleted: Vec<String> = scene
+        .cp
+        .audit_events()
+        .into_iter()
+        .filter(|e| e.namespace == scene.ns && e.user == user)
+        .filter(|e| e.verb == "delete" && e.code < 400)
+        .map(|e| format!("{}/{}", e.resource, e.name))
+        .collect();
+    deleted.sort();
+    deleted.dedup();
+    deleted
+}
+
+#[tokio::test]
+async fn the_orphans_of_a_build_deleted_while_the_controller_was_down_are_swept_at_start_up() {
+    let Some(mut scene) = Scene::with_cache_tokens(
+        "scenario-orphans",
+        // The default interval (a minute) is past every wait: only the sweep at start-up
+        // can collect the orphans in time.
+        |config| assert!(config.sweep_interval > common::scene::WAIT),
+        |_| Script::run_until_deadline(),
+    )
+    .await
+    else {
+        return;
+    };
+    let app = scene
+        .create(build_with_every_object("app", "FROM alpine:3.20\n"))
+        .await;
+    let app_uid = app.uid().expect("a UID");
+    let keeper = scene
+        .create(build_with_every_object("keeper", "FROM alpine:3.20\n"))
+        .await;
+    let keeper_uid = keeper.uid().expect("a UID");
+    // A pod that is none of Kiln's business (the test kubelet ignores it: it stays Pending).
+    cluster::apply_yaml(
+        &scene.admin,
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: bystander, labels: { kiln.dev/build: app } }\n\
+         spec: { containers: [{ name: main, image: busybox:1.36 }] }\n",
+        Some(&scene.ns),
+    )
+    .await
+    .expect("create the bystander pod");
+    scene.wait_for("app", Phase::Running, Reason::Running).await;
+    scene
+        .wait_for("keeper", Phase::Running, Reason::Running)
+        .await;
+    let every = |name: &str| -> Vec<String> {
+        ATTEMPT_RESOURCES
+            .iter()
+            .map(|resource| format!("{resource}/{name}-1"))
+            .collect()
+    };
+    assert_eq!(objects_of(&scene, &app_uid).await, every("app"));
+
+    scene.stop_controller().await;
+    orphan_while_the_controller_is_down(&scene, "app", &app_uid).await;
+    // Nothing collects them while the controller is down (the garbage collector would
+    // have done so by now, had they kept an owner).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(objects_of(&scene, &app_uid).await, every("app"));
+
+    scene.start_controller();
+    scene
+        .until("the orphans to be swept", || async {
+            objects_of(&scene, &app_uid).await.is_empty().then_some(())
+        })
+        .await;
+    // The controller deleted them, and nothing else; the garbage collector nothing at all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deleted_by(&scene, &scene.identity.user), every("app"));
+    assert_eq!(deleted_by(&scene, GARBAGE_COLLECTOR), Vec::<String>::new());
+    // Untouched: the running Build's objects and the unlabelled pod.
+    assert_eq!(objects_of(&scene, &keeper_uid).await, every("keeper"));
+    assert!(
+        scene
+            .pods()
+            .get_opt("bystander")
+            .await
+            .expect("get")
+            .is_some(),
+        "the bystander pod was deleted"
+    );
+    let keeper = scene.builds().get("keeper").await.expect("get keeper");
+    assert_eq!(
+        phase_reason(&keeper),
+        (Some(Phase::Running), Some(Reason::Running))
+    );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn the_orphans_of_a_build_re_created_while_the_controller_was_down_are_swept_and_the_new_build_runs()
+ {
+    let Some(mut scene) = Scene::with_cache_tokens(
+        "scenario-recreated",
+        |_| {},
+        |_| Script::run_until_deadline(),
+    )
+    .await
+    else {
+        return;
+    };
+    let old = scene
+        .create(build_with_every_object("app", "FROM alpine:3.20\n"))
+        .await;
+    let old_uid = old.uid().expect("a UID");
+    scene.wait_for("app", Phase::Running, Reason::Running).await;
+
+    scene.stop_controller().await;
+    orphan_while_the_controller_is_down(&scene, "app", &old_uid).await;
+    let new_dockerfile = "FROM alpine:3.21\n";
+    let new = scene
+        .create(build_with_every_object("app", new_dockerfile))
+        .await;
+    let new_uid = new.uid().expect("a UID");
+
+    scene.start_controller();
+    // The new Build's objects take the names of the old ones: it runs once those are swept.
+    let running = scene.wait_for("app", Phase::Running, Reason::Running).await;
+    assert_eq!(running.uid(), Some(new_uid.clone()));
+    assert_eq!(objects_of(&scene, &old_uid).await, Vec::<String>::new());
+    let mine: Vec<String> = ATTEMPT_RESOURCES
+        .iter()
+        .map(|resource| format!("{resource}/app-1"))
+        .collect();
+    assert_eq!(objects_of(&scene, &new_uid).await, mine);
+    let source = scene
+        .config_maps()
+        .get("app-1")
+        .await
+        .expect("ConfigMap app-1");
+    assert!(
+        source
+            .data
+            .iter()
+            .flatten()
+            .any(|(_, text)| text == new_dockerfile),
+        "the new Build's pod reads the new Build's source: {:?}",
+        source.data
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        deleted_by(&scene, &scene.identity.user),
+        mine,
+        "the old objects"
+    );
+    assert_eq!(deleted_by(&scene, GARBAGE_COLLECTOR), Vec::<String>::new());
+    let told = Api::<Event>::namespaced(scene.admin.clone(), &scene.ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("GarbageCollected")
+                && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(&*new_uid)
+        });
+    assert!(told, "the new Build is told of the old objects' deletion");
+    // Until the sweep freed the names, the new Build's creates met the old objects (409),
+    // found them another Build's (`*_name_taken`), or found them gone by the time they
+    // looked (the create step fails, to be retried). Any other refusal still fails here.
+    scene
+        .finish_expecting(
+            |e| e.verb == "create" && e.code == 409 && ATTEMPT_RESOURCES.contains(&&*e.resource),
+            |build, step| {
+                build == "app" && (step.ends_with("_name_taken") || step.starts_with("create_"))
+            },
+        )
+        .await;
 }

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::fake_api::{Harness, NS, fake_api};
 use common::fake_cache::{ADMIN_TOKEN, FakeCache};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube_fake_client::interceptor;
@@ -146,6 +146,58 @@ async fn orphan_pods_of_a_build_re_created_under_its_name_are_collected_and_the_
         "uid-app-new",
         "the new Build's pod"
     );
+}
+
+#[tokio::test]
+async fn a_build_re_created_under_its_name_never_takes_the_config_map_of_the_old_one() {
+    let mut h = Harness::new(vec![Build::test("app").inline("FROM alpine:3.20\n")]).await;
+    h.settle("app").await;
+    assert_eq!(h.config_map_names().await, ["app-1"]);
+
+    // Deleted and re-created with another source while the controller was down; the old
+    // pod was deleted by hand, its ConfigMap was not.
+    h.rebuild(|objects| {
+        objects.retain(|o| o["kind"] != "Pod");
+        let build = objects
+            .iter_mut()
+            .find(|o| o["kind"] == "Build")
+            .expect("the build");
+        build["metadata"]["uid"] = json!("uid-app-new");
+        build["spec"]["source"]["inline"]["dockerfile"] = json!("FROM alpine:3.21\n");
+        build.as_object_mut().unwrap().remove("status");
+    })
+    .await;
+    let error = h.reconcile("app").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ReconcileError::Apply(ApplyError::ConfigMapNameTaken { .. })
+        ),
+        "{error:?}"
+    );
+    assert!(
+        h.pods().await.is_empty(),
+        "a pod reads the old Build's source"
+    );
+
+    let report = sweep(&h).await;
+    assert_eq!(deleted(&report, SweepReason::BuildReplaced), 1);
+    h.settle("app").await;
+    let config_map = Api::<ConfigMap>::namespaced(h.client.clone(), NS)
+        .get("app-1")
+        .await
+        .expect("ConfigMap app-1");
+    assert_eq!(config_map.labels()["kiln.dev/build-uid"], "uid-app-new");
+    assert!(
+        config_map
+            .data
+            .iter()
+            .flatten()
+            .any(|(_, text)| text == "FROM alpine:3.21\n"),
+        "{:?}",
+        config_map.data
+    );
+    assert_eq!(h.pods().await.len(), 1);
 }
 
 /// A harness whose pod deletes fail while the returned flag is set.

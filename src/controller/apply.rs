@@ -4,8 +4,9 @@
 //! Every action is idempotent, so a plan interrupted at any point and decided again on a
 //! fresh observation converges:
 //!
-//! - creates treat `AlreadyExists` as done (a pod only when it carries this Build's UID;
-//!   otherwise it is someone else's and the plan stops with [`ApplyError::PodNameTaken`]);
+//! - creates treat `AlreadyExists` as done when the object carries this Build's UID;
+//!   otherwise it is an earlier Build's and the plan stops ([`ApplyError::PodNameTaken`],
+//!   [`ApplyError::ConfigMapNameTaken`]) until the sweeper has removed it;
 //! - deletes treat `NotFound` as done, and name the pod's UID as a precondition so that a
 //!   newer pod of the same name is never deleted by mistake;
 //! - status and finalizer writes carry the Build's `resourceVersion`, so a write based on a
@@ -21,6 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::cachecall::{self, CallOutcome};
@@ -89,7 +91,23 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 let cm_name = config_map.name_any();
                 match config_maps.create(&PostParams::default(), config_map).await {
                     Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let name = || cm_name.clone();
+                        ours(
+                            &config_maps,
+                            &cm_name,
+                            build,
+                            |source| ApplyError::CreateConfigMap {
+                                name: name(),
+                                source,
+                            },
+                            |owner_uid| ApplyError::ConfigMapNameTaken {
+                                name: name(),
+                                owner_uid,
+                            },
+                        )
+                        .await?;
+                    }
                     Err(source) => {
                         return Err(ApplyError::CreateConfigMap {
                             name: cm_name,
@@ -103,7 +121,22 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 match pods.create(&PostParams::default(), pod).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {
-                        adopt(&pods, &pod_name, build).await?;
+                        let name = || pod_name.clone();
+                        ours(
+                            &pods,
+                            &pod_name,
+                            build,
+                            |source| ApplyError::CreatePod {
+                                name: name(),
+                                source,
+                            },
+                            |owner_uid| ApplyError::PodNameTaken {
+                                name: name(),
+                                owner_uid,
+                            },
+                        )
+                        .await?;
+                        tracing::info!(pod = %pod_name, "pod already exists: adopted");
                     }
                     Err(source) => {
                         // The status already says the pod was created: say why it was not
@@ -348,25 +381,22 @@ async fn create_cache_secret(
     let secret = attempt_secret(build, attempt, config);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(()),
+        // Minted by a create that was repeated after a crash: still valid.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            let existing =
-                secrets
-                    .get_metadata(name)
-                    .await
-                    .map_err(|source| ApplyError::CreateSecret {
-                        name: name.to_owned(),
-                        source,
-                    })?;
-            let owner_uid = existing.labels().get(BUILD_UID).cloned();
-            if owner_uid.is_some() && owner_uid == build.metadata.uid {
-                // Minted by a create that was repeated after a crash: still valid.
-                Ok(())
-            } else {
-                Err(ApplyError::SecretNameTaken {
+            ours(
+                &secrets,
+                name,
+                build,
+                |source| ApplyError::CreateSecret {
+                    name: name.to_owned(),
+                    source,
+                },
+                |owner_uid| ApplyError::SecretNameTaken {
                     name: name.to_owned(),
                     owner_uid,
-                })
-            }
+                },
+            )
+            .await
         }
         Err(source) => Err(ApplyError::CreateSecret {
             name: name.to_owned(),
@@ -397,24 +427,25 @@ async fn patch_finalizers(
         .await
 }
 
-/// A pod with the attempt's name already exists: ours (a create repeated after a crash) is
-/// adopted; anyone else's stops the plan.
-async fn adopt(pods: &Api<Pod>, name: &str, build: &Build) -> Result<(), ApplyError> {
-    let existing = pods
-        .get(name)
-        .await
-        .map_err(|source| ApplyError::CreatePod {
-            name: name.to_owned(),
-            source,
-        })?;
+/// After a create met `AlreadyExists`: the object of that name is this Build's (a create
+/// repeated after a crash: done), or an earlier Build's of the same name, `taken` (the
+/// sweeper removes it; until then the plan stops, so that no pod of this Build reads an
+/// earlier one's source or token).
+async fn ours<K>(
+    api: &Api<K>,
+    name: &str,
+    build: &Build,
+    read_failed: impl FnOnce(kube::Error) -> ApplyError,
+    taken: impl FnOnce(Option<String>) -> ApplyError,
+) -> Result<(), ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api.get_metadata(name).await.map_err(read_failed)?;
     let owner_uid = existing.labels().get(BUILD_UID).cloned();
     if owner_uid.is_some() && owner_uid == build.metadata.uid {
-        tracing::info!(pod = name, "pod already exists: adopted");
         Ok(())
     } else {
-        Err(ApplyError::PodNameTaken {
-            name: name.to_owned(),
-            owner_uid,
-        })
+        Err(taken(owner_uid))
     }
 }

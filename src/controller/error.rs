@@ -135,6 +135,15 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    /// A ConfigMap with the attempt's name exists and belongs to another Build object (an
+    /// earlier Build of the same name, with another source; the sweeper removes it).
+    #[error("ConfigMap {name} exists but belongs to Build UID {owner_uid:?}, not this Build")]
+    ConfigMapNameTaken {
+        /// The ConfigMap.
+        name: String,
+        /// The UID in its `kiln.dev/build-uid` label.
+        owner_uid: Option<String>,
+    },
     /// Creating an attempt's pod.
     #[error("creating pod {name}")]
     CreatePod {
@@ -263,6 +272,7 @@ impl ReconcileError {
                 ApplyError::RemoveFinalizer { .. } => "remove_finalizer",
                 ApplyError::WriteStatus { .. } => "write_status",
                 ApplyError::CreateConfigMap { .. } => "create_config_map",
+                ApplyError::ConfigMapNameTaken { .. } => "config_map_name_taken",
                 ApplyError::CreatePod { .. } => "create_pod",
                 ApplyError::PodNameTaken { .. } => "pod_name_taken",
                 ApplyError::DeletePod { .. } => "delete_pod",

@@ -5,7 +5,7 @@
 //!
 //! ```ignore
 //! let identity = Identity::superuser(cp, "kiln-controller");
-//! let controller = RunningController::start(&identity, fast_config(&ns));
+//! let controller = RunningController::start(&identity, fast_config(&ns), &outcomes, None);
 //! // ... the scenario ...
 //! controller.stop().await; // panics if it did not stop cleanly
 //! ```
@@ -20,6 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use kiln::cacheapi::token::TokenKey;
 use kiln::controller::context::{Outcome, ReconcileObserver};
 use kiln::controller::{Config, Context};
 use kiln::crd::Build;
@@ -167,10 +168,19 @@ pub struct RunningController {
 }
 
 impl RunningController {
-    /// Starts `kiln::controller::run_with` as `identity`, reporting to `outcomes`.
-    pub fn start(identity: &Identity, config: Config, outcomes: &Outcomes) -> Self {
-        let context =
+    /// Starts `kiln::controller::run_with` as `identity`, reporting to `outcomes`; with
+    /// `token_key`, minting the cache tokens of Builds with a cache (`--cache-token-key-file`).
+    pub fn start(
+        identity: &Identity,
+        config: Config,
+        outcomes: &Outcomes,
+        token_key: Option<&TokenKey>,
+    ) -> Self {
+        let mut context =
             Context::new(identity.client.clone(), config).with_observer(Arc::new(outcomes.clone()));
+        if let Some(key) = token_key {
+            context = context.with_token_key(key.clone());
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(kiln::controller::run_with(context, async move {
             let _ = stopped.await;

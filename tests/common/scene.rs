@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
+use kiln::cacheapi::token::TokenKey;
 use kiln::controller::Config;
+use kiln::controller::context::CacheService;
 use kiln::controller::podstate::is_live;
 use kiln::crd::{Build, Phase, Reason};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -32,6 +34,8 @@ use super::kubelet::{Script, TestKubelet};
 
 /// How long any one step of a scenario may take.
 pub const WAIT: Duration = Duration::from_secs(30);
+/// The cache service a [`Scene::with_cache_tokens`] controller names in its pods.
+pub const CACHE_SERVICE: &str = "http://kiln-cache.kiln-system.svc:5000";
 /// The user the controller acts as in these scenarios.
 pub const CONTROLLER_USER: &str = "kiln-controller-under-test";
 
@@ -53,6 +57,7 @@ pub struct Scene {
     pub kubelet: TestKubelet,
     /// Every Build state and pod event of the namespace since the scene began.
     pub timeline: Timeline,
+    token_key: Option<TokenKey>,
     controller: Option<RunningController>,
 }
 
@@ -65,6 +70,27 @@ impl Scene {
         F: Fn(&Pod) -> Script + Send + Sync + 'static,
     {
         Self::with_config(base, |_| {}, script).await
+    }
+
+    /// [`Scene::with_config`], with the controller minting cache tokens: it knows a cache
+    /// service (never called: no cache leases) and holds a token key, so every attempt of
+    /// a Build with a cache gets its token Secret.
+    pub async fn with_cache_tokens<F>(
+        base: &str,
+        edit: impl FnOnce(&mut Config),
+        script: F,
+    ) -> Option<Scene>
+    where
+        F: Fn(&Pod) -> Script + Send + Sync + 'static,
+    {
+        let cp = envtest::shared().await?;
+        let identity = Identity::superuser(cp, CONTROLLER_USER);
+        let key = TokenKey::from_bytes(&[7; 32]).expect("a token key");
+        let edit = |config: &mut Config| {
+            config.cache_service = Some(CacheService::parse(CACHE_SERVICE).expect("a URL"));
+            edit(config);
+        };
+        Some(Self::assemble(cp, base, identity, edit, Some(key), script).await)
     }
 
     /// [`Scene::new`] with the controller's settings changed by `edit`.
@@ -93,6 +119,20 @@ impl Scene {
     where
         F: Fn(&Pod) -> Script + Send + Sync + 'static,
     {
+        Self::assemble(cp, base, identity, edit, None, script).await
+    }
+
+    async fn assemble<F>(
+        cp: &'static ControlPlane,
+        base: &str,
+        identity: Identity,
+        edit: impl FnOnce(&mut Config),
+        token_key: Option<TokenKey>,
+        script: F,
+    ) -> Scene
+    where
+        F: Fn(&Pod) -> Script + Send + Sync + 'static,
+    {
         let admin = cp.client();
         let ns = cluster::create_namespace(&admin, base).await;
         let timeline = Timeline::start(&admin, &ns).await;
@@ -106,6 +146,7 @@ impl Scene {
             identity,
             config,
             outcomes: Outcomes::default(),
+            token_key,
             controller: None,
             kubelet,
             timeline,
@@ -133,6 +174,7 @@ impl Scene {
             &self.identity,
             self.config.clone(),
             &self.outcomes,
+            self.token_key.as_ref(),
         ));
     }
 
@@ -182,12 +224,23 @@ impl Scene {
         }
     }
 
-    /// Waits until the Build `name` has `phase` with `reason`.
+    /// Waits until the Build `name` has `phase` with `reason`, and the timeline has
+    /// recorded that state (its watch may deliver it after a read shows it), so that a
+    /// check of the timeline that follows sees it.
     pub async fn wait_for(&self, name: &str, phase: Phase, reason: Reason) -> Build {
-        self.wait(name, &format!("{phase:?}/{reason:?}"), |b| {
-            phase_reason(b) == (Some(phase), Some(reason))
+        let build = self
+            .wait(name, &format!("{phase:?}/{reason:?}"), |b| {
+                phase_reason(b) == (Some(phase), Some(reason))
+            })
+            .await;
+        let attempt = build.status.as_ref().map_or(0, |s| s.attempt);
+        let state = format!("{}/{} attempt={attempt}", phase.as_str(), reason.as_str());
+        self.until(&format!("the timeline to record {name} {state}"), || {
+            let seen = self.timeline.states(name).contains(&state);
+            async move { seen.then_some(()) }
         })
-        .await
+        .await;
+        build
     }
 
     /// Waits until `check` returns `Some`, printing the scene on timeout.
@@ -326,24 +379,19 @@ impl Scene {
 
     /// [`Scene::finish`], tolerating the refused writes `expected` picks out.
     pub async fn finish_tolerating(self, expected: impl Fn(&AuditEvent) -> bool) {
-        self.finish_expecting(expected, &[]).await;
+        self.finish_expecting(expected, |_, _| false).await;
     }
 
-    /// [`Scene::finish`], tolerating the refused writes `expected` picks out and the failed
-    /// reconciles whose step is one of `failed_steps` (a scenario that makes the API server
-    /// refuse on purpose).
+    /// [`Scene::finish_tolerating`], also tolerating the failed reconciles `failed` picks
+    /// out by Build and step.
     pub async fn finish_expecting(
         mut self,
         expected: impl Fn(&AuditEvent) -> bool,
-        failed_steps: &[&str],
+        failed: impl Fn(&str, &str) -> bool,
     ) {
         self.stop_controller().await;
-        let failures: Vec<_> = self
-            .outcomes
-            .failures()
-            .into_iter()
-            .filter(|(_, step)| !failed_steps.contains(step))
-            .collect();
+        let mut failures = self.outcomes.failures();
+        failures.retain(|(build, step)| !failed(build, step));
         let refused: Vec<String> = self
             .controller_writes()
             .iter()
