@@ -245,6 +245,24 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.unwrap()
 }
 
+/// Pulls `reference` with skopeo into a fresh OCI layout and checks the pull was exact: the
+/// reported digest is the image's, and the layout holds its blobs byte for byte.
+async fn pull_exact(reference: &str, image: &TestImage) -> tempfile::TempDir {
+    let into = tempfile::tempdir().unwrap();
+    let (from, to) = (
+        reference.to_owned(),
+        format!("oci:{}:v1", into.path().display()),
+    );
+    let digest = blocking(move || {
+        skopeo::copy(&from, &to, &[]);
+        skopeo::inspect_digest(&from, &[])
+    })
+    .await;
+    assert_eq!(digest, image.manifest_digest().to_string());
+    image.assert_pulled_into(into.path());
+    into
+}
+
 fn http() -> reqwest::Client {
     kiln::tls::install_crypto_provider();
     reqwest::Client::new()
@@ -327,19 +345,7 @@ async fn mirror_setup(
 async fn a_cold_pull_through_the_mirror_is_exact_and_cached() {
     let (upstream, image, proxy, server) = mirror_setup("mirror-cold", None).await;
     let mirrored = format!("docker://{}/local/kiln-test/app:v1", server.host());
-    let back = tempfile::tempdir().unwrap();
-    let local = format!("oci:{}:v1", back.path().display());
-    let m = mirrored.clone();
-    let digest = blocking(move || {
-        skopeo::copy(&m, &local, &[]);
-        skopeo::inspect_digest(&m, &[])
-    })
-    .await;
-    assert_eq!(digest, image.manifest_digest().to_string());
-    assert_eq!(
-        oci_layout::read_blob(back.path(), &image.layer_digest()),
-        image.layer
-    );
+    pull_exact(&mirrored, &image).await;
     let layer_path = format!("/blobs/{}", image.layer_digest());
     assert_eq!(proxy.count("GET", &layer_path), 1);
     // The blob is in the store now, verified: a second pull does not ask the upstream.
@@ -471,21 +477,7 @@ async fn a_pull_with_the_upstream_stopped_is_served_from_the_cache() {
     blocking(move || skopeo::copy(&m, &to, &[])).await;
 
     upstream.stop();
-    let cold = tempfile::tempdir().unwrap();
-    let (m, to) = (
-        mirrored.clone(),
-        format!("oci:{}:v1", cold.path().display()),
-    );
-    let digest = blocking(move || {
-        skopeo::copy(&m, &to, &[]);
-        skopeo::inspect_digest(&m, &[])
-    })
-    .await;
-    assert_eq!(digest, image.manifest_digest().to_string());
-    assert_eq!(
-        oci_layout::read_blob(cold.path(), &image.layer_digest()),
-        image.layer
-    );
+    pull_exact(&mirrored, &image).await;
     let answer = http()
         .get(format!(
             "{}/v2/local/kiln-test/app/manifests/v1",
