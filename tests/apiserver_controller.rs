@@ -581,10 +581,10 @@ async fn a_build_naming_a_missing_service_account_fails_with_the_field_named_and
 }
 
 #[tokio::test]
-async fn a_pod_refused_by_a_resource_quota_is_explained_by_an_event_and_created_once_it_fits() {
+async fn a_pod_refused_by_a_resource_quota_is_explained_in_status_and_created_once_it_fits() {
     // A ResourceQuota that admits no pod: the API server refuses the create (403). The
-    // status cannot say so before the refusal, so a Warning Event carries the API server's
-    // message; the create is retried and succeeds once the quota is lifted.
+    // status (reason PodCreateFailed) and a Warning Event carry the API server's message;
+    // the create is retried and succeeds once the quota is lifted.
     let Some(scene) = Scene::new("scenario-quota", |_| {
         Script::succeed(&Digest::of(b"quota")).running_for(Duration::from_millis(200))
     })
@@ -611,6 +611,18 @@ async fn a_pod_refused_by_a_resource_quota_is_explained_by_an_event_and_created_
         .await
         .expect("write the ResourceQuota's status");
     scene.create(build("app")).await;
+    let refused = scene
+        .wait_for("app", Phase::Pending, Reason::PodCreateFailed)
+        .await;
+    let message = refused
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("refused pod app-1") && message.contains("exceeded quota"),
+        "{message:?}"
+    );
     let events: Api<Event> = Api::namespaced(scene.admin.clone(), &scene.ns);
     let note = scene
         .until("a PodCreateFailed Warning Event", || async {
@@ -625,10 +637,7 @@ async fn a_pod_refused_by_a_resource_quota_is_explained_by_an_event_and_created_
                 .and_then(|e| e.note)
         })
         .await;
-    assert!(
-        note.contains("app-1") && note.contains("exceeded quota"),
-        "{note:?}"
-    );
+    assert_eq!(note, message);
     assert_eq!(scene.live_pods().await, Vec::<String>::new(), "no pod yet");
     quotas
         .delete("no-pods", &DeleteParams::default())

@@ -206,10 +206,11 @@ async fn a_repeated_create_adopts_the_pod_of_this_build() {
             Ok(None)
         });
     let client = common::fake_api::fake_api(objects, Some(funcs)).await;
-    let ctx = std::sync::Arc::new(kiln::controller::Context::new(
-        client.clone(),
-        Config::default(),
-    ));
+    // On the harness's clock: the attempt is still within its timeout.
+    let ctx = std::sync::Arc::new(
+        kiln::controller::Context::new(client.clone(), Config::default())
+            .with_clock(h.clock.clone()),
+    );
     let build = Api::<Build>::namespaced(client.clone(), NS)
         .get("app")
         .await

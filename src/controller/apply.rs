@@ -34,7 +34,6 @@ use super::plan::{Action, EventSpec, Plan};
 use super::validate::DOCKER_CONFIG_KEY;
 use crate::cacheapi::token::{Action as TokenAction, Claims};
 use crate::crd::Build;
-use crate::crd::Reason;
 use crate::crd::build::FINALIZER;
 
 /// Carries out `plan` for `build` (as observed, with its current `resourceVersion`).
@@ -118,8 +117,9 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
             }
             Action::CreatePod(pod) => {
                 let pod_name = pod.name_any();
+                let uid = build.metadata.uid.as_deref().unwrap_or_default();
                 match pods.create(&PostParams::default(), pod).await {
-                    Ok(_) => {}
+                    Ok(_) => ctx.refusals.created(uid, &pod_name),
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         let name = || pod_name.clone();
                         ours(
@@ -139,18 +139,16 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                         tracing::info!(pod = %pod_name, "pod already exists: adopted");
                     }
                     Err(source) => {
-                        // The status already says the pod was created: say why it was not
-                        // where `kubectl describe` shows it, before the reconcile retries.
-                        let event = EventSpec::new(
-                            Reason::PodCreateFailed,
-                            "CreatePod",
-                            format!(
-                                "pod {pod_name} could not be created, retrying: {}",
-                                api_message(&source)
-                            ),
-                        );
-                        if let Err(error) = publish(ctx, &build.object_ref(&()), &event).await {
-                            tracing::warn!(build = %name, %error, "could not publish event");
+                        // Nothing `observe` reads shows a refusal (no pod exists): keep what
+                        // the API server said, for `decide` to put in the status and an
+                        // Event on the retry.
+                        if let kube::Error::Api(status) = &source {
+                            ctx.refusals.refused(
+                                uid,
+                                &pod_name,
+                                api_message(status),
+                                ctx.clock.now(),
+                            );
                         }
                         return Err(ApplyError::CreatePod {
                             name: pod_name,
@@ -252,12 +250,13 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
     Ok(writes)
 }
 
-/// What the API server said, without the client's wrapping: the `Status` message of a
-/// refusal (`exceeded quota: …`), or the error itself.
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
+/// What the API server said when it refused a request: its `Status` message
+/// (`exceeded quota: …`), or the reason and code when it gave none.
+fn api_message(status: &kube::core::Status) -> String {
+    if status.message.is_empty() {
+        format!("{} ({})", status.reason, status.code)
+    } else {
+        status.message.clone()
     }
 }
 

@@ -17,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::gc::{CacheSweepReport, SweepReport};
 use super::ledger::{CacheCall, CacheLedger};
+use super::refusals::PodRefusals;
 use crate::cacheapi::client::AdminClient;
 use crate::cacheapi::token::TokenKey;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
@@ -353,6 +354,8 @@ pub struct Context {
     /// What this process knows of its admin API calls (renewals, confirmed releases,
     /// retry times).
     pub ledger: CacheLedger,
+    /// What the API server said when it last refused an attempt's pod.
+    pub refusals: PodRefusals,
     /// Receives the garbage collection's reports.
     pub gc_observer: Arc<dyn GcObserver>,
 }
@@ -375,6 +378,7 @@ impl Context {
             cache_admin: None,
             token_key: None,
             ledger: CacheLedger::default(),
+            refusals: PodRefusals::default(),
             gc_observer: Arc::new(NoObserver),
         }
     }

@@ -479,8 +479,38 @@ impl<'a> Decision<'a> {
                 if self.observed.pods.iter().any(is_live) {
                     return self.requeue_after(POD_GONE_RECHECK);
                 }
+                if self.now >= deadline {
+                    // A pod refused until the deadline (a quota never lifted) ends the
+                    // attempt like one that ran too long.
+                    let refusal = self
+                        .observed
+                        .pod_refusals
+                        .get(&record.pod_name)
+                        .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
+                        .unwrap_or_default();
+                    return self.fail(Failure {
+                        reason: Reason::TimedOut,
+                        retriable: false,
+                        message: format!(
+                            "attempt {} did not start within {}{refusal}",
+                            record.attempt,
+                            self.timeout_description(timeout)
+                        ),
+                    });
+                }
                 self.create_attempt_objects(record.attempt);
                 if self.open_attempt().is_some() {
+                    if let Some(refusal) = self.observed.pod_refusals.get(&record.pod_name) {
+                        // The last create was refused: say so while it is tried again.
+                        self.set(
+                            Phase::Pending,
+                            Reason::PodCreateFailed,
+                            format!(
+                                "attempt {}: the API server refused pod {}, retrying: {refusal}",
+                                record.attempt, record.pod_name
+                            ),
+                        );
+                    }
                     self.requeue_at(deadline);
                 }
                 return;
@@ -795,12 +825,26 @@ impl<'a> Decision<'a> {
         );
         self.requeue = self.requeue.min(leases.requeue);
 
+        let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
+        let mut announce = match (transition, self.reason) {
+            (true, Some(reason)) => Some(Action::Event(EventSpec::new(
+                reason,
+                "UpdateStatus",
+                self.message.clone(),
+            ))),
+            _ => None,
+        };
         let mut actions = Vec::new();
         if self.status != *old {
             actions.push(Action::WriteStatus(Box::new(self.status.clone())));
         }
-        // Status first, then the lease, then the pod that imports what it holds.
+        // Status first, then the lease, then the pod that imports what it holds. A refusal
+        // is announced before the create that retries it: if that is refused again, the
+        // plan stops there, and the Event must already be out.
         actions.extend(leases.actions);
+        if self.reason == Some(Reason::PodCreateFailed) {
+            actions.extend(announce.take());
+        }
         actions.append(&mut self.creates);
         let grace = self.config.pod_grace_period;
         for pod in self.pods_to_delete() {
@@ -813,14 +857,7 @@ impl<'a> Decision<'a> {
         for event in self.events.drain(..) {
             actions.push(Action::Event(event));
         }
-        let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
-        if let (true, Some(reason)) = (transition, self.reason) {
-            actions.push(Action::Event(EventSpec::new(
-                reason,
-                "UpdateStatus",
-                self.message.clone(),
-            )));
-        }
+        actions.extend(announce);
         Plan {
             actions,
             requeue: self.requeue,

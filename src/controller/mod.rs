@@ -16,6 +16,7 @@
 //! | [`cachetoken`] | the Secret that carries an attempt's cache token | pure |
 //! | [`gc`] | which leftovers the sweeper deletes, and why | pure |
 //! | [`ledger`] | what this process knows of its cache API calls | memory |
+//! | [`refusals`] | what the API server said when it refused an attempt's pod | memory |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
 //! | [`leader`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
 //! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
@@ -49,6 +50,7 @@ pub mod pod;
 pub mod podstate;
 pub mod queue;
 pub mod reconcile;
+pub mod refusals;
 pub mod retention;
 pub mod run;
 pub mod sweep;

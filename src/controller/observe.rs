@@ -36,6 +36,9 @@ pub struct Observed {
     pub owned_secrets: Vec<String>,
     /// What this process knows of the Build's cache leases and cleanup calls, by ledger key.
     pub cache: BTreeMap<String, CallState>,
+    /// Pods of the Build whose create the API server refused, with what it said (pod name
+    /// → message); a refusal ends when the pod is created.
+    pub pod_refusals: BTreeMap<String, String>,
     /// The Secrets the Build names that exist, by name (read only while it may start).
     pub secrets: BTreeMap<String, SecretInfo>,
     /// The builder ServiceAccount the Build names, when it exists (read only while it may
@@ -87,6 +90,7 @@ pub async fn observe(
     };
 
     observed.cache = ctx.ledger.snapshot(&ledger_prefix(&uid));
+    observed.pod_refusals = ctx.refusals.of(&uid);
 
     if build.metadata.deletion_timestamp.is_some() {
         let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);

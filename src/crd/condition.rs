@@ -21,18 +21,18 @@
 //! | `PodEvicted` | Pending/Failed | Unknown/False | the pod was evicted or preempted; retried with backoff |
 //! | `PodLost` | Pending/Failed | Unknown/False | the pod vanished or its node was lost; retried with backoff |
 //! | `ImagePullFailed` | Pending/Failed | Unknown/False | the builder image could not be pulled; retried when transient |
+//! | `PodCreateFailed` | Pending | Unknown | the API server refused the attempt's pod (a ResourceQuota, a LimitRange, an admission webhook); the message holds what it said, and the create is retried until `spec.timeout` |
 //!
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
 //! with result `Cancelled` and reason `Superseded`; the Build itself goes on to a new attempt.
 //!
-//! Three reasons only ever appear on Events, never in a condition, because they say what
-//! the controller did around a Build rather than where the Build is:
+//! Two reasons only ever appear on Events, never in a condition, because they say what the
+//! controller did around a Build rather than where the Build is:
 //!
 //! | reason | type | meaning |
 //! | --- | --- | --- |
 //! | `GarbageCollected` | Normal | the orphan sweeper deleted leftovers of this Build (an earlier Build object of the same name, or an attempt that ended) |
 //! | `CacheUnavailable` | Warning | a cache lease, release or cleanup failed; the build goes on, the call is retried with backoff |
-//! | `PodCreateFailed` | Warning | the API server refused the attempt's pod (a ResourceQuota, a LimitRange, an admission webhook); the create is retried |
 
 use std::fmt;
 
@@ -51,8 +51,8 @@ pub const CONDITION_READY: &str = "Ready";
 
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
-/// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed); Events
-/// also carry GarbageCollected, CacheUnavailable and PodCreateFailed.
+/// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed,
+/// PodCreateFailed); Events also carry GarbageCollected and CacheUnavailable.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -85,13 +85,13 @@ pub enum Reason {
     PodLost,
     /// The builder image could not be pulled.
     ImagePullFailed,
+    /// The API server refused to create the attempt's pod (a quota, a limit range, an
+    /// admission webhook); the create is retried.
+    PodCreateFailed,
     /// Event only: the orphan sweeper deleted leftovers of this Build.
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
     CacheUnavailable,
-    /// Event only: the API server refused to create the attempt's pod (quota, limit range,
-    /// admission); the create is retried.
-    PodCreateFailed,
 }
 
 impl Reason {
@@ -111,9 +111,9 @@ impl Reason {
         Reason::PodEvicted,
         Reason::PodLost,
         Reason::ImagePullFailed,
+        Reason::PodCreateFailed,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
-        Reason::PodCreateFailed,
     ];
 
     /// The reason as it appears in conditions and Events.
@@ -133,9 +133,9 @@ impl Reason {
             Reason::PodEvicted => "PodEvicted",
             Reason::PodLost => "PodLost",
             Reason::ImagePullFailed => "ImagePullFailed",
+            Reason::PodCreateFailed => "PodCreateFailed",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
-            Reason::PodCreateFailed => "PodCreateFailed",
         }
     }
 

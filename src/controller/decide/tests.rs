@@ -1,6 +1,7 @@
 //! Table tests of `decide`: one test per transition of the lifecycle, each asserting the
 //! whole plan (every action, in order) and the status it writes (pure).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -525,6 +526,66 @@ fn a_pod_announced_but_never_seen_is_created_again_under_the_same_name() {
     let build = started(Build::test("app"));
     let plan = decide_at(&build, &none(), 3);
     assert_eq!(plan.describe(), ["CreatePod app-1"]);
+}
+
+fn refused(pod: &str, message: &str) -> Observed {
+    Observed {
+        pod_refusals: BTreeMap::from([(pod.to_owned(), message.to_owned())]),
+        ..Observed::default()
+    }
+}
+
+#[test]
+fn a_pod_the_api_server_refused_is_explained_and_created_again() {
+    let build = started(Build::test("app"));
+    let plan = decide_at(
+        &build,
+        &refused("app-1", "exceeded quota: q, requested: pods=1"),
+        10,
+    );
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreateFailed attempt=1",
+            "Event Warning PodCreateFailed",
+            "CreatePod app-1"
+        ]
+    );
+    let s = status(&plan);
+    assert_eq!(
+        s.message.as_deref(),
+        Some(
+            "attempt 1: the API server refused pod app-1, retrying: \
+             exceeded quota: q, requested: pods=1"
+        )
+    );
+    assert_eq!(s.attempts.len(), 1, "a refusal spends no retry");
+    // Refused again with the same words: nothing new to write, the create is retried.
+    let again = after(&build, &plan);
+    let plan = decide_at(
+        &again,
+        &refused("app-1", "exceeded quota: q, requested: pods=1"),
+        20,
+    );
+    assert_eq!(plan.describe(), ["CreatePod app-1"]);
+}
+
+#[test]
+fn a_pod_refused_until_the_deadline_times_out_without_another_create() {
+    let build = started(Build::test("app").timeout("1m"));
+    let plan = decide_at(&build, &refused("app-1", "exceeded quota"), 90);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert!(
+        plan.created_pods().is_empty(),
+        "no create after the deadline: {:?}",
+        plan.describe()
+    );
+    let message = status(&plan).message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("attempt 1 did not start within")
+            && message.contains("the API server refused pod app-1: exceeded quota"),
+        "{message}"
+    );
 }
 
 #[test]
