@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::digest::Digest;
+use crate::store::backend::UnsyncedFile;
 use crate::store::blobs::UploadSession;
 use crate::store::clock::Clock;
 use crate::store::error::{Result, StoreError};
@@ -28,8 +27,11 @@ pub struct StoreOptions {
     pub create: bool,
     /// Where "now" comes from.
     pub clock: Clock,
-    /// Fsync blobs, directories and commits. Only tests of logic (not of durability) turn
-    /// it off: without it a crash may lose what was committed.
+    /// Fsync blobs, directories and commits (the default). Only tests of logic, not of
+    /// durability, turn it off: every write still reaches the kernel before the call that
+    /// made it returns, and the kernel's page cache outlives the process, so a store
+    /// survives the death of its process (SIGKILL) exactly as with fsync; a power loss or
+    /// kernel crash may lose or tear what was committed.
     pub sync: bool,
     /// Memory redb may use to cache pages.
     pub cache_bytes: usize,
@@ -111,11 +113,23 @@ impl Store {
         }
         fs::create_dir_all(layout.root()).map_err(StoreError::io("create", layout.root()))?;
         let root_lock = RootLock::acquire(&layout)?;
-        layout.create_dirs()?;
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(layout.meta())
-            .map_err(StoreError::db("open meta.redb"))?;
+        layout.make_dirs(sync)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = if sync {
+            builder.create(layout.meta())
+        } else {
+            let meta = layout.meta();
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&meta)
+                .map_err(StoreError::io("open", &meta))?;
+            UnsyncedFile::new(file).and_then(|backend| builder.create_with_backend(backend))
+        }
+        .map_err(StoreError::db("open meta.redb"))?;
         let store = Self {
             inner: Arc::new(Inner {
                 layout,
@@ -238,11 +252,7 @@ fn write<T>(
     action: &'static str,
     body: impl FnOnce(&WriteTransaction) -> Result<T>,
 ) -> Result<T> {
-    let mut txn = inner.db.begin_write().map_err(StoreError::db(action))?;
-    if !inner.sync {
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::db(action))?;
-    }
+    let txn = inner.db.begin_write().map_err(StoreError::db(action))?;
     let value = body(&txn)?;
     txn.commit().map_err(StoreError::db(action))?;
     Ok(value)

@@ -51,6 +51,7 @@
 //! tags and links of a repository in one transaction; [`Store::untag`] removes a
 //! build-scoped tag.
 
+mod backend;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod blobs;
