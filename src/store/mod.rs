@@ -69,6 +69,7 @@ pub mod manifest;
 pub mod storage;
 pub mod sweep;
 pub mod tables;
+mod temp;
 pub mod types;
 mod uploads;
 pub mod verify;

@@ -10,11 +10,12 @@
 use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
-use crate::store::blobs::{TempBlob, UploadSession};
+use crate::store::blobs::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
 use crate::store::tables::{self, UploadRow};
+use crate::store::temp::TempBlob;
 use crate::store::types::{BlobInfo, UploadStatus, validate_repo};
 
 impl Store {
