@@ -1,7 +1,7 @@
 //! The [`Store`] handle: opening a root (lock, database, recovery), the shared state of
 //! one open store, and the helpers every operation uses (I/O: filesystem and redb).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,9 +67,10 @@ pub(crate) struct Inner {
     pub uploads: Mutex<BTreeMap<String, Arc<Mutex<UploadSession>>>>,
     /// Last-access times not yet written: a pull costs a map insert, not a transaction.
     pub pending_access: Mutex<BTreeMap<Digest, u64>>,
-    /// While a GC runs: every digest that a committed mutation made reachable since its
-    /// mark (the write barrier the sweep re-checks against).
-    pub barrier: Mutex<Option<BTreeSet<Digest>>>,
+    /// While a GC runs: the digests that mutations made reachable since its mark, not yet
+    /// taken by the sweep (the write barrier the sweep re-checks against). A log, not a
+    /// set: a writer pays a push, the sweep deduplicates.
+    pub barrier: Mutex<Option<Vec<Digest>>>,
     /// One GC or verify at a time.
     pub maintenance: Mutex<()>,
     pub temp_seq: AtomicU64,
@@ -235,8 +236,8 @@ impl Store {
     /// Records digests that a mutation (about to commit) makes reachable, so that a GC
     /// sweeping concurrently keeps them. Call it inside the write transaction.
     pub(crate) fn protect(&self, digests: impl IntoIterator<Item = Digest>) {
-        if let Some(set) = lock(&self.inner.barrier).as_mut() {
-            set.extend(digests);
+        if let Some(log) = lock(&self.inner.barrier).as_mut() {
+            log.extend(digests);
         }
     }
 

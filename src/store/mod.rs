@@ -71,6 +71,7 @@ pub mod sweep;
 pub mod tables;
 mod temp;
 pub mod types;
+mod unlinker;
 mod uploads;
 pub mod verify;
 

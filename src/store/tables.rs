@@ -70,6 +70,16 @@ pub struct ManifestRow {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The part of a [`ManifestRow`] that GC reads: what the manifest leads to. Decoding only
+/// these fields skips the media type, artifact type and annotations of every manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ManifestEdgesRow {
+    /// Everything it references (sorted).
+    pub references: Vec<Digest>,
+    /// Its subject, if it is a referrer.
+    pub subject: Option<Digest>,
+}
+
 /// A lease row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRow {
@@ -124,6 +134,13 @@ mod tests {
         assert_eq!(
             decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),
             row
+        );
+        assert_eq!(
+            decode::<ManifestEdgesRow>("manifests", &encode(&row)).unwrap(),
+            ManifestEdgesRow {
+                references: row.references.clone(),
+                subject: row.subject,
+            }
         );
         assert!(matches!(
             decode::<LeaseRow>("leases", b"{"),
