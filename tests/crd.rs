@@ -8,6 +8,11 @@ use std::process::Command;
 use kube::core::cel::{Validator, compile_schema, estimate_rule_cost};
 use serde_json::{Value, json};
 
+#[path = "common/schema.rs"]
+mod schema;
+
+use schema::walk;
+
 const CRD_FILE: &str = "crds/kiln.dev_builds.yaml";
 
 fn crd_path() -> PathBuf {
@@ -64,22 +69,6 @@ fn the_crd_has_a_status_subresource_printer_columns_a_short_name_and_a_category(
         columns,
         ["Phase", "Reason", "Image", "Digest", "Attempt", "Age"]
     );
-}
-
-/// Calls `visit(path, node)` for every schema node.
-fn walk(path: &str, node: &Value, visit: &mut dyn FnMut(&str, &Value)) {
-    visit(path, node);
-    if let Some(props) = node.get("properties").and_then(Value::as_object) {
-        for (name, child) in props {
-            walk(&format!("{path}.{name}"), child, visit);
-        }
-    }
-    if let Some(items) = node.get("items") {
-        walk(&format!("{path}[]"), items, visit);
-    }
-    if let Some(values) = node.get("additionalProperties").filter(|v| v.is_object()) {
-        walk(&format!("{path}{{}}"), values, visit);
-    }
 }
 
 #[test]

@@ -329,12 +329,16 @@ pub struct VerifyReport {
     pub missing: Vec<MissingReference>,
     /// Manifests dropped by `repair`, sorted.
     pub repaired: Vec<Digest>,
+    /// Every other problem found (a missing or mis-sized blob file, an orphan file, a
+    /// stray temp file, a dangling tag, link or lease), as one sentence each, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 impl VerifyReport {
     /// Whether the store was found consistent.
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty()
+        self.corrupt.is_empty() && self.missing.is_empty() && self.problems.is_empty()
     }
 }
 
@@ -559,5 +563,10 @@ mod tests {
             quarantined: true,
         });
         assert!(!report.is_clean());
+        let other = VerifyReport {
+            problems: vec!["orphan file blobs/sha256/ab/x".into()],
+            ..VerifyReport::default()
+        };
+        assert!(!other.is_clean());
     }
 }

@@ -10,18 +10,27 @@
 //!   newer pod of the same name is never deleted by mistake;
 //! - status and finalizer writes carry the Build's `resourceVersion`, so a write based on a
 //!   stale read fails with `Conflict` instead of overwriting newer state;
-//! - Events are best effort: a failure is logged, never fails the reconcile.
+//! - Events are best effort: a failure is logged, never fails the reconcile;
+//! - calls to the cache service never fail the reconcile either (see `cachecall`);
+//! - an attempt's token Secret is created like its ConfigMap: `AlreadyExists` with this
+//!   Build's UID is done.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::cachecall::{self, CallOutcome};
+use super::cachetoken::{attempt_secret, docker_config};
 use super::context::Context;
 use super::error::ApplyError;
 use super::labels::BUILD_UID;
-use super::plan::{Action, Plan};
+use super::plan::{Action, EventSpec, Plan};
+use super::validate::DOCKER_CONFIG_KEY;
+use crate::cacheapi::token::{Action as TokenAction, Claims};
 use crate::crd::Build;
 use crate::crd::build::FINALIZER;
 
@@ -125,36 +134,67 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 }
             }
             Action::DeleteConfigMap { name } => {
-                match config_maps.delete(name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(source) => {
-                        return Err(ApplyError::DeleteConfigMap {
-                            name: name.clone(),
-                            source,
-                        });
+                delete_named(&config_maps, name).await.map_err(|source| {
+                    ApplyError::DeleteConfigMap {
+                        name: name.clone(),
+                        source,
                     }
+                })?;
+            }
+            Action::CreateCacheSecret {
+                name: secret_name,
+                attempt,
+                push_secret,
+                ttl,
+            } => {
+                create_cache_secret(
+                    ctx,
+                    build,
+                    secret_name,
+                    *attempt,
+                    push_secret.as_deref(),
+                    *ttl,
+                )
+                .await?;
+            }
+            Action::DeleteSecret { name } => {
+                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                delete_named(&secrets, name)
+                    .await
+                    .map_err(|source| ApplyError::DeleteSecret {
+                        name: name.clone(),
+                        source,
+                    })?;
+            }
+            Action::PutLease {
+                name,
+                targets,
+                ttl,
+                renewal,
+            } => {
+                let outcome = cachecall::put_lease(ctx, name, targets, *ttl, *renewal).await;
+                if !report(ctx, build, outcome).await {
+                    continue;
+                }
+            }
+            Action::ReleaseLease { name } => {
+                let outcome = cachecall::release_lease(ctx, name).await;
+                if !report(ctx, build, outcome).await {
+                    continue;
+                }
+            }
+            Action::DeleteCacheTag {
+                key,
+                repository,
+                tag,
+            } => {
+                let outcome = cachecall::delete_tag(ctx, key, repository, tag).await;
+                if !report(ctx, build, outcome).await {
+                    continue;
                 }
             }
             Action::Event(event) => {
-                let published = ctx
-                    .recorder
-                    .publish(
-                        &Event {
-                            type_: if event.warning {
-                                EventType::Warning
-                            } else {
-                                EventType::Normal
-                            },
-                            reason: event.reason.as_str().to_owned(),
-                            note: Some(event.note.clone()),
-                            action: event.action.to_owned(),
-                            secondary: None,
-                        },
-                        &build.object_ref(&()),
-                    )
-                    .await;
-                if let Err(error) = published {
+                if let Err(error) = publish(ctx, &build.object_ref(&()), event).await {
                     tracing::warn!(build = %name, reason = %event.reason, %error, "could not publish event");
                     continue;
                 }
@@ -163,6 +203,153 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
         writes += 1;
     }
     Ok(writes)
+}
+
+/// Deletes `name`; gone already is done.
+async fn delete_named<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(source),
+    }
+}
+
+/// After a cache call: `true` when it succeeded (a write made). A failure's Warning
+/// Event, when it is the first of a streak, is published.
+async fn report(ctx: &Context, build: &Build, outcome: CallOutcome) -> bool {
+    let warning = match outcome {
+        Ok(()) => return true,
+        Err(warning) => warning,
+    };
+    if let Some(event) = warning
+        && let Err(error) = publish(ctx, &build.object_ref(&()), &event).await
+    {
+        tracing::warn!(build = %build.name_any(), %error, "could not publish event");
+    }
+    false
+}
+
+/// Publishes `event` on the object `on` (best effort: the caller logs a failure).
+pub async fn publish(
+    ctx: &Context,
+    on: &ObjectReference,
+    event: &EventSpec,
+) -> Result<(), kube::Error> {
+    ctx.recorder
+        .publish(
+            &Event {
+                type_: if event.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: event.reason.as_str().to_owned(),
+                note: Some(event.note.clone()),
+                action: event.action.to_owned(),
+                secondary: None,
+            },
+            on,
+        )
+        .await
+}
+
+/// Mints the attempt's cache token and creates the Secret that carries it, merged with the
+/// push Secret's credentials. The push Secret's data is read here, at the moment it is
+/// needed, so that it never enters an `Observed` or a `Plan` (both are logged).
+async fn create_cache_secret(
+    ctx: &Context,
+    build: &Build,
+    name: &str,
+    attempt: u32,
+    push_secret: Option<&str>,
+    ttl: Duration,
+) -> Result<(), ApplyError> {
+    let namespace = build.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = ctx
+        .token_key
+        .as_ref()
+        .ok_or_else(|| ApplyError::NoTokenKey {
+            name: name.to_owned(),
+        })?;
+    let host = ctx
+        .config
+        .cache_service
+        .as_ref()
+        .map(|c| c.registry_host().to_owned())
+        .unwrap_or_default();
+    let now = u64::try_from(ctx.clock.now().as_second()).unwrap_or(0);
+    let uid = build.metadata.uid.clone().unwrap_or_default();
+    let claims = Claims::new(
+        uid,
+        &namespace,
+        [TokenAction::Pull, TokenAction::Push],
+        now,
+        ttl.as_secs(),
+    );
+    let token = key.mint(&claims).map_err(|source| ApplyError::MintToken {
+        name: name.to_owned(),
+        source,
+    })?;
+    let push = match push_secret {
+        Some(push_name) => {
+            let secret =
+                secrets
+                    .get(push_name)
+                    .await
+                    .map_err(|source| ApplyError::ReadPushSecret {
+                        name: push_name.to_owned(),
+                        source,
+                    })?;
+            let bytes = secret
+                .data
+                .and_then(|mut data| data.remove(DOCKER_CONFIG_KEY))
+                .map(|b| b.0)
+                .unwrap_or_default();
+            Some((push_name, bytes))
+        }
+        None => None,
+    };
+    let config = docker_config(
+        &host,
+        &token,
+        push.as_ref().map(|(n, b)| (*n, b.as_slice())),
+    )
+    .map_err(|source| ApplyError::PushSecretConfig {
+        name: name.to_owned(),
+        source,
+    })?;
+    let secret = attempt_secret(build, attempt, config);
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing =
+                secrets
+                    .get_metadata(name)
+                    .await
+                    .map_err(|source| ApplyError::CreateSecret {
+                        name: name.to_owned(),
+                        source,
+                    })?;
+            let owner_uid = existing.labels().get(BUILD_UID).cloned();
+            if owner_uid.is_some() && owner_uid == build.metadata.uid {
+                // Minted by a create that was repeated after a crash: still valid.
+                Ok(())
+            } else {
+                Err(ApplyError::SecretNameTaken {
+                    name: name.to_owned(),
+                    owner_uid,
+                })
+            }
+        }
+        Err(source) => Err(ApplyError::CreateSecret {
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Sets the Build's finalizers, failing with `Conflict` if the Build changed since it was

@@ -84,18 +84,42 @@ pub fn buildkitd_toml(config: &Config) -> Option<String> {
 /// service or with `spec.cache.mode: Off`.
 pub fn cache_ref(build: &Build, config: &Config) -> Option<String> {
     let service = config.cache_service.as_ref()?;
+    let repository = cache_repository(build, config)?;
+    Some(format!(
+        "{}/{repository}:{CACHE_TAG}",
+        service.registry_host()
+    ))
+}
+
+/// The repository of a Build's cache on the cache service (the path of [`cache_ref`]
+/// without the host and tag): `[<path>/]<namespace>/<build>` or `[<path>/]<namespace>/shared`.
+/// `None` without a cache service or with `spec.cache.mode: Off`.
+pub fn cache_repository(build: &Build, config: &Config) -> Option<String> {
     if build.spec.cache.mode == CacheMode::Off {
         return None;
     }
+    let namespace = namespace_repository_prefix(build, config)?;
+    Some(match build.spec.cache.scope {
+        CacheScope::Build => format!("{namespace}/{}", build.name_any()),
+        CacheScope::Namespace => format!("{namespace}/shared"),
+    })
+}
+
+/// The repository of the Build's own cache (`[<path>/]<namespace>/<build>`), whatever its
+/// current cache settings: what the finalizer cleans up. `None` without a cache service.
+pub fn build_cache_repository(build: &Build, config: &Config) -> Option<String> {
+    let namespace = namespace_repository_prefix(build, config)?;
+    Some(format!("{namespace}/{}", build.name_any()))
+}
+
+/// `[<path>/]<namespace>`: where the cache repositories of the Build's namespace live.
+fn namespace_repository_prefix(build: &Build, config: &Config) -> Option<String> {
+    let service = config.cache_service.as_ref()?;
     let namespace = build.namespace().unwrap_or_default();
-    let repository = match build.spec.cache.scope {
-        CacheScope::Build => build.name_any(),
-        CacheScope::Namespace => "shared".to_owned(),
-    };
-    Some(format!(
-        "{}/{namespace}/{repository}:{CACHE_TAG}",
-        service.host
-    ))
+    Some(match service.host.split_once('/') {
+        Some((_, path)) => format!("{path}/{namespace}"),
+        None => namespace,
+    })
 }
 
 /// The Git context BuildKit clones: `<url>[#<revision>][:<contextDir>]`.
@@ -238,6 +262,31 @@ mod tests {
         );
         let off = build.cache(CacheMode::Off, CacheScope::Build);
         assert_eq!(cache_ref(&off, &config), None);
+        // The Build's own repository is cleaned up whatever its settings are now.
+        assert_eq!(
+            build_cache_repository(&off, &config).as_deref(),
+            Some("team/app")
+        );
+        assert_eq!(build_cache_repository(&off, &Config::default()), None);
+    }
+
+    #[test]
+    fn a_cache_service_under_a_path_prefixes_every_repository() {
+        let config = with_cache("https://cache.example.com/kiln");
+        let build = Build::test("app").in_namespace("team");
+        assert_eq!(
+            cache_ref(&build, &config).as_deref(),
+            Some("cache.example.com/kiln/team/app:buildcache")
+        );
+        assert_eq!(
+            cache_repository(&build, &config).as_deref(),
+            Some("kiln/team/app")
+        );
+        let shared = build.cache(CacheMode::Min, CacheScope::Namespace);
+        assert_eq!(
+            cache_repository(&shared, &config).as_deref(),
+            Some("kiln/team/shared")
+        );
     }
 
     #[test]

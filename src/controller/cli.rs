@@ -4,15 +4,22 @@
 //! Every flag has an environment variable only where a Deployment is expected to set it
 //! from the downward API or a ConfigMap; the Helm chart sets the rest as arguments.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Client;
 
-use super::context::{CacheService, Config, Mirror, parse_mirror};
+use super::context::{CacheService, Config, Context, Mirror, parse_mirror};
+use super::leader::{self, Election};
+use crate::cacheapi::client::{AdminClient, AdminClientError};
+use crate::cacheapi::token::{TokenKey, TokenKeyError};
 use crate::cli::CliResult;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
+use crate::metrics::{self, Metrics};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
@@ -68,6 +75,11 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub queue_recheck: Duration,
 
+    /// Longest time any build attempt may run, whatever its spec.timeout says (e.g. 2h): a
+    /// cluster-wide ceiling on the build pods' activeDeadlineSeconds [default: none].
+    #[arg(long, value_parser = parse_max_timeout)]
+    pub max_build_timeout: Option<Duration>,
+
     /// Largest inline build context (Dockerfile plus files), e.g. 512KiB; at most 900KiB,
     /// since it is stored in a ConfigMap.
     #[arg(long, default_value = "512KiB", value_parser = parse_inline_limit)]
@@ -78,6 +90,34 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub attempt_history: u32,
 
+    /// How long the pod of a succeeded attempt (and its log) is kept when the Build sets
+    /// no spec.retention.succeededPodTTL.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub succeeded_pod_ttl: Duration,
+
+    /// How long the pod of a failed attempt is kept when the Build sets no
+    /// spec.retention.failedPodTTL.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub failed_pod_ttl: Duration,
+
+    /// How often the sweeper deletes orphaned pods, ConfigMaps and Secrets and expired
+    /// pods (it also runs at start-up); the cache repositories of deleted namespaces are
+    /// swept every tenth time.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    pub sweep_interval: Duration,
+
+    /// File holding the cache service's admin token: running attempts then hold leases on
+    /// the cache they import, and the cache of deleted Builds and namespaces is cleaned
+    /// up. Needs --cache-service.
+    #[arg(long, value_name = "FILE", requires = "cache_service")]
+    pub cache_admin_token_file: Option<PathBuf>,
+
+    /// File holding the key that signs cache tokens (the cache service's token key, at
+    /// least 32 random bytes): each attempt then gets a token of its own, scoped to its
+    /// namespace. Needs --cache-service.
+    #[arg(long, value_name = "FILE", requires = "cache_service")]
+    pub cache_token_key_file: Option<PathBuf>,
+
     /// Most reconciles running at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -85,6 +125,32 @@ pub struct ControllerArgs {
     /// Name of this controller instance on Events (set it to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// The process around the controller: HTTP endpoints and leader election.
+    #[command(flatten)]
+    pub serving: ServingArgs,
+}
+
+/// Flags of the controller's process rather than of its decisions: where it serves metrics
+/// and health, and whether it contends for a Lease before it reconciles.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServingArgs {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = metrics::DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+
+    /// Reconcile only while holding a Lease, so that of several replicas exactly one
+    /// works; the others stand by (and are ready). The lease is released on shutdown.
+    #[arg(long)]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease [default: the pod's namespace, else the kubeconfig's].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "kiln-controller")]
+    pub leader_election_name: String,
 }
 
 impl ControllerArgs {
@@ -102,10 +168,18 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_build_timeout,
             max_inline_context,
             attempt_history,
+            succeeded_pod_ttl,
+            failed_pod_ttl,
+            sweep_interval,
+            // Read by `run`: files are I/O, the config is data.
+            cache_admin_token_file: _,
+            cache_token_key_file: _,
             concurrency,
             instance,
+            serving: _,
         } = self;
         Config {
             builder_image,
@@ -122,11 +196,16 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_timeout: max_build_timeout,
             max_inline_bytes: max_inline_context,
             attempt_history,
+            succeeded_pod_ttl,
+            failed_pod_ttl,
+            sweep_interval,
             namespace,
             concurrency,
             instance,
+            ..Config::default()
         }
     }
 }
@@ -139,6 +218,30 @@ pub enum ControllerCliError {
         "connecting to Kubernetes (from $KUBECONFIG, ~/.kube/config or the in-cluster service account)"
     )]
     Connect(#[source] kube::Error),
+    /// The admin token file could not be read.
+    #[error("reading the cache admin token from {path}")]
+    ReadAdminToken {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin token file is empty.
+    #[error("the cache admin token file {0} is empty")]
+    EmptyAdminToken(String),
+    /// The admin API client could not be made.
+    #[error("connecting to the cache service's admin API")]
+    AdminClient(#[source] AdminClientError),
+    /// The token key could not be loaded.
+    #[error(transparent)]
+    TokenKey(#[from] TokenKeyError),
+    /// Tokens cover `<namespace>/…` at the cache service's root; a cache service under a
+    /// path would put every repository outside them.
+    #[error(
+        "--cache-token-key-file needs a --cache-service at the root of its host (tokens cover <namespace>/...), not under the path of {0:?}"
+    )]
+    TokensNeedRootService(String),
 }
 
 /// Why a quantity or size flag was rejected.
@@ -153,9 +256,15 @@ pub enum FlagError {
     /// Not `host[:port]`.
     #[error("{0:?} is not HOST[:PORT]")]
     Host(String),
-    /// Not a size.
+    /// A maximum build timeout under one second (`activeDeadlineSeconds` counts seconds).
+    #[error("{0:?} is less than 1s, the shortest activeDeadlineSeconds")]
+    TimeoutTooShort(String),
+    /// Not a size or duration.
     #[error(transparent)]
     Size(#[from] crate::units::UnitsError),
+    /// An interval shorter than a second.
+    #[error("{0:?} is shorter than a second")]
+    Interval(String),
 }
 
 fn parse_quantity(text: &str) -> Result<Quantity, FlagError> {
@@ -187,6 +296,26 @@ fn parse_host(text: &str) -> Result<String, FlagError> {
     }
 }
 
+fn parse_interval(text: &str) -> Result<Duration, FlagError> {
+    at_least_one_second(text, FlagError::Interval)
+}
+
+fn parse_max_timeout(text: &str) -> Result<Duration, FlagError> {
+    at_least_one_second(text, FlagError::TimeoutTooShort)
+}
+
+/// A duration of one second or more; shorter ones are rejected with `too_short`.
+fn at_least_one_second(
+    text: &str,
+    too_short: fn(String) -> FlagError,
+) -> Result<Duration, FlagError> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(too_short(text.to_owned()));
+    }
+    Ok(duration)
+}
+
 fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
     let bytes = parse_size(text)?;
     if bytes > 900 * 1024 {
@@ -196,13 +325,46 @@ fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
 }
 
 /// Runs the controller against the current kubeconfig (or the in-cluster config) until
-/// SIGTERM or SIGINT: then it stops taking work, lets in-flight reconciles finish and exits
-/// 0. A second signal exits at once. Build pods keep running and are adopted on restart.
+/// SIGTERM or SIGINT: then it stops taking work, lets in-flight reconciles finish, releases
+/// its lease (with `--leader-elect`) and exits 0. A second signal exits at once. Build pods
+/// keep running and are adopted on restart. `/metrics`, `/healthz` and `/readyz` are served
+/// on `--http-addr` from start to exit.
 pub async fn run(args: ControllerArgs) -> CliResult {
+    let serving = args.serving.clone();
+    let instance = args.instance.clone();
+    let admin_token_file = args.cache_admin_token_file.clone();
+    let token_key_file = args.cache_token_key_file.clone();
     let config = args.into_config();
+    let admin = match (&admin_token_file, &config.cache_service) {
+        (Some(path), Some(service)) => Some(admin_client(path, service)?),
+        _ => None,
+    };
+    let token_key = match (&token_key_file, &config.cache_service) {
+        (Some(_), Some(service)) if service.host.contains('/') => {
+            return Err(ControllerCliError::TokensNeedRootService(service.host.clone()).into());
+        }
+        (Some(path), Some(_)) => Some(TokenKey::read(path).map_err(ControllerCliError::from)?),
+        _ => None,
+    };
     let client = Client::try_default()
         .await
         .map_err(ControllerCliError::Connect)?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = metrics::bind(serving.http_addr).await?;
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
+        let _ = http_stopped.await;
+    }));
+    let mut context = Context::new(client.clone(), config)
+        .with_observer(metrics.clone())
+        .with_gc_observer(metrics.clone());
+    if let Some(admin) = admin {
+        context = context.with_cache_admin(admin);
+    }
+    if let Some(key) = token_key {
+        context = context.with_token_key(key);
+    }
+
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -214,11 +376,61 @@ pub async fn run(args: ControllerArgs) -> CliResult {
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    super::run(client, config, async move {
+    let shutdown = async move {
         let _ = stopped.await;
-    })
-    .await?;
-    Ok(ExitCode::SUCCESS)
+    };
+    let result: CliResult = if serving.leader_elect {
+        let election = election(&serving, instance, client.default_namespace());
+        leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
+            super::run_with(context, stop)
+        })
+        .await
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(Into::into)
+    } else {
+        super::run_with(context, shutdown)
+            .await
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into)
+    };
+    let _ = http_stop.send(());
+    match server.await {
+        Ok(Err(error)) => tracing::warn!(error = crate::cli::error_chain(&error), "metrics server"),
+        Err(error) => tracing::warn!(error = %error, "metrics server task"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// The Lease to contend for: `--leader-election-namespace` (or the client's namespace) and
+/// name, as this pod (or, outside a cluster, this host and process).
+fn election(serving: &ServingArgs, instance: Option<String>, client_namespace: &str) -> Election {
+    let namespace = serving
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client_namespace.to_owned());
+    let identity = instance.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kiln".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    Election::new(&namespace, &serving.leader_election_name, &identity)
+}
+
+/// The admin API client of `service`, with the token read from `path` (surrounding
+/// whitespace, such as the newline `echo` leaves, is not part of it).
+fn admin_client(path: &Path, service: &CacheService) -> Result<AdminClient, ControllerCliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ControllerCliError::ReadAdminToken {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ControllerCliError::EmptyAdminToken(
+            path.display().to_string(),
+        ));
+    }
+    AdminClient::new(&service.root_url(), token).map_err(ControllerCliError::AdminClient)
 }
 
 /// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
@@ -269,12 +481,25 @@ mod tests {
             "--registry-mirror=docker.io=mirror.gcr.io",
             "--registry-mirror=ghcr.io=http://kiln-cache:5000",
             "--retry-backoff=5s",
+            "--max-build-timeout=2h",
             "--max-inline-context=64KiB",
             "--builder-memory-request=2Gi",
+            "--succeeded-pod-ttl=10m",
+            "--failed-pod-ttl=7d",
+            "--attempt-history=3",
+            "--sweep-interval=5m",
+            "--cache-admin-token-file=/var/run/kiln/admin-token",
+            "--cache-token-key-file=/var/run/kiln/token-key",
         ])
         .unwrap()
         .args
         .into_config();
+        assert_eq!(config.succeeded_pod_ttl, Duration::from_secs(600));
+        assert_eq!(config.failed_pod_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.attempt_history, 3);
+        assert_eq!(config.sweep_interval, Duration::from_secs(300));
+        // Turned on by the context once the files are read, not by the flags alone.
+        assert!(!config.cache_leases && !config.cache_tokens);
         assert_eq!(config.namespace.as_deref(), Some("builds"));
         assert!(config.cache_service.unwrap().plain_http);
         assert_eq!(
@@ -282,8 +507,63 @@ mod tests {
             ["docker.io", "ghcr.io"]
         );
         assert_eq!(config.retry_backoff, Duration::from_secs(5));
+        assert_eq!(config.max_timeout, Some(Duration::from_secs(2 * 3600)));
         assert_eq!(config.max_inline_bytes, 64 * 1024);
         assert_eq!(config.default_requests["memory"], Quantity("2Gi".into()));
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_and_names_its_lease() {
+        let args = Harness::try_parse_from(["kiln"]).unwrap().args;
+        assert!(!args.serving.leader_elect);
+        assert_eq!(args.serving.http_addr.to_string(), "0.0.0.0:8080");
+        let args = Harness::try_parse_from([
+            "kiln",
+            "--leader-elect",
+            "--leader-election-namespace=kiln-system",
+            "--leader-election-name=kiln",
+            "--http-addr=127.0.0.1:9090",
+            "--instance=kiln-controller-abc",
+        ])
+        .unwrap()
+        .args;
+        let election = election(&args.serving, args.instance.clone(), "default");
+        assert_eq!(
+            election,
+            Election::new("kiln-system", "kiln", "kiln-controller-abc")
+        );
+        // Without a namespace flag, the client's namespace.
+        let args = Harness::try_parse_from(["kiln", "--leader-elect", "--instance=x"])
+            .unwrap()
+            .args;
+        if std::env::var_os("POD_NAMESPACE").is_none() {
+            assert_eq!(
+                election_namespace(&args.serving, "from-kubeconfig"),
+                "from-kubeconfig"
+            );
+        }
+    }
+
+    fn election_namespace(serving: &ServingArgs, client_namespace: &str) -> String {
+        election(serving, Some("x".into()), client_namespace).namespace
+    }
+
+    #[test]
+    fn the_admin_client_reads_a_trimmed_token_and_refuses_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = CacheService::parse("http://kiln-cache:5000").unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(matches!(
+            admin_client(&path, &service),
+            Err(ControllerCliError::EmptyAdminToken(_))
+        ));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert!(admin_client(&path, &service).is_ok());
+        assert!(matches!(
+            admin_client(&dir.path().join("missing"), &service),
+            Err(ControllerCliError::ReadAdminToken { .. })
+        ));
     }
 
     #[test]
@@ -295,6 +575,13 @@ mod tests {
             ["kiln", "--max-inline-context=2MiB"],
             ["kiln", "--attempt-history=0"],
             ["kiln", "--plain-http-registry=http://x"],
+            ["kiln", "--http-addr=localhost"],
+            ["kiln", "--sweep-interval=500ms"],
+            ["kiln", "--succeeded-pod-ttl=soon"],
+            // The cache files need the cache service.
+            ["kiln", "--cache-admin-token-file=/x"],
+            ["kiln", "--cache-token-key-file=/x"],
+            ["kiln", "--max-build-timeout=500ms"],
         ] {
             assert!(Harness::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -15,8 +15,12 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::crd::Build;
+use super::gc::{CacheSweepReport, SweepReport};
+use super::ledger::{CacheCall, CacheLedger};
+use crate::cacheapi::client::AdminClient;
+use crate::cacheapi::token::TokenKey;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
+use crate::crd::{Build, Phase};
 
 /// Controller-wide settings, from `kiln controller`'s flags. `decide` and the pod builder
 /// read it; nothing in it does I/O.
@@ -43,10 +47,28 @@ pub struct Config {
     /// How often a queued Build checks its concurrency group again (it is also woken up
     /// whenever a Build of its group changes).
     pub queue_recheck: Duration,
+    /// Longest time any attempt may run, whatever its `spec.timeout` says: a cluster-wide
+    /// ceiling on `activeDeadlineSeconds`. `None` (the default) leaves `spec.timeout` (1m to
+    /// 24h) alone.
+    pub max_timeout: Option<Duration>,
     /// Largest inline context (Dockerfile and files, in bytes).
     pub max_inline_bytes: u64,
     /// Attempts kept in `status.attempts` when the Build does not say.
     pub attempt_history: u32,
+    /// How long the pod of a succeeded attempt is kept when the Build does not say.
+    pub succeeded_pod_ttl: Duration,
+    /// How long the pod of a failed attempt is kept when the Build does not say.
+    pub failed_pod_ttl: Duration,
+    /// How often the orphan sweeper runs (it also runs once at start-up).
+    pub sweep_interval: Duration,
+    /// Whether running attempts hold leases on the cache they import, through the cache
+    /// service's admin API. [`Context::with_cache_admin`] turns it on.
+    pub cache_leases: bool,
+    /// How long a lease holds after each renewal; it is renewed once half of it is left.
+    pub lease_ttl: Duration,
+    /// Whether each attempt gets a cache token of its own, minted into a Secret.
+    /// [`Context::with_token_key`] turns it on.
+    pub cache_tokens: bool,
     /// Watch only this namespace; every namespace when `None`.
     pub namespace: Option<String>,
     /// Most reconciles running at once.
@@ -70,8 +92,15 @@ impl Default for Config {
             retry_backoff_max: Duration::from_secs(300),
             pod_grace_period: Duration::from_secs(30),
             queue_recheck: Duration::from_secs(30),
+            max_timeout: None,
             max_inline_bytes: 512 * 1024,
             attempt_history: 10,
+            succeeded_pod_ttl: Duration::from_secs(3600),
+            failed_pod_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(60),
+            cache_leases: false,
+            lease_ttl: Duration::from_secs(15 * 60),
+            cache_tokens: false,
             namespace: None,
             concurrency: 16,
             instance: None,
@@ -118,6 +147,14 @@ impl CacheService {
             host: host.to_owned(),
             plain_http,
         })
+    }
+
+    /// The root of its host, `http[s]://host[:port]`, where the registry API (`/v2/`) and
+    /// the admin API (`/admin/v1/`) live: a path in `--cache-service` is a prefix of
+    /// repository names, not of routes.
+    pub fn root_url(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", self.registry_host())
     }
 
     /// The registry host (without path), which BuildKit's configuration is keyed by.
@@ -224,6 +261,15 @@ pub enum Outcome {
 pub trait ReconcileObserver: Send + Sync {
     /// Called once per reconcile.
     fn reconciled(&self, build: &ObjectRef<Build>, outcome: Outcome, elapsed: Duration);
+
+    /// Called when a reconcile wrote a final phase for a new run (a generation or a rerun):
+    /// once per run. `duration` runs from the run's first attempt to its completion, when
+    /// the status records both.
+    fn finished(&self, _build: &ObjectRef<Build>, _phase: Phase, _duration: Option<Duration>) {}
+
+    /// Called once when the watch loop starts, with its cache of Builds (for gauges that
+    /// count Builds, and for readiness: the cache is synced once it is ready).
+    fn watching(&self, _builds: &Store<Build>) {}
 }
 
 /// An observer that does nothing (the default until metrics are wired in).
@@ -233,6 +279,20 @@ pub struct NoObserver;
 impl ReconcileObserver for NoObserver {
     fn reconciled(&self, _: &ObjectRef<Build>, _: Outcome, _: Duration) {}
 }
+
+/// Receives what the garbage collection did: each sweep's report (deletions counted by
+/// reason) and each call to the cache service's admin API. The place where its metrics are
+/// recorded; every method has an empty default.
+pub trait GcObserver: Send + Sync {
+    /// Called after each orphan and retention sweep.
+    fn swept(&self, _report: &SweepReport, _elapsed: Duration) {}
+    /// Called after each sweep of the cache repositories of deleted namespaces.
+    fn cache_swept(&self, _report: &CacheSweepReport, _elapsed: Duration) {}
+    /// Called after each admin API call made for a Build (lease, release, tag deletion).
+    fn cache_call(&self, _call: CacheCall, _succeeded: bool) {}
+}
+
+impl GcObserver for NoObserver {}
 
 /// Where the other Builds of a namespace are read from, to decide concurrency groups.
 #[derive(Clone)]
@@ -286,6 +346,15 @@ pub struct Context {
     pub observer: Arc<dyn ReconcileObserver>,
     /// Per-group locks.
     pub locks: GroupLocks,
+    /// The cache service's admin API, for leases and cache cleanup.
+    pub cache_admin: Option<AdminClient>,
+    /// The key that signs the cache tokens of build pods.
+    pub token_key: Option<TokenKey>,
+    /// What this process knows of its admin API calls (renewals, confirmed releases,
+    /// retry times).
+    pub ledger: CacheLedger,
+    /// Receives the garbage collection's reports.
+    pub gc_observer: Arc<dyn GcObserver>,
 }
 
 impl Context {
@@ -303,7 +372,33 @@ impl Context {
             peers: PeerSource::Api,
             observer: Arc::new(NoObserver),
             locks: GroupLocks::default(),
+            cache_admin: None,
+            token_key: None,
+            ledger: CacheLedger::default(),
+            gc_observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Takes cache leases and cleans up the cache through `admin` (and turns on
+    /// [`Config::cache_leases`], so that `decide` plans them).
+    pub fn with_cache_admin(mut self, admin: AdminClient) -> Self {
+        self.cache_admin = Some(admin);
+        self.config.cache_leases = true;
+        self
+    }
+
+    /// Mints a cache token for each attempt with `key` (and turns on
+    /// [`Config::cache_tokens`], so that `decide` plans the token Secrets).
+    pub fn with_token_key(mut self, key: TokenKey) -> Self {
+        self.token_key = Some(key);
+        self.config.cache_tokens = true;
+        self
+    }
+
+    /// Sends the garbage collection's reports to `observer`.
+    pub fn with_gc_observer(mut self, observer: Arc<dyn GcObserver>) -> Self {
+        self.gc_observer = observer;
+        self
     }
 
     /// Uses `clock` for time.
@@ -341,6 +436,13 @@ mod tests {
         let tls = CacheService::parse("https://cache.example.com/kiln").unwrap();
         assert!(!tls.plain_http);
         assert_eq!(tls.registry_host(), "cache.example.com");
+        assert_eq!(tls.root_url(), "https://cache.example.com");
+        assert_eq!(
+            CacheService::parse("http://kiln-cache:5000/")
+                .unwrap()
+                .root_url(),
+            "http://kiln-cache:5000"
+        );
         for bad in ["cache:5000", "ftp://x", "http://", "http://a b"] {
             assert!(CacheService::parse(bad).is_err(), "{bad}");
         }

@@ -26,6 +26,10 @@
 //!   its pod, and writes status only when it changed.
 //! - **No hot loops.** Invalid input ends in a final phase and waits for a change; waits
 //!   (backoff, queue, deadline) requeue at the moment they end.
+//! - **Retention is announced.** An attempt that ends with a finished pod records when the
+//!   pod goes (`podRetainedUntil`, see [`retention`]); the sweeper deletes it then.
+//! - **Cache calls never block a build.** Leases are planned by [`lease`] after the status
+//!   and before the pod; their failures are warnings, retried with backoff.
 
 use std::time::Duration;
 
@@ -34,13 +38,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::cachetoken;
 use super::context::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
+use super::lease;
 use super::observe::Observed;
 use super::plan::{Action, EventSpec, Plan, Requeue};
 use super::pod::attempt_objects;
 use super::podstate::{self, Failure, PodState, is_live};
 use super::queue::{self, Admission};
+use super::retention;
 use super::validate::{self, Problem};
 use crate::crd::build::{FINALIZER, MAX_ATTEMPT_HISTORY};
 use crate::crd::condition::set_condition;
@@ -77,10 +84,26 @@ pub fn backoff(retry: u32, config: &Config) -> Duration {
         .min(config.retry_backoff_max)
 }
 
+/// The moment `wait` has passed since the status time `since`, counted from the end of
+/// that second.
+///
+/// The API server keeps status times (`metav1.Time`) to whole seconds, and k8s-openapi
+/// writes them so too: a time read back from status was cut short by up to a second.
+/// Counting from the end of its second makes a retry backoff or an attempt's deadline
+/// never shorter than configured (at most a second longer), and gives the same answer
+/// before and after the time went through the API server.
+pub fn wait_ends(since: &Time, wait: Duration) -> Timestamp {
+    let end_of_second =
+        Timestamp::from_second(since.0.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX);
+    end_of_second
+        .saturating_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
 /// Decides what to do with `build`.
 pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
     if build.metadata.deletion_timestamp.is_some() {
-        return finalize(build, observed, config);
+        return finalize(build, observed, now, config);
     }
     if !build.finalizers().iter().any(|f| f == FINALIZER) {
         // Alone in its plan: the cleanup guarantee must be in place before any pod exists,
@@ -112,14 +135,16 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
     d.finish(&old)
 }
 
-/// Deletion: delete the pods (live ones with a grace period) and ConfigMaps, then remove
-/// the finalizer once none is left.
+/// Deletion: delete the pods (live ones with a grace period), ConfigMaps and Secrets,
+/// release the cache leases and delete the cache tag, then remove the finalizer once
+/// nothing is left.
 ///
 /// Idempotent: a pod already being deleted is not deleted again; the finalizer goes only
-/// when a fresh list shows nothing left, so a crash at any point resumes where it stopped.
-/// Objects of another Build that reused the name are never listed (they are selected by
-/// UID).
-fn finalize(build: &Build, observed: &Observed, config: &Config) -> Plan {
+/// when a fresh list shows nothing left and every cache call is confirmed (or the cache
+/// cleanup gave up at its deadline, see [`lease`]), so a crash at any point resumes where
+/// it stopped. Objects of another Build that reused the name are never listed (they are
+/// selected by UID).
+fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
     if !build.finalizers().iter().any(|f| f == FINALIZER) {
         return Plan::default();
     }
@@ -154,16 +179,38 @@ fn finalize(build: &Build, observed: &Observed, config: &Config) -> Plan {
     for name in &observed.config_maps {
         actions.push(Action::DeleteConfigMap { name: name.clone() });
     }
-    if observed.pods.is_empty() && observed.config_maps.is_empty() {
+    for name in &observed.owned_secrets {
+        actions.push(Action::DeleteSecret { name: name.clone() });
+    }
+    let cleanup = lease::cleanup(build, &observed.cache, now, config);
+    let objects_left = !(observed.pods.is_empty()
+        && observed.config_maps.is_empty()
+        && observed.owned_secrets.is_empty());
+    if !objects_left && !cleanup.pending {
+        let mut actions = Vec::new();
+        if let Some(message) = cleanup.gave_up {
+            actions.push(Action::Event(EventSpec::new(
+                Reason::CacheUnavailable,
+                "CleanUpCache",
+                message,
+            )));
+        }
+        actions.push(Action::RemoveFinalizer);
         return Plan {
-            actions: vec![Action::RemoveFinalizer],
+            actions,
             requeue: Requeue::OnChange,
         };
     }
+    actions.extend(cleanup.actions);
     actions.extend(events);
+    let requeue = if objects_left {
+        Requeue::After(POD_GONE_RECHECK)
+    } else {
+        Requeue::OnChange
+    };
     Plan {
         actions,
-        requeue: Requeue::After(POD_GONE_RECHECK),
+        requeue: requeue.min(cleanup.requeue),
     }
 }
 
@@ -225,9 +272,20 @@ impl<'a> Decision<'a> {
     }
 
     fn set(&mut self, phase: Phase, reason: Reason, message: impl Into<String>) {
+        let mut message = message.into();
+        if matches!(phase, Phase::Succeeded | Phase::Failed)
+            && let Some(record) = self.status.current_attempt()
+            && let (Some(until), Some(result)) = (&record.pod_retained_until, record.result)
+        {
+            let ttl = retention::pod_ttl(self.build, result, self.config);
+            message = format!(
+                "{message}; {}",
+                retention::note(&record.pod_name, until.0, ttl)
+            );
+        }
         self.status.phase = Some(phase);
         self.reason = Some(reason);
-        self.message = truncate_message(&message.into());
+        self.message = truncate_message(&message);
         if phase.is_terminal() {
             self.status.completion_time = Some(Time(self.now));
         }
@@ -243,9 +301,21 @@ impl<'a> Decision<'a> {
         self.requeue_after(wait.max(Duration::from_secs(1)));
     }
 
-    /// Closes the open attempt, if any.
+    /// Closes the open attempt, if any. A pod that finished on its own is kept for its
+    /// retention time, which the record announces; a live one is about to be stopped.
     fn close_attempt(&mut self, result: AttemptResult, reason: Reason, message: &str) {
         let now = self.now;
+        let retained_until = self.open_attempt().and_then(|open| {
+            let pod = self.observed.pods.iter().find(|p| {
+                p.name_any() == open.pod_name
+                    && open
+                        .pod_uid
+                        .as_ref()
+                        .is_none_or(|uid| p.metadata.uid.as_ref() == Some(uid))
+            })?;
+            let ttl = retention::pod_ttl(self.build, result, self.config);
+            (!is_live(pod)).then(|| Time(retention::after(now, ttl)))
+        });
         if let Some(record) = self
             .status
             .current_attempt_mut()
@@ -255,6 +325,7 @@ impl<'a> Decision<'a> {
             record.result = Some(result);
             record.reason = Some(reason);
             record.message = Some(truncate_message(message));
+            record.pod_retained_until = retained_until;
         }
     }
 
@@ -295,6 +366,7 @@ impl<'a> Decision<'a> {
             reason: None,
             message: None,
             digest: None,
+            pod_retained_until: None,
         });
         if generation == self.generation && self.status.observed_generation.is_none() {
             // The pod builds the current spec: it is the run, not something to supersede.
@@ -367,17 +439,33 @@ impl<'a> Decision<'a> {
         self.set(Phase::Cancelled, Reason::Superseded, message);
     }
 
+    /// How long an attempt may run (an invalid `spec.timeout` fails the attempt before its
+    /// pod is created; until then, the schema's default of one hour).
+    fn attempt_timeout(&self) -> Duration {
+        validate::attempt_timeout(self.build, self.config).unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// The timeout in force, for messages: `spec.timeout (30m)`, or the controller's
+    /// ceiling when it cut `spec.timeout` short.
+    fn timeout_description(&self, timeout: Duration) -> String {
+        let spec = &self.build.spec.timeout;
+        if validate::timeout(self.build).is_ok_and(|t| t > timeout) {
+            format!(
+                "the controller's maximum build timeout ({}s; spec.timeout is {spec})",
+                timeout.as_secs()
+            )
+        } else {
+            format!("spec.timeout ({spec})")
+        }
+    }
+
     /// Follows the open attempt through its pod.
     fn follow_attempt(&mut self) {
         let Some(record) = self.open_attempt().cloned() else {
             return;
         };
-        let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
-        let deadline = record
-            .start_time
-            .0
-            .saturating_add(SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX))
-            .unwrap_or(Timestamp::MAX);
+        let timeout = self.attempt_timeout();
+        let deadline = wait_ends(&record.start_time, timeout);
         let pod = self
             .observed
             .pods
@@ -470,8 +558,9 @@ impl<'a> Decision<'a> {
                 reason: Reason::TimedOut,
                 retriable: false,
                 message: format!(
-                    "attempt {} ran longer than spec.timeout ({})",
-                    record.attempt, self.build.spec.timeout
+                    "attempt {} ran longer than {}",
+                    record.attempt,
+                    self.timeout_description(timeout)
                 ),
             });
         }
@@ -502,13 +591,7 @@ impl<'a> Decision<'a> {
         if failure.retriable && self.status.retries < allowed {
             self.status.retries += 1;
             let retry = self.status.retries;
-            let at = self
-                .now
-                .saturating_add(
-                    SignedDuration::try_from(backoff(retry, self.config))
-                        .unwrap_or(SignedDuration::MAX),
-                )
-                .unwrap_or(self.now);
+            let at = wait_ends(&Time(self.now), backoff(retry, self.config));
             self.set(
                 Phase::Pending,
                 failure.reason,
@@ -541,9 +624,7 @@ impl<'a> Decision<'a> {
                 .last()
                 .and_then(|a| a.completion_time.clone())
         {
-            let wait = SignedDuration::try_from(backoff(self.status.retries, self.config))
-                .unwrap_or(SignedDuration::MAX);
-            let at = ended.0.saturating_add(wait).unwrap_or(Timestamp::MAX);
+            let at = wait_ends(&ended, backoff(self.status.retries, self.config));
             if self.now < at {
                 return self.requeue_at(at);
             }
@@ -593,13 +674,14 @@ impl<'a> Decision<'a> {
             reason: None,
             message: None,
             digest: None,
+            pod_retained_until: None,
         });
         if self.status.start_time.is_none() {
             self.status.start_time = Some(Time(self.now));
         }
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
-            let timeout = validate::timeout(self.build).unwrap_or(Duration::from_secs(3600));
+            let timeout = self.attempt_timeout();
             self.requeue_after(timeout);
         }
     }
@@ -607,7 +689,11 @@ impl<'a> Decision<'a> {
     /// Plans the ConfigMap and pod of `attempt`, or fails the Build when its spec cannot
     /// be built.
     fn create_attempt_objects(&mut self, attempt: u32) {
-        let validated = match validate::validate(self.build, &self.observed.secrets, self.config) {
+        let validated = validate::validate(self.build, &self.observed.secrets, self.config)
+            .and_then(|v| {
+                validate::service_account(self.build, &self.observed.service_accounts).map(|()| v)
+            });
+        let validated = match validated {
             Ok(v) => v,
             Err(Problem { reason, message }) => {
                 self.close_attempt(AttemptResult::Failed, reason, &message);
@@ -619,6 +705,14 @@ impl<'a> Decision<'a> {
         if let Some(config_map) = objects.config_map {
             self.creates
                 .push(Action::CreateConfigMap(Box::new(config_map)));
+        }
+        if cachetoken::wants_token(self.build, self.config) {
+            self.creates.push(Action::CreateCacheSecret {
+                name: name.clone(),
+                attempt,
+                push_secret: validated.push_secret.map(str::to_owned),
+                ttl: cachetoken::token_ttl(validated.timeout),
+            });
         }
         self.creates.push(Action::CreatePod(Box::new(objects.pod)));
         self.set(
@@ -692,10 +786,21 @@ impl<'a> Decision<'a> {
             self.status.message = (!self.message.is_empty()).then(|| self.message.clone());
         }
 
+        let leases = lease::plan(
+            self.build,
+            &mut self.status,
+            &self.observed.cache,
+            self.now,
+            self.config,
+        );
+        self.requeue = self.requeue.min(leases.requeue);
+
         let mut actions = Vec::new();
         if self.status != *old {
             actions.push(Action::WriteStatus(Box::new(self.status.clone())));
         }
+        // Status first, then the lease, then the pod that imports what it holds.
+        actions.extend(leases.actions);
         actions.append(&mut self.creates);
         let grace = self.config.pod_grace_period;
         for pod in self.pods_to_delete() {

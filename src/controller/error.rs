@@ -41,9 +41,31 @@ pub enum ObserveError {
         #[source]
         source: kube::Error,
     },
+    /// Listing the Build's own Secrets.
+    #[error("listing the Secrets of Build {namespace}/{name}")]
+    ListSecrets {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Reading a Secret the Build names.
     #[error("reading Secret {namespace}/{name}")]
     GetSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the builder ServiceAccount the Build names.
+    #[error("reading ServiceAccount {namespace}/{name}")]
+    GetServiceAccount {
         /// Its namespace.
         namespace: String,
         /// Its name.
@@ -149,6 +171,66 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    /// The plan wants a cache token but no token key is configured.
+    #[error("cannot mint the cache token of Secret {name}: no token key is configured")]
+    NoTokenKey {
+        /// The Secret.
+        name: String,
+    },
+    /// Minting an attempt's cache token.
+    #[error("minting the cache token of Secret {name}")]
+    MintToken {
+        /// The Secret.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::cacheapi::token::TokenError,
+    },
+    /// Reading the push Secret whose credentials the token Secret also carries.
+    #[error("reading push Secret {name}")]
+    ReadPushSecret {
+        /// The push Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The push Secret's Docker config cannot be merged with the cache token.
+    #[error("building the Docker config of Secret {name}")]
+    PushSecretConfig {
+        /// The token Secret.
+        name: String,
+        /// Why.
+        #[source]
+        source: super::cachetoken::TokenSecretError,
+    },
+    /// Creating an attempt's token Secret.
+    #[error("creating Secret {name}")]
+    CreateSecret {
+        /// The Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A Secret with the attempt's name exists and belongs to another Build object (the
+    /// sweeper removes it).
+    #[error("Secret {name} exists but belongs to Build UID {owner_uid:?}, not this Build")]
+    SecretNameTaken {
+        /// The Secret.
+        name: String,
+        /// The UID in its `kiln.dev/build-uid` label.
+        owner_uid: Option<String>,
+    },
+    /// Deleting a Secret.
+    #[error("deleting Secret {name}")]
+    DeleteSecret {
+        /// The Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// A reconcile failed.
@@ -170,7 +252,9 @@ impl ReconcileError {
                 ObserveError::GetBuild { .. } => "get_build",
                 ObserveError::ListPods { .. } => "list_pods",
                 ObserveError::ListConfigMaps { .. } => "list_config_maps",
+                ObserveError::ListSecrets { .. } => "list_secrets",
                 ObserveError::GetSecret { .. } => "get_secret",
+                ObserveError::GetServiceAccount { .. } => "get_service_account",
                 ObserveError::ListBuilds { .. } => "list_builds",
                 ObserveError::ListGroupPods { .. } => "list_group_pods",
             },
@@ -183,6 +267,13 @@ impl ReconcileError {
                 ApplyError::PodNameTaken { .. } => "pod_name_taken",
                 ApplyError::DeletePod { .. } => "delete_pod",
                 ApplyError::DeleteConfigMap { .. } => "delete_config_map",
+                ApplyError::NoTokenKey { .. } => "no_token_key",
+                ApplyError::MintToken { .. } => "mint_token",
+                ApplyError::ReadPushSecret { .. } => "read_push_secret",
+                ApplyError::PushSecretConfig { .. } => "push_secret_config",
+                ApplyError::CreateSecret { .. } => "create_secret",
+                ApplyError::SecretNameTaken { .. } => "secret_name_taken",
+                ApplyError::DeleteSecret { .. } => "delete_secret",
             },
         }
     }
@@ -215,4 +306,25 @@ pub enum RunError {
         "listing Builds failed; check the connection to the API server and the controller's RBAC"
     )]
     ListBuilds(#[source] kube::Error),
+}
+
+/// A sweep could not read what it needs (it deletes nothing then); single deletions that
+/// fail are counted in the report instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Listing the objects Kiln labelled, or the Builds.
+    #[error("listing {what} for the sweep")]
+    List {
+        /// `pods`, `configmaps`, `secrets`, `builds` or `namespaces`.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the cache's repositories.
+    #[error("listing the cache's repositories")]
+    CacheUsage(#[source] crate::cacheapi::client::AdminClientError),
+    /// The cache service's disk usage report took too long.
+    #[error("listing the cache's repositories: no answer within {}s", .0.as_secs())]
+    CacheUsageTimedOut(std::time::Duration),
 }

@@ -209,6 +209,22 @@ impl PodFixture {
         self.phase("Pending").waiting("InvalidImageName")
     }
 
+    /// Every terminated container ended at `at`.
+    pub fn finished_at(mut self, at: k8s_openapi::jiff::Timestamp) -> Self {
+        let status = self.status();
+        for container in status
+            .container_statuses
+            .iter_mut()
+            .flatten()
+            .chain(status.init_container_statuses.iter_mut().flatten())
+        {
+            if let Some(terminated) = container.state.as_mut().and_then(|s| s.terminated.as_mut()) {
+                terminated.finished_at = Some(Time(at));
+            }
+        }
+        self
+    }
+
     /// The pod is being deleted.
     pub fn terminating(mut self) -> Self {
         self.pod.metadata.deletion_timestamp = Some(Time(T0));

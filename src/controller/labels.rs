@@ -1,7 +1,7 @@
 //! Labels, annotations and names of the objects the controller creates (pure).
 //!
-//! Every pod and ConfigMap of a Build carries the same five labels, so that the garbage
-//! collector can find everything Kiln made by label alone, and tell whose it is:
+//! Every pod, ConfigMap and token Secret of a Build carries the same five labels, so that the
+//! garbage collector can find everything Kiln made by label alone, and tell whose it is:
 //!
 //! | label | value |
 //! | --- | --- |
@@ -11,8 +11,9 @@
 //! | `kiln.dev/build-uid` | the Build's UID (tells a re-created Build from the old one) |
 //! | `kiln.dev/attempt` | the attempt number |
 //!
-//! Names are deterministic: the pod (and ConfigMap) of attempt `n` of Build `b` is always
-//! [`pod_name`]`(b, n)`, so a repeated create is `AlreadyExists`, never a duplicate.
+//! Names are deterministic: the pod (and ConfigMap, and Secret) of attempt `n` of Build `b`
+//! is always [`pod_name`]`(b, n)`, so a repeated create is `AlreadyExists`, never a
+//! duplicate.
 
 use std::collections::BTreeMap;
 

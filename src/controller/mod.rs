@@ -11,9 +11,17 @@
 //! | [`podstate`] | what a pod's status says happened; the pushed digest | pure |
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
+//! | [`retention`] | how long finished pods are kept, and when they go | pure |
+//! | [`lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
+//! | [`cachetoken`] | the Secret that carries an attempt's cache token | pure |
+//! | [`gc`] | which leftovers the sweeper deletes, and why | pure |
+//! | [`ledger`] | what this process knows of its cache API calls | memory |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
+//! | [`leader`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
 //! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
+//! | [`cachecall`] | the plan's calls to the cache service's admin API | HTTP |
+//! | [`sweep`] | the orphan, retention and cache-repository sweeps | both |
 //! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
 //! | [`run`](mod@run) | the watch loop: [`run()`] | both |
 //! | [`context`] | controller-wide [`Config`] and the shared [`Context`] | — |
@@ -23,19 +31,27 @@
 
 pub mod apply;
 pub mod buildkit;
+pub mod cachecall;
+pub mod cachetoken;
 pub mod cli;
 pub mod context;
 pub mod decide;
 pub mod error;
 pub mod fixtures;
+pub mod gc;
 pub mod labels;
+pub mod leader;
+pub mod lease;
+pub mod ledger;
 pub mod observe;
 pub mod plan;
 pub mod pod;
 pub mod podstate;
 pub mod queue;
 pub mod reconcile;
+pub mod retention;
 pub mod run;
+pub mod sweep;
 pub mod validate;
 
 pub use context::{Config, Context};

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
@@ -16,6 +16,8 @@ use super::context::{Context, PeerSource};
 use super::decide::wants_inputs;
 use super::error::ObserveError;
 use super::labels::{BUILD, build_uid_selector, builds_selector};
+use super::lease::ledger_prefix;
+use super::ledger::CallState;
 use super::podstate::is_live;
 use super::queue::{self, Peer};
 use super::validate::SecretInfo;
@@ -29,8 +31,16 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// Names of the Build's ConfigMaps (listed only while the Build is being deleted).
     pub config_maps: Vec<String>,
+    /// Names of the Build's own Secrets, its attempts' cache tokens (listed only while the
+    /// Build is being deleted).
+    pub owned_secrets: Vec<String>,
+    /// What this process knows of the Build's cache leases and cleanup calls, by ledger key.
+    pub cache: BTreeMap<String, CallState>,
     /// The Secrets the Build names that exist, by name (read only while it may start).
     pub secrets: BTreeMap<String, SecretInfo>,
+    /// The builder ServiceAccount the Build names, when it exists (read only while it may
+    /// start): the API server refuses a pod whose ServiceAccount does not exist.
+    pub service_accounts: BTreeSet<String>,
     /// The other Builds of its concurrency group, by name (read only while it may start
     /// or hold the group).
     pub peers: Vec<Peer>,
@@ -76,29 +86,51 @@ pub async fn observe(
         ..Observed::default()
     };
 
+    observed.cache = ctx.ledger.snapshot(&ledger_prefix(&uid));
+
     if build.metadata.deletion_timestamp.is_some() {
         let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-        let mut names: Vec<String> = config_maps
-            .list_metadata(&selector)
+        observed.config_maps = list_names(&config_maps, &selector)
             .await
             .map_err(|source| ObserveError::ListConfigMaps {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 source,
-            })?
-            .items
-            .into_iter()
-            .map(|cm| cm.name_any())
-            .collect();
-        names.sort();
-        observed.config_maps = names;
+            })?;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        observed.owned_secrets =
+            list_names(&secrets, &selector)
+                .await
+                .map_err(|source| ObserveError::ListSecrets {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
     }
 
     if wants_inputs(&build) {
         observed.secrets = read_secrets(ctx, &build, &namespace).await?;
+        observed.service_accounts = read_service_account(ctx, &build, &namespace).await?;
         observed.peers = read_peers(ctx, &build, &namespace).await?;
     }
     Ok(Some((build, observed)))
+}
+
+/// The sorted names of the objects `selector` selects (their metadata only: a Secret's data
+/// is never read this way).
+async fn list_names<K>(api: &Api<K>, selector: &ListParams) -> Result<Vec<String>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut names: Vec<String> = api
+        .list_metadata(selector)
+        .await?
+        .items
+        .into_iter()
+        .map(|object| object.name_any())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The Secrets the Build names: their type and keys, never their data.
@@ -148,6 +180,28 @@ async fn read_secrets(
         }
     }
     Ok(found)
+}
+
+/// The builder ServiceAccount the Build names, if it exists; none when it names none (the
+/// namespace's `default` is then used, which the cluster creates itself).
+async fn read_service_account(
+    ctx: &Context,
+    build: &Build,
+    namespace: &str,
+) -> Result<BTreeSet<String>, ObserveError> {
+    let Some(name) = build.spec.builder.service_account_name.as_deref() else {
+        return Ok(BTreeSet::new());
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = accounts
+        .get_opt(name)
+        .await
+        .map_err(|source| ObserveError::GetServiceAccount {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(found.map(|_| name.to_owned()).into_iter().collect())
 }
 
 /// The other Builds of the concurrency group, with their standing.

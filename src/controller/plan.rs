@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 
+use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::{BuildStatus, Reason};
+use crate::registry::name::{RepoName, Tag};
 
 /// What `decide` wants done for one Build.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -71,6 +73,51 @@ pub enum Action {
     DeleteConfigMap {
         /// The ConfigMap.
         name: String,
+    },
+    /// Mint an attempt's cache token and create the Secret that carries it (merged with the
+    /// push Secret's registry credentials, if any); `AlreadyExists` with this Build's UID
+    /// is success.
+    CreateCacheSecret {
+        /// The Secret (the attempt's pod name).
+        name: String,
+        /// The attempt.
+        attempt: u32,
+        /// The push Secret whose credentials the Docker config also holds.
+        push_secret: Option<String>,
+        /// How long the token is valid.
+        ttl: Duration,
+    },
+    /// Delete a Secret of this Build.
+    DeleteSecret {
+        /// The Secret.
+        name: String,
+    },
+    /// Take or renew a cache lease. Never fails the plan: the outcome goes to the ledger,
+    /// and the first failure of a streak to a Warning Event.
+    PutLease {
+        /// The lease.
+        name: String,
+        /// What it holds.
+        targets: Vec<LeaseTarget>,
+        /// How long it holds.
+        ttl: Duration,
+        /// Whether it extends a lease this process took (for metrics).
+        renewal: bool,
+    },
+    /// Release a cache lease (idempotent). Never fails the plan, as [`Action::PutLease`].
+    ReleaseLease {
+        /// The lease.
+        name: String,
+    },
+    /// Delete the Build's cache tag (idempotent). Never fails the plan, as
+    /// [`Action::PutLease`].
+    DeleteCacheTag {
+        /// Its key in the ledger.
+        key: String,
+        /// The repository.
+        repository: RepoName,
+        /// The tag.
+        tag: Tag,
     },
     /// Publish an Event on the Build.
     Event(EventSpec),
@@ -151,6 +198,16 @@ impl fmt::Display for Action {
                 write!(f, "DeletePod {name} grace={}s", grace.as_secs())
             }
             Action::DeleteConfigMap { name } => write!(f, "DeleteConfigMap {name}"),
+            Action::CreateCacheSecret { name, .. } => write!(f, "CreateCacheSecret {name}"),
+            Action::DeleteSecret { name } => write!(f, "DeleteSecret {name}"),
+            Action::PutLease { name, renewal, .. } => {
+                let verb = if *renewal { "RenewLease" } else { "TakeLease" };
+                write!(f, "{verb} {name}")
+            }
+            Action::ReleaseLease { name } => write!(f, "ReleaseLease {name}"),
+            Action::DeleteCacheTag {
+                repository, tag, ..
+            } => write!(f, "DeleteCacheTag {repository}:{tag}"),
             Action::Event(e) => write!(
                 f,
                 "Event {} {}",

@@ -60,6 +60,7 @@ use super::buildkit::{
     self, BUILDKITD_TOML, CONFIG_DIR, CONTEXT_DIR, DOCKER_CONFIG_DIR, FETCH_DIR, GIT_AUTH_DIR,
     STATE_DIR,
 };
+use super::cachetoken::wants_token;
 use super::context::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_labels, pod_name};
 use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
@@ -196,7 +197,14 @@ pub fn attempt_objects(
         });
         mounts.push(mount("kiln-config", CONFIG_DIR, true));
     }
-    if let Some(secret) = validated.push_secret {
+    // With a cache token, the attempt's own Secret holds the push credentials too (see
+    // `cachetoken`): BuildKit reads a single Docker config.
+    let docker_config = if wants_token(build, config) {
+        Some(name.as_str())
+    } else {
+        validated.push_secret
+    };
+    if let Some(secret) = docker_config {
         volumes.push(secret_volume(
             "docker-config",
             secret,
@@ -251,7 +259,7 @@ pub fn attempt_objects(
         value: Some(buildkit::buildkitd_flags(buildkitd_toml.is_some())),
         ..EnvVar::default()
     }];
-    if validated.push_secret.is_some() {
+    if docker_config.is_some() {
         env.push(EnvVar {
             name: "DOCKER_CONFIG".into(),
             value: Some(DOCKER_CONFIG_DIR.into()),

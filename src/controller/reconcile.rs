@@ -18,7 +18,7 @@ use super::observe::observe;
 use super::plan;
 use super::queue;
 use crate::cli::error_chain;
-use crate::crd::Build;
+use crate::crd::{Build, BuildStatus, Phase};
 
 /// How soon a reconcile that lost a write race runs again (on fresh state).
 const CONFLICT_RETRY: Duration = Duration::from_secs(1);
@@ -70,6 +70,10 @@ async fn reconcile_locked(
             tracing::debug!(actions = ?plan.describe(), "applying plan");
         }
         let writes = apply(ctx, &fresh, &plan).await?;
+        if let Some((phase, took)) = finished(fresh.status.as_ref(), plan.status()) {
+            ctx.observer
+                .finished(&ObjectRef::from_obj(&fresh), phase, took);
+        }
         let requeue = match plan.requeue {
             plan::Requeue::OnChange => Requeue::await_change(),
             plan::Requeue::After(after) => Requeue::requeue(after),
@@ -77,6 +81,28 @@ async fn reconcile_locked(
         return Ok((requeue, writes));
     }
     Ok((Requeue::requeue(CONFLICT_RETRY), 0))
+}
+
+/// The final phase a status write reaches for a new run, and how long the run took; `None`
+/// when `written` is not final or merely rewrites the same finished run (same phase, same
+/// completion time).
+fn finished(
+    previous: Option<&BuildStatus>,
+    written: Option<&BuildStatus>,
+) -> Option<(Phase, Option<Duration>)> {
+    let written = written?;
+    let phase = written.phase.filter(|p| p.is_terminal())?;
+    if let Some(previous) = previous
+        && previous.phase == Some(phase)
+        && previous.completion_time == written.completion_time
+    {
+        return None;
+    }
+    let took = match (&written.start_time, &written.completion_time) {
+        (Some(start), Some(end)) => Duration::try_from(end.0.duration_since(start.0)).ok(),
+        _ => None,
+    };
+    Some((phase, took))
 }
 
 /// What to do after a failed reconcile: retry soon after a lost write race, later
@@ -93,5 +119,48 @@ pub fn error_policy(build: Arc<Build>, error: &ReconcileError, _ctx: Arc<Context
         Requeue::requeue(CONFLICT_RETRY)
     } else {
         Requeue::requeue(ERROR_RETRY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::fixtures::at;
+
+    fn status(phase: Phase, start: Option<i64>, end: Option<i64>) -> BuildStatus {
+        BuildStatus {
+            phase: Some(phase),
+            start_time: start.map(|s| Time(at(s))),
+            completion_time: end.map(|s| Time(at(s))),
+            ..BuildStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_run_is_finished_once_when_its_final_phase_is_first_written() {
+        let running = status(Phase::Running, Some(0), None);
+        let done = status(Phase::Succeeded, Some(0), Some(90));
+        assert_eq!(
+            finished(Some(&running), Some(&done)),
+            Some((Phase::Succeeded, Some(Duration::from_secs(90))))
+        );
+        // Rewriting the finished run (history trimmed, a message) is not a new finish.
+        assert_eq!(finished(Some(&done), Some(&done)), None);
+        // Nothing written, or a phase that is not final.
+        assert_eq!(finished(Some(&running), None), None);
+        assert_eq!(finished(None, Some(&running)), None);
+    }
+
+    #[test]
+    fn a_rerun_that_fails_again_at_once_is_a_new_finish_without_a_duration() {
+        let failed = status(Phase::Failed, None, Some(10));
+        let again = status(Phase::Failed, None, Some(20));
+        assert_eq!(
+            finished(Some(&failed), Some(&again)),
+            Some((Phase::Failed, None))
+        );
+        assert_eq!(finished(None, Some(&again)), Some((Phase::Failed, None)));
     }
 }

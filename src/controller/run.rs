@@ -1,5 +1,5 @@
-//! Runs the controller: watches Builds and the pods and ConfigMaps they own, and reconciles
-//! until a shutdown signal (I/O).
+//! Runs the controller: watches Builds and the pods and ConfigMaps they own, reconciles, and
+//! runs the garbage-collection sweeps beside, until a shutdown signal (I/O).
 //!
 //! This is the library entry point that `kiln controller` and the real-API-server tests
 //! share; signal handling stays at the command-line edge, which passes a `shutdown` future.
@@ -18,6 +18,7 @@ use super::error::RunError;
 use super::labels::managed_selector;
 use super::queue;
 use super::reconcile::{error_policy, reconcile};
+use super::sweep::run_sweeps;
 use crate::cli::error_chain;
 use crate::crd::Build;
 
@@ -63,13 +64,19 @@ pub async fn run_with(
     let owned = watcher::Config::default().labels(&managed_selector());
     let controller = Controller::new(builds.clone(), watcher::Config::default());
     let store = controller.store();
+    context.observer.watching(&store);
     let concurrency = context.config.concurrency;
     let context = Arc::new(context.with_peer_store(store.clone()));
     tracing::info!(
         namespace = context.config.namespace.as_deref().unwrap_or("*"),
         builder_image = %context.config.builder_image,
+        cache_leases = context.config.cache_leases,
+        cache_tokens = context.config.cache_tokens,
         "controller started"
     );
+    // The sweeps run beside the controller and stop with it.
+    let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
+    let sweeps = tokio::spawn(run_sweeps(context.clone(), sweeps_stopped));
     controller
         .owns(pods, owned.clone())
         .owns(config_maps, owned)
@@ -90,6 +97,10 @@ pub async fn run_with(
             }
         })
         .await;
+    let _ = stop_sweeps.send(true);
+    if let Err(error) = sweeps.await {
+        tracing::warn!(%error, "the sweeps ended abnormally");
+    }
     tracing::info!("controller stopped");
     Ok(())
 }

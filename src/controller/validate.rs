@@ -87,7 +87,8 @@ pub enum GitAuth {
 pub struct Validated<'a> {
     /// The one source.
     pub source: SourceKind<'a>,
-    /// `spec.timeout`.
+    /// How long an attempt may run: `spec.timeout`, or the controller's `max_timeout` when
+    /// that is shorter.
     pub timeout: Duration,
     /// Git credentials, when a clone Secret is named.
     pub git_auth: Option<GitAuth>,
@@ -114,6 +115,17 @@ pub fn timeout(build: &Build) -> Result<Duration, Problem> {
     Ok(parsed)
 }
 
+/// How long one attempt of `build` may run: `spec.timeout`, lowered to the controller's
+/// `max_timeout` when that is set (and never under one second, the smallest
+/// `activeDeadlineSeconds`).
+pub fn attempt_timeout(build: &Build, config: &Config) -> Result<Duration, Problem> {
+    let timeout = timeout(build)?;
+    Ok(match config.max_timeout {
+        Some(max) => timeout.min(max.max(Duration::from_secs(1))),
+        None => timeout,
+    })
+}
+
 /// Checks a Build against everything the pod builder relies on.
 pub fn validate<'a>(
     build: &'a Build,
@@ -138,7 +150,7 @@ pub fn validate<'a>(
             ));
         }
     };
-    let timeout = timeout(build)?;
+    let timeout = attempt_timeout(build, config)?;
     if !(0..=MAX_RETRIES).contains(&spec.retries) {
         return Err(Problem::invalid(format!(
             "spec.retries must be between 0 and {MAX_RETRIES}; it is {}",
@@ -209,6 +221,19 @@ pub fn validate<'a>(
         git_auth,
         push_secret,
     })
+}
+
+/// Checks that the builder ServiceAccount the Build names exists (`existing` holds the
+/// names observed): the API server refuses to create a pod whose ServiceAccount does not
+/// exist, and retrying the create would not help until someone creates it.
+pub fn service_account(build: &Build, existing: &BTreeSet<String>) -> Result<(), Problem> {
+    match build.spec.builder.service_account_name.as_deref() {
+        Some(name) if !existing.contains(name) => Err(Problem::invalid(format!(
+            "spec.builder.serviceAccountName: ServiceAccount {name:?} not found in namespace {:?}; create it, then request a new attempt with the annotation kiln.dev/rerun",
+            build.namespace().unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn find_secret<'s>(

@@ -24,6 +24,14 @@
 //!
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
 //! with result `Cancelled` and reason `Superseded`; the Build itself goes on to a new attempt.
+//!
+//! Two reasons only ever appear on Events, never in a condition, because they say what the
+//! controller did around a Build rather than where the Build is:
+//!
+//! | reason | type | meaning |
+//! | --- | --- | --- |
+//! | `GarbageCollected` | Normal | the orphan sweeper deleted leftovers of this Build (an earlier Build object of the same name, or an attempt that ended) |
+//! | `CacheUnavailable` | Warning | a cache lease, release or cleanup failed; the build goes on, the call is retried with backoff |
 
 use std::fmt;
 
@@ -42,7 +50,8 @@ pub const CONDITION_READY: &str = "Ready";
 
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
-/// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed).
+/// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed); Events
+/// also carry GarbageCollected and CacheUnavailable.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -75,11 +84,15 @@ pub enum Reason {
     PodLost,
     /// The builder image could not be pulled.
     ImagePullFailed,
+    /// Event only: the orphan sweeper deleted leftovers of this Build.
+    GarbageCollected,
+    /// Event only: a call to the cache service's admin API failed; the build goes on.
+    CacheUnavailable,
 }
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -94,6 +107,8 @@ impl Reason {
         Reason::PodEvicted,
         Reason::PodLost,
         Reason::ImagePullFailed,
+        Reason::GarbageCollected,
+        Reason::CacheUnavailable,
     ];
 
     /// The reason as it appears in conditions and Events.
@@ -113,6 +128,8 @@ impl Reason {
             Reason::PodEvicted => "PodEvicted",
             Reason::PodLost => "PodLost",
             Reason::ImagePullFailed => "ImagePullFailed",
+            Reason::GarbageCollected => "GarbageCollected",
+            Reason::CacheUnavailable => "CacheUnavailable",
         }
     }
 
@@ -126,14 +143,16 @@ impl Reason {
             | Reason::Running
             | Reason::Succeeded
             | Reason::Cancelled
-            | Reason::Superseded => false,
+            | Reason::Superseded
+            | Reason::GarbageCollected => false,
             Reason::BuildFailed
             | Reason::TimedOut
             | Reason::InvalidSpec
             | Reason::SecretNotFound
             | Reason::PodEvicted
             | Reason::PodLost
-            | Reason::ImagePullFailed => true,
+            | Reason::ImagePullFailed
+            | Reason::CacheUnavailable => true,
         }
     }
 }

@@ -22,7 +22,7 @@ pub use build::{
     Source,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
-pub use status::{AttemptRecord, AttemptResult, BuildStatus, OutputStatus, Phase};
+pub use status::{AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -37,11 +37,82 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// [`crds`] as one YAML stream (each document after a `---` line), deterministic byte for
 /// byte: the schema's maps are sorted.
+///
+/// Strings that YAML 1.1 reads as booleans (`Off`, `yes`, `on`, …) are quoted: serde_yaml
+/// writes YAML 1.2, where they are plain strings, but kubectl and Helm parse manifests with
+/// YAML 1.1 rules, and would turn the `Off` of the cache mode enum into `false`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(GENERATED_HEADER);
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&quote_yaml11_booleans(&serde_yaml::to_string(&crd)?));
     }
     Ok(out)
+}
+
+/// Plain scalars that YAML 1.1 parsers read as booleans; YAML 1.2 writers leave them plain.
+const YAML11_BOOLEANS: [&str; 18] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF", "True", "False",
+];
+
+/// Single-quotes every block-style value (`key: Off`, `- Off`) that is a YAML 1.1 boolean.
+/// A plain scalar cannot contain `: ` or start with `- `, so such a line is a value of its
+/// own unless it sits in a block scalar; a test checks that the result parses to the same
+/// document.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        let quoted = ["- ", ": "].iter().find_map(|separator| {
+            let at = line.rfind(separator)?;
+            let (head, value) = (&line[..at + separator.len()], &line[at + separator.len()..]);
+            let is_item = *separator == "- " && head.trim() == "-";
+            let is_mapping = *separator == ": " && !head.trim_start().starts_with(['\'', '"']);
+            (YAML11_BOOLEANS.contains(&value) && (is_item || is_mapping))
+                .then(|| format!("{head}'{value}'"))
+        });
+        out.push_str(quoted.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_and_nothing_else_changes() {
+        let yaml = "enum:\n- Off\n- Min\nmode: 'On'\nflag: Off\ntext: |-\n  a literal Off\n";
+        let quoted = quote_yaml11_booleans(yaml);
+        assert_eq!(
+            quoted,
+            "enum:\n- 'Off'\n- Min\nmode: 'On'\nflag: 'Off'\ntext: |-\n  a literal Off\n"
+        );
+        let before: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let after: serde_yaml::Value = serde_yaml::from_str(&quoted).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn the_generated_crds_parse_to_the_same_documents_and_hold_no_plain_yaml11_boolean() {
+        use serde::Deserialize;
+        let yaml = crds_yaml().unwrap();
+        let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .collect();
+        let expected: Vec<serde_json::Value> = crds()
+            .iter()
+            .map(|crd| serde_json::to_value(crd).unwrap())
+            .collect();
+        assert_eq!(documents, expected);
+        for line in yaml.lines() {
+            for word in YAML11_BOOLEANS {
+                assert!(
+                    !line.ends_with(&format!("- {word}")) && !line.ends_with(&format!(": {word}")),
+                    "a YAML 1.1 parser reads this line as a boolean: {line:?}"
+                );
+            }
+        }
+    }
 }

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::condition::{CONDITION_SUCCEEDED, Reason, find_condition};
 
+/// Most entries of `status.cacheLeases` (the running attempt's lease and releases still
+/// owed; in practice one or two).
+pub const MAX_CACHE_LEASES: usize = 64;
+
 /// Longest message stored in a status field; longer ones are cut at a character boundary
 /// and end with `…`.
 pub const MAX_STATUS_MESSAGE: usize = 1024;
@@ -110,6 +114,30 @@ pub struct BuildStatus {
     /// The last value of the `kiln.dev/rerun` annotation that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_token: Option<String>,
+
+    /// Leases on the build cache this Build may still hold: the running attempt's, and those
+    /// of ended attempts whose release has not been confirmed yet. A release that fails is
+    /// retried from this list (it survives a controller restart) until it succeeds or the
+    /// lease has lapsed on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub cache_leases: Vec<CacheLease>,
+}
+
+/// A lease on the build cache, held for one attempt so that the cache's garbage collector
+/// never removes what the attempt imports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheLease {
+    /// The lease's name on the cache service (`build-<uid>-<attempt>`).
+    pub name: String,
+    /// The attempt it was taken for.
+    pub attempt: u32,
+    /// Unset while the attempt runs (the lease is renewed); once the attempt has ended, the
+    /// latest time the lease can still be held, after which it has lapsed by itself and
+    /// needs no release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lapses_at: Option<Time>,
 }
 
 /// One attempt: one build pod.
@@ -142,6 +170,12 @@ pub struct AttemptRecord {
     /// The digest it pushed, when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// When its finished pod (and with it the build log) is deleted, from
+    /// `spec.retention.succeededPodTTL` or `failedPodTTL`. Unset while the attempt runs, and
+    /// when it ended without a finished pod to keep (a pod stopped by a cancel, a timeout or
+    /// a supersede is deleted at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_retained_until: Option<Time>,
 }
 
 /// The image a Build pushed.

@@ -68,7 +68,7 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
 ];
 
 /// What went wrong talking to an upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// The upstream could not answer now: connection refused or reset, time-out, 429, 5xx,
     /// or a transfer that broke off. A cached copy may stand in.
@@ -337,6 +337,16 @@ impl Upstream {
     /// The mirror's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The upstream's `host[:port]` (`registry-1.docker.io` for Docker Hub).
+    pub fn host(&self) -> &str {
+        &self.registry
+    }
+
+    /// Whether the upstream is Docker Hub.
+    pub fn is_docker_hub(&self) -> bool {
+        self.docker_hub
     }
 
     /// The upstream repository for a mirror path (the part of the name after the mirror's

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::cacheapi::{ErrorBody, ErrorInfo};
 use crate::digest::{Digest, DigestError};
 use crate::registry::name::{NameError, PathError, ReferenceError};
+use crate::store::StoreError;
 
 /// An error that a registry route answers with. Each variant is one spec error code (see
 /// [`RegistryError::code`]); [`RegistryError::status`] is the one place that maps it to HTTP.
@@ -109,6 +110,20 @@ pub enum RegistryError {
         /// The request path.
         path: String,
     },
+    /// `SIZE_INVALID` (413): the body is larger than the registry accepts (a manifest over
+    /// the limit).
+    #[error("payload too large: {reason}")]
+    TooLarge {
+        /// What was too large, and the limit.
+        reason: String,
+    },
+    /// `PAGINATION_NUMBER_INVALID` (400, from distribution): `n` is not a number of results
+    /// the registry can return.
+    #[error("invalid number of results requested: {reason}")]
+    PaginationInvalid {
+        /// What is wrong, for the client.
+        reason: String,
+    },
     /// `TOOMANYREQUESTS` (429): the client should slow down.
     #[error("too many requests")]
     TooManyRequests,
@@ -170,6 +185,8 @@ pub enum ErrorCode {
     Unsupported,
     /// `TOOMANYREQUESTS`.
     TooManyRequests,
+    /// `PAGINATION_NUMBER_INVALID` (from distribution).
+    PaginationNumberInvalid,
     /// `RANGE_INVALID` (from distribution; the spec names only the 416 status).
     RangeInvalid,
     /// `UNAVAILABLE` (from distribution).
@@ -196,6 +213,7 @@ impl ErrorCode {
             Self::Denied => "DENIED",
             Self::Unsupported => "UNSUPPORTED",
             Self::TooManyRequests => "TOOMANYREQUESTS",
+            Self::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Self::RangeInvalid => "RANGE_INVALID",
             Self::Unavailable => "UNAVAILABLE",
             Self::Unknown => "UNKNOWN",
@@ -221,6 +239,7 @@ impl ErrorCode {
             Self::Denied => "requested access to the resource is denied",
             Self::Unsupported => "the operation is unsupported",
             Self::TooManyRequests => "too many requests",
+            Self::PaginationNumberInvalid => "invalid number of results requested",
             Self::RangeInvalid => "invalid content range",
             Self::Unavailable => "service unavailable",
             Self::Unknown => "internal server error",
@@ -252,7 +271,8 @@ impl RegistryError {
             Self::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
             Self::NameInvalid { .. } => ErrorCode::NameInvalid,
             Self::NameUnknown { .. } => ErrorCode::NameUnknown,
-            Self::SizeInvalid { .. } => ErrorCode::SizeInvalid,
+            Self::SizeInvalid { .. } | Self::TooLarge { .. } => ErrorCode::SizeInvalid,
+            Self::PaginationInvalid { .. } => ErrorCode::PaginationNumberInvalid,
             Self::Unauthorized { .. } => ErrorCode::Unauthorized,
             Self::Denied { .. } => ErrorCode::Denied,
             Self::Unsupported { .. } | Self::RouteUnknown { .. } => ErrorCode::Unsupported,
@@ -276,7 +296,9 @@ impl RegistryError {
             | Self::DigestInvalid { .. }
             | Self::ManifestInvalid { .. }
             | Self::NameInvalid { .. }
-            | Self::SizeInvalid { .. } => StatusCode::BAD_REQUEST,
+            | Self::SizeInvalid { .. }
+            | Self::PaginationInvalid { .. } => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::Unsupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -303,6 +325,8 @@ impl RegistryError {
             | Self::ManifestInvalid { reason }
             | Self::NameInvalid { reason }
             | Self::SizeInvalid { reason }
+            | Self::TooLarge { reason }
+            | Self::PaginationInvalid { reason }
             | Self::Denied { reason }
             | Self::Unsupported { reason }
             | Self::RangeNotSatisfiable { reason }
@@ -352,6 +376,42 @@ impl IntoResponse for RegistryError {
             }
         }
         response
+    }
+}
+
+impl RegistryError {
+    /// The answer to a store failure while doing `action`: what the client caused gets its
+    /// spec code, the rest is an internal error.
+    pub fn from_store(action: &'static str, err: StoreError) -> Self {
+        match err {
+            StoreError::DigestMismatch { expected, actual } => Self::DigestInvalid {
+                reason: format!("content hashes to {actual}, not {expected}"),
+            },
+            StoreError::SizeMismatch { expected, actual } => Self::SizeInvalid {
+                reason: format!("received {actual} bytes, the client said {expected}"),
+            },
+            StoreError::ManifestInvalid { reason } => Self::ManifestInvalid { reason },
+            StoreError::ReferenceMissing { digest, .. } => Self::ManifestBlobUnknown { digest },
+            StoreError::NameInvalid { .. } => Self::NameInvalid {
+                reason: err.to_string(),
+            },
+            StoreError::UploadUnknown(id) => Self::BlobUploadUnknown { id },
+            StoreError::UploadOffset { offset, size, .. } => Self::RangeNotSatisfiable {
+                reason: format!("chunk starts at {offset}, the upload holds {size} bytes"),
+            },
+            StoreError::LeaseUnknown(name) => Self::NameUnknown { name },
+            StoreError::LeaseTargetMissing { digest, .. } => Self::ManifestUnknown {
+                reference: digest.to_string(),
+            },
+            StoreError::IngestAbandoned { digest, .. } => Self::Unavailable {
+                reason: format!("the fetch of {digest} failed; try again"),
+            },
+            StoreError::Missing { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Io { .. }
+            | StoreError::Database { .. }
+            | StoreError::RowCorrupt { .. } => Self::internal(action, err),
+        }
     }
 }
 
@@ -531,6 +591,20 @@ mod tests {
                 Some(json!({ "path": "/v3" })),
             ),
             (
+                RegistryError::TooLarge { reason: reason() },
+                413,
+                "SIZE_INVALID",
+                "provided length did not match content length",
+                why.clone(),
+            ),
+            (
+                RegistryError::PaginationInvalid { reason: reason() },
+                400,
+                "PAGINATION_NUMBER_INVALID",
+                "invalid number of results requested",
+                why.clone(),
+            ),
+            (
                 RegistryError::TooManyRequests,
                 429,
                 "TOOMANYREQUESTS",
@@ -589,6 +663,88 @@ mod tests {
             crate::cli::error_chain(&err),
             "internal error while trying to commit blob: disk full"
         );
+    }
+
+    #[test]
+    fn store_errors_map_to_spec_codes_and_hide_internal_ones() {
+        let digest = Digest::of(b"x");
+        let cases = [
+            (
+                StoreError::DigestMismatch {
+                    expected: digest,
+                    actual: digest,
+                },
+                ErrorCode::DigestInvalid,
+            ),
+            (
+                StoreError::SizeMismatch {
+                    expected: 1,
+                    actual: 2,
+                },
+                ErrorCode::SizeInvalid,
+            ),
+            (
+                StoreError::ManifestInvalid { reason: "x".into() },
+                ErrorCode::ManifestInvalid,
+            ),
+            (
+                StoreError::ReferenceMissing {
+                    repo: "a".into(),
+                    digest,
+                },
+                ErrorCode::ManifestBlobUnknown,
+            ),
+            (
+                StoreError::NameInvalid {
+                    what: "repository",
+                    value: "".into(),
+                    reason: "empty",
+                },
+                ErrorCode::NameInvalid,
+            ),
+            (
+                StoreError::UploadUnknown("u".into()),
+                ErrorCode::BlobUploadUnknown,
+            ),
+            (
+                StoreError::UploadOffset {
+                    id: "u".into(),
+                    offset: 3,
+                    size: 1,
+                },
+                ErrorCode::RangeInvalid,
+            ),
+            (StoreError::LeaseUnknown("l".into()), ErrorCode::NameUnknown),
+            (
+                StoreError::LeaseTargetMissing {
+                    name: "l".into(),
+                    digest,
+                },
+                ErrorCode::ManifestUnknown,
+            ),
+            (
+                StoreError::IngestAbandoned {
+                    digest,
+                    reason: "cut".into(),
+                },
+                ErrorCode::Unavailable,
+            ),
+            (
+                StoreError::RowCorrupt {
+                    table: "blobs",
+                    reason: "x".into(),
+                },
+                ErrorCode::Unknown,
+            ),
+        ];
+        for (err, code) in cases {
+            let label = format!("{err:?}");
+            assert_eq!(
+                RegistryError::from_store("test", err).code(),
+                code,
+                "{label}"
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,46 @@
-//! The OCI Distribution API and the admin API over the cache store.
+//! The cache service: the OCI Distribution API and the admin API over the cache store, on
+//! one listener with `/healthz`, `/readyz`, `/metrics` and the token endpoint.
 //!
 //! | module | holds | I/O |
 //! | --- | --- | --- |
 //! | [`name`] | repository names, tags, references, request-path routing | pure |
 //! | [`error`] | the spec's error codes and their one mapping to HTTP | pure |
+//! | [`headers`] | header names; Range, Content-Range, Link, Accept values | pure |
 //! | [`auth`] | credentials, the Docker token flow, the authorization rules | pure + `/token` handler |
-//! | [`cli`] | `kiln cache serve` flags | — |
+//! | [`route`] | `/v2/` dispatch: path, `ns=` routing, access, auth, handler | — |
+//! | [`blobs`], [`uploads`], [`manifests`], [`tags`], [`referrers`] | the API's routes | store, mirror |
+//! | [`admin`] | `/admin/v1/`: du, prune, verify, leases, deletes | store |
+//! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, request metrics | — |
+//! | [`body`] | request bodies to the store, blob files to responses | files, sockets |
+//! | [`metrics`] | the Prometheus metrics | — |
+//! | [`service`] | the shared state and the router | — |
+//! | [`server`] | accept loop, slow-client limits, background GC, graceful shutdown | sockets |
+//! | [`cli`] | `kiln cache serve` | process |
+//!
+//! Tests and the CLI share one entry point: build a [`Registry`] over a store, then
+//! [`serve`] it on a listener until a shutdown future resolves, or call
+//! [`Registry::router`] in-process.
+
+pub mod admin;
 pub mod auth;
+pub mod blobs;
+pub mod body;
 pub mod cli;
 pub mod error;
+pub mod headers;
+pub mod manifests;
+pub mod metrics;
 pub mod name;
+pub mod ops;
+pub mod referrers;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod tags;
+pub mod uploads;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use server::{GcSchedule, ServeError, ServeOptions, serve};
+pub use service::{Limits, Registry};

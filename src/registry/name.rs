@@ -395,6 +395,23 @@ impl Route {
         }
     }
 
+    /// The same route on another repository (a containerd `ns=` request routed to a
+    /// mirror). Routes without a repository are returned as they are.
+    pub fn with_name(self, new: RepoName) -> Self {
+        match self {
+            Self::Base | Self::Catalog => self,
+            Self::TagsList { .. } => Self::TagsList { name: new },
+            Self::Manifest { reference, .. } => Self::Manifest {
+                name: new,
+                reference,
+            },
+            Self::Blob { digest, .. } => Self::Blob { name: new, digest },
+            Self::UploadStart { .. } => Self::UploadStart { name: new },
+            Self::Upload { id, .. } => Self::Upload { name: new, id },
+            Self::Referrers { digest, .. } => Self::Referrers { name: new, digest },
+        }
+    }
+
     /// The request path of this route; [`parse_path`] reads it back to an equal route.
     pub fn path(&self) -> String {
         match self {
@@ -823,6 +840,18 @@ pub(crate) mod tests {
         #[test]
         fn formatted_routes_parse_back(route in route()) {
             prop_assert_eq!(parse_path(&route.path()), Ok(route));
+        }
+
+        #[test]
+        fn renamed_routes_keep_everything_but_the_name(route in route(), new in repo_name()) {
+            let renamed = route.clone().with_name(new.clone());
+            match route.name() {
+                None => prop_assert_eq!(&renamed, &route),
+                Some(_) => {
+                    prop_assert_eq!(renamed.name(), Some(&new));
+                    prop_assert_eq!(renamed.with_name(route.name().unwrap().clone()), route);
+                }
+            }
         }
 
         #[test]

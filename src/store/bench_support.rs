@@ -87,6 +87,7 @@ fn load_file(layout: &Layout, item: &Item) -> Result<Loaded> {
             subject: parsed.subject,
             artifact_type: parsed.artifact_type,
             annotations: parsed.annotations,
+            on_demand: false,
         })
     } else {
         None

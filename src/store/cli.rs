@@ -1,11 +1,15 @@
 //! `kiln cache du | prune | verify` on a root directory (offline): flags, and the
 //! functions that run them and print for people or as JSON (I/O: the store and stdout).
+//! With `--server URL` the same commands ask a running service through its admin API
+//! ([`crate::cacheapi::online`]).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::cacheapi::client::AdminClient;
+use crate::cacheapi::online;
 use crate::cli::CliResult;
 use crate::store::{
     DuReport, GcOptions, GcReport, Policy, Store, StoreOptions, VerifyOptions, VerifyReport,
@@ -15,12 +19,42 @@ use crate::units;
 /// The default store root on a laptop.
 pub const DEFAULT_ROOT: &str = "./kiln-data";
 
+/// `--server URL --admin-token-file FILE`: ask a running cache service through its admin
+/// API instead of opening a store directory.
+#[derive(Debug, clap::Args)]
+pub struct OnlineArgs {
+    /// Ask the cache service at this URL (its admin API) instead of opening --root.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "root",
+        env = "KILN_CACHE_SERVER"
+    )]
+    pub server: Option<String>,
+    /// The admin token for --server.
+    #[arg(long, value_name = "FILE", env = "KILN_CACHE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl OnlineArgs {
+    /// A client of the server, when one was named.
+    fn client(&self) -> Result<Option<AdminClient>, Box<dyn std::error::Error + Send + Sync>> {
+        self.server
+            .as_deref()
+            .map(|server| online::client(server, self.admin_token_file.as_deref()))
+            .transpose()
+    }
+}
+
 /// Flags of `kiln cache du`.
 #[derive(Debug, clap::Args)]
 pub struct DuArgs {
     /// The store's root directory.
     #[arg(long, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -36,6 +70,9 @@ pub struct PruneArgs {
     /// The store's root directory.
     #[arg(long, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Remove everything no lease holds, recent blobs included.
     #[arg(long)]
     pub all: bool,
@@ -47,7 +84,7 @@ pub struct PruneArgs {
     #[arg(long, value_parser = units::parse_duration)]
     pub keep_duration: Option<Duration>,
     /// Blobs younger than this are kept (a push whose manifest has not arrived yet).
-    /// Ignored with --all.
+    /// Ignored with --all, and with --server (the service applies its own).
     #[arg(long, value_parser = units::parse_duration, default_value = "10m")]
     pub grace: Duration,
     /// Report what would be removed; remove nothing.
@@ -64,6 +101,9 @@ pub struct VerifyArgs {
     /// The store's root directory.
     #[arg(long, default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
+    /// The online form: a running service instead of a directory.
+    #[command(flatten)]
+    pub online: OnlineArgs,
     /// Quarantine corrupt blobs and drop what depended on them, remove dangling rows and
     /// stray temp files.
     #[arg(long)]
@@ -87,9 +127,13 @@ fn open(root: PathBuf) -> Result<Store, crate::store::StoreError> {
 pub async fn run_du(args: DuArgs) -> CliResult {
     let DuArgs {
         root,
+        online,
         json,
         verbose,
     } = args;
+    if let Some(client) = online.client()? {
+        return online::du(&client, json).await;
+    }
     let store = open(root)?;
     let report = store.du()?;
     let now = store.clock().now_ms();
@@ -171,6 +215,7 @@ pub fn format_du(report: &DuReport, now_ms: u64, verbose: bool) -> String {
 pub async fn run_prune(args: PruneArgs) -> CliResult {
     let PruneArgs {
         root,
+        online,
         all,
         keep_storage,
         keep_duration,
@@ -178,6 +223,10 @@ pub async fn run_prune(args: PruneArgs) -> CliResult {
         dry_run,
         json,
     } = args;
+    if let Some(client) = online.client()? {
+        let requests = online::prune_requests(all, keep_storage, keep_duration, dry_run);
+        return online::prune(&client, &requests, json).await;
+    }
     let store = open(root)?;
     let started = Instant::now();
     let report = store.gc(&GcOptions {
@@ -240,7 +289,15 @@ pub fn format_prune(report: &GcReport, took: Duration) -> String {
 
 /// Runs `kiln cache verify`; exits non-zero when it found problems (repaired or not).
 pub async fn run_verify(args: VerifyArgs) -> CliResult {
-    let VerifyArgs { root, repair, json } = args;
+    let VerifyArgs {
+        root,
+        online,
+        repair,
+        json,
+    } = args;
+    if let Some(client) = online.client()? {
+        return online::verify(&client, repair, json).await;
+    }
     let store = open(root)?;
     let started = Instant::now();
     let recovery = store.recovery_report();

@@ -199,7 +199,7 @@ fn contract_delete_repository_removes_its_tags_and_links_in_one_step() {
         push_image(s, "ns-a/app", "v2", "2");
         push_image(s, "ns-b/app", "v1", "3");
         let deleted = s.delete_repository("ns-a/app").unwrap();
-        assert_eq!((deleted.tags, deleted.links), (2, 6));
+        assert_eq!((deleted.tags, deleted.links, deleted.manifests), (2, 6, 2));
         let report = gc_now(s, Policy::default());
         assert_eq!(report.blobs_removed, 6);
         let listing = s.listing().unwrap();

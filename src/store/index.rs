@@ -46,6 +46,7 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         subject,
         artifact_type,
         annotations,
+        on_demand,
     } = row;
     ManifestInfo {
         digest,
@@ -55,7 +56,17 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         subject,
         artifact_type,
         annotations,
+        on_demand,
     }
+}
+
+/// Whether a manifest put checks that its references are present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum References {
+    /// Every reference must be linked into the repository (pushes).
+    Required,
+    /// References are fetched from an upstream on demand (the pull-through mirror).
+    OnDemand,
 }
 
 impl Store {
@@ -73,6 +84,38 @@ impl Store {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<ManifestInfo> {
+        self.put_manifest_checked(repo, reference, media_type, bytes, References::Required)
+    }
+
+    /// Stores a manifest that the pull-through mirror fetched from an upstream, like
+    /// [`Store::put_manifest`] but without requiring its references: the mirror fetches
+    /// them on demand, so a client that pulls one platform of a multi-platform index
+    /// never makes the mirror download the others.
+    ///
+    /// The row is marked [`ManifestInfo::on_demand`]: GC follows the references that are
+    /// present (so fetched layers stay reachable from the mirror's tag), and `verify` and
+    /// recovery do not count the absent ones as dangling. This is the one exception to
+    /// "metadata never points at a missing blob", and it holds only for content an
+    /// upstream can serve again.
+    pub fn put_mirrored_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<ManifestInfo> {
+        self.put_manifest_checked(repo, reference, media_type, bytes, References::OnDemand)
+    }
+
+    fn put_manifest_checked(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        bytes: &[u8],
+        references: References,
+    ) -> Result<ManifestInfo> {
+        let required = references == References::Required;
         validate_repo(repo)?;
         if let Reference::Tag(tag) = reference {
             validate_tag(tag)?;
@@ -97,7 +140,7 @@ impl Store {
             (given, _) => given.to_owned(),
         };
         // Fail fast without writing a file; the check is repeated inside the transaction.
-        {
+        if required {
             let txn = self.read("check references")?;
             let links = txn
                 .open_table(tables::LINKS)
@@ -118,23 +161,25 @@ impl Store {
             subject: parsed.subject,
             artifact_type: parsed.artifact_type,
             annotations: parsed.annotations,
+            on_demand: !required,
         };
         let encoded = tables::encode(&row);
         let info = self.commit_bytes(repo, bytes, |txn| {
             let action = "commit manifest";
-            let links = txn
-                .open_table(tables::LINKS)
-                .map_err(StoreError::db(action))?;
-            let blobs = txn
-                .open_table(tables::BLOBS)
-                .map_err(StoreError::db(action))?;
-            if let Some(missing) = first_missing(&links, &blobs, repo, &row.references)? {
-                return Ok(Err(StoreError::ReferenceMissing {
-                    repo: repo.to_owned(),
-                    digest: missing,
-                }));
+            if required {
+                let links = txn
+                    .open_table(tables::LINKS)
+                    .map_err(StoreError::db(action))?;
+                let blobs = txn
+                    .open_table(tables::BLOBS)
+                    .map_err(StoreError::db(action))?;
+                if let Some(missing) = first_missing(&links, &blobs, repo, &row.references)? {
+                    return Ok(Err(StoreError::ReferenceMissing {
+                        repo: repo.to_owned(),
+                        digest: missing,
+                    }));
+                }
             }
-            drop((links, blobs));
             let mut manifests = txn
                 .open_table(tables::MANIFESTS)
                 .map_err(StoreError::db(action))?;
@@ -346,9 +391,23 @@ impl Store {
                     .remove((repo, *digest))
                     .map_err(StoreError::db(action))?;
             }
+            let manifests = txn
+                .open_table(tables::MANIFESTS)
+                .map_err(StoreError::db(action))?;
+            let mut manifest_links = 0;
+            for digest in &digests {
+                if manifests
+                    .get(digest)
+                    .map_err(StoreError::db(action))?
+                    .is_some()
+                {
+                    manifest_links += 1;
+                }
+            }
             Ok(RepositoryDeleted {
                 tags: tag_names.len() as u64,
                 links: digests.len() as u64,
+                manifests: manifest_links,
             })
         })
     }
@@ -379,6 +438,23 @@ impl Store {
             out.push(tag.to_owned());
         }
         Ok(out)
+    }
+
+    /// Whether `repo` exists: something is linked into it.
+    pub fn has_repository(&self, repo: &str) -> Result<bool> {
+        let action = "look up repository";
+        let txn = self.read(action)?;
+        let links = txn
+            .open_table(tables::LINKS)
+            .map_err(StoreError::db(action))?;
+        let mut range = links
+            .range((repo, [0u8; 32])..=(repo, [0xffu8; 32]))
+            .map_err(StoreError::db(action))?;
+        Ok(range
+            .next()
+            .transpose()
+            .map_err(StoreError::db(action))?
+            .is_some())
     }
 
     /// Repositories in lexical order, after `last` (exclusive), at most `n` of them. A
@@ -701,4 +777,93 @@ pub(crate) fn range_of_repo(
         out.push((tag.to_owned(), tables::digest(value.value())));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::digest::Digest;
+    use crate::store::fixtures::{image_manifest, index_manifest};
+    use crate::store::handle::{Store, StoreOptions};
+    use crate::store::sweep::GcOptions;
+    use crate::store::types::Reference;
+    use crate::store::{StoreError, VerifyOptions};
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                sync: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn gc_now(store: &Store) -> crate::store::GcReport {
+        store
+            .gc(&GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn mirrored_manifests_need_no_references_and_stay_clean_through_gc_verify_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let repo = "docker.io/library/app";
+        let (config, layer) = (b"config".as_slice(), b"layer".as_slice());
+        let child = image_manifest(
+            (Digest::of(config), config.len() as u64),
+            &[(Digest::of(layer), layer.len() as u64)],
+        );
+        let other_platform = Digest::of(b"another platform's manifest");
+        let index = index_manifest(&[
+            (Digest::of(&child), child.len() as u64),
+            (other_platform, 10),
+        ]);
+        let tag = Reference::tag("3").unwrap();
+        // A push of the same bytes is refused; the mirror's put is not.
+        assert!(matches!(
+            store.put_manifest(repo, &tag, "", &index),
+            Err(StoreError::ReferenceMissing { .. })
+        ));
+        let stored = store.put_mirrored_manifest(repo, &tag, "", &index).unwrap();
+        assert!(stored.on_demand);
+        let child_ref = Reference::Digest(Digest::of(&child));
+        store
+            .put_mirrored_manifest(repo, &child_ref, "", &child)
+            .unwrap();
+        // The layer arrives later, fetched on demand; the config never does.
+        store.put_blob(repo, Digest::of(layer), layer).unwrap();
+        assert!(store.has_repository(repo).unwrap());
+        assert!(!store.has_repository("docker.io/library").unwrap());
+
+        // GC keeps what is present and reachable from the tag, through the child.
+        let report = gc_now(&store);
+        assert_eq!(report.blobs_removed, 0, "{report:?}");
+        let verify = store.verify(&VerifyOptions::default()).unwrap();
+        assert!(verify.is_clean(), "{verify:?}");
+        drop(store);
+        let store = open(dir.path());
+        assert!(store.recovery_report().is_clean());
+        let repaired = store
+            .verify(&VerifyOptions {
+                repair: true,
+                ..VerifyOptions::default()
+            })
+            .unwrap();
+        assert!(repaired.dropped.is_empty(), "{repaired:?}");
+        let (info, bytes) = store.manifest_bytes(repo, &tag).unwrap().unwrap();
+        assert_eq!((info.on_demand, bytes), (true, index));
+
+        // Untagged, everything goes.
+        assert!(store.untag(repo, "3").unwrap());
+        let report = gc_now(&store);
+        assert_eq!(report.blobs_removed, 3, "{report:?}");
+        assert!(store.listing().unwrap().is_empty());
+    }
 }

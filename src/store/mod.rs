@@ -7,6 +7,8 @@
 //!    are hashed and counted while streaming, fsynced, renamed, and the directory fsynced.
 //! 2. Metadata never points at a missing blob: a manifest is committed only when everything
 //!    it references is linked into its repository, in the same transaction that checks it.
+//!    The one exception is a pull-through mirror's manifest
+//!    ([`Store::put_mirrored_manifest`]), whose references an upstream serves on demand.
 //! 3. GC runs online and never removes what is reachable from a tag, a lease, a blob being
 //!    written, or a blob younger than the grace window (see [`sweep`] for why).
 //! 4. Every mutation is ONE redb transaction that updates every table it touches; after
@@ -33,8 +35,9 @@
 //! | `HEAD/GET …/manifests/<ref>` | [`Store::manifest`], [`Store::manifest_bytes`], then [`Store::touch`] on GET |
 //! | `DELETE …/manifests/<tag>` / `<digest>` | [`Store::untag`] / [`Store::unlink`] |
 //! | `GET …/tags/list?n=&last=` | [`Store::tags`] |
-//! | `GET /v2/_catalog?n=&last=` | [`Store::repositories`] |
+//! | `GET /v2/_catalog?n=&last=` | [`Store::repositories`] (and [`Store::has_repository`] for `NAME_UNKNOWN`) |
 //! | `GET …/referrers/<d>?artifactType=` | [`Store::referrers`] |
+//! | mirror: store an upstream manifest | [`Store::put_mirrored_manifest`] (references fetched on demand) |
 //! | mirror: fetch a blob by digest | [`Store::ingest`] → [`Ingest::Present`] / [`Ingest::Write`] (a [`BlobWriter`]; commit with the digest) / [`Ingest::Wait`] (then [`Store::link`] into the repo) |
 //! | admin: leases | [`Store::lease_acquire`] (targets: digests or `repo:tag`, pinned at acquire), [`Store::lease_extend`], [`Store::lease_release`], [`Store::leases`] |
 //! | admin: GC / du / verify | [`Store::gc`] ([`GcOptions`], [`Policy`], `dry_run`) → [`GcReport`]; [`Store::du`] → [`DuReport`]; [`Store::verify`] → [`VerifyReport`] |

@@ -171,6 +171,7 @@ impl Storage for Model {
             subject: parsed.subject,
             artifact_type: parsed.artifact_type,
             annotations: parsed.annotations,
+            on_demand: false,
         };
         state.manifests.insert(digest, info.clone());
         if let Reference::Tag(tag) = reference {
@@ -226,10 +227,16 @@ impl Storage for Model {
         let tags_before = state.tags.len();
         state.tags.retain(|(tag_repo, _), _| tag_repo != repo);
         let links_before = state.links.len();
+        let manifests = state
+            .links
+            .iter()
+            .filter(|(link_repo, digest)| link_repo == repo && state.manifests.contains_key(digest))
+            .count() as u64;
         state.links.retain(|(link_repo, _)| link_repo != repo);
         Ok(RepositoryDeleted {
             tags: (tags_before - state.tags.len()) as u64,
             links: (links_before - state.links.len()) as u64,
+            manifests,
         })
     }
 

@@ -68,6 +68,11 @@ pub struct ManifestRow {
     pub artifact_type: Option<String>,
     /// Its annotations, for the referrers API.
     pub annotations: BTreeMap<String, String>,
+    /// A pull-through mirror's manifest: its references are fetched from the upstream on
+    /// demand, so absent ones are expected, not dangling. Omitted when false, so rows of
+    /// ordinary manifests encode as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 /// The part of a [`ManifestRow`] that GC reads: what the manifest leads to. Decoding only
@@ -130,6 +135,7 @@ mod tests {
             subject: Some(Digest::of(b"s")),
             artifact_type: None,
             annotations: BTreeMap::from([("k".into(), "v".into())]),
+            on_demand: false,
         };
         assert_eq!(
             decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),
@@ -141,6 +147,21 @@ mod tests {
                 references: row.references.clone(),
                 subject: row.subject,
             }
+        );
+        // Rows written before `on_demand` existed read as ordinary manifests, and ordinary
+        // rows still encode without it.
+        assert!(
+            !String::from_utf8(encode(&row))
+                .unwrap()
+                .contains("on_demand")
+        );
+        let mirrored = ManifestRow {
+            on_demand: true,
+            ..row.clone()
+        };
+        assert_eq!(
+            decode::<ManifestRow>("manifests", &encode(&mirrored)).unwrap(),
+            mirrored
         );
         assert!(matches!(
             decode::<LeaseRow>("leases", b"{"),

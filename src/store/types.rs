@@ -35,6 +35,9 @@ pub struct ManifestInfo {
     pub artifact_type: Option<String>,
     /// Its annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Stored by the pull-through mirror: its references are fetched from the upstream on
+    /// demand and may be absent (see [`crate::store::Store::put_mirrored_manifest`]).
+    pub on_demand: bool,
 }
 
 /// How a manifest is named in a request: by tag or by digest.
@@ -220,6 +223,8 @@ pub struct RepositoryDeleted {
     pub tags: u64,
     /// Links removed.
     pub links: u64,
+    /// Of those links, how many were manifests.
+    pub manifests: u64,
 }
 
 /// Every row of the store in sorted order: what the contract and model tests compare, and

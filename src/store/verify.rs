@@ -581,7 +581,8 @@ impl Store {
                 dangling("manifests", manifest.digest.to_string(), manifest.digest);
             }
             for reference in &manifest.references {
-                if !blobs.contains(reference) {
+                // A mirror's manifest fetches its references on demand.
+                if !blobs.contains(reference) && !manifest.on_demand {
                     dangling("manifests", manifest.digest.to_string(), *reference);
                 }
             }
@@ -658,7 +659,7 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
                     || row
                         .references
                         .iter()
-                        .any(|r| gone.contains(r) || !present.contains(r))
+                        .any(|r| gone.contains(r) || (!row.on_demand && !present.contains(r)))
             })
             .map(|(digest, _)| *digest)
             .collect();

@@ -16,6 +16,8 @@ struct ProxyState {
     http: reqwest::Client,
     /// Cut every blob GET response after this many body bytes.
     cut_blobs_after: Mutex<Option<usize>>,
+    /// Hold every blob GET this long before forwarding it (a slow upstream).
+    delay_blobs: Mutex<Option<std::time::Duration>>,
     /// Forwarded requests by (method, path).
     counts: Mutex<BTreeMap<(String, String), usize>>,
 }
@@ -40,6 +42,7 @@ impl CutProxy {
                 .build()
                 .expect("proxy HTTP client"),
             cut_blobs_after: Mutex::new(None),
+            delay_blobs: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
         });
         let app = axum::Router::new()
@@ -69,6 +72,12 @@ impl CutProxy {
     /// forward them whole).
     pub fn cut_blobs_after(&self, bytes: Option<usize>) {
         *self.state.cut_blobs_after.lock().unwrap() = bytes;
+    }
+
+    /// From now on, blob GETs wait `delay` before they are forwarded (`None`: at once), so
+    /// that concurrent clients overlap.
+    pub fn delay_blobs(&self, delay: Option<std::time::Duration>) {
+        *self.state.delay_blobs.lock().unwrap() = delay;
     }
 
     /// How many `method` requests whose path contains `path` were forwarded.
@@ -105,6 +114,12 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         .entry((method.to_string(), path.clone()))
         .or_default() += 1;
     let headers = request.headers().clone();
+    let delay = *state.delay_blobs.lock().unwrap();
+    if let Some(delay) =
+        delay.filter(|_| method == axum::http::Method::GET && path.contains("/blobs/sha256:"))
+    {
+        tokio::time::sleep(delay).await;
+    }
     let body = axum::body::to_bytes(request.into_body(), usize::MAX)
         .await
         .unwrap_or_default();

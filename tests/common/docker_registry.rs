@@ -43,6 +43,11 @@ impl DockerRegistry {
         format!("http://{}", self.host())
     }
 
+    /// The process id, while it runs (for measuring its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

@@ -34,6 +34,10 @@ impl ReconcileObserver for Outcomes {
     }
 }
 
+/// A change to every context the harness makes (a cache admin client, a token key), kept
+/// across restarts.
+pub type Setup = Arc<dyn Fn(Context) -> Context + Send + Sync>;
+
 /// The in-memory API, the controller's context over it, and the test's clock.
 pub struct Harness {
     pub client: Client,
@@ -41,6 +45,7 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     pub outcomes: Arc<Outcomes>,
     pub config: Config,
+    pub setup: Option<Setup>,
 }
 
 /// Builds an in-memory API holding `objects` (as JSON).
@@ -76,28 +81,41 @@ impl Harness {
         objects.extend(extra);
         let client = fake_api(objects, interceptors).await;
         let clock = Arc::new(ManualClock::new(T0));
-        Self::over(client, clock, config)
+        Self::over(client, clock, config, None)
     }
 
-    fn over(client: Client, clock: Arc<ManualClock>, config: Config) -> Self {
+    fn over(client: Client, clock: Arc<ManualClock>, config: Config, setup: Option<Setup>) -> Self {
         let outcomes = Arc::new(Outcomes::default());
-        let ctx = Arc::new(
-            Context::new(client.clone(), config.clone())
-                .with_clock(clock.clone())
-                .with_observer(outcomes.clone()),
-        );
+        let mut ctx = Context::new(client.clone(), config.clone())
+            .with_clock(clock.clone())
+            .with_observer(outcomes.clone());
+        if let Some(setup) = &setup {
+            ctx = setup(ctx);
+        }
         Self {
             client,
-            ctx,
+            ctx: Arc::new(ctx),
             clock,
             outcomes,
             config,
+            setup,
         }
+    }
+
+    /// Applies `setup` to the context, now and after every restart.
+    pub fn customize(&mut self, setup: impl Fn(Context) -> Context + Send + Sync + 'static) {
+        self.setup = Some(Arc::new(setup));
+        self.restart();
     }
 
     /// A controller restart: a new context (no memory of anything) over the same API.
     pub fn restart(&mut self) {
-        *self = Self::over(self.client.clone(), self.clock.clone(), self.config.clone());
+        *self = Self::over(
+            self.client.clone(),
+            self.clock.clone(),
+            self.config.clone(),
+            self.setup.clone(),
+        );
     }
 
     /// The whole API state, for a test that must change what the API allows no client to
@@ -127,7 +145,12 @@ impl Harness {
         }
         edit(&mut objects);
         let client = fake_api(objects, None).await;
-        *self = Self::over(client, self.clock.clone(), self.config.clone());
+        *self = Self::over(
+            client,
+            self.clock.clone(),
+            self.config.clone(),
+            self.setup.clone(),
+        );
     }
 
     /// `kubectl delete build NAME`: with finalizers the Build is marked for deletion;
@@ -262,8 +285,16 @@ impl Harness {
         self.pods().await.iter().map(|p| p.name_any()).collect()
     }
 
-    pub async fn config_map_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Api::<ConfigMap>::namespaced(self.client.clone(), NS)
+    /// The names of every object of kind `K` in the test namespace, sorted.
+    pub async fn names<K>(&self) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let mut names: Vec<String> = Api::<K>::namespaced(self.client.clone(), NS)
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -272,6 +303,14 @@ impl Harness {
             .collect();
         names.sort();
         names
+    }
+
+    pub async fn secret_names(&self) -> Vec<String> {
+        self.names::<Secret>().await
+    }
+
+    pub async fn config_map_names(&self) -> Vec<String> {
+        self.names::<ConfigMap>().await
     }
 
     /// The kubelet: gives pod `pod` the status of `fixture`.

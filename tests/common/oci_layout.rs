@@ -107,6 +107,20 @@ impl TestImage {
     }
 }
 
+impl TestImage {
+    /// Asserts that the layout at `layout` holds this image's manifest, config and layer,
+    /// byte for byte (what a pull wrote there).
+    pub fn assert_pulled_into(&self, layout: &Path) {
+        for (digest, bytes) in [
+            (self.manifest_digest(), &self.manifest),
+            (self.config_digest(), &self.config),
+            (self.layer_digest(), &self.layer),
+        ] {
+            assert_eq!(&read_blob(layout, &digest), bytes, "{digest}");
+        }
+    }
+}
+
 /// Reads blob `digest` from an OCI layout directory.
 pub fn read_blob(layout: &Path, digest: &Digest) -> Vec<u8> {
     std::fs::read(layout.join("blobs").join("sha256").join(digest.hex()))

@@ -8,6 +8,11 @@ use std::process::Command;
 
 /// Runs `skopeo --insecure-policy <args>`, returning stdout; panics with stderr on failure.
 pub fn skopeo(args: &[&str]) -> Vec<u8> {
+    try_skopeo(args).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Runs `skopeo --insecure-policy <args>`: stdout, or the failure with stderr.
+pub fn try_skopeo(args: &[&str]) -> Result<Vec<u8>, String> {
     let binary = super::tool("KILN_SKOPEO", "/usr/bin/skopeo");
     // An empty auth file instead of the user's: every test says what credentials it uses.
     let auth = tempfile::NamedTempFile::new().expect("temp auth file");
@@ -18,19 +23,26 @@ pub fn skopeo(args: &[&str]) -> Vec<u8> {
         .env("REGISTRY_AUTH_FILE", auth.path())
         .output()
         .expect("run skopeo");
-    assert!(
-        output.status.success(),
-        "skopeo {} failed ({}):\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(format!(
+            "skopeo {} failed ({}):\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// `skopeo copy` with TLS verification off on both sides and digests preserved (the copy
 /// fails rather than rewrite a manifest). `extra` adds flags such as `--dest-creds`.
 pub fn copy(src: &str, dst: &str, extra: &[&str]) {
+    try_copy(src, dst, extra).unwrap_or_else(|err| panic!("{err}"));
+}
+
+/// [`copy`], returning the failure instead of panicking.
+pub fn try_copy(src: &str, dst: &str, extra: &[&str]) -> Result<(), String> {
     let mut args = vec![
         "copy",
         "--src-tls-verify=false",
@@ -39,7 +51,7 @@ pub fn copy(src: &str, dst: &str, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[src, dst]);
-    skopeo(&args);
+    try_skopeo(&args).map(drop)
 }
 
 /// `skopeo inspect --raw`: the manifest bytes exactly as the registry serves them.

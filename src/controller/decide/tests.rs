@@ -231,6 +231,34 @@ fn a_missing_push_secret_fails_with_secret_not_found_naming_the_field() {
 }
 
 #[test]
+fn a_missing_builder_service_account_fails_naming_the_field_and_creates_no_pod() {
+    let mut build = Build::test("app");
+    build.spec.builder.service_account_name = Some("builder".into());
+    let plan = decide_at(&build, &none(), 0);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::InvalidSpec));
+    assert!(plan.created_pods().is_empty());
+    assert!(
+        message(&plan).starts_with(
+            "spec.builder.serviceAccountName: ServiceAccount \"builder\" not found in namespace \"default\""
+        ),
+        "{}",
+        message(&plan)
+    );
+    // Once it exists, the pod runs as it.
+    let observed = Observed {
+        service_accounts: ["builder".to_owned()].into(),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 0);
+    let pod = plan.created_pods()[0];
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref());
+    assert_eq!(account, Some("builder"));
+}
+
+#[test]
 fn a_present_push_secret_is_mounted() {
     let build = Build::test("app").push_secret("regcred");
     let observed = Observed {
@@ -262,7 +290,9 @@ fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
         status(&plan).attempts[0].pod_uid.as_deref(),
         Some("pod-app-1")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3598)));
+    // The deadline counts from the end of the start's second (status times are whole
+    // seconds): 3601 s after T0.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3599)));
 }
 
 #[test]
@@ -283,7 +313,7 @@ fn nothing_is_written_when_nothing_changed() {
     let build = running(Build::test("app"));
     let plan = pod_says(&build, |p| p.running(), 50);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3550)));
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3551)));
 }
 
 #[test]
@@ -368,9 +398,10 @@ fn an_eviction_is_retried_after_a_backoff() {
         s.message
             .as_deref()
             .unwrap()
-            .contains("retry 1 of 2 at 2026-01-01T00:01:50Z")
+            .contains("retry 1 of 2 at 2026-01-01T00:01:51Z")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(10)));
+    // 10 s from the end of the failure's second: never shorter than the backoff.
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(11)));
 }
 
 #[test]
@@ -381,9 +412,13 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
     // Still backing off: nothing.
     let early = decide_at(&build, &with_pods(evicted.clone()), 105);
     assert!(early.actions.is_empty());
-    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(5)));
+    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(6)));
+    // The failure was stored as 100 s, but may have been up to 100.999 s: at 110 s the
+    // backoff may not be over yet.
+    let not_yet = decide_at(&build, &with_pods(evicted.clone()), 110);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
     // Backoff over: attempt 2.
-    let plan = decide_at(&build, &with_pods(evicted), 110);
+    let plan = decide_at(&build, &with_pods(evicted), 111);
     assert_eq!(
         plan.describe(),
         [
@@ -397,6 +432,22 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
         Some(Time(T0)),
         "the run's start stays"
     );
+}
+
+#[test]
+fn waits_count_from_the_end_of_the_second_a_status_time_stands_for() {
+    // What decide holds in memory (sub-second) and what it reads back from the API server
+    // (cut to the second) give the same moment, never earlier than the wait allows.
+    let precise = Time(T0.saturating_add(SignedDuration::from_millis(300)).unwrap());
+    let stored = Time(T0);
+    let wait = Duration::from_secs(2);
+    assert_eq!(wait_ends(&precise, wait), at(3));
+    assert_eq!(wait_ends(&stored, wait), at(3));
+    let exact = precise
+        .0
+        .saturating_add(SignedDuration::from_secs(2))
+        .unwrap();
+    assert!(wait_ends(&precise, wait) >= exact);
 }
 
 #[test]
@@ -516,7 +567,10 @@ fn a_pod_on_a_silent_node_is_lost_deleted_and_retried() {
 #[test]
 fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
     let build = running(Build::test("app").timeout("10m"));
-    let plan = pod_says(&build, |p| p.running(), 600);
+    // Not at 600 s: the start was stored as T0 but may have been up to T0 + 0.999 s.
+    let not_yet = pod_says(&build, |p| p.running(), 600);
+    assert!(not_yet.actions.is_empty(), "{:?}", not_yet.describe());
+    let plan = pod_says(&build, |p| p.running(), 601);
     assert_eq!(
         plan.describe(),
         [
@@ -526,6 +580,55 @@ fn an_attempt_past_its_deadline_times_out_and_its_pod_is_deleted() {
         ]
     );
     assert_eq!(status(&plan).retries, 0, "a timeout is not retried");
+}
+
+#[test]
+fn the_controllers_maximum_timeout_cuts_spec_timeout_short() {
+    let capped = Config {
+        max_timeout: Some(Duration::from_secs(120)),
+        ..config()
+    };
+    let build = Build::test("app").timeout("10m");
+    let plan = decide(&build, &none(), at(0), &capped);
+    let pod = plan.created_pods()[0];
+    let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    assert_eq!(
+        deadline,
+        Some(120),
+        "activeDeadlineSeconds follows the ceiling"
+    );
+    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(120)));
+
+    let build = after(&build, &plan);
+    let running = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(5),
+        &capped,
+    );
+    let build = after(&build, &running);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(121),
+        &capped,
+    );
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert_eq!(
+        message(&plan),
+        "attempt 1 ran longer than the controller's maximum build timeout (120s; spec.timeout is 10m)"
+    );
+    // A ceiling above spec.timeout changes nothing.
+    let loose = Config {
+        max_timeout: Some(Duration::from_secs(7200)),
+        ..config()
+    };
+    let plan = decide(&Build::test("app").timeout("10m"), &none(), at(0), &loose);
+    let pod = plan.created_pods()[0];
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        Some(600)
+    );
 }
 
 #[test]
@@ -714,7 +817,7 @@ fn a_retry_keeps_the_group_even_when_an_earlier_member_waits() {
         peers: vec![peer("a", 0, Standing::Waiting)],
         ..Observed::default()
     };
-    let plan = decide_at(&build, &observed, 110);
+    let plan = decide_at(&build, &observed, 111);
     assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
 }
 
@@ -1028,6 +1131,11 @@ mod one_pod_per_attempt {
                     | Action::WriteStatus(_)
                     | Action::CreateConfigMap(_)
                     | Action::DeleteConfigMap { .. }
+                    | Action::CreateCacheSecret { .. }
+                    | Action::DeleteSecret { .. }
+                    | Action::PutLease { .. }
+                    | Action::ReleaseLease { .. }
+                    | Action::DeleteCacheTag { .. }
                     | Action::Event(_) => {}
                 }
             }
@@ -1134,4 +1242,155 @@ mod one_pod_per_attempt {
             }
         }
     }
+}
+
+// --- Retention, cache leases and tokens ------------------------------------------------------
+
+fn with_cache(leases: bool, tokens: bool) -> Config {
+    Config {
+        cache_service: Some(
+            crate::controller::context::CacheService::parse("http://kiln-cache:5000").unwrap(),
+        ),
+        cache_leases: leases,
+        cache_tokens: tokens,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn retention_time_is_announced_when_an_attempt_ends_with_a_finished_pod() {
+    let build = running(Build::test("app"));
+    let plan = pod_says(&build, |p| p.pushed(DIGEST), 100);
+    let s = status(&plan);
+    assert_eq!(s.attempts[0].pod_retained_until, Some(Time(at(100 + 3600))));
+    assert_eq!(
+        message(&plan),
+        format!(
+            "pushed registry.example.com/team/app:latest@{DIGEST}; pod app-1 is kept until 2026-01-01T01:01:40Z (retention 1h)"
+        )
+    );
+
+    let failed = pod_says(&build, |p| p.exited(1, "boom"), 100);
+    assert_eq!(
+        status(&failed).attempts[0].pod_retained_until,
+        Some(Time(at(100 + 86_400)))
+    );
+    assert!(
+        message(&failed).ends_with("(retention 1d)"),
+        "{}",
+        message(&failed)
+    );
+}
+
+#[test]
+fn retention_gives_no_time_to_a_pod_the_controller_stops() {
+    let build = running(Build::test("app").timeout("10m"));
+    // Status times are whole seconds: the deadline ends one second after 600 s.
+    let plan = pod_says(&build, |p| p.running(), 601);
+    assert_eq!(phase_reason(&plan), (Phase::Failed, Reason::TimedOut));
+    assert_eq!(status(&plan).attempts[0].pod_retained_until, None);
+    assert!(!message(&plan).contains("kept until"), "{}", message(&plan));
+}
+
+#[test]
+fn lease_and_token_come_before_the_pod_that_uses_them() {
+    let build = Build::test("app");
+    let plan = decide(&build, &none(), at(0), &with_cache(true, true));
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=1",
+            "TakeLease build-uid-app-1",
+            // BuildKit's configuration: the cache service speaks plain HTTP.
+            "CreateConfigMap app-1",
+            "CreateCacheSecret app-1",
+            "CreatePod app-1",
+            "Event Normal PodCreated",
+        ]
+    );
+    assert_eq!(status(&plan).cache_leases[0].name, "build-uid-app-1");
+    assert_eq!(plan.requeue, Requeue::After(lease::OUTCOME_RECHECK));
+    let secret = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateCacheSecret { ttl, .. } => Some(*ttl),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(secret, Duration::from_secs(3600 + 600), "timeout + slack");
+    let volumes = plan.created_pods()[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .clone()
+        .unwrap();
+    let docker = volumes.iter().find(|v| v.name == "docker-config").unwrap();
+    assert_eq!(
+        docker.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("app-1"),
+        "the attempt's own Secret"
+    );
+}
+
+#[test]
+fn lease_is_released_in_the_decision_that_ends_its_attempt() {
+    let config = with_cache(true, false);
+    let build = Build::test("app");
+    let plan = decide(&build, &none(), at(0), &config);
+    let build = after(&build, &plan);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]),
+        at(100),
+        &config,
+    );
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Succeeded/Succeeded attempt=1",
+            "ReleaseLease build-uid-app-1",
+            "Event Normal Succeeded"
+        ]
+    );
+    assert_eq!(
+        status(&plan).cache_leases[0].lapses_at,
+        Some(Time(at(100 + 900)))
+    );
+}
+
+#[test]
+fn deletion_deletes_token_secrets_and_waits_for_the_cache_cleanup() {
+    let config = with_cache(true, true);
+    let build = Build::test("app").deleting(at(60));
+    let observed = Observed {
+        owned_secrets: vec!["app-1".into()],
+        ..Observed::default()
+    };
+    let plan = decide(&build, &observed, at(60), &config);
+    assert_eq!(
+        plan.describe(),
+        [
+            "DeleteSecret app-1",
+            "DeleteCacheTag default/app:buildcache"
+        ]
+    );
+    // Objects gone, tag deleted: the finalizer lets go.
+    let mut observed = Observed::default();
+    observed.cache.insert(
+        lease::tag_key("uid-app"),
+        crate::controller::ledger::CallState {
+            done: true,
+            ..Default::default()
+        },
+    );
+    let plan = decide(&build, &observed, at(61), &config);
+    assert_eq!(plan.describe(), ["RemoveFinalizer"]);
+    // Unreachable cache: it waits, then lets go at the deadline with a warning.
+    let plan = decide(&build, &none(), at(60 + 600), &config);
+    assert_eq!(
+        plan.describe(),
+        ["Event Warning CacheUnavailable", "RemoveFinalizer"]
+    );
 }

@@ -1,0 +1,707 @@
+//! What `kubectl kiln` prints: the Build table, a Build's status report, disk usage of the
+//! cache (pure: data in, text out; time is an argument).
+//!
+//! Tables are aligned like kubectl's (columns separated by three spaces, `-` for an empty
+//! cell), rows come in the order given (callers sort), and every timestamp is shown as an
+//! age relative to `now`, so that the same objects and the same `now` print the same text.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::cacheapi::admin::DuReport;
+use crate::crd::{Build, BuildStatus, Phase};
+use crate::units::format_size;
+
+/// A text table with a header row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column names.
+    pub fn new<const N: usize>(header: [&str; N]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; empty cells print as `-`.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| if c.is_empty() { "-".to_owned() } else { c })
+                .collect(),
+        );
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as lines, each indented by `indent` spaces, columns padded to their widest
+    /// cell; the last column is not padded.
+    pub fn render(&self, indent: usize) -> String {
+        let columns = self.header.len();
+        let mut widths = vec![0; columns];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = " ".repeat(indent);
+            for (i, cell) in row.iter().enumerate().take(columns) {
+                line.push_str(cell);
+                if i + 1 < columns {
+                    let pad = widths[i] - cell.chars().count() + 3;
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A duration in its two largest units, as kubectl shows ages: `45s`, `5m30s`, `3h5m`,
+/// `2d3h`; `0s` for nothing.
+pub fn short_duration(duration: Duration) -> String {
+    let mut secs = duration.as_secs();
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size || (!parts.is_empty() && parts.len() < 2) {
+            parts.push(format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    // Drop a zero second unit ("5m0s" reads better as "5m").
+    if parts.len() == 2 && parts[1].starts_with('0') {
+        parts.pop();
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.concat()
+    }
+}
+
+/// The time from `from` to `to`, or zero when `to` is earlier.
+fn between(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or_default()
+}
+
+/// The age of `at` relative to `now`, or empty when unknown.
+pub fn age(at: Option<&Time>, now: Timestamp) -> String {
+    at.map(|t| short_duration(between(t.0, now)))
+        .unwrap_or_default()
+}
+
+/// How long the current run took (finished) or has taken so far (still running).
+pub fn run_duration(status: &BuildStatus, now: Timestamp) -> Option<Duration> {
+    let start = status.start_time.as_ref()?.0;
+    let end = match (&status.completion_time, status.phase) {
+        (Some(end), Some(phase)) if phase.is_terminal() => end.0,
+        _ => now,
+    };
+    Some(between(start, end))
+}
+
+fn phase_text(status: Option<&BuildStatus>) -> String {
+    status
+        .and_then(|s| s.phase)
+        .map(Phase::as_str)
+        .unwrap_or("Pending")
+        .to_owned()
+}
+
+fn reason_text(status: Option<&BuildStatus>) -> String {
+    status
+        .and_then(|s| s.reason())
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// The table of `kubectl kiln list`: name, phase, reason, attempt, duration, digest, age
+/// (and namespace first, with `all_namespaces`).
+pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> String {
+    let mut table = if all_namespaces {
+        Table::new([
+            "NAMESPACE",
+            "NAME",
+            "PHASE",
+            "REASON",
+            "ATTEMPT",
+            "DURATION",
+            "DIGEST",
+            "AGE",
+        ])
+    } else {
+        Table::new([
+            "NAME", "PHASE", "REASON", "ATTEMPT", "DURATION", "DIGEST", "AGE",
+        ])
+    };
+    for build in builds {
+        let status = build.status.as_ref();
+        let mut row = Vec::new();
+        if all_namespaces {
+            row.push(build.namespace().unwrap_or_default());
+        }
+        row.extend([
+            build.name_any(),
+            phase_text(status),
+            reason_text(status),
+            status
+                .map(|s| s.attempt)
+                .filter(|a| *a > 0)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            status
+                .and_then(|s| run_duration(s, now))
+                .map(short_duration)
+                .unwrap_or_default(),
+            status
+                .and_then(|s| s.output.as_ref())
+                .map(|o| format!("sha256:{}", o.short_digest))
+                .unwrap_or_default(),
+            age(build.metadata.creation_timestamp.as_ref(), now),
+        ]);
+        table.row(row);
+    }
+    table.render(0)
+}
+
+/// Everything `kubectl kiln status` shows about one Build.
+#[derive(Clone, Debug, Default)]
+pub struct StatusReport {
+    /// The Build.
+    pub build: Build,
+    /// Events about it, oldest first.
+    pub events: Vec<Event>,
+    /// The last log lines of the current attempt's pod when that attempt failed: the pod
+    /// name and the lines (empty when the pod is gone or its log unreadable, with why).
+    pub failed_log: Option<FailedLog>,
+}
+
+/// The end of a failed attempt's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedLog {
+    /// The pod.
+    pub pod: String,
+    /// Its last lines, or why there are none.
+    pub lines: Result<Vec<String>, String>,
+}
+
+fn field(out: &mut String, name: &str, value: impl AsRef<str>) {
+    let value = value.as_ref();
+    if !value.is_empty() {
+        let _ = writeln!(out, "{:<12}{value}", format!("{name}:"));
+    }
+}
+
+/// The text of `kubectl kiln status`: summary, conditions, attempts, events and, for a
+/// failed attempt, the end of its log.
+pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
+    let build = &report.build;
+    let status = build.status.as_ref();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Build {}/{}",
+        build.namespace().unwrap_or_default(),
+        build.name_any()
+    );
+    let reason = reason_text(status);
+    let phase = if reason.is_empty() {
+        phase_text(status)
+    } else {
+        format!("{} ({reason})", phase_text(status))
+    };
+    field(&mut out, "Phase", phase);
+    field(
+        &mut out,
+        "Message",
+        status.and_then(|s| s.message.clone()).unwrap_or_default(),
+    );
+    field(&mut out, "Image", &build.spec.output.image);
+    field(
+        &mut out,
+        "Digest",
+        status
+            .and_then(|s| s.output.as_ref())
+            .map(|o| o.digest.clone())
+            .unwrap_or_default(),
+    );
+    let generation = build.metadata.generation.unwrap_or_default();
+    let observed = status.and_then(|s| s.observed_generation);
+    field(
+        &mut out,
+        "Generation",
+        match observed {
+            Some(o) if o == generation => generation.to_string(),
+            Some(o) => format!("{generation} (status describes {o})"),
+            None => format!("{generation} (not yet seen by the controller)"),
+        },
+    );
+    if let Some(status) = status.filter(|s| s.attempt > 0) {
+        field(
+            &mut out,
+            "Attempt",
+            format!(
+                "{} ({} of {} retries used)",
+                status.attempt, status.retries, build.spec.retries
+            ),
+        );
+    }
+    if let Some(start) = status.and_then(|s| s.start_time.as_ref()) {
+        field(
+            &mut out,
+            "Started",
+            format!("{} ago", age(Some(start), now)),
+        );
+    }
+    if let Some(status) = status
+        && let Some(took) = run_duration(status, now)
+    {
+        let finished = status.phase.is_some_and(Phase::is_terminal);
+        field(
+            &mut out,
+            if finished { "Took" } else { "Running for" },
+            short_duration(took),
+        );
+    }
+    if build.spec.cancel {
+        field(&mut out, "Cancel", "requested (spec.cancel is true)");
+    }
+
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    out.push_str("\nConditions:\n");
+    if conditions.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut table = Table::new(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
+        for c in conditions {
+            table.row(vec![
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                age(Some(&c.last_transition_time), now),
+                one_line(&c.message),
+            ]);
+        }
+        out.push_str(&table.render(2));
+    }
+
+    let attempts = status.map(|s| s.attempts.as_slice()).unwrap_or_default();
+    out.push_str("\nAttempts:\n");
+    if attempts.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut table = Table::new([
+            "#", "POD", "RESULT", "REASON", "STARTED", "DURATION", "DIGEST", "MESSAGE",
+        ]);
+        for a in attempts {
+            let took = a
+                .completion_time
+                .as_ref()
+                .map(|end| between(a.start_time.0, end.0))
+                .map(short_duration)
+                .unwrap_or_else(|| {
+                    format!("{} so far", short_duration(between(a.start_time.0, now)))
+                });
+            table.row(vec![
+                a.attempt.to_string(),
+                a.pod_name.clone(),
+                a.result
+                    .map(|r| format!("{r:?}"))
+                    .unwrap_or_else(|| "Running".to_owned()),
+                a.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                format!("{} ago", age(Some(&a.start_time), now)),
+                took,
+                a.digest
+                    .as_deref()
+                    .map(|d| d.chars().take(19).collect())
+                    .unwrap_or_default(),
+                one_line(a.message.as_deref().unwrap_or_default()),
+            ]);
+        }
+        out.push_str(&table.render(2));
+    }
+
+    out.push_str("\nEvents:\n");
+    if report.events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut table = Table::new(["AGE", "TYPE", "REASON", "MESSAGE"]);
+        for e in &report.events {
+            let at = e
+                .last_timestamp
+                .clone()
+                .or_else(|| e.first_timestamp.clone())
+                .or_else(|| e.event_time.as_ref().map(|t| Time(t.0)))
+                .or_else(|| e.metadata.creation_timestamp.clone());
+            table.row(vec![
+                age(at.as_ref(), now),
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                one_line(e.message.as_deref().unwrap_or_default()),
+            ]);
+        }
+        out.push_str(&table.render(2));
+    }
+
+    if let Some(log) = &report.failed_log {
+        let _ = writeln!(out, "\nLast log lines of pod {}:", log.pod);
+        match &log.lines {
+            Ok(lines) if lines.is_empty() => out.push_str("  <empty>\n"),
+            Ok(lines) => {
+                for line in lines {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+            Err(why) => {
+                let _ = writeln!(out, "  <unavailable: {why}>");
+            }
+        }
+    }
+    out
+}
+
+/// The first line of `text`, marked with `…` when more follows.
+fn one_line(text: &str) -> String {
+    let mut lines = text.trim().lines();
+    let first = lines.next().unwrap_or_default().to_owned();
+    if lines.next().is_some() {
+        format!("{first} …")
+    } else {
+        first
+    }
+}
+
+/// The last `count` lines of `log`.
+pub fn tail(log: &str, count: usize) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}
+
+/// The text of `kubectl kiln cache du`: totals, then one row per repository (sorted by name,
+/// as the service returns them).
+pub fn du_report(report: &DuReport, now: Timestamp) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Total:        {} in {} blobs ({} manifests, {} tags)",
+        format_size(report.total_bytes),
+        report.blobs.count,
+        report.manifests,
+        report.tags
+    );
+    let _ = writeln!(
+        out,
+        "Reclaimable:  {}",
+        format_size(report.reclaimable_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "Uploads:      {} in progress ({})",
+        report.uploads.count,
+        format_size(report.uploads.bytes)
+    );
+    let _ = writeln!(out, "Leases:       {}", report.leases);
+    out.push('\n');
+    let mut table = Table::new([
+        "REPOSITORY",
+        "TAGS",
+        "MANIFESTS",
+        "SIZE",
+        "LAST USED",
+        "MIRROR",
+    ]);
+    for repo in &report.repositories {
+        table.row(vec![
+            repo.name.to_string(),
+            repo.tags.to_string(),
+            repo.manifests.to_string(),
+            format_size(repo.bytes),
+            repo.last_used
+                .and_then(|secs| Timestamp::from_second(secs as i64).ok())
+                .map(|at| format!("{} ago", short_duration(between(at, now))))
+                .unwrap_or_default(),
+            if repo.mirror { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    if table.is_empty() {
+        out.push_str("No repositories.\n");
+    } else {
+        out.push_str(&table.render(0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::cacheapi::admin::{RepositoryUsage, Usage};
+    use crate::crd::condition::set_condition;
+    use crate::crd::fixtures::at;
+    use crate::crd::{
+        AttemptRecord, AttemptResult, CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus,
+        OutputStatus, Reason,
+    };
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn finished(name: &str, reason: Reason, phase: Phase) -> Build {
+        let mut status = BuildStatus {
+            phase: Some(phase),
+            observed_generation: Some(1),
+            attempt: 2,
+            retries: 1,
+            start_time: Some(Time(at(10))),
+            completion_time: Some(Time(at(100))),
+            ..BuildStatus::default()
+        };
+        let (succeeded, ready) = match phase {
+            Phase::Succeeded => (ConditionStatus::True, ConditionStatus::True),
+            _ => (ConditionStatus::False, ConditionStatus::False),
+        };
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SUCCEEDED,
+            succeeded,
+            reason,
+            "what happened\nand more",
+            Some(1),
+            at(100),
+        );
+        set_condition(
+            &mut status.conditions,
+            CONDITION_READY,
+            ready,
+            reason,
+            "",
+            Some(1),
+            at(100),
+        );
+        let record =
+            |attempt: u32, start: i64, result, reason, message: Option<&str>| AttemptRecord {
+                attempt,
+                pod_name: format!("{name}-{attempt}"),
+                pod_uid: None,
+                generation: 1,
+                start_time: Time(at(start)),
+                completion_time: Some(Time(at(start + 30 + 20 * i64::from(attempt - 1)))),
+                result: Some(result),
+                reason: Some(reason),
+                message: message.map(str::to_owned),
+                digest: (result == AttemptResult::Succeeded).then(|| DIGEST.to_owned()),
+                pod_retained_until: None,
+            };
+        let last = if phase == Phase::Succeeded {
+            AttemptResult::Succeeded
+        } else {
+            AttemptResult::Failed
+        };
+        status.attempts = vec![
+            record(
+                1,
+                10,
+                AttemptResult::Failed,
+                Reason::PodEvicted,
+                Some("The node was low on memory."),
+            ),
+            record(2, 50, last, reason, None),
+        ];
+        if phase == Phase::Succeeded {
+            status.output = Some(OutputStatus {
+                image: "registry.example.com/team/app:latest".into(),
+                digest: DIGEST.into(),
+                short_digest: "0123456789ab".into(),
+            });
+        }
+        Build::test(name).with_status(status)
+    }
+
+    #[test]
+    fn durations_show_their_two_largest_units() {
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m"),
+            (330, "5m30s"),
+            (3_600 * 3 + 5 * 60 + 7, "3h5m"),
+            (86_400 * 2 + 3_600 * 3, "2d3h"),
+            (86_400 * 40, "40d"),
+            (3_601, "1h"),
+        ] {
+            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn the_list_table_is_aligned_and_shows_phase_attempt_duration_and_digest() {
+        let mut running = Build::test("slow").with_status(BuildStatus {
+            phase: Some(Phase::Running),
+            attempt: 1,
+            start_time: Some(Time(at(0))),
+            ..BuildStatus::default()
+        });
+        running.metadata.namespace = Some("team-b".into());
+        let builds = vec![
+            finished("app", Reason::Succeeded, Phase::Succeeded),
+            Build::test("new"),
+            running,
+        ];
+        assert_eq!(
+            build_table(&builds, false, at(400)),
+            "\
+NAME   PHASE       REASON      ATTEMPT   DURATION   DIGEST                AGE
+app    Succeeded   Succeeded   2         1m30s      sha256:0123456789ab   6m40s
+new    Pending     -           -         -          -                     6m40s
+slow   Running     -           1         6m40s      -                     6m40s
+"
+        );
+        let all = build_table(&builds, true, at(400));
+        assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
+        assert!(all.contains("\nteam-b      slow "), "{all}");
+    }
+
+    #[test]
+    fn the_status_report_shows_conditions_attempts_events_and_the_failed_log() {
+        let build = finished("app", Reason::BuildFailed, Phase::Failed);
+        let event = Event {
+            metadata: ObjectMeta::default(),
+            type_: Some("Warning".into()),
+            reason: Some("BuildFailed".into()),
+            message: Some("RUN make exited with 2".into()),
+            last_timestamp: Some(Time(at(100))),
+            ..Event::default()
+        };
+        let report = StatusReport {
+            build,
+            events: vec![event],
+            failed_log: Some(FailedLog {
+                pod: "app-2".into(),
+                lines: Ok(vec!["#7 ERROR: process \"make\" did not complete".into()]),
+            }),
+        };
+        let text = status_report(&report, at(160));
+        assert_eq!(
+            text,
+            "\
+Build default/app
+Phase:      Failed (BuildFailed)
+Image:      registry.example.com/team/app:latest
+Generation: 1
+Attempt:    2 (1 of 2 retries used)
+Started:    2m30s ago
+Took:       1m30s
+
+Conditions:
+  TYPE        STATUS   REASON        AGE   MESSAGE
+  Ready       False    BuildFailed   1m    -
+  Succeeded   False    BuildFailed   1m    what happened …
+
+Attempts:
+  #   POD     RESULT   REASON        STARTED     DURATION   DIGEST   MESSAGE
+  1   app-1   Failed   PodEvicted    2m30s ago   30s        -        The node was low on memory.
+  2   app-2   Failed   BuildFailed   1m50s ago   50s        -        -
+
+Events:
+  AGE   TYPE      REASON        MESSAGE
+  1m    Warning   BuildFailed   RUN make exited with 2
+
+Last log lines of pod app-2:
+  #7 ERROR: process \"make\" did not complete
+"
+        );
+    }
+
+    #[test]
+    fn a_status_without_anything_says_none_and_a_missing_log_says_why() {
+        let report = StatusReport {
+            build: Build::test("fresh").generation(3),
+            events: Vec::new(),
+            failed_log: Some(FailedLog {
+                pod: "fresh-1".into(),
+                lines: Err("pod fresh-1 is gone".into()),
+            }),
+        };
+        let text = status_report(&report, at(5));
+        assert!(text.contains("Phase:      Pending\n"), "{text}");
+        assert!(
+            text.contains("Generation: 3 (not yet seen by the controller)"),
+            "{text}"
+        );
+        assert!(text.contains("Conditions:\n  <none>\n"), "{text}");
+        assert!(text.contains("Attempts:\n  <none>\n"), "{text}");
+        assert!(text.contains("Events:\n  <none>\n"), "{text}");
+        assert!(
+            text.contains("  <unavailable: pod fresh-1 is gone>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), ["b", "c"]);
+        assert_eq!(tail("a", 5), ["a"]);
+        assert!(tail("", 3).is_empty());
+    }
+
+    #[test]
+    fn du_shows_totals_and_repositories() {
+        let report = DuReport {
+            total_bytes: 2_500_000,
+            reclaimable_bytes: 1_000,
+            blobs: Usage {
+                count: 7,
+                bytes: 2_500_000,
+            },
+            manifests: 3,
+            tags: 2,
+            uploads: Usage::default(),
+            leases: 1,
+            repositories: vec![RepositoryUsage {
+                name: "team-a/app".parse().unwrap(),
+                tags: 2,
+                manifests: 3,
+                bytes: 2_500_000,
+                last_used: Some(at(0).as_second() as u64),
+                mirror: false,
+            }],
+        };
+        assert_eq!(
+            du_report(&report, at(90)),
+            "\
+Total:        2.50MB in 7 blobs (3 manifests, 2 tags)
+Reclaimable:  1.00kB
+Uploads:      0 in progress (0B)
+Leases:       1
+
+REPOSITORY   TAGS   MANIFESTS   SIZE     LAST USED   MIRROR
+team-a/app   2      3           2.50MB   1m30s ago   no
+"
+        );
+        assert!(du_report(&DuReport::default(), at(0)).ends_with("No repositories.\n"));
+    }
+}

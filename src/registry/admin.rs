@@ -1,0 +1,727 @@
+//! The admin API under `/admin/v1/` (the contract is [`crate::cacheapi::admin`]): du, prune,
+//! verify, leases, tag and repository deletes, over the store, for the admin token only.
+//! The handlers do the store I/O; turning store reports into the contract's bodies is pure
+//! (the `*_report` functions).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::cacheapi::admin::{
+    self, AdminPathError, AdminRoute, CorruptBlob, DuReport, EntryKind, LeaseReleased,
+    LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport, PruneRequest,
+    PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
+    VerifyRequest,
+};
+use crate::digest::Digest;
+use crate::registry::auth::{Access, Resource};
+use crate::registry::body::read_capped;
+use crate::registry::error::RegistryError;
+use crate::registry::metrics::RouteLabel;
+use crate::registry::name::{RepoName, Tag};
+use crate::registry::route::{Reply, check};
+use crate::registry::service::Registry;
+use crate::store::{
+    self, GcOptions, GcReport, ItemKind, LeaseTarget, Listing, Policy, Problem, UploadStatus,
+    VerifyOptions,
+};
+
+/// The largest admin request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// Every `/admin/v1/…` request.
+pub async fn handle(
+    State(registry): State<Registry>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let route = AdminRoute::parse(uri.path()).map_err(path_error)?;
+        check(&registry, &headers, Resource::Admin, Access::Pull)?;
+        match (method, route) {
+            (Method::GET, AdminRoute::Du) => du(&registry).await,
+            (Method::POST, AdminRoute::Prune) => prune(&registry, read_json(body).await?).await,
+            (Method::POST, AdminRoute::Verify) => verify(&registry, read_json(body).await?).await,
+            (Method::PUT, AdminRoute::Lease { name }) => {
+                put_lease(&registry, name, read_json(body).await?).await
+            }
+            (Method::DELETE, AdminRoute::Lease { name }) => {
+                let owned = name.to_string();
+                let released = registry
+                    .blocking("release a lease", move |store| store.lease_release(&owned))
+                    .await?;
+                Reply::new(StatusCode::OK).json(&LeaseReleased { released })
+            }
+            (Method::DELETE, AdminRoute::Tag { name, tag }) => {
+                delete_tag(&registry, name, tag).await
+            }
+            (Method::DELETE, AdminRoute::Repository { name }) => {
+                delete_repository(&registry, name).await
+            }
+            (method, route) => Err(RegistryError::Unsupported {
+                reason: format!("{method} is not served on {}", route.path()),
+            }),
+        }
+    }
+    .await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(RouteLabel("admin"));
+    response
+}
+
+fn path_error(err: AdminPathError) -> RegistryError {
+    match err {
+        AdminPathError::Unknown(path) => RegistryError::RouteUnknown { path },
+        AdminPathError::Name(err) => err.into(),
+        AdminPathError::Lease(err) => RegistryError::NameInvalid {
+            reason: err.to_string(),
+        },
+        AdminPathError::Tag(err) => RegistryError::ManifestInvalid {
+            reason: err.to_string(),
+        },
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, RegistryError> {
+    let bytes = read_capped(body, MAX_BODY, "request").await?;
+    serde_json::from_slice(&bytes).map_err(|err| RegistryError::ManifestInvalid {
+        reason: format!("the request body is not what this endpoint takes: {err}"),
+    })
+}
+
+async fn du(registry: &Registry) -> Result<Response, RegistryError> {
+    let auth = registry.auth().clone();
+    let report = registry
+        .blocking("compute disk usage", move |store| {
+            let du = store.du()?;
+            let listing = store.listing()?;
+            let uploads = store.uploads();
+            let now_ms = store.clock().now_ms();
+            Ok(du_report(&du, &listing, &uploads, now_ms, |name| {
+                auth.is_mirror(name)
+            }))
+        })
+        .await?;
+    Reply::new(StatusCode::OK).json(&report)
+}
+
+/// The contract's disk usage from the store's: totals, uploads, live leases, and per
+/// repository its tags, manifests, the bytes linked into it and its last use.
+pub fn du_report(
+    du: &store::DuReport,
+    listing: &Listing,
+    uploads: &[UploadStatus],
+    now_ms: u64,
+    is_mirror: impl Fn(&RepoName) -> bool,
+) -> DuReport {
+    let upload_bytes: u64 = uploads.iter().map(|u| u.size).sum();
+    let blobs: BTreeMap<Digest, (u64, u64)> = listing
+        .blobs
+        .iter()
+        .map(|b| (b.digest, (b.size, b.accessed_ms)))
+        .collect();
+    let manifests: BTreeSet<Digest> = listing.manifests.iter().map(|m| m.digest).collect();
+    let mut per_repo: BTreeMap<&str, RepoTotals> = BTreeMap::new();
+    for link in &listing.links {
+        let totals = per_repo.entry(link.repo.as_str()).or_default();
+        if let Some((size, accessed_ms)) = blobs.get(&link.digest) {
+            totals.bytes += size;
+            totals.last_used_ms = totals.last_used_ms.max(*accessed_ms);
+        }
+        totals.manifests += u64::from(manifests.contains(&link.digest));
+    }
+    for tag in &listing.tags {
+        per_repo.entry(tag.repo.as_str()).or_default().tags += 1;
+    }
+    let repositories = per_repo
+        .into_iter()
+        .filter_map(|(repo, totals)| {
+            // The registry writes only valid names; anything else came from outside it.
+            let name = RepoName::parse(repo).ok()?;
+            Some(RepositoryUsage {
+                mirror: is_mirror(&name),
+                name,
+                tags: totals.tags,
+                manifests: totals.manifests,
+                bytes: totals.bytes,
+                last_used: (totals.last_used_ms > 0).then_some(totals.last_used_ms / 1000),
+            })
+        })
+        .collect();
+    DuReport {
+        total_bytes: du.total_bytes + upload_bytes,
+        reclaimable_bytes: du.reclaimable_bytes,
+        blobs: Usage {
+            count: du.blobs,
+            bytes: du.total_bytes,
+        },
+        manifests: du.manifests,
+        tags: du.tags,
+        uploads: Usage {
+            count: uploads.len() as u64,
+            bytes: upload_bytes,
+        },
+        leases: listing
+            .leases
+            .iter()
+            .filter(|lease| lease.expires_ms > now_ms)
+            .count() as u64,
+        repositories,
+    }
+}
+
+#[derive(Default)]
+struct RepoTotals {
+    tags: u64,
+    manifests: u64,
+    bytes: u64,
+    last_used_ms: u64,
+}
+
+/// The GC options of a prune request. `all` has no grace window: it removes everything no
+/// lease or upload protects, recent blobs included, as `kiln cache prune --all` does.
+pub fn gc_options(request: &PruneRequest) -> GcOptions {
+    let PruneRequest { policy, dry_run } = *request;
+    let (policy, grace) = match policy {
+        PrunePolicy::All => (
+            Policy {
+                all: true,
+                ..Policy::default()
+            },
+            Duration::ZERO,
+        ),
+        PrunePolicy::KeepStorage { bytes } => (
+            Policy {
+                keep_storage: Some(bytes),
+                ..Policy::default()
+            },
+            GcOptions::default().grace,
+        ),
+        PrunePolicy::KeepDuration { seconds } => (
+            Policy {
+                keep_duration: Some(Duration::from_secs(seconds)),
+                ..Policy::default()
+            },
+            GcOptions::default().grace,
+        ),
+    };
+    GcOptions {
+        policy,
+        grace,
+        dry_run,
+        ..GcOptions::default()
+    }
+}
+
+async fn prune(registry: &Registry, request: PruneRequest) -> Result<Response, RegistryError> {
+    let options = gc_options(&request);
+    let (report, leased) = registry
+        .blocking("prune", move |store| {
+            let now = store.clock().now_ms();
+            let leased: BTreeSet<Digest> = store
+                .leases()?
+                .into_iter()
+                .filter(|lease| lease.expires_ms > now)
+                .flat_map(|lease| lease.digests)
+                .collect();
+            Ok((store.gc(&options)?, leased.len() as u64))
+        })
+        .await?;
+    record_gc(registry, &report);
+    Reply::new(StatusCode::OK).json(&prune_report(&report, leased))
+}
+
+/// Counts a GC run (online or through the admin API) in the metrics.
+pub fn record_gc(registry: &Registry, report: &GcReport) {
+    let metrics = registry.metrics();
+    metrics
+        .gc_runs
+        .get_or_create(&crate::registry::metrics::GcLabels { result: "ok" })
+        .inc();
+    if !report.dry_run {
+        metrics.gc_freed_bytes.inc_by(report.bytes_freed);
+        metrics
+            .store_bytes
+            .set(i64::try_from(report.bytes_after).unwrap_or(i64::MAX));
+    }
+}
+
+/// The contract's prune report from a GC report: tags, manifests and blobs removed, sorted
+/// by (kind, repository, tag, digest). Expired leases are not entries; `leased` is the
+/// number of digests live leases hold (roots the prune had to keep).
+pub fn prune_report(report: &GcReport, leased: u64) -> PruneReport {
+    let mut removed: Vec<PrunedEntry> = report
+        .removed
+        .iter()
+        .filter_map(|removal| {
+            let reason = removal.reason.as_str().to_owned();
+            let entry = |kind| PrunedEntry {
+                kind,
+                repository: None,
+                tag: None,
+                digest: None,
+                bytes: removal.size,
+                reason: reason.clone(),
+            };
+            match removal.kind {
+                ItemKind::Lease => None,
+                ItemKind::Tag => {
+                    let (repo, tag) = removal.name.rsplit_once(':')?;
+                    Some(PrunedEntry {
+                        repository: RepoName::parse(repo).ok(),
+                        tag: Tag::parse(tag).ok(),
+                        ..entry(EntryKind::Tag)
+                    })
+                }
+                ItemKind::Manifest | ItemKind::Blob => Some(PrunedEntry {
+                    digest: removal.name.parse().ok(),
+                    ..entry(if removal.kind == ItemKind::Manifest {
+                        EntryKind::Manifest
+                    } else {
+                        EntryKind::Blob
+                    })
+                }),
+            }
+        })
+        .collect();
+    removed.sort_by(|a, b| {
+        (a.kind, &a.repository, &a.tag, &a.digest).cmp(&(b.kind, &b.repository, &b.tag, &b.digest))
+    });
+    PruneReport {
+        dry_run: report.dry_run,
+        freed_bytes: report.bytes_freed,
+        removed,
+        kept_by_leases: leased,
+    }
+}
+
+async fn verify(registry: &Registry, request: VerifyRequest) -> Result<Response, RegistryError> {
+    let VerifyRequest { repair } = request;
+    let report = registry
+        .blocking("verify", move |store| {
+            let before = store.listing()?;
+            let report = store.verify(&VerifyOptions {
+                repair,
+                ..VerifyOptions::default()
+            })?;
+            Ok(verify_report(&report, &before))
+        })
+        .await?;
+    Reply::new(StatusCode::OK).json(&report)
+}
+
+/// The contract's verify report: corrupt blobs (with their sizes from `before`, the
+/// listing taken before the verify), missing references per repository holding the
+/// manifest, what repair dropped, and every other problem as a sentence.
+pub fn verify_report(report: &store::VerifyReport, before: &Listing) -> VerifyReport {
+    let sizes: BTreeMap<Digest, u64> = before.blobs.iter().map(|b| (b.digest, b.size)).collect();
+    let mut holders: BTreeMap<Digest, Vec<RepoName>> = BTreeMap::new();
+    for link in &before.links {
+        if let Ok(name) = RepoName::parse(&link.repo) {
+            holders.entry(link.digest).or_default().push(name);
+        }
+    }
+    let mut out = VerifyReport {
+        blobs_checked: report.blobs_checked,
+        bytes_checked: report.bytes_checked,
+        repaired: report.dropped.clone(),
+        ..VerifyReport::default()
+    };
+    for problem in &report.problems {
+        match problem {
+            Problem::Corrupt { digest, actual } => out.corrupt.push(CorruptBlob {
+                digest: *digest,
+                actual: *actual,
+                bytes: sizes.get(digest).copied().unwrap_or(0),
+                quarantined: report.repaired,
+            }),
+            Problem::Dangling {
+                table: "manifests",
+                key,
+                missing,
+            } if key
+                .parse::<Digest>()
+                .is_ok_and(|d| holders.contains_key(&d)) =>
+            {
+                if let Ok(manifest) = key.parse::<Digest>() {
+                    for repository in holders.get(&manifest).into_iter().flatten() {
+                        out.missing.push(MissingReference {
+                            repository: repository.clone(),
+                            manifest,
+                            missing: *missing,
+                        });
+                    }
+                }
+            }
+            other => out.problems.push(other.to_string()),
+        }
+    }
+    out.corrupt.sort_by_key(|c| c.digest);
+    out.missing.sort_by(|a, b| {
+        (&a.repository, a.manifest, a.missing).cmp(&(&b.repository, b.manifest, b.missing))
+    });
+    out.repaired.sort();
+    out.problems.sort();
+    out
+}
+
+async fn put_lease(
+    registry: &Registry,
+    name: admin::LeaseName,
+    request: LeaseRequest,
+) -> Result<Response, RegistryError> {
+    let LeaseRequest {
+        targets,
+        ttl_seconds,
+    } = request;
+    let targets: Vec<LeaseTarget> = targets
+        .into_iter()
+        .map(|target| match target {
+            admin::LeaseTarget::Tag { repository, tag } => LeaseTarget::Tag {
+                repo: repository.to_string(),
+                tag: tag.to_string(),
+            },
+            admin::LeaseTarget::Digest { digest } => LeaseTarget::Digest(digest),
+        })
+        .collect();
+    let owned = name.to_string();
+    let (lease, existed) = registry
+        .blocking("take a lease", move |store| {
+            let existed = store.leases()?.iter().any(|lease| lease.name == owned);
+            let lease = store.lease_acquire(&owned, &targets, Duration::from_secs(ttl_seconds))?;
+            Ok((lease, existed))
+        })
+        .await?;
+    Reply::new(StatusCode::OK).json(&LeaseResponse {
+        name,
+        created: !existed,
+        expires_at: lease.expires_ms / 1000,
+        digests: lease.digests,
+    })
+}
+
+async fn delete_tag(
+    registry: &Registry,
+    name: RepoName,
+    tag: Tag,
+) -> Result<Response, RegistryError> {
+    let (repo, tag_name) = (name.to_string(), tag.to_string());
+    let removed = registry
+        .blocking("delete a tag", move |store| {
+            let reference = store::Reference::Tag(tag_name.clone());
+            let Some(manifest) = store.manifest(&repo, &reference)? else {
+                return Ok(None);
+            };
+            Ok(store.untag(&repo, &tag_name)?.then_some(manifest.digest))
+        })
+        .await?;
+    let manifest = removed.ok_or_else(|| RegistryError::ManifestUnknown {
+        reference: format!("{name}:{tag}"),
+    })?;
+    Reply::new(StatusCode::OK).json(&TagDeleted {
+        repository: name,
+        tag,
+        manifest,
+    })
+}
+
+async fn delete_repository(registry: &Registry, name: RepoName) -> Result<Response, RegistryError> {
+    let repo = name.to_string();
+    let deleted = registry
+        .blocking("delete a repository", move |store| {
+            store.delete_repository(&repo)
+        })
+        .await?;
+    if deleted.tags == 0 && deleted.links == 0 {
+        return Err(RegistryError::NameUnknown {
+            name: name.to_string(),
+        });
+    }
+    Reply::new(StatusCode::OK).json(&RepositoryDeleted {
+        repository: name,
+        tags_removed: deleted.tags,
+        manifests_removed: deleted.manifests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cacheapi::token::Action;
+    use crate::registry::testing::{Answer, TestRegistry, admin, token};
+    use serde_json::json;
+
+    async fn call(
+        registry: &TestRegistry,
+        method: Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Answer {
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
+        registry
+            .call(method, path, &[("authorization", &admin())], body)
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_needs_the_admin_token() {
+        let registry = TestRegistry::authenticated();
+        registry
+            .get("/admin/v1/du")
+            .await
+            .expect(401, Some("UNAUTHORIZED"));
+        let build = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
+        registry
+            .call(
+                Method::GET,
+                "/admin/v1/du",
+                &[("authorization", &build)],
+                Body::empty(),
+            )
+            .await
+            .expect(403, Some("DENIED"));
+        call(&registry, Method::GET, "/admin/v1/du", json!(null))
+            .await
+            .expect(200, None);
+        // Paths, methods and bodies are checked.
+        call(&registry, Method::GET, "/admin/v1/gc", json!(null))
+            .await
+            .expect(404, Some("UNSUPPORTED"));
+        call(&registry, Method::GET, "/admin/v1/prune", json!(null))
+            .await
+            .expect(405, Some("UNSUPPORTED"));
+        call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "most"}}),
+        )
+        .await
+        .expect(400, Some("MANIFEST_INVALID"));
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/repositories/Bad",
+            json!(null),
+        )
+        .await
+        .expect(400, Some("NAME_INVALID"));
+        call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/a%2Fb",
+            json!(null),
+        )
+        .await
+        .expect(400, Some("NAME_INVALID"));
+    }
+
+    #[tokio::test]
+    async fn du_leases_prune_and_deletes_over_http() {
+        let registry = TestRegistry::open();
+        let (_, kept) = registry.push_image("team-a/cache", "v1", "kept").await;
+        registry.push_image("team-a/cache", "v2", "dropped").await;
+        registry.push_image("team-b/app", "v1", "b").await;
+
+        let du = call(&registry, Method::GET, "/admin/v1/du", json!(null)).await;
+        du.expect(200, None);
+        let du: DuReport = serde_json::from_slice(&du.body).unwrap();
+        assert_eq!((du.blobs.count, du.manifests, du.tags), (9, 3, 3));
+        let names: Vec<&str> = du.repositories.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["team-a/cache", "team-b/app"]);
+        assert_eq!(
+            (du.repositories[0].tags, du.repositories[0].manifests),
+            (2, 2)
+        );
+
+        let lease = call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-1",
+            json!({"targets": [{"repository": "team-a/cache", "tag": "v1"}], "ttl_seconds": 600}),
+        )
+        .await;
+        lease.expect(200, None);
+        let lease: LeaseResponse = serde_json::from_slice(&lease.body).unwrap();
+        assert!(lease.created);
+        assert_eq!(lease.digests, [kept]);
+        let again = call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-1",
+            json!({"targets": [{"digest": kept.to_string()}], "ttl_seconds": 600}),
+        )
+        .await;
+        assert!(
+            !serde_json::from_slice::<LeaseResponse>(&again.body)
+                .unwrap()
+                .created
+        );
+        call(
+            &registry,
+            Method::PUT,
+            "/admin/v1/leases/build-2",
+            json!({"targets": [{"digest": Digest::of(b"absent").to_string()}], "ttl_seconds": 1}),
+        )
+        .await
+        .expect(404, Some("MANIFEST_UNKNOWN"));
+
+        let dry = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}, "dry_run": true}),
+        )
+        .await;
+        dry.expect(200, None);
+        let dry: PruneReport = serde_json::from_slice(&dry.body).unwrap();
+        assert!(dry.dry_run && dry.freed_bytes > 0);
+        assert_eq!(dry.kept_by_leases, 1);
+
+        // Deletes answer what they removed, then 404 the second time.
+        for (path, gone) in [
+            (
+                "/admin/v1/repositories/team-a/cache/_tags/v2",
+                "MANIFEST_UNKNOWN",
+            ),
+            ("/admin/v1/repositories/team-b/app", "NAME_UNKNOWN"),
+        ] {
+            let first = call(&registry, Method::DELETE, path, json!(null)).await;
+            first.expect(200, None);
+            if path.ends_with("/app") {
+                let deleted: RepositoryDeleted = serde_json::from_slice(&first.body).unwrap();
+                assert_eq!((deleted.tags_removed, deleted.manifests_removed), (1, 1));
+            }
+            call(&registry, Method::DELETE, path, json!(null))
+                .await
+                .expect(404, Some(gone));
+        }
+
+        // Prune everything: only what the lease holds stays.
+        let pruned = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}}),
+        )
+        .await;
+        pruned.expect(200, None);
+        let pruned: PruneReport = serde_json::from_slice(&pruned.body).unwrap();
+        assert!(!pruned.dry_run);
+        let kinds: Vec<EntryKind> = pruned.removed.iter().map(|e| e.kind).collect();
+        let mut sorted = kinds.clone();
+        sorted.sort();
+        assert_eq!(kinds, sorted, "removals are sorted by kind");
+        registry
+            .get(&format!("/v2/team-a/cache/manifests/{kept}"))
+            .await
+            .expect(200, None);
+
+        let released = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/build-1",
+            json!(null),
+        )
+        .await;
+        assert_eq!(released.json(), json!({"released": true}));
+        let released = call(
+            &registry,
+            Method::DELETE,
+            "/admin/v1/leases/build-1",
+            json!(null),
+        )
+        .await;
+        assert_eq!(released.json(), json!({"released": false}));
+        call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}}),
+        )
+        .await
+        .expect(200, None);
+        assert!(registry.registry.store().listing().unwrap().is_empty());
+        let metrics = registry.get("/metrics").await;
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(
+            text.contains("kiln_cache_gc_runs_total{result=\"ok\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_reports_corruption_and_repairs_it() {
+        let registry = TestRegistry::open();
+        let (_, manifest) = registry.push_image("a", "v1", "x").await;
+        let verified = call(&registry, Method::POST, "/admin/v1/verify", json!({})).await;
+        verified.expect(200, None);
+        let clean: VerifyReport = serde_json::from_slice(&verified.body).unwrap();
+        assert!(clean.is_clean(), "{clean:?}");
+        assert_eq!(clean.blobs_checked, 3);
+
+        // Corrupt the layer on disk.
+        let listing = registry.registry.store().listing().unwrap();
+        let layer = listing
+            .blobs
+            .iter()
+            .find(|b| b.digest != manifest && b.size == "layer of x".len() as u64)
+            .unwrap()
+            .digest;
+        std::fs::write(
+            registry.registry.store().layout().blob(&layer),
+            b"LAYER OF X",
+        )
+        .unwrap();
+        let found = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/verify",
+            json!({"repair": true}),
+        )
+        .await;
+        let found: VerifyReport = serde_json::from_slice(&found.body).unwrap();
+        assert_eq!(found.corrupt.len(), 1);
+        assert_eq!(found.corrupt[0].digest, layer);
+        assert_eq!(found.corrupt[0].bytes, 10);
+        assert!(found.corrupt[0].quarantined);
+        assert!(found.repaired.contains(&manifest), "{found:?}");
+        let after = call(&registry, Method::POST, "/admin/v1/verify", json!({})).await;
+        assert!(
+            serde_json::from_slice::<VerifyReport>(&after.body)
+                .unwrap()
+                .is_clean()
+        );
+    }
+
+    #[test]
+    fn prune_requests_map_to_gc_options() {
+        let all = gc_options(&PruneRequest {
+            policy: PrunePolicy::All,
+            dry_run: true,
+        });
+        assert!(all.policy.all && all.dry_run && all.grace.is_zero());
+        let storage = gc_options(&PruneRequest {
+            policy: PrunePolicy::KeepStorage { bytes: 10 },
+            dry_run: false,
+        });
+        assert_eq!(storage.policy.keep_storage, Some(10));
+        assert_eq!(storage.grace, GcOptions::default().grace);
+        let age = gc_options(&PruneRequest {
+            policy: PrunePolicy::KeepDuration { seconds: 60 },
+            dry_run: false,
+        });
+        assert_eq!(age.policy.keep_duration, Some(Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,73 @@
+//! The test kubelet's fake node: registered once per cluster, Ready, untainted. Test code
+//! only; does I/O (creates and patches a Node).
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use super::{NODE_IP, NODE_NAME};
+
+/// Registers [`NODE_NAME`] as a Ready, untainted node (idempotent: every kubelet of the
+/// test binary shares it). Without the node lifecycle controller nothing marks it
+/// NotReady, so no heartbeat is needed.
+pub async fn register(client: &Client) {
+    let nodes = Api::<Node>::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": NODE_NAME,
+            "labels": {
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kiln.dev/test-node": "true",
+            },
+        },
+    }))
+    .expect("a Node");
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => return,
+        Err(err) => panic!("registering the test node {NODE_NAME}: {err}"),
+    }
+    // Admission taints a new node not-ready; a kubelet's node lifecycle would lift it.
+    let untaint = serde_json::json!({ "spec": { "taints": null } });
+    nodes
+        .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&untaint))
+        .await
+        .unwrap_or_else(|err| panic!("untainting the test node {NODE_NAME}: {err}"));
+    let now = Timestamp::now().to_string();
+    let capacity = serde_json::json!({
+        "cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi",
+    });
+    let condition = |kind: &str, status: &str, reason: &str| {
+        serde_json::json!({
+            "type": kind, "status": status, "reason": reason,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        })
+    };
+    let status = serde_json::json!({ "status": {
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+            condition("Ready", "True", "KubeletReady"),
+        ],
+        "addresses": [
+            { "type": "InternalIP", "address": NODE_IP },
+            { "type": "Hostname", "address": NODE_NAME },
+        ],
+        "capacity": capacity,
+        "allocatable": capacity,
+        "nodeInfo": {
+            "machineID": "kiln-test", "systemUUID": "kiln-test", "bootID": "kiln-test",
+            "kernelVersion": "6.1.0", "osImage": "kiln test kubelet (no containers run)",
+            "containerRuntimeVersion": "kiln-test://0", "kubeletVersion": "v1.36.4",
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+        },
+    }});
+    nodes
+        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|err| panic!("marking the test node {NODE_NAME} Ready: {err}"));
+}
