@@ -155,7 +155,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         Ok(BlobWriter {
             store: self.clone(),
-            temp: TempBlob::create(self.temp_path("ingest"))?,
+            temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
             guard: None,
         })
     }
@@ -176,7 +176,7 @@ impl Store {
                 }
                 Ok(Ingest::Write(BlobWriter {
                     store: self.clone(),
-                    temp: TempBlob::create(self.temp_path("ingest"))?,
+                    temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
                     guard: Some(guard),
                 }))
             }
@@ -396,7 +396,7 @@ impl Store {
         bytes: &[u8],
         extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
     ) -> Result<BlobInfo> {
-        let mut temp = TempBlob::create(self.temp_path("manifest"))?;
+        let mut temp = TempBlob::create(self.temp_path("manifest"), self.inner.sync)?;
         temp.write(bytes)?;
         let digest = Digest::of(bytes);
         self.commit_temp(temp, None, digest, Some(bytes.len() as u64), repo, extra)

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 
 use crate::digest::Digest;
 use crate::store::backend::UnsyncedFile;
@@ -226,6 +228,27 @@ impl Store {
         body: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
         write(&self.inner, action, body)
+    }
+
+    /// A write transaction whose loss in a crash is harmless: it is visible to every later
+    /// transaction at once, but reaches the disk only with the next durable commit. Only for
+    /// rows that recovery removes anyway (upload sessions, which do not survive a restart):
+    /// it saves their fsync.
+    pub(crate) fn write_discardable<T>(
+        &self,
+        action: &'static str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(StoreError::db(action))?;
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::db(action))?;
+        let value = body(&txn)?;
+        txn.commit().map_err(StoreError::db(action))?;
+        Ok(value)
     }
 
     /// A read transaction: a consistent snapshot.
