@@ -4,7 +4,8 @@
 //! baseline), and peak memory.
 //!
 //! `cargo bench --bench store_gc`; sizes: KILN_BENCH_GC_MANIFESTS (100000; blobs are ten
-//! per manifest), KILN_BENCH_GC_BATCH (1024).
+//! per manifest), KILN_BENCH_GC_BATCH (1024). `RUST_LOG=kiln::store=debug` also prints the
+//! GC's phases.
 
 mod common;
 
@@ -57,6 +58,13 @@ fn stats(latencies: &mut [Duration]) -> (Duration, Duration, usize) {
 }
 
 fn main() {
+    // `RUST_LOG=kiln::store=debug` shows the GC's phases.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let manifests = common::size("KILN_BENCH_GC_MANIFESTS", 100_000, 200) as usize;
     let batch = common::size("KILN_BENCH_GC_BATCH", 1024, 64) as usize;
     let dir = tempfile::tempdir().unwrap();

@@ -230,11 +230,12 @@ impl Store {
         write(&self.inner, action, body)
     }
 
-    /// A write transaction whose loss in a crash is harmless: it is visible to every later
-    /// transaction at once, but reaches the disk only with the next durable commit. Only for
-    /// rows that recovery removes anyway (upload sessions, which do not survive a restart):
-    /// it saves their fsync.
-    pub(crate) fn write_discardable<T>(
+    /// A write transaction that reaches the disk only with the next durable commit (any
+    /// [`Store::write`], whoever makes it); every later transaction sees it at once. A crash
+    /// before that loses it, so it is only for changes whose loss is harmless: upload rows,
+    /// which recovery removes anyway, and GC sweep batches, whose files are removed only
+    /// once a durable commit covers them. It saves their fsync.
+    pub(crate) fn write_lazy<T>(
         &self,
         action: &'static str,
         body: impl FnOnce(&WriteTransaction) -> Result<T>,

@@ -23,7 +23,7 @@ use crate::store::flight::lock;
 use crate::store::gc::{self, Graph, ManifestEdges, Node, Plan, Policy, Reason};
 use crate::store::handle::Store;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestEdgesRow};
-use crate::store::unlinker::Unlinker;
+use crate::store::unlinker::{Doomed, Unlinker};
 
 /// How to run a GC.
 #[derive(Debug, Clone, Serialize)]
@@ -279,6 +279,9 @@ const UNLINK_THREADS: usize = 4;
 /// Below this many candidates the sweep unlinks on its own thread: starting threads would
 /// cost more than they save.
 const UNLINK_THREADS_FROM: usize = 256;
+/// Sweep batches are committed without fsync, and every this many a batch is durable (so
+/// is the last): the fsync was half of a batch's time, and writers wait for batches.
+const DURABLE_EVERY: usize = 8;
 
 impl Store {
     /// Runs one GC: flush access times, mark over a snapshot, plan by `options.policy`,
@@ -422,7 +425,15 @@ impl Store {
             UNLINK_THREADS
         });
         let mut in_writes = Duration::ZERO;
-        for batch in plan.sweep.chunks(options.batch.max(1)) {
+        // Files whose rows are gone in a commit that is not durable yet: a crash would
+        // bring the rows back, so the files wait (with their flights) for a durable one.
+        // The last batch is durable; if a batch fails, these files stay, with or without
+        // their rows, for the next GC or recovery.
+        let mut not_durable: Vec<Doomed> = Vec::new();
+        let batches = plan.sweep.chunks(options.batch.max(1));
+        let last = batches.len();
+        for (n, batch) in batches.enumerate() {
+            let durable = (n + 1) % DURABLE_EVERY == 0 || n + 1 == last;
             let mut claimed = Vec::with_capacity(batch.len());
             for &(digest, size, _) in batch {
                 match self.inner.flights.try_claim(digest) {
@@ -435,7 +446,7 @@ impl Store {
                 }
             }
             let writing = Instant::now();
-            let removed = self.write(action, |txn| {
+            let body = |txn: &WriteTransaction| {
                 protected.absorb(self.barrier_drain());
                 protected.expand(txn)?;
                 let mut blobs = txn
@@ -490,16 +501,22 @@ impl Store {
                     removed.push((digest, size, manifest.is_some(), guard));
                 }
                 Ok(removed)
-            })?;
+            };
+            let removed = if durable {
+                self.write(action, body)?
+            } else {
+                self.write_lazy(action, body)?
+            };
             in_writes += writing.elapsed();
-            // The rows are gone and committed; the files go on the unlinker's threads, each
-            // with its digest's flight, while the next batch runs.
-            let mut doomed = Vec::with_capacity(removed.len());
             for (digest, size, is_manifest, guard) in removed {
                 report.record_blob(digest, size, is_manifest, options.max_listed);
-                doomed.push((self.inner.layout.blob(&digest), guard));
+                not_durable.push((self.inner.layout.blob(&digest), guard));
             }
-            unlinker.remove(doomed)?;
+            if durable {
+                // The rows are gone for good; the files go on the unlinker's threads, each
+                // with its digest's flight, while the next batches run.
+                unlinker.remove(std::mem::take(&mut not_durable))?;
+            }
         }
         let waiting = Instant::now();
         let finished = unlinker.finish();

@@ -7,9 +7,10 @@
 //! overlap those waits.
 //!
 //! # Why it is safe
-//! - A file is handed over only once the transaction that removed its row has committed,
-//!   so a crash at any point leaves at worst files without rows: garbage that recovery
-//!   re-verifies and adopts or deletes, never a row without its file.
+//! - A file is handed over only once the removal of its row is durable (its batch, or a
+//!   later one, committed with fsync), so a crash at any point leaves at worst files
+//!   without rows: garbage that recovery re-verifies and adopts or deletes, never a row
+//!   without its file.
 //! - Each file travels with the flight of its digest (see [`crate::store::flight`]), held
 //!   until the file is gone: an ingest of the same digest waits for it, and cannot rename
 //!   a new file into place that this unlink would then remove.

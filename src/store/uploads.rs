@@ -45,7 +45,7 @@ impl Store {
             started_ms: now,
         };
         // Upload rows are removed by recovery after a crash, so they need no fsync.
-        self.write_discardable("create upload", |txn| {
+        self.write_lazy("create upload", |txn| {
             let mut uploads = txn
                 .open_table(tables::UPLOADS)
                 .map_err(StoreError::db("create upload"))?;
@@ -157,7 +157,7 @@ impl Store {
     }
 
     fn remove_upload_row(&self, id: &str) -> Result<()> {
-        self.write_discardable("remove upload", |txn| {
+        self.write_lazy("remove upload", |txn| {
             let mut uploads = txn
                 .open_table(tables::UPLOADS)
                 .map_err(StoreError::db("remove upload"))?;
