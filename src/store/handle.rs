@@ -227,7 +227,7 @@ impl Store {
         action: &'static str,
         body: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
-        write(&self.inner, action, body)
+        write(&self.inner, Durability::Immediate, action, body)
     }
 
     /// A write transaction that reaches the disk only with the next durable commit (any
@@ -240,16 +240,7 @@ impl Store {
         action: &'static str,
         body: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
-        let mut txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(StoreError::db(action))?;
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::db(action))?;
-        let value = body(&txn)?;
-        txn.commit().map_err(StoreError::db(action))?;
-        Ok(value)
+        write(&self.inner, Durability::None, action, body)
     }
 
     /// A read transaction: a consistent snapshot.
@@ -274,10 +265,13 @@ impl Store {
 
 fn write<T>(
     inner: &Inner,
+    durability: Durability,
     action: &'static str,
     body: impl FnOnce(&WriteTransaction) -> Result<T>,
 ) -> Result<T> {
-    let txn = inner.db.begin_write().map_err(StoreError::db(action))?;
+    let mut txn = inner.db.begin_write().map_err(StoreError::db(action))?;
+    txn.set_durability(durability)
+        .map_err(StoreError::db(action))?;
     let value = body(&txn)?;
     txn.commit().map_err(StoreError::db(action))?;
     Ok(value)
@@ -288,7 +282,7 @@ fn flush_access(inner: &Inner) -> Result<usize> {
     if pending.is_empty() {
         return Ok(0);
     }
-    write(inner, "write access times", |txn| {
+    write(inner, Durability::Immediate, "write access times", |txn| {
         let mut blobs = txn
             .open_table(tables::BLOBS)
             .map_err(StoreError::db("write access times"))?;

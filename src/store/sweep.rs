@@ -274,7 +274,12 @@ impl Drop for BarrierOff<'_> {
     }
 }
 
-/// Threads that unlink swept files while the next batch's transaction runs.
+/// Threads that unlink swept files while the next batch's transaction runs. An unlink of
+/// a file at rest frees its blocks and often waits for the disk. Measured on 2 shared
+/// cores with files synced before the GC: at 200,000 blobs (60,000 swept) the sweep took
+/// 5.0 s with 4 threads, 2.5 s with 16, 2.7 s with 32; at 1,000,000 (300,000 swept)
+/// 27.9 s with 4 and 30.1 s with 16, and 16 more than doubled the concurrent writer's
+/// worst stall (journal contention). Four it stays.
 const UNLINK_THREADS: usize = 4;
 /// Below this many candidates the sweep unlinks on its own thread: starting threads would
 /// cost more than they save.
