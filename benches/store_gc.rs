@@ -4,7 +4,8 @@
 //! baseline), and peak memory.
 //!
 //! `cargo bench --bench store_gc`; sizes: KILN_BENCH_GC_MANIFESTS (100000; blobs are ten
-//! per manifest), KILN_BENCH_GC_BATCH (1024).
+//! per manifest), KILN_BENCH_GC_BATCH (1024). `RUST_LOG=kiln::store=debug` also prints the
+//! GC's phases.
 
 mod common;
 
@@ -57,6 +58,13 @@ fn stats(latencies: &mut [Duration]) -> (Duration, Duration, usize) {
 }
 
 fn main() {
+    // `RUST_LOG=kiln::store=debug` shows the GC's phases.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let manifests = common::size("KILN_BENCH_GC_MANIFESTS", 100_000, 200) as usize;
     let batch = common::size("KILN_BENCH_GC_BATCH", 1024, 64) as usize;
     let dir = tempfile::tempdir().unwrap();
@@ -89,6 +97,15 @@ fn main() {
     }
     load(&store, "bench/gc", &items, day_ago, 10_000).unwrap();
     let loaded = load_started.elapsed();
+    // The loader writes without fsync: flush it all now, so that the GC runs on a store at
+    // rest instead of racing the kernel's writeback of a million new files.
+    // (Not in the smoke run under `cargo test`: it would flush the whole machine.)
+    if common::full_run() {
+        let flushed = std::process::Command::new("sync").status();
+        if !flushed.as_ref().is_ok_and(|status| status.success()) {
+            eprintln!("store_gc: `sync` failed ({flushed:?}); the GC may race writeback");
+        }
+    }
 
     // Baseline: the writer alone.
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,6 +118,7 @@ fn main() {
     let mut alone = alone.join().unwrap();
 
     // GC with the writer running.
+    let peak_is_gc = common::reset_peak_rss();
     let stop = Arc::new(AtomicBool::new(false));
     let during = {
         let (store, stop) = (store.clone(), Arc::clone(&stop));
@@ -129,10 +147,12 @@ fn main() {
         }
     );
     println!(
-        "  gc: {:.2}s (target ≤ 10s): mark {} ms, sweep {} ms; removed {} blobs ({} manifests), kept {} for concurrent writes",
+        "  gc: {:.2}s (target ≤ 10s): mark {} ms, sweep {} ms ({} ms in write transactions, {} ms waiting for unlinks); removed {} blobs ({} manifests), kept {} for concurrent writes",
         gc_time.as_secs_f64(),
         report.mark_ms,
         report.sweep_ms,
+        report.sweep_writes_ms,
+        report.unlink_wait_ms,
         report.blobs_removed,
         report.manifests_removed,
         report.kept_by_concurrent_writes
@@ -149,7 +169,15 @@ fn main() {
         max.as_secs_f64() / alone_max.as_secs_f64().max(1e-9)
     );
     if let Some(rss) = common::peak_rss() {
-        println!("  peak RSS: {:.0} MiB", rss as f64 / f64::from(1 << 20));
+        println!(
+            "  peak RSS{}: {:.0} MiB",
+            if peak_is_gc {
+                " during gc (store opened and loaded before)"
+            } else {
+                " of the whole run"
+            },
+            rss as f64 / f64::from(1 << 20)
+        );
     }
     assert_eq!(
         report.manifests_removed as usize,

@@ -17,6 +17,12 @@ pub fn size(var: &str, full: u64, smoke: u64) -> u64 {
         .unwrap_or(if full_run() { full } else { smoke })
 }
 
+/// Resets the peak that [`peak_rss`] reports to the current resident memory (Linux), so
+/// that a phase's peak can be told from its setup's; false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Peak resident memory of this process, from /proc (Linux), in bytes.
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -7,92 +7,19 @@
 //! serialised by the same flight table (see [`crate::store::flight`]).
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{Claim, FlightGuard, Outcome, Waiter};
 use crate::store::handle::Store;
 use crate::store::layout::sync_dir;
 use crate::store::tables::{self, BlobRow};
+use crate::store::temp::TempBlob;
 use crate::store::types::{BlobInfo, validate_repo};
-
-/// Bytes on their way into the store: a temp file, the hash and the count so far.
-/// Dropping it removes the temp file.
-#[derive(Debug)]
-pub(crate) struct TempBlob {
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
-    hasher: Hasher,
-    written: u64,
-}
-
-/// Writes go through a buffer of this size: large enough that a 64 MiB blob costs a few
-/// dozen syscalls, small enough for many concurrent uploads.
-const WRITE_BUFFER: usize = 1 << 20;
-
-impl TempBlob {
-    pub(crate) fn create(path: PathBuf) -> Result<Self> {
-        let file = File::create(&path).map_err(StoreError::io("create temp file", &path))?;
-        Ok(Self {
-            path,
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            hasher: Hasher::new(),
-            written: 0,
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let Some(file) = self.file.as_mut() else {
-            return Err(StoreError::io("write", &self.path)(io::Error::other(
-                "temp file already finished",
-            )));
-        };
-        file.write_all(bytes)
-            .map_err(StoreError::io("write temp file", &self.path))?;
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        Ok(())
-    }
-
-    pub(crate) fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Flushes the buffer; returns the path, the file, the digest and the size. The caller
-    /// now owns the temp file's removal.
-    fn finish(mut self) -> Result<(PathBuf, File, Digest, u64)> {
-        let path = std::mem::take(&mut self.path);
-        let buffered = self.file.take();
-        let file = match buffered.map(BufWriter::into_inner) {
-            Some(Ok(file)) => file,
-            Some(Err(err)) => {
-                let _ = fs::remove_file(&path);
-                return Err(StoreError::io("write temp file", &path)(err.into_error()));
-            }
-            None => {
-                return Err(StoreError::io("write", &path)(io::Error::other(
-                    "temp file already finished",
-                )));
-            }
-        };
-        let hasher = std::mem::take(&mut self.hasher);
-        Ok((path, file, hasher.finish(), self.written))
-    }
-}
-
-impl Drop for TempBlob {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            self.file = None;
-            // Nothing to report to: the temp area is also cleaned at the next open.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
 
 /// An upload session: a temp blob that outlives HTTP requests.
 #[derive(Debug)]
@@ -228,7 +155,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         Ok(BlobWriter {
             store: self.clone(),
-            temp: TempBlob::create(self.temp_path("ingest"))?,
+            temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
             guard: None,
         })
     }
@@ -249,7 +176,7 @@ impl Store {
                 }
                 Ok(Ingest::Write(BlobWriter {
                     store: self.clone(),
-                    temp: TempBlob::create(self.temp_path("ingest"))?,
+                    temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
                     guard: Some(guard),
                 }))
             }
@@ -469,7 +396,7 @@ impl Store {
         bytes: &[u8],
         extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
     ) -> Result<BlobInfo> {
-        let mut temp = TempBlob::create(self.temp_path("manifest"))?;
+        let mut temp = TempBlob::create(self.temp_path("manifest"), self.inner.sync)?;
         temp.write(bytes)?;
         let digest = Digest::of(bytes);
         self.commit_temp(temp, None, digest, Some(bytes.len() as u64), repo, extra)

@@ -8,7 +8,6 @@
 //! `keep_storage` is a hard ceiling (evict until the total is at or under it), `all`
 //! evicts every tag. Leases are never evicted; they expire.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -69,19 +68,62 @@ pub struct Node {
     pub accessed_ms: u64,
 }
 
-/// The metadata a mark needs, indexed for speed: blobs by position in digest order.
+/// The metadata a mark needs, indexed for speed: blobs by position in digest order, and
+/// each node's references and referrers as slices of two flat arrays (no map lookup per
+/// node visited, two `u32`s per edge).
 #[derive(Debug, Default)]
 pub struct Graph {
     /// Blobs sorted by digest.
     pub nodes: Vec<Node>,
-    /// For each node: the positions it references, when it is a manifest.
-    edges: BTreeMap<u32, Vec<u32>>,
-    /// For each subject position: the referrer manifests' positions.
-    referrers: BTreeMap<u32, Vec<u32>>,
+    /// Whether the node at each position is a manifest.
+    manifest: Vec<bool>,
+    /// What each node references: `references.of(at)`.
+    references: Adjacency,
+    /// The referrer manifests of each subject: `referrers.of(at)`.
+    referrers: Adjacency,
     /// Tags as (repository, tag, position), sorted.
     pub tags: Vec<(String, String, u32)>,
     /// Leases as (name, expiry, positions), sorted by name.
     pub leases: Vec<(String, u64, Vec<u32>)>,
+}
+
+/// Edges out of each node, in compressed sparse row form: the edges of node `at` are
+/// `to[start[at]..start[at + 1]]`.
+#[derive(Debug, Default)]
+struct Adjacency {
+    start: Vec<u32>,
+    to: Vec<u32>,
+}
+
+impl Adjacency {
+    /// Builds the rows of `nodes` nodes from (from, to) pairs; the order of each node's
+    /// edges is the order of its pairs.
+    fn new(nodes: usize, mut pairs: Vec<(u32, u32)>) -> Self {
+        // Stable: a node's edges keep the order the manifest lists them in.
+        pairs.sort_by_key(|&(from, _)| from);
+        let mut start = Vec::with_capacity(nodes + 1);
+        let mut at = 0;
+        for node in 0..=nodes {
+            while at < pairs.len() && (pairs[at].0 as usize) < node {
+                at += 1;
+            }
+            // At most u32::MAX pairs: positions are u32, and each node lists each
+            // reference of its manifest once.
+            start.push(u32::try_from(at).unwrap_or(u32::MAX));
+        }
+        Self {
+            start,
+            to: pairs.into_iter().map(|(_, to)| to).collect(),
+        }
+    }
+
+    fn of(&self, at: u32) -> &[u32] {
+        let at = at as usize;
+        match (self.start.get(at), self.start.get(at + 1)) {
+            (Some(&from), Some(&to)) => &self.to[from as usize..to as usize],
+            _ => &[],
+        }
+    }
 }
 
 /// A manifest as the graph builder takes it.
@@ -104,25 +146,32 @@ impl Graph {
         tags: Vec<(String, String, Digest)>,
         leases: Vec<(String, u64, Vec<Digest>)>,
     ) -> Self {
+        debug_assert!(nodes.windows(2).all(|w| w[0].digest < w[1].digest));
         let mut graph = Self {
+            manifest: vec![false; nodes.len()],
             nodes,
             ..Self::default()
         };
-        debug_assert!(graph.nodes.windows(2).all(|w| w[0].digest < w[1].digest));
+        let mut references = Vec::new();
+        let mut referrers = Vec::new();
         for manifest in manifests {
             let Some(at) = graph.position(&manifest.digest) else {
                 continue;
             };
-            let refs: Vec<u32> = manifest
-                .references
-                .iter()
-                .filter_map(|d| graph.position(d))
-                .collect();
-            graph.edges.insert(at, refs);
+            graph.manifest[at as usize] = true;
+            references.extend(
+                manifest
+                    .references
+                    .iter()
+                    .filter_map(|d| graph.position(d))
+                    .map(|to| (at, to)),
+            );
             if let Some(subject) = manifest.subject.and_then(|s| graph.position(&s)) {
-                graph.referrers.entry(subject).or_default().push(at);
+                referrers.push((subject, at));
             }
         }
+        graph.references = Adjacency::new(graph.nodes.len(), references);
+        graph.referrers = Adjacency::new(graph.nodes.len(), referrers);
         graph.tags = tags
             .into_iter()
             .filter_map(|(repo, tag, d)| graph.position(&d).map(|at| (repo, tag, at)))
@@ -147,7 +196,7 @@ impl Graph {
 
     /// Whether the node at `at` is a manifest.
     pub fn is_manifest(&self, at: u32) -> bool {
-        self.edges.contains_key(&at)
+        self.manifest.get(at as usize).copied().unwrap_or(false)
     }
 
     /// Marks everything reachable from `from` that is not marked yet; returns the newly
@@ -162,21 +211,18 @@ impl Graph {
             }
             *slot = true;
             newly.push(at);
-            if let Some(refs) = self.edges.get(&at) {
-                stack.extend(refs.iter().copied());
-            }
-            if let Some(referrers) = self.referrers.get(&at) {
-                stack.extend(referrers.iter().copied());
-            }
+            stack.extend(self.children(at));
         }
         newly
     }
 
     /// What the node at `at` leads to: its references and its referrers.
     pub fn children(&self, at: u32) -> impl Iterator<Item = u32> + '_ {
-        let refs = self.edges.get(&at).map(Vec::as_slice).unwrap_or(&[]);
-        let referrers = self.referrers.get(&at).map(Vec::as_slice).unwrap_or(&[]);
-        refs.iter().chain(referrers).copied()
+        self.references
+            .of(at)
+            .iter()
+            .chain(self.referrers.of(at))
+            .copied()
     }
 
     fn size_of(&self, positions: &[u32]) -> u64 {
@@ -299,22 +345,41 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Pla
     plan.bytes_after = total;
     plan.ceiling_unmet = policy.keep_storage.is_some_and(|ceiling| total > ceiling);
 
-    // Sweep order: a manifest before anything it references, so that a crash between two
-    // batches never leaves a manifest whose reference is gone.
+    // Sweep order: a manifest before anything it references, so that no batch ever leaves
+    // a manifest whose reference is gone (for a crash between batches, and for a push that
+    // makes the manifest reachable again meanwhile). Within that, digest order: each batch
+    // then touches a narrow key range of every table, so the whole sweep rewrites each
+    // database page about once instead of once per batch.
     let mut order = Vec::new();
     let mut visited = vec![false; graph.nodes.len()];
-    for (&at, _) in graph.edges.iter() {
-        if !marks[at as usize] {
+    for at in 0..graph.nodes.len() {
+        let Ok(at) = u32::try_from(at) else { break };
+        if graph.is_manifest(at) && !marks[at as usize] {
             post_order(graph, &marks, &mut visited, at, &mut order);
         }
     }
     order.reverse();
+    // Reverse post-order lists every manifest after all that reference it, so one pass
+    // gives each its level: 0 if no unmarked manifest references it, else one more than
+    // the deepest that does.
+    let mut level = vec![0u32; graph.nodes.len()];
+    for &at in &order {
+        let next = level[at as usize] + 1;
+        for &child in graph.references.of(at) {
+            if graph.is_manifest(child) && !marks[child as usize] {
+                level[child as usize] = level[child as usize].max(next);
+            }
+        }
+    }
+    // Positions are in digest order, so sorting by (level, position) is by level, then
+    // digest.
+    order.sort_by_key(|&at| (level[at as usize], at));
     for at in order {
         let node = graph.nodes[at as usize];
         plan.sweep.push((node.digest, node.size, true));
     }
     for (at, node) in graph.nodes.iter().enumerate() {
-        if !marks[at] && !graph.edges.contains_key(&(at as u32)) {
+        if !marks[at] && !graph.manifest[at] {
             plan.sweep.push((node.digest, node.size, false));
         }
     }
@@ -329,11 +394,10 @@ fn post_order(graph: &Graph, marks: &[bool], visited: &mut [bool], start: u32, o
     visited[start as usize] = true;
     let mut stack = vec![(start, 0usize)];
     while let Some((at, next)) = stack.pop() {
-        let refs = graph.edges.get(&at).map(Vec::as_slice).unwrap_or(&[]);
-        if let Some(&child) = refs.get(next) {
+        if let Some(&child) = graph.references.of(at).get(next) {
             stack.push((at, next + 1));
             let child_at = child as usize;
-            if !marks[child_at] && !visited[child_at] && graph.edges.contains_key(&child) {
+            if !marks[child_at] && !visited[child_at] && graph.is_manifest(child) {
                 visited[child_at] = true;
                 stack.push((child, 0));
             }

@@ -1,7 +1,7 @@
 //! The [`Store`] handle: opening a root (lock, database, recovery), the shared state of
 //! one open store, and the helpers every operation uses (I/O: filesystem and redb).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use redb::{
 };
 
 use crate::digest::Digest;
+use crate::store::backend::UnsyncedFile;
 use crate::store::blobs::UploadSession;
 use crate::store::clock::Clock;
 use crate::store::error::{Result, StoreError};
@@ -28,8 +29,11 @@ pub struct StoreOptions {
     pub create: bool,
     /// Where "now" comes from.
     pub clock: Clock,
-    /// Fsync blobs, directories and commits. Only tests of logic (not of durability) turn
-    /// it off: without it a crash may lose what was committed.
+    /// Fsync blobs, directories and commits (the default). Only tests of logic, not of
+    /// durability, turn it off: every write still reaches the kernel before the call that
+    /// made it returns, and the kernel's page cache outlives the process, so a store
+    /// survives the death of its process (SIGKILL) exactly as with fsync; a power loss or
+    /// kernel crash may lose or tear what was committed.
     pub sync: bool,
     /// Memory redb may use to cache pages.
     pub cache_bytes: usize,
@@ -65,9 +69,10 @@ pub(crate) struct Inner {
     pub uploads: Mutex<BTreeMap<String, Arc<Mutex<UploadSession>>>>,
     /// Last-access times not yet written: a pull costs a map insert, not a transaction.
     pub pending_access: Mutex<BTreeMap<Digest, u64>>,
-    /// While a GC runs: every digest that a committed mutation made reachable since its
-    /// mark (the write barrier the sweep re-checks against).
-    pub barrier: Mutex<Option<BTreeSet<Digest>>>,
+    /// While a GC runs: the digests that mutations made reachable since its mark, not yet
+    /// taken by the sweep (the write barrier the sweep re-checks against). A log, not a
+    /// set: a writer pays a push, the sweep deduplicates.
+    pub barrier: Mutex<Option<Vec<Digest>>>,
     /// One GC or verify at a time.
     pub maintenance: Mutex<()>,
     pub temp_seq: AtomicU64,
@@ -111,11 +116,23 @@ impl Store {
         }
         fs::create_dir_all(layout.root()).map_err(StoreError::io("create", layout.root()))?;
         let root_lock = RootLock::acquire(&layout)?;
-        layout.create_dirs()?;
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(layout.meta())
-            .map_err(StoreError::db("open meta.redb"))?;
+        layout.make_dirs(sync)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = if sync {
+            builder.create(layout.meta())
+        } else {
+            let meta = layout.meta();
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&meta)
+                .map_err(StoreError::io("open", &meta))?;
+            UnsyncedFile::new(file).and_then(|backend| builder.create_with_backend(backend))
+        }
+        .map_err(StoreError::db("open meta.redb"))?;
         let store = Self {
             inner: Arc::new(Inner {
                 layout,
@@ -210,7 +227,20 @@ impl Store {
         action: &'static str,
         body: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
-        write(&self.inner, action, body)
+        write(&self.inner, Durability::Immediate, action, body)
+    }
+
+    /// A write transaction that reaches the disk only with the next durable commit (any
+    /// [`Store::write`], whoever makes it); every later transaction sees it at once. A crash
+    /// before that loses it, so it is only for changes whose loss is harmless: upload rows,
+    /// which recovery removes anyway, and GC sweep batches, whose files are removed only
+    /// once a durable commit covers them. It saves their fsync.
+    pub(crate) fn write_lazy<T>(
+        &self,
+        action: &'static str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        write(&self.inner, Durability::None, action, body)
     }
 
     /// A read transaction: a consistent snapshot.
@@ -221,8 +251,8 @@ impl Store {
     /// Records digests that a mutation (about to commit) makes reachable, so that a GC
     /// sweeping concurrently keeps them. Call it inside the write transaction.
     pub(crate) fn protect(&self, digests: impl IntoIterator<Item = Digest>) {
-        if let Some(set) = lock(&self.inner.barrier).as_mut() {
-            set.extend(digests);
+        if let Some(log) = lock(&self.inner.barrier).as_mut() {
+            log.extend(digests);
         }
     }
 
@@ -235,14 +265,13 @@ impl Store {
 
 fn write<T>(
     inner: &Inner,
+    durability: Durability,
     action: &'static str,
     body: impl FnOnce(&WriteTransaction) -> Result<T>,
 ) -> Result<T> {
     let mut txn = inner.db.begin_write().map_err(StoreError::db(action))?;
-    if !inner.sync {
-        txn.set_durability(Durability::None)
-            .map_err(StoreError::db(action))?;
-    }
+    txn.set_durability(durability)
+        .map_err(StoreError::db(action))?;
     let value = body(&txn)?;
     txn.commit().map_err(StoreError::db(action))?;
     Ok(value)
@@ -253,7 +282,7 @@ fn flush_access(inner: &Inner) -> Result<usize> {
     if pending.is_empty() {
         return Ok(0);
     }
-    write(inner, "write access times", |txn| {
+    write(inner, Durability::Immediate, "write access times", |txn| {
         let mut blobs = txn
             .open_table(tables::BLOBS)
             .map_err(StoreError::db("write access times"))?;

@@ -72,11 +72,19 @@ impl Layout {
     /// Creates the directories a store needs (idempotent) and fsyncs the root so that they
     /// survive a crash.
     pub fn create_dirs(&self) -> Result<()> {
+        self.make_dirs(true)
+    }
+
+    /// [`Layout::create_dirs`], with the fsyncs only when `sync` (see `StoreOptions::sync`).
+    pub(crate) fn make_dirs(&self, sync: bool) -> Result<()> {
         for dir in [self.blobs(), self.tmp(), self.quarantine()] {
             fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
         }
-        sync_dir(&self.root)?;
-        sync_dir(&self.root.join("blobs"))
+        if sync {
+            sync_dir(&self.root)?;
+            sync_dir(&self.root.join("blobs"))?;
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,7 @@
 //! tags and links of a repository in one transaction; [`Store::untag`] removes a
 //! build-scoped tag.
 
+mod backend;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod blobs;
@@ -71,7 +72,9 @@ pub mod manifest;
 pub mod storage;
 pub mod sweep;
 pub mod tables;
+mod temp;
 pub mod types;
+mod unlinker;
 mod uploads;
 pub mod verify;
 

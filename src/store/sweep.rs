@@ -12,18 +12,18 @@
 //! two.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::time::{Duration, Instant};
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::store::error::{Result, StoreError};
-use crate::store::flight::{FlightGuard, lock};
+use crate::store::flight::lock;
 use crate::store::gc::{self, Graph, ManifestEdges, Node, Plan, Policy, Reason};
 use crate::store::handle::Store;
-use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
+use crate::store::tables::{self, BlobRow, LeaseRow, ManifestEdgesRow};
+use crate::store::unlinker::{Doomed, Unlinker};
 
 /// How to run a GC.
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +112,10 @@ pub struct GcReport {
     pub mark_ms: u64,
     /// Time spent sweeping.
     pub sweep_ms: u64,
+    /// Of the sweep, time inside its write transactions (when writers wait for it).
+    pub sweep_writes_ms: u64,
+    /// Of the sweep, time waiting at its end for the last files to be unlinked.
+    pub unlink_wait_ms: u64,
 }
 
 impl GcReport {
@@ -159,7 +163,9 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
     let blobs = txn
         .open_table(tables::BLOBS)
         .map_err(StoreError::db(action))?;
-    let mut nodes = Vec::new();
+    let mut nodes = Vec::with_capacity(
+        usize::try_from(blobs.len().map_err(StoreError::db(action))?).unwrap_or(0),
+    );
     for entry in blobs.iter().map_err(StoreError::db(action))? {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         let row = BlobRow::decode(value.value());
@@ -176,7 +182,7 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
     let mut manifests = Vec::new();
     for entry in manifests_table.iter().map_err(StoreError::db(action))? {
         let (key, value) = entry.map_err(StoreError::db(action))?;
-        let row: ManifestRow = tables::decode("manifests", value.value())?;
+        let row: ManifestEdgesRow = tables::decode("manifests", value.value())?;
         manifests.push(ManifestEdges {
             digest: tables::digest(key.value()),
             references: row.references,
@@ -208,6 +214,57 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
     Ok(Graph::new(nodes, manifests, tags, leases))
 }
 
+/// The repository links of the sweep's candidates, read from the mark's snapshot. Links
+/// made later need no entry: making one records its digest in the barrier, which keeps the
+/// candidate.
+#[derive(Debug, Default)]
+struct CandidateLinks {
+    /// Repository names, each once.
+    repos: Vec<String>,
+    /// (candidate, index into `repos`), sorted.
+    links: Vec<(Digest, u32)>,
+}
+
+impl CandidateLinks {
+    fn read(txn: &redb::ReadTransaction, plan: &Plan) -> Result<Self> {
+        let action = "read snapshot";
+        let mut candidates: Vec<Digest> = plan.sweep.iter().map(|s| s.0).collect();
+        candidates.sort_unstable();
+        let mut out = Self::default();
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        let table = txn
+            .open_table(tables::LINKS)
+            .map_err(StoreError::db(action))?;
+        for entry in table.iter().map_err(StoreError::db(action))? {
+            let (key, _) = entry.map_err(StoreError::db(action))?;
+            let (repo, digest) = key.value();
+            let digest = tables::digest(digest);
+            if candidates.binary_search(&digest).is_err() {
+                continue;
+            }
+            // Links are sorted by repository: a new name is always the last one seen.
+            if out.repos.last().is_none_or(|last| last != repo) {
+                out.repos.push(repo.to_owned());
+            }
+            let index = u32::try_from(out.repos.len() - 1).unwrap_or(u32::MAX);
+            out.links.push((digest, index));
+        }
+        out.links.sort_unstable();
+        Ok(out)
+    }
+
+    /// The repositories `digest` is linked into.
+    fn of(&self, digest: &Digest) -> impl Iterator<Item = &str> {
+        let from = self.links.partition_point(|(d, _)| d < digest);
+        self.links[from..]
+            .iter()
+            .take_while(move |(d, _)| d == digest)
+            .map(|&(_, repo)| self.repos[repo as usize].as_str())
+    }
+}
+
 /// Clears the barrier when a run ends, however it ends.
 struct BarrierOff<'a>(&'a Store);
 
@@ -216,6 +273,20 @@ impl Drop for BarrierOff<'_> {
         *lock(&self.0.inner.barrier) = None;
     }
 }
+
+/// Threads that unlink swept files while the next batch's transaction runs. An unlink of
+/// a file at rest frees its blocks and often waits for the disk. Measured on 2 shared
+/// cores with files synced before the GC: at 200,000 blobs (60,000 swept) the sweep took
+/// 5.0 s with 4 threads, 2.5 s with 16, 2.7 s with 32; at 1,000,000 (300,000 swept)
+/// 27.9 s with 4 and 30.1 s with 16, and 16 more than doubled the concurrent writer's
+/// worst stall (journal contention). Four it stays.
+const UNLINK_THREADS: usize = 4;
+/// Below this many candidates the sweep unlinks on its own thread: starting threads would
+/// cost more than they save.
+const UNLINK_THREADS_FROM: usize = 256;
+/// Sweep batches are committed without fsync, and every this many a batch is durable (so
+/// is the last): the fsync was half of a batch's time, and writers wait for batches.
+const DURABLE_EVERY: usize = 8;
 
 impl Store {
     /// Runs one GC: flush access times, mark over a snapshot, plan by `options.policy`,
@@ -226,30 +297,32 @@ impl Store {
         let started = Instant::now();
         let now = self.inner.clock.now_ms();
         // The barrier is on before the snapshot, so nothing committed after it is missed.
-        *lock(&self.inner.barrier) = Some(BTreeSet::new());
+        *lock(&self.inner.barrier) = Some(Vec::new());
         let _barrier = BarrierOff(self);
+        // A transaction that checked the barrier before it was on may still be committing:
+        // wait for it (taking the write lock does), so that its changes are in the snapshot.
+        self.inner
+            .db
+            .begin_write()
+            .and_then(|txn| txn.abort().map_err(redb::TransactionError::from))
+            .map_err(StoreError::db("wait for writers"))?;
         let snapshot = self.read("read snapshot")?;
+        let loading = Instant::now();
         let graph = load_graph(&snapshot)?;
+        let planning = Instant::now();
         let plan = gc::plan(&graph, &options.policy, options.grace, now);
+        let reading_links = Instant::now();
         drop(graph);
-        // Links of the candidates, from the same snapshot: any link made later records
-        // its digest in the barrier, which keeps the candidate.
-        let candidates: BTreeSet<Digest> = plan.sweep.iter().map(|s| s.0).collect();
-        let mut links_of: std::collections::BTreeMap<Digest, Vec<String>> = Default::default();
-        {
-            let links = snapshot
-                .open_table(tables::LINKS)
-                .map_err(StoreError::db("read snapshot"))?;
-            for entry in links.iter().map_err(StoreError::db("read snapshot"))? {
-                let (key, _) = entry.map_err(StoreError::db("read snapshot"))?;
-                let (repo, digest) = key.value();
-                let digest = tables::digest(digest);
-                if candidates.contains(&digest) {
-                    links_of.entry(digest).or_default().push(repo.to_owned());
-                }
-            }
-        }
+        let links = CandidateLinks::read(&snapshot, &plan)?;
         drop(snapshot);
+        tracing::debug!(
+            wait_ms = duration_ms(loading - started),
+            load_ms = duration_ms(planning - loading),
+            plan_ms = duration_ms(reading_links - planning),
+            links_ms = elapsed_ms(reading_links),
+            candidates = plan.sweep.len(),
+            "gc marked"
+        );
         let mut report = GcReport {
             dry_run: options.dry_run,
             bytes_before: plan.bytes_before,
@@ -259,9 +332,9 @@ impl Store {
         };
         let sweep_started = Instant::now();
         if options.dry_run {
-            dry_report(&plan, &links_of, options, &mut report);
+            dry_report(&plan, &links, options, &mut report);
         } else {
-            self.sweep(&plan, &links_of, options, now, &mut report)?;
+            self.sweep(&plan, &links, options, now, &mut report)?;
         }
         report.bytes_after = report.bytes_before.saturating_sub(report.bytes_freed);
         report.sweep_ms = elapsed_ms(sweep_started);
@@ -283,7 +356,7 @@ impl Store {
     fn sweep(
         &self,
         plan: &Plan,
-        links_of: &std::collections::BTreeMap<Digest, Vec<String>>,
+        links: &CandidateLinks,
         options: &GcOptions,
         now: u64,
         report: &mut GcReport,
@@ -292,6 +365,7 @@ impl Store {
         let mut protected = Protected::default();
         // Roots first: evicted tags and expired leases, each re-checked.
         self.write(action, |txn| {
+            protected.absorb(self.barrier_drain());
             let mut tags = txn
                 .open_table(tables::TAGS)
                 .map_err(StoreError::db(action))?;
@@ -301,8 +375,7 @@ impl Store {
                     .get(key)
                     .map_err(StoreError::db(action))?
                     .map(|v| tables::digest(v.value()));
-                let rewritten = self.barrier_contains(&eviction.digest);
-                if current != Some(eviction.digest) || rewritten {
+                if current != Some(eviction.digest) || protected.contains(&eviction.digest) {
                     // Re-pushed since the mark: it is in use again.
                     protected.add(eviction.digest);
                     report.kept_by_concurrent_writes += 1;
@@ -351,15 +424,25 @@ impl Store {
             Ok(())
         })?;
 
-        for batch in plan.sweep.chunks(options.batch.max(1)) {
-            let mut guards: Vec<FlightGuard> = Vec::with_capacity(batch.len());
+        let unlinker = Unlinker::start(if plan.sweep.len() < UNLINK_THREADS_FROM {
+            0
+        } else {
+            UNLINK_THREADS
+        });
+        let mut in_writes = Duration::ZERO;
+        // Files whose rows are gone in a commit that is not durable yet: a crash would
+        // bring the rows back, so the files wait (with their flights) for a durable one.
+        // The last batch is durable; if a batch fails, these files stay, with or without
+        // their rows, for the next GC or recovery.
+        let mut not_durable: Vec<Doomed> = Vec::new();
+        let batches = plan.sweep.chunks(options.batch.max(1));
+        let last = batches.len();
+        for (n, batch) in batches.enumerate() {
+            let durable = (n + 1) % DURABLE_EVERY == 0 || n + 1 == last;
             let mut claimed = Vec::with_capacity(batch.len());
-            for &(digest, size, is_manifest) in batch {
+            for &(digest, size, _) in batch {
                 match self.inner.flights.try_claim(digest) {
-                    Some(guard) => {
-                        guards.push(guard);
-                        claimed.push((digest, size, is_manifest));
-                    }
+                    Some(guard) => claimed.push((digest, size, guard)),
                     None => {
                         // Being written right now: an upload in progress is a root.
                         protected.add(digest);
@@ -367,8 +450,9 @@ impl Store {
                     }
                 }
             }
-            let removed = self.write(action, |txn| {
-                protected.absorb(self.barrier_snapshot());
+            let writing = Instant::now();
+            let body = |txn: &WriteTransaction| {
+                protected.absorb(self.barrier_drain());
                 protected.expand(txn)?;
                 let mut blobs = txn
                     .open_table(tables::BLOBS)
@@ -379,13 +463,15 @@ impl Store {
                 let mut referrers = txn
                     .open_table(tables::REFERRERS)
                     .map_err(StoreError::db(action))?;
-                let mut links = txn
+                let mut links_table = txn
                     .open_table(tables::LINKS)
                     .map_err(StoreError::db(action))?;
-                let mut removed = Vec::new();
-                for &(digest, size, _) in &claimed {
+                let mut removed = Vec::with_capacity(claimed.len());
+                let mut kept = Vec::new();
+                for (digest, size, guard) in claimed.drain(..) {
                     if protected.contains(&digest) {
                         report.kept_by_concurrent_writes += 1;
+                        kept.push(guard);
                         continue;
                     }
                     if blobs
@@ -393,9 +479,10 @@ impl Store {
                         .map_err(StoreError::db(action))?
                         .is_none()
                     {
+                        kept.push(guard);
                         continue;
                     }
-                    let manifest: Option<ManifestRow> = match manifests
+                    let manifest: Option<ManifestEdgesRow> = match manifests
                         .remove(digest.as_bytes())
                         .map_err(StoreError::db(action))?
                     {
@@ -407,45 +494,47 @@ impl Store {
                             .remove((*subject.as_bytes(), *digest.as_bytes()))
                             .map_err(StoreError::db(action))?;
                     }
-                    for repo in links_of.get(&digest).map(Vec::as_slice).unwrap_or(&[]) {
-                        if links
-                            .remove((repo.as_str(), *digest.as_bytes()))
+                    for repo in links.of(&digest) {
+                        if links_table
+                            .remove((repo, *digest.as_bytes()))
                             .map_err(StoreError::db(action))?
                             .is_some()
                         {
                             report.links_removed += 1;
                         }
                     }
-                    removed.push((digest, size, manifest.is_some()));
+                    removed.push((digest, size, manifest.is_some(), guard));
                 }
                 Ok(removed)
-            })?;
-            // Rows are gone and committed; now the files. A crash in between leaves files
-            // without rows, which recovery re-verifies and adopts or deletes.
-            for &(digest, size, is_manifest) in &removed {
-                let path = self.inner.layout.blob(&digest);
-                if let Err(err) = fs::remove_file(&path)
-                    && err.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(StoreError::io("remove blob", path)(err));
-                }
+            };
+            let removed = if durable {
+                self.write(action, body)?
+            } else {
+                self.write_lazy(action, body)?
+            };
+            in_writes += writing.elapsed();
+            for (digest, size, is_manifest, guard) in removed {
                 report.record_blob(digest, size, is_manifest, options.max_listed);
+                not_durable.push((self.inner.layout.blob(&digest), guard));
             }
-            drop(guards);
+            if durable {
+                // The rows are gone for good; the files go on the unlinker's threads, each
+                // with its digest's flight, while the next batches run.
+                unlinker.remove(std::mem::take(&mut not_durable))?;
+            }
         }
-        Ok(())
+        let waiting = Instant::now();
+        let finished = unlinker.finish();
+        report.sweep_writes_ms = duration_ms(in_writes);
+        report.unlink_wait_ms = elapsed_ms(waiting);
+        finished
     }
 
-    fn barrier_contains(&self, digest: &Digest) -> bool {
+    /// Takes the digests recorded by the barrier since the last call.
+    fn barrier_drain(&self) -> Vec<Digest> {
         lock(&self.inner.barrier)
-            .as_ref()
-            .is_some_and(|set| set.contains(digest))
-    }
-
-    fn barrier_snapshot(&self) -> Vec<Digest> {
-        lock(&self.inner.barrier)
-            .as_ref()
-            .map(|set| set.iter().copied().collect())
+            .as_mut()
+            .map(std::mem::take)
             .unwrap_or_default()
     }
 }
@@ -497,7 +586,7 @@ impl Protected {
                 .get(digest.as_bytes())
                 .map_err(StoreError::db(action))?
             {
-                let row: ManifestRow = tables::decode("manifests", row.value())?;
+                let row: ManifestEdgesRow = tables::decode("manifests", row.value())?;
                 self.extend(row.references);
             }
             let subject = *digest.as_bytes();
@@ -515,12 +604,7 @@ impl Protected {
     }
 }
 
-fn dry_report(
-    plan: &Plan,
-    links_of: &std::collections::BTreeMap<Digest, Vec<String>>,
-    options: &GcOptions,
-    report: &mut GcReport,
-) {
+fn dry_report(plan: &Plan, links: &CandidateLinks, options: &GcOptions, report: &mut GcReport) {
     for eviction in &plan.evictions {
         report.tags_removed += 1;
         report.record(
@@ -546,11 +630,15 @@ fn dry_report(
         );
     }
     for &(digest, size, is_manifest) in &plan.sweep {
-        report.links_removed += links_of.get(&digest).map_or(0, |l| l.len() as u64);
+        report.links_removed += links.of(&digest).count() as u64;
         report.record_blob(digest, size, is_manifest, options.max_listed);
     }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    duration_ms(since.elapsed())
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -75,6 +75,16 @@ pub struct ManifestRow {
     pub on_demand: bool,
 }
 
+/// The part of a [`ManifestRow`] that GC reads: what the manifest leads to. Decoding only
+/// these fields skips the media type, artifact type and annotations of every manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ManifestEdgesRow {
+    /// Everything it references (sorted).
+    pub references: Vec<Digest>,
+    /// Its subject, if it is a referrer.
+    pub subject: Option<Digest>,
+}
+
 /// A lease row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRow {
@@ -130,6 +140,13 @@ mod tests {
         assert_eq!(
             decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),
             row
+        );
+        assert_eq!(
+            decode::<ManifestEdgesRow>("manifests", &encode(&row)).unwrap(),
+            ManifestEdgesRow {
+                references: row.references.clone(),
+                subject: row.subject,
+            }
         );
         // Rows written before `on_demand` existed read as ordinary manifests, and ordinary
         // rows still encode without it.

@@ -10,11 +10,12 @@
 use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
-use crate::store::blobs::{TempBlob, UploadSession};
+use crate::store::blobs::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
 use crate::store::tables::{self, UploadRow};
+use crate::store::temp::TempBlob;
 use crate::store::types::{BlobInfo, UploadStatus, validate_repo};
 
 impl Store {
@@ -35,12 +36,16 @@ impl Store {
         let id = Digest::of(format!("{nanos}/{seq}/{}/{repo}", std::process::id()).as_bytes())
             .hex()[..32]
             .to_owned();
-        let temp = TempBlob::create(self.inner.layout.tmp().join(format!("upload-{id}")))?;
+        let temp = TempBlob::create(
+            self.inner.layout.tmp().join(format!("upload-{id}")),
+            self.inner.sync,
+        )?;
         let row = UploadRow {
             repo: repo.to_owned(),
             started_ms: now,
         };
-        self.write("create upload", |txn| {
+        // Upload rows are removed by recovery after a crash, so they need no fsync.
+        self.write_lazy("create upload", |txn| {
             let mut uploads = txn
                 .open_table(tables::UPLOADS)
                 .map_err(StoreError::db("create upload"))?;
@@ -152,7 +157,7 @@ impl Store {
     }
 
     fn remove_upload_row(&self, id: &str) -> Result<()> {
-        self.write("remove upload", |txn| {
+        self.write_lazy("remove upload", |txn| {
             let mut uploads = txn
                 .open_table(tables::UPLOADS)
                 .map_err(StoreError::db("remove upload"))?;

@@ -6,8 +6,8 @@ use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
@@ -139,12 +139,17 @@ pub struct VerifyOptions {
 
 impl Default for VerifyOptions {
     fn default() -> Self {
+        // Asking the kernel (and, in a container, the cgroup files) costs more than a small
+        // verify; the answer does not change while the process runs.
+        static PARALLELISM: OnceLock<usize> = OnceLock::new();
         Self {
             repair: false,
             rehash: true,
-            parallelism: std::thread::available_parallelism()
-                .map(|n| n.get().min(4))
-                .unwrap_or(1),
+            parallelism: *PARALLELISM.get_or_init(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().min(4))
+                    .unwrap_or(1)
+            }),
         }
     }
 }
@@ -208,7 +213,10 @@ fn scan_blob_files(blobs_dir: &Path) -> Result<(BTreeMap<Digest, PathBuf>, Vec<P
 fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
     let mut file = fs::File::open(path)?;
     let mut hasher = Hasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
+    // No bigger than the file (plus one byte to see its end in one read): most blobs are
+    // small, and zeroing a large buffer for each would cost more than hashing them.
+    let len = file.metadata()?.len().saturating_add(1).min(1 << 20);
+    let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(1 << 20)];
     let mut size = 0u64;
     loop {
         let n = file.read(&mut buffer)?;
@@ -520,25 +528,30 @@ impl Store {
     ) -> Result<Vec<FileCheck>> {
         let next = AtomicUsize::new(0);
         let results = Mutex::new(Vec::with_capacity(blobs.len()));
-        std::thread::scope(|scope| {
-            for _ in 0..options.parallelism.max(1) {
-                scope.spawn(|| {
-                    loop {
-                        let at = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(digest, size)) = blobs.get(at) else {
-                            break;
-                        };
-                        let path = self.inner.layout.blob(&digest);
-                        let result = if options.rehash {
-                            hash_file(&path)
-                        } else {
-                            fs::metadata(&path).map(|m| (digest, m.len()))
-                        };
-                        lock(&results).push((digest, size, result));
-                    }
-                });
+        let work = || {
+            loop {
+                let at = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(digest, size)) = blobs.get(at) else {
+                    break;
+                };
+                let path = self.inner.layout.blob(&digest);
+                let result = if options.rehash {
+                    hash_file(&path)
+                } else {
+                    fs::metadata(&path).map(|m| (digest, m.len()))
+                };
+                lock(&results).push((digest, size, result));
             }
-        });
+        };
+        if options.parallelism <= 1 {
+            work();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..options.parallelism {
+                    scope.spawn(work);
+                }
+            });
+        }
         let mut results = results
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
