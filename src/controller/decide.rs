@@ -479,13 +479,12 @@ impl<'a> Decision<'a> {
                 if self.observed.pods.iter().any(is_live) {
                     return self.requeue_after(POD_GONE_RECHECK);
                 }
+                // What the API server said when it refused the last create, if it did.
+                let refused = self.observed.pod_refusals.get(&record.pod_name);
                 if self.now >= deadline {
                     // A pod refused until the deadline (a quota never lifted) ends the
                     // attempt like one that ran too long.
-                    let refusal = self
-                        .observed
-                        .pod_refusals
-                        .get(&record.pod_name)
+                    let refusal = refused
                         .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
                         .unwrap_or_default();
                     return self.fail(Failure {
@@ -500,7 +499,7 @@ impl<'a> Decision<'a> {
                 }
                 self.create_attempt_objects(record.attempt);
                 if self.open_attempt().is_some() {
-                    if let Some(refusal) = self.observed.pod_refusals.get(&record.pod_name) {
+                    if let Some(refusal) = refused {
                         // The last create was refused: say so while it is tried again.
                         self.set(
                             Phase::Pending,
