@@ -136,6 +136,7 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                             },
                         )
                         .await?;
+                        ctx.refusals.created(uid, &pod_name);
                         tracing::info!(pod = %pod_name, "pod already exists: adopted");
                     }
                     Err(source) => {
