@@ -25,7 +25,6 @@ use common::envtest::{self, AuditEvent};
 use common::kubelet::{Gate, Script};
 use common::scene::{Scene, assert_in_order, build, count_writes, phase_reason, pod_name, report};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
-use k8s_openapi::api::events::v1::Event;
 use kiln::controller::context::{CacheService, parse_mirror};
 use kiln::controller::labels::build_uid_selector;
 use kiln::controller::pod::attempt_objects;
@@ -209,10 +208,7 @@ async fn a_failing_build_fails_once_and_is_not_retried() {
     assert_eq!(status.attempts[0].result, Some(AttemptResult::Failed));
     let warnings = scene
         .until("the BuildFailed Event", || async {
-            let events = Api::<Event>::namespaced(scene.admin.clone(), &scene.ns)
-                .list(&ListParams::default())
-                .await
-                .ok()?;
+            let events = scene.events().list(&ListParams::default()).await.ok()?;
             let found: Vec<String> = events
                 .items
                 .into_iter()
@@ -623,7 +619,7 @@ async fn a_pod_refused_by_a_resource_quota_is_explained_in_status_and_created_on
         message.contains("refused pod app-1") && message.contains("exceeded quota"),
         "{message:?}"
     );
-    let events: Api<Event> = Api::namespaced(scene.admin.clone(), &scene.ns);
+    let events = scene.events();
     let note = scene
         .until("a PodCreateFailed Warning Event", || async {
             events
@@ -879,6 +875,15 @@ async fn the_pods_and_config_maps_of_every_kind_of_build_pass_strict_validation(
 /// The resources of an attempt's objects, as the audit log names them.
 const ATTEMPT_RESOURCES: [&str; 3] = ["configmaps", "pods", "secrets"];
 
+/// `resource/<name>-1` for every resource of [`ATTEMPT_RESOURCES`]: the objects of the
+/// first attempt of the Build `name`, as [`objects_of`] and [`deleted_by`] list them.
+fn first_attempt_objects(name: &str) -> Vec<String> {
+    ATTEMPT_RESOURCES
+        .iter()
+        .map(|resource| format!("{resource}/{name}-1"))
+        .collect()
+}
+
 /// A Build with every kind of attempt object: its pod, the ConfigMap of its inline source
 /// and (under [`Scene::with_cache_tokens`]) the Secret of its cache token.
 fn build_with_every_object(name: &str, dockerfile: &str) -> Build {
@@ -1042,20 +1047,20 @@ async fn the_orphans_of_a_build_deleted_while_the_controller_was_down_are_swept_
     scene
         .wait_for("keeper", Phase::Running, Reason::Running)
         .await;
-    let every = |name: &str| -> Vec<String> {
-        ATTEMPT_RESOURCES
-            .iter()
-            .map(|resource| format!("{resource}/{name}-1"))
-            .collect()
-    };
-    assert_eq!(objects_of(&scene, &app_uid).await, every("app"));
+    assert_eq!(
+        objects_of(&scene, &app_uid).await,
+        first_attempt_objects("app")
+    );
 
     scene.stop_controller().await;
     orphan_while_the_controller_is_down(&scene, "app", &app_uid).await;
     // Nothing collects them while the controller is down (the garbage collector would
     // have done so by now, had they kept an owner).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(objects_of(&scene, &app_uid).await, every("app"));
+    assert_eq!(
+        objects_of(&scene, &app_uid).await,
+        first_attempt_objects("app")
+    );
 
     scene.start_controller();
     scene
@@ -1065,10 +1070,16 @@ async fn the_orphans_of_a_build_deleted_while_the_controller_was_down_are_swept_
         .await;
     // The controller deleted them, and nothing else; the garbage collector nothing at all.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(deleted_by(&scene, &scene.identity.user), every("app"));
+    assert_eq!(
+        deleted_by(&scene, &scene.identity.user),
+        first_attempt_objects("app")
+    );
     assert_eq!(deleted_by(&scene, GARBAGE_COLLECTOR), Vec::<String>::new());
     // Untouched: the running Build's objects and the unlabelled pod.
-    assert_eq!(objects_of(&scene, &keeper_uid).await, every("keeper"));
+    assert_eq!(
+        objects_of(&scene, &keeper_uid).await,
+        first_attempt_objects("keeper")
+    );
     assert!(
         scene
             .pods()
@@ -1117,10 +1128,7 @@ async fn the_orphans_of_a_build_re_created_while_the_controller_was_down_are_swe
     let running = scene.wait_for("app", Phase::Running, Reason::Running).await;
     assert_eq!(running.uid(), Some(new_uid.clone()));
     assert_eq!(objects_of(&scene, &old_uid).await, Vec::<String>::new());
-    let mine: Vec<String> = ATTEMPT_RESOURCES
-        .iter()
-        .map(|resource| format!("{resource}/app-1"))
-        .collect();
+    let mine = first_attempt_objects("app");
     assert_eq!(objects_of(&scene, &new_uid).await, mine);
     let source = scene
         .config_maps()
@@ -1143,7 +1151,8 @@ async fn the_orphans_of_a_build_re_created_while_the_controller_was_down_are_swe
         "the old objects"
     );
     assert_eq!(deleted_by(&scene, GARBAGE_COLLECTOR), Vec::<String>::new());
-    let told = Api::<Event>::namespaced(scene.admin.clone(), &scene.ns)
+    let told = scene
+        .events()
         .list(&ListParams::default())
         .await
         .expect("list Events")

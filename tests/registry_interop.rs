@@ -384,14 +384,7 @@ async fn a_cold_pull_through_the_mirror_is_exact_and_cached() {
         image.manifest.as_slice()
     );
     // Config and layer were fetched once each; every other answer came from the store.
-    let metrics = http()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("kiln_cache_mirror_answers_total{kind=\"blob\",outcome=\"miss\"} 2"),
         "{metrics}"
@@ -445,17 +438,23 @@ async fn eight_concurrent_cold_pulls_fetch_each_blob_from_upstream_once() {
     server.stop().await.unwrap();
 }
 
-/// The value of the metric line that starts with `series` (0 when absent).
-async fn metric(server: &KilnServer, series: &str) -> u64 {
-    let text = http()
+/// The server's `/metrics` page.
+async fn metrics_text(server: &KilnServer) -> String {
+    http()
         .get(format!("{}/metrics", server.url()))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of the metric line that starts with `series` (0 when absent).
+async fn metric(server: &KilnServer, series: &str) -> u64 {
+    metrics_text(server)
+        .await
+        .lines()
         .find_map(|line| line.strip_prefix(series))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0)

@@ -495,36 +495,42 @@ mod tests {
             .await
             .expect(200, None);
         // Paths, methods and bodies are checked.
-        call(&registry, Method::GET, "/admin/v1/gc", json!(null))
-            .await
-            .expect(404, Some("UNSUPPORTED"));
-        call(&registry, Method::GET, "/admin/v1/prune", json!(null))
-            .await
-            .expect(405, Some("UNSUPPORTED"));
-        call(
-            &registry,
-            Method::POST,
-            "/admin/v1/prune",
-            json!({"policy": {"mode": "most"}}),
-        )
-        .await
-        .expect(400, Some("MANIFEST_INVALID"));
-        call(
-            &registry,
-            Method::DELETE,
-            "/admin/v1/repositories/Bad",
-            json!(null),
-        )
-        .await
-        .expect(400, Some("NAME_INVALID"));
-        call(
-            &registry,
-            Method::DELETE,
-            "/admin/v1/leases/a%2Fb",
-            json!(null),
-        )
-        .await
-        .expect(400, Some("NAME_INVALID"));
+        let refused = [
+            (Method::GET, "/admin/v1/gc", json!(null), 404, "UNSUPPORTED"),
+            (
+                Method::GET,
+                "/admin/v1/prune",
+                json!(null),
+                405,
+                "UNSUPPORTED",
+            ),
+            (
+                Method::POST,
+                "/admin/v1/prune",
+                json!({"policy": {"mode": "most"}}),
+                400,
+                "MANIFEST_INVALID",
+            ),
+            (
+                Method::DELETE,
+                "/admin/v1/repositories/Bad",
+                json!(null),
+                400,
+                "NAME_INVALID",
+            ),
+            (
+                Method::DELETE,
+                "/admin/v1/leases/a%2Fb",
+                json!(null),
+                400,
+                "NAME_INVALID",
+            ),
+        ];
+        for (method, path, body, status, code) in refused {
+            call(&registry, method, path, body)
+                .await
+                .expect(status, Some(code));
+        }
     }
 
     #[tokio::test]

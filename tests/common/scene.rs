@@ -167,6 +167,10 @@ impl Scene {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
+    pub fn events(&self) -> Api<Event> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
     /// Starts a controller (after [`Scene::stop_controller`], a new one).
     pub fn start_controller(&mut self) {
         assert!(self.controller.is_none(), "a controller runs already");
@@ -348,7 +352,8 @@ impl Scene {
                 pod.metadata.deletion_timestamp.is_some()
             );
         }
-        for event in Api::<Event>::namespaced(self.admin.clone(), &self.ns)
+        for event in self
+            .events()
             .list(&ListParams::default())
             .await
             .map(|l| l.items)
