@@ -13,6 +13,16 @@
 //! client that falls behind the window (or joins late) waits for the commit and reads the
 //! rest from the store. The last chunk is held back until the store has verified the
 //! digest, so no client ever receives a complete body whose digest is wrong.
+//!
+//! # Visibility
+//! A mirror repository shows a blob only after its own upstream served it: to this
+//! repository, or to another repository of the same mirror (all of them hold only what
+//! that upstream serves to every namespace). The store may hold the same bytes because a
+//! namespace pushed them; then the upstream must still serve the whole blob, which is
+//! hashed against the digest (and not written again) before the blob is linked. So a
+//! digest that only a push brought answers through the mirror exactly as one no one ever
+//! pushed. Fetches are per (mirror, digest): one mirror never links what another's
+//! upstream served.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
@@ -22,12 +32,12 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::mirror::upstream::{Upstream, UpstreamError};
 use crate::mirror::{CacheStatus, Mirror, MirrorError, MirrorMetrics, blocking};
 use crate::registry::body::{Chunks, read_file};
 use crate::registry::name::RepoName;
-use crate::store::{Ingest, Store, StoreError};
+use crate::store::{BlobWriter, Ingest, Store, StoreError};
 
 /// Chunks queued for the store's writer before the fetch waits for the disk.
 const WRITE_AHEAD: usize = 64;
@@ -36,10 +46,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The fetches in progress, by digest.
+/// The fetches in progress, by mirror and digest. Two mirrors never share a fetch: each
+/// one's repositories show only what its own upstream served.
 #[derive(Debug)]
 pub(crate) struct BlobFetches {
-    flights: Mutex<BTreeMap<Digest, Arc<Flight>>>,
+    flights: Mutex<BTreeMap<(String, Digest), Arc<Flight>>>,
     /// Bytes of recent chunks each flight keeps for its readers.
     window: usize,
 }
@@ -62,10 +73,11 @@ impl BlobFetches {
         }
     }
 
-    /// Joins the fetch of `digest` for `repo`, or starts one.
-    pub(crate) fn join(&self, digest: Digest, repo: &str) -> Joined {
+    /// Joins the fetch of `digest` from `mirror` for `repo`, or starts one.
+    pub(crate) fn join(&self, mirror: &str, digest: Digest, repo: &str) -> Joined {
         let mut flights = lock(&self.flights);
-        if let Some(flight) = flights.get(&digest) {
+        let key = (mirror.to_owned(), digest);
+        if let Some(flight) = flights.get(&key) {
             let mut state = lock(&flight.state);
             if state.closing {
                 return Joined::Finishing;
@@ -74,8 +86,8 @@ impl BlobFetches {
             drop(state);
             return Joined::Follower(flight.clone());
         }
-        let flight = Arc::new(Flight::new(digest, repo));
-        flights.insert(digest, flight.clone());
+        let flight = Arc::new(Flight::new(mirror, digest, repo));
+        flights.insert(key, flight.clone());
         Joined::Leader(flight)
     }
 
@@ -86,11 +98,9 @@ impl BlobFetches {
 
     fn remove(&self, flight: &Arc<Flight>) {
         let mut flights = lock(&self.flights);
-        if flights
-            .get(&flight.digest)
-            .is_some_and(|f| Arc::ptr_eq(f, flight))
-        {
-            flights.remove(&flight.digest);
+        let key = (flight.mirror.clone(), flight.digest);
+        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(&key);
         }
     }
 }
@@ -98,6 +108,7 @@ impl BlobFetches {
 /// One upstream fetch and what its readers need.
 #[derive(Debug)]
 pub(crate) struct Flight {
+    mirror: String,
     digest: Digest,
     state: Mutex<FlightState>,
     /// Bumped on every change of `state`, to wake readers.
@@ -196,8 +207,9 @@ impl FlightState {
 }
 
 impl Flight {
-    fn new(digest: Digest, repo: &str) -> Self {
+    fn new(mirror: &str, digest: Digest, repo: &str) -> Self {
         Self {
+            mirror: mirror.to_owned(),
             digest,
             state: Mutex::new(FlightState {
                 repos: [repo.to_owned()].into(),
@@ -427,20 +439,24 @@ impl Mirror {
     ) -> Result<BlobAnswer, MirrorError> {
         let (upstream, path) = self.upstream_for(name)?;
         let repo = name.to_string();
+        let mirror = name.first_component().to_owned();
         for _ in 0..JOIN_ATTEMPTS {
             let (store, linked_repo) = (self.inner.store.clone(), repo.clone());
+            let scope = format!("{mirror}/");
             let stored = blocking("look up a blob", move || {
                 if store.stat_blob(&linked_repo, digest)?.is_some() {
                     return Ok(true);
                 }
-                // In the store for another repository: make it part of this one too.
-                store.link(&linked_repo, digest)
+                // Fetched for another repository of this mirror: its upstream served it,
+                // so share it. Bytes that only a push brought stay invisible here until
+                // the upstream serves them too (the fetch below).
+                store.link_within(&scope, &linked_repo, digest)
             })
             .await?;
             if stored {
                 return Ok(BlobAnswer::Stored(CacheStatus::Hit));
             }
-            let (flight, status) = match self.inner.blobs.join(digest, &repo) {
+            let (flight, status) = match self.inner.blobs.join(&mirror, digest, &repo) {
                 Joined::Finishing => continue,
                 Joined::Follower(flight) => (flight, CacheStatus::Collapsed),
                 Joined::Leader(flight) => {
@@ -534,19 +550,9 @@ impl Fetch {
 
     async fn fetch(&self) -> Result<u64, MirrorError> {
         let digest = self.flight.digest;
-        let store = self.store.clone();
-        let ingest = blocking("start a blob ingest", move || store.ingest(digest)).await?;
-        let mut writer = match ingest {
-            Ingest::Present(info) => return Ok(info.size),
-            Ingest::Wait(waiter) => {
-                return blocking("wait for a concurrent ingest", move || waiter.wait())
-                    .await
-                    .map(|info| info.size);
-            }
-            Ingest::Write(writer) => writer,
-        };
-        // On any early return below the writer is dropped: its temp file goes with it and
-        // the store's waiters hear that the ingest failed.
+        // On any early return below the sink is dropped: a writer's temp file goes with it
+        // and the store's waiters hear that the ingest failed.
+        let sink = self.sink().await?;
         let blob = self.upstream.fetch_blob(&self.path, &digest).await?;
         let expected_size = blob.size;
         self.flight.update(|state| {
@@ -554,12 +560,7 @@ impl Fetch {
             state.size = expected_size;
         });
         let (tx, rx) = mpsc::channel::<Bytes>(WRITE_AHEAD);
-        let writing = tokio::task::spawn_blocking(move || {
-            for chunk in Chunks::new(rx) {
-                writer.write_chunk(&chunk)?;
-            }
-            Ok::<_, StoreError>(writer)
-        });
+        let writing = tokio::task::spawn_blocking(move || sink.consume(Chunks::new(rx)));
         let mut stream = blob.stream;
         let mut broken: Option<UpstreamError> = None;
         while let Some(item) = stream.next().await {
@@ -584,14 +585,14 @@ impl Fetch {
         if let Some(err) = broken {
             return Err(err.into());
         }
-        let writer = written.map_err(|err| MirrorError::store("write a fetched blob", &err))?;
+        let sink = written.map_err(|err| MirrorError::store("write a fetched blob", &err))?;
         let repo = self.repo.clone();
         let committed =
-            tokio::task::spawn_blocking(move || writer.commit(&repo, digest, expected_size))
+            tokio::task::spawn_blocking(move || sink.finish(&repo, digest, expected_size))
                 .await
                 .map_err(|err| MirrorError::task("commit a fetched blob", err))?;
         match committed {
-            Ok(info) => Ok(info.size),
+            Ok(size) => Ok(size),
             Err(err @ (StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })) => {
                 Err(MirrorError::Upstream(UpstreamError::Invalid {
                     upstream: self.upstream.name().to_owned(),
@@ -603,6 +604,30 @@ impl Fetch {
         }
     }
 
+    /// Where the upstream's bytes go: into the store, or, when the store has the digest
+    /// already (pushed by a namespace, or fetched by another mirror), only through a
+    /// hasher. Either way the upstream serves the whole blob before it becomes part of a
+    /// repository of this mirror: bytes on disk are shared, visibility is not.
+    async fn sink(&self) -> Result<Sink, MirrorError> {
+        let digest = self.flight.digest;
+        for _ in 0..JOIN_ATTEMPTS {
+            let store = self.store.clone();
+            match blocking("start a blob ingest", move || store.ingest(digest)).await? {
+                Ingest::Write(writer) => return Ok(Sink::Store(writer)),
+                Ingest::Present(_) => return Ok(Sink::verify()),
+                Ingest::Wait(waiter) => {
+                    // Whatever the other ingest's outcome, look again: present now (verify
+                    // against the upstream), or missing (write it).
+                    let _ = tokio::task::spawn_blocking(move || waiter.wait()).await;
+                }
+            }
+        }
+        Err(MirrorError::Task {
+            action: "start a blob ingest",
+            reason: format!("{digest} was being written by others {JOIN_ATTEMPTS} times"),
+        })
+    }
+
     /// Links the blob into every repository whose clients joined the fetch; from here on
     /// no one joins (they find the blob in the store).
     async fn link_readers(&self) -> Result<(), MirrorError> {
@@ -612,13 +637,83 @@ impl Fetch {
             std::mem::take(&mut state.repos)
         };
         let (store, digest) = (self.store.clone(), self.flight.digest);
-        blocking("link a fetched blob", move || {
+        let linked = blocking("link a fetched blob", move || {
             for repo in &repos {
-                store.link(repo, digest)?;
+                if !store.link(repo, digest)? {
+                    return Ok(false);
+                }
             }
-            Ok(())
+            Ok(true)
         })
-        .await
+        .await?;
+        if linked {
+            Ok(())
+        } else {
+            // Only a verified blob that GC removed between the check and the link.
+            Err(MirrorError::Task {
+                action: "link a fetched blob",
+                reason: format!("{digest} left the store while the upstream served it"),
+            })
+        }
+    }
+}
+
+/// Where a fetch puts the upstream's bytes.
+enum Sink {
+    /// A new blob: written and verified by the store.
+    Store(BlobWriter),
+    /// A blob the store holds already: hashed and counted, then compared.
+    Verify { hasher: Hasher, received: u64 },
+}
+
+impl Sink {
+    fn verify() -> Self {
+        Self::Verify {
+            hasher: Hasher::new(),
+            received: 0,
+        }
+    }
+
+    fn consume(mut self, chunks: impl Iterator<Item = Bytes>) -> Result<Self, StoreError> {
+        for chunk in chunks {
+            match &mut self {
+                Self::Store(writer) => writer.write_chunk(&chunk)?,
+                Self::Verify { hasher, received } => {
+                    hasher.update(&chunk);
+                    *received += chunk.len() as u64;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks the digest (and the upstream's size, if it sent one); a new blob is committed
+    /// into `repo`. Returns the blob's size.
+    fn finish(
+        self,
+        repo: &str,
+        digest: Digest,
+        expected_size: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Self::Store(writer) => Ok(writer.commit(repo, digest, expected_size)?.size),
+            Self::Verify { hasher, received } => {
+                let actual = hasher.finish();
+                if actual != digest {
+                    return Err(StoreError::DigestMismatch {
+                        expected: digest,
+                        actual,
+                    });
+                }
+                if let Some(expected) = expected_size.filter(|&size| size != received) {
+                    return Err(StoreError::SizeMismatch {
+                        expected,
+                        actual: received,
+                    });
+                }
+                Ok(received)
+            }
+        }
     }
 }
 
@@ -690,21 +785,32 @@ mod tests {
     fn joins_share_one_flight_until_it_closes() {
         let fetches = BlobFetches::new(1 << 20);
         let digest = Digest::of(b"x");
-        let leader = match fetches.join(digest, "hub/a") {
+        let leader = match fetches.join("hub", digest, "hub/a") {
             Joined::Leader(flight) => flight,
             _ => panic!("the first join leads"),
         };
         assert!(
-            matches!(fetches.join(digest, "hub/b"), Joined::Follower(f) if Arc::ptr_eq(&f, &leader))
+            matches!(fetches.join("hub", digest, "hub/b"), Joined::Follower(f) if Arc::ptr_eq(&f, &leader))
         );
         assert_eq!(
             lock(&leader.state).repos,
             BTreeSet::from(["hub/a".to_owned(), "hub/b".to_owned()])
         );
         lock(&leader.state).closing = true;
-        assert!(matches!(fetches.join(digest, "hub/c"), Joined::Finishing));
+        assert!(matches!(
+            fetches.join("hub", digest, "hub/c"),
+            Joined::Finishing
+        ));
+        // Another mirror never joins this one's fetch: its upstream must serve the blob.
+        assert!(matches!(
+            fetches.join("quay", digest, "quay/a"),
+            Joined::Leader(_)
+        ));
         fetches.remove(&leader);
-        assert_eq!(fetches.in_progress(), 0);
-        assert!(matches!(fetches.join(digest, "hub/c"), Joined::Leader(_)));
+        assert_eq!(fetches.in_progress(), 1);
+        assert!(matches!(
+            fetches.join("hub", digest, "hub/c"),
+            Joined::Leader(_)
+        ));
     }
 }

@@ -261,4 +261,35 @@ mod tests {
         let after = registry.registry.store().listing().unwrap().blobs[0].accessed_ms;
         assert!(after > before, "{before} -> {after}");
     }
+
+    #[tokio::test]
+    async fn a_mirror_repository_never_answers_from_what_a_namespace_pushed() {
+        use crate::mirror::upstream::UpstreamConfig;
+        use crate::mirror::{Mirror, MirrorOptions};
+        // An upstream that cannot answer: whatever the mirror serves, it must have asked.
+        let registry = TestRegistry::build(false, |store| {
+            let upstream = UpstreamConfig {
+                name: "hub".into(),
+                url: "http://127.0.0.1:9".into(),
+                credentials: None,
+            };
+            Some(Mirror::new(store.clone(), vec![upstream], MirrorOptions::default()).unwrap())
+        });
+        let digest = registry.push_blob("team-b/secret", b"private").await;
+        for path in [
+            format!("/v2/hub/anything/blobs/{digest}"),
+            format!("/v2/library/x/blobs/{digest}?ns=hub"),
+        ] {
+            for method in [Method::GET, Method::HEAD] {
+                let answer = registry
+                    .call(method.clone(), &path, &[], Body::empty())
+                    .await;
+                answer.expect(503, None);
+                assert!(answer.header("cache-status").is_empty(), "{method} {path}");
+            }
+        }
+        let store = registry.registry.store();
+        assert!(store.stat_blob("hub/anything", digest).unwrap().is_none());
+        assert!(store.stat_blob("hub/library/x", digest).unwrap().is_none());
+    }
 }

@@ -39,6 +39,40 @@ fn first_missing(
     Ok(None)
 }
 
+/// Whether a repository whose name starts with `scope` links `digest`. Seeks from one
+/// repository to the next (see [`Store::repositories`]), so it costs one lookup per
+/// repository in the scope, not one per link.
+fn linked_under(
+    links: &impl ReadableTable<(&'static str, [u8; 32]), ()>,
+    scope: &str,
+    digest: Digest,
+) -> Result<bool> {
+    let action = "look up links";
+    let mut from = scope.to_owned();
+    loop {
+        let next = links
+            .range((from.as_str(), [0u8; 32])..)
+            .map_err(StoreError::db(action))?
+            .next();
+        let Some(entry) = next else {
+            return Ok(false);
+        };
+        let (key, _) = entry.map_err(StoreError::db(action))?;
+        let repo = key.value().0.to_owned();
+        if !repo.starts_with(scope) {
+            return Ok(false);
+        }
+        if links
+            .get((repo.as_str(), *digest.as_bytes()))
+            .map_err(StoreError::db(action))?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        from = format!("{repo}\0");
+    }
+}
+
 fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
     let ManifestRow {
         media_type,
@@ -318,8 +352,12 @@ impl Store {
         })
     }
 
-    /// Links a blob that is already in the store into `repo` (the mirror's waiters, after
-    /// another request ingested it). False when the blob is not in the store.
+    /// Links a blob that is already in the store into `repo`, whichever repository brought
+    /// it. False when the blob is not in the store.
+    ///
+    /// This makes content visible in `repo` that may have come from anywhere: call it only
+    /// when the source `repo` stands for has itself just served these bytes (the mirror,
+    /// after its upstream's transfer hashed to `digest`). Never on a client's say-so.
     pub fn link(&self, repo: &str, digest: Digest) -> Result<bool> {
         validate_repo(repo)?;
         self.write("link", |txn| {
@@ -332,6 +370,31 @@ impl Store {
             links
                 .insert((repo, *digest.as_bytes()), ())
                 .map_err(StoreError::db("link"))?;
+            self.protect([digest]);
+            Ok(true)
+        })
+    }
+
+    /// Links `digest` into `repo` if a repository whose name starts with `scope` already
+    /// holds it (a mirror shares what its upstream served for one repository with the
+    /// others, without asking again). False otherwise, also when the blob is in the store
+    /// for a repository outside `scope`: that content stays invisible to `repo`.
+    pub fn link_within(&self, scope: &str, repo: &str, digest: Digest) -> Result<bool> {
+        validate_repo(repo)?;
+        let action = "link";
+        self.write(action, |txn| {
+            if !Self::has_blob(txn, digest)? {
+                return Ok(false);
+            }
+            let mut links = txn
+                .open_table(tables::LINKS)
+                .map_err(StoreError::db(action))?;
+            if !linked_under(&links, scope, digest)? {
+                return Ok(false);
+            }
+            links
+                .insert((repo, *digest.as_bytes()), ())
+                .map_err(StoreError::db(action))?;
             self.protect([digest]);
             Ok(true)
         })
@@ -865,5 +928,41 @@ mod tests {
         let report = gc_now(&store);
         assert_eq!(report.blobs_removed, 3, "{report:?}");
         assert!(store.listing().unwrap().is_empty());
+    }
+
+    #[test]
+    fn link_within_shares_only_what_a_repository_of_the_scope_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let pushed = Digest::of(b"pushed by team-b");
+        let fetched = Digest::of(b"served by the upstream");
+        store
+            .put_blob("team-b/secret", pushed, b"pushed by team-b")
+            .unwrap();
+        store
+            .put_blob("hub/library/a", fetched, b"served by the upstream")
+            .unwrap();
+        // Repositories that sort around the scope's prefix must not count as inside it.
+        store
+            .put_blob("hub-evil/x", pushed, b"pushed by team-b")
+            .unwrap();
+        store
+            .put_blob("hua/x", pushed, b"pushed by team-b")
+            .unwrap();
+        store
+            .put_blob("hub0/x", pushed, b"pushed by team-b")
+            .unwrap();
+
+        assert!(!store.link_within("hub/", "hub/library/b", pushed).unwrap());
+        assert!(store.stat_blob("hub/library/b", pushed).unwrap().is_none());
+        assert!(
+            !store
+                .link_within("hub/", "hub/library/b", Digest::of(b"absent"))
+                .unwrap()
+        );
+        assert!(store.link_within("hub/", "hub/library/b", fetched).unwrap());
+        assert!(store.stat_blob("hub/library/b", fetched).unwrap().is_some());
+        // Nothing of the scope reaches outside it the other way round either.
+        assert!(!store.link_within("team-a/", "team-a/app", fetched).unwrap());
     }
 }
