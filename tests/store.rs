@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kiln::digest::Digest;
+use kiln::digest::{Algorithm, Digest};
 use kiln::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
 use kiln::store::{
     Clock, GcOptions, LeaseTarget, Policy, Reference, Store, StoreOptions, VerifyOptions,
@@ -101,6 +101,18 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
         let upload = store.upload_create("team/app").unwrap();
         store.upload_append(&upload, 0, b"half a layer").unwrap();
         store.upload_cancel(&upload).unwrap();
+        // The same base layer pushed by its sha512 digest, in an image addressed by sha512.
+        let base512 = store
+            .put_blob("team/app", Algorithm::Sha512.digest(base), base)
+            .unwrap();
+        let manifest512 = image_manifest(
+            (config.digest, config.size),
+            &[(base512.digest, base512.size)],
+        );
+        let digest512 = Algorithm::Sha512.digest(&manifest512);
+        store
+            .put_manifest("team/app", &Reference::Digest(digest512), "", &manifest512)
+            .unwrap();
         store.close().unwrap();
     }
     // As in the report: a prune with a ceiling first, then prune --all.
@@ -140,6 +152,51 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
             "{area}"
         );
     }
+}
+
+#[test]
+fn a_blob_under_both_algorithms_is_two_entries_each_verified_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = b"one content, two digests";
+    let short = store.put_blob("a", Digest::of(bytes), bytes).unwrap();
+    let long = store
+        .put_blob("a", Algorithm::Sha512.digest(bytes), bytes)
+        .unwrap();
+    assert_ne!(short.digest, long.digest);
+    let listed: Vec<Digest> = store
+        .listing()
+        .unwrap()
+        .blobs
+        .iter()
+        .map(|b| b.digest)
+        .collect();
+    assert_eq!(listed, [short.digest, long.digest], "sha256 sorts first");
+    let path = dir
+        .path()
+        .join("blobs/sha512")
+        .join(&long.digest.hex()[..2])
+        .join(long.digest.hex());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let rehash = VerifyOptions {
+        rehash: true,
+        ..VerifyOptions::default()
+    };
+    assert!(store.verify(&rehash).unwrap().is_clean());
+    // Corrupt the sha512 twin: only it is reported and, on repair, dropped.
+    std::fs::write(&path, b"one content, two digests!").unwrap();
+    let report = store.verify(&rehash).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let repaired = store
+        .verify(&VerifyOptions {
+            repair: true,
+            ..rehash
+        })
+        .unwrap();
+    assert_eq!(repaired.dropped, [long.digest], "{repaired:?}");
+    assert!(store.stat_blob("a", short.digest).unwrap().is_some());
+    assert!(store.stat_blob("a", long.digest).unwrap().is_none());
+    assert!(store.verify(&rehash).unwrap().is_clean());
 }
 
 #[test]

@@ -700,10 +700,7 @@ impl Sink {
             Self::Verify { hasher, received } => {
                 let actual = hasher.finish();
                 if actual != digest {
-                    return Err(StoreError::DigestMismatch {
-                        expected: digest,
-                        actual,
-                    });
+                    return Err(StoreError::digest_mismatch(digest, actual));
                 }
                 if let Some(expected) = expected_size.filter(|&size| size != received) {
                     return Err(StoreError::SizeMismatch {

@@ -432,17 +432,24 @@ impl Upstream {
                 ),
                 ReadError::Broken(reason) => self.unavailable(&action, reason, None),
             })?;
-        let digest = Digest::of(&bytes);
+        // Hashed with the algorithm asked for (sha256 for a tag), and the header checked
+        // with its own.
+        let digest = match reference.as_digest() {
+            Some(expected) => expected.algorithm().digest(&bytes),
+            None => Digest::of(&bytes),
+        };
         if let Some(expected) = reference.as_digest().filter(|d| **d != digest) {
             return Err(self.invalid(
                 &action,
                 format!("content hashes to {digest}, not {expected}"),
             ));
         }
-        if let Some(Ok(header)) = header_digest.filter(|h| h.as_ref().ok() != Some(&digest)) {
+        if let Some(Ok(header)) =
+            header_digest.filter(|h| h.as_ref().is_ok_and(|h| h.algorithm().digest(&bytes) != *h))
+        {
             return Err(self.invalid(
                 &action,
-                format!("content hashes to {digest}, Docker-Content-Digest says {header}"),
+                format!("content does not hash to {header}, as Docker-Content-Digest says"),
             ));
         }
         let media_type = match media_type.filter(|t| is_manifest_type(t)) {
@@ -485,7 +492,7 @@ impl Upstream {
             Some(Err(text)) => {
                 return Err(self.invalid(
                     &action,
-                    format!("Docker-Content-Digest {text:?} is not a sha256 digest"),
+                    format!("Docker-Content-Digest {text:?} is not a supported digest"),
                 ));
             }
             None => return Err(self.invalid(&action, "no Docker-Content-Digest header")),

@@ -28,6 +28,15 @@ pub enum RegistryError {
         /// The digest asked for.
         digest: Digest,
     },
+    /// `BLOB_UNKNOWN` (404) for a digest that cannot name any blob (malformed, or of an
+    /// algorithm the registry does not support), where the spec allows only a 404.
+    #[error("blob {digest:?} is unknown: {reason}")]
+    BlobUnknownMalformed {
+        /// The digest as the client wrote it.
+        digest: String,
+        /// Why it names no blob.
+        reason: String,
+    },
     /// `BLOB_UPLOAD_INVALID` (400): the upload cannot go on as asked.
     #[error("blob upload invalid: {reason}")]
     BlobUploadInvalid {
@@ -262,7 +271,7 @@ impl RegistryError {
     /// The spec error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+            Self::BlobUnknown { .. } | Self::BlobUnknownMalformed { .. } => ErrorCode::BlobUnknown,
             Self::BlobUploadInvalid { .. } => ErrorCode::BlobUploadInvalid,
             Self::BlobUploadUnknown { .. } => ErrorCode::BlobUploadUnknown,
             Self::DigestInvalid { .. } => ErrorCode::DigestInvalid,
@@ -287,6 +296,7 @@ impl RegistryError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BlobUnknown { .. }
+            | Self::BlobUnknownMalformed { .. }
             | Self::BlobUploadUnknown { .. }
             | Self::ManifestBlobUnknown { .. }
             | Self::ManifestUnknown { .. }
@@ -315,6 +325,9 @@ impl RegistryError {
         match self {
             Self::BlobUnknown { digest } | Self::ManifestBlobUnknown { digest } => {
                 Some(json!({ "digest": digest }))
+            }
+            Self::BlobUnknownMalformed { digest, reason } => {
+                Some(json!({ "digest": digest, "reason": reason }))
             }
             Self::BlobUploadUnknown { id } => Some(json!({ "upload": id })),
             Self::ManifestUnknown { reference } => Some(json!({ "reference": reference })),
@@ -670,10 +683,7 @@ mod tests {
         let digest = Digest::of(b"x");
         let cases = [
             (
-                StoreError::DigestMismatch {
-                    expected: digest,
-                    actual: digest,
-                },
+                StoreError::digest_mismatch(digest, digest),
                 ErrorCode::DigestInvalid,
             ),
             (

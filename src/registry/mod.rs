@@ -40,6 +40,8 @@ pub mod tags;
 pub mod uploads;
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tenancy;
 #[cfg(test)]
 pub(crate) mod testing;

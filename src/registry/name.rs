@@ -634,9 +634,18 @@ pub(crate) mod tests {
             Reference::Tag(Tag::parse("latest").unwrap())
         );
         assert_eq!(Reference::parse(D).unwrap(), Reference::Digest(digest()));
+        let sha512 = crate::digest::Algorithm::Sha512.digest(b"");
+        assert_eq!(
+            Reference::parse(&sha512.to_string()).unwrap(),
+            Reference::Digest(sha512)
+        );
+        assert!(matches!(
+            Reference::parse("sha384:abcd"),
+            Err(ReferenceError::Digest(DigestError::UnsupportedAlgorithm(_)))
+        ));
         assert!(matches!(
             Reference::parse("sha512:abcd"),
-            Err(ReferenceError::Digest(DigestError::UnsupportedAlgorithm(_)))
+            Err(ReferenceError::Digest(DigestError::BadHex(_)))
         ));
         assert!(matches!(
             Reference::parse("sha256:abc"),

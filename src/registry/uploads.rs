@@ -120,7 +120,9 @@ async fn monolithic(
     let expected_size = content_length(request);
     let writer = request
         .registry
-        .blocking("start an upload", |store| store.blob_writer())
+        .blocking("start an upload", move |store| {
+            store.blob_writer_for(digest.algorithm())
+        })
         .await?;
     let ((writer, written), end) = feed(body, move |chunks| {
         let mut writer = writer;

@@ -43,7 +43,9 @@ pub fn load(
     let layout = store.layout().clone();
     // Every shard up front: one `mkdir` each instead of a `stat` per blob.
     for shard in 0..=255u8 {
-        let dir = layout.blobs().join(format!("{shard:02x}"));
+        let dir = layout
+            .algorithm_dir(crate::digest::Algorithm::Sha256)
+            .join(format!("{shard:02x}"));
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
     }
     for chunk in items.chunks(batch.max(1)) {
@@ -119,18 +121,18 @@ fn insert_rows(store: &Store, repo: &str, mut rows: Vec<Loaded>, created_ms: u64
                 accessed_ms: created_ms,
             };
             blobs
-                .insert(digest.as_bytes(), blob.encode())
+                .insert(digest.to_key().as_slice(), blob.encode())
                 .map_err(StoreError::db(action))?;
             links
-                .insert((repo, *digest.as_bytes()), ())
+                .insert((repo, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db(action))?;
             if let Some(row) = row {
                 manifests
-                    .insert(digest.as_bytes(), tables::encode(row).as_slice())
+                    .insert(digest.to_key().as_slice(), tables::encode(row).as_slice())
                     .map_err(StoreError::db(action))?;
             }
             if let Some(tag) = tag {
-                tags.insert((repo, tag.as_str()), *digest.as_bytes())
+                tags.insert((repo, tag.as_str()), digest.to_key().as_slice())
                     .map_err(StoreError::db(action))?;
             }
         }

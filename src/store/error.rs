@@ -62,9 +62,9 @@ pub enum StoreError {
     #[error("content digest is {actual}, expected {expected}")]
     DigestMismatch {
         /// The digest the caller gave.
-        expected: Digest,
+        expected: Box<Digest>,
         /// The digest of the bytes received.
-        actual: Digest,
+        actual: Box<Digest>,
     },
     /// The number of bytes written is not the size the caller expected.
     #[error("content is {actual} bytes, expected {expected}")]
@@ -147,6 +147,15 @@ impl StoreError {
     }
 
     /// A database error while doing `action`.
+    /// [`StoreError::DigestMismatch`] (boxed: a sha512 digest is 64 bytes, and every
+    /// `Result` of the store would carry two).
+    pub fn digest_mismatch(expected: Digest, actual: Digest) -> Self {
+        Self::DigestMismatch {
+            expected: Box::new(expected),
+            actual: Box::new(actual),
+        }
+    }
+
     pub(crate) fn db<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> Self {
         move |source| Self::Database {
             action,

@@ -150,6 +150,13 @@ impl Store {
             }),
         };
         store.write("create tables", |txn| {
+            let migrated = crate::store::migrate::migrate(txn)?;
+            if migrated > 0 {
+                tracing::info!(
+                    rows = migrated,
+                    "moved the cache store's metadata to the current schema"
+                );
+            }
             txn.open_table(tables::BLOBS)
                 .map_err(StoreError::db("create tables"))?;
             txn.open_table(tables::MANIFESTS)
@@ -289,7 +296,7 @@ fn flush_access(inner: &Inner) -> Result<usize> {
         let mut changed = 0;
         for (digest, at) in pending {
             let Some(row) = blobs
-                .get(digest.as_bytes())
+                .get(digest.to_key().as_slice())
                 .map_err(StoreError::db("write access times"))?
                 .map(|row| tables::BlobRow::decode(row.value()))
             else {
@@ -301,7 +308,7 @@ fn flush_access(inner: &Inner) -> Result<usize> {
                     ..row
                 };
                 blobs
-                    .insert(digest.as_bytes(), row.encode())
+                    .insert(digest.to_key().as_slice(), row.encode())
                     .map_err(StoreError::db("write access times"))?;
                 changed += 1;
             }

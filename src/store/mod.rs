@@ -69,6 +69,7 @@ mod handle;
 mod index;
 pub mod layout;
 pub mod manifest;
+mod migrate;
 pub mod storage;
 pub mod sweep;
 pub mod tables;

@@ -142,10 +142,7 @@ impl Storage for Model {
         if let Reference::Digest(expected) = reference
             && *expected != digest
         {
-            return Err(StoreError::DigestMismatch {
-                expected: *expected,
-                actual: digest,
-            });
+            return Err(StoreError::digest_mismatch(*expected, digest));
         }
         let mut state = lock(&self.state);
         for reference in &parsed.references {

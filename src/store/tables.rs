@@ -1,9 +1,12 @@
 //! The metadata schema: redb table definitions and the rows they hold (pure encoding).
 //!
-//! Keys are digests as their 32 raw bytes and names as strings, so redb's key order is
-//! the order of every listing (invariant 6: no listing depends on hash-map order).
-//! A repository exists while it has a link; it has no row of its own, so there is no
-//! count to leak.
+//! Keys are digests in their binary form ([`Digest::to_key`]: an algorithm byte, then the
+//! hash) and names as strings, so redb's key order is the order of every listing
+//! (invariant 6: no listing depends on hash-map order). A repository exists while it has a
+//! link; it has no row of its own, so there is no count to leak.
+//!
+//! The names carry the schema's version: the first schema keyed sha256 digests by their
+//! 32 raw bytes, and [`crate::store::migrate`] moves a store written by it to these tables.
 
 use std::collections::BTreeMap;
 
@@ -14,15 +17,15 @@ use crate::digest::Digest;
 use crate::store::error::{Result, StoreError};
 
 /// digest → (size, created ms, last access ms). Every blob, manifests included.
-pub const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64)> = TableDefinition::new("blobs");
+pub const BLOBS: TableDefinition<&[u8], (u64, u64, u64)> = TableDefinition::new("blobs.v2");
 /// digest → [`ManifestRow`] as JSON. A manifest is also a blob (its exact bytes).
-pub const MANIFESTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("manifests");
+pub const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests.v2");
 /// (repository, tag) → manifest digest.
-pub const TAGS: TableDefinition<(&str, &str), [u8; 32]> = TableDefinition::new("tags");
+pub const TAGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tags.v2");
 /// (repository, digest) → (): the blob or manifest is part of that repository.
-pub const LINKS: TableDefinition<(&str, [u8; 32]), ()> = TableDefinition::new("links");
+pub const LINKS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("links.v2");
 /// (subject digest, referrer manifest digest) → (): the referrers index.
-pub const REFERRERS: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("referrers");
+pub const REFERRERS: TableDefinition<(&[u8], &[u8]), ()> = TableDefinition::new("referrers.v2");
 /// lease name → [`LeaseRow`] as JSON.
 pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// upload id → [`UploadRow`] as JSON.
@@ -119,8 +122,11 @@ pub fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -
 }
 
 /// The digest stored as a key or value.
-pub fn digest(bytes: [u8; 32]) -> Digest {
-    Digest::from_bytes(bytes)
+pub fn digest(key: &[u8]) -> Result<Digest> {
+    Digest::from_key(key).map_err(|err| StoreError::RowCorrupt {
+        table: "a digest key",
+        reason: err.to_string(),
+    })
 }
 
 #[cfg(test)]

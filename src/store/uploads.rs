@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::store::blobs::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
@@ -39,6 +39,8 @@ impl Store {
         let temp = TempBlob::create(
             self.inner.layout.tmp().join(format!("upload-{id}")),
             self.inner.sync,
+            // The digest comes with the last request; commit rehashes for another one.
+            Algorithm::Sha256,
         )?;
         let row = UploadRow {
             repo: repo.to_owned(),
