@@ -365,6 +365,107 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn non_distributable_layers_with_urls_are_never_required_nor_fetched() {
+        let registry = TestRegistry::open();
+        let config = registry.push_blob("win", b"{}").await;
+        let pushed = registry.push_blob("win", b"a pushed layer").await;
+        let foreign = Digest::of(b"a Windows base layer that is never pushed");
+        let layer = |media_type: &str, digest: Digest, urls: &[&str]| serde_json::json!({"mediaType": media_type, "digest": digest, "size": 40, "urls": urls});
+        let manifest_with = |foreign_layer: serde_json::Value, media_type: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media_type,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+                "layers": [
+                    foreign_layer,
+                    layer("application/vnd.oci.image.layer.v1.tar+gzip", pushed, &[]),
+                ],
+            }))
+            .unwrap()
+        };
+        // An address no test serves: a fetch would fail the push.
+        let urls = ["http://127.0.0.1:9/base.tar.gz"];
+        let mut stored = Vec::new();
+        for (media_type, manifest_type) in [
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                DOCKER_MANIFEST,
+            ),
+        ] {
+            let body = manifest_with(layer(media_type, foreign, &urls), manifest_type);
+            let tag = format!("t{}", stored.len());
+            registry
+                .push_manifest("win", &tag, &body)
+                .await
+                .expect(201, None);
+            let back = registry.get(&format!("/v2/win/manifests/{tag}")).await;
+            back.expect(200, None);
+            assert_eq!(back.body.as_ref(), body.as_slice(), "{media_type}");
+            stored.push(body);
+        }
+        // Without `urls` such a layer must be pushed like any other; and every other
+        // reference is still required.
+        let no_urls = manifest_with(
+            layer(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                foreign,
+                &[],
+            ),
+            OCI_MANIFEST,
+        );
+        registry
+            .push_manifest("win", "no-urls", &no_urls)
+            .await
+            .expect(404, Some("MANIFEST_BLOB_UNKNOWN"));
+        let absent_regular = manifest_with(
+            layer(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                foreign,
+                &urls,
+            ),
+            OCI_MANIFEST,
+        );
+        registry
+            .push_manifest("win", "regular", &absent_regular)
+            .await
+            .expect(404, Some("MANIFEST_BLOB_UNKNOWN"));
+        // verify finds nothing missing; GC keeps the images and then, untagged, frees all.
+        let store = registry.registry.store();
+        assert!(
+            store
+                .verify(&crate::store::VerifyOptions::default())
+                .unwrap()
+                .is_clean()
+        );
+        let now = crate::store::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..crate::store::GcOptions::default()
+        };
+        store.gc(&now).unwrap();
+        assert!(store.stat_blob("win", pushed).unwrap().is_some());
+        for tag in 0..stored.len() {
+            registry
+                .delete_as_admin(&format!("/v2/win/manifests/t{tag}"))
+                .await
+                .expect(202, None);
+        }
+        store.gc(&now).unwrap();
+        assert!(store.listing().unwrap().is_empty(), "{:?}", store.listing());
+    }
+
+    #[tokio::test]
     async fn deleting_a_tag_removes_the_tag_only_and_a_digest_its_tags_too() {
         let registry = TestRegistry::open();
         let (manifest, digest) = registry.push_image("a", "v1", "x").await;

@@ -83,14 +83,8 @@ fn load_file(layout: &Layout, item: &Item) -> Result<Loaded> {
     std::fs::write(&path, &item.bytes).map_err(StoreError::io("write", &path))?;
     let row = if item.manifest {
         let parsed = manifest::parse(&item.bytes)?;
-        Some(ManifestRow {
-            media_type: parsed.media_type.unwrap_or_default(),
-            references: parsed.references,
-            subject: parsed.subject,
-            artifact_type: parsed.artifact_type,
-            annotations: parsed.annotations,
-            on_demand: false,
-        })
+        let media_type = parsed.media_type.clone().unwrap_or_default();
+        Some(ManifestRow::new(parsed, media_type, false))
     } else {
         None
     };

@@ -16,14 +16,16 @@ use crate::store::types::{
     RepositoryDeleted, TagEntry, validate_repo, validate_tag,
 };
 
-/// The first of `references` (sorted) that is not a blob linked into `repo`.
+/// The first of `references` (sorted) that is not a blob linked into `repo`, leaving out
+/// the `external` ones (they are never pushed).
 fn first_missing(
     links: &impl ReadableTable<(&'static str, &'static [u8]), ()>,
     blobs: &impl ReadableTable<&'static [u8], (u64, u64, u64)>,
     repo: &str,
     references: &[Digest],
+    external: &[Digest],
 ) -> Result<Option<Digest>> {
-    for digest in references {
+    for digest in references.iter().filter(|d| !external.contains(d)) {
         let linked = links
             .get((repo, digest.to_key().as_slice()))
             .map_err(StoreError::db("check references"))?
@@ -81,6 +83,7 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         artifact_type,
         annotations,
         on_demand,
+        external,
     } = row;
     ManifestInfo {
         digest,
@@ -91,6 +94,7 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         artifact_type,
         annotations,
         on_demand,
+        external,
     }
 }
 
@@ -183,21 +187,16 @@ impl Store {
             let blobs = txn
                 .open_table(tables::BLOBS)
                 .map_err(StoreError::db("check references"))?;
-            if let Some(missing) = first_missing(&links, &blobs, repo, &parsed.references)? {
+            if let Some(missing) =
+                first_missing(&links, &blobs, repo, &parsed.references, &parsed.external)?
+            {
                 return Err(StoreError::ReferenceMissing {
                     repo: repo.to_owned(),
                     digest: missing,
                 });
             }
         }
-        let row = ManifestRow {
-            media_type,
-            references: parsed.references,
-            subject: parsed.subject,
-            artifact_type: parsed.artifact_type,
-            annotations: parsed.annotations,
-            on_demand: !required,
-        };
+        let row = ManifestRow::new(parsed, media_type, !required);
         let encoded = tables::encode(&row);
         let info = self.commit_bytes(repo, bytes, digest, |txn| {
             let action = "commit manifest";
@@ -208,7 +207,9 @@ impl Store {
                 let blobs = txn
                     .open_table(tables::BLOBS)
                     .map_err(StoreError::db(action))?;
-                if let Some(missing) = first_missing(&links, &blobs, repo, &row.references)? {
+                if let Some(missing) =
+                    first_missing(&links, &blobs, repo, &row.references, &row.external)?
+                {
                     return Ok(Err(StoreError::ReferenceMissing {
                         repo: repo.to_owned(),
                         digest: missing,

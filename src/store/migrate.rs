@@ -144,14 +144,8 @@ mod tests {
             let mut manifests = txn.open_table(OLD_MANIFESTS).unwrap();
             for bytes in [&manifest, &signature] {
                 let parsed = crate::store::manifest::parse(bytes).unwrap();
-                let row = tables::ManifestRow {
-                    media_type: parsed.media_type.unwrap_or_default(),
-                    references: parsed.references,
-                    subject: parsed.subject,
-                    artifact_type: parsed.artifact_type,
-                    annotations: parsed.annotations,
-                    on_demand: false,
-                };
+                let media_type = parsed.media_type.clone().unwrap_or_default();
+                let row = tables::ManifestRow::new(parsed, media_type, false);
                 manifests
                     .insert(raw(bytes), tables::encode(&row).as_slice())
                     .unwrap();

@@ -145,7 +145,11 @@ impl Storage for Model {
             return Err(StoreError::digest_mismatch(*expected, digest));
         }
         let mut state = lock(&self.state);
-        for reference in &parsed.references {
+        for reference in parsed
+            .references
+            .iter()
+            .filter(|d| !parsed.external.contains(d))
+        {
             if !state.links.contains(&(repo.to_owned(), *reference))
                 || !state.blobs.contains_key(reference)
             {
@@ -169,6 +173,7 @@ impl Storage for Model {
             artifact_type: parsed.artifact_type,
             annotations: parsed.annotations,
             on_demand: false,
+            external: parsed.external,
         };
         state.manifests.insert(digest, info.clone());
         if let Reference::Tag(tag) = reference {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::store::error::{Result, StoreError};
+use crate::store::manifest::Parsed;
 
 /// digest → (size, created ms, last access ms). Every blob, manifests included.
 pub const BLOBS: TableDefinition<&[u8], (u64, u64, u64)> = TableDefinition::new("blobs.v2");
@@ -76,6 +77,33 @@ pub struct ManifestRow {
     /// ordinary manifests encode as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_demand: bool,
+    /// The references that live at URLs of their own (non-distributable layers): absent
+    /// ones are expected. Omitted when empty, like `on_demand`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<Digest>,
+}
+
+impl ManifestRow {
+    /// The row of a parsed manifest, stored with `media_type`; `on_demand` for a mirror's.
+    pub fn new(parsed: Parsed, media_type: String, on_demand: bool) -> Self {
+        let Parsed {
+            references,
+            external,
+            subject,
+            artifact_type,
+            annotations,
+            media_type: _,
+        } = parsed;
+        Self {
+            media_type,
+            references,
+            subject,
+            artifact_type,
+            annotations,
+            on_demand,
+            external,
+        }
+    }
 }
 
 /// The part of a [`ManifestRow`] that GC reads: what the manifest leads to. Decoding only
@@ -142,6 +170,7 @@ mod tests {
             artifact_type: None,
             annotations: BTreeMap::from([("k".into(), "v".into())]),
             on_demand: false,
+            external: Vec::new(),
         };
         assert_eq!(
             decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),

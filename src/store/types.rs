@@ -38,6 +38,16 @@ pub struct ManifestInfo {
     /// Stored by the pull-through mirror: its references are fetched from the upstream on
     /// demand and may be absent (see [`crate::store::Store::put_mirrored_manifest`]).
     pub on_demand: bool,
+    /// The references that live at URLs of their own (non-distributable layers with
+    /// `urls`): never pushed, so never required present.
+    pub external: Vec<Digest>,
+}
+
+impl ManifestInfo {
+    /// Whether `reference` may be absent from the store without anything being wrong.
+    pub fn may_lack(&self, reference: &Digest) -> bool {
+        self.on_demand || self.external.contains(reference)
+    }
 }
 
 /// How a manifest is named in a request: by tag or by digest.

@@ -594,8 +594,9 @@ impl Store {
                 dangling("manifests", manifest.digest.to_string(), manifest.digest);
             }
             for reference in &manifest.references {
-                // A mirror's manifest fetches its references on demand.
-                if !blobs.contains(reference) && !manifest.on_demand {
+                // A mirror's manifest fetches its references on demand; a non-distributable
+                // layer is never pushed.
+                if !blobs.contains(reference) && !manifest.may_lack(reference) {
                     dangling("manifests", manifest.digest.to_string(), *reference);
                 }
             }
@@ -669,10 +670,10 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
             .filter(|(digest, _)| !gone.contains(*digest))
             .filter(|(digest, row)| {
                 !present.contains(*digest)
-                    || row
-                        .references
-                        .iter()
-                        .any(|r| gone.contains(r) || (!row.on_demand && !present.contains(r)))
+                    || row.references.iter().any(|r| {
+                        let may_lack = row.on_demand || row.external.contains(r);
+                        gone.contains(r) || (!may_lack && !present.contains(r))
+                    })
             })
             .map(|(digest, _)| *digest)
             .collect();
