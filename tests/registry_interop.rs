@@ -837,6 +837,47 @@ async fn kiln_cache_du_prune_verify_with_server_use_the_admin_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upload_session_expires_with_its_bytes() {
+    let server = KilnServer::start(kiln_server::Config {
+        upload_ttl: Some(std::time::Duration::from_millis(400)),
+        ..kiln_server::Config::default()
+    })
+    .await;
+    let start = http()
+        .post(format!("{}/v2/team-a/cache/blobs/uploads/", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 202);
+    let session = format!(
+        "{}{}",
+        server.url(),
+        start.headers()["location"].to_str().unwrap()
+    );
+    let chunk = http()
+        .patch(&session)
+        .body(vec![7u8; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunk.status(), 202);
+    let temp_files = || std::fs::read_dir(server.root.join("tmp")).unwrap().count();
+    assert_eq!(temp_files(), 1);
+    assert_eq!(metric(&server, "kiln_cache_uploads_in_progress").await, 1);
+    // Idle past the TTL (the check runs every TTL/4): gone, bytes and all.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let late = http().patch(&session).body("late").send().await.unwrap();
+    assert_eq!(late.status(), 404);
+    let body: serde_json::Value = late.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(temp_files(), 0);
+    assert_eq!(metric(&server, "kiln_cache_uploads_expired_total").await, 1);
+    assert_eq!(metric(&server, "kiln_cache_uploads_in_progress").await, 0);
+    assert!(server.store.verify(&Default::default()).unwrap().is_clean());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_idle_connections_are_closed() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let server = KilnServer::start(kiln_server::Config {

@@ -134,8 +134,11 @@ pub enum RegistryError {
         reason: String,
     },
     /// `TOOMANYREQUESTS` (429): the client should slow down.
-    #[error("too many requests")]
-    TooManyRequests,
+    #[error("too many requests: {reason}")]
+    TooManyRequests {
+        /// What limit was reached, for the client.
+        reason: String,
+    },
     /// `RANGE_INVALID` (416): a chunk does not start where the upload ends, or a blob
     /// `Range` lies outside the blob.
     #[error("range not satisfiable: {reason}")]
@@ -285,7 +288,7 @@ impl RegistryError {
             Self::Unauthorized { .. } => ErrorCode::Unauthorized,
             Self::Denied { .. } => ErrorCode::Denied,
             Self::Unsupported { .. } | Self::RouteUnknown { .. } => ErrorCode::Unsupported,
-            Self::TooManyRequests => ErrorCode::TooManyRequests,
+            Self::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             Self::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             Self::Unavailable { .. } => ErrorCode::Unavailable,
             Self::Internal { .. } => ErrorCode::Unknown,
@@ -312,7 +315,7 @@ impl RegistryError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::Unsupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -343,9 +346,10 @@ impl RegistryError {
             | Self::Denied { reason }
             | Self::Unsupported { reason }
             | Self::RangeNotSatisfiable { reason }
+            | Self::TooManyRequests { reason }
             | Self::Unavailable { reason } => Some(Value::String(reason.clone())),
             Self::Unauthorized { reason, .. } => reason.clone().map(Value::String),
-            Self::TooManyRequests | Self::Internal { .. } => None,
+            Self::Internal { .. } => None,
         }
     }
 
@@ -411,6 +415,9 @@ impl RegistryError {
             StoreError::UploadUnknown(id) => Self::BlobUploadUnknown { id },
             StoreError::UploadOffset { offset, size, .. } => Self::RangeNotSatisfiable {
                 reason: format!("chunk starts at {offset}, the upload holds {size} bytes"),
+            },
+            StoreError::TooManyUploads { .. } => Self::TooManyRequests {
+                reason: err.to_string(),
             },
             StoreError::LeaseUnknown(name) => Self::NameUnknown { name },
             StoreError::LeaseTargetMissing { digest, .. } => Self::ManifestUnknown {
@@ -618,7 +625,9 @@ mod tests {
                 why.clone(),
             ),
             (
-                RegistryError::TooManyRequests,
+                RegistryError::TooManyRequests {
+                    reason: "slow down".into(),
+                },
                 429,
                 "TOOMANYREQUESTS",
                 "too many requests",

@@ -74,12 +74,16 @@ pub(crate) async fn start(
         let digest: Digest = digest.parse()?;
         return monolithic(request, name, digest, body).await;
     }
-    let repo = name.to_string();
+    let (repo, namespace) = (name.to_string(), name.first_component().to_owned());
+    let max = request.registry.limits().max_uploads_per_namespace;
     let id = request
         .registry
-        .blocking("start an upload", move |store| store.upload_create(&repo))
-        .await?;
-    Ok(session_reply(StatusCode::ACCEPTED, name, &id, 0))
+        .blocking("start an upload", move |store| {
+            store.upload_create_capped(&repo, &namespace, max)
+        })
+        .await;
+    request.registry.count_uploads();
+    Ok(session_reply(StatusCode::ACCEPTED, name, &id?, 0))
 }
 
 /// A cross-repository mount, if it can be done: the digest and source are valid, the
@@ -207,8 +211,9 @@ pub(crate) async fn finish(
         .blocking("commit an upload", move |store| {
             store.upload_commit(&id, digest, None)
         })
-        .await?;
-    Ok(created(name, info.digest))
+        .await;
+    request.registry.count_uploads();
+    Ok(created(name, info?.digest))
 }
 
 /// `DELETE` on a session.
@@ -222,7 +227,9 @@ pub(crate) async fn cancel(
     let cancelled = request
         .registry
         .blocking("cancel an upload", move |store| store.upload_cancel(&owned))
-        .await?;
+        .await;
+    request.registry.count_uploads();
+    let cancelled = cancelled?;
     if !cancelled {
         return Err(RegistryError::BlobUploadUnknown { id: id.to_string() });
     }
@@ -364,6 +371,42 @@ mod tests {
 
     fn location(answer: &crate::registry::testing::Answer) -> String {
         answer.header("location").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_namespace_past_its_cap_of_sessions_gets_429_until_one_ends() {
+        let limits = crate::registry::service::Limits {
+            max_uploads_per_namespace: 2,
+            ..Default::default()
+        };
+        let registry = TestRegistry::build_with(false, |_| None, limits);
+        let start = |path: &'static str| registry.call(Method::POST, path, &[], Body::empty());
+        let first = start("/v2/team/a/blobs/uploads/").await;
+        first.expect(202, None);
+        // The spec's fallback for a mount that cannot be done opens a session too.
+        start("/v2/team/b/blobs/uploads/?mount=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855&from=team/a")
+            .await
+            .expect(202, None);
+        let refused = start("/v2/team/c/blobs/uploads/").await;
+        refused.expect(429, Some("TOOMANYREQUESTS"));
+        assert!(
+            refused.json()["errors"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("team has 2 upload sessions open"),
+            "{refused:?}"
+        );
+        // Monolithic pushes open no session; other namespaces have their own count.
+        registry.push_blob("team/c", b"whole").await;
+        start("/v2/team-b/a/blobs/uploads/").await.expect(202, None);
+        let metrics = registry.get("/metrics").await;
+        let text = String::from_utf8_lossy(&metrics.body);
+        assert!(text.contains("kiln_cache_uploads_in_progress 3"), "{text}");
+        registry
+            .call(Method::DELETE, &location(&first), &[], Body::empty())
+            .await
+            .expect(204, None);
+        start("/v2/team/c/blobs/uploads/").await.expect(202, None);
     }
 
     #[tokio::test]

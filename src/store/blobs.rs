@@ -27,6 +27,8 @@ use crate::store::verify::hash_file;
 pub(crate) struct UploadSession {
     pub repo: String,
     pub started_ms: u64,
+    /// When a request last touched it (create, append, status): idle sessions expire.
+    pub last_ms: u64,
     pub temp: Option<TempBlob>,
 }
 

@@ -111,6 +111,16 @@ pub enum StoreError {
         /// Bytes received so far (the only acceptable offset).
         size: u64,
     },
+    /// A group of repositories holds as many open upload sessions as it may.
+    #[error(
+        "{group} has {open} upload sessions open, the most it may; finish or cancel one, or wait for idle ones to expire"
+    )]
+    TooManyUploads {
+        /// The group (a namespace: the repositories' first component).
+        group: String,
+        /// Sessions open in it.
+        open: usize,
+    },
     /// No lease has this name.
     #[error("lease {0:?} is unknown")]
     LeaseUnknown(String),

@@ -96,4 +96,5 @@ pub use types::{
     BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference, Referrer,
     RepositoryDeleted, TagEntry, UploadStatus,
 };
+pub use uploads::ExpiredUploads;
 pub use verify::{Problem, RecoveryReport, VerifyOptions, VerifyReport};
