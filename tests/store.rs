@@ -451,6 +451,119 @@ fn cli_prune_dry_run_reports_and_keeps_everything() {
     assert_eq!(store.listing().unwrap().blobs.len(), 3);
 }
 
+/// `n` distinct layers of `size` bytes each.
+fn layers(seed: &str, n: usize, size: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut layer = format!("{seed} layer {i} ").into_bytes();
+            layer.resize(size, i as u8);
+            layer
+        })
+        .collect()
+}
+
+#[test]
+fn offline_keep_storage_is_a_ceiling_for_young_content_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Two images pushed a moment ago, far above the ceiling.
+        let store = open(dir.path());
+        for tag in ["one", "two"] {
+            let content = layers(tag, 3, 1 << 20);
+            let refs: Vec<&[u8]> = content.iter().map(Vec::as_slice).collect();
+            push_image(&store, "team/app", tag, &refs);
+        }
+        store.close().unwrap();
+    }
+    let root = dir.path().to_str().unwrap();
+    let out = kiln(&[
+        "cache",
+        "prune",
+        "--root",
+        root,
+        "--keep-storage",
+        "2MB",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tags_removed"], 2, "{report}");
+    assert_eq!(report["ceiling_unmet"], false, "{report}");
+    let store = open(dir.path());
+    let left: u64 = store.listing().unwrap().blobs.iter().map(|b| b.size).sum();
+    assert!(left <= 2_000_000, "{left} bytes left");
+    drop(store);
+    // With --grace, offline too, content no tag reaches is kept: here nothing.
+    let out = kiln(&[
+        "cache",
+        "prune",
+        "--root",
+        root,
+        "--keep-storage",
+        "2MB",
+        "--grace",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn online_a_burst_beyond_the_ceiling_is_brought_under_it_and_a_push_in_progress_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ceiling = 3 << 20;
+    let options = GcOptions {
+        policy: Policy {
+            keep_storage: Some(ceiling),
+            ..Policy::default()
+        },
+        grace: Duration::from_secs(600),
+        ..GcOptions::default()
+    };
+    for round in 0u64..4 {
+        // A burst: eight young images of 1 MiB each, and one push whose layers are in but
+        // whose manifest comes while the GC runs.
+        for n in 0..8 {
+            let tag = format!("r{round}-{n}");
+            let content = layers(&tag, 2, 512 << 10);
+            let refs: Vec<&[u8]> = content.iter().map(Vec::as_slice).collect();
+            push_image(&store, "team/cache", &tag, &refs);
+        }
+        let pending = layers(&format!("pending {round}"), 2, 256 << 10);
+        let config = store
+            .put_blob("team/next", Digest::of(b"{}"), b"{}")
+            .unwrap();
+        let mut descriptors = Vec::new();
+        for layer in &pending {
+            let info = store
+                .put_blob("team/next", Digest::of(layer), layer)
+                .unwrap();
+            descriptors.push((info.digest, info.size));
+        }
+        let manifest = image_manifest((config.digest, config.size), &descriptors);
+        let gc = {
+            let (store, options) = (store.clone(), options.clone());
+            std::thread::spawn(move || store.gc(&options).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(round * 3));
+        let tag = format!("v{round}");
+        store
+            .put_manifest("team/next", &Reference::tag(&tag).unwrap(), "", &manifest)
+            .expect("the push whose manifest arrived during the GC succeeds");
+        let report = gc.join().unwrap();
+        assert!(report.tags_removed >= 5, "{report:?}");
+        // Under the ceiling once the GC ran, whatever the push in progress held.
+        let after = store.gc(&options).unwrap();
+        assert!(!after.ceiling_unmet, "{after:?}");
+        assert!(after.bytes_after <= ceiling, "{after:?}");
+        let reference = Reference::tag(&tag).unwrap();
+        assert!(
+            store.manifest("team/next", &reference).unwrap().is_some() || after.tags_removed > 0
+        );
+    }
+    assert!(store.verify(&VerifyOptions::default()).unwrap().is_clean());
+}
+
 // ---- crash test ----------------------------------------------------------------------
 
 const CHILD_ROOT: &str = "KILN_CRASH_CHILD_ROOT";

@@ -282,6 +282,22 @@ pub struct PruneReport {
     pub removed: Vec<PrunedEntry>,
     /// Blobs a lease kept from removal.
     pub kept_by_leases: u64,
+    /// Set when a `keep-storage` ceiling could not be met, with what held the store above
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_unmet: Option<CeilingUnmet>,
+}
+
+/// What kept a store above its `keep-storage` ceiling after a prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CeilingUnmet {
+    /// Bytes left.
+    pub bytes_after: u64,
+    /// Bytes that unexpired leases hold.
+    pub held_by_leases: u64,
+    /// Bytes that pushes in progress hold (content pushed or checked within the grace
+    /// window that no tag reaches).
+    pub held_by_pushes: u64,
 }
 
 /// `POST /admin/v1/verify`.

@@ -13,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::cacheapi::admin::{
-    self, AdminPathError, AdminRoute, CorruptBlob, DuReport, EntryKind, LeaseReleased,
-    LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport, PruneRequest,
-    PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
+    self, AdminPathError, AdminRoute, CeilingUnmet, CorruptBlob, DuReport, EntryKind,
+    LeaseReleased, LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport,
+    PruneRequest, PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
     VerifyRequest,
 };
 use crate::digest::Digest;
@@ -299,6 +299,11 @@ pub fn prune_report(report: &GcReport, leased: u64) -> PruneReport {
         freed_bytes: report.bytes_freed,
         removed,
         kept_by_leases: leased,
+        ceiling_unmet: report.ceiling_unmet.then_some(CeilingUnmet {
+            bytes_after: report.bytes_after,
+            held_by_leases: report.held_by_leases,
+            held_by_pushes: report.held_by_pushes,
+        }),
     }
 }
 

@@ -59,8 +59,9 @@ pub struct ServeArgs {
     /// GC policy: evict tags unused for longer than this (90m, 7d).
     #[arg(long, value_parser = units::parse_duration)]
     pub keep_duration: Option<Duration>,
-    /// Blobs younger than this are never collected (a push whose manifest has not
-    /// arrived yet).
+    /// Content pushed, mounted or checked (HEAD) this recently that no tag reaches is
+    /// never collected: a push whose manifest has not arrived yet. A tag's content is the
+    /// tag's to keep or lose, however young.
     #[arg(long, value_parser = units::parse_duration, default_value = "10m")]
     pub gc_grace: Duration,
     /// Listen on a non-loopback address without a token key, open to anyone who can

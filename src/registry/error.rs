@@ -625,13 +625,11 @@ mod tests {
                 why.clone(),
             ),
             (
-                RegistryError::TooManyRequests {
-                    reason: "slow down".into(),
-                },
+                RegistryError::TooManyRequests { reason: reason() },
                 429,
                 "TOOMANYREQUESTS",
                 "too many requests",
-                None,
+                why.clone(),
             ),
             (
                 RegistryError::RangeNotSatisfiable { reason: reason() },

@@ -109,11 +109,7 @@ fn insert_rows(store: &Store, repo: &str, mut rows: Vec<Loaded>, created_ms: u64
             .open_table(tables::TAGS)
             .map_err(StoreError::db(action))?;
         for (digest, size, row, tag) in &rows {
-            let blob = BlobRow {
-                size: *size,
-                created_ms,
-                accessed_ms: created_ms,
-            };
+            let blob = BlobRow::new(*size, created_ms);
             blobs
                 .insert(digest.to_key().as_slice(), blob.encode())
                 .map_err(StoreError::db(action))?;

@@ -358,13 +358,10 @@ impl Store {
             let row = match existing {
                 Some(row) => BlobRow {
                     accessed_ms: row.accessed_ms.max(now),
+                    pushed_ms: row.pushed_ms.max(now),
                     ..row
                 },
-                None => BlobRow {
-                    size,
-                    created_ms: now,
-                    accessed_ms: now,
-                },
+                None => BlobRow::new(size, now),
             };
             blobs
                 .insert(digest.to_key().as_slice(), row.encode())

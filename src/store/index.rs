@@ -20,7 +20,7 @@ use crate::store::types::{
 /// the `external` ones (they are never pushed).
 fn first_missing(
     links: &impl ReadableTable<(&'static str, &'static [u8]), ()>,
-    blobs: &impl ReadableTable<&'static [u8], (u64, u64, u64)>,
+    blobs: &impl ReadableTable<&'static [u8], (u64, u64, u64, u64)>,
     repo: &str,
     references: &[Digest],
     external: &[Digest],
@@ -424,6 +424,25 @@ impl Store {
             links
                 .insert((to, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db(action))?;
+            // A mount is a push that skips the upload: the grace window protects it alike.
+            let mut blobs = txn
+                .open_table(tables::BLOBS)
+                .map_err(StoreError::db(action))?;
+            let key = digest.to_key();
+            let row = blobs
+                .get(key.as_slice())
+                .map_err(StoreError::db(action))?
+                .map(|row| BlobRow::decode(row.value()));
+            if let Some(row) = row {
+                let now = self.inner.clock.now_ms();
+                let row = BlobRow {
+                    pushed_ms: row.pushed_ms.max(now),
+                    ..row
+                };
+                blobs
+                    .insert(key.as_slice(), row.encode())
+                    .map_err(StoreError::db(action))?;
+            }
             self.protect([digest]);
             Ok(true)
         })
@@ -745,6 +764,7 @@ impl Store {
                 size: row.size,
                 created_ms: row.created_ms,
                 accessed_ms: row.accessed_ms,
+                pushed_ms: row.pushed_ms,
             });
         }
         let manifests = txn

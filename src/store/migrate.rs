@@ -43,8 +43,13 @@ pub(crate) fn migrate(txn: &WriteTransaction) -> Result<u64> {
         let mut to = txn.open_table(tables::BLOBS).map_err(db)?;
         for row in from.iter().map_err(db)? {
             let (k, v) = row.map_err(db)?;
-            to.insert(key(k.value()).as_slice(), v.value())
-                .map_err(db)?;
+            // The first schema had no push time: the commit time stands in for it.
+            let (size, created, accessed) = v.value();
+            to.insert(
+                key(k.value()).as_slice(),
+                (size, created, accessed, created),
+            )
+            .map_err(db)?;
             moved += 1;
         }
     }

@@ -58,6 +58,7 @@ impl Model {
             size: bytes.len() as u64,
             created_ms: now,
             accessed_ms: now,
+            pushed_ms: now,
         });
     }
 
@@ -77,8 +78,10 @@ impl Model {
             size: bytes.len() as u64,
             created_ms: now,
             accessed_ms: now,
+            pushed_ms: now,
         });
         blob.accessed_ms = blob.accessed_ms.max(now);
+        blob.pushed_ms = blob.pushed_ms.max(now);
         state.links.insert((repo.to_owned(), digest));
         BlobInfo {
             digest,
@@ -204,6 +207,10 @@ impl Storage for Model {
             return Ok(false);
         }
         state.links.insert((to.to_owned(), digest));
+        let now = self.clock.now_ms();
+        if let Some(blob) = state.blobs.get_mut(&digest) {
+            blob.pushed_ms = blob.pushed_ms.max(now);
+        }
         Ok(true)
     }
 
@@ -311,6 +318,19 @@ impl Storage for Model {
         }
         report.leases_removed = expired.len() as u64;
         let grace = millis(options.grace);
+        // A push in progress: pushed, mounted or checked within the window, and reached by
+        // no tag (a tag's content lives and dies with the tag).
+        // A push in progress: pushed, mounted or checked within the window, and later than
+        // every tagged manifest that reaches it (what an image brought lives and dies with
+        // its tag).
+        let covered = |digest: &Digest| {
+            state
+                .tags
+                .values()
+                .filter(|m| reach(&state, [**m]).contains(digest))
+                .map(|m| state.blobs[m].pushed_ms)
+                .max()
+        };
         let pinned: Vec<Digest> = state
             .leases
             .values()
@@ -319,7 +339,10 @@ impl Storage for Model {
                 state
                     .blobs
                     .values()
-                    .filter(|b| b.created_ms.saturating_add(grace) > now)
+                    .filter(|b| {
+                        b.pushed_ms.saturating_add(grace) > now
+                            && covered(&b.digest).is_none_or(|t| b.pushed_ms > t)
+                    })
                     .map(|b| b.digest),
             )
             .collect();

@@ -102,8 +102,13 @@ pub struct GcReport {
     pub bytes_after: u64,
     /// Candidates kept because a concurrent write made them reachable (or was writing them).
     pub kept_by_concurrent_writes: u64,
-    /// `keep_storage` could not be met: leases and the grace window hold more.
+    /// `keep_storage` could not be met: leases and pushes in progress hold more.
     pub ceiling_unmet: bool,
+    /// Bytes unexpired leases held at the mark.
+    pub held_by_leases: u64,
+    /// Bytes pushes in progress held at the mark (pushed or checked within the grace
+    /// window, reached by no tag).
+    pub held_by_pushes: u64,
     /// The removals, in order, up to the listing limit.
     pub removed: Vec<Removal>,
     /// Removals beyond the listing limit (counted, logged, not listed).
@@ -174,6 +179,7 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
             size: row.size,
             created_ms: row.created_ms,
             accessed_ms: row.accessed_ms,
+            pushed_ms: row.pushed_ms,
         });
     }
     let manifests_table = txn
@@ -327,6 +333,8 @@ impl Store {
             dry_run: options.dry_run,
             bytes_before: plan.bytes_before,
             ceiling_unmet: plan.ceiling_unmet,
+            held_by_leases: plan.held_by_leases,
+            held_by_pushes: plan.held_by_pushes,
             mark_ms: elapsed_ms(started),
             ..GcReport::default()
         };

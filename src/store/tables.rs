@@ -17,8 +17,9 @@ use crate::digest::Digest;
 use crate::store::error::{Result, StoreError};
 use crate::store::manifest::Parsed;
 
-/// digest → (size, created ms, last access ms). Every blob, manifests included.
-pub const BLOBS: TableDefinition<&[u8], (u64, u64, u64)> = TableDefinition::new("blobs.v2");
+/// digest → (size, created ms, last access ms, last push ms). Every blob, manifests
+/// included.
+pub const BLOBS: TableDefinition<&[u8], (u64, u64, u64, u64)> = TableDefinition::new("blobs.v2");
 /// digest → [`ManifestRow`] as JSON. A manifest is also a blob (its exact bytes).
 pub const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests.v2");
 /// (repository, tag) → manifest digest.
@@ -41,20 +42,34 @@ pub struct BlobRow {
     pub created_ms: u64,
     /// When it was last pulled, pushed or committed (ms after the epoch).
     pub accessed_ms: u64,
+    /// When a client last pushed it, mounted it or asked whether it is there (HEAD): a
+    /// push in progress, which GC's grace window protects (ms after the epoch).
+    pub pushed_ms: u64,
 }
 
 impl BlobRow {
+    /// A row for a blob committed now.
+    pub fn new(size: u64, now: u64) -> Self {
+        Self {
+            size,
+            created_ms: now,
+            accessed_ms: now,
+            pushed_ms: now,
+        }
+    }
+
     /// The tuple stored in [`BLOBS`].
-    pub fn encode(self) -> (u64, u64, u64) {
-        (self.size, self.created_ms, self.accessed_ms)
+    pub fn encode(self) -> (u64, u64, u64, u64) {
+        (self.size, self.created_ms, self.accessed_ms, self.pushed_ms)
     }
 
     /// Reads the tuple stored in [`BLOBS`].
-    pub fn decode((size, created_ms, accessed_ms): (u64, u64, u64)) -> Self {
+    pub fn decode((size, created_ms, accessed_ms, pushed_ms): (u64, u64, u64, u64)) -> Self {
         Self {
             size,
             created_ms,
             accessed_ms,
+            pushed_ms,
         }
     }
 }
@@ -209,6 +224,7 @@ mod tests {
             size: 1,
             created_ms: 2,
             accessed_ms: 3,
+            pushed_ms: 4,
         };
         assert_eq!(BlobRow::decode(blob.encode()), blob);
     }

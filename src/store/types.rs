@@ -196,6 +196,8 @@ pub struct BlobEntry {
     pub created_ms: u64,
     /// When it was last used (ms after the epoch).
     pub accessed_ms: u64,
+    /// When a client last pushed, mounted or checked it (ms after the epoch).
+    pub pushed_ms: u64,
 }
 
 /// A referrer of a subject, for the referrers API.

@@ -316,11 +316,7 @@ impl Store {
                 .open_table(tables::BLOBS)
                 .map_err(StoreError::db("recover"))?;
             for (digest, size) in &adopt {
-                let row = BlobRow {
-                    size: *size,
-                    created_ms: now,
-                    accessed_ms: now,
-                };
+                let row = BlobRow::new(*size, now);
                 blobs
                     .insert(digest.to_key().as_slice(), row.encode())
                     .map_err(StoreError::db("recover"))?;
