@@ -159,10 +159,10 @@ impl RootLock {
             }
         }
         let holder = format!(
-            "pid {} on host {} since {} ms after the epoch",
+            "pid {} on host {} since {}",
             std::process::id(),
             hostname(),
-            unix_ms(SystemTime::now())
+            rfc3339(SystemTime::now())
         );
         file.set_len(0)
             .and_then(|()| file.write_all(holder.as_bytes()))
@@ -170,6 +170,14 @@ impl RootLock {
             .map_err(StoreError::io("write lock file", &path))?;
         Ok(Self { _file: file })
     }
+}
+
+/// A time as RFC 3339 (UTC, whole seconds), for people reading the lock file.
+fn rfc3339(time: SystemTime) -> String {
+    let secs = i64::try_from(unix_ms(time) / 1000).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_second(secs)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| format!("{secs} s after the epoch"))
 }
 
 /// The machine's host name, from the kernel (Linux) or the environment; "unknown" otherwise.
@@ -209,6 +217,10 @@ mod tests {
             message.contains(&format!("pid {}", std::process::id())),
             "{message}"
         );
+        // When it took the root, as a time people read: "since 2026-12-02T13:50:12Z".
+        let since = message.split(" since ").nth(1).unwrap_or_default();
+        let stamp = since.split(')').next().unwrap_or_default();
+        assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{message}");
         drop(first);
         RootLock::acquire(&layout).unwrap();
     }
