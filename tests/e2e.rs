@@ -416,7 +416,10 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
     scene.finish().await;
     assert_eq!(phase(&build), Some(Phase::Succeeded));
     let digest = digest.expect("a digest in status.output");
-    assert!(digest.parse::<kiln::digest::Digest>().is_ok(), "{digest}");
+    assert!(
+        digest.parse::<kiln::oci::digest::Digest>().is_ok(),
+        "{digest}"
+    );
     assert!(status_text.contains(&digest), "{status_text}");
     assert!(
         leftovers.is_empty(),

@@ -6,11 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kiln::digest::{Algorithm, Digest};
+use kiln::oci::digest::{Algorithm, Digest};
+use kiln::oci::name::{Reference, RepoName, Tag};
 use kiln::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
-use kiln::store::{
-    Clock, GcOptions, LeaseTarget, Policy, Reference, Store, StoreOptions, VerifyOptions,
-};
+use kiln::store::{Clock, GcOptions, LeaseTarget, Policy, Store, StoreOptions, VerifyOptions};
 
 fn open(root: &Path) -> Store {
     Store::open(root, StoreOptions::default()).unwrap()
@@ -91,8 +90,8 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
             .put_manifest("team/app", &Reference::Digest(Digest::of(&sig)), "", &sig)
             .unwrap();
         let target = LeaseTarget::Tag {
-            repo: "team/app".into(),
-            tag: "hello".into(),
+            repository: RepoName::parse("team/app").unwrap(),
+            tag: Tag::parse("hello").unwrap(),
         };
         store
             .lease_acquire("build-1", &[target], Duration::from_secs(3600))

@@ -38,8 +38,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::registry::name::{NameError, RepoName, Tag, TagError, is_plain_token, validated_text};
+use crate::oci::digest::Digest;
+use crate::oci::name::{NameError, RepoName, Tag, TagError, is_plain_token, validated_text};
 
 /// The path prefix of the admin API.
 pub const PREFIX: &str = "/admin/v1";
@@ -358,25 +358,8 @@ impl VerifyReport {
     }
 }
 
-/// What a lease holds: a tag (resolved to its manifest's digest when the lease is taken)
-/// or a digest. JSON: `{"repository":"team-a/cache","tag":"buildkit"}` or
-/// `{"digest":"sha256:…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LeaseTarget {
-    /// A tag of a repository.
-    Tag {
-        /// The repository.
-        repository: RepoName,
-        /// The tag.
-        tag: Tag,
-    },
-    /// A manifest or blob digest.
-    Digest {
-        /// The digest.
-        digest: Digest,
-    },
-}
+/// What a lease holds: the store's own type, which is also the wire form.
+pub use crate::store::LeaseTarget;
 
 /// `PUT /admin/v1/leases/<lease>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -253,8 +253,8 @@ pub fn format_verify(report: &VerifyReport) -> String {
 mod tests {
     use super::*;
     use crate::cacheapi::admin::{CorruptBlob, EntryKind, PrunedEntry, RepositoryUsage, Usage};
-    use crate::digest::Digest;
-    use crate::registry::name::{RepoName, Tag};
+    use crate::oci::digest::Digest;
+    use crate::oci::name::{RepoName, Tag};
 
     #[test]
     fn offline_prune_flags_become_one_request_per_policy() {

@@ -26,7 +26,7 @@ use jsonwebtoken::signature;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::name::RepoName;
+use crate::oci::name::RepoName;
 
 /// The `iss` claim of every Kiln cache token.
 pub const ISSUER: &str = "kiln";

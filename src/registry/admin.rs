@@ -18,17 +18,16 @@ use crate::cacheapi::admin::{
     PruneRequest, PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
     VerifyRequest,
 };
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
-use crate::registry::name::{RepoName, Tag};
 use crate::registry::route::{Reply, check};
 use crate::registry::service::Registry;
 use crate::store::{
-    self, GcOptions, GcReport, ItemKind, LeaseTarget, Listing, Policy, Problem, UploadStatus,
-    VerifyOptions,
+    self, GcOptions, GcReport, ItemKind, Listing, Policy, Problem, UploadStatus, VerifyOptions,
 };
 
 /// The largest admin request body.
@@ -386,16 +385,6 @@ async fn put_lease(
         targets,
         ttl_seconds,
     } = request;
-    let targets: Vec<LeaseTarget> = targets
-        .into_iter()
-        .map(|target| match target {
-            admin::LeaseTarget::Tag { repository, tag } => LeaseTarget::Tag {
-                repo: repository.to_string(),
-                tag: tag.to_string(),
-            },
-            admin::LeaseTarget::Digest { digest } => LeaseTarget::Digest(digest),
-        })
-        .collect();
     let owned = name.to_string();
     let (lease, existed) = registry
         .blocking("take a lease", move |store| {
@@ -418,9 +407,9 @@ async fn delete_tag(
     tag: Tag,
 ) -> Result<Response, RegistryError> {
     let (repo, tag_name) = (name.to_string(), tag.to_string());
+    let reference = Reference::Tag(tag.clone());
     let removed = registry
         .blocking("delete a tag", move |store| {
-            let reference = store::Reference::Tag(tag_name.clone());
             let Some(manifest) = store.manifest(&repo, &reference)? else {
                 return Ok(None);
             };

@@ -6,15 +6,15 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::digest::Digest;
 use crate::mirror::MirrorError;
 use crate::mirror::blobs::{BlobAnswer, BlobWant};
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::body::read_file;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{
     ByteRange, CACHE_STATUS, DOCKER_CONTENT_DIGEST, RangeRequest, parse_range,
 };
-use crate::registry::name::RepoName;
 use crate::registry::route::{Reply, Request};
 
 /// Content is addressed by digest and never changes: clients may cache it for a year.

@@ -24,9 +24,9 @@
 use axum::body::Body;
 use axum::http::Method;
 
-use crate::digest::{Algorithm, Digest};
+use crate::oci::digest::{Algorithm, Digest};
+use crate::oci::media::{OCI_INDEX, OCI_MANIFEST};
 use crate::registry::testing::{Answer, TestRegistry};
-use crate::store::manifest::media_types::{OCI_INDEX, OCI_MANIFEST};
 
 /// A manifest of `config` and `layers`, each `(digest, size)`, as JSON bytes; digests of
 /// either algorithm.

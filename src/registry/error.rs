@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::cacheapi::{ErrorBody, ErrorInfo};
-use crate::digest::{Digest, DigestError};
-use crate::registry::name::{NameError, PathError, ReferenceError};
+use crate::oci::digest::{Digest, DigestError};
+use crate::oci::name::{NameError, ReferenceError};
+use crate::registry::path::PathError;
 use crate::store::StoreError;
 
 /// An error that a registry route answers with. Each variant is one spec error code (see
@@ -470,7 +471,7 @@ impl From<PathError> for RegistryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::name::parse_path;
+    use crate::registry::path::parse_path;
     use axum::body::to_bytes;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -715,7 +716,7 @@ mod tests {
                 StoreError::NameInvalid {
                     what: "repository",
                     value: "".into(),
-                    reason: "empty",
+                    reason: "empty".into(),
                 },
                 ErrorCode::NameInvalid,
             ),

@@ -9,20 +9,13 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::oci::name::{Reference, RepoName};
 use crate::registry::blobs::{Missing, mirror_error};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{CACHE_STATUS, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, accepts};
-use crate::registry::name::{Reference, RepoName};
 use crate::registry::route::{Reply, Request};
-use crate::store::{self, ManifestInfo};
-
-fn store_reference(reference: &Reference) -> store::Reference {
-    match reference {
-        Reference::Tag(tag) => store::Reference::Tag(tag.to_string()),
-        Reference::Digest(digest) => store::Reference::Digest(*digest),
-    }
-}
+use crate::store::ManifestInfo;
 
 /// `HEAD` and `GET`.
 pub(crate) async fn get(
@@ -51,7 +44,7 @@ pub(crate) async fn get(
             )
         }
         None => {
-            let (repo, wanted) = (name.to_string(), store_reference(reference));
+            let (repo, wanted) = (name.to_string(), reference.clone());
             if head {
                 let info = request
                     .registry
@@ -149,7 +142,7 @@ pub(crate) async fn put(
             ),
         });
     }
-    let (repo, wanted) = (name.to_string(), store_reference(reference));
+    let (repo, wanted) = (name.to_string(), reference.clone());
     let info = request
         .registry
         .blocking("store a manifest", move |store| {
@@ -193,9 +186,7 @@ pub(crate) async fn delete(
             request
                 .registry
                 .blocking("delete a manifest", move |store| {
-                    let present = store
-                        .manifest(&repo, &store::Reference::Digest(digest))?
-                        .is_some();
+                    let present = store.manifest(&repo, &Reference::Digest(digest))?.is_some();
                     Ok(present && store.unlink(&repo, digest)?)
                 })
                 .await?
@@ -212,12 +203,12 @@ pub(crate) async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
+    use crate::oci::media::{
+        BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+    };
     use crate::registry::testing::{TestRegistry, admin};
     use crate::store::fixtures::{image_manifest, referrer_manifest};
-    use crate::store::manifest::media_types::{
-        BUILDKIT_CACHE_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-    };
 
     const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -286,19 +277,22 @@ mod tests {
             .expect(201, None);
         let child = Digest::of(manifest.as_bytes());
         let list = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{child}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{child}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
             manifest.len()
         );
         registry
             .push_manifest("d", "list", list.as_bytes())
             .await
             .expect(201, None);
-        for (tag, media_type) in [("one", DOCKER_MANIFEST), ("list", DOCKER_LIST)] {
+        for (tag, media_type) in [("one", DOCKER_MANIFEST), ("list", DOCKER_MANIFEST_LIST)] {
             let answer = registry
                 .call(
                     Method::GET,
                     &format!("/v2/d/manifests/{tag}"),
-                    &[("accept", &format!("{DOCKER_MANIFEST},{DOCKER_LIST}"))],
+                    &[(
+                        "accept",
+                        &format!("{DOCKER_MANIFEST},{DOCKER_MANIFEST_LIST}"),
+                    )],
                     Body::empty(),
                 )
                 .await;

@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::oci::name::RepoName;
 use crate::registry::auth::{Access, Principal, Resource, unix_now};
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{API_VERSION, API_VERSION_VALUE, Query};
 use crate::registry::metrics::RouteLabel;
-use crate::registry::name::{PathError, RepoName, Route, parse_path};
+use crate::registry::path::{PathError, Route, parse_path};
 use crate::registry::service::Registry;
 use crate::registry::{blobs, manifests, referrers, tags, uploads};
 
@@ -302,14 +303,14 @@ mod tests {
     #[test]
     fn every_route_serves_its_methods_and_refuses_the_rest() {
         let name = RepoName::parse("a/b").unwrap();
-        let digest = crate::digest::Digest::of(b"");
+        let digest = crate::oci::digest::Digest::of(b"");
         let routes = [
             Route::Base,
             Route::Catalog,
             Route::TagsList { name: name.clone() },
             Route::Manifest {
                 name: name.clone(),
-                reference: crate::registry::name::Reference::Digest(digest),
+                reference: crate::oci::name::Reference::Digest(digest),
             },
             Route::Blob {
                 name: name.clone(),
@@ -318,7 +319,7 @@ mod tests {
             Route::UploadStart { name: name.clone() },
             Route::Upload {
                 name: name.clone(),
-                id: crate::registry::name::UploadId::parse("u1").unwrap(),
+                id: crate::registry::path::UploadId::parse("u1").unwrap(),
             },
             Route::Referrers { name, digest },
         ];
@@ -396,7 +397,7 @@ mod tests {
     #[tokio::test]
     async fn bad_paths_get_the_code_of_their_bad_part() {
         let registry = TestRegistry::open();
-        let digest = crate::digest::Digest::of(b"x");
+        let digest = crate::oci::digest::Digest::of(b"x");
         // Reads of blobs and manifests (end-2, end-3) and blob deletes (end-10) fail only
         // with 404 in the spec's table; elsewhere a malformed part is a 400.
         for (method, path, status, code) in [
@@ -664,7 +665,7 @@ mod tests {
             registry.push_image("a/b", "v1", "x").await;
             registry
         });
-        let digest = crate::digest::Digest::of(b"layer of x").to_string();
+        let digest = crate::oci::digest::Digest::of(b"layer of x").to_string();
         let methods = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "BREW"];
         let segment = prop_oneof![
             Just("a/b".to_owned()),

@@ -10,14 +10,12 @@ use axum::routing::{any, get};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::mirror::Mirror;
+use crate::oci::media::MAX_MANIFEST_BYTES;
 use crate::registry::auth::{AuthConfig, token_handler};
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::Metrics;
 use crate::registry::{admin, ops, route};
 use crate::store::Store;
-
-/// The largest manifest accepted, in bytes (what the spec asks registries to accept).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// Limits against large and slow clients.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::{BodyEnd, feed};
 use crate::registry::error::RegistryError;
@@ -18,7 +19,7 @@ use crate::registry::headers::{
     DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, UPLOAD_SESSION_ID, parse_content_range,
     upload_progress,
 };
-use crate::registry::name::{RepoName, UploadId};
+use crate::registry::path::UploadId;
 use crate::registry::route::{Reply, Request, check};
 use crate::store::{StoreError, UploadStatus};
 
@@ -475,7 +476,7 @@ mod tests {
         status.expect(204, None);
         assert_eq!(status.header("range"), "0-10");
 
-        let digest = crate::digest::Digest::of(b"hello world!");
+        let digest = crate::oci::digest::Digest::of(b"hello world!");
         registry
             .call(Method::PUT, &session, &[], "!")
             .await
@@ -498,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_digest_commits_nothing() {
         let registry = TestRegistry::open();
-        let claimed = crate::digest::Digest::of(b"something else");
+        let claimed = crate::oci::digest::Digest::of(b"something else");
         registry
             .call(
                 Method::POST,
@@ -548,7 +549,7 @@ mod tests {
             .get(&foreign)
             .await
             .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
-        let digest = crate::digest::Digest::of(b"whole");
+        let digest = crate::oci::digest::Digest::of(b"whole");
         registry
             .call(
                 Method::PUT,
@@ -611,11 +612,11 @@ mod tests {
             .expect(200, None);
 
         // Absent from the source, or a source of another namespace: a normal upload.
-        let secret = crate::digest::Digest::of(b"b's layer");
+        let secret = crate::oci::digest::Digest::of(b"b's layer");
         for query in [
             format!(
                 "mount={}&from=team-a/src",
-                crate::digest::Digest::of(b"absent")
+                crate::oci::digest::Digest::of(b"absent")
             ),
             format!("mount={secret}&from=team-b/secret"),
             "mount=sha256:bad&from=team-a/src".to_owned(),

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
@@ -44,7 +44,7 @@ pub fn load(
     // Every shard up front: one `mkdir` each instead of a `stat` per blob.
     for shard in 0..=255u8 {
         let dir = layout
-            .algorithm_dir(crate::digest::Algorithm::Sha256)
+            .algorithm_dir(crate::oci::digest::Algorithm::Sha256)
             .join(format!("{shard:02x}"));
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
     }

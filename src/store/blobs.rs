@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::digest::{Algorithm, Digest};
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{Claim, FlightGuard, Outcome, Waiter};
 use crate::store::handle::Store;

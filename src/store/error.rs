@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// Why a store operation failed.
 ///
@@ -96,7 +96,7 @@ pub enum StoreError {
         /// The value given.
         value: String,
         /// Why it was rejected.
-        reason: &'static str,
+        reason: String,
     },
     /// No upload session has this id (it was committed, cancelled, or lost in a restart).
     #[error("upload {0} is unknown")]

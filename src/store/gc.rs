@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::clock::millis;
 
 /// What a GC run may evict.

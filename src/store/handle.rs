@@ -11,7 +11,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::backend::UnsyncedFile;
 use crate::store::blobs::UploadSession;
 use crate::store::clock::Clock;

@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
-use crate::digest::{Digest, KEY_MAX};
+use crate::oci::digest::{Digest, KEY_MAX};
+use crate::oci::name::Reference;
 use crate::store::clock::millis;
 use crate::store::error::{Result, StoreError};
 use crate::store::handle::Store;
 use crate::store::manifest;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
 use crate::store::types::{
-    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference, Referrer,
-    RepositoryDeleted, TagEntry, validate_repo, validate_tag,
+    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer, RepositoryDeleted,
+    TagEntry, validate_repo,
 };
 
 /// The first of `references` (sorted) that is not a blob linked into `repo`, leaving out
@@ -155,9 +156,6 @@ impl Store {
     ) -> Result<ManifestInfo> {
         let required = references == References::Required;
         validate_repo(repo)?;
-        if let Reference::Tag(tag) = reference {
-            validate_tag(tag)?;
-        }
         let parsed = manifest::parse(bytes)?;
         // Addressed with the algorithm the client named; by tag, with sha256.
         let digest = match reference {
@@ -647,7 +645,7 @@ impl Store {
             return Err(StoreError::NameInvalid {
                 what: "lease name",
                 value: name.to_owned(),
-                reason: "empty",
+                reason: "empty".into(),
             });
         }
         let action = "acquire lease";
@@ -659,7 +657,7 @@ impl Store {
             let mut digests = Vec::new();
             for target in targets {
                 match target {
-                    LeaseTarget::Digest(digest) => {
+                    LeaseTarget::Digest { digest } => {
                         if !Self::has_blob(txn, *digest)? {
                             return Err(StoreError::LeaseTargetMissing {
                                 name: name.to_owned(),
@@ -668,7 +666,10 @@ impl Store {
                         }
                         digests.push(*digest);
                     }
-                    LeaseTarget::Tag { repo, tag } => {
+                    LeaseTarget::Tag {
+                        repository: repo,
+                        tag,
+                    } => {
                         if let Some(value) = tags
                             .get((repo.as_str(), tag.as_str()))
                             .map_err(StoreError::db(action))?
@@ -872,11 +873,11 @@ pub(crate) fn range_of_repo(
 mod tests {
     use std::time::Duration;
 
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
+    use crate::oci::name::Reference;
     use crate::store::fixtures::{image_manifest, index_manifest};
     use crate::store::handle::{Store, StoreOptions};
     use crate::store::sweep::GcOptions;
-    use crate::store::types::Reference;
     use crate::store::{StoreError, VerifyOptions};
 
     fn open(dir: &std::path::Path) -> Store {

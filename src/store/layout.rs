@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::{Algorithm, Digest};
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
 
 /// The paths of one store root.

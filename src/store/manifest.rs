@@ -16,31 +16,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::media;
 use crate::store::error::{Result, StoreError};
-
-/// Media types of manifests and indexes that the store knows by name. Any other media type
-/// is accepted when the body parses (artifacts use their own), and recorded as given.
-pub mod media_types {
-    /// OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// Docker schema 2 manifest.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// Docker schema 2 manifest list.
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// BuildKit's cache configuration blob.
-    pub const BUILDKIT_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
-    /// Layer types whose content is not pushed: the image spec's non-distributable layers
-    /// and Docker's foreign layer.
-    pub const NON_DISTRIBUTABLE_LAYERS: [&str; 4] = [
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    ];
-}
 
 /// The references of one manifest, as recorded in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +74,7 @@ impl Descriptor {
             && self
                 .media_type
                 .as_deref()
-                .is_some_and(|t| media_types::NON_DISTRIBUTABLE_LAYERS.contains(&t))
+                .is_some_and(|t| media::NON_DISTRIBUTABLE_LAYERS.contains(&t))
     }
 }
 
@@ -176,7 +154,7 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":1}},
                "layers":[{{"digest":"{}","size":1}},{{"digest":"{}","size":1}}],
                "subject":{{"digest":"{}","size":1}},"annotations":{{"a":"b"}}}}"#,
-            media_types::OCI_MANIFEST,
+            media::OCI_MANIFEST,
             d(1),
             d(3),
             d(2),
@@ -200,9 +178,9 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[
                 {{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":1}},
                 {{"mediaType":"{}","digest":"{}","size":1}}]}}"#,
-            media_types::OCI_INDEX,
+            media::OCI_INDEX,
             d(1),
-            media_types::BUILDKIT_CACHE_CONFIG,
+            media::BUILDKIT_CACHE_CONFIG,
             d(2)
         );
         let parsed = parse(body.as_bytes()).unwrap();

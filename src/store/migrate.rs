@@ -9,7 +9,7 @@
 
 use redb::{ReadableTable, TableDefinition, TableHandle as _, WriteTransaction};
 
-use crate::digest::{Digest, DigestKey};
+use crate::oci::digest::{Digest, DigestKey};
 use crate::store::error::{Result, StoreError};
 use crate::store::tables;
 
@@ -110,8 +110,9 @@ pub(crate) fn migrate(txn: &WriteTransaction) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::name::{Reference, RepoName, Tag};
     use crate::store::fixtures::image_manifest;
-    use crate::store::types::{LeaseTarget, Reference};
+    use crate::store::types::LeaseTarget;
     use crate::store::{Store, StoreOptions, VerifyOptions};
 
     /// Writes a store the way the first schema did: files under `blobs/sha256/`, rows keyed
@@ -188,8 +189,8 @@ mod tests {
             .lease_acquire(
                 "l",
                 &[LeaseTarget::Tag {
-                    repo: "team-a/app".into(),
-                    tag: "v1".into(),
+                    repository: RepoName::parse("team-a/app").unwrap(),
+                    tag: Tag::parse("v1").unwrap(),
                 }],
                 std::time::Duration::from_secs(60),
             )

@@ -93,7 +93,7 @@ pub use handle::{Store, StoreOptions};
 pub use storage::Storage;
 pub use sweep::{GcOptions, GcReport, ItemKind, Removal};
 pub use types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference, Referrer,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer,
     RepositoryDeleted, TagEntry, UploadStatus,
 };
 pub use uploads::ExpiredUploads;

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::store::clock::{Clock, millis};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
@@ -14,8 +15,8 @@ use crate::store::manifest;
 use crate::store::storage::Storage;
 use crate::store::sweep::{GcOptions, GcReport};
 use crate::store::types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference,
-    RepositoryDeleted, TagEntry, validate_repo, validate_tag,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, RepositoryDeleted,
+    TagEntry, validate_repo,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -137,9 +138,6 @@ impl Storage for Model {
         bytes: &[u8],
     ) -> Result<ManifestInfo> {
         validate_repo(repo)?;
-        if let Reference::Tag(tag) = reference {
-            validate_tag(tag)?;
-        }
         let parsed = manifest::parse(bytes)?;
         let digest = Digest::of(bytes);
         if let Reference::Digest(expected) = reference
@@ -180,7 +178,9 @@ impl Storage for Model {
         };
         state.manifests.insert(digest, info.clone());
         if let Reference::Tag(tag) = reference {
-            state.tags.insert((repo.to_owned(), tag.clone()), digest);
+            state
+                .tags
+                .insert((repo.to_owned(), tag.to_string()), digest);
         }
         Ok(info)
     }
@@ -189,7 +189,7 @@ impl Storage for Model {
         let state = lock(&self.state);
         let digest = match reference {
             Reference::Digest(d) => *d,
-            Reference::Tag(tag) => match state.tags.get(&(repo.to_owned(), tag.clone())) {
+            Reference::Tag(tag) => match state.tags.get(&(repo.to_owned(), tag.to_string())) {
                 Some(d) => *d,
                 None => return Ok(None),
             },
@@ -261,14 +261,14 @@ impl Storage for Model {
             return Err(StoreError::NameInvalid {
                 what: "lease name",
                 value: String::new(),
-                reason: "empty",
+                reason: "empty".into(),
             });
         }
         let mut state = lock(&self.state);
         let mut digests = BTreeSet::new();
         for target in targets {
             match target {
-                LeaseTarget::Digest(d) => {
+                LeaseTarget::Digest { digest: d } => {
                     if !state.blobs.contains_key(d) {
                         return Err(StoreError::LeaseTargetMissing {
                             name: name.to_owned(),
@@ -277,8 +277,11 @@ impl Storage for Model {
                     }
                     digests.insert(*d);
                 }
-                LeaseTarget::Tag { repo, tag } => {
-                    if let Some(d) = state.tags.get(&(repo.clone(), tag.clone())) {
+                LeaseTarget::Tag {
+                    repository: repo,
+                    tag,
+                } => {
+                    if let Some(d) = state.tags.get(&(repo.to_string(), tag.to_string())) {
                         digests.insert(*d);
                     }
                 }
@@ -613,7 +616,7 @@ mod tests {
                         index(*k)
                     };
                     let reference = match t {
-                        Some(t) => Reference::Tag(TAGS[*t].to_owned()),
+                        Some(t) => Reference::tag(TAGS[*t]).unwrap(),
                         None => Reference::Digest(Digest::of(&body)),
                     };
                     (
@@ -659,8 +662,8 @@ mod tests {
                 Op::LeaseTag(n, r, t, ttl) => {
                     let name = format!("lease-{n}");
                     let targets = [LeaseTarget::Tag {
-                        repo: REPOS[*r].to_owned(),
-                        tag: TAGS[*t].to_owned(),
+                        repository: RepoName::parse(REPOS[*r]).unwrap(),
+                        tag: Tag::parse(TAGS[*t]).unwrap(),
                     }];
                     let ttl = Duration::from_secs(u64::from(*ttl) * 60);
                     (

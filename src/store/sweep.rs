@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 
-use crate::digest::{Digest, KEY_MAX};
+use crate::oci::digest::{Digest, KEY_MAX};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::gc::{self, Graph, ManifestEdges, Node, Plan, Policy, Reason};

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::error::{Result, StoreError};
 use crate::store::manifest::Parsed;
 

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::store::error::{Result, StoreError};
 
 /// Blobs up to this size are hashed on the caller's thread: a thread is not worth it.

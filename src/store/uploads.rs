@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{Algorithm, Digest};
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::blobs::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
