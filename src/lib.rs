@@ -23,8 +23,8 @@
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
 //! `controller`.
 
+pub mod app;
 pub mod cacheapi;
-pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod metrics;
@@ -32,6 +32,7 @@ pub mod mirror;
 pub mod oci;
 pub mod plugin;
 pub mod registry;
+pub mod report;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

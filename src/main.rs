@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    kiln::cli::main()
+    kiln::app::main()
 }

@@ -335,7 +335,7 @@ const FILE_FLAGS: &[&str] = &[
 
 /// The `kiln` subcommand at `path` (`["cache", "serve"]`), with the root's global flags.
 fn command(path: &[&str]) -> clap::Command {
-    let mut cmd = kiln::cli::Cli::command();
+    let mut cmd = kiln::app::Cli::command();
     cmd.build();
     for part in path {
         cmd = cmd
@@ -373,7 +373,7 @@ fn assert_flags_accepted(container: &Value, path: &[&str]) {
         );
         accepted.push(arg.clone());
     }
-    if let Err(error) = <kiln::cli::Cli as clap::Parser>::try_parse_from(&accepted) {
+    if let Err(error) = <kiln::app::Cli as clap::Parser>::try_parse_from(&accepted) {
         panic!("`{}` is rejected: {error}", accepted.join(" "));
     }
     let envs: BTreeSet<String> = cmd

@@ -13,7 +13,6 @@
 
 pub mod admin;
 pub mod client;
-pub mod online;
 pub mod token;
 
 use serde::{Deserialize, Serialize};

@@ -17,9 +17,9 @@ use super::ledger::CacheCall;
 use super::plan::EventSpec;
 use crate::cacheapi::admin::{LeaseName, LeaseRequest, LeaseTarget};
 use crate::cacheapi::client::{AdminClient, AdminClientError};
-use crate::cli::error_chain;
 use crate::crd::Reason;
 use crate::oci::name::{RepoName, Tag};
+use crate::report::error_chain;
 
 /// The longest an admin API call made during a reconcile may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);

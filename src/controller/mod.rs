@@ -34,7 +34,6 @@ pub mod apply;
 pub mod buildkit;
 pub mod cachecall;
 pub mod cachetoken;
-pub mod cli;
 pub mod context;
 pub mod decide;
 pub mod error;

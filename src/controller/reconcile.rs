@@ -17,8 +17,8 @@ use super::error::ReconcileError;
 use super::observe::observe;
 use super::plan;
 use super::queue;
-use crate::cli::error_chain;
 use crate::crd::{Build, BuildStatus, Phase};
+use crate::report::error_chain;
 
 /// How soon a reconcile that lost a write race runs again (on fresh state).
 const CONFLICT_RETRY: Duration = Duration::from_secs(1);

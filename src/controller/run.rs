@@ -19,8 +19,8 @@ use super::labels::managed_selector;
 use super::queue;
 use super::reconcile::{error_policy, reconcile};
 use super::sweep::run_sweeps;
-use crate::cli::error_chain;
 use crate::crd::Build;
+use crate::report::error_chain;
 
 /// Runs the controller until `shutdown` completes, then stops taking work, lets the
 /// reconciles in flight finish, and returns. Build pods keep running; a restarted

@@ -35,8 +35,8 @@ use super::labels::managed_selector;
 use super::lease::CLEANUP_DEADLINE;
 use super::ledger::CacheCall;
 use super::plan::EventSpec;
-use crate::cli::error_chain;
 use crate::crd::{Build, Reason};
+use crate::report::error_chain;
 
 /// How many object sweeps pass between two sweeps of the cache's repositories (whose disk
 /// usage report costs the cache service a walk of its index).

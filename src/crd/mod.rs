@@ -11,7 +11,6 @@
 //! The CRD YAML in `crds/` is [`crds_yaml`]'s output, checked in and kept fresh by a test.
 
 pub mod build;
-pub mod cli;
 pub mod condition;
 pub mod fixtures;
 pub mod status;

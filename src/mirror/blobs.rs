@@ -540,7 +540,7 @@ impl Fetch {
                 upstream,
                 repo = %self.repo,
                 %digest,
-                error = %crate::cli::error_chain(err),
+                error = %crate::report::error_chain(err),
                 "mirror could not fetch a blob; nothing was stored"
             ),
         }

@@ -124,7 +124,7 @@ impl MirrorError {
     pub(crate) fn store(action: &'static str, err: &StoreError) -> Self {
         Self::Store {
             action,
-            reason: crate::cli::error_chain(err),
+            reason: crate::report::error_chain(err),
         }
     }
 

@@ -600,7 +600,7 @@ impl Upstream {
         request
             .send()
             .await
-            .map_err(|err| self.unavailable(action, crate::cli::error_chain(&err), None))
+            .map_err(|err| self.unavailable(action, crate::report::error_chain(&err), None))
     }
 
     fn cached_authorization(&self, repository: &str) -> Option<HeaderValue> {
@@ -661,7 +661,7 @@ impl Upstream {
     fn classify_oci(&self, action: &str, err: OciDistributionError, what: &str) -> UpstreamError {
         match err {
             OciDistributionError::RequestError(err) => {
-                self.unavailable(action, crate::cli::error_chain(&err), None)
+                self.unavailable(action, crate::report::error_chain(&err), None)
             }
             OciDistributionError::ServerError { code, .. } => {
                 self.classify_status(action, code, what)
@@ -686,7 +686,7 @@ impl Upstream {
                 self.unavailable(action, format!("token request failed: {reason}"), None)
             }
             OciDistributionError::IoError(err) => {
-                self.unavailable(action, crate::cli::error_chain(&err), None)
+                self.unavailable(action, crate::report::error_chain(&err), None)
             }
             other => self.invalid(action, other.to_string()),
         }
@@ -736,7 +736,7 @@ async fn read_capped(mut response: reqwest::Response, cap: u64) -> Result<Bytes,
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|err| ReadError::Broken(crate::cli::error_chain(&err)))?
+        .map_err(|err| ReadError::Broken(crate::report::error_chain(&err)))?
     {
         if body.len() as u64 + chunk.len() as u64 > cap {
             return Err(ReadError::TooLarge);

@@ -162,7 +162,7 @@ async fn log_tail(
         Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
             "pod {pod} is gone (finished pods are removed after their retention TTL)"
         )),
-        Err(error) => Err(crate::cli::error_chain(&error)),
+        Err(error) => Err(crate::report::error_chain(&error)),
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn admin_token(client: &Client, target: &CacheTarget) -> Result<String
     let secret = secrets
         .get_opt(&target.admin_secret)
         .await
-        .map_err(|e| read_error(crate::cli::error_chain(&e)))?
+        .map_err(|e| read_error(crate::report::error_chain(&e)))?
         .ok_or_else(|| read_error("it does not exist".to_owned()))?;
     let bytes = secret
         .data
@@ -116,7 +116,7 @@ pub async fn forward(client: &Client, target: &CacheTarget) -> Result<Forward, P
     let service = services
         .get_opt(&target.service)
         .await
-        .map_err(|e| forward_error(crate::cli::error_chain(&e)))?
+        .map_err(|e| forward_error(crate::report::error_chain(&e)))?
         .ok_or_else(|| forward_error("the Service does not exist".to_owned()))?;
     let selector = service
         .spec
@@ -132,7 +132,7 @@ pub async fn forward(client: &Client, target: &CacheTarget) -> Result<Forward, P
     let candidates = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| forward_error(crate::cli::error_chain(&e)))?
+        .map_err(|e| forward_error(crate::report::error_chain(&e)))?
         .items;
     let (pod, port) = service_target(&service, &candidates).map_err(forward_error)?;
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -151,7 +151,7 @@ pub async fn forward(client: &Client, target: &CacheTarget) -> Result<Forward, P
                     Err(error) => {
                         tracing::warn!(
                             pod,
-                            error = crate::cli::error_chain(&error),
+                            error = crate::report::error_chain(&error),
                             "port-forward"
                         );
                         return;

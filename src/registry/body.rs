@@ -118,7 +118,7 @@ where
                 }
             }
             Err(err) => {
-                end = BodyEnd::Broken(crate::cli::error_chain(&err));
+                end = BodyEnd::Broken(crate::report::error_chain(&err));
                 break;
             }
         }
@@ -148,7 +148,7 @@ pub async fn read_capped(body: Body, limit: usize, what: &str) -> Result<Bytes, 
         let chunk = item.map_err(|err| RegistryError::BlobUploadInvalid {
             reason: format!(
                 "the {what} body broke off: {}",
-                crate::cli::error_chain(&err)
+                crate::report::error_chain(&err)
             ),
         })?;
         if out.len() + chunk.len() > limit {

@@ -370,7 +370,7 @@ impl RegistryError {
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         if let Self::Internal { .. } = &self {
-            tracing::error!(error = %crate::cli::error_chain(&self), "request failed");
+            tracing::error!(error = %crate::report::error_chain(&self), "request failed");
         }
         let status = self.status();
         // A body of strings and string-keyed maps always serializes; should it ever not,
@@ -681,7 +681,7 @@ mod tests {
     fn internal_errors_keep_their_source_chain_for_the_log() {
         let err = RegistryError::internal("commit blob", std::io::Error::other("disk full"));
         assert_eq!(
-            crate::cli::error_chain(&err),
+            crate::report::error_chain(&err),
             "internal error while trying to commit blob: disk full"
         );
     }

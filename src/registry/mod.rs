@@ -25,7 +25,6 @@ pub mod admin;
 pub mod auth;
 pub mod blobs;
 pub mod body;
-pub mod cli;
 pub mod error;
 pub mod headers;
 pub mod manifests;

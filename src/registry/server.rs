@@ -216,7 +216,7 @@ async fn flush_loop(registry: Registry, every: Duration, mut stop: watch::Receiv
         match tokio::task::spawn_blocking(move || store.flush_access()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::warn!(
-                error = %crate::cli::error_chain(&err),
+                error = %crate::report::error_chain(&err),
                 "cannot write last-access times; will retry"
             ),
             Err(err) => tracing::warn!(error = %err, "last-access flush task failed"),
@@ -254,7 +254,7 @@ async fn gc_loop(registry: Registry, schedule: GcSchedule, mut stop: watch::Rece
                     .gc_runs
                     .get_or_create(&crate::registry::metrics::GcLabels { result: "error" })
                     .inc();
-                tracing::error!(error = %crate::cli::error_chain(&err), "online GC failed");
+                tracing::error!(error = %crate::report::error_chain(&err), "online GC failed");
             }
             Err(err) => tracing::error!(error = %err, "online GC task failed"),
         }
@@ -287,7 +287,7 @@ async fn expire_uploads_loop(registry: Registry, mut stop: watch::Receiver<bool>
                 registry.count_uploads();
             }
             Ok(Err(err)) => tracing::warn!(
-                error = %crate::cli::error_chain(&err),
+                error = %crate::report::error_chain(&err),
                 "cannot remove expired upload sessions; will retry"
             ),
             Err(err) => tracing::warn!(error = %err, "upload expiry task failed"),

@@ -58,7 +58,6 @@ mod backend;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod blobs;
-pub mod cli;
 pub mod clock;
 pub mod du;
 pub mod error;

@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cli::CliResult;
+use crate::app::CliResult;
 
 /// Prints every CRD Kiln serves, as one YAML stream, to stdout: what `crds/` holds and what
 /// `kiln crd | kubectl apply -f -` installs.
 pub async fn run() -> CliResult {
-    let yaml = super::crds_yaml()?;
+    let yaml = crate::crd::crds_yaml()?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(yaml.as_bytes())?;
     stdout.flush()?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::CliResult;
+use crate::app::CliResult;
 use crate::mirror::credentials::read_credentials;
 use crate::mirror::upstream::UpstreamConfig;
 use crate::mirror::{Mirror, MirrorOptions, MirrorSpec};
@@ -21,7 +21,7 @@ use crate::{cacheapi, units};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The store's root directory (created if missing).
-    #[arg(long, default_value = crate::store::cli::DEFAULT_ROOT, env = "KILN_CACHE_ROOT")]
+    #[arg(long, default_value = crate::app::cache::DEFAULT_ROOT, env = "KILN_CACHE_ROOT")]
     pub root: PathBuf,
     /// Address to listen on: 127.0.0.1:5000, 0.0.0.0:5000, [::]:5000.
     #[arg(long, default_value = "127.0.0.1:5000", env = "KILN_CACHE_LISTEN")]

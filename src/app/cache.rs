@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::app::CliResult;
+use crate::app::cache_online as online;
 use crate::cacheapi::client::AdminClient;
-use crate::cacheapi::online;
-use crate::cli::CliResult;
 use crate::store::{
     DuReport, GcOptions, GcReport, Policy, Store, StoreOptions, VerifyOptions, VerifyReport,
 };

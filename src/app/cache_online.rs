@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::app::CliResult;
 use crate::cacheapi::admin::{
     DuReport, PrunePolicy, PruneReport, PruneRequest, VerifyReport, VerifyRequest,
 };
 use crate::cacheapi::client::AdminClient;
-use crate::cli::CliResult;
 use crate::units;
 
 /// Why an online command could not start.
@@ -187,7 +187,7 @@ pub fn format_prune(report: &PruneReport) -> String {
         report.kept_by_leases
     ));
     if let Some(unmet) = &report.ceiling_unmet {
-        out.push_str(&crate::store::cli::ceiling_note(
+        out.push_str(&crate::app::cache::ceiling_note(
             unmet.bytes_after,
             unmet.held_by_leases,
             unmet.held_by_pushes,

@@ -1,14 +1,29 @@
-//! The command line: clap definitions and dispatch to each command's `run` (the edge where
-//! typed errors become messages for people).
+//! The command line: clap definitions, dispatch to each command's `run`, and what each
+//! prints (the edge where typed errors become messages for people). Nothing in the library
+//! imports this module.
 //!
-//! Each module owns the arguments of its commands (`controller::cli`, `store::cli`,
-//! `registry::cli`); this file only wires them into one tree.
+//! | file | command |
+//! | --- | --- |
+//! | [`controller`] | `kiln controller` |
+//! | [`crd`] | `kiln crd` |
+//! | [`serve`] | `kiln cache serve` |
+//! | [`cache`] | `kiln cache du\|prune\|verify` on a store directory, or through [`cache_online`] |
+//! | [`cache_online`] | the same through a running cache service's admin API |
+//! | [`plugin`] | `kubectl kiln …` (also `kiln plugin …`) |
+
+pub mod cache;
+pub mod cache_online;
+pub mod controller;
+pub mod crd;
+pub mod plugin;
+pub mod serve;
 
 use std::error::Error;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::report::error_chain;
 use crate::telemetry::{self, LogFormat};
 
 /// What a command returns at the edge: an exit code, or an error whose whole `source()`
@@ -34,7 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller against the current kubeconfig (or in-cluster config).
-    Controller(crate::controller::cli::ControllerArgs),
+    Controller(controller::ControllerArgs),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crd(CrdArgs),
     /// The build cache: serve it, or inspect and repair a store.
@@ -42,7 +57,7 @@ pub enum Command {
     Cache(CacheCommand),
     /// The kubectl plugin's commands (what `kubectl kiln …` runs when this binary is on
     /// PATH as `kubectl-kiln`).
-    Plugin(crate::plugin::PluginArgs),
+    Plugin(plugin::PluginArgs),
 }
 
 /// Arguments of `kiln crd`.
@@ -53,13 +68,13 @@ pub struct CrdArgs {}
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// Serve the cache store as an OCI registry (the main job without a cluster).
-    Serve(Box<crate::registry::cli::ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// Show disk usage of the store, in the style of `buildctl du`.
-    Du(crate::store::cli::DuArgs),
+    Du(cache::DuArgs),
     /// Remove cache entries by policy.
-    Prune(crate::store::cli::PruneArgs),
+    Prune(cache::PruneArgs),
     /// Rehash every blob, quarantine mismatches and check every manifest's references.
-    Verify(crate::store::cli::VerifyArgs),
+    Verify(cache::VerifyArgs),
 }
 
 /// The name under which kubectl finds its plugin: invoked as this, the binary is
@@ -81,10 +96,10 @@ pub fn main() -> ExitCode {
         .next()
         .is_some_and(|argv0| is_kubectl_plugin(&argv0));
     if plugin {
-        let cli = crate::plugin::KubectlKiln::parse();
+        let cli = plugin::KubectlKiln::parse();
         // The plugin prints for people on stdout; only warnings go to the log.
         telemetry::init(LogFormat::Text, "warn");
-        return execute(crate::plugin::run(cli.args));
+        return execute(plugin::run(cli.args));
     }
     let cli = Cli::parse();
     telemetry::init(cli.log_format, "info");
@@ -112,56 +127,25 @@ fn execute(command: impl std::future::Future<Output = CliResult>) -> ExitCode {
 /// Runs one command.
 pub async fn run(command: Command) -> CliResult {
     match command {
-        Command::Controller(args) => crate::controller::cli::run(args).await,
-        Command::Crd(CrdArgs {}) => crate::crd::cli::run().await,
-        Command::Cache(CacheCommand::Serve(args)) => crate::registry::cli::run_serve(*args).await,
-        Command::Cache(CacheCommand::Du(args)) => crate::store::cli::run_du(args).await,
-        Command::Cache(CacheCommand::Prune(args)) => crate::store::cli::run_prune(args).await,
-        Command::Cache(CacheCommand::Verify(args)) => crate::store::cli::run_verify(args).await,
-        Command::Plugin(args) => crate::plugin::run(args).await,
+        Command::Controller(args) => controller::run(args).await,
+        Command::Crd(CrdArgs {}) => crd::run().await,
+        Command::Cache(CacheCommand::Serve(args)) => serve::run_serve(*args).await,
+        Command::Cache(CacheCommand::Du(args)) => cache::run_du(args).await,
+        Command::Cache(CacheCommand::Prune(args)) => cache::run_prune(args).await,
+        Command::Cache(CacheCommand::Verify(args)) => cache::run_verify(args).await,
+        Command::Plugin(args) => plugin::run(args).await,
     }
 }
-
-/// Formats an error and its `source()` chain as `outer: cause: root cause`.
-pub fn error_chain(err: &(dyn Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source in their own message; print each part once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// The error a command returns while it is not built yet.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not implemented yet")]
-pub struct NotImplemented(pub &'static str);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn error_chain_prints_every_cause_once() {
-        let err = Outer(std::io::Error::other("disk full"));
-        assert_eq!(error_chain(&err), "outer: disk full");
-    }
-
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        crate::plugin::KubectlKiln::command().debug_assert();
+        plugin::KubectlKiln::command().debug_assert();
     }
 
     #[test]

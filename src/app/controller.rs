@@ -13,11 +13,11 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Client;
 
-use super::context::{CacheService, Config, Context, Mirror, parse_mirror};
-use super::leader::{self, Election};
+use crate::app::CliResult;
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
-use crate::cli::CliResult;
+use crate::controller::context::{CacheService, Config, Context, Mirror, parse_mirror};
+use crate::controller::leader::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, Metrics};
 use crate::units::{parse_duration, parse_size};
@@ -382,20 +382,22 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let result: CliResult = if serving.leader_elect {
         let election = election(&serving, instance, client.default_namespace());
         leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
-            super::run_with(context, stop)
+            crate::controller::run_with(context, stop)
         })
         .await
         .map(|()| ExitCode::SUCCESS)
         .map_err(Into::into)
     } else {
-        super::run_with(context, shutdown)
+        crate::controller::run_with(context, shutdown)
             .await
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into)
     };
     let _ = http_stop.send(());
     match server.await {
-        Ok(Err(error)) => tracing::warn!(error = crate::cli::error_chain(&error), "metrics server"),
+        Ok(Err(error)) => {
+            tracing::warn!(error = crate::report::error_chain(&error), "metrics server")
+        }
         Err(error) => tracing::warn!(error = %error, "metrics server task"),
         Ok(Ok(())) => {}
     }

@@ -1,0 +1,359 @@
+//! `kubectl kiln`: the kubectl plugin, i.e. the `kiln` binary invoked as `kubectl-kiln` (or
+//! as `kiln plugin`): list Builds, show one's status, print its logs, cancel it, request a
+//! rerun, and show the cache's disk usage (the edge: flags, kubeconfig, stdout).
+//!
+//! | file | holds | I/O |
+//! | --- | --- | --- |
+//! | [`render`] | the tables and reports it prints | pure |
+//! | [`api`] | reads and writes of Builds, Events and pod logs; cancel and rerun decisions | API |
+//! | [`forward`] | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
+//! | [`error`] | one error enum | — |
+//!
+//! Install it by putting the binary on `PATH` under the name `kubectl-kiln` (a symlink
+//! will do); kubectl then runs it for `kubectl kiln …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::app::CliResult;
+use crate::cacheapi::client::AdminClient;
+use crate::controller::podstate::BUILD_CONTAINER;
+use crate::crd::Phase;
+use crate::plugin::api::{CancelRequest, LogRequest, Scope};
+use crate::plugin::error::PluginError;
+use crate::plugin::forward::CacheTarget;
+
+/// `kubectl kiln`: Kiln's Builds from kubectl.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "kubectl-kiln",
+    bin_name = "kubectl kiln",
+    version,
+    about = "Kiln's Builds from kubectl: list, status, logs, cancel, rerun, and the cache's disk usage."
+)]
+pub struct KubectlKiln {
+    /// The command and its flags.
+    #[command(flatten)]
+    pub args: PluginArgs,
+}
+
+/// The plugin's flags and command (also `kiln plugin …`).
+#[derive(Debug, clap::Args)]
+pub struct PluginArgs {
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub kube: KubeFlags,
+    /// The command.
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+/// The cluster flags kubectl users expect.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KubeFlags {
+    /// Namespace of the Build [default: the kubeconfig context's namespace].
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use [default: the current context].
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Path to the kubeconfig file [default: $KUBECONFIG, then ~/.kube/config].
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `kubectl kiln` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// List Builds: phase, reason, attempt, duration, pushed digest and age.
+    List(ListArgs),
+    /// Show a Build: phase, conditions, attempts, Events and, when its attempt failed, the
+    /// last lines of the pod's log.
+    Status(NameArgs),
+    /// Print the log of a Build's attempt (the current one unless --attempt says).
+    Logs(LogsArgs),
+    /// Cancel a Build: its pod is deleted with a grace period and it ends Cancelled. A
+    /// finished Build is left alone.
+    Cancel(NameArgs),
+    /// Start a new attempt of a Build without changing its spec (sets the kiln.dev/rerun
+    /// annotation; an attempt in flight is superseded, a cancel request is cleared).
+    Rerun(NameArgs),
+    /// The build cache service.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// Flags of `list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// List Builds of every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+/// A Build's name.
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// Name of the Build.
+    pub name: String,
+}
+
+/// Flags of `logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Name of the Build.
+    pub name: String,
+    /// Follow the log until the container ends (waits for it to start).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The attempt (see `status`) [default: the current attempt].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempt: Option<u32>,
+    /// The container: `build`, or `fetch-context` (the download of an inline or OCI context).
+    #[arg(short = 'c', long, default_value = BUILD_CONTAINER)]
+    pub container: String,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<i64>,
+}
+
+/// `kubectl kiln cache …` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Disk usage of the cache service (through its admin API): totals and repositories.
+    Du(CacheDuArgs),
+}
+
+/// Flags of `cache du`.
+#[derive(Debug, clap::Args)]
+pub struct CacheDuArgs {
+    /// Namespace Kiln is installed in.
+    #[arg(long, default_value = "kiln-system")]
+    pub cache_namespace: String,
+    /// The cache Service (`<release>-cache` with the Helm chart).
+    #[arg(long, default_value = "kiln-cache")]
+    pub cache_service: String,
+    /// The Secret with the admin token (`<release>-cache-admin-token` with the Helm chart).
+    #[arg(long, default_value = "kiln-cache-admin-token")]
+    pub admin_token_secret: String,
+    /// The key of the admin token in that Secret.
+    #[arg(long, default_value = "token")]
+    pub admin_token_key: String,
+    /// Talk to this URL instead of forwarding a port to the cache pod.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Read the admin token from this file instead of the Secret.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Connects with the kubeconfig the flags name (or `$KUBECONFIG`, `~/.kube/config`, the
+/// in-cluster service account) and returns the client and the namespace to work in.
+pub async fn connect(flags: &KubeFlags) -> Result<(Client, String), PluginError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| PluginError::Kubeconfig {
+        context: flags.context.clone(),
+        source,
+    };
+    let options = KubeConfigOptions {
+        context: flags.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (&flags.kubeconfig, &flags.context) {
+        (Some(path), _) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| failed(Box::new(e)))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| failed(Box::new(e)))?
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| failed(Box::new(e)))?,
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| failed(Box::new(e)))?,
+    };
+    let namespace = flags
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| failed(Box::new(e)))?;
+    Ok((client, namespace))
+}
+
+/// Runs one plugin command.
+pub async fn run(args: PluginArgs) -> CliResult {
+    let PluginArgs { kube, command } = args;
+    let mut stdout = std::io::stdout();
+    let now = Timestamp::now();
+    if let PluginCommand::Cache(CacheCommand::Du(args)) = command {
+        cache_du(&kube, args, now, &mut stdout).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (client, namespace) = connect(&kube).await?;
+    match command {
+        PluginCommand::List(ListArgs { all_namespaces }) => {
+            let scope = if all_namespaces {
+                Scope::All
+            } else {
+                Scope::Namespace(namespace.clone())
+            };
+            let builds = crate::plugin::api::list_builds(&client, &scope).await?;
+            if builds.is_empty() {
+                match scope {
+                    Scope::All => eprintln!("No Builds found."),
+                    Scope::Namespace(ns) => eprintln!("No Builds found in namespace {ns}."),
+                }
+            } else {
+                print(
+                    &mut stdout,
+                    &crate::plugin::render::build_table(&builds, all_namespaces, now),
+                )?;
+            }
+        }
+        PluginCommand::Status(NameArgs { name }) => {
+            let report = crate::plugin::api::status_report(&client, &namespace, &name).await?;
+            print(
+                &mut stdout,
+                &crate::plugin::render::status_report(&report, now),
+            )?;
+        }
+        PluginCommand::Logs(LogsArgs {
+            name,
+            follow,
+            attempt,
+            container,
+            tail,
+        }) => {
+            let request = LogRequest {
+                attempt,
+                follow,
+                container,
+                tail,
+            };
+            crate::plugin::api::logs(&client, &namespace, &name, &request, &mut stdout).await?;
+        }
+        PluginCommand::Cancel(NameArgs { name }) => {
+            match crate::plugin::api::cancel(&client, &namespace, &name).await? {
+                CancelRequest::Cancel => print(
+                    &mut stdout,
+                    &format!(
+                        "build.kiln.dev/{name} cancel requested: its pod is deleted with a grace period and it ends Cancelled\n"
+                    ),
+                )?,
+                CancelRequest::AlreadyRequested => print(
+                    &mut stdout,
+                    &format!("build.kiln.dev/{name} cancel was already requested\n"),
+                )?,
+                CancelRequest::Finished(phase) => {
+                    eprintln!(
+                        "Build {namespace}/{name} already finished ({}): nothing to cancel; `kubectl kiln rerun {name}` starts a new attempt",
+                        phase.as_str()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        PluginCommand::Rerun(NameArgs { name }) => {
+            let rerun = crate::plugin::api::rerun(&client, &namespace, &name, now).await?;
+            let mut message = format!(
+                "build.kiln.dev/{name} rerun requested ({}={})",
+                crate::crd::build::RERUN_ANNOTATION,
+                rerun.token
+            );
+            if matches!(rerun.was, Some(Phase::Pending | Phase::Running)) {
+                message.push_str("; the attempt in flight is superseded");
+            }
+            if rerun.uncancelled {
+                message.push_str("; spec.cancel was cleared");
+            }
+            message.push('\n');
+            print(&mut stdout, &message)?;
+        }
+        PluginCommand::Cache(CacheCommand::Du(args)) => {
+            cache_du(&kube, args, now, &mut stdout).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cache du`: needs the cluster only for what the flags do not give (the token, the
+/// forward).
+async fn cache_du(
+    kube: &KubeFlags,
+    args: CacheDuArgs,
+    now: Timestamp,
+    out: &mut dyn std::io::Write,
+) -> Result<(), PluginError> {
+    let CacheDuArgs {
+        cache_namespace,
+        cache_service,
+        admin_token_secret,
+        admin_token_key,
+        server,
+        admin_token_file,
+        json,
+    } = args;
+    let target = CacheTarget {
+        namespace: cache_namespace,
+        service: cache_service,
+        admin_secret: admin_token_secret,
+        admin_secret_key: admin_token_key,
+    };
+    let mut client = None;
+    let token = match admin_token_file {
+        Some(path) => std::fs::read_to_string(&path)
+            .map(|t| t.trim_end().to_owned())
+            .map_err(|source| PluginError::AdminTokenFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => {
+            crate::plugin::forward::admin_token(connected(&mut client, kube).await?, &target)
+                .await?
+        }
+    };
+    // The forward lives until the report is read.
+    let (url, _forward) = match server {
+        Some(url) => (url, None),
+        None => {
+            let forward =
+                crate::plugin::forward::forward(connected(&mut client, kube).await?, &target)
+                    .await?;
+            (forward.url.clone(), Some(forward))
+        }
+    };
+    let report = AdminClient::new(&url, token)?.du().await?;
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        text.push('\n');
+        text
+    } else {
+        crate::plugin::render::du_report(&report, now)
+    };
+    print(out, &text)
+}
+
+/// The client in `slot`, connecting first if there is none yet.
+async fn connected<'a>(
+    slot: &'a mut Option<Client>,
+    kube: &KubeFlags,
+) -> Result<&'a Client, PluginError> {
+    let client = match slot.take() {
+        Some(client) => client,
+        None => connect(kube).await?.0,
+    };
+    Ok(slot.insert(client))
+}
+
+fn print(out: &mut dyn std::io::Write, text: &str) -> Result<(), PluginError> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(PluginError::Write)
+}
