@@ -37,6 +37,7 @@ pub mod cachetoken;
 pub mod context;
 pub mod decide;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod gc;
 pub mod labels;

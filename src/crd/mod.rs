@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod condition;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod status;
 

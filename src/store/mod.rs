@@ -55,12 +55,13 @@
 //! build-scoped tag.
 
 mod backend;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod bench_support;
 pub mod blobs;
 pub mod clock;
 pub mod du;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod flight;
 pub mod gc;
