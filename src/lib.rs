@@ -9,9 +9,8 @@
 //! | [`crd`] | the `Build` API types, conditions and their reasons | pure |
 //! | [`controller`] | `decide` (pure) and `apply` (API writes), the pod builder, sweepers | both, kept apart |
 //! | [`store`] | the content-addressed cache store on a directory (the PV) | filesystem |
-//! | [`registry`] | the OCI Distribution API and the admin API over the store | HTTP |
-//! | [`mirror`] | the pull-through cache for upstream registries | HTTP |
-//! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
+//! | [`registry`] | the OCI Distribution API and the admin API over the store, and the pull-through mirror beneath it | HTTP |
+//! //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
 //! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
@@ -28,7 +27,6 @@ pub mod cacheapi;
 pub mod controller;
 pub mod crd;
 pub mod metrics;
-pub mod mirror;
 pub mod oci;
 pub mod plugin;
 pub mod registry;

@@ -12,10 +12,10 @@ use common::docker_registry::DockerRegistry;
 use common::oci_layout::{self, TestImage};
 use common::skopeo;
 use futures::StreamExt as _;
-use kiln::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
 use kiln::oci::digest::{Digest, Hasher};
 use kiln::oci::media::{MANIFEST_MEDIA_TYPES, OCI_MANIFEST};
 use kiln::oci::name::{Reference, Tag};
+use kiln::registry::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
 #[test]
 fn test_image_layer_is_a_real_tar_gz() {

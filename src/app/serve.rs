@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::app::CliResult;
-use crate::mirror::credentials::read_credentials;
-use crate::mirror::upstream::UpstreamConfig;
-use crate::mirror::{Mirror, MirrorOptions, MirrorSpec};
 use crate::registry::auth::{AdminToken, AuthConfig};
+use crate::registry::mirror::credentials::read_credentials;
+use crate::registry::mirror::upstream::UpstreamConfig;
+use crate::registry::mirror::{Mirror, MirrorOptions, MirrorSpec};
 use crate::registry::server::{GcSchedule, ServeOptions, serve};
 use crate::registry::service::{Limits, Registry};
 use crate::store::{GcOptions, Policy, Store, StoreOptions};

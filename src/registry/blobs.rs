@@ -6,16 +6,16 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::mirror::MirrorError;
-use crate::mirror::blobs::{BlobAnswer, BlobWant};
 use crate::oci::digest::Digest;
 use crate::oci::name::RepoName;
-use crate::registry::body::read_file;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{
     ByteRange, CACHE_STATUS, DOCKER_CONTENT_DIGEST, RangeRequest, parse_range,
 };
+use crate::registry::mirror::MirrorError;
+use crate::registry::mirror::blobs::{BlobAnswer, BlobWant};
 use crate::registry::route::{Reply, Request};
+use crate::store::stream::read_file;
 
 /// Content is addressed by digest and never changes: clients may cache it for a year.
 const IMMUTABLE: &str = "max-age=31536000";
@@ -157,7 +157,7 @@ pub(crate) enum Missing {
 /// The answer to a mirror failure: a 404 when the upstream says there is no such thing, a
 /// 503 when it cannot answer (nothing cached stood in), a 403 when it refuses.
 pub(crate) fn mirror_error(err: MirrorError, missing: Missing) -> RegistryError {
-    use crate::mirror::upstream::UpstreamError;
+    use crate::registry::mirror::upstream::UpstreamError;
     match err {
         MirrorError::Upstream(UpstreamError::NotFound { .. }) => match missing {
             Missing::Blob(digest) => RegistryError::BlobUnknown { digest },
@@ -301,8 +301,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_mirror_repository_never_answers_from_what_a_namespace_pushed() {
-        use crate::mirror::upstream::UpstreamConfig;
-        use crate::mirror::{Mirror, MirrorOptions};
+        use crate::registry::mirror::upstream::UpstreamConfig;
+        use crate::registry::mirror::{Mirror, MirrorOptions};
         // An upstream that cannot answer: whatever the mirror serves, it must have asked.
         let registry = TestRegistry::build(false, |store| {
             let upstream = UpstreamConfig {

@@ -1,88 +1,22 @@
 //! Moving bytes between HTTP bodies and the synchronous store without holding them all in
-//! memory: request bodies fed chunk by chunk to a blocking consumer, blob files streamed
-//! out from a blocking reader, manifests read whole under a cap, and a body wrapper that
-//! counts bytes for the metrics (I/O: files and sockets).
+//! memory: request bodies fed chunk by chunk to a blocking consumer (through
+//! [`crate::store::stream::Chunks`]), manifests read whole under a cap, and a body wrapper
+//! that counts bytes for the metrics (I/O: sockets).
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use futures::stream::{BoxStream, StreamExt as _};
+use futures::stream::StreamExt as _;
 use http_body::{Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::registry::error::RegistryError;
-
-/// Bytes per chunk read from a blob file: large enough that a 64 MiB blob costs a few
-/// dozen reads, wakeups and socket writes, small enough to start sending at once.
-pub const READ_CHUNK: usize = 1 << 20;
-
-/// Chunks buffered between the blocking file reader and the socket.
-const READ_AHEAD: usize = 4;
+use crate::store::stream::Chunks;
 
 /// Chunks buffered between the socket and the blocking consumer of a request body.
 const FEED_AHEAD: usize = 16;
-
-/// Streams `len` bytes of `file` from `offset`, read on a blocking thread. The stream
-/// fails (rather than ends early) when the file is shorter than promised, so a client
-/// never mistakes a truncated answer for a whole one.
-pub fn read_file(mut file: File, offset: u64, len: u64) -> BoxStream<'static, io::Result<Bytes>> {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        if let Err(err) = file.seek(SeekFrom::Start(offset)) {
-            let _ = tx.blocking_send(Err(err));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64);
-            // `read_to_end` into spare capacity fills the chunk without zeroing it first.
-            let mut chunk = Vec::with_capacity(usize::try_from(want).unwrap_or(READ_CHUNK));
-            let result = match (&mut file).take(want).read_to_end(&mut chunk) {
-                Ok(0) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("blob file ended {left} bytes early"),
-                )),
-                Ok(n) => {
-                    left -= n as u64;
-                    Ok(Bytes::from(chunk))
-                }
-                Err(err) => Err(err),
-            };
-            let failed = result.is_err();
-            // The client went away: stop reading.
-            if tx.blocking_send(result).is_err() || failed {
-                return;
-            }
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    })
-    .boxed()
-}
-
-/// The chunks of a request body (or of any producer), as a blocking consumer sees them.
-pub struct Chunks(mpsc::Receiver<Bytes>);
-
-impl Chunks {
-    /// Chunks from a channel.
-    pub fn new(receiver: mpsc::Receiver<Bytes>) -> Self {
-        Self(receiver)
-    }
-}
-
-impl Iterator for Chunks {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        self.0.blocking_recv()
-    }
-}
 
 /// How a request body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +39,7 @@ where
     F: FnOnce(Chunks) -> T + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Bytes>(FEED_AHEAD);
-    let consumer = tokio::task::spawn_blocking(move || consume(Chunks(rx)));
+    let consumer = tokio::task::spawn_blocking(move || consume(Chunks::new(rx)));
     let mut stream = body.into_data_stream();
     let mut end = BodyEnd::Complete;
     while let Some(item) = stream.next().await {
@@ -202,29 +136,7 @@ impl http_body::Body for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
-
-    async fn collect(mut stream: BoxStream<'static, io::Result<Bytes>>) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk?);
-        }
-        Ok(out)
-    }
-
-    #[tokio::test]
-    async fn files_stream_in_ranges_and_fail_when_short() {
-        let mut file = tempfile::tempfile().unwrap();
-        let bytes: Vec<u8> = (0..(READ_CHUNK * 2 + 10)).map(|i| i as u8).collect();
-        file.write_all(&bytes).unwrap();
-        let reopen = |f: &File| f.try_clone().unwrap();
-        let whole = collect(read_file(reopen(&file), 0, bytes.len() as u64)).await;
-        assert_eq!(whole.unwrap(), bytes);
-        let part = collect(read_file(reopen(&file), 5, 20)).await.unwrap();
-        assert_eq!(part, bytes[5..25]);
-        let short = collect(read_file(reopen(&file), 0, bytes.len() as u64 + 1)).await;
-        assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-    }
+    use std::io;
 
     #[tokio::test]
     async fn bodies_feed_a_blocking_consumer_and_say_how_they_ended() {

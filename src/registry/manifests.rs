@@ -78,7 +78,7 @@ pub(crate) async fn get(
     let mut reply = manifest_reply(&info);
     if let Some(status) = &cache_status {
         reply = reply.header(CACHE_STATUS, status.header_value());
-        if let crate::mirror::CacheStatus::Stale(_) = status {
+        if let crate::registry::mirror::CacheStatus::Stale(_) = status {
             reply = reply.header(header::WARNING, "110 kiln \"Response is Stale\"");
         }
     }

@@ -1,6 +1,6 @@
 //! The cache service's Prometheus metrics: requests by route and status, latency, bytes in
 //! and out, GC runs and bytes freed, store size (the mirror registers its own, see
-//! [`crate::mirror::MirrorMetrics`]); encoded for `/metrics` (pure apart from the atomics).
+//! [`crate::registry::mirror::MirrorMetrics`]); encoded for `/metrics` (pure apart from the atomics).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -11,11 +11,11 @@
 //! | [`blobs`], [`uploads`], [`manifests`], [`tags`], [`referrers`] | the API's routes | store, mirror |
 //! | [`admin`] | `/admin/v1/`: du, prune, verify, leases, deletes | store |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, request metrics | — |
-//! | [`body`] | request bodies to the store, blob files to responses | files, sockets |
+//! | [`body`] | request bodies to the store, manifests under a cap, byte counting | sockets |
 //! | [`metrics`] | the Prometheus metrics | — |
+//! | [`mirror`] | the pull-through cache for upstream registries | HTTP + store |
 //! | [`service`] | the shared state and the router | — |
 //! | [`server`] | accept loop, slow-client limits, background GC, graceful shutdown | sockets |
-//! | [`cli`] | `kiln cache serve` | process |
 //!
 //! Tests and the CLI share one entry point: build a [`Registry`] over a store, then
 //! [`serve`] it on a listener until a shutdown future resolves, or call
@@ -29,6 +29,7 @@ pub mod error;
 pub mod headers;
 pub mod manifests;
 pub mod metrics;
+pub mod mirror;
 pub mod ops;
 pub mod path;
 pub mod referrers;

@@ -9,11 +9,11 @@ use axum::Router;
 use axum::routing::{any, get};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::mirror::Mirror;
 use crate::oci::media::MAX_MANIFEST_BYTES;
 use crate::registry::auth::{AuthConfig, token_handler};
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::Metrics;
+use crate::registry::mirror::Mirror;
 use crate::registry::{admin, ops, route};
 use crate::store::Store;
 

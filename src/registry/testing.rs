@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use tower::ServiceExt as _;
 
 use crate::cacheapi::token::{Action, Claims, TokenKey};
-use crate::mirror::Mirror;
 use crate::oci::digest::Digest;
 use crate::registry::auth::{AdminToken, AuthConfig, unix_now};
+use crate::registry::mirror::Mirror;
 use crate::registry::service::{Limits, Registry};
 use crate::store::{Store, StoreOptions};
 

@@ -71,6 +71,7 @@ pub mod layout;
 pub mod manifest;
 mod migrate;
 pub mod storage;
+pub mod stream;
 pub mod sweep;
 pub mod tables;
 mod temp;

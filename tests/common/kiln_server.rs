@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use kiln::cacheapi::token::{Action, Claims, TokenKey};
-use kiln::mirror::upstream::UpstreamConfig;
-use kiln::mirror::{Mirror, MirrorOptions};
 use kiln::registry::auth::{AdminToken, AuthConfig, unix_now};
+use kiln::registry::mirror::upstream::UpstreamConfig;
+use kiln::registry::mirror::{Mirror, MirrorOptions};
 use kiln::registry::{Limits, Registry, ServeError, ServeOptions, serve};
 use kiln::store::{Store, StoreOptions};
 use tempfile::TempDir;
@@ -87,7 +87,9 @@ impl KilnServer {
                     })
                     .collect(),
                 MirrorOptions {
-                    ttl: config.mirror_ttl.unwrap_or(kiln::mirror::DEFAULT_TTL),
+                    ttl: config
+                        .mirror_ttl
+                        .unwrap_or(kiln::registry::mirror::DEFAULT_TTL),
                     ..MirrorOptions::default()
                 },
             )

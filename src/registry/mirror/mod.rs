@@ -34,10 +34,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::mirror::blobs::BlobFetches;
-use crate::mirror::freshness::TagState;
-use crate::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
 use crate::oci::name::RepoName;
+use crate::registry::mirror::blobs::BlobFetches;
+use crate::registry::mirror::freshness::TagState;
+use crate::registry::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
 use crate::store::{Store, StoreError};
 
 pub use manifests::MirroredManifest;

@@ -32,11 +32,11 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::mirror::upstream::{Upstream, UpstreamError};
-use crate::mirror::{CacheStatus, Mirror, MirrorError, MirrorMetrics, blocking};
 use crate::oci::digest::{Digest, Hasher};
 use crate::oci::name::RepoName;
-use crate::registry::body::{Chunks, read_file};
+use crate::registry::mirror::upstream::{Upstream, UpstreamError};
+use crate::registry::mirror::{CacheStatus, Mirror, MirrorError, MirrorMetrics, blocking};
+use crate::store::stream::{Chunks, read_file};
 use crate::store::{BlobWriter, Ingest, Store, StoreError};
 
 /// Chunks queued for the store's writer before the fetch waits for the disk.

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
-use crate::mirror::blobs::lock;
-use crate::mirror::freshness::{self, Plan, Revalidated, TagState};
-use crate::mirror::upstream::{Upstream, UpstreamError};
-use crate::mirror::{CacheStatus, Inner, Mirror, MirrorError, blocking};
 use crate::oci::media::MANIFEST_MEDIA_TYPES;
 use crate::oci::name::{Reference, RepoName};
+use crate::registry::mirror::blobs::lock;
+use crate::registry::mirror::freshness::{self, Plan, Revalidated, TagState};
+use crate::registry::mirror::upstream::{Upstream, UpstreamError};
+use crate::registry::mirror::{CacheStatus, Inner, Mirror, MirrorError, blocking};
 use crate::store::ManifestInfo;
 
 /// A manifest as the mirror answers it.
