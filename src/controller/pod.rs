@@ -41,8 +41,10 @@
 //!
 //! # The result
 //!
-//! `buildctl --metadata-file /dev/termination-log` writes BuildKit's metadata (with
-//! `containerimage.digest`) where the kubelet reads the container's termination message;
+//! `buildctl --metadata-file` writes BuildKit's metadata (with `containerimage.digest`) to
+//! a file in `/tmp`, which the build container's command copies to
+//! `/dev/termination-log`, where the kubelet reads the container's termination message
+//! (buildctl cannot write there itself: see `buildkit::METADATA_FILE`);
 //! `terminationMessagePolicy: FallbackToLogsOnError` puts the end of the build log there
 //! instead when the build fails, so that the Build's status can say why.
 
@@ -267,19 +269,20 @@ pub fn attempt_objects(
         });
     }
     let resources = resources(build, config);
-    let builder = |name: &str, args: Vec<String>, mounts: Vec<VolumeMount>| Container {
-        name: name.to_owned(),
-        image: Some(image.clone()),
-        command: Some(vec!["buildctl-daemonless.sh".into()]),
-        args: Some(args),
-        env: Some(env.clone()),
-        resources: Some(resources.clone()),
-        security_context: Some(container_security_context()),
-        volume_mounts: Some(mounts),
-        termination_message_path: Some(buildkit::METADATA_FILE.into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
+    let builder =
+        |name: &str, command: Vec<String>, args: Vec<String>, mounts: Vec<VolumeMount>| Container {
+            name: name.to_owned(),
+            image: Some(image.clone()),
+            command: Some(command),
+            args: Some(args),
+            env: Some(env.clone()),
+            resources: Some(resources.clone()),
+            security_context: Some(container_security_context()),
+            volume_mounts: Some(mounts),
+            termination_message_path: Some(buildkit::TERMINATION_MESSAGE.into()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Container::default()
+        };
     let init_containers = match validated.source {
         SourceKind::Oci(_) => {
             let fetch_mounts = mounts
@@ -289,6 +292,7 @@ pub fn attempt_objects(
                 .collect();
             Some(vec![builder(
                 FETCH_CONTAINER,
+                vec!["buildctl-daemonless.sh".into()],
                 buildkit::fetch_args(),
                 fetch_mounts,
             )])
@@ -297,6 +301,7 @@ pub fn attempt_objects(
     };
     let main = builder(
         BUILD_CONTAINER,
+        buildkit::build_command(),
         buildkit::build_args(build, validated, config),
         mounts,
     );
@@ -577,6 +582,45 @@ mod tests {
         assert_eq!(spec.automount_service_account_token, Some(false));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.active_deadline_seconds, Some(3600));
+    }
+
+    /// buildctl renames a temporary file over its `--metadata-file`: that file must lie in
+    /// a directory the builder may write (an emptyDir of the container), and be neither in
+    /// the read-only root filesystem nor the termination message the kubelet bind-mounts.
+    #[test]
+    fn buildctl_writes_its_metadata_into_a_writable_volume_and_the_command_copies_it() {
+        let build = Build::test("hello").inline("FROM scratch\n");
+        let validated = validate(&build, &secrets(), &Config::default()).unwrap();
+        let pod = attempt_objects(&build, 1, &validated, &Config::default()).pod;
+        let spec = pod.spec.unwrap();
+        let container = &spec.containers[0];
+        let args = container.args.clone().unwrap();
+        let metadata = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--metadata-file="))
+            .expect("a --metadata-file argument");
+        let termination = container.termination_message_path.as_deref().unwrap();
+        assert_ne!(metadata, termination);
+        let directory = std::path::Path::new(metadata).parent().unwrap();
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| std::path::Path::new(&m.mount_path) == directory)
+            .unwrap_or_else(|| panic!("no volume mounted at {}", directory.display()));
+        assert_ne!(mount.read_only, Some(true));
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        let command = container.command.clone().unwrap().join(" ");
+        assert!(
+            command.contains(&format!("cat {metadata} > {termination}")),
+            "{command}"
+        );
     }
 
     #[test]
