@@ -11,7 +11,8 @@
 # REF is host:port/repository:tag on a registry reached over plain HTTP. Each image is
 # one layer made with umoci from files of this machine: static Go binaries as built, and
 # for dynamically linked programs (git, newuidmap, runc, a glibc build of kiln) exactly
-# the shared libraries `ldd` names, at their paths. Needs umoci, skopeo, busybox-static.
+# the shared libraries `ldd` names, at their paths. Needs umoci, skopeo, busybox-static,
+# gcc (the builder's ID-map helpers, scripts/builder/newidmap.c).
 #
 # Environment:
 #   KILN_IMAGES_WORK   scratch directory (default target/local-images)
@@ -53,7 +54,9 @@ install_program() { # install_program SRC [DEST] [MODE]
   # `ldd` prints "name => /path (addr)" for libraries and "/path (addr)" for the loader;
   # a static binary makes it print "not a dynamic executable" and fail.
   while read -r lib; do
-    [ -e "$ROOTFS$lib" ] || install -D -m 0644 "$(readlink -f "$lib")" "$ROOTFS$lib"
+    # With the host's mode: the loader must be executable.
+    [ -e "$ROOTFS$lib" ] || install -D -m "$(stat -c %a "$(readlink -f "$lib")")" \
+      "$(readlink -f "$lib")" "$ROOTFS$lib"
   done < <(ldd "$src" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
 }
 
@@ -110,9 +113,12 @@ cmd_builder() {
   # BuildKit's OCI worker runs `buildkit-runc` when present, else `runc`.
   install_program "$bin/runc" /usr/bin/buildkit-runc
   install -m 0755 scripts/builder/buildctl-daemonless.sh "$ROOTFS/usr/bin/buildctl-daemonless.sh"
-  # RootlessKit maps the subordinate IDs with the setuid helpers of Debian's uidmap.
-  install_program /usr/bin/newuidmap /usr/bin/newuidmap 4755
-  install_program /usr/bin/newgidmap /usr/bin/newgidmap 4755
+  # RootlessKit maps the subordinate IDs with setuid helpers that keep only CAP_SETUID /
+  # CAP_SETGID, as moby/buildkit's are (see newidmap.c for why not Debian's).
+  gcc -static -O2 -Wall -Werror -o "$WORK/builder/newidmap" scripts/builder/newidmap.c \
+    || die "cannot compile scripts/builder/newidmap.c (apt-get install gcc libc6-dev)"
+  install -m 4755 "$WORK/builder/newidmap" "$ROOTFS/usr/bin/newuidmap"
+  install -m 4755 "$WORK/builder/newidmap" "$ROOTFS/usr/bin/newgidmap"
   # BuildKit clones Git contexts with the git command (and its HTTP helper).
   install_program /usr/bin/git
   mkdir -p "$ROOTFS/usr/lib/git-core" "$ROOTFS/usr/share/git-core"
