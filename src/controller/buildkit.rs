@@ -227,8 +227,10 @@ pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> 
             CacheMode::Min => "min",
             CacheMode::Max | CacheMode::Off => "max",
         };
+        // `ignore-error=true`: the cache is best effort. Without it, a cache service that
+        // is down when the build ends fails a build whose image is already pushed.
         args.push(format!(
-            "--export-cache=type=registry,ref={reference},mode={mode}"
+            "--export-cache=type=registry,ref={reference},mode={mode},ignore-error=true"
         ));
         args.push(format!("--import-cache=type=registry,ref={reference}"));
     }
@@ -370,6 +372,25 @@ mod tests {
         // $0 of the script; the build's arguments follow as $1, $2, …
         assert_eq!(command[3], "buildctl-daemonless.sh");
         assert!(BUILD_SCRIPT.starts_with(r#"buildctl-daemonless.sh "$@" &"#));
+    }
+
+    #[test]
+    fn a_failed_cache_export_never_fails_the_build() {
+        let build = Build::test("app").in_namespace("team");
+        let config = with_cache("http://kiln-cache:5000");
+        let validated =
+            crate::controller::validate::validate(&build, &BTreeMap::new(), &config).unwrap();
+        let args = build_args(&build, &validated, &config);
+        let export = args
+            .iter()
+            .find(|a| a.starts_with("--export-cache="))
+            .expect("a cache export");
+        assert!(
+            export
+                .split(',')
+                .any(|option| option == "ignore-error=true"),
+            "{export}"
+        );
     }
 
     #[test]
