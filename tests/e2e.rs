@@ -1285,6 +1285,11 @@ async fn e2e_eight_builds_pull_their_base_through_the_mirror_once() {
     say(&format!(
         "TIMING mirror: eight builds done {slowest:.1}s after the first apply"
     ));
+    for build in &builds {
+        if phase(build) != Some(Phase::Succeeded) {
+            scene.diagnose(&build.name_any()).await;
+        }
+    }
     let log = std::fs::read_to_string(&upstream_log).expect("the upstream's access log");
     scene.finish().await;
     for build in &builds {
