@@ -450,8 +450,12 @@ cmd_down() {
   if [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$DIR/pod-logs/*" -delete 2>/dev/null || true
   fi
-  # libcni keeps a result cache per attachment, named after the network.
-  rm -f /var/lib/cni/results/kiln-cluster-* 2>/dev/null || true
+  # libcni keeps a result cache per attachment (the bridge's and containerd's loopback);
+  # ours name a network namespace under $DIR.
+  if [ -d /var/lib/cni/results ]; then
+    grep -lF "\"netns\":\"$DIR/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
+    rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  fi
   if [ -e "/run/netns/$NETNS" ]; then
     ip netns delete "$NETNS"
   fi
