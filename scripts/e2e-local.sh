@@ -14,8 +14,11 @@
 #    upstream registry holding library/busybox) and waits for it;
 # 5. runs `cargo test --test e2e` inside the cluster's network namespace, with
 #    KILN_E2E_REQUIRE=1: a test that lacks a piece of the setup fails instead of skipping;
-# 6. on failure prints the pods, the controller's and the cache's logs and the events;
+# 6. builds the inline test's Dockerfile with plain `buildctl` against a `buildkitd` of its
+#    own (scripts/bench-buildctl.sh), the baseline of the measured build times;
+# 7. on failure prints the pods, the controller's and the cache's logs and the events;
 #    tears the cluster down (keep it with KILN_E2E_KEEP=1).
+# Every measured time goes to $KILN_E2E_TIMINGS (and the output).
 #
 # Environment:
 #   KILN_E2E_KEEP=1     leave the cluster up afterwards (scripts/local-cluster.sh down)
@@ -113,6 +116,9 @@ KILN_E2E_TIMINGS="$TIMINGS" \
 KILN_E2E_REQUIRE=1 \
   scripts/local-cluster.sh exec cargo test --offline --locked --test e2e -- --nocapture \
   ${KILN_E2E_TESTS:+"$KILN_E2E_TESTS"}
+
+step "baseline: the inline build with buildctl against a buildkitd of its own"
+scripts/local-cluster.sh exec scripts/bench-buildctl.sh "$TIMINGS"
 
 timing e2e-total-seconds $((SECONDS - START))
 step "e2e passed"
