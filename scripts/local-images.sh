@@ -131,8 +131,10 @@ cmd_builder() {
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
   printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n' > "$ROOTFS/etc/passwd"
   printf 'root:x:0:\nuser:x:1000:\n' > "$ROOTFS/etc/group"
-  echo user:100000:65536 > "$ROOTFS/etc/subuid"
-  echo user:100000:65536 > "$ROOTFS/etc/subgid"
+  # moby/buildkit's range; KILN_BUILDER_SUBIDS overrides it (a user-namespaced pod has only
+  # the IDs 0-65535: 1001:64535 fits there).
+  echo "user:${KILN_BUILDER_SUBIDS:-100000:65536}" > "$ROOTFS/etc/subuid"
+  echo "user:${KILN_BUILDER_SUBIDS:-100000:65536}" > "$ROOTFS/etc/subgid"
   printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$ROOTFS/etc/nsswitch.conf"
   mkdir -p "$ROOTFS/run/user/1000" "$ROOTFS/home/user/.local/tmp" "$ROOTFS/home/user/.local/share/buildkit"
   chown -R 1000:1000 "$ROOTFS/run/user/1000" "$ROOTFS/home/user"
