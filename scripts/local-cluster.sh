@@ -46,6 +46,7 @@ REGISTRY="$NODE_IP:$IMAGES_PORT"
 UPSTREAM="$NODE_IP:$UPSTREAM_PORT"
 PAUSE_IMAGE="$REGISTRY/kiln-local/pause:3.10"
 BUILDER_IMAGE="docker.io/moby/buildkit:v0.26.1-rootless"
+USERNS_BUILDER_IMAGE="$REGISTRY/kiln-local/buildkit:v0.26.1-rootless-userns"
 
 log() { printf 'local-cluster: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -169,6 +170,10 @@ images() {
     "$UPSTREAM/library/busybox:1.36" "$UPSTREAM/library/busybox:latest"
   KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh builder \
     "$REGISTRY/moby/buildkit:v0.26.1-rootless" "$NODE_BIN"
+  # The same builder for user-namespaced pods (hostUsers: false), whose 65,536 IDs do not
+  # reach moby/buildkit's subordinate range.
+  KILN_BUILDER_SUBIDS=1001:64535 KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh \
+    builder "$USERNS_BUILDER_IMAGE" "$NODE_BIN"
   log "images pushed ($(elapsed))"
 }
 
@@ -354,6 +359,7 @@ export KILN_CLUSTER_REGISTRY="$REGISTRY"
 export KILN_CLUSTER_UPSTREAM="$UPSTREAM"
 export KILN_CLUSTER_UPSTREAM_LOG="$DIR/logs/registry-upstream.log"
 export KILN_CLUSTER_BUILDER_IMAGE="$BUILDER_IMAGE"
+export KILN_CLUSTER_USERNS_BUILDER_IMAGE="$USERNS_BUILDER_IMAGE"
 export KILN_CLUSTER_NODE_BIN="$NODE_BIN"
 EOF
 }

@@ -16,7 +16,8 @@
 //! and a target stage reach the pushed image; a cancelled Build's pod stops; a killed
 //! controller is replaced and the new leader adopts the running build; a cache outage
 //! mid-build does not fail it; two Builds of one tag run one after the other; eight Builds
-//! pull their base through the mirror, which fetches each blob from the upstream once;
+//! pull their base through the mirror, which fetches each blob from the upstream once; a
+//! user-namespaced builder pod (`hostUsers: false`) builds;
 //! the installed controller and cache answer `/metrics`, and exactly one replica leads.
 //! Each build prints how long it took from `kubectl apply` to its pod running, BuildKit
 //! started and the build done.
@@ -38,6 +39,7 @@
 //! - `KILN_E2E_HOST_IP`: an address of this process that build pods reach (the Git server).
 //! - `KILN_E2E_UPSTREAM`, `KILN_E2E_UPSTREAM_LOG`: the plain-HTTP registry behind the
 //!   installed cache's `docker.io` mirror, and its access log (the mirror test).
+//! - `KILN_E2E_USERNS_BUILDER_IMAGE`: a builder image for user-namespaced pods.
 //! - `KILN_E2E_TIMINGS`: a file to append each build's timings to.
 //! - `KILN_E2E_BUILDER_IMAGE`: builder image to use instead of the default (in-process).
 
@@ -1142,6 +1144,38 @@ async fn e2e_a_cache_outage_mid_build_does_not_fail_the_build() {
         log.contains("exporting cache"),
         "the build did not try to export its cache:\n{log}"
     );
+}
+
+/// `spec.builder.hostUsers: false`: the builder pod runs in a user namespace of its own
+/// (with a builder image whose subordinate IDs fit the pod's 65,536 IDs) and builds.
+#[tokio::test]
+async fn e2e_a_user_namespaced_builder_pod_builds() {
+    let test = "e2e_a_user_namespaced_builder_pod_builds";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let Ok(builder) = std::env::var("KILN_E2E_USERNS_BUILDER_IMAGE") else {
+        return skip(
+            test,
+            "KILN_E2E_USERNS_BUILDER_IMAGE is not set; name a rootless BuildKit image whose /etc/subuid fits a user-namespaced pod (scripts/local-images.sh makes one)",
+        )
+        .unwrap_or(());
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "userns", Some(&registry)).await;
+    let mut build = inline_build(
+        "userns",
+        "FROM busybox:1.36\nRUN id && echo built in a user namespace\n",
+        &format!("{registry}/kiln-e2e/{}:userns", scene.namespace),
+    );
+    build["spec"]["builder"] = json!({"image": builder, "hostUsers": false});
+    let (build, applied) = scene.run(build, Duration::from_secs(600)).await;
+    timings(&scene, &build, applied, "userns").await;
+    let pods = scene.pods_of("userns").await;
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].spec.as_ref().unwrap().host_users, Some(false));
 }
 
 /// Two Builds pushing one tag: the second waits until the first is done, and both
