@@ -430,6 +430,8 @@ kill_shims() {
 
 cmd_down() {
   local name mount
+  # Best effort, every step: one that fails must not leave the later ones undone.
+  set +e
   if [ -d "$DIR/pids" ]; then
     stop_pid kubelet
     kill_pod_processes
@@ -459,7 +461,7 @@ cmd_down() {
   # libcni keeps a result cache per attachment (the bridge's and containerd's loopback);
   # ours name a network namespace under $DIR.
   if [ -d /var/lib/cni/results ]; then
-    grep -lF "\"netns\":\"$DIR/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
+    { grep -lrF "\"netns\":\"$DIR/" /var/lib/cni/results 2>/dev/null || true; } | xargs -r rm -f
     rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
   fi
   if [ -e "/run/netns/$NETNS" ]; then
@@ -468,6 +470,8 @@ cmd_down() {
   if [ "${KILN_CLUSTER_KEEP_STATE:-}" != 1 ]; then
     rm -rf "$DIR"
   fi
+  set -e
+  [ ! -e "/run/netns/$NETNS" ] || die "network namespace $NETNS is still there"
   log "down"
 }
 
