@@ -366,7 +366,13 @@ EOF
 
 cmd_up() {
   check_tools
-  [ ! -e "/run/netns/$NETNS" ] || die "network namespace $NETNS exists: run '$0 down' first"
+  if [ -e "/run/netns/$NETNS" ]; then
+    # A namespace nothing runs in is a leftover of a killed run: remove it.
+    [ -z "$(ip netns pids "$NETNS" 2>/dev/null)" ] \
+      || die "network namespace $NETNS is in use: run '$0 down' first"
+    log "removing the leftover network namespace $NETNS"
+    ip netns delete "$NETNS"
+  fi
   # shellcheck source=/dev/null
   [ -f target/kiln-tools.env ] && . target/kiln-tools.env
   KUBECTL="${KILN_KUBECTL:-$(command -v kubectl || true)}"
