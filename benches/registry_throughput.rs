@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use docker_registry::DockerRegistry;
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 
 /// One server under test: its base URL and process.
 struct Target {

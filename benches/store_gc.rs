@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
+use kiln::oci::name::Reference;
 use kiln::store::bench_support::{Item, load};
 use kiln::store::fixtures::image_manifest;
-use kiln::store::{GcOptions, Reference, Store, StoreOptions};
+use kiln::store::{GcOptions, Store, StoreOptions};
 
 /// Pushes one small image per call, as a build would; returns each push's latency.
 fn writer(store: Store, stop: Arc<AtomicBool>) -> Vec<Duration> {
@@ -36,7 +37,7 @@ fn writer(store: Store, stop: Arc<AtomicBool>) -> Vec<Duration> {
         store
             .put_manifest(
                 "bench/writer",
-                &Reference::Tag(format!("t{}", n % 100)),
+                &Reference::tag(&format!("t{}", n % 100)).expect("a valid tag"),
                 "",
                 &body,
             )

@@ -15,7 +15,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use kiln::digest::{Digest, Hasher};
+use kiln::oci::digest::{Digest, Hasher};
 use kiln::store::{GcOptions, Policy, Store, StoreOptions};
 
 const CHUNK: usize = 256 << 10;

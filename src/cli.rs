@@ -53,7 +53,7 @@ pub struct CrdArgs {}
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// Serve the cache store as an OCI registry (the main job without a cluster).
-    Serve(crate::registry::cli::ServeArgs),
+    Serve(Box<crate::registry::cli::ServeArgs>),
     /// Show disk usage of the store, in the style of `buildctl du`.
     Du(crate::store::cli::DuArgs),
     /// Remove cache entries by policy.
@@ -114,7 +114,7 @@ pub async fn run(command: Command) -> CliResult {
     match command {
         Command::Controller(args) => crate::controller::cli::run(args).await,
         Command::Crd(CrdArgs {}) => crate::crd::cli::run().await,
-        Command::Cache(CacheCommand::Serve(args)) => crate::registry::cli::run_serve(args).await,
+        Command::Cache(CacheCommand::Serve(args)) => crate::registry::cli::run_serve(*args).await,
         Command::Cache(CacheCommand::Du(args)) => crate::store::cli::run_du(args).await,
         Command::Cache(CacheCommand::Prune(args)) => crate::store::cli::run_prune(args).await,
         Command::Cache(CacheCommand::Verify(args)) => crate::store::cli::run_verify(args).await,

@@ -12,7 +12,7 @@
 //! | [`registry`] | the OCI Distribution API and the admin API over the store | HTTP |
 //! | [`mirror`] | the pull-through cache for upstream registries | HTTP |
 //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
-//! | [`digest`] | the one SHA-256 digest type | pure |
+//! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`cli`] | the command line | — |
 //! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
@@ -27,9 +27,9 @@ pub mod cacheapi;
 pub mod cli;
 pub mod controller;
 pub mod crd;
-pub mod digest;
 pub mod metrics;
 pub mod mirror;
+pub mod oci;
 pub mod plugin;
 pub mod registry;
 pub mod store;

@@ -30,7 +30,7 @@ use kiln::controller::labels::build_uid_selector;
 use kiln::controller::pod::attempt_objects;
 use kiln::controller::validate::{SecretInfo, validate};
 use kiln::crd::{AttemptResult, Build, CacheMode, CacheScope, Phase, Reason};
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;

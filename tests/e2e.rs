@@ -443,7 +443,7 @@ fn registry_digest(reference: &str) -> String {
         ]
         .concat(),
     );
-    kiln::digest::Digest::of(&raw).to_string()
+    kiln::oci::digest::Digest::of(&raw).to_string()
 }
 
 /// The image configuration the registry serves for `reference`.
@@ -635,7 +635,10 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
     scene.finish().await;
     assert_eq!(phase(&build), Some(Phase::Succeeded));
     let digest = digest.expect("a digest in status.output");
-    assert!(digest.parse::<kiln::digest::Digest>().is_ok(), "{digest}");
+    assert!(
+        digest.parse::<kiln::oci::digest::Digest>().is_ok(),
+        "{digest}"
+    );
     assert_eq!(
         digest, served,
         "the registry serves another manifest for {image}"
@@ -1350,7 +1353,7 @@ fn unique_busybox(reference: &str, seed: &str) -> Vec<String> {
     use common::oci_layout::{
         CONFIG_TYPE, LAYER_TYPE, MANIFEST_TYPE, descriptor, gzip, tar_with_modes,
     };
-    use kiln::digest::Digest;
+    use kiln::oci::digest::Digest;
     let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static at /bin/busybox");
     let layer_tar = tar_with_modes(&[
         ("bin/sh", &busybox, 0o755),

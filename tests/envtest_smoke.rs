@@ -18,7 +18,7 @@ use common::envtest::{self, ControlPlane};
 use common::kubelet::{self, Gate, NODE_NAME, Script, TestKubelet, pod_phase, terminated};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 

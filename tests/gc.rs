@@ -31,7 +31,7 @@ use kiln::controller::sweep::{run_sweeps, sweep_cache, sweep_once};
 use kiln::controller::{Config, Context, decide};
 use kiln::crd::fixtures::{T0, at};
 use kiln::crd::{Build, Phase, Reason, Retention};
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 
 const DIGEST: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
 

@@ -12,11 +12,10 @@ use common::docker_registry::DockerRegistry;
 use common::oci_layout::{self, TestImage};
 use common::skopeo;
 use futures::StreamExt as _;
-use kiln::digest::{Digest, Hasher};
-use kiln::mirror::upstream::{
-    MANIFEST_MEDIA_TYPES, OCI_MANIFEST, Upstream, UpstreamConfig, UpstreamError,
-};
-use kiln::registry::name::{Reference, Tag};
+use kiln::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
+use kiln::oci::digest::{Digest, Hasher};
+use kiln::oci::media::{MANIFEST_MEDIA_TYPES, OCI_MANIFEST};
+use kiln::oci::name::{Reference, Tag};
 
 #[test]
 fn test_image_layer_is_a_real_tar_gz() {
@@ -833,6 +832,47 @@ async fn kiln_cache_du_prune_verify_with_server_use_the_admin_api() {
         "{}",
         String::from_utf8_lossy(&no_token.stderr)
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upload_session_expires_with_its_bytes() {
+    let server = KilnServer::start(kiln_server::Config {
+        upload_ttl: Some(std::time::Duration::from_millis(400)),
+        ..kiln_server::Config::default()
+    })
+    .await;
+    let start = http()
+        .post(format!("{}/v2/team-a/cache/blobs/uploads/", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 202);
+    let session = format!(
+        "{}{}",
+        server.url(),
+        start.headers()["location"].to_str().unwrap()
+    );
+    let chunk = http()
+        .patch(&session)
+        .body(vec![7u8; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunk.status(), 202);
+    let temp_files = || std::fs::read_dir(server.root.join("tmp")).unwrap().count();
+    assert_eq!(temp_files(), 1);
+    assert_eq!(metric(&server, "kiln_cache_uploads_in_progress").await, 1);
+    // Idle past the TTL (the check runs every TTL/4): gone, bytes and all.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let late = http().patch(&session).body("late").send().await.unwrap();
+    assert_eq!(late.status(), 404);
+    let body: serde_json::Value = late.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(temp_files(), 0);
+    assert_eq!(metric(&server, "kiln_cache_uploads_expired_total").await, 1);
+    assert_eq!(metric(&server, "kiln_cache_uploads_in_progress").await, 0);
+    assert!(server.store.verify(&Default::default()).unwrap().is_clean());
     server.stop().await.unwrap();
 }
 

@@ -16,8 +16,8 @@ use common::kiln_server::{self, KilnServer};
 use common::oci_layout::TestImage;
 use common::skopeo;
 use kiln::cacheapi::token::Action;
-use kiln::digest::Digest;
-use kiln::mirror::upstream::OCI_MANIFEST;
+use kiln::oci::digest::Digest;
+use kiln::oci::media::OCI_MANIFEST;
 use reqwest::Method;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

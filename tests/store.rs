@@ -6,11 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kiln::digest::Digest;
+use kiln::oci::digest::{Algorithm, Digest};
+use kiln::oci::name::{Reference, RepoName, Tag};
 use kiln::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
-use kiln::store::{
-    Clock, GcOptions, LeaseTarget, Policy, Reference, Store, StoreOptions, VerifyOptions,
-};
+use kiln::store::{Clock, GcOptions, LeaseTarget, Policy, Store, StoreOptions, VerifyOptions};
 
 fn open(root: &Path) -> Store {
     Store::open(root, StoreOptions::default()).unwrap()
@@ -91,8 +90,8 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
             .put_manifest("team/app", &Reference::Digest(Digest::of(&sig)), "", &sig)
             .unwrap();
         let target = LeaseTarget::Tag {
-            repo: "team/app".into(),
-            tag: "hello".into(),
+            repository: RepoName::parse("team/app").unwrap(),
+            tag: Tag::parse("hello").unwrap(),
         };
         store
             .lease_acquire("build-1", &[target], Duration::from_secs(3600))
@@ -101,6 +100,18 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
         let upload = store.upload_create("team/app").unwrap();
         store.upload_append(&upload, 0, b"half a layer").unwrap();
         store.upload_cancel(&upload).unwrap();
+        // The same base layer pushed by its sha512 digest, in an image addressed by sha512.
+        let base512 = store
+            .put_blob("team/app", Algorithm::Sha512.digest(base), base)
+            .unwrap();
+        let manifest512 = image_manifest(
+            (config.digest, config.size),
+            &[(base512.digest, base512.size)],
+        );
+        let digest512 = Algorithm::Sha512.digest(&manifest512);
+        store
+            .put_manifest("team/app", &Reference::Digest(digest512), "", &manifest512)
+            .unwrap();
         store.close().unwrap();
     }
     // As in the report: a prune with a ceiling first, then prune --all.
@@ -140,6 +151,51 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
             "{area}"
         );
     }
+}
+
+#[test]
+fn a_blob_under_both_algorithms_is_two_entries_each_verified_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = b"one content, two digests";
+    let short = store.put_blob("a", Digest::of(bytes), bytes).unwrap();
+    let long = store
+        .put_blob("a", Algorithm::Sha512.digest(bytes), bytes)
+        .unwrap();
+    assert_ne!(short.digest, long.digest);
+    let listed: Vec<Digest> = store
+        .listing()
+        .unwrap()
+        .blobs
+        .iter()
+        .map(|b| b.digest)
+        .collect();
+    assert_eq!(listed, [short.digest, long.digest], "sha256 sorts first");
+    let path = dir
+        .path()
+        .join("blobs/sha512")
+        .join(&long.digest.hex()[..2])
+        .join(long.digest.hex());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let rehash = VerifyOptions {
+        rehash: true,
+        ..VerifyOptions::default()
+    };
+    assert!(store.verify(&rehash).unwrap().is_clean());
+    // Corrupt the sha512 twin: only it is reported and, on repair, dropped.
+    std::fs::write(&path, b"one content, two digests!").unwrap();
+    let report = store.verify(&rehash).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let repaired = store
+        .verify(&VerifyOptions {
+            repair: true,
+            ..rehash
+        })
+        .unwrap();
+    assert_eq!(repaired.dropped, [long.digest], "{repaired:?}");
+    assert!(store.stat_blob("a", short.digest).unwrap().is_some());
+    assert!(store.stat_blob("a", long.digest).unwrap().is_none());
+    assert!(store.verify(&rehash).unwrap().is_clean());
 }
 
 #[test]
@@ -392,6 +448,119 @@ fn cli_prune_dry_run_reports_and_keeps_everything() {
     );
     let store = open(dir.path());
     assert_eq!(store.listing().unwrap().blobs.len(), 3);
+}
+
+/// `n` distinct layers of `size` bytes each.
+fn layers(seed: &str, n: usize, size: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut layer = format!("{seed} layer {i} ").into_bytes();
+            layer.resize(size, i as u8);
+            layer
+        })
+        .collect()
+}
+
+#[test]
+fn offline_keep_storage_is_a_ceiling_for_young_content_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Two images pushed a moment ago, far above the ceiling.
+        let store = open(dir.path());
+        for tag in ["one", "two"] {
+            let content = layers(tag, 3, 1 << 20);
+            let refs: Vec<&[u8]> = content.iter().map(Vec::as_slice).collect();
+            push_image(&store, "team/app", tag, &refs);
+        }
+        store.close().unwrap();
+    }
+    let root = dir.path().to_str().unwrap();
+    let out = kiln(&[
+        "cache",
+        "prune",
+        "--root",
+        root,
+        "--keep-storage",
+        "2MB",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tags_removed"], 2, "{report}");
+    assert_eq!(report["ceiling_unmet"], false, "{report}");
+    let store = open(dir.path());
+    let left: u64 = store.listing().unwrap().blobs.iter().map(|b| b.size).sum();
+    assert!(left <= 2_000_000, "{left} bytes left");
+    drop(store);
+    // With --grace, offline too, content no tag reaches is kept: here nothing.
+    let out = kiln(&[
+        "cache",
+        "prune",
+        "--root",
+        root,
+        "--keep-storage",
+        "2MB",
+        "--grace",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn online_a_burst_beyond_the_ceiling_is_brought_under_it_and_a_push_in_progress_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ceiling = 3 << 20;
+    let options = GcOptions {
+        policy: Policy {
+            keep_storage: Some(ceiling),
+            ..Policy::default()
+        },
+        grace: Duration::from_secs(600),
+        ..GcOptions::default()
+    };
+    for round in 0u64..4 {
+        // A burst: eight young images of 1 MiB each, and one push whose layers are in but
+        // whose manifest comes while the GC runs.
+        for n in 0..8 {
+            let tag = format!("r{round}-{n}");
+            let content = layers(&tag, 2, 512 << 10);
+            let refs: Vec<&[u8]> = content.iter().map(Vec::as_slice).collect();
+            push_image(&store, "team/cache", &tag, &refs);
+        }
+        let pending = layers(&format!("pending {round}"), 2, 256 << 10);
+        let config = store
+            .put_blob("team/next", Digest::of(b"{}"), b"{}")
+            .unwrap();
+        let mut descriptors = Vec::new();
+        for layer in &pending {
+            let info = store
+                .put_blob("team/next", Digest::of(layer), layer)
+                .unwrap();
+            descriptors.push((info.digest, info.size));
+        }
+        let manifest = image_manifest((config.digest, config.size), &descriptors);
+        let gc = {
+            let (store, options) = (store.clone(), options.clone());
+            std::thread::spawn(move || store.gc(&options).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(round * 3));
+        let tag = format!("v{round}");
+        store
+            .put_manifest("team/next", &Reference::tag(&tag).unwrap(), "", &manifest)
+            .expect("the push whose manifest arrived during the GC succeeds");
+        let report = gc.join().unwrap();
+        assert!(report.tags_removed >= 5, "{report:?}");
+        // Under the ceiling once the GC ran, whatever the push in progress held.
+        let after = store.gc(&options).unwrap();
+        assert!(!after.ceiling_unmet, "{after:?}");
+        assert!(after.bytes_after <= ceiling, "{after:?}");
+        let reference = Reference::tag(&tag).unwrap();
+        assert!(
+            store.manifest("team/next", &reference).unwrap().is_some() || after.tags_removed > 0
+        );
+    }
+    assert!(store.verify(&VerifyOptions::default()).unwrap().is_clean());
 }
 
 // ---- crash test ----------------------------------------------------------------------

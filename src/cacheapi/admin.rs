@@ -38,8 +38,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::registry::name::{NameError, RepoName, Tag, TagError, is_plain_token, validated_text};
+use crate::oci::digest::Digest;
+use crate::oci::name::{NameError, RepoName, Tag, TagError, is_plain_token, validated_text};
 
 /// The path prefix of the admin API.
 pub const PREFIX: &str = "/admin/v1";
@@ -282,6 +282,22 @@ pub struct PruneReport {
     pub removed: Vec<PrunedEntry>,
     /// Blobs a lease kept from removal.
     pub kept_by_leases: u64,
+    /// Set when a `keep-storage` ceiling could not be met, with what held the store above
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_unmet: Option<CeilingUnmet>,
+}
+
+/// What kept a store above its `keep-storage` ceiling after a prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CeilingUnmet {
+    /// Bytes left.
+    pub bytes_after: u64,
+    /// Bytes that unexpired leases hold.
+    pub held_by_leases: u64,
+    /// Bytes that pushes in progress hold (content pushed or checked within the grace
+    /// window that no tag reaches).
+    pub held_by_pushes: u64,
 }
 
 /// `POST /admin/v1/verify`.
@@ -342,25 +358,8 @@ impl VerifyReport {
     }
 }
 
-/// What a lease holds: a tag (resolved to its manifest's digest when the lease is taken)
-/// or a digest. JSON: `{"repository":"team-a/cache","tag":"buildkit"}` or
-/// `{"digest":"sha256:…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LeaseTarget {
-    /// A tag of a repository.
-    Tag {
-        /// The repository.
-        repository: RepoName,
-        /// The tag.
-        tag: Tag,
-    },
-    /// A manifest or blob digest.
-    Digest {
-        /// The digest.
-        digest: Digest,
-    },
-}
+/// What a lease holds: the store's own type, which is also the wire form.
+pub use crate::store::LeaseTarget;
 
 /// `PUT /admin/v1/leases/<lease>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use super::admin::{
     PruneRequest, RepositoryDeleted, TagDeleted, VerifyReport, VerifyRequest,
 };
 use super::{ErrorBody, ErrorInfo};
-use crate::registry::name::{RepoName, Tag};
+use crate::oci::name::{RepoName, Tag};
 
 /// How long to wait for a TCP (and TLS) connection to the cache service.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -332,7 +332,7 @@ mod tests {
                         .into_response();
                 }
                 ("DELETE", AdminRoute::Tag { name, tag }) => json!({
-                    "repository": name, "tag": tag, "manifest": crate::digest::Digest::of(b"m")
+                    "repository": name, "tag": tag, "manifest": crate::oci::digest::Digest::of(b"m")
                 }),
                 ("DELETE", AdminRoute::Repository { name }) if name.as_str() == "team-a/broken" => {
                     return (

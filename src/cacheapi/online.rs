@@ -186,6 +186,13 @@ pub fn format_prune(report: &PruneReport) -> String {
         report.removed.len(),
         report.kept_by_leases
     ));
+    if let Some(unmet) = &report.ceiling_unmet {
+        out.push_str(&crate::store::cli::ceiling_note(
+            unmet.bytes_after,
+            unmet.held_by_leases,
+            unmet.held_by_pushes,
+        ));
+    }
     out
 }
 
@@ -246,8 +253,8 @@ pub fn format_verify(report: &VerifyReport) -> String {
 mod tests {
     use super::*;
     use crate::cacheapi::admin::{CorruptBlob, EntryKind, PrunedEntry, RepositoryUsage, Usage};
-    use crate::digest::Digest;
-    use crate::registry::name::{RepoName, Tag};
+    use crate::oci::digest::Digest;
+    use crate::oci::name::{RepoName, Tag};
 
     #[test]
     fn offline_prune_flags_become_one_request_per_policy() {
@@ -305,6 +312,7 @@ mod tests {
                 reason: "prune-all".into(),
             }],
             kept_by_leases: 0,
+            ceiling_unmet: None,
         };
         let text = format_prune(&prune);
         assert!(text.starts_with("tag      a:v1"), "{text}");

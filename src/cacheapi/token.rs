@@ -26,7 +26,7 @@ use jsonwebtoken::signature;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::name::RepoName;
+use crate::oci::name::RepoName;
 
 /// The `iss` claim of every Kiln cache token.
 pub const ISSUER: &str = "kiln";
@@ -69,6 +69,16 @@ impl fmt::Display for Action {
     }
 }
 
+/// The longest lifetime (`exp - iat`) a token may have: the longest `spec.timeout` a
+/// Build may ask for (24 h) plus the slack the controller adds
+/// (`crate::controller::cachetoken::TOKEN_SLACK`). The controller never mints a longer one;
+/// the registry refuses one, so a leaked signing key cannot mint tokens for ever.
+pub const MAX_LIFETIME_SECS: u64 = 24 * 3600 + 10 * 60;
+
+/// How far ahead of the verifier's clock a token's `nbf` may be: clocks of the controller
+/// and the cache service drift a little.
+pub const CLOCK_SKEW_SECS: u64 = 60;
+
 /// The claims of a cache token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -82,6 +92,10 @@ pub struct Claims {
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: u64,
+    /// Not before, seconds since the Unix epoch (the issue time, when minted here). Absent
+    /// in tokens of older controllers: the issue time then stands in for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// The issuer, always [`ISSUER`].
     pub iss: String,
 }
@@ -101,6 +115,7 @@ impl Claims {
             actions: actions.into_iter().collect(),
             exp: now.saturating_add(ttl_secs),
             iat: now,
+            nbf: Some(now),
             iss: ISSUER.to_owned(),
         }
     }
@@ -154,6 +169,21 @@ pub enum TokenKeyError {
 /// Why a token was not minted or not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// The token is valid only from `nbf`, later than `now` (allowing
+    /// [`CLOCK_SKEW_SECS`]).
+    #[error("token is not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// The token's not-before time.
+        nbf: u64,
+        /// The time of the check.
+        now: u64,
+    },
+    /// The token would live longer than [`MAX_LIFETIME_SECS`].
+    #[error("token lives {lifetime} s, longer than the {MAX_LIFETIME_SECS} s any is minted for")]
+    TooLong {
+        /// `exp - iat`.
+        lifetime: u64,
+    },
     /// The token was valid until `exp`, which is not after `now`.
     #[error("token expired at {exp} (now {now})")]
     Expired {
@@ -232,6 +262,14 @@ impl TokenKey {
             .map_err(classify)?
             .claims;
         claims.check_namespace()?;
+        let lifetime = claims.exp.saturating_sub(claims.iat);
+        if lifetime > MAX_LIFETIME_SECS {
+            return Err(TokenError::TooLong { lifetime });
+        }
+        let nbf = claims.nbf.unwrap_or(claims.iat);
+        if nbf > now.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(TokenError::NotYetValid { nbf, now });
+        }
         if claims.exp <= now {
             return Err(TokenError::Expired {
                 exp: claims.exp,
@@ -351,7 +389,47 @@ pub(crate) mod tests {
             serde_json::to_value(&claims).unwrap(),
             serde_json::json!({
                 "sub": "u", "ns": "ns", "actions": ["pull", "push"],
-                "exp": 15, "iat": 10, "iss": "kiln"
+                "exp": 15, "iat": 10, "nbf": 10, "iss": "kiln"
+            })
+        );
+    }
+
+    #[test]
+    fn tokens_are_refused_before_nbf_beyond_the_skew_and_when_they_live_too_long() {
+        let early = Claims::new("u", "team-a", [Action::Pull], NOW + 600, 600);
+        let token = key().mint(&early).unwrap();
+        assert_eq!(
+            key().verify(&token, NOW),
+            Err(TokenError::NotYetValid {
+                nbf: NOW + 600,
+                now: NOW
+            })
+        );
+        // A controller whose clock runs a little ahead is fine.
+        let slightly = Claims::new("u", "team-a", [Action::Pull], NOW + CLOCK_SKEW_SECS, 600);
+        assert!(key().verify(&key().mint(&slightly).unwrap(), NOW).is_ok());
+        // A token of an older controller has no nbf: its issue time stands in.
+        let older = Claims {
+            nbf: None,
+            ..early.clone()
+        };
+        assert!(matches!(
+            key().verify(&key().mint(&older).unwrap(), NOW),
+            Err(TokenError::NotYetValid { .. })
+        ));
+        assert!(
+            key()
+                .verify(&key().mint(&older).unwrap(), NOW + 600)
+                .is_ok()
+        );
+        // The longest a controller mints is accepted, a second more is not.
+        let longest = Claims::new("u", "team-a", [Action::Pull], NOW, MAX_LIFETIME_SECS);
+        assert!(key().verify(&key().mint(&longest).unwrap(), NOW).is_ok());
+        let longer = Claims::new("u", "team-a", [Action::Pull], NOW, MAX_LIFETIME_SECS + 1);
+        assert_eq!(
+            key().verify(&key().mint(&longer).unwrap(), NOW),
+            Err(TokenError::TooLong {
+                lifetime: MAX_LIFETIME_SECS + 1
             })
         );
     }

@@ -19,7 +19,7 @@ use crate::cacheapi::admin::{LeaseName, LeaseRequest, LeaseTarget};
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cli::error_chain;
 use crate::crd::Reason;
-use crate::registry::name::{RepoName, Tag};
+use crate::oci::name::{RepoName, Tag};
 
 /// The longest an admin API call made during a reconcile may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -44,9 +44,12 @@ pub fn wants_token(build: &Build, config: &Config) -> bool {
     config.cache_tokens && cache_ref(build, config).is_some()
 }
 
-/// How long the token of an attempt with this timeout is valid.
+/// How long the token of an attempt with this timeout is valid: never longer than the
+/// cache service accepts.
 pub fn token_ttl(timeout: Duration) -> Duration {
-    timeout.saturating_add(TOKEN_SLACK)
+    timeout.saturating_add(TOKEN_SLACK).min(Duration::from_secs(
+        crate::cacheapi::token::MAX_LIFETIME_SECS,
+    ))
 }
 
 /// Why the Docker config could not be made.
@@ -126,6 +129,14 @@ pub fn attempt_secret(build: &Build, attempt: u32, docker_config: Vec<u8>) -> Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_build_gets_the_longest_token_the_cache_accepts() {
+        // spec.timeout is at most 24 h (the CRD's rule).
+        let longest = token_ttl(Duration::from_secs(24 * 3600));
+        assert_eq!(longest.as_secs(), crate::cacheapi::token::MAX_LIFETIME_SECS);
+        assert_eq!(longest, token_ttl(Duration::from_secs(48 * 3600)));
+    }
     use crate::controller::context::CacheService;
     use crate::crd::{CacheMode, CacheScope};
 

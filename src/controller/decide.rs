@@ -56,7 +56,7 @@ use crate::crd::{
     AttemptRecord, AttemptResult, Build, BuildStatus, CONDITION_READY, CONDITION_SUCCEEDED,
     ConditionStatus, OutputStatus, Phase, Reason,
 };
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// How soon to look again while waiting for pods to go away (their deletion also wakes the
 /// controller through its pod watch; this is the fallback).

@@ -49,7 +49,7 @@ use super::retention::pod_expiry;
 use crate::cacheapi::admin::RepositoryUsage;
 use crate::crd::Build;
 use crate::crd::build::GROUP;
-use crate::registry::name::RepoName;
+use crate::oci::name::RepoName;
 
 /// The kinds of object the sweeper examines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

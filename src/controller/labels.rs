@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// `app.kubernetes.io/managed-by`: who manages the object.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";

@@ -45,7 +45,7 @@ use super::plan::{Action, Requeue};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;
 use crate::crd::{Build, BuildStatus};
-use crate::registry::name::{RepoName, Tag};
+use crate::oci::name::{RepoName, Tag};
 
 /// How long the finalizer keeps trying to clean up the cache before it lets the Build go.
 pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(10 * 60);

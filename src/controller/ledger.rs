@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// One kind of admin API call made for a Build, for metrics and messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::{BuildStatus, Reason};
-use crate::registry::name::{RepoName, Tag};
+use crate::oci::name::{RepoName, Tag};
 
 /// What `decide` wants done for one Build.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::crd::Reason;
 use crate::crd::status::truncate_message;
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// Name of the builder container.
 pub const BUILD_CONTAINER: &str = "build";
@@ -261,7 +261,7 @@ pub enum DigestProblem {
     NoDigestKey,
     /// The value is not a sha256 digest.
     #[error("the builder's {DIGEST_KEY} is invalid: {0}")]
-    Invalid(#[from] crate::digest::DigestError),
+    Invalid(#[from] crate::oci::digest::DigestError),
 }
 
 /// Reads the pushed image's digest from BuildKit's metadata (the builder's termination

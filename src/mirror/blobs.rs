@@ -32,11 +32,11 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 
-use crate::digest::{Digest, Hasher};
 use crate::mirror::upstream::{Upstream, UpstreamError};
 use crate::mirror::{CacheStatus, Mirror, MirrorError, MirrorMetrics, blocking};
+use crate::oci::digest::{Digest, Hasher};
+use crate::oci::name::RepoName;
 use crate::registry::body::{Chunks, read_file};
-use crate::registry::name::RepoName;
 use crate::store::{BlobWriter, Ingest, Store, StoreError};
 
 /// Chunks queued for the store's writer before the fetch waits for the disk.
@@ -700,10 +700,7 @@ impl Sink {
             Self::Verify { hasher, received } => {
                 let actual = hasher.finish();
                 if actual != digest {
-                    return Err(StoreError::DigestMismatch {
-                        expected: digest,
-                        actual,
-                    });
+                    return Err(StoreError::digest_mismatch(digest, actual));
                 }
                 if let Some(expected) = expected_size.filter(|&size| size != received) {
                     return Err(StoreError::SizeMismatch {

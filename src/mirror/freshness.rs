@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::digest::Digest;
 use crate::mirror::upstream::{ManifestHead, UpstreamError};
+use crate::oci::digest::Digest;
 
 /// How long a stale answer stands before the upstream is asked again.
 pub const STALE_RETRY: Duration = Duration::from_secs(30);

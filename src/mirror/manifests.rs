@@ -13,10 +13,11 @@ use futures::future::{BoxFuture, Shared};
 
 use crate::mirror::blobs::lock;
 use crate::mirror::freshness::{self, Plan, Revalidated, TagState};
-use crate::mirror::upstream::{MANIFEST_MEDIA_TYPES, Upstream, UpstreamError};
+use crate::mirror::upstream::{Upstream, UpstreamError};
 use crate::mirror::{CacheStatus, Inner, Mirror, MirrorError, blocking};
-use crate::registry::name::{Reference, RepoName};
-use crate::store::{self, ManifestInfo};
+use crate::oci::media::MANIFEST_MEDIA_TYPES;
+use crate::oci::name::{Reference, RepoName};
+use crate::store::ManifestInfo;
 
 /// A manifest as the mirror answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,13 +39,6 @@ type SharedAnswer = Shared<BoxFuture<'static, Answer>>;
 #[derive(Debug, Default)]
 pub(crate) struct ManifestFetches {
     flights: Mutex<BTreeMap<(String, String), SharedAnswer>>,
-}
-
-fn store_reference(reference: &Reference) -> store::Reference {
-    match reference {
-        Reference::Tag(tag) => store::Reference::Tag(tag.to_string()),
-        Reference::Digest(digest) => store::Reference::Digest(*digest),
-    }
 }
 
 impl Mirror {
@@ -137,11 +131,7 @@ impl Inner {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<Option<(ManifestInfo, Bytes)>, MirrorError> {
-        let (store, repo, reference) = (
-            self.store.clone(),
-            name.to_string(),
-            store_reference(reference),
-        );
+        let (store, repo, reference) = (self.store.clone(), name.to_string(), reference.clone());
         let found = blocking("read a cached manifest", move || {
             store.manifest_bytes(&repo, &reference)
         })
@@ -260,7 +250,7 @@ impl Inner {
         let (store, repo, reference, media_type, bytes) = (
             self.store.clone(),
             name.to_string(),
-            store_reference(store_as),
+            store_as.clone(),
             manifest.media_type.clone(),
             manifest.bytes.clone(),
         );

@@ -37,7 +37,7 @@ use prometheus_client::registry::Registry;
 use crate::mirror::blobs::BlobFetches;
 use crate::mirror::freshness::TagState;
 use crate::mirror::upstream::{Upstream, UpstreamConfig, UpstreamError};
-use crate::registry::name::RepoName;
+use crate::oci::name::RepoName;
 use crate::store::{Store, StoreError};
 
 pub use manifests::MirroredManifest;

@@ -38,34 +38,15 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 
 use super::credentials::{Credentials, DOCKER_HUB_HOSTS};
-use crate::digest::Digest;
-use crate::registry::name::Reference;
-
-/// The largest manifest accepted from an upstream (the registry's own limit).
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+use crate::oci::digest::Digest;
+use crate::oci::media::{MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, is_manifest_type};
+use crate::oci::name::Reference;
 
 /// How long to wait for a connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a read from an upstream may stall before the transfer counts as broken.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker schema 2 manifest.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker schema 2 manifest list.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// The manifest media types the mirror asks for by default, in order of preference.
-pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
-    OCI_INDEX,
-    OCI_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_MANIFEST,
-];
 
 /// What went wrong talking to an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -423,7 +404,7 @@ impl Upstream {
         let headers = response.headers().clone();
         let media_type = content_type(&headers);
         let header_digest = docker_content_digest(&headers);
-        let bytes = read_capped(response, MAX_MANIFEST_BYTES)
+        let bytes = read_capped(response, MAX_MANIFEST_BYTES as u64)
             .await
             .map_err(|err| match err {
                 ReadError::TooLarge => self.invalid(
@@ -432,17 +413,24 @@ impl Upstream {
                 ),
                 ReadError::Broken(reason) => self.unavailable(&action, reason, None),
             })?;
-        let digest = Digest::of(&bytes);
+        // Hashed with the algorithm asked for (sha256 for a tag), and the header checked
+        // with its own.
+        let digest = match reference.as_digest() {
+            Some(expected) => expected.algorithm().digest(&bytes),
+            None => Digest::of(&bytes),
+        };
         if let Some(expected) = reference.as_digest().filter(|d| **d != digest) {
             return Err(self.invalid(
                 &action,
                 format!("content hashes to {digest}, not {expected}"),
             ));
         }
-        if let Some(Ok(header)) = header_digest.filter(|h| h.as_ref().ok() != Some(&digest)) {
+        if let Some(Ok(header)) =
+            header_digest.filter(|h| h.as_ref().is_ok_and(|h| h.algorithm().digest(&bytes) != *h))
+        {
             return Err(self.invalid(
                 &action,
-                format!("content hashes to {digest}, Docker-Content-Digest says {header}"),
+                format!("content does not hash to {header}, as Docker-Content-Digest says"),
             ));
         }
         let media_type = match media_type.filter(|t| is_manifest_type(t)) {
@@ -485,7 +473,7 @@ impl Upstream {
             Some(Err(text)) => {
                 return Err(self.invalid(
                     &action,
-                    format!("Docker-Content-Digest {text:?} is not a sha256 digest"),
+                    format!("Docker-Content-Digest {text:?} is not a supported digest"),
                 ));
             }
             None => return Err(self.invalid(&action, "no Docker-Content-Digest header")),
@@ -718,10 +706,6 @@ fn docker_content_digest(headers: &HeaderMap) -> Option<Result<Digest, String>> 
     Some(text.parse().map_err(|_| text.to_owned()))
 }
 
-fn is_manifest_type(media_type: &str) -> bool {
-    MANIFEST_MEDIA_TYPES.contains(&media_type)
-}
-
 /// The `mediaType` field of a manifest, or what its shape says when the field is absent
 /// (an OCI manifest may omit it).
 fn embedded_media_type(bytes: &[u8]) -> Option<String> {
@@ -782,7 +766,8 @@ fn log_rate_limit(upstream: &str, headers: &HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::name::Tag;
+    use crate::oci::media::MANIFEST_MEDIA_TYPES;
+    use crate::oci::name::Tag;
     use axum::extract::{Request, State};
     use axum::response::IntoResponse;
     use std::sync::Arc;

@@ -13,22 +13,21 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::cacheapi::admin::{
-    self, AdminPathError, AdminRoute, CorruptBlob, DuReport, EntryKind, LeaseReleased,
-    LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport, PruneRequest,
-    PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
+    self, AdminPathError, AdminRoute, CeilingUnmet, CorruptBlob, DuReport, EntryKind,
+    LeaseReleased, LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport,
+    PruneRequest, PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
     VerifyRequest,
 };
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
-use crate::registry::name::{RepoName, Tag};
 use crate::registry::route::{Reply, check};
 use crate::registry::service::Registry;
 use crate::store::{
-    self, GcOptions, GcReport, ItemKind, LeaseTarget, Listing, Policy, Problem, UploadStatus,
-    VerifyOptions,
+    self, GcOptions, GcReport, ItemKind, Listing, Policy, Problem, UploadStatus, VerifyOptions,
 };
 
 /// The largest admin request body.
@@ -299,6 +298,11 @@ pub fn prune_report(report: &GcReport, leased: u64) -> PruneReport {
         freed_bytes: report.bytes_freed,
         removed,
         kept_by_leases: leased,
+        ceiling_unmet: report.ceiling_unmet.then_some(CeilingUnmet {
+            bytes_after: report.bytes_after,
+            held_by_leases: report.held_by_leases,
+            held_by_pushes: report.held_by_pushes,
+        }),
     }
 }
 
@@ -381,16 +385,6 @@ async fn put_lease(
         targets,
         ttl_seconds,
     } = request;
-    let targets: Vec<LeaseTarget> = targets
-        .into_iter()
-        .map(|target| match target {
-            admin::LeaseTarget::Tag { repository, tag } => LeaseTarget::Tag {
-                repo: repository.to_string(),
-                tag: tag.to_string(),
-            },
-            admin::LeaseTarget::Digest { digest } => LeaseTarget::Digest(digest),
-        })
-        .collect();
     let owned = name.to_string();
     let (lease, existed) = registry
         .blocking("take a lease", move |store| {
@@ -413,9 +407,9 @@ async fn delete_tag(
     tag: Tag,
 ) -> Result<Response, RegistryError> {
     let (repo, tag_name) = (name.to_string(), tag.to_string());
+    let reference = Reference::Tag(tag.clone());
     let removed = registry
         .blocking("delete a tag", move |store| {
-            let reference = store::Reference::Tag(tag_name.clone());
             let Some(manifest) = store.manifest(&repo, &reference)? else {
                 return Ok(None);
             };

@@ -48,9 +48,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
 use crate::cacheapi::token::{Action, Claims, TokenError, TokenKey};
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
-use crate::registry::name::RepoName;
 
 /// The `service` of the token flow.
 pub const SERVICE: &str = "kiln-cache";
@@ -943,7 +943,7 @@ mod tests {
         fn narrowing_never_widens(
             presented_actions in action_set(),
             requests in proptest::collection::vec(
-                (crate::registry::name::tests::repo_name(), action_set(), proptest::bool::ANY),
+                (crate::oci::name::tests::repo_name(), action_set(), proptest::bool::ANY),
                 0..4,
             ),
         ) {

@@ -6,15 +6,15 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::digest::Digest;
 use crate::mirror::MirrorError;
 use crate::mirror::blobs::{BlobAnswer, BlobWant};
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::body::read_file;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{
     ByteRange, CACHE_STATUS, DOCKER_CONTENT_DIGEST, RangeRequest, parse_range,
 };
-use crate::registry::name::RepoName;
 use crate::registry::route::{Reply, Request};
 
 /// Content is addressed by digest and never changes: clients may cache it for a year.
@@ -85,6 +85,8 @@ pub(crate) async fn get(
             })
             .await?
             .ok_or(RegistryError::BlobUnknown { digest })?;
+        // A push checking before it skips the upload: GC's grace keeps the blob for it.
+        request.registry.store().check(digest);
         return Ok(with_status(blob_reply(StatusCode::OK, digest))
             .header(header::CONTENT_LENGTH, info.size.to_string())
             .into_response());
@@ -260,6 +262,41 @@ mod tests {
             .expect(200, None);
         let after = registry.registry.store().listing().unwrap().blobs[0].accessed_ms;
         assert!(after > before, "{before} -> {after}");
+    }
+
+    #[tokio::test]
+    async fn a_head_marks_the_blob_as_checked_by_a_push_and_a_get_as_used() {
+        let registry = TestRegistry::open();
+        let digest = registry.push_blob("a", b"layer").await;
+        let store = registry.registry.store();
+        let row = || store.listing().unwrap().blobs[0];
+        let pushed = row();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        registry
+            .call(
+                Method::HEAD,
+                &format!("/v2/a/blobs/{digest}"),
+                &[],
+                Body::empty(),
+            )
+            .await
+            .expect(200, None);
+        store.flush_access().unwrap();
+        let checked = row();
+        assert!(
+            checked.pushed_ms > pushed.pushed_ms,
+            "{pushed:?} -> {checked:?}"
+        );
+        assert_eq!(checked.accessed_ms, pushed.accessed_ms);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        registry
+            .get(&format!("/v2/a/blobs/{digest}"))
+            .await
+            .expect(200, None);
+        store.flush_access().unwrap();
+        let pulled = row();
+        assert_eq!(pulled.pushed_ms, checked.pushed_ms, "a pull is not a push");
+        assert!(pulled.accessed_ms > checked.accessed_ms);
     }
 
     #[tokio::test]

@@ -59,8 +59,9 @@ pub struct ServeArgs {
     /// GC policy: evict tags unused for longer than this (90m, 7d).
     #[arg(long, value_parser = units::parse_duration)]
     pub keep_duration: Option<Duration>,
-    /// Blobs younger than this are never collected (a push whose manifest has not
-    /// arrived yet).
+    /// Content pushed, mounted or checked (HEAD) this recently that no tag reaches is
+    /// never collected: a push whose manifest has not arrived yet. A tag's content is the
+    /// tag's to keep or lose, however young.
     #[arg(long, value_parser = units::parse_duration, default_value = "10m")]
     pub gc_grace: Duration,
     /// Listen on a non-loopback address without a token key, open to anyone who can
@@ -76,6 +77,14 @@ pub struct ServeArgs {
     /// Longest wait for a request's headers, and longest idle keep-alive connection.
     #[arg(long, value_parser = units::parse_duration, default_value = "30s")]
     pub header_timeout: Duration,
+    /// An upload session that no request touches for this long is removed, with the
+    /// bytes it received.
+    #[arg(long, value_parser = units::parse_duration, default_value = "1h")]
+    pub upload_ttl: Duration,
+    /// Upload sessions one namespace may hold open; past it, new ones are refused with
+    /// 429 TOOMANYREQUESTS.
+    #[arg(long, default_value_t = 100)]
+    pub max_uploads_per_namespace: usize,
 }
 
 /// Whether serving on an address without a token key is acceptable.
@@ -221,6 +230,8 @@ pub async fn run_serve(args: ServeArgs) -> CliResult {
         mirror,
         Limits {
             body_idle_timeout: args.body_timeout,
+            upload_ttl: args.upload_ttl,
+            max_uploads_per_namespace: args.max_uploads_per_namespace,
             ..Limits::default()
         },
     );

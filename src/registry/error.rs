@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::cacheapi::{ErrorBody, ErrorInfo};
-use crate::digest::{Digest, DigestError};
-use crate::registry::name::{NameError, PathError, ReferenceError};
+use crate::oci::digest::{Digest, DigestError};
+use crate::oci::name::{NameError, ReferenceError};
+use crate::registry::path::PathError;
 use crate::store::StoreError;
 
 /// An error that a registry route answers with. Each variant is one spec error code (see
@@ -27,6 +28,15 @@ pub enum RegistryError {
     BlobUnknown {
         /// The digest asked for.
         digest: Digest,
+    },
+    /// `BLOB_UNKNOWN` (404) for a digest that cannot name any blob (malformed, or of an
+    /// algorithm the registry does not support), where the spec allows only a 404.
+    #[error("blob {digest:?} is unknown: {reason}")]
+    BlobUnknownMalformed {
+        /// The digest as the client wrote it.
+        digest: String,
+        /// Why it names no blob.
+        reason: String,
     },
     /// `BLOB_UPLOAD_INVALID` (400): the upload cannot go on as asked.
     #[error("blob upload invalid: {reason}")]
@@ -125,8 +135,11 @@ pub enum RegistryError {
         reason: String,
     },
     /// `TOOMANYREQUESTS` (429): the client should slow down.
-    #[error("too many requests")]
-    TooManyRequests,
+    #[error("too many requests: {reason}")]
+    TooManyRequests {
+        /// What limit was reached, for the client.
+        reason: String,
+    },
     /// `RANGE_INVALID` (416): a chunk does not start where the upload ends, or a blob
     /// `Range` lies outside the blob.
     #[error("range not satisfiable: {reason}")]
@@ -262,7 +275,7 @@ impl RegistryError {
     /// The spec error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+            Self::BlobUnknown { .. } | Self::BlobUnknownMalformed { .. } => ErrorCode::BlobUnknown,
             Self::BlobUploadInvalid { .. } => ErrorCode::BlobUploadInvalid,
             Self::BlobUploadUnknown { .. } => ErrorCode::BlobUploadUnknown,
             Self::DigestInvalid { .. } => ErrorCode::DigestInvalid,
@@ -276,7 +289,7 @@ impl RegistryError {
             Self::Unauthorized { .. } => ErrorCode::Unauthorized,
             Self::Denied { .. } => ErrorCode::Denied,
             Self::Unsupported { .. } | Self::RouteUnknown { .. } => ErrorCode::Unsupported,
-            Self::TooManyRequests => ErrorCode::TooManyRequests,
+            Self::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             Self::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             Self::Unavailable { .. } => ErrorCode::Unavailable,
             Self::Internal { .. } => ErrorCode::Unknown,
@@ -287,6 +300,7 @@ impl RegistryError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BlobUnknown { .. }
+            | Self::BlobUnknownMalformed { .. }
             | Self::BlobUploadUnknown { .. }
             | Self::ManifestBlobUnknown { .. }
             | Self::ManifestUnknown { .. }
@@ -302,7 +316,7 @@ impl RegistryError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::Unsupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -315,6 +329,9 @@ impl RegistryError {
         match self {
             Self::BlobUnknown { digest } | Self::ManifestBlobUnknown { digest } => {
                 Some(json!({ "digest": digest }))
+            }
+            Self::BlobUnknownMalformed { digest, reason } => {
+                Some(json!({ "digest": digest, "reason": reason }))
             }
             Self::BlobUploadUnknown { id } => Some(json!({ "upload": id })),
             Self::ManifestUnknown { reference } => Some(json!({ "reference": reference })),
@@ -330,9 +347,10 @@ impl RegistryError {
             | Self::Denied { reason }
             | Self::Unsupported { reason }
             | Self::RangeNotSatisfiable { reason }
+            | Self::TooManyRequests { reason }
             | Self::Unavailable { reason } => Some(Value::String(reason.clone())),
             Self::Unauthorized { reason, .. } => reason.clone().map(Value::String),
-            Self::TooManyRequests | Self::Internal { .. } => None,
+            Self::Internal { .. } => None,
         }
     }
 
@@ -399,6 +417,9 @@ impl RegistryError {
             StoreError::UploadOffset { offset, size, .. } => Self::RangeNotSatisfiable {
                 reason: format!("chunk starts at {offset}, the upload holds {size} bytes"),
             },
+            StoreError::TooManyUploads { .. } => Self::TooManyRequests {
+                reason: err.to_string(),
+            },
             StoreError::LeaseUnknown(name) => Self::NameUnknown { name },
             StoreError::LeaseTargetMissing { digest, .. } => Self::ManifestUnknown {
                 reference: digest.to_string(),
@@ -450,7 +471,7 @@ impl From<PathError> for RegistryError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::name::parse_path;
+    use crate::registry::path::parse_path;
     use axum::body::to_bytes;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -605,11 +626,11 @@ mod tests {
                 why.clone(),
             ),
             (
-                RegistryError::TooManyRequests,
+                RegistryError::TooManyRequests { reason: reason() },
                 429,
                 "TOOMANYREQUESTS",
                 "too many requests",
-                None,
+                why.clone(),
             ),
             (
                 RegistryError::RangeNotSatisfiable { reason: reason() },
@@ -670,10 +691,7 @@ mod tests {
         let digest = Digest::of(b"x");
         let cases = [
             (
-                StoreError::DigestMismatch {
-                    expected: digest,
-                    actual: digest,
-                },
+                StoreError::digest_mismatch(digest, digest),
                 ErrorCode::DigestInvalid,
             ),
             (
@@ -698,7 +716,7 @@ mod tests {
                 StoreError::NameInvalid {
                     what: "repository",
                     value: "".into(),
-                    reason: "empty",
+                    reason: "empty".into(),
                 },
                 ErrorCode::NameInvalid,
             ),

@@ -9,20 +9,13 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::oci::name::{Reference, RepoName};
 use crate::registry::blobs::{Missing, mirror_error};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{CACHE_STATUS, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, accepts};
-use crate::registry::name::{Reference, RepoName};
 use crate::registry::route::{Reply, Request};
-use crate::store::{self, ManifestInfo};
-
-fn store_reference(reference: &Reference) -> store::Reference {
-    match reference {
-        Reference::Tag(tag) => store::Reference::Tag(tag.to_string()),
-        Reference::Digest(digest) => store::Reference::Digest(*digest),
-    }
-}
+use crate::store::ManifestInfo;
 
 /// `HEAD` and `GET`.
 pub(crate) async fn get(
@@ -51,7 +44,7 @@ pub(crate) async fn get(
             )
         }
         None => {
-            let (repo, wanted) = (name.to_string(), store_reference(reference));
+            let (repo, wanted) = (name.to_string(), reference.clone());
             if head {
                 let info = request
                     .registry
@@ -149,7 +142,7 @@ pub(crate) async fn put(
             ),
         });
     }
-    let (repo, wanted) = (name.to_string(), store_reference(reference));
+    let (repo, wanted) = (name.to_string(), reference.clone());
     let info = request
         .registry
         .blocking("store a manifest", move |store| {
@@ -193,9 +186,7 @@ pub(crate) async fn delete(
             request
                 .registry
                 .blocking("delete a manifest", move |store| {
-                    let present = store
-                        .manifest(&repo, &store::Reference::Digest(digest))?
-                        .is_some();
+                    let present = store.manifest(&repo, &Reference::Digest(digest))?.is_some();
                     Ok(present && store.unlink(&repo, digest)?)
                 })
                 .await?
@@ -212,12 +203,12 @@ pub(crate) async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
+    use crate::oci::media::{
+        BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+    };
     use crate::registry::testing::{TestRegistry, admin};
     use crate::store::fixtures::{image_manifest, referrer_manifest};
-    use crate::store::manifest::media_types::{
-        BUILDKIT_CACHE_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-    };
 
     const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -286,19 +277,22 @@ mod tests {
             .expect(201, None);
         let child = Digest::of(manifest.as_bytes());
         let list = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{child}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{child}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
             manifest.len()
         );
         registry
             .push_manifest("d", "list", list.as_bytes())
             .await
             .expect(201, None);
-        for (tag, media_type) in [("one", DOCKER_MANIFEST), ("list", DOCKER_LIST)] {
+        for (tag, media_type) in [("one", DOCKER_MANIFEST), ("list", DOCKER_MANIFEST_LIST)] {
             let answer = registry
                 .call(
                     Method::GET,
                     &format!("/v2/d/manifests/{tag}"),
-                    &[("accept", &format!("{DOCKER_MANIFEST},{DOCKER_LIST}"))],
+                    &[(
+                        "accept",
+                        &format!("{DOCKER_MANIFEST},{DOCKER_MANIFEST_LIST}"),
+                    )],
                     Body::empty(),
                 )
                 .await;
@@ -362,6 +356,107 @@ mod tests {
         .expect(413, Some("SIZE_INVALID"));
         // Nothing of the failed pushes is tagged.
         assert!(registry.registry.store().listing().unwrap().tags.is_empty());
+    }
+
+    #[tokio::test]
+    async fn non_distributable_layers_with_urls_are_never_required_nor_fetched() {
+        let registry = TestRegistry::open();
+        let config = registry.push_blob("win", b"{}").await;
+        let pushed = registry.push_blob("win", b"a pushed layer").await;
+        let foreign = Digest::of(b"a Windows base layer that is never pushed");
+        let layer = |media_type: &str, digest: Digest, urls: &[&str]| serde_json::json!({"mediaType": media_type, "digest": digest, "size": 40, "urls": urls});
+        let manifest_with = |foreign_layer: serde_json::Value, media_type: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media_type,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+                "layers": [
+                    foreign_layer,
+                    layer("application/vnd.oci.image.layer.v1.tar+gzip", pushed, &[]),
+                ],
+            }))
+            .unwrap()
+        };
+        // An address no test serves: a fetch would fail the push.
+        let urls = ["http://127.0.0.1:9/base.tar.gz"];
+        let mut stored = Vec::new();
+        for (media_type, manifest_type) in [
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                OCI_MANIFEST,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                DOCKER_MANIFEST,
+            ),
+        ] {
+            let body = manifest_with(layer(media_type, foreign, &urls), manifest_type);
+            let tag = format!("t{}", stored.len());
+            registry
+                .push_manifest("win", &tag, &body)
+                .await
+                .expect(201, None);
+            let back = registry.get(&format!("/v2/win/manifests/{tag}")).await;
+            back.expect(200, None);
+            assert_eq!(back.body.as_ref(), body.as_slice(), "{media_type}");
+            stored.push(body);
+        }
+        // Without `urls` such a layer must be pushed like any other; and every other
+        // reference is still required.
+        let no_urls = manifest_with(
+            layer(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                foreign,
+                &[],
+            ),
+            OCI_MANIFEST,
+        );
+        registry
+            .push_manifest("win", "no-urls", &no_urls)
+            .await
+            .expect(404, Some("MANIFEST_BLOB_UNKNOWN"));
+        let absent_regular = manifest_with(
+            layer(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                foreign,
+                &urls,
+            ),
+            OCI_MANIFEST,
+        );
+        registry
+            .push_manifest("win", "regular", &absent_regular)
+            .await
+            .expect(404, Some("MANIFEST_BLOB_UNKNOWN"));
+        // verify finds nothing missing; GC keeps the images and then, untagged, frees all.
+        let store = registry.registry.store();
+        assert!(
+            store
+                .verify(&crate::store::VerifyOptions::default())
+                .unwrap()
+                .is_clean()
+        );
+        let now = crate::store::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..crate::store::GcOptions::default()
+        };
+        store.gc(&now).unwrap();
+        assert!(store.stat_blob("win", pushed).unwrap().is_some());
+        for tag in 0..stored.len() {
+            registry
+                .delete_as_admin(&format!("/v2/win/manifests/t{tag}"))
+                .await
+                .expect(202, None);
+        }
+        store.gc(&now).unwrap();
+        assert!(store.listing().unwrap().is_empty(), "{:?}", store.listing());
     }
 
     #[tokio::test]

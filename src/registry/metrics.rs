@@ -61,6 +61,10 @@ pub struct Metrics {
     pub gc_freed_bytes: Counter,
     /// Bytes in the store, as of the last GC (or start).
     pub store_bytes: Gauge,
+    /// Upload sessions open.
+    pub uploads_in_progress: Gauge,
+    /// Upload sessions removed after a TTL without a request.
+    pub uploads_expired: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +81,8 @@ impl Default for Metrics {
             gc_runs: Family::default(),
             gc_freed_bytes: Counter::default(),
             store_bytes: Gauge::default(),
+            uploads_in_progress: Gauge::default(),
+            uploads_expired: Counter::default(),
         }
     }
 }
@@ -120,6 +126,16 @@ impl Metrics {
             "store_bytes",
             "Bytes of content in the store, as of the last GC or prune",
             self.store_bytes.clone(),
+        );
+        registry.register(
+            "uploads_in_progress",
+            "Upload sessions open",
+            self.uploads_in_progress.clone(),
+        );
+        registry.register(
+            "uploads_expired",
+            "Upload sessions removed after --upload-ttl without a request",
+            self.uploads_expired.clone(),
         );
     }
 }

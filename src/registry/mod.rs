@@ -3,7 +3,7 @@
 //!
 //! | module | holds | I/O |
 //! | --- | --- | --- |
-//! | [`name`] | repository names, tags, references, request-path routing | pure |
+//! | [`path`] | request paths into a repository name and a route; upload ids | pure |
 //! | [`error`] | the spec's error codes and their one mapping to HTTP | pure |
 //! | [`headers`] | header names; Range, Content-Range, Link, Accept values | pure |
 //! | [`auth`] | credentials, the Docker token flow, the authorization rules | pure + `/token` handler |
@@ -30,8 +30,8 @@ pub mod error;
 pub mod headers;
 pub mod manifests;
 pub mod metrics;
-pub mod name;
 pub mod ops;
+pub mod path;
 pub mod referrers;
 pub mod route;
 pub mod server;
@@ -39,6 +39,8 @@ pub mod service;
 pub mod tags;
 pub mod uploads;
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tenancy;
 #[cfg(test)]

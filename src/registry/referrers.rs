@@ -8,12 +8,12 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::media::OCI_INDEX;
+use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::OCI_FILTERS_APPLIED;
-use crate::registry::name::RepoName;
 use crate::registry::route::{Reply, Request};
-use crate::store::manifest::media_types::OCI_INDEX;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -82,7 +82,7 @@ pub(crate) async fn list(
 
 #[cfg(test)]
 mod tests {
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
     use crate::registry::testing::TestRegistry;
     use crate::store::fixtures::referrer_manifest;
 

@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::oci::name::RepoName;
 use crate::registry::auth::{Access, Principal, Resource, unix_now};
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{API_VERSION, API_VERSION_VALUE, Query};
 use crate::registry::metrics::RouteLabel;
-use crate::registry::name::{RepoName, Route, parse_path};
+use crate::registry::path::{PathError, Route, parse_path};
 use crate::registry::service::Registry;
 use crate::registry::{blobs, manifests, referrers, tags, uploads};
 
@@ -100,7 +101,7 @@ async fn dispatch(
 ) -> (&'static str, Result<Response, RegistryError>) {
     let route = match parse_path(uri.path()) {
         Ok(route) => route,
-        Err(err) => return ("invalid", Err(err.into())),
+        Err(err) => return ("invalid", Err(path_error(&method, uri.path(), err))),
     };
     let label = label(&route);
     let query = Query::parse(uri.query());
@@ -119,6 +120,28 @@ async fn dispatch(
     }
     .await;
     (label, result)
+}
+
+/// The answer to a path that does not parse. The spec's endpoint table lists only 404 as
+/// the failure of blob and manifest reads (end-2, end-3) and of blob deletes (end-10): a
+/// reference there that cannot name anything is unknown, with the reason in the detail.
+/// Everywhere else (uploads, manifest pushes and deletes, referrers) it stays a 400.
+pub fn path_error(method: &Method, path: &str, err: PathError) -> RegistryError {
+    let read = method == Method::GET || method == Method::HEAD;
+    let route = path.rsplit('/').nth(1);
+    let last = path.rsplit('/').next().unwrap_or_default().to_owned();
+    match (&err, route) {
+        (PathError::Reference(_), Some("manifests")) if read => {
+            RegistryError::ManifestUnknown { reference: last }
+        }
+        (PathError::Digest(reason), Some("blobs")) if read || method == Method::DELETE => {
+            RegistryError::BlobUnknownMalformed {
+                digest: last,
+                reason: reason.to_string(),
+            }
+        }
+        _ => err.into(),
+    }
 }
 
 async fn handle(request: Request, route: Route, body: Body) -> Result<Response, RegistryError> {
@@ -280,14 +303,14 @@ mod tests {
     #[test]
     fn every_route_serves_its_methods_and_refuses_the_rest() {
         let name = RepoName::parse("a/b").unwrap();
-        let digest = crate::digest::Digest::of(b"");
+        let digest = crate::oci::digest::Digest::of(b"");
         let routes = [
             Route::Base,
             Route::Catalog,
             Route::TagsList { name: name.clone() },
             Route::Manifest {
                 name: name.clone(),
-                reference: crate::registry::name::Reference::Digest(digest),
+                reference: crate::oci::name::Reference::Digest(digest),
             },
             Route::Blob {
                 name: name.clone(),
@@ -296,7 +319,7 @@ mod tests {
             Route::UploadStart { name: name.clone() },
             Route::Upload {
                 name: name.clone(),
-                id: crate::registry::name::UploadId::parse("u1").unwrap(),
+                id: crate::registry::path::UploadId::parse("u1").unwrap(),
             },
             Route::Referrers { name, digest },
         ];
@@ -374,22 +397,71 @@ mod tests {
     #[tokio::test]
     async fn bad_paths_get_the_code_of_their_bad_part() {
         let registry = TestRegistry::open();
-        let digest = crate::digest::Digest::of(b"x");
-        for (path, status, code) in [
-            ("/v3/", 404, "UNSUPPORTED"),
-            ("/v2/a", 404, "UNSUPPORTED"),
-            ("/v2/A/tags/list", 400, "NAME_INVALID"),
-            ("/v2/a//b/tags/list", 400, "NAME_INVALID"),
-            ("/v2/a/manifests/.bad", 400, "MANIFEST_INVALID"),
-            ("/v2/a/manifests/sha256:00", 400, "DIGEST_INVALID"),
-            ("/v2/a/blobs/sha512:00", 400, "DIGEST_INVALID"),
-            ("/v2/a/blobs/uploads/a.b", 404, "BLOB_UPLOAD_UNKNOWN"),
-            ("/nowhere", 404, "UNSUPPORTED"),
+        let digest = crate::oci::digest::Digest::of(b"x");
+        // Reads of blobs and manifests (end-2, end-3) and blob deletes (end-10) fail only
+        // with 404 in the spec's table; elsewhere a malformed part is a 400.
+        for (method, path, status, code) in [
+            (Method::GET, "/v3/", 404, "UNSUPPORTED"),
+            (Method::GET, "/v2/a", 404, "UNSUPPORTED"),
+            (Method::GET, "/v2/A/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/a//b/tags/list", 400, "NAME_INVALID"),
+            (
+                Method::GET,
+                "/v2/a/manifests/.INVALID_MANIFEST_NAME",
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (Method::HEAD, "/v2/a/manifests/.bad", 404, ""),
+            (
+                Method::GET,
+                "/v2/a/manifests/sha256:00",
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (Method::PUT, "/v2/a/manifests/.bad", 400, "MANIFEST_INVALID"),
+            (
+                Method::DELETE,
+                "/v2/a/manifests/sha256:00",
+                400,
+                "DIGEST_INVALID",
+            ),
+            (Method::GET, "/v2/a/blobs/sha512:00", 404, "BLOB_UNKNOWN"),
+            (Method::HEAD, "/v2/a/blobs/sha384:00", 404, ""),
+            (Method::DELETE, "/v2/a/blobs/sha256:0", 404, "BLOB_UNKNOWN"),
+            (
+                Method::GET,
+                "/v2/a/referrers/sha384:00",
+                400,
+                "DIGEST_INVALID",
+            ),
+            (
+                Method::GET,
+                "/v2/a/blobs/uploads/a.b",
+                404,
+                "BLOB_UPLOAD_UNKNOWN",
+            ),
+            (Method::GET, "/nowhere", 404, "UNSUPPORTED"),
         ] {
-            let answer = registry.get(path).await;
-            assert_eq!(answer.status.as_u16(), status, "{path}: {answer:?}");
-            assert_eq!(answer.code(), code, "{path}");
+            let answer = registry
+                .call(method.clone(), path, &[], Body::empty())
+                .await;
+            assert_eq!(
+                answer.status.as_u16(),
+                status,
+                "{method} {path}: {answer:?}"
+            );
+            if method != Method::HEAD {
+                assert_eq!(answer.code(), code, "{method} {path}");
+            }
         }
+        let unsupported = registry.get("/v2/a/blobs/sha384:00").await;
+        assert!(
+            unsupported.json()["errors"][0]["detail"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("sha256 and sha512"),
+            "{unsupported:?}"
+        );
         let answer = registry
             .call(
                 Method::PATCH,
@@ -593,7 +665,7 @@ mod tests {
             registry.push_image("a/b", "v1", "x").await;
             registry
         });
-        let digest = crate::digest::Digest::of(b"layer of x").to_string();
+        let digest = crate::oci::digest::Digest::of(b"layer of x").to_string();
         let methods = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "BREW"];
         let segment = prop_oneof![
             Just("a/b".to_owned()),

@@ -100,6 +100,7 @@ pub async fn serve(
         background.spawn(gc_loop(registry.clone(), schedule, stop_rx.clone()));
     }
     background.spawn(measure_store(registry.clone()));
+    background.spawn(expire_uploads_loop(registry.clone(), stop_rx.clone()));
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -256,6 +257,40 @@ async fn gc_loop(registry: Registry, schedule: GcSchedule, mut stop: watch::Rece
                 tracing::error!(error = %crate::cli::error_chain(&err), "online GC failed");
             }
             Err(err) => tracing::error!(error = %err, "online GC task failed"),
+        }
+    }
+}
+
+/// Removes upload sessions idle for longer than the TTL, checking a few times per TTL
+/// (at most every minute, at least every 100 ms) so that one lives at most about 1.25 TTL.
+async fn expire_uploads_loop(registry: Registry, mut stop: watch::Receiver<bool>) {
+    let ttl = registry.limits().upload_ttl;
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let store = registry.store().clone();
+        match tokio::task::spawn_blocking(move || store.upload_expire(ttl)).await {
+            Ok(Ok(expired)) => {
+                if expired.sessions > 0 {
+                    registry.metrics().uploads_expired.inc_by(expired.sessions);
+                    tracing::info!(
+                        sessions = expired.sessions,
+                        bytes = expired.bytes,
+                        "removed upload sessions idle for longer than --upload-ttl"
+                    );
+                }
+                registry.count_uploads();
+            }
+            Ok(Err(err)) => tracing::warn!(
+                error = %crate::cli::error_chain(&err),
+                "cannot remove expired upload sessions; will retry"
+            ),
+            Err(err) => tracing::warn!(error = %err, "upload expiry task failed"),
         }
     }
 }

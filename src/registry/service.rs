@@ -10,14 +10,12 @@ use axum::routing::{any, get};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::mirror::Mirror;
+use crate::oci::media::MAX_MANIFEST_BYTES;
 use crate::registry::auth::{AuthConfig, token_handler};
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::Metrics;
 use crate::registry::{admin, ops, route};
 use crate::store::Store;
-
-/// The largest manifest accepted, in bytes (what the spec asks registries to accept).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// Limits against large and slow clients.
 #[derive(Debug, Clone)]
@@ -28,6 +26,10 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// The page size of `_catalog` when the client gives no `n`.
     pub catalog_page: usize,
+    /// An upload session no request touched for this long is removed.
+    pub upload_ttl: Duration,
+    /// Upload sessions a namespace (a repository's first component) may hold open.
+    pub max_uploads_per_namespace: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +38,8 @@ impl Default for Limits {
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             body_idle_timeout: Duration::from_secs(60),
             catalog_page: 1000,
+            upload_ttl: Duration::from_secs(3600),
+            max_uploads_per_namespace: 100,
         }
     }
 }
@@ -158,6 +162,15 @@ impl Registry {
     }
 
     /// Runs a store call on a blocking thread; store errors become the client's error.
+    /// Sets the open-uploads gauge from the store (after a session starts or ends).
+    pub(crate) fn count_uploads(&self) {
+        let open = self.inner.store.upload_count();
+        self.inner
+            .metrics
+            .uploads_in_progress
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         action: &'static str,

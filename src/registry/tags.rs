@@ -5,9 +5,9 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;
 
+use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::Page;
-use crate::registry::name::RepoName;
 use crate::registry::route::{Reply, Request};
 
 #[derive(Serialize)]

@@ -10,9 +10,9 @@ use axum::http::Method;
 use proptest::prelude::*;
 
 use crate::cacheapi::token::Action;
-use crate::digest::Digest;
 use crate::mirror::upstream::UpstreamConfig;
 use crate::mirror::{Mirror, MirrorOptions};
+use crate::oci::digest::Digest;
 use crate::registry::testing::{self, TestRegistry, admin};
 
 /// The mirror of the test registry. Its upstream refuses connections, so a mirror

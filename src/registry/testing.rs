@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use tower::ServiceExt as _;
 
 use crate::cacheapi::token::{Action, Claims, TokenKey};
-use crate::digest::Digest;
 use crate::mirror::Mirror;
+use crate::oci::digest::Digest;
 use crate::registry::auth::{AdminToken, AuthConfig, unix_now};
 use crate::registry::service::{Limits, Registry};
 use crate::store::{Store, StoreOptions};

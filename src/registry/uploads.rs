@@ -10,7 +10,8 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::{BodyEnd, feed};
 use crate::registry::error::RegistryError;
@@ -18,7 +19,7 @@ use crate::registry::headers::{
     DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, UPLOAD_SESSION_ID, parse_content_range,
     upload_progress,
 };
-use crate::registry::name::{RepoName, UploadId};
+use crate::registry::path::UploadId;
 use crate::registry::route::{Reply, Request, check};
 use crate::store::{StoreError, UploadStatus};
 
@@ -74,12 +75,16 @@ pub(crate) async fn start(
         let digest: Digest = digest.parse()?;
         return monolithic(request, name, digest, body).await;
     }
-    let repo = name.to_string();
+    let (repo, namespace) = (name.to_string(), name.first_component().to_owned());
+    let max = request.registry.limits().max_uploads_per_namespace;
     let id = request
         .registry
-        .blocking("start an upload", move |store| store.upload_create(&repo))
-        .await?;
-    Ok(session_reply(StatusCode::ACCEPTED, name, &id, 0))
+        .blocking("start an upload", move |store| {
+            store.upload_create_capped(&repo, &namespace, max)
+        })
+        .await;
+    request.registry.count_uploads();
+    Ok(session_reply(StatusCode::ACCEPTED, name, &id?, 0))
 }
 
 /// A cross-repository mount, if it can be done: the digest and source are valid, the
@@ -120,7 +125,9 @@ async fn monolithic(
     let expected_size = content_length(request);
     let writer = request
         .registry
-        .blocking("start an upload", |store| store.blob_writer())
+        .blocking("start an upload", move |store| {
+            store.blob_writer_for(digest.algorithm())
+        })
         .await?;
     let ((writer, written), end) = feed(body, move |chunks| {
         let mut writer = writer;
@@ -205,8 +212,9 @@ pub(crate) async fn finish(
         .blocking("commit an upload", move |store| {
             store.upload_commit(&id, digest, None)
         })
-        .await?;
-    Ok(created(name, info.digest))
+        .await;
+    request.registry.count_uploads();
+    Ok(created(name, info?.digest))
 }
 
 /// `DELETE` on a session.
@@ -220,7 +228,9 @@ pub(crate) async fn cancel(
     let cancelled = request
         .registry
         .blocking("cancel an upload", move |store| store.upload_cancel(&owned))
-        .await?;
+        .await;
+    request.registry.count_uploads();
+    let cancelled = cancelled?;
     if !cancelled {
         return Err(RegistryError::BlobUploadUnknown { id: id.to_string() });
     }
@@ -365,6 +375,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_namespace_past_its_cap_of_sessions_gets_429_until_one_ends() {
+        let limits = crate::registry::service::Limits {
+            max_uploads_per_namespace: 2,
+            ..Default::default()
+        };
+        let registry = TestRegistry::build_with(false, |_| None, limits);
+        let start = |path: &'static str| registry.call(Method::POST, path, &[], Body::empty());
+        let first = start("/v2/team/a/blobs/uploads/").await;
+        first.expect(202, None);
+        // The spec's fallback for a mount that cannot be done opens a session too.
+        start("/v2/team/b/blobs/uploads/?mount=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855&from=team/a")
+            .await
+            .expect(202, None);
+        let refused = start("/v2/team/c/blobs/uploads/").await;
+        refused.expect(429, Some("TOOMANYREQUESTS"));
+        assert!(
+            refused.json()["errors"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("team has 2 upload sessions open"),
+            "{refused:?}"
+        );
+        // Monolithic pushes open no session; other namespaces have their own count.
+        registry.push_blob("team/c", b"whole").await;
+        start("/v2/team-b/a/blobs/uploads/").await.expect(202, None);
+        let metrics = registry.get("/metrics").await;
+        let text = String::from_utf8_lossy(&metrics.body);
+        assert!(text.contains("kiln_cache_uploads_in_progress 3"), "{text}");
+        registry
+            .call(Method::DELETE, &location(&first), &[], Body::empty())
+            .await
+            .expect(204, None);
+        start("/v2/team/c/blobs/uploads/").await.expect(202, None);
+    }
+
+    #[tokio::test]
     async fn chunked_uploads_go_in_order_and_commit_with_their_digest() {
         let registry = TestRegistry::open();
         let start = registry
@@ -430,7 +476,7 @@ mod tests {
         status.expect(204, None);
         assert_eq!(status.header("range"), "0-10");
 
-        let digest = crate::digest::Digest::of(b"hello world!");
+        let digest = crate::oci::digest::Digest::of(b"hello world!");
         registry
             .call(Method::PUT, &session, &[], "!")
             .await
@@ -453,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_digest_commits_nothing() {
         let registry = TestRegistry::open();
-        let claimed = crate::digest::Digest::of(b"something else");
+        let claimed = crate::oci::digest::Digest::of(b"something else");
         registry
             .call(
                 Method::POST,
@@ -503,7 +549,7 @@ mod tests {
             .get(&foreign)
             .await
             .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
-        let digest = crate::digest::Digest::of(b"whole");
+        let digest = crate::oci::digest::Digest::of(b"whole");
         registry
             .call(
                 Method::PUT,
@@ -566,11 +612,11 @@ mod tests {
             .expect(200, None);
 
         // Absent from the source, or a source of another namespace: a normal upload.
-        let secret = crate::digest::Digest::of(b"b's layer");
+        let secret = crate::oci::digest::Digest::of(b"b's layer");
         for query in [
             format!(
                 "mount={}&from=team-a/src",
-                crate::digest::Digest::of(b"absent")
+                crate::oci::digest::Digest::of(b"absent")
             ),
             format!("mount={secret}&from=team-b/secret"),
             "mount=sha256:bad&from=team-a/src".to_owned(),

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
@@ -43,7 +43,9 @@ pub fn load(
     let layout = store.layout().clone();
     // Every shard up front: one `mkdir` each instead of a `stat` per blob.
     for shard in 0..=255u8 {
-        let dir = layout.blobs().join(format!("{shard:02x}"));
+        let dir = layout
+            .algorithm_dir(crate::oci::digest::Algorithm::Sha256)
+            .join(format!("{shard:02x}"));
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
     }
     for chunk in items.chunks(batch.max(1)) {
@@ -81,14 +83,8 @@ fn load_file(layout: &Layout, item: &Item) -> Result<Loaded> {
     std::fs::write(&path, &item.bytes).map_err(StoreError::io("write", &path))?;
     let row = if item.manifest {
         let parsed = manifest::parse(&item.bytes)?;
-        Some(ManifestRow {
-            media_type: parsed.media_type.unwrap_or_default(),
-            references: parsed.references,
-            subject: parsed.subject,
-            artifact_type: parsed.artifact_type,
-            annotations: parsed.annotations,
-            on_demand: false,
-        })
+        let media_type = parsed.media_type.clone().unwrap_or_default();
+        Some(ManifestRow::new(parsed, media_type, false))
     } else {
         None
     };
@@ -113,24 +109,20 @@ fn insert_rows(store: &Store, repo: &str, mut rows: Vec<Loaded>, created_ms: u64
             .open_table(tables::TAGS)
             .map_err(StoreError::db(action))?;
         for (digest, size, row, tag) in &rows {
-            let blob = BlobRow {
-                size: *size,
-                created_ms,
-                accessed_ms: created_ms,
-            };
+            let blob = BlobRow::new(*size, created_ms);
             blobs
-                .insert(digest.as_bytes(), blob.encode())
+                .insert(digest.to_key().as_slice(), blob.encode())
                 .map_err(StoreError::db(action))?;
             links
-                .insert((repo, *digest.as_bytes()), ())
+                .insert((repo, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db(action))?;
             if let Some(row) = row {
                 manifests
-                    .insert(digest.as_bytes(), tables::encode(row).as_slice())
+                    .insert(digest.to_key().as_slice(), tables::encode(row).as_slice())
                     .map_err(StoreError::db(action))?;
             }
             if let Some(tag) = tag {
-                tags.insert((repo, tag.as_str()), *digest.as_bytes())
+                tags.insert((repo, tag.as_str()), digest.to_key().as_slice())
                     .map_err(StoreError::db(action))?;
             }
         }

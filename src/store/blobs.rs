@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::digest::Digest;
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{Claim, FlightGuard, Outcome, Waiter};
 use crate::store::handle::Store;
@@ -20,12 +20,15 @@ use crate::store::layout::sync_dir;
 use crate::store::tables::{self, BlobRow};
 use crate::store::temp::TempBlob;
 use crate::store::types::{BlobInfo, validate_repo};
+use crate::store::verify::hash_file;
 
 /// An upload session: a temp blob that outlives HTTP requests.
 #[derive(Debug)]
 pub(crate) struct UploadSession {
     pub repo: String,
     pub started_ms: u64,
+    /// When a request last touched it (create, append, status): idle sessions expire.
+    pub last_ms: u64,
     pub temp: Option<TempBlob>,
 }
 
@@ -84,6 +87,8 @@ impl Write for BlobWriter {
 
 /// What [`Store::ingest`] found for a digest known up front.
 #[derive(Debug)]
+// Short-lived (one per ingest, matched at once): boxing the writer would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Ingest {
     /// The blob is already in the store (one lookup).
     Present(BlobInfo),
@@ -151,11 +156,17 @@ impl Seek for BlobReader {
 }
 
 impl Store {
-    /// A writer for a blob whose digest will be known at commit (uploads).
+    /// A writer for a blob whose digest will be known at commit (uploads), hashed with
+    /// sha256 on the way; a commit with another algorithm's digest rehashes the file.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        self.blob_writer_for(Algorithm::Sha256)
+    }
+
+    /// A writer for a blob whose digest will be of `algorithm`.
+    pub fn blob_writer_for(&self, algorithm: Algorithm) -> Result<BlobWriter> {
         Ok(BlobWriter {
             store: self.clone(),
-            temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
+            temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync, algorithm)?,
             guard: None,
         })
     }
@@ -176,7 +187,11 @@ impl Store {
                 }
                 Ok(Ingest::Write(BlobWriter {
                     store: self.clone(),
-                    temp: TempBlob::create(self.temp_path("ingest"), self.inner.sync)?,
+                    temp: TempBlob::create(
+                        self.temp_path("ingest"),
+                        self.inner.sync,
+                        digest.algorithm(),
+                    )?,
                     guard: Some(guard),
                 }))
             }
@@ -186,7 +201,7 @@ impl Store {
     /// Stores a whole blob sent at once (a monolithic upload) and links it into `repo`.
     pub fn put_blob(&self, repo: &str, expected: Digest, bytes: &[u8]) -> Result<BlobInfo> {
         validate_repo(repo)?;
-        let mut writer = self.blob_writer()?;
+        let mut writer = self.blob_writer_for(expected.algorithm())?;
         writer.write_chunk(bytes)?;
         writer.commit(repo, expected, Some(bytes.len() as u64))
     }
@@ -209,7 +224,7 @@ impl Store {
                 .open_table(tables::LINKS)
                 .map_err(StoreError::db(action))?;
             if links
-                .get((repo, *digest.as_bytes()))
+                .get((repo, digest.to_key().as_slice()))
                 .map_err(StoreError::db(action))?
                 .is_none()
             {
@@ -220,7 +235,7 @@ impl Store {
             .open_table(tables::BLOBS)
             .map_err(StoreError::db(action))?;
         let row = blobs
-            .get(digest.as_bytes())
+            .get(digest.to_key().as_slice())
             .map_err(StoreError::db(action))?;
         Ok(row.map(|row| BlobInfo {
             digest,
@@ -273,16 +288,23 @@ impl Store {
             let _ = fs::remove_file(&path);
             Err(err)
         };
+        // Hashed on the way with the default algorithm, but the client named another: the
+        // bytes are on disk, so hash them again (the rare case pays, not every upload).
+        let actual = if actual.algorithm() == expected.algorithm() {
+            actual
+        } else {
+            match hash_file(&path, expected.algorithm()) {
+                Ok((rehashed, _)) => rehashed,
+                Err(err) => return discard(StoreError::io("hash", &path)(err)),
+            }
+        };
         if let Some(guard) = guard.as_ref()
             && guard.digest() != expected
         {
-            return discard(StoreError::DigestMismatch {
-                expected: guard.digest(),
-                actual: expected,
-            });
+            return discard(StoreError::digest_mismatch(guard.digest(), expected));
         }
         if actual != expected {
-            return discard(StoreError::DigestMismatch { expected, actual });
+            return discard(StoreError::digest_mismatch(expected, actual));
         }
         if let Some(expected) = expected_size
             && expected != size
@@ -330,22 +352,19 @@ impl Store {
                 .open_table(tables::BLOBS)
                 .map_err(StoreError::db("commit blob"))?;
             let existing = blobs
-                .get(digest.as_bytes())
+                .get(digest.to_key().as_slice())
                 .map_err(StoreError::db("commit blob"))?
                 .map(|row| BlobRow::decode(row.value()));
             let row = match existing {
                 Some(row) => BlobRow {
                     accessed_ms: row.accessed_ms.max(now),
+                    pushed_ms: row.pushed_ms.max(now),
                     ..row
                 },
-                None => BlobRow {
-                    size,
-                    created_ms: now,
-                    accessed_ms: now,
-                },
+                None => BlobRow::new(size, now),
             };
             blobs
-                .insert(digest.as_bytes(), row.encode())
+                .insert(digest.to_key().as_slice(), row.encode())
                 .map_err(StoreError::db("commit blob"))?;
             drop(blobs);
             self.protect([digest]);
@@ -355,7 +374,7 @@ impl Store {
                         .open_table(tables::LINKS)
                         .map_err(StoreError::db("commit blob"))?;
                     links
-                        .insert((repo, *digest.as_bytes()), ())
+                        .insert((repo, digest.to_key().as_slice()), ())
                         .map_err(StoreError::db("commit blob"))?;
                     Ok(Ok(()))
                 }
@@ -374,7 +393,7 @@ impl Store {
             match fs::create_dir(&shard) {
                 Ok(()) => {
                     if self.inner.sync {
-                        sync_dir(&layout.blobs())?;
+                        sync_dir(&layout.algorithm_dir(digest.algorithm()))?;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
@@ -390,15 +409,20 @@ impl Store {
     }
 
     /// Writes bytes that are already in memory as a blob, through the same commit path.
+    /// `digest` must be the digest of `bytes` with the algorithm it names.
     pub(crate) fn commit_bytes(
         &self,
         repo: &str,
         bytes: &[u8],
+        digest: Digest,
         extra: impl FnOnce(&WriteTransaction) -> Result<Result<()>>,
     ) -> Result<BlobInfo> {
-        let mut temp = TempBlob::create(self.temp_path("manifest"), self.inner.sync)?;
+        let mut temp = TempBlob::create(
+            self.temp_path("manifest"),
+            self.inner.sync,
+            digest.algorithm(),
+        )?;
         temp.write(bytes)?;
-        let digest = Digest::of(bytes);
         self.commit_temp(temp, None, digest, Some(bytes.len() as u64), repo, extra)
     }
 
@@ -408,7 +432,7 @@ impl Store {
             .open_table(tables::BLOBS)
             .map_err(StoreError::db("read blob"))?;
         Ok(blobs
-            .get(digest.as_bytes())
+            .get(digest.to_key().as_slice())
             .map_err(StoreError::db("read blob"))?
             .is_some())
     }

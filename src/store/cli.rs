@@ -83,10 +83,12 @@ pub struct PruneArgs {
     /// Evict tags unused for longer than this: 90m, 7d.
     #[arg(long, value_parser = units::parse_duration)]
     pub keep_duration: Option<Duration>,
-    /// Blobs younger than this are kept (a push whose manifest has not arrived yet).
-    /// Ignored with --all, and with --server (the service applies its own).
-    #[arg(long, value_parser = units::parse_duration, default_value = "10m")]
-    pub grace: Duration,
+    /// Keep content pushed or checked this recently that no tag reaches yet (a push whose
+    /// manifest has not arrived). Offline no server holds the store, so no push can be in
+    /// flight and the default is none. Ignored with --all, and with --server (the service
+    /// applies its own --gc-grace).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub grace: Option<Duration>,
     /// Report what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -235,7 +237,11 @@ pub async fn run_prune(args: PruneArgs) -> CliResult {
             keep_storage,
             keep_duration,
         },
-        grace: if all { Duration::ZERO } else { grace },
+        grace: if all {
+            Duration::ZERO
+        } else {
+            grace.unwrap_or(Duration::ZERO)
+        },
         dry_run,
         ..GcOptions::default()
     })?;
@@ -282,9 +288,24 @@ pub fn format_prune(report: &GcReport, took: Duration) -> String {
         units::format_size(report.bytes_before),
     ));
     if report.ceiling_unmet {
-        out.push_str("Note:\t\tleases and the grace window hold more than --keep-storage\n");
+        out.push_str(&ceiling_note(
+            report.bytes_after,
+            report.held_by_leases,
+            report.held_by_pushes,
+        ));
     }
     out
+}
+
+/// The line that says why a `keep-storage` ceiling was not met, and by how much each
+/// reason holds.
+pub fn ceiling_note(bytes_after: u64, held_by_leases: u64, held_by_pushes: u64) -> String {
+    format!(
+        "Note:\t\t--keep-storage not met: {} left, of which leases hold {} and pushes in progress (pushed or checked within the grace window, no tag yet) {}\n",
+        units::format_size(bytes_after),
+        units::format_size(held_by_leases),
+        units::format_size(held_by_pushes),
+    )
 }
 
 /// Runs `kiln cache verify`; exits non-zero when it found problems (repaired or not).

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::store::clock::Clock;
 use crate::store::error::StoreError;
 use crate::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
@@ -12,7 +13,7 @@ use crate::store::handle::{Store, StoreOptions};
 use crate::store::model::Model;
 use crate::store::storage::Storage;
 use crate::store::sweep::GcOptions;
-use crate::store::types::{LeaseTarget, Reference};
+use crate::store::types::LeaseTarget;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -162,8 +163,8 @@ fn contract_lease_on_a_tag_pins_the_image_until_released_or_expired() {
     each(|s, clock| {
         let digest = push_image(s, "app", "cache", "1");
         let target = LeaseTarget::Tag {
-            repo: "app".into(),
-            tag: "cache".into(),
+            repository: RepoName::parse("app").unwrap(),
+            tag: Tag::parse("cache").unwrap(),
         };
         let lease = s.lease_acquire("build-1", &[target], 30 * MINUTE).unwrap();
         assert_eq!(lease.digests, vec![digest]);
@@ -172,14 +173,14 @@ fn contract_lease_on_a_tag_pins_the_image_until_released_or_expired() {
         clock.advance(31 * MINUTE);
         let report = gc_now(s, Policy::default());
         assert_eq!((report.leases_removed, report.blobs_removed), (1, 3));
-        let missing = LeaseTarget::Digest(digest);
+        let missing = LeaseTarget::Digest { digest };
         assert!(matches!(
             s.lease_acquire("build-2", &[missing], MINUTE),
             Err(StoreError::LeaseTargetMissing { .. })
         ));
         let none = LeaseTarget::Tag {
-            repo: "app".into(),
-            tag: "not-yet".into(),
+            repository: RepoName::parse("app").unwrap(),
+            tag: Tag::parse("not-yet").unwrap(),
         };
         assert!(
             s.lease_acquire("build-3", &[none], MINUTE)

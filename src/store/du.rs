@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::error::Result;
 use crate::store::gc::Graph;
 use crate::store::handle::Store;

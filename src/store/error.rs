@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// Why a store operation failed.
 ///
@@ -62,9 +62,9 @@ pub enum StoreError {
     #[error("content digest is {actual}, expected {expected}")]
     DigestMismatch {
         /// The digest the caller gave.
-        expected: Digest,
+        expected: Box<Digest>,
         /// The digest of the bytes received.
-        actual: Digest,
+        actual: Box<Digest>,
     },
     /// The number of bytes written is not the size the caller expected.
     #[error("content is {actual} bytes, expected {expected}")]
@@ -96,7 +96,7 @@ pub enum StoreError {
         /// The value given.
         value: String,
         /// Why it was rejected.
-        reason: &'static str,
+        reason: String,
     },
     /// No upload session has this id (it was committed, cancelled, or lost in a restart).
     #[error("upload {0} is unknown")]
@@ -110,6 +110,16 @@ pub enum StoreError {
         offset: u64,
         /// Bytes received so far (the only acceptable offset).
         size: u64,
+    },
+    /// A group of repositories holds as many open upload sessions as it may.
+    #[error(
+        "{group} has {open} upload sessions open, the most it may; finish or cancel one, or wait for idle ones to expire"
+    )]
+    TooManyUploads {
+        /// The group (a namespace: the repositories' first component).
+        group: String,
+        /// Sessions open in it.
+        open: usize,
     },
     /// No lease has this name.
     #[error("lease {0:?} is unknown")]
@@ -147,6 +157,15 @@ impl StoreError {
     }
 
     /// A database error while doing `action`.
+    /// [`StoreError::DigestMismatch`] (boxed: a sha512 digest is 64 bytes, and every
+    /// `Result` of the store would carry two).
+    pub fn digest_mismatch(expected: Digest, actual: Digest) -> Self {
+        Self::DigestMismatch {
+            expected: Box::new(expected),
+            actual: Box::new(actual),
+        }
+    }
+
     pub(crate) fn db<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> Self {
         move |source| Self::Database {
             action,

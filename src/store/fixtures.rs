@@ -1,8 +1,8 @@
 //! Manifest bodies for tests and benchmarks: OCI image manifests, indexes and referrers
 //! built from digests, deterministic byte for byte (pure).
 
-use crate::digest::Digest;
-use crate::store::manifest::media_types;
+use crate::oci::digest::Digest;
+use crate::oci::media;
 
 /// An OCI image manifest with this config and these layers (each `(digest, size)`).
 pub fn image_manifest(config: (Digest, u64), layers: &[(Digest, u64)]) -> Vec<u8> {
@@ -16,7 +16,7 @@ pub fn image_manifest(config: (Digest, u64), layers: &[(Digest, u64)]) -> Vec<u8
         .collect();
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]}}"#,
-        media_types::OCI_MANIFEST,
+        media::OCI_MANIFEST,
         config.0,
         config.1,
         layers.join(",")
@@ -31,13 +31,13 @@ pub fn index_manifest(manifests: &[(Digest, u64)]) -> Vec<u8> {
         .map(|(digest, size)| {
             format!(
                 r#"{{"mediaType":"{}","digest":"{digest}","size":{size}}}"#,
-                media_types::OCI_MANIFEST
+                media::OCI_MANIFEST
             )
         })
         .collect();
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
-        media_types::OCI_INDEX,
+        media::OCI_INDEX,
         entries.join(",")
     )
     .into_bytes()
@@ -48,10 +48,10 @@ pub fn index_manifest(manifests: &[(Digest, u64)]) -> Vec<u8> {
 pub fn referrer_manifest(subject: Digest, config: (Digest, u64), artifact_type: &str) -> Vec<u8> {
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{}","artifactType":"{artifact_type}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{}","size":{}}},"layers":[],"subject":{{"mediaType":"{}","digest":"{subject}","size":1}}}}"#,
-        media_types::OCI_MANIFEST,
+        media::OCI_MANIFEST,
         config.0,
         config.1,
-        media_types::OCI_MANIFEST,
+        media::OCI_MANIFEST,
     )
     .into_bytes()
 }

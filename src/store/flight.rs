@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// How a flight ended, as seen by the processes waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

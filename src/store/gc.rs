@@ -1,8 +1,13 @@
 //! GC decisions: the policy, the mark over a snapshot of the metadata, and the ordered
 //! list of what to sweep (pure: data in, plan out; no clock, no I/O).
 //!
-//! Roots are tags, unexpired leases, and blobs younger than the grace window (so that the
-//! layers of a push whose manifest has not arrived yet are safe). Reachability follows a
+//! Roots are tags, unexpired leases, and pushes in progress: content pushed, mounted or
+//! checked (HEAD) within the grace window, later than any tagged manifest that reaches it
+//! was pushed (the layers of a push whose manifest has not arrived yet, the manifests of
+//! an index that has not, a blob an earlier image has and a new push reuses). Content a
+//! tagged image brought is that tag's to keep or lose: evicting a tag takes the
+//! protection of its content with it, however young, so `keep_storage` holds within one
+//! run even during a burst of pushes. Reachability follows a
 //! manifest's references and its referrers (manifests whose subject it is). Policies act
 //! on tags, least recently used first: `keep_duration` evicts tags unused for longer,
 //! `keep_storage` is a hard ceiling (evict until the total is at or under it), `all`
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::clock::millis;
 
 /// What a GC run may evict.
@@ -66,6 +71,8 @@ pub struct Node {
     pub created_ms: u64,
     /// When it was last used.
     pub accessed_ms: u64,
+    /// When a client last pushed, mounted or checked it.
+    pub pushed_ms: u64,
 }
 
 /// The metadata a mark needs, indexed for speed: blobs by position in digest order, and
@@ -216,6 +223,23 @@ impl Graph {
         newly
     }
 
+    /// For each node, when the latest tagged manifest that reaches it was pushed (`None`:
+    /// no tag reaches it). Content pushed no later than that came with a tagged image.
+    pub fn covered_by_tags(&self) -> Vec<Option<u64>> {
+        let mut roots: Vec<u32> = self.tags.iter().map(|(_, _, at)| *at).collect();
+        // Latest first, so the first tag to reach a node is the latest that does.
+        roots.sort_by_key(|&at| std::cmp::Reverse(self.nodes[at as usize].pushed_ms));
+        let mut seen = vec![false; self.nodes.len()];
+        let mut covered = vec![None; self.nodes.len()];
+        for root in roots {
+            let pushed = self.nodes[root as usize].pushed_ms;
+            for at in self.mark(&mut seen, [root]) {
+                covered[at as usize] = Some(pushed);
+            }
+        }
+        covered
+    }
+
     /// What the node at `at` leads to: its references and its referrers.
     pub fn children(&self, at: u32) -> impl Iterator<Item = u32> + '_ {
         self.references
@@ -267,6 +291,10 @@ pub struct Plan {
     pub bytes_after: u64,
     /// Set when `keep_storage` could not be met (leases and the grace window hold more).
     pub ceiling_unmet: bool,
+    /// Bytes that unexpired leases hold, whatever the policy.
+    pub held_by_leases: u64,
+    /// Bytes that pushes in progress hold (beyond what leases hold), whatever the policy.
+    pub held_by_pushes: u64,
 }
 
 /// Decides what a GC run removes, given the snapshot, the policy, the grace window and
@@ -278,21 +306,25 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Pla
         bytes_before: graph.total(),
         ..Plan::default()
     };
-    // Pinned roots: unexpired leases and the grace window. Policies never touch them.
-    let mut pinned = Vec::new();
+    // Pinned roots: unexpired leases and pushes in progress. Policies never touch them.
+    let mut leased = Vec::new();
     for (name, expires, positions) in &graph.leases {
         if *expires > now_ms {
-            pinned.extend(positions.iter().copied());
+            leased.extend(positions.iter().copied());
         } else {
             plan.expired_leases.push(name.clone());
         }
     }
-    pinned.extend(
-        (0..graph.nodes.len())
-            .filter(|&at| graph.nodes[at].created_ms.saturating_add(grace_ms) > now_ms)
-            .filter_map(|at| u32::try_from(at).ok()),
-    );
-    let mut total = graph.size_of(&graph.mark(&mut marks, pinned));
+    plan.held_by_leases = graph.size_of(&graph.mark(&mut marks, leased));
+    let covered = graph.covered_by_tags();
+    let in_progress = (0..graph.nodes.len())
+        .filter(|&at| {
+            let pushed = graph.nodes[at].pushed_ms;
+            pushed.saturating_add(grace_ms) > now_ms && covered[at].is_none_or(|t| pushed > t)
+        })
+        .filter_map(|at| u32::try_from(at).ok());
+    plan.held_by_pushes = graph.size_of(&graph.mark(&mut marks, in_progress));
+    let mut total = plan.held_by_leases + plan.held_by_pushes;
 
     // Tags, newest first; ties by (repository, tag) so the choice is deterministic.
     let mut tags: Vec<&(String, String, u32)> = graph.tags.iter().collect();
@@ -409,6 +441,8 @@ fn post_order(graph: &Graph, marks: &[bool], visited: &mut [bool], start: u32, o
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn node(n: u8, size: u64, created_ms: u64, accessed_ms: u64) -> Node {
@@ -417,6 +451,7 @@ mod tests {
             size,
             created_ms,
             accessed_ms,
+            pushed_ms: created_ms,
         }
     }
 
@@ -478,6 +513,76 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn the_grace_window_keeps_pushes_in_progress_not_the_content_of_evicted_tags() {
+        let grace = Duration::from_secs(600);
+        let now = 10 * HOUR;
+        let young = now - 60_000;
+        let pushed = |n: u8, size: u64, created: u64, pushed_ms: u64| Node {
+            pushed_ms,
+            ..node(n, size, created, created)
+        };
+        // A burst of two young tagged images (100 bytes each, b used later), a push in
+        // progress (an untagged young index over an old manifest and its old layer, a
+        // young loose layer, and a layer of image a that the new push uploaded again
+        // after a's manifest), and an old layer a client just checked with HEAD.
+        let g = graph(
+            vec![
+                node(1, 99, young, young),
+                node(11, 1, young, young),
+                node(2, 99, young, young + 1),
+                node(12, 1, young, young + 1),
+                node(3, 40, HOUR, HOUR),
+                node(13, 1, HOUR, HOUR),
+                node(21, 1, young, young),
+                node(4, 7, young, young),
+                pushed(5, 5, HOUR, young),
+                pushed(6, 3, young - 10, young + 5),
+            ],
+            vec![
+                (11, vec![1, 6]),
+                (12, vec![2]),
+                (13, vec![3]),
+                (21, vec![13]),
+            ],
+            vec![("a", 11), ("b", 12)],
+        );
+        let ceiling = Policy {
+            keep_storage: Some(100),
+            ..Policy::default()
+        };
+        let swept = |plan: &Plan| -> BTreeSet<u8> {
+            (0..=255u8)
+                .filter(|n| plan.sweep.iter().any(|s| s.0 == Digest::of(&[*n])))
+                .collect()
+        };
+        let during = plan(&g, &ceiling, grace, now);
+        // The push in progress holds 1 + 40 + 1 + 7 + 5 + 3 bytes: the index, the old
+        // manifest and layer it reaches, the loose layer, the checked layer, the reused
+        // layer. Beside it neither young image fits under the ceiling: both tags go, with
+        // the young content they brought.
+        assert_eq!(during.held_by_pushes, 57);
+        assert_eq!(during.held_by_leases, 0);
+        assert_eq!(during.evictions.len(), 2, "{:?}", during.evictions);
+        assert_eq!(swept(&during), BTreeSet::from([1, 2, 11, 12]));
+        assert_eq!(during.bytes_after, 57);
+        assert!(!during.ceiling_unmet);
+        let lower = Policy {
+            keep_storage: Some(50),
+            ..Policy::default()
+        };
+        let unmet = plan(&g, &lower, grace, now);
+        assert!(unmet.ceiling_unmet);
+        assert_eq!((unmet.held_by_pushes, unmet.bytes_after), (57, 57));
+        // Past the window nothing is a push in progress: the newest image fits, the rest
+        // (the old checked layer included) goes.
+        let later = plan(&g, &ceiling, grace, now + 700_000);
+        assert_eq!(later.held_by_pushes, 0);
+        assert_eq!(later.evictions.len(), 1);
+        assert_eq!(swept(&later), BTreeSet::from([1, 3, 4, 5, 6, 11, 13, 21]));
+        assert_eq!(later.bytes_after, 100);
     }
 
     #[test]

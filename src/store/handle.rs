@@ -11,7 +11,7 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
 };
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::backend::UnsyncedFile;
 use crate::store::blobs::UploadSession;
 use crate::store::clock::Clock;
@@ -67,8 +67,8 @@ pub(crate) struct Inner {
     /// Upload sessions by id. Each has its own lock, so chunks of different uploads are
     /// written in parallel.
     pub uploads: Mutex<BTreeMap<String, Arc<Mutex<UploadSession>>>>,
-    /// Last-access times not yet written: a pull costs a map insert, not a transaction.
-    pub pending_access: Mutex<BTreeMap<Digest, u64>>,
+    /// Use not yet written: a pull or a check costs a map insert, not a transaction.
+    pub pending_access: Mutex<BTreeMap<Digest, PendingUse>>,
     /// While a GC runs: the digests that mutations made reachable since its mark, not yet
     /// taken by the sweep (the write barrier the sweep re-checks against). A log, not a
     /// set: a writer pays a push, the sweep deduplicates.
@@ -79,6 +79,15 @@ pub(crate) struct Inner {
     pub recovery: Mutex<RecoveryReport>,
     // Dropped last: the database is closed before another process may take the root.
     _lock: RootLock,
+}
+
+/// The latest uses of one blob not yet written to its row (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PendingUse {
+    /// A pull.
+    pub accessed_ms: u64,
+    /// A client asking whether it is there (HEAD), before a push that may skip it.
+    pub checked_ms: u64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -150,6 +159,13 @@ impl Store {
             }),
         };
         store.write("create tables", |txn| {
+            let migrated = crate::store::migrate::migrate(txn)?;
+            if migrated > 0 {
+                tracing::info!(
+                    rows = migrated,
+                    "moved the cache store's metadata to the current schema"
+                );
+            }
             txn.open_table(tables::BLOBS)
                 .map_err(StoreError::db("create tables"))?;
             txn.open_table(tables::MANIFESTS)
@@ -211,8 +227,18 @@ impl Store {
     pub fn touch(&self, digest: Digest) {
         let now = self.inner.clock.now_ms();
         let mut pending = lock(&self.inner.pending_access);
-        let entry = pending.entry(digest).or_insert(now);
-        *entry = (*entry).max(now);
+        let entry = pending.entry(digest).or_default();
+        entry.accessed_ms = entry.accessed_ms.max(now);
+    }
+
+    /// Records that a client asked now whether `digest` is there (HEAD on a blob): a push
+    /// that finds it may skip uploading it, so GC's grace window protects it as if it had
+    /// just been pushed. Batched like [`Store::touch`].
+    pub fn check(&self, digest: Digest) {
+        let now = self.inner.clock.now_ms();
+        let mut pending = lock(&self.inner.pending_access);
+        let entry = pending.entry(digest).or_default();
+        entry.checked_ms = entry.checked_ms.max(now);
     }
 
     /// Writes the pending access times in one transaction; returns how many rows changed.
@@ -287,21 +313,22 @@ fn flush_access(inner: &Inner) -> Result<usize> {
             .open_table(tables::BLOBS)
             .map_err(StoreError::db("write access times"))?;
         let mut changed = 0;
-        for (digest, at) in pending {
+        for (digest, used) in pending {
             let Some(row) = blobs
-                .get(digest.as_bytes())
+                .get(digest.to_key().as_slice())
                 .map_err(StoreError::db("write access times"))?
                 .map(|row| tables::BlobRow::decode(row.value()))
             else {
                 continue;
             };
-            if row.accessed_ms < at {
+            if row.accessed_ms < used.accessed_ms || row.pushed_ms < used.checked_ms {
                 let row = tables::BlobRow {
-                    accessed_ms: at,
+                    accessed_ms: row.accessed_ms.max(used.accessed_ms),
+                    pushed_ms: row.pushed_ms.max(used.checked_ms),
                     ..row
                 };
                 blobs
-                    .insert(digest.as_bytes(), row.encode())
+                    .insert(digest.to_key().as_slice(), row.encode())
                     .map_err(StoreError::db("write access times"))?;
                 changed += 1;
             }

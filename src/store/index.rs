@@ -5,31 +5,34 @@ use std::time::Duration;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
-use crate::digest::Digest;
+use crate::oci::digest::{Digest, KEY_MAX};
+use crate::oci::name::Reference;
 use crate::store::clock::millis;
 use crate::store::error::{Result, StoreError};
 use crate::store::handle::Store;
 use crate::store::manifest;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
 use crate::store::types::{
-    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference, Referrer,
-    RepositoryDeleted, TagEntry, validate_repo, validate_tag,
+    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer, RepositoryDeleted,
+    TagEntry, validate_repo,
 };
 
-/// The first of `references` (sorted) that is not a blob linked into `repo`.
+/// The first of `references` (sorted) that is not a blob linked into `repo`, leaving out
+/// the `external` ones (they are never pushed).
 fn first_missing(
-    links: &impl ReadableTable<(&'static str, [u8; 32]), ()>,
-    blobs: &impl ReadableTable<[u8; 32], (u64, u64, u64)>,
+    links: &impl ReadableTable<(&'static str, &'static [u8]), ()>,
+    blobs: &impl ReadableTable<&'static [u8], (u64, u64, u64, u64)>,
     repo: &str,
     references: &[Digest],
+    external: &[Digest],
 ) -> Result<Option<Digest>> {
-    for digest in references {
+    for digest in references.iter().filter(|d| !external.contains(d)) {
         let linked = links
-            .get((repo, *digest.as_bytes()))
+            .get((repo, digest.to_key().as_slice()))
             .map_err(StoreError::db("check references"))?
             .is_some();
         let present = blobs
-            .get(digest.as_bytes())
+            .get(digest.to_key().as_slice())
             .map_err(StoreError::db("check references"))?
             .is_some();
         if !(linked && present) {
@@ -43,7 +46,7 @@ fn first_missing(
 /// repository to the next (see [`Store::repositories`]), so it costs one lookup per
 /// repository in the scope, not one per link.
 fn linked_under(
-    links: &impl ReadableTable<(&'static str, [u8; 32]), ()>,
+    links: &impl ReadableTable<(&'static str, &'static [u8]), ()>,
     scope: &str,
     digest: Digest,
 ) -> Result<bool> {
@@ -51,7 +54,7 @@ fn linked_under(
     let mut from = scope.to_owned();
     loop {
         let next = links
-            .range((from.as_str(), [0u8; 32])..)
+            .range((from.as_str(), &[][..])..)
             .map_err(StoreError::db(action))?
             .next();
         let Some(entry) = next else {
@@ -63,7 +66,7 @@ fn linked_under(
             return Ok(false);
         }
         if links
-            .get((repo.as_str(), *digest.as_bytes()))
+            .get((repo.as_str(), digest.to_key().as_slice()))
             .map_err(StoreError::db(action))?
             .is_some()
         {
@@ -81,6 +84,7 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         artifact_type,
         annotations,
         on_demand,
+        external,
     } = row;
     ManifestInfo {
         digest,
@@ -91,6 +95,7 @@ fn manifest_info(digest: Digest, row: ManifestRow, size: u64) -> ManifestInfo {
         artifact_type,
         annotations,
         on_demand,
+        external,
     }
 }
 
@@ -151,18 +156,16 @@ impl Store {
     ) -> Result<ManifestInfo> {
         let required = references == References::Required;
         validate_repo(repo)?;
-        if let Reference::Tag(tag) = reference {
-            validate_tag(tag)?;
-        }
         let parsed = manifest::parse(bytes)?;
-        let digest = Digest::of(bytes);
+        // Addressed with the algorithm the client named; by tag, with sha256.
+        let digest = match reference {
+            Reference::Digest(expected) => expected.algorithm().digest(bytes),
+            Reference::Tag(_) => Digest::of(bytes),
+        };
         if let Reference::Digest(expected) = reference
             && *expected != digest
         {
-            return Err(StoreError::DigestMismatch {
-                expected: *expected,
-                actual: digest,
-            });
+            return Err(StoreError::digest_mismatch(*expected, digest));
         }
         let media_type = match (media_type, &parsed.media_type) {
             ("", Some(body)) => body.clone(),
@@ -182,23 +185,18 @@ impl Store {
             let blobs = txn
                 .open_table(tables::BLOBS)
                 .map_err(StoreError::db("check references"))?;
-            if let Some(missing) = first_missing(&links, &blobs, repo, &parsed.references)? {
+            if let Some(missing) =
+                first_missing(&links, &blobs, repo, &parsed.references, &parsed.external)?
+            {
                 return Err(StoreError::ReferenceMissing {
                     repo: repo.to_owned(),
                     digest: missing,
                 });
             }
         }
-        let row = ManifestRow {
-            media_type,
-            references: parsed.references,
-            subject: parsed.subject,
-            artifact_type: parsed.artifact_type,
-            annotations: parsed.annotations,
-            on_demand: !required,
-        };
+        let row = ManifestRow::new(parsed, media_type, !required);
         let encoded = tables::encode(&row);
-        let info = self.commit_bytes(repo, bytes, |txn| {
+        let info = self.commit_bytes(repo, bytes, digest, |txn| {
             let action = "commit manifest";
             if required {
                 let links = txn
@@ -207,7 +205,9 @@ impl Store {
                 let blobs = txn
                     .open_table(tables::BLOBS)
                     .map_err(StoreError::db(action))?;
-                if let Some(missing) = first_missing(&links, &blobs, repo, &row.references)? {
+                if let Some(missing) =
+                    first_missing(&links, &blobs, repo, &row.references, &row.external)?
+                {
                     return Ok(Err(StoreError::ReferenceMissing {
                         repo: repo.to_owned(),
                         digest: missing,
@@ -218,21 +218,24 @@ impl Store {
                 .open_table(tables::MANIFESTS)
                 .map_err(StoreError::db(action))?;
             manifests
-                .insert(digest.as_bytes(), encoded.as_slice())
+                .insert(digest.to_key().as_slice(), encoded.as_slice())
                 .map_err(StoreError::db(action))?;
             if let Some(subject) = row.subject {
                 let mut referrers = txn
                     .open_table(tables::REFERRERS)
                     .map_err(StoreError::db(action))?;
                 referrers
-                    .insert((*subject.as_bytes(), *digest.as_bytes()), ())
+                    .insert(
+                        (subject.to_key().as_slice(), digest.to_key().as_slice()),
+                        (),
+                    )
                     .map_err(StoreError::db(action))?;
             }
             if let Reference::Tag(tag) = reference {
                 let mut tags = txn
                     .open_table(tables::TAGS)
                     .map_err(StoreError::db(action))?;
-                tags.insert((repo, tag.as_str()), *digest.as_bytes())
+                tags.insert((repo, tag.as_str()), digest.to_key().as_slice())
                     .map_err(StoreError::db(action))?;
             }
             self.protect(row.references.iter().copied());
@@ -255,7 +258,7 @@ impl Store {
                     .get((repo, tag.as_str()))
                     .map_err(StoreError::db(action))?
                 {
-                    Some(value) => tables::digest(value.value()),
+                    Some(value) => tables::digest(value.value())?,
                     None => return Ok(None),
                 }
             }
@@ -264,7 +267,7 @@ impl Store {
             .open_table(tables::LINKS)
             .map_err(StoreError::db(action))?;
         if links
-            .get((repo, *digest.as_bytes()))
+            .get((repo, digest.to_key().as_slice()))
             .map_err(StoreError::db(action))?
             .is_none()
         {
@@ -274,7 +277,7 @@ impl Store {
             .open_table(tables::MANIFESTS)
             .map_err(StoreError::db(action))?;
         let Some(row) = manifests
-            .get(digest.as_bytes())
+            .get(digest.to_key().as_slice())
             .map_err(StoreError::db(action))?
         else {
             return Ok(None);
@@ -284,7 +287,7 @@ impl Store {
             .open_table(tables::BLOBS)
             .map_err(StoreError::db(action))?;
         let size = blobs
-            .get(digest.as_bytes())
+            .get(digest.to_key().as_slice())
             .map_err(StoreError::db(action))?
             .map(|row| BlobRow::decode(row.value()).size)
             .unwrap_or(0);
@@ -333,7 +336,7 @@ impl Store {
                 .open_table(tables::LINKS)
                 .map_err(StoreError::db(action))?;
             let removed = links
-                .remove((repo, *digest.as_bytes()))
+                .remove((repo, digest.to_key().as_slice()))
                 .map_err(StoreError::db(action))?
                 .is_some();
             let mut tags = txn
@@ -368,7 +371,7 @@ impl Store {
                 .open_table(tables::LINKS)
                 .map_err(StoreError::db("link"))?;
             links
-                .insert((repo, *digest.as_bytes()), ())
+                .insert((repo, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db("link"))?;
             self.protect([digest]);
             Ok(true)
@@ -393,7 +396,7 @@ impl Store {
                 return Ok(false);
             }
             links
-                .insert((repo, *digest.as_bytes()), ())
+                .insert((repo, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db(action))?;
             self.protect([digest]);
             Ok(true)
@@ -410,15 +413,34 @@ impl Store {
                 .open_table(tables::LINKS)
                 .map_err(StoreError::db(action))?;
             let in_source = links
-                .get((from, *digest.as_bytes()))
+                .get((from, digest.to_key().as_slice()))
                 .map_err(StoreError::db(action))?
                 .is_some();
             if !in_source || !Self::has_blob(txn, digest)? {
                 return Ok(false);
             }
             links
-                .insert((to, *digest.as_bytes()), ())
+                .insert((to, digest.to_key().as_slice()), ())
                 .map_err(StoreError::db(action))?;
+            // A mount is a push that skips the upload: the grace window protects it alike.
+            let mut blobs = txn
+                .open_table(tables::BLOBS)
+                .map_err(StoreError::db(action))?;
+            let key = digest.to_key();
+            let row = blobs
+                .get(key.as_slice())
+                .map_err(StoreError::db(action))?
+                .map(|row| BlobRow::decode(row.value()));
+            if let Some(row) = row {
+                let now = self.inner.clock.now_ms();
+                let row = BlobRow {
+                    pushed_ms: row.pushed_ms.max(now),
+                    ..row
+                };
+                blobs
+                    .insert(key.as_slice(), row.encode())
+                    .map_err(StoreError::db(action))?;
+            }
             self.protect([digest]);
             Ok(true)
         })
@@ -443,15 +465,15 @@ impl Store {
                 .map_err(StoreError::db(action))?;
             let mut digests = Vec::new();
             for entry in links
-                .range((repo, [0u8; 32])..=(repo, [0xffu8; 32]))
+                .range((repo, &[][..])..=(repo, &KEY_MAX[..]))
                 .map_err(StoreError::db(action))?
             {
                 let (key, _) = entry.map_err(StoreError::db(action))?;
-                digests.push(key.value().1);
+                digests.push(key.value().1.to_vec());
             }
             for digest in &digests {
                 links
-                    .remove((repo, *digest))
+                    .remove((repo, digest.as_slice()))
                     .map_err(StoreError::db(action))?;
             }
             let manifests = txn
@@ -460,7 +482,7 @@ impl Store {
             let mut manifest_links = 0;
             for digest in &digests {
                 if manifests
-                    .get(digest)
+                    .get(digest.as_slice())
                     .map_err(StoreError::db(action))?
                     .is_some()
                 {
@@ -511,7 +533,7 @@ impl Store {
             .open_table(tables::LINKS)
             .map_err(StoreError::db(action))?;
         let mut range = links
-            .range((repo, [0u8; 32])..=(repo, [0xffu8; 32]))
+            .range((repo, &[][..])..=(repo, &KEY_MAX[..]))
             .map_err(StoreError::db(action))?;
         Ok(range
             .next()
@@ -537,7 +559,7 @@ impl Store {
         };
         while n.is_none_or(|n| out.len() < n) {
             let next = links
-                .range((from.as_str(), [0u8; 32])..)
+                .range((from.as_str(), &[][..])..)
                 .map_err(StoreError::db(action))?
                 .next();
             let Some(entry) = next else { break };
@@ -572,13 +594,14 @@ impl Store {
             .open_table(tables::BLOBS)
             .map_err(StoreError::db(action))?;
         let mut out = Vec::new();
-        let subject = *subject.as_bytes();
+        let subject = subject.to_key();
         for entry in index
-            .range((subject, [0u8; 32])..=(subject, [0xffu8; 32]))
+            .range((subject.as_slice(), &[][..])..=(subject.as_slice(), &KEY_MAX[..]))
             .map_err(StoreError::db(action))?
         {
             let (key, _) = entry.map_err(StoreError::db(action))?;
-            let referrer = key.value().1;
+            let referrer = key.value().1.to_vec();
+            let referrer = referrer.as_slice();
             if links
                 .get((repo, referrer))
                 .map_err(StoreError::db(action))?
@@ -586,7 +609,7 @@ impl Store {
             {
                 continue;
             }
-            let Some(row) = manifests.get(&referrer).map_err(StoreError::db(action))? else {
+            let Some(row) = manifests.get(referrer).map_err(StoreError::db(action))? else {
                 continue;
             };
             let row: ManifestRow = tables::decode("manifests", row.value())?;
@@ -594,12 +617,12 @@ impl Store {
                 continue;
             }
             let size = blobs
-                .get(&referrer)
+                .get(referrer)
                 .map_err(StoreError::db(action))?
                 .map(|row| BlobRow::decode(row.value()).size)
                 .unwrap_or(0);
             out.push(Referrer {
-                digest: tables::digest(referrer),
+                digest: tables::digest(referrer)?,
                 media_type: row.media_type,
                 size,
                 artifact_type: row.artifact_type,
@@ -622,7 +645,7 @@ impl Store {
             return Err(StoreError::NameInvalid {
                 what: "lease name",
                 value: name.to_owned(),
-                reason: "empty",
+                reason: "empty".into(),
             });
         }
         let action = "acquire lease";
@@ -634,7 +657,7 @@ impl Store {
             let mut digests = Vec::new();
             for target in targets {
                 match target {
-                    LeaseTarget::Digest(digest) => {
+                    LeaseTarget::Digest { digest } => {
                         if !Self::has_blob(txn, *digest)? {
                             return Err(StoreError::LeaseTargetMissing {
                                 name: name.to_owned(),
@@ -643,12 +666,15 @@ impl Store {
                         }
                         digests.push(*digest);
                     }
-                    LeaseTarget::Tag { repo, tag } => {
+                    LeaseTarget::Tag {
+                        repository: repo,
+                        tag,
+                    } => {
                         if let Some(value) = tags
                             .get((repo.as_str(), tag.as_str()))
                             .map_err(StoreError::db(action))?
                         {
-                            digests.push(tables::digest(value.value()));
+                            digests.push(tables::digest(value.value())?);
                         }
                     }
                 }
@@ -735,10 +761,11 @@ impl Store {
             let (key, value) = entry.map_err(StoreError::db(action))?;
             let row = BlobRow::decode(value.value());
             listing.blobs.push(BlobEntry {
-                digest: tables::digest(key.value()),
+                digest: tables::digest(key.value())?,
                 size: row.size,
                 created_ms: row.created_ms,
                 accessed_ms: row.accessed_ms,
+                pushed_ms: row.pushed_ms,
             });
         }
         let manifests = txn
@@ -746,10 +773,10 @@ impl Store {
             .map_err(StoreError::db(action))?;
         for entry in manifests.iter().map_err(StoreError::db(action))? {
             let (key, value) = entry.map_err(StoreError::db(action))?;
-            let digest = tables::digest(key.value());
+            let digest = tables::digest(key.value())?;
             let row: ManifestRow = tables::decode("manifests", value.value())?;
             let size = blobs
-                .get(digest.as_bytes())
+                .get(digest.to_key().as_slice())
                 .map_err(StoreError::db(action))?
                 .map(|row| BlobRow::decode(row.value()).size)
                 .unwrap_or(0);
@@ -764,7 +791,7 @@ impl Store {
             listing.tags.push(TagEntry {
                 repo: repo.to_owned(),
                 tag: tag.to_owned(),
-                digest: tables::digest(value.value()),
+                digest: tables::digest(value.value())?,
             });
         }
         let links = txn
@@ -775,7 +802,7 @@ impl Store {
             let (repo, digest) = key.value();
             listing.links.push(LinkEntry {
                 repo: repo.to_owned(),
-                digest: tables::digest(digest),
+                digest: tables::digest(digest)?,
             });
         }
         let referrers = txn
@@ -786,7 +813,7 @@ impl Store {
             let (subject, referrer) = key.value();
             listing
                 .referrers
-                .push((tables::digest(subject), tables::digest(referrer)));
+                .push((tables::digest(subject)?, tables::digest(referrer)?));
         }
         let leases = txn
             .open_table(tables::LEASES)
@@ -824,7 +851,7 @@ impl Store {
 
 /// The tags of one repository as (tag, digest), in order.
 pub(crate) fn range_of_repo(
-    tags: &impl ReadableTable<(&'static str, &'static str), [u8; 32]>,
+    tags: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     repo: &str,
 ) -> Result<Vec<(String, Digest)>> {
     let mut out = Vec::new();
@@ -837,7 +864,7 @@ pub(crate) fn range_of_repo(
         if entry_repo != repo {
             break;
         }
-        out.push((tag.to_owned(), tables::digest(value.value())));
+        out.push((tag.to_owned(), tables::digest(value.value())?));
     }
     Ok(out)
 }
@@ -846,11 +873,11 @@ pub(crate) fn range_of_repo(
 mod tests {
     use std::time::Duration;
 
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
+    use crate::oci::name::Reference;
     use crate::store::fixtures::{image_manifest, index_manifest};
     use crate::store::handle::{Store, StoreOptions};
     use crate::store::sweep::GcOptions;
-    use crate::store::types::Reference;
     use crate::store::{StoreError, VerifyOptions};
 
     fn open(dir: &std::path::Path) -> Store {

@@ -4,7 +4,7 @@
 //! ```text
 //! <root>/LOCK                      held with an exclusive file lock; names its holder
 //! <root>/meta.redb                 the metadata database
-//! <root>/blobs/sha256/<ab>/<hex>   verified blobs, one file each
+//! <root>/blobs/<alg>/<ab>/<hex>    verified blobs, one file each (alg: sha256, sha512)
 //! <root>/tmp/<name>                bytes being written (uploads, ingests); never read
 //! <root>/quarantine/<hex>.<ms>     files that failed verification, kept for people
 //! ```
@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::Digest;
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
 
 /// The paths of one store root.
@@ -44,14 +44,30 @@ impl Layout {
         self.root.join("LOCK")
     }
 
-    /// The directory of all blob shards.
+    /// The directory of all blobs, one directory per algorithm beneath it.
     pub fn blobs(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+        self.root.join("blobs")
+    }
+
+    /// The directory of the blobs of one algorithm, holding their shards.
+    pub fn algorithm_dir(&self, algorithm: Algorithm) -> PathBuf {
+        self.blobs().join(algorithm.name())
     }
 
     /// The shard directory of a digest (its first two hex characters).
     pub fn shard(&self, digest: &Digest) -> PathBuf {
-        self.blobs().join(&digest.hex()[..2])
+        self.algorithm_dir(digest.algorithm())
+            .join(&digest.hex()[..2])
+    }
+
+    /// The digest a path under [`Layout::blobs`] stands for (`<alg>/<ab>/<hex>`), if it
+    /// is a blob's name at all.
+    pub fn digest_at(&self, path: &Path) -> Option<Digest> {
+        let hex = path.file_name()?.to_str()?;
+        let shard = path.parent()?;
+        let algorithm = Algorithm::from_name(shard.parent()?.file_name()?.to_str()?)?;
+        let digest = Digest::from_hex(algorithm, hex).ok()?;
+        (shard.file_name()?.to_str()? == &hex[..2]).then_some(digest)
     }
 
     /// The final path of a blob.
@@ -77,12 +93,13 @@ impl Layout {
 
     /// [`Layout::create_dirs`], with the fsyncs only when `sync` (see `StoreOptions::sync`).
     pub(crate) fn make_dirs(&self, sync: bool) -> Result<()> {
-        for dir in [self.blobs(), self.tmp(), self.quarantine()] {
-            fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        let algorithms = Algorithm::ALL.map(|a| self.algorithm_dir(a));
+        for dir in algorithms.iter().chain([&self.tmp(), &self.quarantine()]) {
+            fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
         }
         if sync {
             sync_dir(&self.root)?;
-            sync_dir(&self.root.join("blobs"))?;
+            sync_dir(&self.blobs())?;
         }
         Ok(())
     }
@@ -142,10 +159,10 @@ impl RootLock {
             }
         }
         let holder = format!(
-            "pid {} on host {} since {} ms after the epoch",
+            "pid {} on host {} since {}",
             std::process::id(),
             hostname(),
-            unix_ms(SystemTime::now())
+            rfc3339(SystemTime::now())
         );
         file.set_len(0)
             .and_then(|()| file.write_all(holder.as_bytes()))
@@ -153,6 +170,14 @@ impl RootLock {
             .map_err(StoreError::io("write lock file", &path))?;
         Ok(Self { _file: file })
     }
+}
+
+/// A time as RFC 3339 (UTC, whole seconds), for people reading the lock file.
+fn rfc3339(time: SystemTime) -> String {
+    let secs = i64::try_from(unix_ms(time) / 1000).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_second(secs)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| format!("{secs} s after the epoch"))
 }
 
 /// The machine's host name, from the kernel (Linux) or the environment; "unknown" otherwise.
@@ -192,6 +217,10 @@ mod tests {
             message.contains(&format!("pid {}", std::process::id())),
             "{message}"
         );
+        // When it took the root, as a time people read: "since 2026-12-02T13:50:12Z".
+        let since = message.split(" since ").nth(1).unwrap_or_default();
+        let stamp = since.split(')').next().unwrap_or_default();
+        assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{message}");
         drop(first);
         RootLock::acquire(&layout).unwrap();
     }

@@ -6,35 +6,29 @@
 //! manifest with the cache config as its config). Every descriptor is a reference: the
 //! registry checks presence per descriptor, whatever its media type, which is what makes
 //! BuildKit's index form (entries that are blobs, not manifests) work.
+//!
+//! The one exception is a non-distributable layer (the image spec's
+//! `…layer.nondistributable.v1.tar[+gzip|+zstd]`, Docker's foreign layer) with `urls`:
+//! clients fetch it from those URLs and never push it, so it is recorded as
+//! [`Parsed::external`], never required present and never fetched by Kiln.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::media;
 use crate::store::error::{Result, StoreError};
-
-/// Media types of manifests and indexes that the store knows by name. Any other media type
-/// is accepted when the body parses (artifacts use their own), and recorded as given.
-pub mod media_types {
-    /// OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// Docker schema 2 manifest.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// Docker schema 2 manifest list.
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// BuildKit's cache configuration blob.
-    pub const BUILDKIT_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
-}
 
 /// The references of one manifest, as recorded in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parsed {
-    /// Everything the manifest needs present: config, layers, index entries, artifact
-    /// blobs. Sorted and without duplicates.
+    /// Everything the manifest references: config, layers, index entries, artifact
+    /// blobs. Sorted and without duplicates. All must be present but [`Parsed::external`].
     pub references: Vec<Digest>,
+    /// The references that live at URLs of their own (non-distributable layers with
+    /// `urls`): part of `references`, but not pushed, so not required present. Sorted.
+    pub external: Vec<Digest>,
     /// The manifest this one refers to (the referrers API), if any. Not required present.
     pub subject: Option<Digest>,
     /// `artifactType`, or the config's media type when that is absent (as the referrers
@@ -69,6 +63,19 @@ struct Body {
 struct Descriptor {
     media_type: Option<String>,
     digest: String,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+impl Descriptor {
+    /// A layer whose content clients fetch from its URLs.
+    fn is_external(&self) -> bool {
+        !self.urls.is_empty()
+            && self
+                .media_type
+                .as_deref()
+                .is_some_and(|t| media::NON_DISTRIBUTABLE_LAYERS.contains(&t))
+    }
 }
 
 /// Parses a manifest body and lists what it references.
@@ -93,6 +100,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed> {
             .map_err(|err| invalid(format!("{field}: {err}")))
     };
     let mut references = Vec::new();
+    let mut external = Vec::new();
     if let Some(config) = &body.config {
         references.push(digest_of("config", config)?);
     }
@@ -102,11 +110,17 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed> {
         ("blobs", &body.blobs),
     ] {
         for descriptor in list {
-            references.push(digest_of(field, descriptor)?);
+            let digest = digest_of(field, descriptor)?;
+            if field == "layers" && descriptor.is_external() {
+                external.push(digest);
+            }
+            references.push(digest);
         }
     }
     references.sort();
     references.dedup();
+    external.sort();
+    external.dedup();
     let subject = body
         .subject
         .as_ref()
@@ -118,6 +132,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed> {
         .or_else(|| body.config.as_ref().and_then(|c| c.media_type.clone()));
     Ok(Parsed {
         references,
+        external,
         subject,
         artifact_type,
         annotations: body.annotations,
@@ -139,7 +154,7 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":1}},
                "layers":[{{"digest":"{}","size":1}},{{"digest":"{}","size":1}}],
                "subject":{{"digest":"{}","size":1}},"annotations":{{"a":"b"}}}}"#,
-            media_types::OCI_MANIFEST,
+            media::OCI_MANIFEST,
             d(1),
             d(3),
             d(2),
@@ -163,9 +178,9 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[
                 {{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":1}},
                 {{"mediaType":"{}","digest":"{}","size":1}}]}}"#,
-            media_types::OCI_INDEX,
+            media::OCI_INDEX,
             d(1),
-            media_types::BUILDKIT_CACHE_CONFIG,
+            media::BUILDKIT_CACHE_CONFIG,
             d(2)
         );
         let parsed = parse(body.as_bytes()).unwrap();

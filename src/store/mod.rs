@@ -69,6 +69,7 @@ mod handle;
 mod index;
 pub mod layout;
 pub mod manifest;
+mod migrate;
 pub mod storage;
 pub mod sweep;
 pub mod tables;
@@ -92,7 +93,8 @@ pub use handle::{Store, StoreOptions};
 pub use storage::Storage;
 pub use sweep::{GcOptions, GcReport, ItemKind, Removal};
 pub use types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference, Referrer,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer,
     RepositoryDeleted, TagEntry, UploadStatus,
 };
+pub use uploads::ExpiredUploads;
 pub use verify::{Problem, RecoveryReport, VerifyOptions, VerifyReport};

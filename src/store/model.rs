@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::store::clock::{Clock, millis};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
@@ -14,8 +15,8 @@ use crate::store::manifest;
 use crate::store::storage::Storage;
 use crate::store::sweep::{GcOptions, GcReport};
 use crate::store::types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Reference,
-    RepositoryDeleted, TagEntry, validate_repo, validate_tag,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, RepositoryDeleted,
+    TagEntry, validate_repo,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -58,6 +59,7 @@ impl Model {
             size: bytes.len() as u64,
             created_ms: now,
             accessed_ms: now,
+            pushed_ms: now,
         });
     }
 
@@ -77,8 +79,10 @@ impl Model {
             size: bytes.len() as u64,
             created_ms: now,
             accessed_ms: now,
+            pushed_ms: now,
         });
         blob.accessed_ms = blob.accessed_ms.max(now);
+        blob.pushed_ms = blob.pushed_ms.max(now);
         state.links.insert((repo.to_owned(), digest));
         BlobInfo {
             digest,
@@ -134,21 +138,19 @@ impl Storage for Model {
         bytes: &[u8],
     ) -> Result<ManifestInfo> {
         validate_repo(repo)?;
-        if let Reference::Tag(tag) = reference {
-            validate_tag(tag)?;
-        }
         let parsed = manifest::parse(bytes)?;
         let digest = Digest::of(bytes);
         if let Reference::Digest(expected) = reference
             && *expected != digest
         {
-            return Err(StoreError::DigestMismatch {
-                expected: *expected,
-                actual: digest,
-            });
+            return Err(StoreError::digest_mismatch(*expected, digest));
         }
         let mut state = lock(&self.state);
-        for reference in &parsed.references {
+        for reference in parsed
+            .references
+            .iter()
+            .filter(|d| !parsed.external.contains(d))
+        {
             if !state.links.contains(&(repo.to_owned(), *reference))
                 || !state.blobs.contains_key(reference)
             {
@@ -172,10 +174,13 @@ impl Storage for Model {
             artifact_type: parsed.artifact_type,
             annotations: parsed.annotations,
             on_demand: false,
+            external: parsed.external,
         };
         state.manifests.insert(digest, info.clone());
         if let Reference::Tag(tag) = reference {
-            state.tags.insert((repo.to_owned(), tag.clone()), digest);
+            state
+                .tags
+                .insert((repo.to_owned(), tag.to_string()), digest);
         }
         Ok(info)
     }
@@ -184,7 +189,7 @@ impl Storage for Model {
         let state = lock(&self.state);
         let digest = match reference {
             Reference::Digest(d) => *d,
-            Reference::Tag(tag) => match state.tags.get(&(repo.to_owned(), tag.clone())) {
+            Reference::Tag(tag) => match state.tags.get(&(repo.to_owned(), tag.to_string())) {
                 Some(d) => *d,
                 None => return Ok(None),
             },
@@ -202,6 +207,10 @@ impl Storage for Model {
             return Ok(false);
         }
         state.links.insert((to.to_owned(), digest));
+        let now = self.clock.now_ms();
+        if let Some(blob) = state.blobs.get_mut(&digest) {
+            blob.pushed_ms = blob.pushed_ms.max(now);
+        }
         Ok(true)
     }
 
@@ -252,14 +261,14 @@ impl Storage for Model {
             return Err(StoreError::NameInvalid {
                 what: "lease name",
                 value: String::new(),
-                reason: "empty",
+                reason: "empty".into(),
             });
         }
         let mut state = lock(&self.state);
         let mut digests = BTreeSet::new();
         for target in targets {
             match target {
-                LeaseTarget::Digest(d) => {
+                LeaseTarget::Digest { digest: d } => {
                     if !state.blobs.contains_key(d) {
                         return Err(StoreError::LeaseTargetMissing {
                             name: name.to_owned(),
@@ -268,8 +277,11 @@ impl Storage for Model {
                     }
                     digests.insert(*d);
                 }
-                LeaseTarget::Tag { repo, tag } => {
-                    if let Some(d) = state.tags.get(&(repo.clone(), tag.clone())) {
+                LeaseTarget::Tag {
+                    repository: repo,
+                    tag,
+                } => {
+                    if let Some(d) = state.tags.get(&(repo.to_string(), tag.to_string())) {
                         digests.insert(*d);
                     }
                 }
@@ -309,6 +321,19 @@ impl Storage for Model {
         }
         report.leases_removed = expired.len() as u64;
         let grace = millis(options.grace);
+        // A push in progress: pushed, mounted or checked within the window, and reached by
+        // no tag (a tag's content lives and dies with the tag).
+        // A push in progress: pushed, mounted or checked within the window, and later than
+        // every tagged manifest that reaches it (what an image brought lives and dies with
+        // its tag).
+        let covered = |digest: &Digest| {
+            state
+                .tags
+                .values()
+                .filter(|m| reach(&state, [**m]).contains(digest))
+                .map(|m| state.blobs[m].pushed_ms)
+                .max()
+        };
         let pinned: Vec<Digest> = state
             .leases
             .values()
@@ -317,7 +342,10 @@ impl Storage for Model {
                 state
                     .blobs
                     .values()
-                    .filter(|b| b.created_ms.saturating_add(grace) > now)
+                    .filter(|b| {
+                        b.pushed_ms.saturating_add(grace) > now
+                            && covered(&b.digest).is_none_or(|t| b.pushed_ms > t)
+                    })
                     .map(|b| b.digest),
             )
             .collect();
@@ -588,7 +616,7 @@ mod tests {
                         index(*k)
                     };
                     let reference = match t {
-                        Some(t) => Reference::Tag(TAGS[*t].to_owned()),
+                        Some(t) => Reference::tag(TAGS[*t]).unwrap(),
                         None => Reference::Digest(Digest::of(&body)),
                     };
                     (
@@ -634,8 +662,8 @@ mod tests {
                 Op::LeaseTag(n, r, t, ttl) => {
                     let name = format!("lease-{n}");
                     let targets = [LeaseTarget::Tag {
-                        repo: REPOS[*r].to_owned(),
-                        tag: TAGS[*t].to_owned(),
+                        repository: RepoName::parse(REPOS[*r]).unwrap(),
+                        tag: Tag::parse(TAGS[*t]).unwrap(),
                     }];
                     let ttl = Duration::from_secs(u64::from(*ttl) * 60);
                     (

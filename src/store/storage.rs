@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::Reference;
 use crate::store::error::Result;
 use crate::store::handle::Store;
 use crate::store::sweep::{GcOptions, GcReport};
-use crate::store::types::{
-    BlobInfo, Lease, LeaseTarget, Listing, ManifestInfo, Reference, RepositoryDeleted,
-};
+use crate::store::types::{BlobInfo, Lease, LeaseTarget, Listing, ManifestInfo, RepositoryDeleted};
 
 /// A cache store's contract (see `contract.rs` for the suite that pins it down).
 pub trait Storage {

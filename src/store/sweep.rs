@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 
-use crate::digest::Digest;
+use crate::oci::digest::{Digest, KEY_MAX};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::gc::{self, Graph, ManifestEdges, Node, Plan, Policy, Reason};
@@ -102,8 +102,13 @@ pub struct GcReport {
     pub bytes_after: u64,
     /// Candidates kept because a concurrent write made them reachable (or was writing them).
     pub kept_by_concurrent_writes: u64,
-    /// `keep_storage` could not be met: leases and the grace window hold more.
+    /// `keep_storage` could not be met: leases and pushes in progress hold more.
     pub ceiling_unmet: bool,
+    /// Bytes unexpired leases held at the mark.
+    pub held_by_leases: u64,
+    /// Bytes pushes in progress held at the mark (pushed or checked within the grace
+    /// window, reached by no tag).
+    pub held_by_pushes: u64,
     /// The removals, in order, up to the listing limit.
     pub removed: Vec<Removal>,
     /// Removals beyond the listing limit (counted, logged, not listed).
@@ -170,10 +175,11 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         let row = BlobRow::decode(value.value());
         nodes.push(Node {
-            digest: tables::digest(key.value()),
+            digest: tables::digest(key.value())?,
             size: row.size,
             created_ms: row.created_ms,
             accessed_ms: row.accessed_ms,
+            pushed_ms: row.pushed_ms,
         });
     }
     let manifests_table = txn
@@ -184,7 +190,7 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         let row: ManifestEdgesRow = tables::decode("manifests", value.value())?;
         manifests.push(ManifestEdges {
-            digest: tables::digest(key.value()),
+            digest: tables::digest(key.value())?,
             references: row.references,
             subject: row.subject,
         });
@@ -199,7 +205,7 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
         tags.push((
             repo.to_owned(),
             tag.to_owned(),
-            tables::digest(value.value()),
+            tables::digest(value.value())?,
         ));
     }
     let leases_table = txn
@@ -240,7 +246,7 @@ impl CandidateLinks {
         for entry in table.iter().map_err(StoreError::db(action))? {
             let (key, _) = entry.map_err(StoreError::db(action))?;
             let (repo, digest) = key.value();
-            let digest = tables::digest(digest);
+            let digest = tables::digest(digest)?;
             if candidates.binary_search(&digest).is_err() {
                 continue;
             }
@@ -327,6 +333,8 @@ impl Store {
             dry_run: options.dry_run,
             bytes_before: plan.bytes_before,
             ceiling_unmet: plan.ceiling_unmet,
+            held_by_leases: plan.held_by_leases,
+            held_by_pushes: plan.held_by_pushes,
             mark_ms: elapsed_ms(started),
             ..GcReport::default()
         };
@@ -374,7 +382,8 @@ impl Store {
                 let current = tags
                     .get(key)
                     .map_err(StoreError::db(action))?
-                    .map(|v| tables::digest(v.value()));
+                    .map(|v| tables::digest(v.value()))
+                    .transpose()?;
                 if current != Some(eviction.digest) || protected.contains(&eviction.digest) {
                     // Re-pushed since the mark: it is in use again.
                     protected.add(eviction.digest);
@@ -475,7 +484,7 @@ impl Store {
                         continue;
                     }
                     if blobs
-                        .remove(digest.as_bytes())
+                        .remove(digest.to_key().as_slice())
                         .map_err(StoreError::db(action))?
                         .is_none()
                     {
@@ -483,7 +492,7 @@ impl Store {
                         continue;
                     }
                     let manifest: Option<ManifestEdgesRow> = match manifests
-                        .remove(digest.as_bytes())
+                        .remove(digest.to_key().as_slice())
                         .map_err(StoreError::db(action))?
                     {
                         Some(row) => Some(tables::decode("manifests", row.value())?),
@@ -491,12 +500,12 @@ impl Store {
                     };
                     if let Some(subject) = manifest.as_ref().and_then(|m| m.subject) {
                         referrers
-                            .remove((*subject.as_bytes(), *digest.as_bytes()))
+                            .remove((subject.to_key().as_slice(), digest.to_key().as_slice()))
                             .map_err(StoreError::db(action))?;
                     }
                     for repo in links.of(&digest) {
                         if links_table
-                            .remove((repo, *digest.as_bytes()))
+                            .remove((repo, digest.to_key().as_slice()))
                             .map_err(StoreError::db(action))?
                             .is_some()
                         {
@@ -583,20 +592,20 @@ impl Protected {
             .map_err(StoreError::db(action))?;
         while let Some(digest) = self.frontier.pop() {
             if let Some(row) = manifests
-                .get(digest.as_bytes())
+                .get(digest.to_key().as_slice())
                 .map_err(StoreError::db(action))?
             {
                 let row: ManifestEdgesRow = tables::decode("manifests", row.value())?;
                 self.extend(row.references);
             }
-            let subject = *digest.as_bytes();
+            let subject = digest.to_key();
             let mut found = Vec::new();
             for entry in referrers
-                .range((subject, [0u8; 32])..=(subject, [0xffu8; 32]))
+                .range((subject.as_slice(), &[][..])..=(subject.as_slice(), &KEY_MAX[..]))
                 .map_err(StoreError::db(action))?
             {
                 let (key, _) = entry.map_err(StoreError::db(action))?;
-                found.push(tables::digest(key.value().1));
+                found.push(tables::digest(key.value().1)?);
             }
             self.extend(found);
         }

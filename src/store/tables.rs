@@ -1,28 +1,33 @@
 //! The metadata schema: redb table definitions and the rows they hold (pure encoding).
 //!
-//! Keys are digests as their 32 raw bytes and names as strings, so redb's key order is
-//! the order of every listing (invariant 6: no listing depends on hash-map order).
-//! A repository exists while it has a link; it has no row of its own, so there is no
-//! count to leak.
+//! Keys are digests in their binary form ([`Digest::to_key`]: an algorithm byte, then the
+//! hash) and names as strings, so redb's key order is the order of every listing
+//! (invariant 6: no listing depends on hash-map order). A repository exists while it has a
+//! link; it has no row of its own, so there is no count to leak.
+//!
+//! The names carry the schema's version: the first schema keyed sha256 digests by their
+//! 32 raw bytes, and [`crate::store::migrate`] moves a store written by it to these tables.
 
 use std::collections::BTreeMap;
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::store::error::{Result, StoreError};
+use crate::store::manifest::Parsed;
 
-/// digest → (size, created ms, last access ms). Every blob, manifests included.
-pub const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64)> = TableDefinition::new("blobs");
+/// digest → (size, created ms, last access ms, last push ms). Every blob, manifests
+/// included.
+pub const BLOBS: TableDefinition<&[u8], (u64, u64, u64, u64)> = TableDefinition::new("blobs.v2");
 /// digest → [`ManifestRow`] as JSON. A manifest is also a blob (its exact bytes).
-pub const MANIFESTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("manifests");
+pub const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests.v2");
 /// (repository, tag) → manifest digest.
-pub const TAGS: TableDefinition<(&str, &str), [u8; 32]> = TableDefinition::new("tags");
+pub const TAGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tags.v2");
 /// (repository, digest) → (): the blob or manifest is part of that repository.
-pub const LINKS: TableDefinition<(&str, [u8; 32]), ()> = TableDefinition::new("links");
+pub const LINKS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("links.v2");
 /// (subject digest, referrer manifest digest) → (): the referrers index.
-pub const REFERRERS: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("referrers");
+pub const REFERRERS: TableDefinition<(&[u8], &[u8]), ()> = TableDefinition::new("referrers.v2");
 /// lease name → [`LeaseRow`] as JSON.
 pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// upload id → [`UploadRow`] as JSON.
@@ -37,20 +42,34 @@ pub struct BlobRow {
     pub created_ms: u64,
     /// When it was last pulled, pushed or committed (ms after the epoch).
     pub accessed_ms: u64,
+    /// When a client last pushed it, mounted it or asked whether it is there (HEAD): a
+    /// push in progress, which GC's grace window protects (ms after the epoch).
+    pub pushed_ms: u64,
 }
 
 impl BlobRow {
+    /// A row for a blob committed now.
+    pub fn new(size: u64, now: u64) -> Self {
+        Self {
+            size,
+            created_ms: now,
+            accessed_ms: now,
+            pushed_ms: now,
+        }
+    }
+
     /// The tuple stored in [`BLOBS`].
-    pub fn encode(self) -> (u64, u64, u64) {
-        (self.size, self.created_ms, self.accessed_ms)
+    pub fn encode(self) -> (u64, u64, u64, u64) {
+        (self.size, self.created_ms, self.accessed_ms, self.pushed_ms)
     }
 
     /// Reads the tuple stored in [`BLOBS`].
-    pub fn decode((size, created_ms, accessed_ms): (u64, u64, u64)) -> Self {
+    pub fn decode((size, created_ms, accessed_ms, pushed_ms): (u64, u64, u64, u64)) -> Self {
         Self {
             size,
             created_ms,
             accessed_ms,
+            pushed_ms,
         }
     }
 }
@@ -73,6 +92,33 @@ pub struct ManifestRow {
     /// ordinary manifests encode as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_demand: bool,
+    /// The references that live at URLs of their own (non-distributable layers): absent
+    /// ones are expected. Omitted when empty, like `on_demand`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<Digest>,
+}
+
+impl ManifestRow {
+    /// The row of a parsed manifest, stored with `media_type`; `on_demand` for a mirror's.
+    pub fn new(parsed: Parsed, media_type: String, on_demand: bool) -> Self {
+        let Parsed {
+            references,
+            external,
+            subject,
+            artifact_type,
+            annotations,
+            media_type: _,
+        } = parsed;
+        Self {
+            media_type,
+            references,
+            subject,
+            artifact_type,
+            annotations,
+            on_demand,
+            external,
+        }
+    }
 }
 
 /// The part of a [`ManifestRow`] that GC reads: what the manifest leads to. Decoding only
@@ -119,8 +165,11 @@ pub fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -
 }
 
 /// The digest stored as a key or value.
-pub fn digest(bytes: [u8; 32]) -> Digest {
-    Digest::from_bytes(bytes)
+pub fn digest(key: &[u8]) -> Result<Digest> {
+    Digest::from_key(key).map_err(|err| StoreError::RowCorrupt {
+        table: "a digest key",
+        reason: err.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +185,7 @@ mod tests {
             artifact_type: None,
             annotations: BTreeMap::from([("k".into(), "v".into())]),
             on_demand: false,
+            external: Vec::new(),
         };
         assert_eq!(
             decode::<ManifestRow>("manifests", &encode(&row)).unwrap(),
@@ -174,6 +224,7 @@ mod tests {
             size: 1,
             created_ms: 2,
             accessed_ms: 3,
+            pushed_ms: 4,
         };
         assert_eq!(BlobRow::decode(blob.encode()), blob);
     }

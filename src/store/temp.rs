@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::digest::{Digest, Hasher};
+use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::store::error::{Result, StoreError};
 
 /// Blobs up to this size are hashed on the caller's thread: a thread is not worth it.
@@ -152,15 +152,15 @@ impl Helper {
 }
 
 impl TempBlob {
-    /// Creates the temp file at `path`; `writeback`: the file will be fsynced, so start
-    /// writing it to disk as it grows.
-    pub(crate) fn create(path: PathBuf, writeback: bool) -> Result<Self> {
+    /// Creates the temp file at `path`, hashed with `algorithm`; `writeback`: the file will
+    /// be fsynced, so start writing it to disk as it grows.
+    pub(crate) fn create(path: PathBuf, writeback: bool, algorithm: Algorithm) -> Result<Self> {
         let file = File::create(&path).map_err(StoreError::io("create temp file", &path))?;
         Ok(Self {
             path,
             file: Some(file),
             pending: Vec::new(),
-            hash: Hash::Inline(Hasher::new()),
+            hash: Hash::Inline(Hasher::with(algorithm)),
             written: 0,
             writeback,
             written_back: 0,
@@ -293,7 +293,7 @@ mod tests {
     fn write_in_chunks(sizes: &[usize]) -> (Digest, u64, Vec<u8>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         // With writeback: it must not change what lands in the file.
-        let mut temp = TempBlob::create(dir.path().join("t"), true).unwrap();
+        let mut temp = TempBlob::create(dir.path().join("t"), true, Algorithm::Sha256).unwrap();
         let mut all = Vec::new();
         for (i, &size) in sizes.iter().enumerate() {
             let chunk: Vec<u8> = (0..size).map(|j| (i * 31 + j * 7) as u8).collect();
@@ -330,7 +330,7 @@ mod tests {
     fn a_dropped_temp_blob_removes_its_file_even_with_a_helper_running() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let mut temp = TempBlob::create(path.clone(), false).unwrap();
+        let mut temp = TempBlob::create(path.clone(), false, Algorithm::Sha256).unwrap();
         temp.write(&vec![7u8; (HELPER_FROM as usize) + 1]).unwrap();
         assert!(matches!(temp.hash, Hash::Helper(_)));
         drop(temp);

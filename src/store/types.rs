@@ -1,12 +1,11 @@
 //! The values the store's API takes and returns (pure).
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
+use crate::oci::name::{RepoName, Tag};
 use crate::store::error::StoreError;
 
 /// A blob as the store has it.
@@ -38,109 +37,47 @@ pub struct ManifestInfo {
     /// Stored by the pull-through mirror: its references are fetched from the upstream on
     /// demand and may be absent (see [`crate::store::Store::put_mirrored_manifest`]).
     pub on_demand: bool,
+    /// The references that live at URLs of their own (non-distributable layers with
+    /// `urls`): never pushed, so never required present.
+    pub external: Vec<Digest>,
 }
 
-/// How a manifest is named in a request: by tag or by digest.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reference {
-    /// A tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
-    Tag(String),
-    /// A digest.
-    Digest(Digest),
-}
-
-impl Reference {
-    /// A tag reference, checked against the OCI tag grammar.
-    pub fn tag(tag: &str) -> Result<Self, StoreError> {
-        validate_tag(tag)?;
-        Ok(Self::Tag(tag.to_owned()))
+impl ManifestInfo {
+    /// Whether `reference` may be absent from the store without anything being wrong.
+    pub fn may_lack(&self, reference: &Digest) -> bool {
+        self.on_demand || self.external.contains(reference)
     }
 }
 
-impl FromStr for Reference {
-    type Err = StoreError;
-
-    /// `sha256:…` is a digest (and must be a valid one); anything else must be a valid tag.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.contains(':') {
-            text.parse()
-                .map(Self::Digest)
-                .map_err(|_| StoreError::NameInvalid {
-                    what: "digest",
-                    value: text.to_owned(),
-                    reason: "expected sha256:<64 lowercase hex>",
-                })
-        } else {
-            Self::tag(text)
-        }
-    }
-}
-
-impl fmt::Display for Reference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tag(tag) => f.write_str(tag),
-            Self::Digest(digest) => digest.fmt(f),
-        }
-    }
-}
-
-/// Checks a tag against the OCI grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-pub fn validate_tag(tag: &str) -> Result<(), StoreError> {
-    let invalid = |reason| StoreError::NameInvalid {
-        what: "tag",
-        value: tag.to_owned(),
-        reason,
-    };
-    let mut chars = tag.chars();
-    let Some(first) = chars.next() else {
-        return Err(invalid("empty"));
-    };
-    if tag.len() > 128 {
-        return Err(invalid("longer than 128 characters"));
-    }
-    if !(first.is_ascii_alphanumeric() || first == '_') {
-        return Err(invalid("must start with a letter, digit or underscore"));
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        return Err(invalid(
-            "only letters, digits, '_', '.' and '-' are allowed",
-        ));
-    }
-    Ok(())
-}
-
-/// Checks what the store itself needs of a repository name: non-empty, at most 255
-/// bytes, no control characters. The registry applies the full OCI grammar before this.
+/// Checks a repository name against the OCI grammar ([`RepoName`]): the store keeps no
+/// second grammar of its own.
 pub fn validate_repo(repo: &str) -> Result<(), StoreError> {
-    let invalid = |reason| StoreError::NameInvalid {
-        what: "repository",
-        value: repo.to_owned(),
-        reason,
-    };
-    if repo.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if repo.len() > 255 {
-        return Err(invalid("longer than 255 bytes"));
-    }
-    if repo.chars().any(char::is_control) {
-        return Err(invalid("contains control characters"));
-    }
-    Ok(())
+    RepoName::parse(repo)
+        .map(drop)
+        .map_err(|err| StoreError::NameInvalid {
+            what: "repository",
+            value: repo.to_owned(),
+            reason: err.to_string(),
+        })
 }
 
-/// What a lease holds: a digest, or whatever a tag points to when the lease is taken.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// What a lease holds: a digest, or whatever a tag points to when the lease is taken. The
+/// admin API's wire form: `{"digest":"sha256:…"}` or
+/// `{"repository":"team-a/cache","tag":"buildkit"}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum LeaseTarget {
     /// A blob or manifest, which must be present.
-    Digest(Digest),
+    Digest {
+        /// The digest.
+        digest: Digest,
+    },
     /// The manifest a tag points to now; a tag that does not exist yet holds nothing.
     Tag {
         /// The repository.
-        repo: String,
+        repository: RepoName,
         /// The tag.
-        tag: String,
+        tag: Tag,
     },
 }
 
@@ -186,6 +123,8 @@ pub struct BlobEntry {
     pub created_ms: u64,
     /// When it was last used (ms after the epoch).
     pub accessed_ms: u64,
+    /// When a client last pushed, mounted or checked it (ms after the epoch).
+    pub pushed_ms: u64,
 }
 
 /// A referrer of a subject, for the referrers API.
@@ -270,26 +209,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn references_parse_as_tag_or_digest() {
-        let digest = Digest::of(b"");
-        assert_eq!(
-            digest.to_string().parse::<Reference>().unwrap(),
-            Reference::Digest(digest)
-        );
-        assert_eq!(
-            "v1.0_rc-1".parse::<Reference>().unwrap(),
-            Reference::Tag("v1.0_rc-1".into())
-        );
-        for bad in ["", ".x", "-x", "a/b", "sha256:zz", &"a".repeat(129)] {
-            assert!(bad.parse::<Reference>().is_err(), "{bad:?}");
+    fn repository_names_follow_the_one_grammar() {
+        assert!(validate_repo("team/app").is_ok());
+        for bad in ["", "a\nb", "Team/app", "a//b", &"a".repeat(256)] {
+            assert!(validate_repo(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn repository_names_need_only_be_sane_here() {
-        assert!(validate_repo("team/app").is_ok());
-        assert!(validate_repo("").is_err());
-        assert!(validate_repo("a\nb").is_err());
-        assert!(validate_repo(&"a".repeat(256)).is_err());
+    fn lease_targets_are_the_admin_api_wire_form() {
+        let digest = Digest::of(b"");
+        let targets = [
+            LeaseTarget::Digest { digest },
+            LeaseTarget::Tag {
+                repository: RepoName::parse("team-a/cache").unwrap(),
+                tag: Tag::parse("buildkit").unwrap(),
+            },
+        ];
+        let json = serde_json::to_value(&targets).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"digest": digest.to_string()},
+                {"repository": "team-a/cache", "tag": "buildkit"},
+            ])
+        );
+        assert_eq!(
+            serde_json::from_value::<Vec<LeaseTarget>>(json).unwrap(),
+            targets
+        );
     }
 }

@@ -141,7 +141,7 @@ fn remove_all(files: Vec<Doomed>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use crate::oci::digest::Digest;
     use crate::store::flight::Flights;
 
     #[test]

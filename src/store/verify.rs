@@ -12,10 +12,11 @@ use std::sync::{Mutex, OnceLock};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
-use crate::digest::{Digest, Hasher};
+use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
+use crate::store::layout::Layout;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
 
 /// One thing `verify` (or recovery) found wrong.
@@ -179,40 +180,54 @@ impl VerifyReport {
 }
 
 /// The digests of every file under `blobs/`, plus the paths that are not blob names.
-fn scan_blob_files(blobs_dir: &Path) -> Result<(BTreeMap<Digest, PathBuf>, Vec<PathBuf>)> {
+fn scan_blob_files(layout: &Layout) -> Result<(BTreeMap<Digest, PathBuf>, Vec<PathBuf>)> {
     let mut files = BTreeMap::new();
     let mut strays = Vec::new();
-    let shards = match fs::read_dir(blobs_dir) {
-        Ok(shards) => shards,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((files, strays)),
-        Err(err) => return Err(StoreError::io("list", blobs_dir)(err)),
-    };
-    for shard in shards {
-        let shard = shard.map_err(StoreError::io("list", blobs_dir))?;
-        let shard_path = shard.path();
-        if !shard_path.is_dir() {
-            strays.push(shard_path);
+    let blobs_dir = layout.blobs();
+    for algorithm_dir in list_dir(&blobs_dir)? {
+        let known = algorithm_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(Algorithm::from_name)
+            .is_some();
+        if !known || !algorithm_dir.is_dir() {
+            strays.push(algorithm_dir);
             continue;
         }
-        let shard_name = shard.file_name().to_string_lossy().into_owned();
-        for entry in fs::read_dir(&shard_path).map_err(StoreError::io("list", &shard_path))? {
-            let entry = entry.map_err(StoreError::io("list", &shard_path))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match Digest::from_hex(&name) {
-                Ok(digest) if name.starts_with(&shard_name) => {
-                    files.insert(digest, entry.path());
+        for shard in list_dir(&algorithm_dir)? {
+            if !shard.is_dir() {
+                strays.push(shard);
+                continue;
+            }
+            for path in list_dir(&shard)? {
+                match layout.digest_at(&path) {
+                    Some(digest) => {
+                        files.insert(digest, path);
+                    }
+                    None => strays.push(path),
                 }
-                _ => strays.push(entry.path()),
             }
         }
     }
     Ok((files, strays))
 }
 
-/// Hashes a file.
-fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+/// The entries of a directory (none when it does not exist).
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(StoreError::io("list", dir)(err)),
+    };
+    entries
+        .map(|entry| entry.map(|e| e.path()).map_err(StoreError::io("list", dir)))
+        .collect()
+}
+
+/// Hashes a file with `algorithm`.
+pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(Digest, u64)> {
     let mut file = fs::File::open(path)?;
-    let mut hasher = Hasher::new();
+    let mut hasher = Hasher::with(algorithm);
     // No bigger than the file (plus one byte to see its end in one read): most blobs are
     // small, and zeroing a large buffer for each would cost more than hashing them.
     let len = file.metadata()?.len().saturating_add(1).min(1 << 20);
@@ -273,7 +288,7 @@ impl Store {
                 .count();
             Ok(removed as u64)
         })?;
-        let (files, strays) = scan_blob_files(&self.inner.layout.blobs())?;
+        let (files, strays) = scan_blob_files(&self.inner.layout)?;
         for stray in strays {
             if stray.is_file() {
                 report.quarantined.push(self.quarantine(&stray)?);
@@ -285,7 +300,7 @@ impl Store {
             if rows.contains_key(digest) {
                 continue;
             }
-            match hash_file(path) {
+            match hash_file(path, digest.algorithm()) {
                 Ok((actual, size)) if actual == *digest => adopt.push((*digest, size)),
                 _ => report.quarantined.push(self.quarantine(path)?),
             }
@@ -301,13 +316,9 @@ impl Store {
                 .open_table(tables::BLOBS)
                 .map_err(StoreError::db("recover"))?;
             for (digest, size) in &adopt {
-                let row = BlobRow {
-                    size: *size,
-                    created_ms: now,
-                    accessed_ms: now,
-                };
+                let row = BlobRow::new(*size, now);
                 blobs
-                    .insert(digest.as_bytes(), row.encode())
+                    .insert(digest.to_key().as_slice(), row.encode())
                     .map_err(StoreError::db("recover"))?;
             }
             drop(blobs);
@@ -345,7 +356,7 @@ impl Store {
         let mut rows = BTreeMap::new();
         for entry in blobs.iter().map_err(StoreError::db("read blobs"))? {
             let (key, value) = entry.map_err(StoreError::db("read blobs"))?;
-            rows.insert(tables::digest(key.value()), BlobRow::decode(value.value()));
+            rows.insert(tables::digest(key.value())?, BlobRow::decode(value.value()));
         }
         Ok(rows)
     }
@@ -361,7 +372,7 @@ impl Store {
         };
         // Files first, then rows: an ingest renames before it commits its row, so a row
         // read later whose file the scan missed is looked up again, not reported.
-        let (mut files, strays) = scan_blob_files(&self.inner.layout.blobs())?;
+        let (mut files, strays) = scan_blob_files(&self.inner.layout)?;
         let rows = self.blob_rows()?;
         for digest in rows.keys() {
             let path = self.inner.layout.blob(digest);
@@ -503,9 +514,7 @@ impl Store {
         self.remove_files(&dropped, &lost)?;
         report.dropped = dropped.into_iter().collect();
         for orphan in orphans {
-            let digest = orphan
-                .file_name()
-                .and_then(|n| Digest::from_hex(&n.to_string_lossy()).ok());
+            let digest = self.inner.layout.digest_at(orphan);
             // Quarantine only what is still an orphan: an ingest may have committed since.
             let guard = digest.and_then(|d| self.inner.flights.try_claim(d));
             if let (Some(digest), Some(_guard)) = (digest, guard)
@@ -536,7 +545,7 @@ impl Store {
                 };
                 let path = self.inner.layout.blob(&digest);
                 let result = if options.rehash {
-                    hash_file(&path)
+                    hash_file(&path, digest.algorithm())
                 } else {
                     fs::metadata(&path).map(|m| (digest, m.len()))
                 };
@@ -581,8 +590,9 @@ impl Store {
                 dangling("manifests", manifest.digest.to_string(), manifest.digest);
             }
             for reference in &manifest.references {
-                // A mirror's manifest fetches its references on demand.
-                if !blobs.contains(reference) && !manifest.on_demand {
+                // A mirror's manifest fetches its references on demand; a non-distributable
+                // layer is never pushed.
+                if !blobs.contains(reference) && !manifest.may_lack(reference) {
                     dangling("manifests", manifest.digest.to_string(), *reference);
                 }
             }
@@ -633,14 +643,14 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
     for entry in manifests.iter().map_err(StoreError::db(action))? {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         rows.insert(
-            tables::digest(key.value()),
+            tables::digest(key.value())?,
             tables::decode("manifests", value.value())?,
         );
     }
     let mut present: BTreeSet<Digest> = BTreeSet::new();
     for entry in blobs.iter().map_err(StoreError::db(action))? {
         let (key, _) = entry.map_err(StoreError::db(action))?;
-        present.insert(tables::digest(key.value()));
+        present.insert(tables::digest(key.value())?);
     }
     let mut dropped: BTreeSet<Digest> = lost
         .iter()
@@ -656,10 +666,10 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
             .filter(|(digest, _)| !gone.contains(*digest))
             .filter(|(digest, row)| {
                 !present.contains(*digest)
-                    || row
-                        .references
-                        .iter()
-                        .any(|r| gone.contains(r) || (!row.on_demand && !present.contains(r)))
+                    || row.references.iter().any(|r| {
+                        let may_lack = row.on_demand || row.external.contains(r);
+                        gone.contains(r) || (!may_lack && !present.contains(r))
+                    })
             })
             .map(|(digest, _)| *digest)
             .collect();
@@ -678,15 +688,15 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
         .map_err(StoreError::db(action))?;
     for digest in &gone {
         blobs
-            .remove(digest.as_bytes())
+            .remove(digest.to_key().as_slice())
             .map_err(StoreError::db(action))?;
         if let Some(row) = rows.get(digest) {
             manifests
-                .remove(digest.as_bytes())
+                .remove(digest.to_key().as_slice())
                 .map_err(StoreError::db(action))?;
             if let Some(subject) = row.subject {
                 referrers
-                    .remove((*subject.as_bytes(), *digest.as_bytes()))
+                    .remove((subject.to_key().as_slice(), digest.to_key().as_slice()))
                     .map_err(StoreError::db(action))?;
             }
         }
@@ -696,21 +706,24 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
     // Referrer entries must match a live manifest whose subject they name.
     referrers
         .retain(|(subject, referrer), ()| {
-            let referrer = tables::digest(referrer);
+            let (Ok(referrer), Ok(subject)) = (tables::digest(referrer), tables::digest(subject))
+            else {
+                return false;
+            };
             manifest_alive(&referrer)
-                && rows.get(&referrer).and_then(|r| r.subject) == Some(tables::digest(subject))
+                && rows.get(&referrer).and_then(|r| r.subject) == Some(subject)
         })
         .map_err(StoreError::db(action))?;
     let mut tags = txn
         .open_table(tables::TAGS)
         .map_err(StoreError::db(action))?;
-    tags.retain(|_, target| manifest_alive(&tables::digest(target)))
+    tags.retain(|_, target| tables::digest(target).is_ok_and(|d| manifest_alive(&d)))
         .map_err(StoreError::db(action))?;
     let mut links = txn
         .open_table(tables::LINKS)
         .map_err(StoreError::db(action))?;
     links
-        .retain(|(_, digest), ()| alive(&tables::digest(digest)))
+        .retain(|(_, digest), ()| tables::digest(digest).is_ok_and(|d| alive(&d)))
         .map_err(StoreError::db(action))?;
     let mut leases = txn
         .open_table(tables::LEASES)

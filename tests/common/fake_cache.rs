@@ -18,8 +18,8 @@ use kiln::cacheapi::admin::{
     RepositoryDeleted, RepositoryUsage, TagDeleted,
 };
 use kiln::controller::context::{Clock, ManualClock};
-use kiln::digest::Digest;
-use kiln::registry::name::RepoName;
+use kiln::oci::digest::Digest;
+use kiln::oci::name::RepoName;
 use serde_json::json;
 
 /// The admin token the fake accepts.

@@ -27,6 +27,8 @@ pub struct Config {
     pub mirror_ttl: Option<Duration>,
     /// The header (and idle keep-alive) timeout (default 30 s).
     pub header_timeout: Option<Duration>,
+    /// How long an upload session may stay idle (default 1 h).
+    pub upload_ttl: Option<Duration>,
 }
 
 /// The token key of test servers.
@@ -97,7 +99,12 @@ impl KilnServer {
             external_base: String::new(),
             mirrors: Default::default(),
         };
-        let registry = Registry::new(store.clone(), auth, mirror, Limits::default());
+        let defaults = Limits::default();
+        let limits = Limits {
+            upload_ttl: config.upload_ttl.unwrap_or(defaults.upload_ttl),
+            ..defaults
+        };
+        let registry = Registry::new(store.clone(), auth, mirror, limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();

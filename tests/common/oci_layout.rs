@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 use tempfile::TempDir;
 
 /// The OCI image manifest media type.

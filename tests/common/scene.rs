@@ -491,7 +491,7 @@ pub fn report(line: &str) {
 /// ServiceAccount to success, then through its finalizer. [`Scene::finish`] fails on any
 /// refused write or failed reconcile, so a missing permission fails the caller.
 pub async fn a_build_succeeds_as(cp: &'static ControlPlane, base: &str, identity: Identity) {
-    let digest = kiln::digest::Digest::of(b"least privilege");
+    let digest = kiln::oci::digest::Digest::of(b"least privilege");
     let scene = Scene::with_identity(
         cp,
         base,

@@ -7,7 +7,7 @@ use super::*;
 use crate::controller::context::CacheService;
 use crate::crd::fixtures::{T0, at};
 use crate::crd::{AttemptRecord, CacheLease, CacheMode, CacheScope};
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 const NAME: &str = "build-uid-app-1";
 

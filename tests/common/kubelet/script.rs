@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln::digest::Digest;
+use kiln::oci::digest::Digest;
 use tokio::sync::watch;
 
 /// The termination message BuildKit's metadata file gives for a pushed image.

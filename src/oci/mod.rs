@@ -1,0 +1,13 @@
+//! The OCI vocabulary every other module speaks: digests, the name grammar (repositories,
+//! tags, references) and media types with their size limits (pure; imports nothing of
+//! the crate).
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`digest`] | sha256 and sha512 digests: parsing, hashing, the binary key form |
+//! | [`name`] | repository names, tags, references |
+//! | [`media`] | media types and the manifest size limit |
+
+pub mod digest;
+pub mod media;
+pub mod name;
