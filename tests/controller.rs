@@ -516,7 +516,7 @@ async fn a_cache_service_adds_cache_flags_and_without_one_there_are_none() {
         .unwrap();
     assert!(
         args.contains(
-            &"--export-cache=type=registry,ref=kiln-cache:5000/default/app:buildcache,mode=max"
+            &"--export-cache=type=registry,ref=kiln-cache:5000/default/app:buildcache,mode=max,ignore-error=true"
                 .to_owned()
         )
     );

@@ -1,44 +1,65 @@
-//! End-to-end tests against a real cluster. They run only when `KILN_E2E_KUBECONFIG` names
-//! a kubeconfig (use a disposable cluster: kind, k3d); otherwise each test says loudly why
-//! it was skipped and passes. `scripts/e2e-kind.sh` sets everything up on kind and runs
-//! them.
+//! End-to-end tests against a real cluster, with real BuildKit in the build pods. They run
+//! only when `KILN_E2E_KUBECONFIG` names a kubeconfig (use a disposable cluster); otherwise
+//! each test says loudly why it was skipped and passes, unless `KILN_E2E_REQUIRE=1`, which
+//! turns every missing piece into a failure. `scripts/e2e-local.sh` builds a one-node
+//! cluster on this machine (no pulls: every image is made here), installs the chart and
+//! runs them with `KILN_E2E_REQUIRE=1`; `scripts/e2e-kind.sh` does the same on kind.
 //!
 //! Each test works in a namespace of its own, prints the Build, its pods, their logs and
 //! Events when it fails, and deletes its namespace at the end. What they cover: the API
-//! server rejects an invalid Build naming the field; a Build pushes and records its digest
-//! (and `kubectl kiln status` shows it); the second of two Builds sharing a cache hits it,
-//! and `kubectl kiln cache du` finds that cache; a cancelled Build's pod stops; after
-//! the Builds are deleted no pod or ConfigMap of theirs is left; the installed controller
-//! and cache answer `/metrics`, and exactly one controller replica leads.
+//! server rejects an invalid Build naming the field; an inline Build pushes, records the
+//! digest the registry serves (and `kubectl kiln status` shows it), its pod runs with the
+//! controller's security context, and nothing of it is left after the delete; a second
+//! Build of one Dockerfile hits the cache the first exported (`kubectl kiln cache du`
+//! finds it) and is faster; a Git source at a branch and subdirectory from a local
+//! `git http-backend`; a failing step fails the Build with its log tail; build arguments
+//! and a target stage reach the pushed image; a cancelled Build's pod stops; a killed
+//! controller is replaced and the new leader adopts the running build; a cache outage
+//! mid-build does not fail it; two Builds of one tag run one after the other; eight Builds
+//! pull their base through the mirror, which fetches each blob from the upstream once; a
+//! user-namespaced builder pod (`hostUsers: false`) builds;
+//! the installed controller and cache answer `/metrics`, and exactly one replica leads.
+//! Each build prints how long it took from `kubectl apply` to its pod running, BuildKit
+//! started and the build done.
 //!
 //! Two modes:
 //! - **installed** (`KILN_E2E_INSTALLED=<namespace>`): Kiln runs in the cluster (the Helm
-//!   chart in that namespace); the tests only make Builds. The cache and metrics tests
-//!   need it.
+//!   chart in that namespace, release `kiln`); the tests only make Builds. The cache,
+//!   mirror, controller-restart and metrics tests need it.
 //! - **in-process** (otherwise): each test installs the CRD (server-side apply) and runs
 //!   the controller in-process for its namespace, without a cache service.
 //!
 //! Environment:
 //! - `KILN_E2E_KUBECONFIG`: the cluster (required to run).
-//! - `KILN_E2E_INSTALLED`: the namespace of an installed Kiln (the Helm release).
-//! - `KILN_E2E_REGISTRY`: `host[:port]` of a registry the build pods can push to (required
-//!   by the tests that build; for kind's local registry, `kind-registry:5000`).
+//! - `KILN_E2E_REQUIRE=1`: fail, rather than skip, a test whose setup is missing.
+//! - `KILN_E2E_INSTALLED`: the namespace of an installed Kiln (the Helm release `kiln`).
+//! - `KILN_E2E_REGISTRY`: `host[:port]` of a registry the build pods can push to and this
+//!   process can read with skopeo (required by the tests that build).
 //! - `KILN_E2E_REGISTRY_PLAIN_HTTP=1`: that registry speaks plain HTTP.
+//! - `KILN_E2E_HOST_IP`: an address of this process that build pods reach (the Git server).
+//! - `KILN_E2E_UPSTREAM`, `KILN_E2E_UPSTREAM_LOG`: the plain-HTTP registry behind the
+//!   installed cache's `docker.io` mirror, and its access log (the mirror test).
+//! - `KILN_E2E_USERNS_BUILDER_IMAGE`: a builder image for user-namespaced pods.
+//! - `KILN_E2E_TIMINGS`: a file to append each build's timings to.
 //! - `KILN_E2E_BUILDER_IMAGE`: builder image to use instead of the default (in-process).
+
+mod common;
 
 use std::io::Write;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use kiln::controller::{Config, Context};
-use kiln::crd::{Build, Phase};
+use kiln::crd::{Build, Phase, Reason};
 
 /// Writes straight to the process's stderr, which the test harness does not capture, so
 /// that a skip is visible in `cargo test` output.
@@ -46,13 +67,24 @@ fn say(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
+/// Skips the test (after saying why), or fails it under `KILN_E2E_REQUIRE=1`.
+fn skip<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var("KILN_E2E_REQUIRE").as_deref() == Ok("1") {
+        panic!("e2e::{test}: {why} (KILN_E2E_REQUIRE=1: nothing may be skipped)");
+    }
+    say(&format!("SKIPPED e2e::{test}: {why}"));
+    None
+}
+
 /// The cluster, or `None` (after saying why) when the e2e suite is not configured.
 async fn cluster(test: &str) -> Option<Client> {
+    // The dev-dependencies enable a second rustls provider; pick the one Kiln uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Ok(path) = std::env::var("KILN_E2E_KUBECONFIG") else {
-        say(&format!(
-            "SKIPPED e2e::{test}: KILN_E2E_KUBECONFIG is not set; point it at the kubeconfig of a disposable cluster (kind, k3d) to run the end-to-end tests"
-        ));
-        return None;
+        return skip(
+            test,
+            "KILN_E2E_KUBECONFIG is not set; point it at the kubeconfig of a disposable cluster (scripts/e2e-local.sh makes one) to run the end-to-end tests",
+        );
     };
     let kubeconfig =
         Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("KILN_E2E_KUBECONFIG={path}: {e}"));
@@ -66,10 +98,10 @@ async fn cluster(test: &str) -> Option<Client> {
 async fn cluster_with_registry(test: &str) -> Option<(Client, String)> {
     let client = cluster(test).await?;
     let Ok(registry) = std::env::var("KILN_E2E_REGISTRY") else {
-        say(&format!(
-            "SKIPPED e2e::{test}: KILN_E2E_REGISTRY is not set; name a registry the build pods can push to"
-        ));
-        return None;
+        return skip(
+            test,
+            "KILN_E2E_REGISTRY is not set; name a registry the build pods can push to",
+        );
     };
     Some((client, registry))
 }
@@ -85,13 +117,18 @@ fn installed() -> Option<String> {
 async fn installed_cluster_with_registry(test: &str) -> Option<(Client, String, String)> {
     let (client, registry) = cluster_with_registry(test).await?;
     let Some(release_namespace) = installed() else {
-        say(&format!(
-            "SKIPPED e2e::{test}: needs an installed Kiln (its cache service and metrics); set KILN_E2E_INSTALLED to the namespace of the Helm release, as scripts/e2e-kind.sh does"
-        ));
-        return None;
+        return skip(
+            test,
+            "needs an installed Kiln (its cache service and metrics); set KILN_E2E_INSTALLED to the namespace of the Helm release, as scripts/e2e-local.sh does",
+        );
     };
     Some((client, registry, release_namespace))
 }
+
+/// Tests that stop a part of the installed Kiln (the controller, the cache) take this
+/// lock exclusively; every other building test shares it, so no build of theirs meets a
+/// disruption it did not ask for.
+static DISRUPTION: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// A namespace of the test's own, with the CRD installed and a controller running (the
 /// installed one, or one in-process).
@@ -194,7 +231,7 @@ impl Scene {
                 self.diagnose(name).await;
                 panic!("Build {name} did not reach the expected state within {limit:?}");
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -255,11 +292,12 @@ impl Scene {
             .collect()
     }
 
-    /// The pods and ConfigMaps Kiln made in the namespace, whatever their state.
+    /// The pods, ConfigMaps and Secrets Kiln made in the namespace, whatever their state.
     async fn managed_objects(&self) -> Vec<String> {
         let selector = ListParams::default().labels(&kiln::controller::labels::managed_selector());
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut names: Vec<String> = pods
             .list(&selector)
             .await
@@ -277,7 +315,40 @@ impl Scene {
                 .iter()
                 .map(|c| format!("configmap/{}", c.name_any())),
         );
+        names.extend(
+            secrets
+                .list(&selector)
+                .await
+                .expect("list Secrets")
+                .items
+                .iter()
+                .map(|c| format!("secret/{}", c.name_any())),
+        );
         names
+    }
+
+    /// The pods of Build `name`, live or not.
+    async fn pods_of(&self, name: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        pods.list(&ListParams::default().labels(&format!("kiln.dev/build={name}")))
+            .await
+            .expect("list pods")
+            .items
+    }
+
+    /// Applies a Build and waits for it to finish: the finished Build and when it was
+    /// applied.
+    async fn run(&self, build: serde_json::Value, limit: Duration) -> (Build, Timestamp) {
+        let name = build["metadata"]["name"].as_str().unwrap().to_owned();
+        let applied = Timestamp::now();
+        self.apply(build).await.expect("create the Build");
+        let finished = self
+            .wait(&name, limit, |b| phase(b).is_some_and(|p| p.is_terminal()))
+            .await;
+        if phase(&finished) != Some(Phase::Succeeded) {
+            self.diagnose(&name).await;
+        }
+        (finished, applied)
     }
 
     /// Deletes a Build, waits until it is gone (its finalizer ran), and returns what Kiln
@@ -342,6 +413,160 @@ fn phase(build: &Build) -> Option<Phase> {
     build.status.as_ref().and_then(|s| s.phase)
 }
 
+fn reason(build: &Build) -> Option<Reason> {
+    build.status.as_ref().and_then(|s| s.reason())
+}
+
+fn digest_of(build: &Build) -> Option<String> {
+    build
+        .status
+        .as_ref()
+        .and_then(|s| s.output.as_ref())
+        .map(|o| o.digest.clone())
+}
+
+/// The skopeo flags that reach the test registry.
+fn registry_flags() -> Vec<&'static str> {
+    match std::env::var("KILN_E2E_REGISTRY_PLAIN_HTTP").as_deref() {
+        Ok("1") => vec!["--tls-verify=false"],
+        _ => vec![],
+    }
+}
+
+/// The digest of the manifest the registry serves for `reference` (`host/repo:tag`).
+fn registry_digest(reference: &str) -> String {
+    let raw = common::skopeo::skopeo(
+        &[
+            &["inspect", "--raw"][..],
+            &registry_flags(),
+            &[&format!("docker://{reference}")],
+        ]
+        .concat(),
+    );
+    kiln::oci::digest::Digest::of(&raw).to_string()
+}
+
+/// The image configuration the registry serves for `reference`.
+fn registry_config(reference: &str) -> serde_json::Value {
+    let raw = common::skopeo::skopeo(
+        &[
+            &["inspect", "--config", "--raw"][..],
+            &registry_flags(),
+            &[&format!("docker://{reference}")],
+        ]
+        .concat(),
+    );
+    serde_json::from_slice(&raw).expect("an image configuration")
+}
+
+/// The log of the build container of the Build's last attempt, each line prefixed by its
+/// RFC 3339 timestamp.
+async fn last_attempt_log_with_timestamps(scene: &Scene, build: &Build) -> String {
+    let pod = build
+        .status
+        .as_ref()
+        .and_then(|s| s.current_attempt())
+        .map(|a| a.pod_name.clone())
+        .expect("an attempt");
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    pods.logs(
+        &pod,
+        &LogParams {
+            container: Some(kiln::controller::podstate::BUILD_CONTAINER.to_owned()),
+            timestamps: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the log of pod {pod}: {e}"))
+}
+
+/// The Build's log without the timestamps.
+fn strip_timestamps(log: &str) -> String {
+    log.lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How long one build took, from `kubectl apply`: its pod running (the build container
+/// started), BuildKit started (the first line buildctl printed, once the daemon answered)
+/// and the build done (the last line).
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    pod_running: f64,
+    buildkit_started: f64,
+    build_done: f64,
+}
+
+async fn timings(scene: &Scene, build: &Build, applied: Timestamp, label: &str) -> Timings {
+    let log = last_attempt_log_with_timestamps(scene, build).await;
+    let stamp = |line: Option<&str>| -> f64 {
+        line.and_then(|l| l.split_once(' '))
+            .and_then(|(t, _)| t.parse::<Timestamp>().ok())
+            .map_or(f64::NAN, |t| {
+                (t - applied).total(jiff::Unit::Second).unwrap_or(f64::NAN)
+            })
+    };
+    let pod = build
+        .status
+        .as_ref()
+        .and_then(|s| s.current_attempt())
+        .map(|a| a.pod_name.clone())
+        .expect("an attempt");
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let started = pods
+        .get(&pod)
+        .await
+        .ok()
+        .and_then(|p| p.status)
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| {
+            s.terminated
+                .and_then(|t| t.started_at)
+                .or(s.running.and_then(|r| r.started_at))
+        });
+    let timings = Timings {
+        pod_running: started.map_or(f64::NAN, |t| {
+            (t.0 - applied)
+                .total(jiff::Unit::Second)
+                .unwrap_or(f64::NAN)
+        }),
+        buildkit_started: stamp(log.lines().next()),
+        build_done: stamp(log.lines().last()),
+    };
+    let line = format!(
+        "{label}: pod-running={:.1}s buildkit-started={:.1}s build-done={:.1}s (from kubectl apply)",
+        timings.pod_running, timings.buildkit_started, timings.build_done
+    );
+    say(&format!("TIMING {line}"));
+    if let Ok(path) = std::env::var("KILN_E2E_TIMINGS")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "build {line}");
+    }
+    timings
+}
+
+fn inline_build(name: &str, dockerfile: &str, image: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "Build",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"inline": {"dockerfile": dockerfile}},
+            "output": {"image": image},
+            // Keep the pods, so that their logs can be read.
+            "retention": {"succeededPodTTL": "1h"},
+        },
+    })
+}
+
 #[tokio::test]
 async fn e2e_the_api_server_rejects_an_invalid_build_naming_the_field() {
     let Some(client) =
@@ -369,47 +594,41 @@ async fn e2e_the_api_server_rejects_an_invalid_build_naming_the_field() {
     assert!(error.contains("spec.source"), "{error}");
 }
 
+/// An inline Dockerfile `FROM busybox` with a `RUN` step: pushed, with the digest the
+/// registry serves in `status.output.digest` (and in `kubectl kiln status`); the pod ran
+/// with exactly the security context the controller writes; nothing of the Build is left
+/// once it is deleted and swept.
 #[tokio::test]
 async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_behind() {
     let test = "e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_behind";
     let Some((client, registry)) = cluster_with_registry(test).await else {
         return;
     };
+    let _shared = DISRUPTION.read().await;
     let scene = Scene::new(client, "inline", Some(&registry)).await;
-    scene
-        .apply(json!({
-            "apiVersion": "kiln.dev/v1alpha1",
-            "kind": "Build",
-            "metadata": {"name": "hello"},
-            "spec": {
-                "source": {"inline": {
-                    "dockerfile": "FROM busybox:1.36\nCOPY greeting /greeting\nRUN cat /greeting\n",
-                    "files": [{"path": "greeting", "content": "hello from kiln\n"}],
-                }},
-                "output": {"image": format!("{registry}/kiln-e2e/{}:latest", scene.namespace)},
-            },
-        }))
-        .await
-        .expect("create the Build");
-    let build = scene
-        .wait("hello", Duration::from_secs(600), |b| {
-            phase(b).is_some_and(|p| p.is_terminal())
-        })
-        .await;
-    if phase(&build) != Some(Phase::Succeeded) {
-        scene.diagnose("hello").await;
-    }
-    let digest = build
-        .status
-        .as_ref()
-        .and_then(|s| s.output.as_ref())
-        .map(|o| o.digest.clone());
+    let image = format!("{registry}/kiln-e2e/{}:latest", scene.namespace);
+    let mut build = inline_build(
+        "hello",
+        "FROM busybox:1.36\nCOPY greeting /greeting\nRUN cat /greeting\n",
+        &image,
+    );
+    build["spec"]["source"]["inline"]["files"] =
+        json!([{"path": "greeting", "content": "hello from kiln\n"}]);
+    let (build, applied) = scene.run(build, Duration::from_secs(600)).await;
+    let digest = digest_of(&build);
+    let timing = timings(&scene, &build, applied, "inline").await;
     // What `kubectl kiln status` shows of it.
     let report = kiln::plugin::api::status_report(&scene.client, &scene.namespace, "hello")
         .await
         .expect("kubectl kiln status");
-    let status_text =
-        kiln::plugin::render::status_report(&report, k8s_openapi::jiff::Timestamp::now());
+    let status_text = kiln::plugin::render::status_report(&report, Timestamp::now());
+    let pods = scene.pods_of("hello").await;
+    let served = tokio::task::spawn_blocking({
+        let image = image.clone();
+        move || registry_digest(&image)
+    })
+    .await
+    .unwrap();
     let leftovers = scene
         .delete_and_collect_leftovers(&["hello"], Duration::from_secs(120))
         .await;
@@ -420,7 +639,19 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
         digest.parse::<kiln::oci::digest::Digest>().is_ok(),
         "{digest}"
     );
+    assert_eq!(
+        digest, served,
+        "the registry serves another manifest for {image}"
+    );
     assert!(status_text.contains(&digest), "{status_text}");
+    assert!(timing.build_done > 0.0, "{timing:?}");
+    assert_eq!(pods.len(), 1, "one attempt, one pod");
+    let spec = pods[0].spec.clone().unwrap();
+    assert_eq!(
+        spec.containers[0].security_context,
+        Some(kiln::controller::pod::container_security_context()),
+        "the pod runs with another security context than the controller writes"
+    );
     assert!(
         leftovers.is_empty(),
         "left behind after the delete: {leftovers:?}"
@@ -433,24 +664,19 @@ async fn e2e_cancel_stops_the_build_pod() {
     let Some((client, registry)) = cluster_with_registry(test).await else {
         return;
     };
+    let _shared = DISRUPTION.read().await;
     let scene = Scene::new(client, "cancel", Some(&registry)).await;
     scene
-        .apply(json!({
-            "apiVersion": "kiln.dev/v1alpha1",
-            "kind": "Build",
-            "metadata": {"name": "slow"},
-            "spec": {
-                "source": {"inline": {"dockerfile": "FROM busybox:1.36\nRUN sleep 900\n"}},
-                "output": {"image": format!("{registry}/kiln-e2e/{}:slow", scene.namespace)},
-            },
-        }))
+        .apply(inline_build(
+            "slow",
+            "FROM busybox:1.36\nRUN echo started && sleep 900\n",
+            &format!("{registry}/kiln-e2e/{}:slow", scene.namespace),
+        ))
         .await
         .expect("create the Build");
-    scene
-        .wait("slow", Duration::from_secs(300), |b| {
-            phase(b) == Some(Phase::Running)
-        })
-        .await;
+    // Running, and BuildKit inside the step: what a cancel has to stop.
+    wait_for_log_line(&scene, "slow", "started", Duration::from_secs(300)).await;
+    let cancelled_at = tokio::time::Instant::now();
     scene
         .builds()
         .patch(
@@ -468,9 +694,14 @@ async fn e2e_cancel_stops_the_build_pod() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut live = scene.live_pods().await;
     while !live.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         live = scene.live_pods().await;
     }
+    let stopped_after = cancelled_at.elapsed();
+    say(&format!(
+        "TIMING cancel: the pod stopped {:.1}s after the cancel",
+        stopped_after.as_secs_f64()
+    ));
     let leftovers = scene
         .delete_and_collect_leftovers(&["slow"], Duration::from_secs(120))
         .await;
@@ -480,41 +711,67 @@ async fn e2e_cancel_stops_the_build_pod() {
         live.is_empty(),
         "the cancelled build's pod still runs: {live:?}"
     );
+    // The controller's default grace period (30s), and a little for the kubelet.
+    assert!(
+        stopped_after < Duration::from_secs(45),
+        "the pod took {stopped_after:?} to stop"
+    );
     assert!(
         leftovers.is_empty(),
         "left behind after the delete: {leftovers:?}"
     );
 }
 
+/// Waits until the log of Build `name`'s current attempt holds a line containing `text`.
+async fn wait_for_log_line(scene: &Scene, name: &str, text: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    loop {
+        if let Ok(build) = scene.builds().get(name).await
+            && let Some(attempt) = build.status.as_ref().and_then(|s| s.current_attempt())
+            && let Ok(log) = pods
+                .logs(
+                    &attempt.pod_name,
+                    &LogParams {
+                        container: Some(kiln::controller::podstate::BUILD_CONTAINER.to_owned()),
+                        ..Default::default()
+                    },
+                )
+                .await
+            && log.lines().any(|l| l.contains(text))
+        {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            scene.diagnose(name).await;
+            panic!("Build {name} never logged {text:?} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The last attempt's pod log of a Build (its build container).
 async fn last_attempt_log(scene: &Scene, build: &Build) -> String {
-    let pod = build
-        .status
-        .as_ref()
-        .and_then(|s| s.current_attempt())
-        .map(|a| a.pod_name.clone())
-        .expect("an attempt");
-    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
-    pods.logs(
-        &pod,
-        &kube::api::LogParams {
-            container: Some(kiln::controller::podstate::BUILD_CONTAINER.to_owned()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("the log of pod {pod}: {e}"))
+    strip_timestamps(&last_attempt_log_with_timestamps(scene, build).await)
+}
+
+/// Whether BuildKit reported a step `CACHED`.
+fn cached(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.starts_with('#') && l.trim_end().ends_with(" CACHED"))
 }
 
 /// Two Builds of one Dockerfile sharing their namespace's cache: the second finds the
-/// first's layers in the cache service (BuildKit prints `CACHED` for the step), and both
-/// leave nothing behind when deleted.
+/// first's layers in the cache service (BuildKit prints `CACHED` for the step) and is
+/// faster, `kubectl kiln cache du` finds the cache, and both leave nothing behind when
+/// deleted.
 #[tokio::test]
 async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
     let test = "e2e_the_second_build_hits_the_cache_the_first_exported";
     let Some((client, registry, release)) = installed_cluster_with_registry(test).await else {
         return;
     };
+    let _shared = DISRUPTION.read().await;
     let scene = Scene::new(client, "cache", Some(&registry)).await;
     // The step is unique to this namespace, so no earlier run's cache can answer it.
     let dockerfile = format!(
@@ -522,33 +779,22 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
         scene.namespace
     );
     let build = |name: &str| {
-        json!({
-            "apiVersion": "kiln.dev/v1alpha1",
-            "kind": "Build",
-            "metadata": {"name": name},
-            "spec": {
-                "source": {"inline": {"dockerfile": dockerfile}},
-                "output": {"image": format!("{registry}/kiln-e2e/{}:{name}", scene.namespace)},
-                "cache": {"mode": "Max", "scope": "Namespace"},
-                // Keep the pods, so that their logs can be read.
-                "retention": {"succeededPodTTL": "1h"},
-            },
-        })
+        let mut build = inline_build(
+            name,
+            &dockerfile,
+            &format!("{registry}/kiln-e2e/{}:{name}", scene.namespace),
+        );
+        build["spec"]["cache"] = json!({"mode": "Max", "scope": "Namespace"});
+        build
     };
     let mut done = Vec::new();
     for name in ["first", "second"] {
-        scene.apply(build(name)).await.expect("create the Build");
-        let finished = scene
-            .wait(name, Duration::from_secs(600), |b| {
-                phase(b).is_some_and(|p| p.is_terminal())
-            })
-            .await;
-        if phase(&finished) != Some(Phase::Succeeded) {
-            scene.diagnose(name).await;
-        }
-        done.push(finished);
+        let (finished, applied) = scene.run(build(name), Duration::from_secs(600)).await;
+        let timing = timings(&scene, &finished, applied, &format!("cache-{name}")).await;
+        done.push((finished, timing));
     }
-    let [first, second] = <[Build; 2]>::try_from(done).expect("two Builds");
+    let [(first, first_time), (second, second_time)] =
+        <[(Build, Timings); 2]>::try_from(done).expect("two Builds");
     let first_log = last_attempt_log(&scene, &first).await;
     let second_log = last_attempt_log(&scene, &second).await;
     // What `kubectl kiln cache du` sees, through its port-forward to the cache pod.
@@ -560,10 +806,6 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
     scene.finish().await;
     assert_eq!(phase(&first), Some(Phase::Succeeded));
     assert_eq!(phase(&second), Some(Phase::Succeeded));
-    let cached = |log: &str| {
-        log.lines()
-            .any(|l| l.starts_with('#') && l.trim_end().ends_with(" CACHED"))
-    };
     assert!(
         !cached(&first_log) || !first_log.contains("built once"),
         "the first build cannot have hit a cache nobody filled:\n{first_log}"
@@ -576,6 +818,14 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
         cached(&second_log),
         "the second build hit no cache:\n{second_log}"
     );
+    say(&format!(
+        "TIMING cache: first build done {:.1}s after apply, second {:.1}s",
+        first_time.build_done, second_time.build_done
+    ));
+    assert!(
+        second_time.build_done < first_time.build_done,
+        "the cached build was not faster: {first_time:?} then {second_time:?}"
+    );
     let shared = format!("{}/shared", scene_namespace);
     assert!(
         repositories.contains(&shared),
@@ -585,6 +835,765 @@ async fn e2e_the_second_build_hits_the_cache_the_first_exported() {
         leftovers.is_empty(),
         "left behind after the delete: {leftovers:?}"
     );
+}
+
+/// A Git source from a local `git http-backend`, at a branch and a subdirectory: the
+/// Dockerfile and the context come from that directory of that branch.
+#[tokio::test]
+async fn e2e_a_git_source_builds_a_branch_and_a_subdirectory() {
+    let test = "e2e_a_git_source_builds_a_branch_and_a_subdirectory";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let Ok(host) = std::env::var("KILN_E2E_HOST_IP") else {
+        return skip(
+            test,
+            "KILN_E2E_HOST_IP is not set; name an address of this process the build pods reach",
+        )
+        .unwrap_or(());
+    };
+    let _shared = DISRUPTION.read().await;
+    let repository = git::repository_with_branch();
+    let server = git::Server::start(repository.path());
+    let scene = Scene::new(client, "git", Some(&registry)).await;
+    let url = format!("http://{host}:{}/app.git", server.port());
+    let (build, applied) = scene
+        .run(
+            json!({
+                "apiVersion": "kiln.dev/v1alpha1",
+                "kind": "Build",
+                "metadata": {"name": "from-git"},
+                "spec": {
+                    "source": {"git": {"url": url, "revision": "feature", "contextDir": "app"}},
+                    "output": {"image": format!("{registry}/kiln-e2e/{}:git", scene.namespace)},
+                    "retention": {"succeededPodTTL": "1h"},
+                },
+            }),
+            Duration::from_secs(600),
+        )
+        .await;
+    timings(&scene, &build, applied, "git").await;
+    let log = last_attempt_log(&scene, &build).await;
+    let requests = server.requests();
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded), "{log}");
+    assert!(
+        log.contains("message from the feature branch"),
+        "the build did not use app/ of the feature branch:\n{log}"
+    );
+    assert!(requests > 0, "the Git server saw no request");
+}
+
+/// A `RUN` step that fails: the Build fails with reason BuildFailed and the log's tail in
+/// its status, and `kubectl kiln logs` shows the failing step.
+#[tokio::test]
+async fn e2e_a_failing_step_fails_the_build_with_its_log_tail() {
+    let test = "e2e_a_failing_step_fails_the_build_with_its_log_tail";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "failing", Some(&registry)).await;
+    let (build, _) = scene
+        .run(
+            inline_build(
+                "broken",
+                "FROM busybox:1.36\nRUN echo about to fail && false\n",
+                &format!("{registry}/kiln-e2e/{}:broken", scene.namespace),
+            ),
+            Duration::from_secs(600),
+        )
+        .await;
+    let mut logs = Vec::new();
+    kiln::plugin::api::logs(
+        &scene.client,
+        &scene.namespace,
+        "broken",
+        &kiln::plugin::api::LogRequest {
+            attempt: None,
+            follow: false,
+            container: kiln::controller::podstate::BUILD_CONTAINER.to_owned(),
+            tail: None,
+        },
+        &mut logs,
+    )
+    .await
+    .expect("kubectl kiln logs");
+    let logs = String::from_utf8_lossy(&logs).into_owned();
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Failed));
+    assert_eq!(reason(&build), Some(Reason::BuildFailed));
+    let message = build
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("exit code: 1") || message.contains("did not complete successfully"),
+        "no log tail in the status: {message}"
+    );
+    assert!(
+        logs.contains("RUN echo about to fail && false") && logs.contains("about to fail"),
+        "kubectl kiln logs does not show the failing step:\n{logs}"
+    );
+}
+
+/// `spec.buildArgs` and `spec.target` reach BuildKit: the pushed image is the target
+/// stage, with the argument's value in its labels.
+#[tokio::test]
+async fn e2e_build_args_and_the_target_stage_reach_the_pushed_image() {
+    let test = "e2e_build_args_and_the_target_stage_reach_the_pushed_image";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "args", Some(&registry)).await;
+    let image = format!("{registry}/kiln-e2e/{}:args", scene.namespace);
+    let mut build = inline_build(
+        "args",
+        "FROM busybox:1.36 AS chosen\nARG GREETING=unset\nLABEL e2e.greeting=$GREETING e2e.stage=chosen\n\
+         FROM busybox:1.36 AS other\nLABEL e2e.stage=other\n",
+        &image,
+    );
+    build["spec"]["target"] = json!("chosen");
+    build["spec"]["buildArgs"] = json!({"GREETING": "hello-args"});
+    let (build, _) = scene.run(build, Duration::from_secs(600)).await;
+    let config = if phase(&build) == Some(Phase::Succeeded) {
+        tokio::task::spawn_blocking(move || registry_config(&image))
+            .await
+            .unwrap()
+    } else {
+        json!(null)
+    };
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["e2e.stage"], "chosen", "{config}");
+    assert_eq!(labels["e2e.greeting"], "hello-args", "{config}");
+}
+
+/// The controller replicas are killed (no graceful shutdown, no lease released) while a
+/// build runs: the Deployment's new replicas elect a leader, which adopts the running pod;
+/// the Build succeeds with that one pod.
+#[tokio::test]
+async fn e2e_a_killed_controller_is_replaced_and_the_new_leader_adopts_the_build() {
+    let test = "e2e_a_killed_controller_is_replaced_and_the_new_leader_adopts_the_build";
+    let Some((client, registry, release)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _exclusive = DISRUPTION.write().await;
+    let scene = Scene::new(client.clone(), "adopt", Some(&registry)).await;
+    scene
+        .apply(inline_build(
+            "adopted",
+            "FROM busybox:1.36\nRUN echo started && sleep 30\n",
+            &format!("{registry}/kiln-e2e/{}:adopted", scene.namespace),
+        ))
+        .await
+        .expect("create the Build");
+    wait_for_log_line(&scene, "adopted", "started", Duration::from_secs(300)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release);
+    let controllers = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .expect("list the controller pods")
+        .items;
+    assert!(!controllers.is_empty());
+    for pod in &controllers {
+        pods.delete(
+            &pod.name_any(),
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .expect("kill a controller pod");
+    }
+    let build = scene
+        .wait("adopted", Duration::from_secs(600), |b| {
+            phase(b).is_some_and(|p| p.is_terminal())
+        })
+        .await;
+    if phase(&build) != Some(Phase::Succeeded) {
+        scene.diagnose("adopted").await;
+    }
+    let build_pods: Vec<String> = scene
+        .pods_of("adopted")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let replacements: Vec<String> = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .expect("list the controller pods")
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    assert_eq!(build_pods.len(), 1, "pods of the Build: {build_pods:?}");
+    assert_eq!(
+        build.status.as_ref().map(|s| s.attempt),
+        Some(1),
+        "the adopted build started another attempt"
+    );
+    let killed: Vec<String> = controllers.iter().map(|p| p.name_any()).collect();
+    assert!(
+        replacements.iter().all(|p| !killed.contains(p)),
+        "killed {killed:?}, now {replacements:?}"
+    );
+}
+
+/// The cache service goes away while a build runs (its base image already pulled through
+/// the mirror) and comes back only after the build: the build still succeeds, without its
+/// cache export; the cache is best effort.
+#[tokio::test]
+async fn e2e_a_cache_outage_mid_build_does_not_fail_the_build() {
+    let test = "e2e_a_cache_outage_mid_build_does_not_fail_the_build";
+    let Some((client, registry, release)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _exclusive = DISRUPTION.write().await;
+    let scene = Scene::new(client.clone(), "cache-outage", Some(&registry)).await;
+    scene
+        .apply(inline_build(
+            "through",
+            &format!(
+                "FROM busybox:1.36\nRUN echo started {} && sleep 10\n",
+                scene.namespace
+            ),
+            &format!("{registry}/kiln-e2e/{}:through", scene.namespace),
+        ))
+        .await
+        .expect("create the Build");
+    wait_for_log_line(&scene, "through", "started", Duration::from_secs(300)).await;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &release);
+    let set = sets
+        .list(&ListParams::default().labels("app.kubernetes.io/component=cache"))
+        .await
+        .expect("list the cache StatefulSet")
+        .items
+        .into_iter()
+        .next()
+        .expect("the cache StatefulSet")
+        .name_any();
+    let scale = |replicas: i32| {
+        let sets = sets.clone();
+        let set = set.clone();
+        async move {
+            sets.patch(
+                &set,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .expect("scale the cache")
+        }
+    };
+    scale(0).await;
+    let build = scene
+        .wait("through", Duration::from_secs(600), |b| {
+            phase(b).is_some_and(|p| p.is_terminal())
+        })
+        .await;
+    if phase(&build) != Some(Phase::Succeeded) {
+        scene.diagnose("through").await;
+    }
+    let log = last_attempt_log(&scene, &build).await;
+    scale(1).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &scene.namespace);
+    let noticed = events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(Reason::CacheUnavailable.as_str()));
+    say(&format!(
+        "e2e::{test}: the controller {} a CacheUnavailable Event",
+        if noticed {
+            "published"
+        } else {
+            "did not publish"
+        }
+    ));
+    // The cache is back before the next test.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release);
+    common::cluster::wait_until("the cache ready again", Duration::from_secs(180), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=cache"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .any(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded), "{log}");
+    assert!(
+        log.contains("exporting cache"),
+        "the build did not try to export its cache:\n{log}"
+    );
+}
+
+/// `spec.builder.hostUsers: false`: the builder pod runs in a user namespace of its own
+/// (with a builder image whose subordinate IDs fit the pod's 65,536 IDs) and builds.
+#[tokio::test]
+async fn e2e_a_user_namespaced_builder_pod_builds() {
+    let test = "e2e_a_user_namespaced_builder_pod_builds";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let Ok(builder) = std::env::var("KILN_E2E_USERNS_BUILDER_IMAGE") else {
+        return skip(
+            test,
+            "KILN_E2E_USERNS_BUILDER_IMAGE is not set; name a rootless BuildKit image whose /etc/subuid fits a user-namespaced pod (scripts/local-images.sh makes one)",
+        )
+        .unwrap_or(());
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "userns", Some(&registry)).await;
+    let mut build = inline_build(
+        "userns",
+        "FROM busybox:1.36\nRUN id && echo built in a user namespace\n",
+        &format!("{registry}/kiln-e2e/{}:userns", scene.namespace),
+    );
+    build["spec"]["builder"] = json!({"image": builder, "hostUsers": false});
+    let (build, applied) = scene.run(build, Duration::from_secs(600)).await;
+    timings(&scene, &build, applied, "userns").await;
+    let pods = scene.pods_of("userns").await;
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].spec.as_ref().unwrap().host_users, Some(false));
+}
+
+/// Two Builds pushing one tag: the second waits until the first is done, and both
+/// succeed, in order.
+#[tokio::test]
+async fn e2e_two_builds_of_one_tag_run_one_after_the_other() {
+    let test = "e2e_two_builds_of_one_tag_run_one_after_the_other";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "one-tag", Some(&registry)).await;
+    let image = format!("{registry}/kiln-e2e/{}:shared-tag", scene.namespace);
+    scene
+        .apply(inline_build(
+            "first",
+            "FROM busybox:1.36\nRUN echo first && sleep 10\n",
+            &image,
+        ))
+        .await
+        .expect("create the first Build");
+    scene
+        .wait("first", Duration::from_secs(120), |b| {
+            b.status.as_ref().is_some_and(|s| s.attempt > 0)
+        })
+        .await;
+    scene
+        .apply(inline_build(
+            "second",
+            "FROM busybox:1.36\nRUN echo second\n",
+            &image,
+        ))
+        .await
+        .expect("create the second Build");
+    let queued = scene
+        .wait("second", Duration::from_secs(60), |b| phase(b).is_some())
+        .await;
+    let mut done = Vec::new();
+    for name in ["first", "second"] {
+        done.push(
+            scene
+                .wait(name, Duration::from_secs(600), |b| {
+                    phase(b).is_some_and(|p| p.is_terminal())
+                })
+                .await,
+        );
+    }
+    let served = tokio::task::spawn_blocking(move || registry_digest(&image))
+        .await
+        .unwrap();
+    scene.finish().await;
+    let [first, second] = <[Build; 2]>::try_from(done).unwrap();
+    assert_eq!(phase(&first), Some(Phase::Succeeded));
+    assert_eq!(phase(&second), Some(Phase::Succeeded));
+    let first_done = first
+        .status
+        .as_ref()
+        .unwrap()
+        .completion_time
+        .clone()
+        .unwrap();
+    let second_started = second.status.as_ref().unwrap().attempts[0]
+        .start_time
+        .clone();
+    assert!(
+        second_started.0 >= first_done.0,
+        "the second build started at {second_started:?}, before the first was done at {first_done:?}"
+    );
+    assert_eq!(
+        (phase(&queued), reason(&queued)),
+        (Some(Phase::Pending), Some(Reason::Queued)),
+        "the second Build did not wait"
+    );
+    // The tag holds the second image, which pushed last.
+    assert_eq!(digest_of(&second), Some(served));
+}
+
+/// Eight Builds at once `FROM` an image behind the cache's docker.io mirror, one the
+/// mirror has never served: the upstream served each of its blobs once.
+#[tokio::test]
+async fn e2e_eight_builds_pull_their_base_through_the_mirror_once() {
+    let test = "e2e_eight_builds_pull_their_base_through_the_mirror_once";
+    let Some((client, registry, _release)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let (Ok(upstream), Ok(upstream_log)) = (
+        std::env::var("KILN_E2E_UPSTREAM"),
+        std::env::var("KILN_E2E_UPSTREAM_LOG"),
+    ) else {
+        return skip(
+            test,
+            "KILN_E2E_UPSTREAM and KILN_E2E_UPSTREAM_LOG are not set; name the registry behind the cache's docker.io mirror and its access log",
+        )
+        .unwrap_or(());
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "mirror", Some(&registry)).await;
+    // A busybox of our own under a tag nobody pulled: a layer with busybox as /bin/sh and
+    // a file unique to this run.
+    let tag = format!("e2e-{}", std::process::id());
+    let base = tokio::task::spawn_blocking({
+        let reference = format!("{upstream}/library/busybox:{tag}");
+        let seed = scene.namespace.clone();
+        move || unique_busybox(&reference, &seed)
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = (0..8).map(|n| format!("b{n}")).collect();
+    let applied = Timestamp::now();
+    for (n, name) in names.iter().enumerate() {
+        scene
+            .apply(inline_build(
+                name,
+                &format!("FROM busybox:{tag}\nRUN echo {n} > /n\n"),
+                &format!("{registry}/kiln-e2e/{}:{name}", scene.namespace),
+            ))
+            .await
+            .expect("create a Build");
+    }
+    let mut builds = Vec::new();
+    for name in &names {
+        builds.push(
+            scene
+                .wait(name, Duration::from_secs(900), |b| {
+                    phase(b).is_some_and(|p| p.is_terminal())
+                })
+                .await,
+        );
+    }
+    let mut slowest = 0.0f64;
+    for build in &builds {
+        let t = timings(
+            &scene,
+            build,
+            applied,
+            &format!("mirror-{}", build.name_any()),
+        )
+        .await;
+        slowest = slowest.max(t.build_done);
+    }
+    say(&format!(
+        "TIMING mirror: eight builds done {slowest:.1}s after the first apply"
+    ));
+    for build in &builds {
+        if phase(build) != Some(Phase::Succeeded) {
+            scene.diagnose(&build.name_any()).await;
+        }
+    }
+    let log = std::fs::read_to_string(&upstream_log).expect("the upstream's access log");
+    scene.finish().await;
+    for build in &builds {
+        assert_eq!(phase(build), Some(Phase::Succeeded), "{}", build.name_any());
+    }
+    for digest in base {
+        let fetches = log
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"GET /v2/library/busybox/blobs/{digest} "))
+                    && l.contains("\" 200 ")
+            })
+            .count();
+        assert_eq!(
+            fetches, 1,
+            "the upstream served blob {digest} {fetches} times"
+        );
+    }
+}
+
+/// Pushes a busybox image of this run's own to `reference` (busybox-static as `/bin/sh`,
+/// and a file holding `seed`); returns its blobs' digests (config, layer).
+fn unique_busybox(reference: &str, seed: &str) -> Vec<String> {
+    use common::oci_layout::{
+        CONFIG_TYPE, LAYER_TYPE, MANIFEST_TYPE, descriptor, gzip, tar_with_modes,
+    };
+    use kiln::oci::digest::Digest;
+    let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static at /bin/busybox");
+    let layer_tar = tar_with_modes(&[
+        ("bin/sh", &busybox, 0o755),
+        ("kiln-e2e-seed", seed.as_bytes(), 0o644),
+    ]);
+    let layer = gzip(&layer_tar);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer_tar).to_string()]}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": descriptor(CONFIG_TYPE, &config),
+        "layers": [descriptor(LAYER_TYPE, &layer)]
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for bytes in [&layer, &config, &manifest] {
+        std::fs::write(blobs.join(Digest::of(bytes).hex()), bytes).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let mut entry = descriptor(MANIFEST_TYPE, &manifest);
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": "base"});
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [entry]})).unwrap(),
+    )
+    .unwrap();
+    common::skopeo::copy(
+        &format!("oci:{}:base", dir.path().display()),
+        &format!("docker://{reference}"),
+        &[],
+    );
+    vec![
+        Digest::of(&config).to_string(),
+        Digest::of(&layer).to_string(),
+    ]
+}
+
+/// A Git repository served over HTTP by `git http-backend` (smart HTTP), as a CGI program
+/// behind a small server of the test's own.
+mod git {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use axum::http::{Request, Response, StatusCode};
+
+    /// A bare repository `app.git` with a `main` branch and a `feature` branch, each with
+    /// `app/Dockerfile` and `app/message.txt` (of different content).
+    pub fn repository_with_branch() -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("a temp dir");
+        let work = root.path().join("work");
+        let git = |dir: &Path, args: &[&str]| {
+            let output = Command::new("git")
+                .args(["-c", "user.name=kiln", "-c", "user.email=kiln@example.com"])
+                .args(["-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run git");
+            assert!(
+                output.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        std::fs::create_dir_all(work.join("app")).unwrap();
+        git(&work, &["init", "-q"]);
+        let dockerfile = "FROM busybox:1.36\nCOPY message.txt /message.txt\nRUN cat /message.txt\n";
+        std::fs::write(work.join("app/Dockerfile"), dockerfile).unwrap();
+        std::fs::write(work.join("app/message.txt"), "message from main\n").unwrap();
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-q", "-m", "main"]);
+        git(&work, &["checkout", "-q", "-b", "feature"]);
+        std::fs::write(
+            work.join("app/message.txt"),
+            "message from the feature branch\n",
+        )
+        .unwrap();
+        git(&work, &["commit", "-q", "-am", "feature"]);
+        git(&work, &["checkout", "-q", "main"]);
+        git(root.path(), &["clone", "-q", "--bare", "work", "app.git"]);
+        root
+    }
+
+    /// The server: every address of this network namespace, a free port, its own thread.
+    pub struct Server {
+        port: u16,
+        requests: Arc<AtomicUsize>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        pub fn start(root: &Path) -> Server {
+            let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind the Git server");
+            listener.set_nonblocking(true).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let requests = Arc::new(AtomicUsize::new(0));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let root = root.to_path_buf();
+            let counter = requests.clone();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let app = axum::Router::new().fallback(move |request: Request<Body>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        cgi(root.clone(), request)
+                    });
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            });
+            Server {
+                port,
+                requests,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        pub fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// One request through `git http-backend` (RFC 3875 CGI).
+    async fn cgi(root: PathBuf, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 64 << 20)
+            .await
+            .unwrap_or_default();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut command = tokio::process::Command::new("git");
+        command
+            .arg("http-backend")
+            .env("GIT_PROJECT_ROOT", &root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("REQUEST_METHOD", parts.method.as_str())
+            .env("PATH_INFO", parts.uri.path())
+            .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+            .env("CONTENT_TYPE", header("content-type"))
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+            .env("GIT_PROTOCOL", header("git-protocol"))
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let Ok(mut child) = command.spawn() else {
+            return error("cannot run git http-backend");
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&body).await;
+        });
+        let Ok(output) = child.wait_with_output().await else {
+            return error("git http-backend failed");
+        };
+        let _ = writer.await;
+        let out = output.stdout;
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| (p, p + 4))
+            .or_else(|| {
+                out.windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|p| (p, p + 2))
+            });
+        let Some((end, start)) = split else {
+            return error("git http-backend wrote no headers");
+        };
+        let mut response = Response::builder().status(StatusCode::OK);
+        for line in String::from_utf8_lossy(&out[..end]).lines() {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("status") {
+                let code = value.split(' ').next().and_then(|c| c.parse().ok());
+                response = response.status(code.unwrap_or(500));
+            } else {
+                response = response.header(name.trim(), value);
+            }
+        }
+        response
+            .body(Body::from(out[start..].to_vec()))
+            .unwrap_or_else(|_| error("bad headers from git http-backend"))
+    }
+
+    fn error(message: &'static str) -> Response<Body> {
+        Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Body::from(message))
+            .unwrap()
+    }
 }
 
 /// The repositories of the installed cache service, read as `kubectl kiln cache du` reads
@@ -633,11 +1642,14 @@ async fn e2e_the_installed_kiln_serves_metrics_and_one_replica_leads() {
         return;
     };
     let Some(release) = installed() else {
-        say(&format!(
-            "SKIPPED e2e::{test}: needs an installed Kiln; set KILN_E2E_INSTALLED to the namespace of the Helm release"
-        ));
-        return;
+        return skip(
+            test,
+            "needs an installed Kiln; set KILN_E2E_INSTALLED to the namespace of the Helm release",
+        )
+        .unwrap_or(());
     };
+    // Not while another test kills the controllers or restarts the cache.
+    let _shared = DISRUPTION.read().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release);
     let controllers = pods
         .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))

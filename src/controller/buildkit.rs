@@ -27,9 +27,44 @@ pub const FETCH_DIR: &str = "fetch";
 pub const DOCKER_CONFIG_DIR: &str = "/var/run/kiln/docker";
 /// Where the Git clone Secret is mounted.
 pub const GIT_AUTH_DIR: &str = "/var/run/kiln/git";
-/// Where BuildKit's metadata (with the pushed digest) is written: the file the kubelet
-/// reads as the container's termination message.
-pub const METADATA_FILE: &str = "/dev/termination-log";
+/// Where `buildctl` writes BuildKit's metadata (with the pushed digest): a file in the
+/// builder's writable `/tmp`. Not the termination message itself: buildctl writes the file
+/// atomically, as a temporary file beside it renamed over it, which neither `/dev`
+/// (read-only to the builder) nor the termination message (a file the kubelet bind-mounts)
+/// allows. [`build_command`] copies it there.
+pub const METADATA_FILE: &str = "/tmp/kiln-metadata.json";
+/// The build container's termination message, where the kubelet reads the metadata.
+pub const TERMINATION_MESSAGE: &str = "/dev/termination-log";
+
+/// The script of [`build_command`]. The build's arguments are its positional parameters,
+/// handed to `buildctl-daemonless.sh` as they are, never interpreted by the shell. A
+/// SIGTERM (the Build cancelled, the pod deleted) is passed on to the build, waited for,
+/// and the build's status is the container's.
+const BUILD_SCRIPT: &str = r#"buildctl-daemonless.sh "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+while :; do
+  wait "$child"
+  status=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+if [ "$status" -eq 0 ]; then
+  cat /tmp/kiln-metadata.json > /dev/termination-log || status=$?
+fi
+exit "$status"
+"#;
+
+/// The command of the build container: `sh -c` [`BUILD_SCRIPT`], which runs
+/// `buildctl-daemonless.sh` with the container's arguments ([`build_args`]) and then
+/// copies [`METADATA_FILE`] into [`TERMINATION_MESSAGE`].
+pub fn build_command() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        BUILD_SCRIPT.into(),
+        "buildctl-daemonless.sh".into(),
+    ]
+}
 /// Tag of every cache reference.
 pub const CACHE_TAG: &str = "buildcache";
 
@@ -192,8 +227,10 @@ pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> 
             CacheMode::Min => "min",
             CacheMode::Max | CacheMode::Off => "max",
         };
+        // `ignore-error=true`: the cache is best effort. Without it, a cache service that
+        // is down when the build ends fails a build whose image is already pushed.
         args.push(format!(
-            "--export-cache=type=registry,ref={reference},mode={mode}"
+            "--export-cache=type=registry,ref={reference},mode={mode},ignore-error=true"
         ));
         args.push(format!("--import-cache=type=registry,ref={reference}"));
     }
@@ -317,6 +354,42 @@ mod tests {
         assert_eq!(
             buildkitd_toml(&config).unwrap(),
             "[registry.\"kind-registry:5000\"]\n  http = true\n"
+        );
+    }
+
+    #[test]
+    fn the_build_script_copies_the_metadata_file_into_the_termination_message() {
+        // buildctl renames a temporary file over its --metadata-file: the termination
+        // message (bind-mounted by the kubelet, in a read-only /dev) cannot be that file.
+        assert_ne!(METADATA_FILE, TERMINATION_MESSAGE);
+        assert!(METADATA_FILE.starts_with("/tmp/"), "{METADATA_FILE}");
+        assert!(
+            BUILD_SCRIPT.contains(&format!("cat {METADATA_FILE} > {TERMINATION_MESSAGE}")),
+            "{BUILD_SCRIPT}"
+        );
+        let command = build_command();
+        assert_eq!(command[..2], ["/bin/sh", "-c"]);
+        // $0 of the script; the build's arguments follow as $1, $2, …
+        assert_eq!(command[3], "buildctl-daemonless.sh");
+        assert!(BUILD_SCRIPT.starts_with(r#"buildctl-daemonless.sh "$@" &"#));
+    }
+
+    #[test]
+    fn a_failed_cache_export_never_fails_the_build() {
+        let build = Build::test("app").in_namespace("team");
+        let config = with_cache("http://kiln-cache:5000");
+        let validated =
+            crate::controller::validate::validate(&build, &BTreeMap::new(), &config).unwrap();
+        let args = build_args(&build, &validated, &config);
+        let export = args
+            .iter()
+            .find(|a| a.starts_with("--export-cache="))
+            .expect("a cache export");
+        assert!(
+            export
+                .split(',')
+                .any(|option| option == "ignore-error=true"),
+            "{export}"
         );
     }
 

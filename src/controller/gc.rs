@@ -23,7 +23,9 @@
 //! | `Expired` | pod | it finished, its attempt ended, and its retention time has passed | — |
 //!
 //! The finished pod of an ended attempt is an orphan only once its retention time is up
-//! (see [`retention`](super::retention)): until then it holds the build log.
+//! (see [`retention`](super::retention)): until then it holds the build log. A pod listed
+//! as running whose attempt the (later) Build list shows ended by that pod's own exit
+//! (pushed, or build failed) was listed just before it exited: it is not `AttemptEnded`.
 //!
 //! # Why a snapshot is safe
 //! The sweeper lists the objects first and the Builds second. A Build is created before
@@ -249,6 +251,10 @@ fn judge(
         return None;
     }
     match (kind, pod) {
+        // The attempt ended because its build container exited: the pod was listed before
+        // that exit (the objects are listed before the Builds), it no longer runs, and its
+        // retention applies from the next sweep on.
+        (Kind::Pod, Some(_)) if live && ended_by_its_pod(record) => None,
         (Kind::Pod, Some(_)) if live => Some(deletion(SweepReason::AttemptEnded, Some(build))),
         (Kind::Pod, Some(pod)) => (now >= pod_expiry(build, record, pod, config))
             .then(|| deletion(SweepReason::Expired, Some(build))),
@@ -257,6 +263,15 @@ fn judge(
             Some(deletion(SweepReason::AttemptFinished, Some(build)))
         }
     }
+}
+
+/// Whether the attempt ended because its pod's build container exited (it pushed, or its
+/// build failed), rather than being stopped (cancel, supersede, timeout) or lost.
+fn ended_by_its_pod(record: Option<&crate::crd::AttemptRecord>) -> bool {
+    matches!(
+        record.and_then(|r| r.reason),
+        Some(crate::crd::Reason::Succeeded | crate::crd::Reason::BuildFailed)
+    )
 }
 
 /// What one orphan and retention sweep did.

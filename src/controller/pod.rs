@@ -36,13 +36,25 @@
 //!   RootlessKit's runtime directory (`/run/user/1000`, `$XDG_RUNTIME_DIR`) and `/tmp`.
 //! - **`automountServiceAccountToken: false`**, **`enableServiceLinks: false`**: the build
 //!   needs no access to the Kubernetes API and no environment from Services.
-//! - **`privileged`** and **`hostUsers: false`** are not used: the first is what rootless
-//!   avoids, the second needs node support that cannot be assumed.
+//! - **`privileged`** is never used: it is what rootless avoids.
+//! - **`hostUsers: false`** (`spec.builder.hostUsers`, off unless a Build asks): a user
+//!   namespace of the pod's own, so that user 1000 and its two capabilities are nobody's
+//!   on the node. Not the default: it needs node support, and a builder image whose
+//!   subordinate IDs fit the 65,536 IDs such a pod has, which `moby/buildkit`'s do not.
+//!
+//! Measured on the local cluster of the end-to-end tests (kubelet 1.36, containerd 2.4,
+//! runc 1.4, no AppArmor): with `seccompProfile: RuntimeDefault` RootlessKit cannot
+//! create its user namespace (`fork/exec /proc/self/exe: operation not permitted`); with
+//! `allowPrivilegeEscalation: false`, or without SETUID and SETGID, `newuidmap` gets no
+//! capability (`capset: Operation not permitted`); so each of those stays. With
+//! `hostUsers: false` and a builder whose subordinate IDs are `1001:64535`, builds run.
 //!
 //! # The result
 //!
-//! `buildctl --metadata-file /dev/termination-log` writes BuildKit's metadata (with
-//! `containerimage.digest`) where the kubelet reads the container's termination message;
+//! `buildctl --metadata-file` writes BuildKit's metadata (with `containerimage.digest`) to
+//! a file in `/tmp`, which the build container's command copies to
+//! `/dev/termination-log`, where the kubelet reads the container's termination message
+//! (buildctl cannot write there itself: see `buildkit::METADATA_FILE`);
 //! `terminationMessagePolicy: FallbackToLogsOnError` puts the end of the build log there
 //! instead when the build fails, so that the Build's status can say why.
 
@@ -267,19 +279,20 @@ pub fn attempt_objects(
         });
     }
     let resources = resources(build, config);
-    let builder = |name: &str, args: Vec<String>, mounts: Vec<VolumeMount>| Container {
-        name: name.to_owned(),
-        image: Some(image.clone()),
-        command: Some(vec!["buildctl-daemonless.sh".into()]),
-        args: Some(args),
-        env: Some(env.clone()),
-        resources: Some(resources.clone()),
-        security_context: Some(container_security_context()),
-        volume_mounts: Some(mounts),
-        termination_message_path: Some(buildkit::METADATA_FILE.into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
+    let builder =
+        |name: &str, command: Vec<String>, args: Vec<String>, mounts: Vec<VolumeMount>| Container {
+            name: name.to_owned(),
+            image: Some(image.clone()),
+            command: Some(command),
+            args: Some(args),
+            env: Some(env.clone()),
+            resources: Some(resources.clone()),
+            security_context: Some(container_security_context()),
+            volume_mounts: Some(mounts),
+            termination_message_path: Some(buildkit::TERMINATION_MESSAGE.into()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Container::default()
+        };
     let init_containers = match validated.source {
         SourceKind::Oci(_) => {
             let fetch_mounts = mounts
@@ -289,6 +302,7 @@ pub fn attempt_objects(
                 .collect();
             Some(vec![builder(
                 FETCH_CONTAINER,
+                vec!["buildctl-daemonless.sh".into()],
                 buildkit::fetch_args(),
                 fetch_mounts,
             )])
@@ -297,6 +311,7 @@ pub fn attempt_objects(
     };
     let main = builder(
         BUILD_CONTAINER,
+        buildkit::build_command(),
         buildkit::build_args(build, validated, config),
         mounts,
     );
@@ -315,6 +330,7 @@ pub fn attempt_objects(
             active_deadline_seconds: Some(validated.timeout.as_secs() as i64),
             termination_grace_period_seconds: Some(config.pod_grace_period.as_secs() as i64),
             service_account_name: spec.service_account_name.clone(),
+            host_users: spec.host_users,
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
@@ -577,6 +593,58 @@ mod tests {
         assert_eq!(spec.automount_service_account_token, Some(false));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.active_deadline_seconds, Some(3600));
+    }
+
+    /// buildctl renames a temporary file over its `--metadata-file`: that file must lie in
+    /// a directory the builder may write (an emptyDir of the container), and be neither in
+    /// the read-only root filesystem nor the termination message the kubelet bind-mounts.
+    #[test]
+    fn buildctl_writes_its_metadata_into_a_writable_volume_and_the_command_copies_it() {
+        let build = Build::test("hello").inline("FROM scratch\n");
+        let validated = validate(&build, &secrets(), &Config::default()).unwrap();
+        let pod = attempt_objects(&build, 1, &validated, &Config::default()).pod;
+        let spec = pod.spec.unwrap();
+        let container = &spec.containers[0];
+        let args = container.args.clone().unwrap();
+        let metadata = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--metadata-file="))
+            .expect("a --metadata-file argument");
+        let termination = container.termination_message_path.as_deref().unwrap();
+        assert_ne!(metadata, termination);
+        let directory = std::path::Path::new(metadata).parent().unwrap();
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| std::path::Path::new(&m.mount_path) == directory)
+            .unwrap_or_else(|| panic!("no volume mounted at {}", directory.display()));
+        assert_ne!(mount.read_only, Some(true));
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        let command = container.command.clone().unwrap().join(" ");
+        assert!(
+            command.contains(&format!("cat {metadata} > {termination}")),
+            "{command}"
+        );
+    }
+
+    #[test]
+    fn host_users_is_the_builds_own_and_unset_by_default() {
+        let build = Build::test("hello").inline("FROM scratch\n");
+        let validated = validate(&build, &secrets(), &Config::default()).unwrap();
+        let pod = attempt_objects(&build, 1, &validated, &Config::default()).pod;
+        assert_eq!(pod.spec.unwrap().host_users, None);
+        let mut userns = build.clone();
+        userns.spec.builder.host_users = Some(false);
+        let validated = validate(&userns, &secrets(), &Config::default()).unwrap();
+        let pod = attempt_objects(&userns, 1, &validated, &Config::default()).pod;
+        assert_eq!(pod.spec.unwrap().host_users, Some(false));
     }
 
     #[test]

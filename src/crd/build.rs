@@ -451,6 +451,16 @@ pub struct BuilderSpec {
         "spec.builder.serviceAccountName must be a lowercase RFC 1123 subdomain"
     ))]
     pub service_account_name: Option<String>,
+
+    /// `false` runs the builder pod in a user namespace of its own (the pod's `hostUsers`):
+    /// its user 1000 is an unprivileged user of the node, and the capabilities it keeps
+    /// count only inside the pod. Needs nodes that support user namespaces (Kubernetes
+    /// 1.33+, a runtime and kernel with ID-mapped mounts) and a builder image whose
+    /// subordinate IDs lie within the 65,536 IDs such a pod has (e.g. `user:1001:64535`;
+    /// `moby/buildkit:*-rootless` maps 100000-165535, which it lacks). Unset: the node's
+    /// user namespace, as any pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
 }
 
 /// Concurrency group of a Build.

@@ -139,8 +139,14 @@ pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
 /// A ustar archive of regular files (mode 0644, owner 0, mtime 0), ending in the two zero
 /// blocks.
 pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let files: Vec<(&str, &[u8], u32)> = files.iter().map(|(n, d)| (*n, *d, 0o644)).collect();
+    tar_with_modes(&files)
+}
+
+/// [`tar`] with a mode per file (e.g. 0o755 for a program).
+pub fn tar_with_modes(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (name, data) in files {
+    for (name, data, mode) in files {
         assert!(name.len() < 100, "tar names here are short");
         let mut header = [0u8; 512];
         header[..name.len()].copy_from_slice(name.as_bytes());
@@ -148,7 +154,7 @@ pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
             let text = format!("{value:0width$o}\0", width = field.len() - 1);
             field.copy_from_slice(text.as_bytes());
         };
-        octal(&mut header[100..108], 0o644);
+        octal(&mut header[100..108], u64::from(*mode));
         octal(&mut header[108..116], 0);
         octal(&mut header[116..124], 0);
         octal(&mut header[124..136], data.len() as u64);

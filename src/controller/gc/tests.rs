@@ -175,6 +175,33 @@ fn orphan_pods_still_running_after_their_attempt_ended_are_stopped_with_grace() 
     );
 }
 
+/// The sweeper lists pods before Builds: a pod listed while its build was finishing, whose
+/// attempt the Build list then shows ended by that very exit, still holds the build log
+/// for its retention time. (On a real node the sweep deleted such pods right away.)
+#[test]
+fn a_pod_listed_running_whose_attempt_its_own_exit_ended_is_kept_for_its_retention() {
+    for reason in [
+        crate::crd::Reason::Succeeded,
+        crate::crd::Reason::BuildFailed,
+    ] {
+        let mut ended = record(1, Some(NOW - 1), Some(NOW + 3600));
+        ended.reason = Some(reason);
+        let build = app(1, vec![ended]);
+        assert_eq!(
+            pods_selected(&[build], &[pod(1, |p| p.running())]),
+            [],
+            "{reason:?}"
+        );
+    }
+    // Stopped by the controller (a timeout): a pod that still runs is stopped.
+    let mut timed_out = record(1, Some(NOW - 1), None);
+    timed_out.reason = Some(crate::crd::Reason::TimedOut);
+    assert_eq!(
+        pods_selected(&[app(1, vec![timed_out])], &[pod(1, |p| p.running())]),
+        one("app-1", SweepReason::AttemptEnded, 30)
+    );
+}
+
 #[test]
 fn orphan_objects_without_the_kiln_label_or_with_a_foreign_owner_are_never_touched() {
     let mut unlabelled = pod(1, |p| p.running());
