@@ -13,6 +13,7 @@
 //! //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
 //! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
+//! | [`table`] | aligned text tables | pure |
 //! | [`cli`] | the command line | — |
 //! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
 //! | [`telemetry`] | logging setup | — |
@@ -32,6 +33,7 @@ pub mod plugin;
 pub mod registry;
 pub mod report;
 pub mod store;
+pub mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod units;

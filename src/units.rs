@@ -125,22 +125,34 @@ pub fn format_size(bytes: u64) -> String {
     format!("{value:.2}{}", UNITS[unit])
 }
 
-/// Formats a duration compactly with its two largest units (`1h30m`, `7d`, `45s`, `250ms`).
+/// Formats a duration in its two largest units, as kubectl shows ages: `45s`, `5m30s`,
+/// `3h5m`, `2d3h`, `7d` (a zero second unit is left out); under a second in milliseconds
+/// (`250ms`); `0s` for nothing. The one duration format of everything Kiln prints.
 pub fn format_duration(duration: Duration) -> String {
     let total_ms = duration.as_millis();
-    if total_ms < 1_000 {
+    if total_ms > 0 && total_ms < 1_000 {
         return format!("{total_ms}ms");
     }
     let mut secs = duration.as_secs();
     let mut parts = Vec::new();
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if secs >= size {
+        if secs >= size || !parts.is_empty() {
             parts.push(format!("{}{unit}", secs / size));
             secs %= size;
         }
+        if parts.len() == 2 {
+            break;
+        }
     }
-    parts.truncate(2);
-    parts.concat()
+    // "5m0s" reads better as "5m".
+    if parts.len() == 2 && parts[1].starts_with('0') {
+        parts.pop();
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.concat()
+    }
 }
 
 /// Splits `1.5GiB` into (`1.5`, `GiB`).
@@ -280,6 +292,19 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(5_400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(604_800)), "7d");
         assert_eq!(format_duration(Duration::from_secs(90_061)), "1d1h");
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m"),
+            (330, "5m30s"),
+            (3_600 * 3 + 5 * 60 + 7, "3h5m"),
+            (3_600 * 3 + 7, "3h"),
+            (86_400 * 2 + 3_600 * 3, "2d3h"),
+            (86_400 * 40, "40d"),
+            (3_601, "1h"),
+        ] {
+            assert_eq!(format_duration(Duration::from_secs(secs)), text, "{secs}");
+        }
     }
 
     proptest! {

@@ -133,7 +133,7 @@ fn seed_buildkit_prune_all_leaves_store_empty() {
     assert!(all.status.success(), "{}", text(&all.stderr));
     let du = kiln(&["cache", "du", "--root", root_arg]);
     assert!(
-        text(&du.stdout).contains("Total:\t\t0B"),
+        text(&du.stdout).starts_with("Total:        0B in 0 blobs"),
         "{}",
         text(&du.stdout)
     );
@@ -337,7 +337,7 @@ fn seed_stacker_same_inputs_same_listings() {
 }
 
 #[test]
-fn cli_du_json_has_the_documented_fields_and_the_table_is_buildctl_style() {
+fn cli_du_prints_the_admin_apis_report_as_json_and_as_the_one_table() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
@@ -347,43 +347,25 @@ fn cli_du_json_has_the_documented_fields_and_the_table_is_buildctl_style() {
     let root = dir.path().to_str().unwrap();
     let json = kiln(&["cache", "du", "--root", root, "--json"]);
     assert!(json.status.success(), "{}", text(&json.stderr));
-    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    for field in [
-        "total_bytes",
-        "reclaimable_bytes",
-        "blobs",
-        "manifests",
-        "tags",
-        "repositories",
-        "leases",
-        "uploads",
-    ] {
-        assert!(
-            value.get(field).is_some_and(|v| v.is_u64()),
-            "{field} in {value}"
-        );
-    }
-    assert_eq!(value["blobs"], 3);
-    assert_eq!(value["tags"], 1);
+    // The same JSON as `--server` and the admin API answer.
+    let report: kiln::cacheapi::admin::DuReport = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (report.blobs.count, report.manifests, report.tags),
+        (3, 1, 1)
+    );
+    assert_eq!(report.repositories.len(), 1);
+    assert_eq!(report.repositories[0].name.as_str(), "app");
     let table = text(&kiln(&["cache", "du", "--root", root]).stdout);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].starts_with("ID") && lines[0].contains("RECLAIMABLE"),
+        lines[0].starts_with("Total:") && lines[0].contains("3 blobs"),
         "{table}"
     );
-    assert!(
-        lines[1].contains("app:v1") && lines[1].contains("true"),
-        "{table}"
-    );
-    assert!(
-        lines[2].starts_with("Reclaimable:") && lines[3].starts_with("Total:"),
-        "{table}"
-    );
-    let verbose = text(&kiln(&["cache", "du", "--root", root, "--verbose"]).stdout);
-    assert!(
-        verbose.contains("Repository:\tapp") && verbose.contains("Blobs:\t\t3"),
-        "{verbose}"
-    );
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("REPOSITORY"))
+        .unwrap();
+    assert!(lines[header + 1].starts_with("app "), "{table}");
 }
 
 #[test]
@@ -438,14 +420,13 @@ fn cli_prune_dry_run_reports_and_keeps_everything() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (
-            report["dry_run"].as_bool(),
-            report["blobs_removed"].as_u64()
-        ),
-        (Some(true), Some(3))
-    );
+    let report: kiln::cacheapi::admin::PruneReport = serde_json::from_slice(&out.stdout).unwrap();
+    let blobs = report
+        .removed
+        .iter()
+        .filter(|e| e.kind != kiln::cacheapi::admin::EntryKind::Tag)
+        .count();
+    assert_eq!((report.dry_run, blobs), (true, 3), "{report:?}");
     let store = open(dir.path());
     assert_eq!(store.listing().unwrap().blobs.len(), 3);
 }
@@ -485,9 +466,14 @@ fn offline_keep_storage_is_a_ceiling_for_young_content_too() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["tags_removed"], 2, "{report}");
-    assert_eq!(report["ceiling_unmet"], false, "{report}");
+    let report: kiln::cacheapi::admin::PruneReport = serde_json::from_slice(&out.stdout).unwrap();
+    let tags = report
+        .removed
+        .iter()
+        .filter(|e| e.kind == kiln::cacheapi::admin::EntryKind::Tag)
+        .count();
+    assert_eq!(tags, 2, "{report:?}");
+    assert_eq!(report.ceiling_unmet, None, "{report:?}");
     let store = open(dir.path());
     let left: u64 = store.listing().unwrap().blobs.iter().map(|b| b.size).sum();
     assert!(left <= 2_000_000, "{left} bytes left");

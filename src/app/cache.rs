@@ -1,19 +1,17 @@
 //! `kiln cache du | prune | verify` on a root directory (offline): flags, and the
 //! functions that run them and print for people or as JSON (I/O: the store and stdout).
 //! With `--server URL` the same commands ask a running service through its admin API
-//! ([`crate::cacheapi::online`]).
+//! ([`super::cache_online`]); both print the same reports ([`crate::cacheapi::render`]).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::app::CliResult;
 use crate::app::cache_online as online;
 use crate::cacheapi::client::AdminClient;
-use crate::store::{
-    DuReport, GcOptions, GcReport, Policy, Store, StoreOptions, VerifyOptions, VerifyReport,
-};
+use crate::cacheapi::{convert, render};
+use crate::store::{GcOptions, Policy, Store, StoreOptions, VerifyOptions};
 use crate::units;
 
 /// The default store root on a laptop.
@@ -55,12 +53,9 @@ pub struct DuArgs {
     /// The online form: a running service instead of a directory.
     #[command(flatten)]
     pub online: OnlineArgs,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object (the admin API's disk usage) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Print every root as a block of fields, and the row counts.
-    #[arg(long, short)]
-    pub verbose: bool,
 }
 
 /// Flags of `kiln cache prune`.
@@ -127,90 +122,23 @@ fn open(root: PathBuf) -> Result<Store, crate::store::StoreError> {
 
 /// Runs `kiln cache du`.
 pub async fn run_du(args: DuArgs) -> CliResult {
-    let DuArgs {
-        root,
-        online,
-        json,
-        verbose,
-    } = args;
+    let DuArgs { root, online, json } = args;
     if let Some(client) = online.client()? {
         return online::du(&client, json).await;
     }
     let store = open(root)?;
-    let report = store.du()?;
-    let now = store.clock().now_ms();
+    let now_ms = store.clock().now_ms();
+    // Offline no mirror is configured: no repository is marked as one.
+    let report = convert::du_report(
+        &store.du()?,
+        &store.listing()?,
+        &store.uploads(),
+        now_ms,
+        |_| false,
+    );
     store.close()?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(format_du(&report, now, verbose).as_bytes())?;
-    }
+    online::print(json, &report, render::du(&report, now_ms / 1000))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn ago(now_ms: u64, at_ms: u64) -> String {
-    format!(
-        "{} ago",
-        units::format_duration(Duration::from_millis(now_ms.saturating_sub(at_ms)))
-    )
-}
-
-/// Formats a du report like `buildctl du` (table) or `buildctl du -v` (blocks).
-pub fn format_du(report: &DuReport, now_ms: u64, verbose: bool) -> String {
-    let mut out = String::new();
-    if verbose {
-        for root in &report.roots {
-            out.push_str(&format!(
-                "ID:\t\t{}\nRepository:\t{}\nTag:\t\t{}\nReclaimable:\t{}\nSize:\t\t{}\nLast accessed:\t{}\n\n",
-                root.digest,
-                root.repo,
-                root.tag,
-                root.reclaimable,
-                units::format_size(root.size),
-                ago(now_ms, root.last_accessed_ms)
-            ));
-        }
-        out.push_str(&format!(
-            "Blobs:\t\t{}\nManifests:\t{}\nTags:\t\t{}\nRepositories:\t{}\nLeases:\t\t{}\nUploads:\t{}\nUnreferenced:\t{}\n",
-            report.blobs,
-            report.manifests,
-            report.tags,
-            report.repositories,
-            report.leases,
-            report.uploads,
-            units::format_size(report.unreferenced_bytes)
-        ));
-    } else {
-        let width = report
-            .roots
-            .iter()
-            .map(|r| r.repo.len() + r.tag.len() + 1)
-            .max()
-            .unwrap_or(0)
-            .max("REPO:TAG".len());
-        out.push_str(&format!(
-            "{:<14}{:<width$}  {:<12}{:<10}{}\n",
-            "ID", "REPO:TAG", "RECLAIMABLE", "SIZE", "LAST ACCESSED"
-        ));
-        for root in &report.roots {
-            out.push_str(&format!(
-                "{:<14}{:<width$}  {:<12}{:<10}{}\n",
-                root.id,
-                format!("{}:{}", root.repo, root.tag),
-                root.reclaimable,
-                units::format_size(root.size),
-                ago(now_ms, root.last_accessed_ms)
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "Reclaimable:\t{}\nTotal:\t\t{}\n",
-        units::format_size(report.reclaimable_bytes),
-        units::format_size(report.total_bytes)
-    ));
-    out
 }
 
 /// Runs `kiln cache prune`.
@@ -230,7 +158,7 @@ pub async fn run_prune(args: PruneArgs) -> CliResult {
         return online::prune(&client, &requests, json).await;
     }
     let store = open(root)?;
-    let started = Instant::now();
+    let leased = convert::leased_digests(&store.leases()?, store.clock().now_ms());
     let report = store.gc(&GcOptions {
         policy: Policy {
             all,
@@ -246,66 +174,9 @@ pub async fn run_prune(args: PruneArgs) -> CliResult {
         ..GcOptions::default()
     })?;
     store.close()?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(format_prune(&report, started.elapsed()).as_bytes())?;
-    }
+    let report = convert::prune_report(&report, leased);
+    online::print(json, &report, render::prune(&report))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Formats a GC report: one line per removal, then the totals.
-pub fn format_prune(report: &GcReport, took: Duration) -> String {
-    let mut out = String::new();
-    for removal in &report.removed {
-        out.push_str(&format!(
-            "{:<9}{:<72}{:>10}  {}\n",
-            format!("{:?}", removal.kind).to_lowercase(),
-            removal.name,
-            units::format_size(removal.size),
-            removal.reason.as_str()
-        ));
-    }
-    if report.removed_not_listed > 0 {
-        out.push_str(&format!("… and {} more\n", report.removed_not_listed));
-    }
-    let verb = if report.dry_run {
-        "Would free"
-    } else {
-        "Freed"
-    };
-    out.push_str(&format!(
-        "{verb}:\t{} ({} tags, {} leases, {} manifests, {} blobs) in {}\nTotal:\t\t{} (was {})\n",
-        units::format_size(report.bytes_freed),
-        report.tags_removed,
-        report.leases_removed,
-        report.manifests_removed,
-        report.blobs_removed,
-        units::format_duration(took),
-        units::format_size(report.bytes_after),
-        units::format_size(report.bytes_before),
-    ));
-    if report.ceiling_unmet {
-        out.push_str(&ceiling_note(
-            report.bytes_after,
-            report.held_by_leases,
-            report.held_by_pushes,
-        ));
-    }
-    out
-}
-
-/// The line that says why a `keep-storage` ceiling was not met, and by how much each
-/// reason holds.
-pub fn ceiling_note(bytes_after: u64, held_by_leases: u64, held_by_pushes: u64) -> String {
-    format!(
-        "Note:\t\t--keep-storage not met: {} left, of which leases hold {} and pushes in progress (pushed or checked within the grace window, no tag yet) {}\n",
-        units::format_size(bytes_after),
-        units::format_size(held_by_leases),
-        units::format_size(held_by_pushes),
-    )
 }
 
 /// Runs `kiln cache verify`; exits non-zero when it found problems (repaired or not).
@@ -320,52 +191,21 @@ pub async fn run_verify(args: VerifyArgs) -> CliResult {
         return online::verify(&client, repair, json).await;
     }
     let store = open(root)?;
-    let started = Instant::now();
     let recovery = store.recovery_report();
+    let before = store.listing()?;
     let report = store.verify(&VerifyOptions {
         repair,
         ..VerifyOptions::default()
     })?;
     store.close()?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        if !recovery.is_clean() {
-            writeln!(out, "recovered at open: {recovery:?}")?;
-        }
-        out.write_all(format_verify(&report, started.elapsed()).as_bytes())?;
+    let report = convert::verify_report(&report, &before);
+    if !json && !recovery.is_clean() {
+        println!("recovered at open: {recovery:?}");
     }
+    online::print(json, &report, render::verify(&report))?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Formats a verify report: one line per problem, then a summary.
-pub fn format_verify(report: &VerifyReport, took: Duration) -> String {
-    let mut out = String::new();
-    for problem in &report.problems {
-        out.push_str(&format!("problem: {problem}\n"));
-    }
-    for path in &report.quarantined {
-        out.push_str(&format!("quarantined: {path}\n"));
-    }
-    for digest in &report.dropped {
-        out.push_str(&format!("dropped: {digest}\n"));
-    }
-    let verdict = match (report.problems.len(), report.repaired) {
-        (0, _) => "clean".to_owned(),
-        (n, true) => format!("{n} problems, repaired"),
-        (n, false) => format!("{n} problems (run with --repair to fix)"),
-    };
-    out.push_str(&format!(
-        "Checked {} blobs ({}) in {}: {verdict}\n",
-        report.blobs_checked,
-        units::format_size(report.bytes_checked),
-        units::format_duration(took)
-    ));
-    out
 }

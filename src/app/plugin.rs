@@ -335,7 +335,7 @@ async fn cache_du(
         text.push('\n');
         text
     } else {
-        crate::plugin::render::du_report(&report, now)
+        crate::cacheapi::render::du(&report, u64::try_from(now.as_second()).unwrap_or(0))
     };
     print(out, &text)
 }

@@ -349,6 +349,10 @@ pub struct VerifyReport {
     /// stray temp file, a dangling tag, link or lease), as one sentence each, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Files moved to the store's `quarantine/` for people to look at, as paths relative
+    /// to the store's root, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
 }
 
 impl VerifyReport {

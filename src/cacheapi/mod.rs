@@ -6,13 +6,16 @@
 //! | [`token`] | cache token claims, minting and verification | pure (+ key file) |
 //! | [`admin`] | the admin API's routes and JSON bodies, documented per endpoint | pure |
 //! | [`client`] | the admin API client | HTTP |
-//! | [`online`] | `kiln cache du/prune/verify --server`: the admin API, printed | HTTP + stdout |
+//! | [`convert`] | the store's reports as the admin API's | pure |
+//! | [`render`] | the one text form of the du, prune and verify reports | pure |
 //!
 //! Nothing here depends on axum: the controller mints tokens and calls the admin API without
 //! linking the server side's types into its logic.
 
 pub mod admin;
 pub mod client;
+pub mod convert;
+pub mod render;
 pub mod token;
 
 use serde::{Deserialize, Serialize};

@@ -13,92 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::cacheapi::admin::DuReport;
 use crate::crd::{Build, BuildStatus, Phase};
-use crate::units::format_size;
-
-/// A text table with a header row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    /// A table with these column names.
-    pub fn new<const N: usize>(header: [&str; N]) -> Self {
-        Self {
-            header: header.iter().map(|h| (*h).to_owned()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row; empty cells print as `-`.
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(
-            cells
-                .into_iter()
-                .map(|c| if c.is_empty() { "-".to_owned() } else { c })
-                .collect(),
-        );
-    }
-
-    /// Whether the table has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The table as lines, each indented by `indent` spaces, columns padded to their widest
-    /// cell; the last column is not padded.
-    pub fn render(&self, indent: usize) -> String {
-        let columns = self.header.len();
-        let mut widths = vec![0; columns];
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = " ".repeat(indent);
-            for (i, cell) in row.iter().enumerate().take(columns) {
-                line.push_str(cell);
-                if i + 1 < columns {
-                    let pad = widths[i] - cell.chars().count() + 3;
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
-
-/// A duration in its two largest units, as kubectl shows ages: `45s`, `5m30s`, `3h5m`,
-/// `2d3h`; `0s` for nothing.
-pub fn short_duration(duration: Duration) -> String {
-    let mut secs = duration.as_secs();
-    let mut parts = Vec::new();
-    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if secs >= size || (!parts.is_empty() && parts.len() < 2) {
-            parts.push(format!("{}{unit}", secs / size));
-            secs %= size;
-        }
-        if parts.len() == 2 {
-            break;
-        }
-    }
-    // Drop a zero second unit ("5m0s" reads better as "5m").
-    if parts.len() == 2 && parts[1].starts_with('0') {
-        parts.pop();
-    }
-    if parts.is_empty() {
-        "0s".to_owned()
-    } else {
-        parts.concat()
-    }
-}
+use crate::table::Table;
+use crate::units::format_duration;
 
 /// The time from `from` to `to`, or zero when `to` is earlier.
 fn between(from: Timestamp, to: Timestamp) -> Duration {
@@ -107,7 +24,7 @@ fn between(from: Timestamp, to: Timestamp) -> Duration {
 
 /// The age of `at` relative to `now`, or empty when unknown.
 pub fn age(at: Option<&Time>, now: Timestamp) -> String {
-    at.map(|t| short_duration(between(t.0, now)))
+    at.map(|t| format_duration(between(t.0, now)))
         .unwrap_or_default()
 }
 
@@ -172,7 +89,7 @@ pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> St
                 .unwrap_or_default(),
             status
                 .and_then(|s| run_duration(s, now))
-                .map(short_duration)
+                .map(format_duration)
                 .unwrap_or_default(),
             status
                 .and_then(|s| s.output.as_ref())
@@ -281,7 +198,7 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
         field(
             &mut out,
             if finished { "Took" } else { "Running for" },
-            short_duration(took),
+            format_duration(took),
         );
     }
     if build.spec.cancel {
@@ -319,9 +236,9 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
                 .completion_time
                 .as_ref()
                 .map(|end| between(a.start_time.0, end.0))
-                .map(short_duration)
+                .map(format_duration)
                 .unwrap_or_else(|| {
-                    format!("{} so far", short_duration(between(a.start_time.0, now)))
+                    format!("{} so far", format_duration(between(a.start_time.0, now)))
                 });
             table.row(vec![
                 a.attempt.to_string(),
@@ -401,66 +318,11 @@ pub fn tail(log: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// The text of `kubectl kiln cache du`: totals, then one row per repository (sorted by name,
-/// as the service returns them).
-pub fn du_report(report: &DuReport, now: Timestamp) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Total:        {} in {} blobs ({} manifests, {} tags)",
-        format_size(report.total_bytes),
-        report.blobs.count,
-        report.manifests,
-        report.tags
-    );
-    let _ = writeln!(
-        out,
-        "Reclaimable:  {}",
-        format_size(report.reclaimable_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "Uploads:      {} in progress ({})",
-        report.uploads.count,
-        format_size(report.uploads.bytes)
-    );
-    let _ = writeln!(out, "Leases:       {}", report.leases);
-    out.push('\n');
-    let mut table = Table::new([
-        "REPOSITORY",
-        "TAGS",
-        "MANIFESTS",
-        "SIZE",
-        "LAST USED",
-        "MIRROR",
-    ]);
-    for repo in &report.repositories {
-        table.row(vec![
-            repo.name.to_string(),
-            repo.tags.to_string(),
-            repo.manifests.to_string(),
-            format_size(repo.bytes),
-            repo.last_used
-                .and_then(|secs| Timestamp::from_second(secs as i64).ok())
-                .map(|at| format!("{} ago", short_duration(between(at, now))))
-                .unwrap_or_default(),
-            if repo.mirror { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    if table.is_empty() {
-        out.push_str("No repositories.\n");
-    } else {
-        out.push_str(&table.render(0));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::cacheapi::admin::{RepositoryUsage, Usage};
     use crate::crd::condition::set_condition;
     use crate::crd::fixtures::at;
     use crate::crd::{
@@ -539,22 +401,6 @@ mod tests {
             });
         }
         Build::test(name).with_status(status)
-    }
-
-    #[test]
-    fn durations_show_their_two_largest_units() {
-        for (secs, text) in [
-            (0, "0s"),
-            (45, "45s"),
-            (60, "1m"),
-            (330, "5m30s"),
-            (3_600 * 3 + 5 * 60 + 7, "3h5m"),
-            (86_400 * 2 + 3_600 * 3, "2d3h"),
-            (86_400 * 40, "40d"),
-            (3_601, "1h"),
-        ] {
-            assert_eq!(short_duration(Duration::from_secs(secs)), text, "{secs}");
-        }
     }
 
     #[test]
@@ -666,42 +512,5 @@ Last log lines of pod app-2:
         assert_eq!(tail("a\nb\nc\n", 2), ["b", "c"]);
         assert_eq!(tail("a", 5), ["a"]);
         assert!(tail("", 3).is_empty());
-    }
-
-    #[test]
-    fn du_shows_totals_and_repositories() {
-        let report = DuReport {
-            total_bytes: 2_500_000,
-            reclaimable_bytes: 1_000,
-            blobs: Usage {
-                count: 7,
-                bytes: 2_500_000,
-            },
-            manifests: 3,
-            tags: 2,
-            uploads: Usage::default(),
-            leases: 1,
-            repositories: vec![RepositoryUsage {
-                name: "team-a/app".parse().unwrap(),
-                tags: 2,
-                manifests: 3,
-                bytes: 2_500_000,
-                last_used: Some(at(0).as_second() as u64),
-                mirror: false,
-            }],
-        };
-        assert_eq!(
-            du_report(&report, at(90)),
-            "\
-Total:        2.50MB in 7 blobs (3 manifests, 2 tags)
-Reclaimable:  1.00kB
-Uploads:      0 in progress (0B)
-Leases:       1
-
-REPOSITORY   TAGS   MANIFESTS   SIZE     LAST USED   MIRROR
-team-a/app   2      3           2.50MB   1m30s ago   no
-"
-        );
-        assert!(du_report(&DuReport::default(), at(0)).ends_with("No repositories.\n"));
     }
 }

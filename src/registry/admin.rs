@@ -3,7 +3,6 @@
 //! The handlers do the store I/O; turning store reports into the contract's bodies is pure
 //! (the `*_report` functions).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,12 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::cacheapi::admin::{
-    self, AdminPathError, AdminRoute, CeilingUnmet, CorruptBlob, DuReport, EntryKind,
-    LeaseReleased, LeaseRequest, LeaseResponse, MissingReference, PrunePolicy, PruneReport,
-    PruneRequest, PrunedEntry, RepositoryDeleted, RepositoryUsage, TagDeleted, Usage, VerifyReport,
-    VerifyRequest,
+    self, AdminPathError, AdminRoute, LeaseReleased, LeaseRequest, LeaseResponse, PrunePolicy,
+    PruneRequest, RepositoryDeleted, TagDeleted, VerifyRequest,
 };
-use crate::oci::digest::Digest;
+use crate::cacheapi::convert;
 use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::read_capped;
@@ -26,9 +23,7 @@ use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
 use crate::registry::route::{Reply, check};
 use crate::registry::service::Registry;
-use crate::store::{
-    self, GcOptions, GcReport, ItemKind, Listing, Policy, Problem, UploadStatus, VerifyOptions,
-};
+use crate::store::{GcOptions, GcReport, Policy, VerifyOptions};
 
 /// The largest admin request body.
 const MAX_BODY: usize = 1 << 20;
@@ -103,85 +98,16 @@ async fn du(registry: &Registry) -> Result<Response, RegistryError> {
             let listing = store.listing()?;
             let uploads = store.uploads();
             let now_ms = store.clock().now_ms();
-            Ok(du_report(&du, &listing, &uploads, now_ms, |name| {
-                auth.is_mirror(name)
-            }))
+            Ok(convert::du_report(
+                &du,
+                &listing,
+                &uploads,
+                now_ms,
+                |name| auth.is_mirror(name),
+            ))
         })
         .await?;
     Reply::new(StatusCode::OK).json(&report)
-}
-
-/// The contract's disk usage from the store's: totals, uploads, live leases, and per
-/// repository its tags, manifests, the bytes linked into it and its last use.
-pub fn du_report(
-    du: &store::DuReport,
-    listing: &Listing,
-    uploads: &[UploadStatus],
-    now_ms: u64,
-    is_mirror: impl Fn(&RepoName) -> bool,
-) -> DuReport {
-    let upload_bytes: u64 = uploads.iter().map(|u| u.size).sum();
-    let blobs: BTreeMap<Digest, (u64, u64)> = listing
-        .blobs
-        .iter()
-        .map(|b| (b.digest, (b.size, b.accessed_ms)))
-        .collect();
-    let manifests: BTreeSet<Digest> = listing.manifests.iter().map(|m| m.digest).collect();
-    let mut per_repo: BTreeMap<&str, RepoTotals> = BTreeMap::new();
-    for link in &listing.links {
-        let totals = per_repo.entry(link.repo.as_str()).or_default();
-        if let Some((size, accessed_ms)) = blobs.get(&link.digest) {
-            totals.bytes += size;
-            totals.last_used_ms = totals.last_used_ms.max(*accessed_ms);
-        }
-        totals.manifests += u64::from(manifests.contains(&link.digest));
-    }
-    for tag in &listing.tags {
-        per_repo.entry(tag.repo.as_str()).or_default().tags += 1;
-    }
-    let repositories = per_repo
-        .into_iter()
-        .filter_map(|(repo, totals)| {
-            // The registry writes only valid names; anything else came from outside it.
-            let name = RepoName::parse(repo).ok()?;
-            Some(RepositoryUsage {
-                mirror: is_mirror(&name),
-                name,
-                tags: totals.tags,
-                manifests: totals.manifests,
-                bytes: totals.bytes,
-                last_used: (totals.last_used_ms > 0).then_some(totals.last_used_ms / 1000),
-            })
-        })
-        .collect();
-    DuReport {
-        total_bytes: du.total_bytes + upload_bytes,
-        reclaimable_bytes: du.reclaimable_bytes,
-        blobs: Usage {
-            count: du.blobs,
-            bytes: du.total_bytes,
-        },
-        manifests: du.manifests,
-        tags: du.tags,
-        uploads: Usage {
-            count: uploads.len() as u64,
-            bytes: upload_bytes,
-        },
-        leases: listing
-            .leases
-            .iter()
-            .filter(|lease| lease.expires_ms > now_ms)
-            .count() as u64,
-        repositories,
-    }
-}
-
-#[derive(Default)]
-struct RepoTotals {
-    tags: u64,
-    manifests: u64,
-    bytes: u64,
-    last_used_ms: u64,
 }
 
 /// The GC options of a prune request. `all` has no grace window: it removes everything no
@@ -224,17 +150,12 @@ async fn prune(registry: &Registry, request: PruneRequest) -> Result<Response, R
     let (report, leased) = registry
         .blocking("prune", move |store| {
             let now = store.clock().now_ms();
-            let leased: BTreeSet<Digest> = store
-                .leases()?
-                .into_iter()
-                .filter(|lease| lease.expires_ms > now)
-                .flat_map(|lease| lease.digests)
-                .collect();
-            Ok((store.gc(&options)?, leased.len() as u64))
+            let leased = convert::leased_digests(&store.leases()?, now);
+            Ok((store.gc(&options)?, leased))
         })
         .await?;
     record_gc(registry, &report);
-    Reply::new(StatusCode::OK).json(&prune_report(&report, leased))
+    Reply::new(StatusCode::OK).json(&convert::prune_report(&report, leased))
 }
 
 /// Counts a GC run (online or through the admin API) in the metrics.
@@ -252,60 +173,6 @@ pub fn record_gc(registry: &Registry, report: &GcReport) {
     }
 }
 
-/// The contract's prune report from a GC report: tags, manifests and blobs removed, sorted
-/// by (kind, repository, tag, digest). Expired leases are not entries; `leased` is the
-/// number of digests live leases hold (roots the prune had to keep).
-pub fn prune_report(report: &GcReport, leased: u64) -> PruneReport {
-    let mut removed: Vec<PrunedEntry> = report
-        .removed
-        .iter()
-        .filter_map(|removal| {
-            let reason = removal.reason.as_str().to_owned();
-            let entry = |kind| PrunedEntry {
-                kind,
-                repository: None,
-                tag: None,
-                digest: None,
-                bytes: removal.size,
-                reason: reason.clone(),
-            };
-            match removal.kind {
-                ItemKind::Lease => None,
-                ItemKind::Tag => {
-                    let (repo, tag) = removal.name.rsplit_once(':')?;
-                    Some(PrunedEntry {
-                        repository: RepoName::parse(repo).ok(),
-                        tag: Tag::parse(tag).ok(),
-                        ..entry(EntryKind::Tag)
-                    })
-                }
-                ItemKind::Manifest | ItemKind::Blob => Some(PrunedEntry {
-                    digest: removal.name.parse().ok(),
-                    ..entry(if removal.kind == ItemKind::Manifest {
-                        EntryKind::Manifest
-                    } else {
-                        EntryKind::Blob
-                    })
-                }),
-            }
-        })
-        .collect();
-    removed.sort_by(|a, b| {
-        (a.kind, &a.repository, &a.tag, &a.digest).cmp(&(b.kind, &b.repository, &b.tag, &b.digest))
-    });
-    PruneReport {
-        dry_run: report.dry_run,
-        freed_bytes: report.bytes_freed,
-        removed,
-        kept_by_leases: leased,
-        ceiling_unmet: report.ceiling_unmet.then_some(CeilingUnmet {
-            bytes_after: report.bytes_after,
-            held_by_leases: report.held_by_leases,
-            held_by_pushes: report.held_by_pushes,
-        }),
-    }
-}
-
 async fn verify(registry: &Registry, request: VerifyRequest) -> Result<Response, RegistryError> {
     let VerifyRequest { repair } = request;
     let report = registry
@@ -315,65 +182,10 @@ async fn verify(registry: &Registry, request: VerifyRequest) -> Result<Response,
                 repair,
                 ..VerifyOptions::default()
             })?;
-            Ok(verify_report(&report, &before))
+            Ok(convert::verify_report(&report, &before))
         })
         .await?;
     Reply::new(StatusCode::OK).json(&report)
-}
-
-/// The contract's verify report: corrupt blobs (with their sizes from `before`, the
-/// listing taken before the verify), missing references per repository holding the
-/// manifest, what repair dropped, and every other problem as a sentence.
-pub fn verify_report(report: &store::VerifyReport, before: &Listing) -> VerifyReport {
-    let sizes: BTreeMap<Digest, u64> = before.blobs.iter().map(|b| (b.digest, b.size)).collect();
-    let mut holders: BTreeMap<Digest, Vec<RepoName>> = BTreeMap::new();
-    for link in &before.links {
-        if let Ok(name) = RepoName::parse(&link.repo) {
-            holders.entry(link.digest).or_default().push(name);
-        }
-    }
-    let mut out = VerifyReport {
-        blobs_checked: report.blobs_checked,
-        bytes_checked: report.bytes_checked,
-        repaired: report.dropped.clone(),
-        ..VerifyReport::default()
-    };
-    for problem in &report.problems {
-        match problem {
-            Problem::Corrupt { digest, actual } => out.corrupt.push(CorruptBlob {
-                digest: *digest,
-                actual: *actual,
-                bytes: sizes.get(digest).copied().unwrap_or(0),
-                quarantined: report.repaired,
-            }),
-            Problem::Dangling {
-                table: "manifests",
-                key,
-                missing,
-            } if key
-                .parse::<Digest>()
-                .is_ok_and(|d| holders.contains_key(&d)) =>
-            {
-                if let Ok(manifest) = key.parse::<Digest>() {
-                    for repository in holders.get(&manifest).into_iter().flatten() {
-                        out.missing.push(MissingReference {
-                            repository: repository.clone(),
-                            manifest,
-                            missing: *missing,
-                        });
-                    }
-                }
-            }
-            other => out.problems.push(other.to_string()),
-        }
-    }
-    out.corrupt.sort_by_key(|c| c.digest);
-    out.missing.sort_by(|a, b| {
-        (&a.repository, a.manifest, a.missing).cmp(&(&b.repository, b.manifest, b.missing))
-    });
-    out.repaired.sort();
-    out.problems.sort();
-    out
 }
 
 async fn put_lease(
@@ -448,7 +260,9 @@ async fn delete_repository(registry: &Registry, name: RepoName) -> Result<Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cacheapi::admin::{DuReport, EntryKind, PruneReport, VerifyReport};
     use crate::cacheapi::token::Action;
+    use crate::oci::digest::Digest;
     use crate::registry::testing::{Answer, TestRegistry, admin, token};
     use serde_json::json;
 
