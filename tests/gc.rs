@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use kiln::cacheapi::admin::LeaseTarget;
 use kiln::cacheapi::client::AdminClient;
-use kiln::cacheapi::token::{Action as TokenAction, TokenKey};
+use kiln::cacheapi::token::{TokenAction, TokenKey};
 use kiln::controller::context::{CacheService, GcObserver, ManualClock};
 use kiln::controller::error::{ApplyError, ReconcileError};
 use kiln::controller::gc::{SweepReason, SweepReport};

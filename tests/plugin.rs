@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use common::fake_api::fake_api;
 use kiln::crd::fixtures::at;
 use kiln::crd::{AttemptRecord, AttemptResult, Build, BuildStatus, Phase, Reason};
-use kiln::plugin::api::{self, CancelRequest, LogRequest, Scope};
+use kiln::plugin::api::{self, CancelRequest, ListScope, LogRequest};
 use kiln::plugin::error::PluginError;
 
 fn status(phase: Phase, attempt: u32, result: Option<AttemptResult>) -> BuildStatus {
@@ -82,12 +82,12 @@ async fn list_returns_builds_sorted_by_namespace_then_name() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        names(api::list_builds(&client, &Scope::All).await.unwrap()),
+        names(api::list_builds(&client, &ListScope::All).await.unwrap()),
         ["default/alpha", "default/zeta", "team-b/alpha"]
     );
     assert_eq!(
         names(
-            api::list_builds(&client, &Scope::Namespace("team-b".into()))
+            api::list_builds(&client, &ListScope::Namespace("team-b".into()))
                 .await
                 .unwrap()
         ),

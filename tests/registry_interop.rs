@@ -237,7 +237,7 @@ async fn an_upstream_blob_transfer_cut_short_is_unavailable_and_a_retry_succeeds
 // ---------------------------------------------------------------------------------------
 
 use common::kiln_server::{self, ADMIN, KilnServer};
-use kiln::cacheapi::token::{Action, TokenKey};
+use kiln::cacheapi::token::{TokenAction, TokenKey};
 
 /// Runs blocking client work (skopeo) off the runtime that serves Kiln.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -550,20 +550,20 @@ async fn the_auth_matrix_holds_over_http_and_skopeo_uses_the_token_flow() {
     })
     .await;
     let key = kiln_server::key();
-    let a = kiln_server::token("team-a", &[Action::Pull, Action::Push], &key);
-    let a_pull = kiln_server::token("team-a", &[Action::Pull], &key);
+    let a = kiln_server::token("team-a", &[TokenAction::Pull, TokenAction::Push], &key);
+    let a_pull = kiln_server::token("team-a", &[TokenAction::Pull], &key);
     let expired = key
         .mint(&kiln::cacheapi::token::Claims::new(
             "b",
             "team-a",
-            [Action::Pull],
+            [TokenAction::Pull],
             1_000_000,
             60,
         ))
         .unwrap();
     let forged = kiln_server::token(
         "team-a",
-        &[Action::Pull],
+        &[TokenAction::Pull],
         &TokenKey::from_bytes(&[1u8; 32]).unwrap(),
     );
 
@@ -605,7 +605,7 @@ async fn the_auth_matrix_holds_over_http_and_skopeo_uses_the_token_flow() {
     let mirror_pull = format!("docker://{host}/local/kiln-test/app:v1");
     let pull_creds = format!(
         "kiln:{}",
-        kiln_server::token("team-b", &[Action::Pull], &key)
+        kiln_server::token("team-b", &[TokenAction::Pull], &key)
     );
     let digest =
         blocking(move || skopeo::inspect_digest(&mirror_pull, &["--creds", &pull_creds])).await;

@@ -15,7 +15,7 @@ use common::docker_registry::DockerRegistry;
 use common::kiln_server::{self, KilnServer};
 use common::oci_layout::TestImage;
 use common::skopeo;
-use kiln::cacheapi::token::Action;
+use kiln::cacheapi::token::TokenAction;
 use kiln::oci::digest::Digest;
 use kiln::oci::media::OCI_MANIFEST;
 use reqwest::Method;
@@ -102,9 +102,9 @@ async fn nothing_a_namespace_pushed_is_visible_through_a_mirror_repository() {
     })
     .await;
     let key = kiln_server::key();
-    let b = kiln_server::token("team-b", &[Action::Pull, Action::Push], &key);
-    let a = kiln_server::token("team-a", &[Action::Pull, Action::Push], &key);
-    let a_pull = kiln_server::token("team-a", &[Action::Pull], &key);
+    let b = kiln_server::token("team-b", &[TokenAction::Pull, TokenAction::Push], &key);
+    let a = kiln_server::token("team-a", &[TokenAction::Pull, TokenAction::Push], &key);
+    let a_pull = kiln_server::token("team-a", &[TokenAction::Pull], &key);
     let base = server.url();
 
     // team-b pushes a private image, a lone secret blob, and a signature of the public

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kiln::oci::digest::{Algorithm, Digest};
 use kiln::oci::name::{Reference, RepoName, Tag};
 use kiln::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
-use kiln::store::{Clock, GcOptions, LeaseTarget, Policy, Store, StoreOptions, VerifyOptions};
+use kiln::store::{GcOptions, LeaseTarget, Policy, Store, StoreClock, StoreOptions, VerifyOptions};
 
 fn open(root: &Path) -> Store {
     Store::open(root, StoreOptions::default()).unwrap()
@@ -295,7 +295,7 @@ fn seed_stacker_same_inputs_same_listings() {
     let mut outputs = Vec::new();
     for order in orders {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Clock::manual(1_700_000_000_000);
+        let clock = StoreClock::manual(1_700_000_000_000);
         let store = Store::open(
             dir.path(),
             StoreOptions {

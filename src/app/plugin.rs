@@ -23,7 +23,7 @@ use crate::app::CliResult;
 use crate::cacheapi::client::AdminClient;
 use crate::controller::podstate::BUILD_CONTAINER;
 use crate::crd::Phase;
-use crate::plugin::api::{CancelRequest, LogRequest, Scope};
+use crate::plugin::api::{CancelRequest, ListScope, LogRequest};
 use crate::plugin::error::PluginError;
 use crate::plugin::forward::CacheTarget;
 
@@ -84,7 +84,7 @@ pub enum PluginCommand {
     Rerun(NameArgs),
     /// The build cache service.
     #[command(subcommand)]
-    Cache(CacheCommand),
+    Cache(PluginCacheCommand),
 }
 
 /// Flags of `list`.
@@ -123,7 +123,7 @@ pub struct LogsArgs {
 
 /// `kubectl kiln cache …` commands.
 #[derive(Debug, clap::Subcommand)]
-pub enum CacheCommand {
+pub enum PluginCacheCommand {
     /// Disk usage of the cache service (through its admin API): totals and repositories.
     Du(CacheDuArgs),
 }
@@ -192,7 +192,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
     let PluginArgs { kube, command } = args;
     let mut stdout = std::io::stdout();
     let now = Timestamp::now();
-    if let PluginCommand::Cache(CacheCommand::Du(args)) = command {
+    if let PluginCommand::Cache(PluginCacheCommand::Du(args)) = command {
         cache_du(&kube, args, now, &mut stdout).await?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -200,15 +200,15 @@ pub async fn run(args: PluginArgs) -> CliResult {
     match command {
         PluginCommand::List(ListArgs { all_namespaces }) => {
             let scope = if all_namespaces {
-                Scope::All
+                ListScope::All
             } else {
-                Scope::Namespace(namespace.clone())
+                ListScope::Namespace(namespace.clone())
             };
             let builds = crate::plugin::api::list_builds(&client, &scope).await?;
             if builds.is_empty() {
                 match scope {
-                    Scope::All => eprintln!("No Builds found."),
-                    Scope::Namespace(ns) => eprintln!("No Builds found in namespace {ns}."),
+                    ListScope::All => eprintln!("No Builds found."),
+                    ListScope::Namespace(ns) => eprintln!("No Builds found in namespace {ns}."),
                 }
             } else {
                 print(
@@ -276,7 +276,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
             message.push('\n');
             print(&mut stdout, &message)?;
         }
-        PluginCommand::Cache(CacheCommand::Du(args)) => {
+        PluginCommand::Cache(PluginCacheCommand::Du(args)) => {
             cache_du(&kube, args, now, &mut stdout).await?;
         }
     }

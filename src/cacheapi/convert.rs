@@ -10,7 +10,7 @@ use crate::cacheapi::admin::{
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{RepoName, Tag};
-use crate::store::{self, GcReport, ItemKind, Lease, Listing, Problem, UploadStatus};
+use crate::store::{self, GcReport, Inconsistency, ItemKind, Lease, Listing, UploadStatus};
 
 /// How many distinct digests unexpired leases hold at `now_ms`: the roots a prune must keep.
 pub fn leased_digests(leases: &[Lease], now_ms: u64) -> u64 {
@@ -25,7 +25,7 @@ pub fn leased_digests(leases: &[Lease], now_ms: u64) -> u64 {
 /// The contract's disk usage from the store's: totals, uploads, live leases, and per
 /// repository its tags, manifests, the bytes linked into it and its last use.
 pub fn du_report(
-    du: &store::DuReport,
+    du: &store::DiskUsage,
     listing: &Listing,
     uploads: &[UploadStatus],
     now_ms: u64,
@@ -152,7 +152,7 @@ pub fn prune_report(report: &GcReport, leased: u64) -> PruneReport {
 /// The contract's verify report: corrupt blobs (with their sizes from `before`, the
 /// listing taken before the verify), missing references per repository holding the
 /// manifest, what repair dropped, and every other problem as a sentence.
-pub fn verify_report(report: &store::VerifyReport, before: &Listing) -> VerifyReport {
+pub fn verify_report(report: &store::VerifyFindings, before: &Listing) -> VerifyReport {
     let sizes: BTreeMap<Digest, u64> = before.blobs.iter().map(|b| (b.digest, b.size)).collect();
     let mut holders: BTreeMap<Digest, Vec<RepoName>> = BTreeMap::new();
     for link in &before.links {
@@ -169,13 +169,13 @@ pub fn verify_report(report: &store::VerifyReport, before: &Listing) -> VerifyRe
     };
     for problem in &report.problems {
         match problem {
-            Problem::Corrupt { digest, actual } => out.corrupt.push(CorruptBlob {
+            Inconsistency::Corrupt { digest, actual } => out.corrupt.push(CorruptBlob {
                 digest: *digest,
                 actual: *actual,
                 bytes: sizes.get(digest).copied().unwrap_or(0),
                 quarantined: report.repaired,
             }),
-            Problem::Dangling {
+            Inconsistency::Dangling {
                 table: "manifests",
                 key,
                 missing,

@@ -37,14 +37,14 @@ pub const MIN_KEY_LEN: usize = 32;
 /// What a token lets its holder do with a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum TokenAction {
     /// Read manifests, blobs, tags and referrers.
     Pull,
     /// Upload blobs and put manifests (and the tags they carry).
     Push,
 }
 
-impl Action {
+impl TokenAction {
     /// The action as the Docker token scope spells it (`pull`, `push`).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -63,7 +63,7 @@ impl Action {
     }
 }
 
-impl fmt::Display for Action {
+impl fmt::Display for TokenAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -87,7 +87,7 @@ pub struct Claims {
     /// The namespace scope: the token covers repositories under `<ns>/`.
     pub ns: String,
     /// What the holder may do there (serialized as a sorted array).
-    pub actions: BTreeSet<Action>,
+    pub actions: BTreeSet<TokenAction>,
     /// Expiry, seconds since the Unix epoch; the token is invalid from this second on.
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
@@ -105,7 +105,7 @@ impl Claims {
     pub fn new(
         sub: impl Into<String>,
         ns: impl Into<String>,
-        actions: impl IntoIterator<Item = Action>,
+        actions: impl IntoIterator<Item = TokenAction>,
         now: u64,
         ttl_secs: u64,
     ) -> Self {
@@ -121,7 +121,7 @@ impl Claims {
     }
 
     /// Whether the token grants `action`.
-    pub fn allows(&self, action: Action) -> bool {
+    pub fn allows(&self, action: TokenAction) -> bool {
         self.actions.contains(&action)
     }
 
@@ -371,7 +371,13 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn claims(ns: &str) -> Claims {
-        Claims::new("build-uid-1", ns, [Action::Pull, Action::Push], NOW, 3600)
+        Claims::new(
+            "build-uid-1",
+            ns,
+            [TokenAction::Pull, TokenAction::Push],
+            NOW,
+            3600,
+        )
     }
 
     #[test]
@@ -384,7 +390,7 @@ pub(crate) mod tests {
 
     #[test]
     fn claims_serialize_with_sorted_actions() {
-        let claims = Claims::new("u", "ns", [Action::Push, Action::Pull], 10, 5);
+        let claims = Claims::new("u", "ns", [TokenAction::Push, TokenAction::Pull], 10, 5);
         assert_eq!(
             serde_json::to_value(&claims).unwrap(),
             serde_json::json!({
@@ -396,7 +402,7 @@ pub(crate) mod tests {
 
     #[test]
     fn tokens_are_refused_before_nbf_beyond_the_skew_and_when_they_live_too_long() {
-        let early = Claims::new("u", "team-a", [Action::Pull], NOW + 600, 600);
+        let early = Claims::new("u", "team-a", [TokenAction::Pull], NOW + 600, 600);
         let token = key().mint(&early).unwrap();
         assert_eq!(
             key().verify(&token, NOW),
@@ -406,7 +412,13 @@ pub(crate) mod tests {
             })
         );
         // A controller whose clock runs a little ahead is fine.
-        let slightly = Claims::new("u", "team-a", [Action::Pull], NOW + CLOCK_SKEW_SECS, 600);
+        let slightly = Claims::new(
+            "u",
+            "team-a",
+            [TokenAction::Pull],
+            NOW + CLOCK_SKEW_SECS,
+            600,
+        );
         assert!(key().verify(&key().mint(&slightly).unwrap(), NOW).is_ok());
         // A token of an older controller has no nbf: its issue time stands in.
         let older = Claims {
@@ -423,9 +435,15 @@ pub(crate) mod tests {
                 .is_ok()
         );
         // The longest a controller mints is accepted, a second more is not.
-        let longest = Claims::new("u", "team-a", [Action::Pull], NOW, MAX_LIFETIME_SECS);
+        let longest = Claims::new("u", "team-a", [TokenAction::Pull], NOW, MAX_LIFETIME_SECS);
         assert!(key().verify(&key().mint(&longest).unwrap(), NOW).is_ok());
-        let longer = Claims::new("u", "team-a", [Action::Pull], NOW, MAX_LIFETIME_SECS + 1);
+        let longer = Claims::new(
+            "u",
+            "team-a",
+            [TokenAction::Pull],
+            NOW,
+            MAX_LIFETIME_SECS + 1,
+        );
         assert_eq!(
             key().verify(&key().mint(&longer).unwrap(), NOW),
             Err(TokenError::TooLong {

@@ -32,7 +32,7 @@ use super::error::ApplyError;
 use super::labels::BUILD_UID;
 use super::plan::{Action, EventSpec, Plan};
 use super::validate::DOCKER_CONFIG_KEY;
-use crate::cacheapi::token::{Action as TokenAction, Claims};
+use crate::cacheapi::token::{Claims, TokenAction};
 use crate::crd::Build;
 use crate::crd::build::FINALIZER;
 

@@ -27,7 +27,7 @@ pub const STATUS_LOG_LINES: usize = 20;
 
 /// Where to list Builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub enum ListScope {
     /// One namespace.
     Namespace(String),
     /// Every namespace.
@@ -55,18 +55,18 @@ pub async fn get_build(client: &Client, namespace: &str, name: &str) -> Result<B
 }
 
 /// The Builds in `scope`, sorted by namespace, then name.
-pub async fn list_builds(client: &Client, scope: &Scope) -> Result<Vec<Build>, PluginError> {
+pub async fn list_builds(client: &Client, scope: &ListScope) -> Result<Vec<Build>, PluginError> {
     let api: Api<Build> = match scope {
-        Scope::Namespace(ns) => builds_in(client, ns),
-        Scope::All => Api::all(client.clone()),
+        ListScope::Namespace(ns) => builds_in(client, ns),
+        ListScope::All => Api::all(client.clone()),
     };
     let mut builds = api
         .list(&ListParams::default())
         .await
         .map_err(|source| PluginError::ListBuilds {
             scope: match scope {
-                Scope::Namespace(ns) => format!("namespace {ns}"),
-                Scope::All => "all namespaces".to_owned(),
+                ListScope::Namespace(ns) => format!("namespace {ns}"),
+                ListScope::All => "all namespaces".to_owned(),
             },
             source: Box::new(source),
         })?

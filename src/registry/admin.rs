@@ -261,7 +261,7 @@ async fn delete_repository(registry: &Registry, name: RepoName) -> Result<Respon
 mod tests {
     use super::*;
     use crate::cacheapi::admin::{DuReport, EntryKind, PruneReport, VerifyReport};
-    use crate::cacheapi::token::Action;
+    use crate::cacheapi::token::TokenAction;
     use crate::oci::digest::Digest;
     use crate::registry::testing::{Answer, TestRegistry, admin, token};
     use serde_json::json;
@@ -289,7 +289,10 @@ mod tests {
             .get("/admin/v1/du")
             .await
             .expect(401, Some("UNAUTHORIZED"));
-        let build = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
+        let build = format!(
+            "Bearer {}",
+            token("team-a", &[TokenAction::Pull, TokenAction::Push])
+        );
         registry
             .call(
                 Method::GET,

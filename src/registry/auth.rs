@@ -47,7 +47,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
-use crate::cacheapi::token::{Action, Claims, TokenError, TokenKey};
+use crate::cacheapi::token::{Claims, TokenAction, TokenError, TokenKey};
 use crate::oci::digest::Digest;
 use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
@@ -175,7 +175,7 @@ pub fn authorize(principal: &Principal, resource: Resource<'_>, access: Access) 
         Principal::Build(claims) => claims,
     };
     let deny = |reason: String| Decision::Deny(reason);
-    let granted = |action: Action| {
+    let granted = |action: TokenAction| {
         if claims.allows(action) {
             Decision::Allow
         } else {
@@ -187,7 +187,7 @@ pub fn authorize(principal: &Principal, resource: Resource<'_>, access: Access) 
         (Resource::Base, _) => deny("nothing to write at /v2/".into()),
         (Resource::Catalog, _) => deny("the catalog needs the admin token".into()),
         (Resource::Admin, _) => deny("the admin API needs the admin token".into()),
-        (Resource::Repository { mirror: true, .. }, Access::Pull) => granted(Action::Pull),
+        (Resource::Repository { mirror: true, .. }, Access::Pull) => granted(TokenAction::Pull),
         (Resource::Repository { name, mirror: true }, _) => deny(format!(
             "{name} is a mirror repository: it is read-only for builds"
         )),
@@ -195,8 +195,8 @@ pub fn authorize(principal: &Principal, resource: Resource<'_>, access: Access) 
             "the token covers repositories under {}/, not {name}",
             claims.ns
         )),
-        (Resource::Repository { .. }, Access::Pull) => granted(Action::Pull),
-        (Resource::Repository { .. }, Access::Push) => granted(Action::Push),
+        (Resource::Repository { .. }, Access::Pull) => granted(TokenAction::Pull),
+        (Resource::Repository { .. }, Access::Push) => granted(TokenAction::Push),
         (Resource::Repository { .. }, Access::Delete) => {
             deny("deleting needs the admin token".into())
         }
@@ -349,7 +349,7 @@ pub struct Scope {
     /// The repository.
     pub name: RepoName,
     /// The actions asked for that Kiln knows (`delete` and `*` are dropped).
-    pub actions: BTreeSet<Action>,
+    pub actions: BTreeSet<TokenAction>,
 }
 
 impl Scope {
@@ -359,7 +359,7 @@ impl Scope {
         let (name, actions) = rest.rsplit_once(':')?;
         Some(Self {
             name: RepoName::parse(name).ok()?,
-            actions: actions.split(',').filter_map(Action::parse).collect(),
+            actions: actions.split(',').filter_map(TokenAction::parse).collect(),
         })
     }
 }
@@ -381,8 +381,8 @@ pub fn narrow(
         };
         for &action in &scope.actions {
             let access = match action {
-                Action::Pull => Access::Pull,
-                Action::Push => Access::Push,
+                TokenAction::Pull => Access::Pull,
+                TokenAction::Push => Access::Push,
             };
             if authorize(&principal, resource, access) == Decision::Allow {
                 actions.insert(action);
@@ -587,7 +587,7 @@ mod tests {
         let config = config(true);
         let a_token = key().mint(&claims("team-a")).unwrap();
         let pull_only = key()
-            .mint(&Claims::new("b", "team-a", [Action::Pull], NOW, 3600))
+            .mint(&Claims::new("b", "team-a", [TokenAction::Pull], NOW, 3600))
             .unwrap();
         let wrong_key = TokenKey::from_bytes(&[8u8; 32])
             .unwrap()
@@ -771,12 +771,12 @@ mod tests {
             Scope::parse("repository:team-a/app:pull,push"),
             Some(Scope {
                 name: name("team-a/app"),
-                actions: [Action::Pull, Action::Push].into()
+                actions: [TokenAction::Pull, TokenAction::Push].into()
             })
         );
         assert_eq!(
             Scope::parse("repository:a:delete,*,pull").map(|s| s.actions),
-            Some([Action::Pull].into())
+            Some([TokenAction::Pull].into())
         );
         assert_eq!(Scope::parse("registry:catalog:*"), None);
         assert_eq!(Scope::parse("repository:A:pull"), None);
@@ -795,14 +795,14 @@ mod tests {
     #[test]
     fn narrowed_tokens_are_never_broader() {
         let config = config(true);
-        let presented = Claims::new("b", "team-a", [Action::Pull], NOW, 600);
+        let presented = Claims::new("b", "team-a", [TokenAction::Pull], NOW, 600);
         let scope = |text: &str| Scope::parse(text).unwrap();
         let narrowed =
             |scopes: &[Scope]| narrow(&presented, scopes, |n| config.is_mirror(n)).actions;
         // Asking for push on a pull-only token gives pull only.
         assert_eq!(
             narrowed(&[scope("repository:team-a/x:pull,push")]),
-            [Action::Pull].into()
+            [TokenAction::Pull].into()
         );
         // Another namespace gives nothing.
         assert_eq!(
@@ -817,11 +817,11 @@ mod tests {
         // A mirror repository gives pull, never push.
         assert_eq!(
             narrowed_full(&[scope("repository:docker.io/x:pull,push")]),
-            [Action::Pull].into()
+            [TokenAction::Pull].into()
         );
         assert_eq!(
             narrowed_full(&[scope("repository:team-a/x:push")]),
-            [Action::Push].into()
+            [TokenAction::Push].into()
         );
         let n = narrow(&full, &[scope("repository:team-a/x:pull")], |_| false);
         assert_eq!(
@@ -851,7 +851,7 @@ mod tests {
             .mint(&Claims::new(
                 "b",
                 "team-a",
-                [Action::Pull, Action::Push],
+                [TokenAction::Pull, TokenAction::Push],
                 now,
                 3600,
             ))
@@ -870,7 +870,7 @@ mod tests {
         assert!(issued.expires_in <= 3600 && issued.expires_in > 3000);
         assert!(issued.issued_at.ends_with('Z'), "{}", issued.issued_at);
         let claims = key().verify(&issued.token, now).unwrap();
-        assert_eq!(claims.actions, [Action::Pull].into());
+        assert_eq!(claims.actions, [TokenAction::Pull].into());
 
         // The OAuth2 password grant, as containerd sends it first.
         let form = format!(
@@ -884,7 +884,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{body}");
         let issued: TokenResponse = serde_json::from_value(body).unwrap();
         let claims = key().verify(&issued.access_token, now).unwrap();
-        assert_eq!(claims.actions, [Action::Pull, Action::Push].into());
+        assert_eq!(
+            claims.actions,
+            [TokenAction::Pull, TokenAction::Push].into()
+        );
     }
 
     #[tokio::test]
@@ -897,7 +900,13 @@ mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
         let expired = key()
-            .mint(&Claims::new("b", "team-a", [Action::Pull], 1_000_000, 60))
+            .mint(&Claims::new(
+                "b",
+                "team-a",
+                [TokenAction::Pull],
+                1_000_000,
+                60,
+            ))
             .unwrap();
         let request = Request::get("/token")
             .header(header::AUTHORIZATION, format!("Bearer {expired}"))
@@ -928,11 +937,11 @@ mod tests {
         assert_eq!(body["token"], ADMIN);
     }
 
-    fn action_set() -> impl proptest::strategy::Strategy<Value = BTreeSet<Action>> {
+    fn action_set() -> impl proptest::strategy::Strategy<Value = BTreeSet<TokenAction>> {
         proptest::collection::btree_set(
             proptest::prop_oneof![
-                proptest::strategy::Just(Action::Pull),
-                proptest::strategy::Just(Action::Push)
+                proptest::strategy::Just(TokenAction::Pull),
+                proptest::strategy::Just(TokenAction::Push)
             ],
             0..=2,
         )
@@ -957,7 +966,7 @@ mod tests {
                 })
                 .collect();
             let narrowed = narrow(&presented, &scopes, |n| n.first_component() == "docker.io");
-            let asked: BTreeSet<Action> = scopes.iter().flat_map(|s| s.actions.iter().copied()).collect();
+            let asked: BTreeSet<TokenAction> = scopes.iter().flat_map(|s| s.actions.iter().copied()).collect();
             proptest::prop_assert!(narrowed.actions.is_subset(&presented_actions));
             proptest::prop_assert!(narrowed.actions.is_subset(&asked));
             proptest::prop_assert_eq!(
@@ -965,8 +974,8 @@ mod tests {
                 (&presented.sub, &presented.ns, presented.exp)
             );
             // Push is only ever granted for a repository of the token's namespace.
-            if narrowed.actions.contains(&Action::Push) {
-                proptest::prop_assert!(scopes.iter().any(|s| s.actions.contains(&Action::Push) && presented.covers(&s.name)));
+            if narrowed.actions.contains(&TokenAction::Push) {
+                proptest::prop_assert!(scopes.iter().any(|s| s.actions.contains(&TokenAction::Push) && presented.covers(&s.name)));
             }
         }
     }

@@ -44,7 +44,7 @@ pub struct RouteLabel(pub &'static str);
 
 /// The service's metrics.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct CacheMetrics {
     /// Requests answered.
     pub requests: Family<RequestLabels, Counter>,
     /// Time to the response's headers, by route.
@@ -67,7 +67,7 @@ pub struct Metrics {
     pub uploads_expired: Counter,
 }
 
-impl Default for Metrics {
+impl Default for CacheMetrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
@@ -87,7 +87,7 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+impl CacheMetrics {
     /// Registers every metric under `kiln_cache_`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("kiln_cache");
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn metrics_encode_with_their_names_and_labels() {
-        let metrics = Metrics::default();
+        let metrics = CacheMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         metrics

@@ -46,5 +46,5 @@ mod tenancy;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use server::{GcSchedule, ServeError, ServeOptions, serve};
+pub use server::{CacheServeError, GcSchedule, ServeOptions, serve};
 pub use service::{Limits, Registry};

@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(err.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
-    use crate::cacheapi::token::Action;
+    use crate::cacheapi::token::TokenAction;
     use crate::registry::testing::{ADMIN, TestRegistry, token};
     use axum::body::Body;
 
@@ -478,16 +478,22 @@ mod tests {
         let registry = TestRegistry::authenticated();
         let admin = format!("Bearer {ADMIN}");
         registry.push_image("team-a/app", "v1", "a").await;
-        let a = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
-        let b = format!("Bearer {}", token("team-b", &[Action::Pull, Action::Push]));
-        let pull_only = format!("Bearer {}", token("team-a", &[Action::Pull]));
+        let a = format!(
+            "Bearer {}",
+            token("team-a", &[TokenAction::Pull, TokenAction::Push])
+        );
+        let b = format!(
+            "Bearer {}",
+            token("team-b", &[TokenAction::Pull, TokenAction::Push])
+        );
+        let pull_only = format!("Bearer {}", token("team-a", &[TokenAction::Pull]));
         let expired = format!(
             "Bearer {}",
             crate::registry::testing::key()
                 .mint(&crate::cacheapi::token::Claims::new(
                     "b",
                     "team-a",
-                    [Action::Pull],
+                    [TokenAction::Pull],
                     1_000_000,
                     60
                 ))
@@ -500,7 +506,7 @@ mod tests {
                 .mint(&crate::cacheapi::token::Claims::new(
                     "b",
                     "team-a",
-                    [Action::Pull],
+                    [TokenAction::Pull],
                     unix_now(),
                     600
                 ))
@@ -513,7 +519,7 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(format!("kiln:{token}"))
             )
         };
-        let a_basic = basic(&token("team-a", &[Action::Pull]));
+        let a_basic = basic(&token("team-a", &[TokenAction::Pull]));
         let manifest = "/v2/team-a/app/manifests/v1";
         let upload = "/v2/team-a/app/blobs/uploads/";
         // (label, method, path, Authorization, status, code)

@@ -73,7 +73,7 @@ pub struct GcSchedule {
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum CacheServeError {
     /// The store could not be closed cleanly (pending access times were not written).
     #[error("cannot close the cache store")]
     CloseStore(#[source] StoreError),
@@ -87,7 +87,7 @@ pub async fn serve(
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<(), CacheServeError> {
     let router = registry.router();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = JoinSet::new();
@@ -167,7 +167,7 @@ pub async fn serve(
                 source: io::Error::other(err.to_string()),
             })
         });
-    closed.map_err(ServeError::CloseStore)?;
+    closed.map_err(CacheServeError::CloseStore)?;
     tracing::info!(
         ms = started.elapsed().as_millis() as u64,
         "shut down cleanly"

@@ -12,7 +12,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use crate::oci::media::MAX_MANIFEST_BYTES;
 use crate::registry::auth::{AuthConfig, token_handler};
 use crate::registry::error::RegistryError;
-use crate::registry::metrics::Metrics;
+use crate::registry::metrics::CacheMetrics;
 use crate::registry::mirror::Mirror;
 use crate::registry::{admin, ops, route};
 use crate::store::Store;
@@ -63,7 +63,7 @@ struct Inner {
     store: Store,
     auth: Arc<AuthConfig>,
     mirror: Option<Mirror>,
-    metrics: Metrics,
+    metrics: CacheMetrics,
     prometheus: prometheus_client::registry::Registry,
     limits: Limits,
     ready: AtomicBool,
@@ -74,7 +74,7 @@ impl Registry {
     /// the two cannot disagree about which repositories are read-only mirrors.
     pub fn new(store: Store, mut auth: AuthConfig, mirror: Option<Mirror>, limits: Limits) -> Self {
         auth.mirrors = mirror.as_ref().map(Mirror::names).unwrap_or_default();
-        let metrics = Metrics::default();
+        let metrics = CacheMetrics::default();
         let mut prometheus = prometheus_client::registry::Registry::default();
         metrics.register(&mut prometheus);
         if let Some(mirror) = &mirror {
@@ -109,7 +109,7 @@ impl Registry {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &CacheMetrics {
         &self.inner.metrics
     }
 

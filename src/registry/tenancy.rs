@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::Method;
 use proptest::prelude::*;
 
-use crate::cacheapi::token::Action;
+use crate::cacheapi::token::TokenAction;
 use crate::oci::digest::Digest;
 use crate::registry::mirror::upstream::UpstreamConfig;
 use crate::registry::mirror::{Mirror, MirrorOptions};
@@ -327,9 +327,9 @@ async fn check_table(rows: &[Row], own_ns: &str, other_ns: &str) -> Result<(), S
         own_ns: own_ns.to_owned(),
         pull_push: format!(
             "Bearer {}",
-            testing::token(own_ns, &[Action::Pull, Action::Push])
+            testing::token(own_ns, &[TokenAction::Pull, TokenAction::Push])
         ),
-        pull_only: format!("Bearer {}", testing::token(own_ns, &[Action::Pull])),
+        pull_only: format!("Bearer {}", testing::token(own_ns, &[TokenAction::Pull])),
         registry,
         own,
         other,

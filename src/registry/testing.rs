@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use tower::ServiceExt as _;
 
-use crate::cacheapi::token::{Action, Claims, TokenKey};
+use crate::cacheapi::token::{Claims, TokenAction, TokenKey};
 use crate::oci::digest::Digest;
 use crate::registry::auth::{AdminToken, AuthConfig, unix_now};
 use crate::registry::mirror::Mirror;
@@ -28,7 +28,7 @@ pub fn key() -> TokenKey {
 }
 
 /// A token for namespace `ns` with `actions`, valid for an hour from now.
-pub fn token(ns: &str, actions: &[Action]) -> String {
+pub fn token(ns: &str, actions: &[TokenAction]) -> String {
     key()
         .mint(&Claims::new(
             "build-uid",

@@ -367,7 +367,7 @@ mod tests {
     use axum::http::Method;
 
     use super::*;
-    use crate::cacheapi::token::Action;
+    use crate::cacheapi::token::TokenAction;
     use crate::registry::testing::{TestRegistry, admin, token};
 
     fn location(answer: &crate::registry::testing::Answer) -> String {
@@ -588,7 +588,10 @@ mod tests {
         let registry = TestRegistry::authenticated();
         let digest = registry.push_blob("team-a/src", b"shared layer").await;
         registry.push_blob("team-b/secret", b"b's layer").await;
-        let a = format!("Bearer {}", token("team-a", &[Action::Pull, Action::Push]));
+        let a = format!(
+            "Bearer {}",
+            token("team-a", &[TokenAction::Pull, TokenAction::Push])
+        );
         let headers = [("authorization", a.as_str())];
 
         let mounted = registry

@@ -14,7 +14,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
-use crate::store::flight::{Claim, FlightGuard, Outcome, Waiter};
+use crate::store::flight::{Claim, FlightGuard, FlightOutcome, Waiter};
 use crate::store::handle::Store;
 use crate::store::layout::sync_dir;
 use crate::store::tables::{self, BlobRow};
@@ -108,8 +108,8 @@ impl IngestWaiter {
     pub fn wait(self) -> Result<BlobInfo> {
         let digest = self.0.digest();
         match self.0.wait() {
-            Outcome::Committed(size) => Ok(BlobInfo { digest, size }),
-            Outcome::Failed(reason) => Err(StoreError::IngestAbandoned { digest, reason }),
+            FlightOutcome::Committed(size) => Ok(BlobInfo { digest, size }),
+            FlightOutcome::Failed(reason) => Err(StoreError::IngestAbandoned { digest, reason }),
         }
     }
 }
@@ -182,7 +182,7 @@ impl Store {
             Claim::Leader(guard) => {
                 // Someone may have committed between the lookup and the claim.
                 if let Some(info) = self.blob(digest)? {
-                    guard.finish(Outcome::Committed(info.size));
+                    guard.finish(FlightOutcome::Committed(info.size));
                     return Ok(Ingest::Present(info));
                 }
                 Ok(Ingest::Write(BlobWriter {
@@ -326,8 +326,8 @@ impl Store {
         };
         let result = self.place_and_record(&path, expected, size, repo, extra);
         match &result {
-            Ok(info) => guard.finish(Outcome::Committed(info.size)),
-            Err(err) => guard.finish(Outcome::Failed(err.to_string())),
+            Ok(info) => guard.finish(FlightOutcome::Committed(info.size)),
+            Err(err) => guard.finish(FlightOutcome::Failed(err.to_string())),
         }
         result
     }

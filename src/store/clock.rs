@@ -11,7 +11,7 @@ use crate::store::layout::unix_ms;
 /// access, lease expiry) and every age it compares (grace window, keep-duration) uses it,
 /// so tests can move time without sleeping.
 #[derive(Debug, Clone, Default)]
-pub enum Clock {
+pub enum StoreClock {
     /// The system clock.
     #[default]
     System,
@@ -19,7 +19,7 @@ pub enum Clock {
     Manual(Arc<AtomicU64>),
 }
 
-impl Clock {
+impl StoreClock {
     /// A manual clock starting at `start_ms` milliseconds after the Unix epoch.
     pub fn manual(start_ms: u64) -> Self {
         Self::Manual(Arc::new(AtomicU64::new(start_ms)))
@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn manual_clones_share_one_time() {
-        let clock = Clock::manual(1_000);
+        let clock = StoreClock::manual(1_000);
         let other = clock.clone();
         clock.advance(Duration::from_secs(2));
         assert_eq!(other.now_ms(), 3_000);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName, Tag};
-use crate::store::clock::Clock;
+use crate::store::clock::StoreClock;
 use crate::store::error::StoreError;
 use crate::store::fixtures::{image_manifest, index_manifest, referrer_manifest};
 use crate::store::gc::Policy;
@@ -19,9 +19,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// Runs `check` against a fresh redb store and a fresh model, each with its own manual
 /// clock starting at the same time.
-fn each(check: impl Fn(&dyn Storage, &Clock)) {
+fn each(check: impl Fn(&dyn Storage, &StoreClock)) {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Clock::manual(1_000_000);
+    let clock = StoreClock::manual(1_000_000);
     let store = Store::open(
         dir.path(),
         StoreOptions {
@@ -32,7 +32,7 @@ fn each(check: impl Fn(&dyn Storage, &Clock)) {
     )
     .unwrap();
     check(&store, &clock);
-    let clock = Clock::manual(1_000_000);
+    let clock = StoreClock::manual(1_000_000);
     check(&Model::new(clock.clone()), &clock);
 }
 

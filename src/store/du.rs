@@ -32,7 +32,7 @@ pub struct DuRoot {
 
 /// The store's disk usage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DuReport {
+pub struct DiskUsage {
     /// Bytes of every blob (manifests included).
     pub total_bytes: u64,
     /// Bytes `prune --all` would free now: everything no lease holds.
@@ -57,7 +57,7 @@ pub struct DuReport {
 
 impl Store {
     /// Computes disk usage over one snapshot (pending access times are written first).
-    pub fn du(&self) -> Result<DuReport> {
+    pub fn du(&self) -> Result<DiskUsage> {
         self.flush_access()?;
         let now = self.inner.clock.now_ms();
         let txn = self.read("disk usage")?;
@@ -91,7 +91,7 @@ impl Store {
         let manifests = (0..graph.nodes.len())
             .filter(|&at| u32::try_from(at).is_ok_and(|at| graph.is_manifest(at)))
             .count() as u64;
-        Ok(DuReport {
+        Ok(DiskUsage {
             total_bytes: total,
             reclaimable_bytes: total - held,
             blobs: graph.nodes.len() as u64,

@@ -13,7 +13,7 @@ use crate::oci::digest::Digest;
 
 /// How a flight ended, as seen by the processes waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum FlightOutcome {
     /// The blob is now in the store with this size.
     Committed(u64),
     /// The writer failed or gave up; the text says why.
@@ -22,7 +22,7 @@ pub enum Outcome {
 
 #[derive(Debug, Default)]
 struct Flight {
-    outcome: Mutex<Option<Outcome>>,
+    outcome: Mutex<Option<FlightOutcome>>,
     done: Condvar,
 }
 
@@ -56,7 +56,7 @@ impl Waiter {
 
     /// Blocks until the leader commits or fails. Call it from a blocking context
     /// (`spawn_blocking` in async code).
-    pub fn wait(self) -> Outcome {
+    pub fn wait(self) -> FlightOutcome {
         let mut outcome = lock(&self.flight.outcome);
         loop {
             if let Some(outcome) = outcome.as_ref() {
@@ -87,11 +87,11 @@ impl FlightGuard {
     }
 
     /// Ends the flight with `outcome` and wakes every waiter.
-    pub fn finish(self, outcome: Outcome) {
+    pub fn finish(self, outcome: FlightOutcome) {
         self.end(outcome);
     }
 
-    fn end(&self, outcome: Outcome) {
+    fn end(&self, outcome: FlightOutcome) {
         // Remove from the table first: a waiter that wakes up and claims again must find
         // the slot free.
         lock(&self.flights.map).remove(&self.digest);
@@ -105,7 +105,7 @@ impl FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.end(Outcome::Failed("the writer went away".to_owned()));
+        self.end(FlightOutcome::Failed("the writer went away".to_owned()));
     }
 }
 
@@ -173,9 +173,9 @@ mod tests {
                 std::thread::spawn(move || waiter.wait())
             })
             .collect();
-        guard.finish(Outcome::Committed(7));
+        guard.finish(FlightOutcome::Committed(7));
         for waiter in waiters {
-            assert_eq!(waiter.join().unwrap(), Outcome::Committed(7));
+            assert_eq!(waiter.join().unwrap(), FlightOutcome::Committed(7));
         }
         assert!(flights.try_claim(digest).is_some(), "slot is free again");
     }
@@ -190,6 +190,6 @@ mod tests {
             panic!("must follow");
         };
         drop(guard);
-        assert!(matches!(waiter.wait(), Outcome::Failed(_)));
+        assert!(matches!(waiter.wait(), FlightOutcome::Failed(_)));
     }
 }

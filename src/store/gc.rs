@@ -34,7 +34,7 @@ pub struct Policy {
 /// Why something was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Reason {
+pub enum GcReason {
     /// Not reachable from any root and older than the grace window.
     Unreachable,
     /// A lease past its expiry.
@@ -47,7 +47,7 @@ pub enum Reason {
     PruneAll,
 }
 
-impl Reason {
+impl GcReason {
     /// The reason as printed in audits and reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -272,12 +272,12 @@ pub struct Eviction {
     /// What it pointed to at the mark (the sweep removes it only if it still does).
     pub digest: Digest,
     /// Why.
-    pub reason: Reason,
+    pub reason: GcReason,
 }
 
 /// What one GC run will do, in order.
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub struct GcPlan {
     /// Tags to remove first.
     pub evictions: Vec<Eviction>,
     /// Leases past their expiry.
@@ -299,12 +299,12 @@ pub struct Plan {
 
 /// Decides what a GC run removes, given the snapshot, the policy, the grace window and
 /// the time.
-pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Plan {
+pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcPlan {
     let grace_ms = millis(grace);
     let mut marks = vec![false; graph.nodes.len()];
-    let mut plan = Plan {
+    let mut plan = GcPlan {
         bytes_before: graph.total(),
-        ..Plan::default()
+        ..GcPlan::default()
     };
     // Pinned roots: unexpired leases and pushes in progress. Policies never touch them.
     let mut leased = Vec::new();
@@ -338,14 +338,14 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Pla
     for (repo, tag, at) in tags {
         let last_used = graph.nodes[*at as usize].accessed_ms;
         let reason = if policy.all {
-            Some(Reason::PruneAll)
+            Some(GcReason::PruneAll)
         } else if policy
             .keep_duration
             .is_some_and(|keep| last_used.saturating_add(millis(keep)) < now_ms)
         {
-            Some(Reason::KeepDuration)
+            Some(GcReason::KeepDuration)
         } else if over_ceiling {
-            Some(Reason::KeepStorage)
+            Some(GcReason::KeepStorage)
         } else {
             let added = graph.mark(&mut marks, [*at]);
             let added_bytes = graph.size_of(&added);
@@ -357,7 +357,7 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> Pla
                     marks[at as usize] = false;
                 }
                 over_ceiling = true;
-                Some(Reason::KeepStorage)
+                Some(GcReason::KeepStorage)
             } else {
                 total += added_bytes;
                 None
@@ -553,7 +553,7 @@ mod tests {
             keep_storage: Some(100),
             ..Policy::default()
         };
-        let swept = |plan: &Plan| -> BTreeSet<u8> {
+        let swept = |plan: &GcPlan| -> BTreeSet<u8> {
             (0..=255u8)
                 .filter(|n| plan.sweep.iter().any(|s| s.0 == Digest::of(&[*n])))
                 .collect()
@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(evicted.len(), 1);
         assert_eq!(
             (evicted[0].tag.as_str(), evicted[0].reason),
-            ("old", Reason::KeepDuration)
+            ("old", GcReason::KeepDuration)
         );
         let all = Policy {
             all: true,

@@ -14,7 +14,7 @@ use redb::{
 use crate::oci::digest::Digest;
 use crate::store::backend::UnsyncedFile;
 use crate::store::blobs::UploadSession;
-use crate::store::clock::Clock;
+use crate::store::clock::StoreClock;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{Flights, lock};
 use crate::store::layout::{Layout, RootLock};
@@ -28,7 +28,7 @@ pub struct StoreOptions {
     /// which must not invent a store where the user mistyped a path).
     pub create: bool,
     /// Where "now" comes from.
-    pub clock: Clock,
+    pub clock: StoreClock,
     /// Fsync blobs, directories and commits (the default). Only tests of logic, not of
     /// durability, turn it off: every write still reaches the kernel before the call that
     /// made it returns, and the kernel's page cache outlives the process, so a store
@@ -43,7 +43,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             create: true,
-            clock: Clock::System,
+            clock: StoreClock::System,
             sync: true,
             cache_bytes: 256 << 20,
         }
@@ -61,7 +61,7 @@ pub struct Store {
 pub(crate) struct Inner {
     pub layout: Layout,
     pub db: Database,
-    pub clock: Clock,
+    pub clock: StoreClock,
     pub sync: bool,
     pub flights: Arc<Flights>,
     /// Upload sessions by id. Each has its own lock, so chunks of different uploads are
@@ -201,7 +201,7 @@ impl Store {
     }
 
     /// The clock the store reads.
-    pub fn clock(&self) -> &Clock {
+    pub fn clock(&self) -> &StoreClock {
         &self.inner.clock
     }
 

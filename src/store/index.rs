@@ -13,8 +13,8 @@ use crate::store::handle::Store;
 use crate::store::manifest;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
 use crate::store::types::{
-    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer, RepositoryDeleted,
-    TagEntry, validate_repo,
+    BlobEntry, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer,
+    RemovedFromRepository, TagEntry, validate_repo,
 };
 
 /// The first of `references` (sorted) that is not a blob linked into `repo`, leaving out
@@ -449,7 +449,7 @@ impl Store {
     /// Deletes a whole repository: all its tags and links, in one transaction (the
     /// controller does this for the repositories of deleted namespaces). What only it held
     /// becomes unreachable and goes with the next GC.
-    pub fn delete_repository(&self, repo: &str) -> Result<RepositoryDeleted> {
+    pub fn delete_repository(&self, repo: &str) -> Result<RemovedFromRepository> {
         let action = "delete repository";
         self.write(action, |txn| {
             let mut tags = txn
@@ -489,7 +489,7 @@ impl Store {
                     manifest_links += 1;
                 }
             }
-            Ok(RepositoryDeleted {
+            Ok(RemovedFromRepository {
                 tags: tag_names.len() as u64,
                 links: digests.len() as u64,
                 manifests: manifest_links,

@@ -40,7 +40,7 @@
 //! | mirror: store an upstream manifest | [`Store::put_mirrored_manifest`] (references fetched on demand) |
 //! | mirror: fetch a blob by digest | [`Store::ingest`] → [`Ingest::Present`] / [`Ingest::Write`] (a [`BlobWriter`]; commit with the digest) / [`Ingest::Wait`] (then [`Store::link`] into the repo) |
 //! | admin: leases | [`Store::lease_acquire`] (targets: digests or `repo:tag`, pinned at acquire), [`Store::lease_extend`], [`Store::lease_release`], [`Store::leases`] |
-//! | admin: GC / du / verify | [`Store::gc`] ([`GcOptions`], [`Policy`], `dry_run`) → [`GcReport`]; [`Store::du`] → [`DuReport`]; [`Store::verify`] → [`VerifyReport`] |
+//! | admin: GC / du / verify | [`Store::gc`] ([`GcOptions`], [`Policy`], `dry_run`) → [`GcReport`]; [`Store::du`] → [`DiskUsage`]; [`Store::verify`] → [`VerifyFindings`] |
 //! | timers | [`Store::flush_access`] (batched last-access writes), [`Store::gc`] |
 //! | shutdown | [`Store::close`] |
 //!
@@ -86,16 +86,16 @@ mod contract;
 mod model;
 
 pub use blobs::{BlobReader, BlobWriter, Ingest, IngestWaiter};
-pub use clock::Clock;
-pub use du::{DuReport, DuRoot};
+pub use clock::StoreClock;
+pub use du::{DiskUsage, DuRoot};
 pub use error::StoreError;
-pub use gc::{Policy, Reason};
+pub use gc::{GcReason, Policy};
 pub use handle::{Store, StoreOptions};
 pub use storage::Storage;
 pub use sweep::{GcOptions, GcReport, ItemKind, Removal};
 pub use types::{
     BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer,
-    RepositoryDeleted, TagEntry, UploadStatus,
+    RemovedFromRepository, TagEntry, UploadStatus,
 };
 pub use uploads::ExpiredUploads;
-pub use verify::{Problem, RecoveryReport, VerifyOptions, VerifyReport};
+pub use verify::{Inconsistency, RecoveryReport, VerifyFindings, VerifyOptions};

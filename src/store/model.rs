@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName, Tag};
-use crate::store::clock::{Clock, millis};
+use crate::store::clock::{StoreClock, millis};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::manifest;
 use crate::store::storage::Storage;
 use crate::store::sweep::{GcOptions, GcReport};
 use crate::store::types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, RepositoryDeleted,
-    TagEntry, validate_repo,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo,
+    RemovedFromRepository, TagEntry, validate_repo,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -33,11 +33,11 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Model {
     state: Mutex<State>,
-    clock: Clock,
+    clock: StoreClock,
 }
 
 impl Model {
-    pub(crate) fn new(clock: Clock) -> Self {
+    pub(crate) fn new(clock: StoreClock) -> Self {
         Self {
             state: Mutex::default(),
             clock,
@@ -231,7 +231,7 @@ impl Storage for Model {
         Ok(removed)
     }
 
-    fn delete_repository(&self, repo: &str) -> Result<RepositoryDeleted> {
+    fn delete_repository(&self, repo: &str) -> Result<RemovedFromRepository> {
         let mut state = lock(&self.state);
         let tags_before = state.tags.len();
         state.tags.retain(|(tag_repo, _), _| tag_repo != repo);
@@ -242,7 +242,7 @@ impl Storage for Model {
             .filter(|(link_repo, digest)| link_repo == repo && state.manifests.contains_key(digest))
             .count() as u64;
         state.links.retain(|(link_repo, _)| link_repo != repo);
-        Ok(RepositoryDeleted {
+        Ok(RemovedFromRepository {
             tags: (tags_before - state.tags.len()) as u64,
             links: (links_before - state.links.len()) as u64,
             manifests,
@@ -594,7 +594,7 @@ mod tests {
 
     fn run(ops: &[Op]) -> std::result::Result<(), TestCaseError> {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Clock::manual(10 * 24 * 60 * MINUTE_MS);
+        let clock = StoreClock::manual(10 * 24 * 60 * MINUTE_MS);
         let options = StoreOptions {
             clock: clock.clone(),
             sync: false,

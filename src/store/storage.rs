@@ -12,7 +12,9 @@ use crate::oci::name::Reference;
 use crate::store::error::Result;
 use crate::store::handle::Store;
 use crate::store::sweep::{GcOptions, GcReport};
-use crate::store::types::{BlobInfo, Lease, LeaseTarget, Listing, ManifestInfo, RepositoryDeleted};
+use crate::store::types::{
+    BlobInfo, Lease, LeaseTarget, Listing, ManifestInfo, RemovedFromRepository,
+};
 
 /// A cache store's contract (see `contract.rs` for the suite that pins it down).
 pub trait Storage {
@@ -35,7 +37,7 @@ pub trait Storage {
     /// Removes a digest from a repository, with the tags that point at it.
     fn unlink(&self, repo: &str, digest: Digest) -> Result<bool>;
     /// Removes every tag and link of a repository.
-    fn delete_repository(&self, repo: &str) -> Result<RepositoryDeleted>;
+    fn delete_repository(&self, repo: &str) -> Result<RemovedFromRepository>;
     /// Records a use of a digest (batched).
     fn touch(&self, digest: Digest);
     /// Creates or replaces a lease.
@@ -79,7 +81,7 @@ impl Storage for Store {
         Store::unlink(self, repo, digest)
     }
 
-    fn delete_repository(&self, repo: &str) -> Result<RepositoryDeleted> {
+    fn delete_repository(&self, repo: &str) -> Result<RemovedFromRepository> {
         Store::delete_repository(self, repo)
     }
 

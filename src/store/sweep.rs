@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::oci::digest::{Digest, KEY_MAX};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
-use crate::store::gc::{self, Graph, ManifestEdges, Node, Plan, Policy, Reason};
+use crate::store::gc::{self, GcPlan, GcReason, Graph, ManifestEdges, Node, Policy};
 use crate::store::handle::Store;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestEdgesRow};
 use crate::store::unlinker::{Doomed, Unlinker};
@@ -76,7 +76,7 @@ pub struct Removal {
     /// Bytes freed (0 for tags and leases).
     pub size: u64,
     /// Why.
-    pub reason: Reason,
+    pub reason: GcReason,
 }
 
 /// What one GC run did (or, dry, would do).
@@ -139,7 +139,7 @@ impl GcReport {
                 kind,
                 name: digest.to_string(),
                 size,
-                reason: Reason::Unreachable,
+                reason: GcReason::Unreachable,
             },
             limit,
         );
@@ -147,7 +147,7 @@ impl GcReport {
 
     fn record(&mut self, removal: Removal, limit: usize) {
         match removal.reason {
-            Reason::Unreachable => {
+            GcReason::Unreachable => {
                 tracing::debug!(kind = ?removal.kind, name = %removal.name, size = removal.size, reason = removal.reason.as_str(), "gc removed")
             }
             _ => {
@@ -232,7 +232,7 @@ struct CandidateLinks {
 }
 
 impl CandidateLinks {
-    fn read(txn: &redb::ReadTransaction, plan: &Plan) -> Result<Self> {
+    fn read(txn: &redb::ReadTransaction, plan: &GcPlan) -> Result<Self> {
         let action = "read snapshot";
         let mut candidates: Vec<Digest> = plan.sweep.iter().map(|s| s.0).collect();
         candidates.sort_unstable();
@@ -363,7 +363,7 @@ impl Store {
 
     fn sweep(
         &self,
-        plan: &Plan,
+        plan: &GcPlan,
         links: &CandidateLinks,
         options: &GcOptions,
         now: u64,
@@ -425,7 +425,7 @@ impl Store {
                         kind: ItemKind::Lease,
                         name: name.clone(),
                         size: 0,
-                        reason: Reason::LeaseExpired,
+                        reason: GcReason::LeaseExpired,
                     },
                     options.max_listed,
                 );
@@ -613,7 +613,7 @@ impl Protected {
     }
 }
 
-fn dry_report(plan: &Plan, links: &CandidateLinks, options: &GcOptions, report: &mut GcReport) {
+fn dry_report(plan: &GcPlan, links: &CandidateLinks, options: &GcOptions, report: &mut GcReport) {
     for eviction in &plan.evictions {
         report.tags_removed += 1;
         report.record(
@@ -633,7 +633,7 @@ fn dry_report(plan: &Plan, links: &CandidateLinks, options: &GcOptions, report: 
                 kind: ItemKind::Lease,
                 name: name.clone(),
                 size: 0,
-                reason: Reason::LeaseExpired,
+                reason: GcReason::LeaseExpired,
             },
             options.max_listed,
         );

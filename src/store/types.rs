@@ -157,7 +157,7 @@ pub struct UploadStatus {
 
 /// What deleting a repository removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct RepositoryDeleted {
+pub struct RemovedFromRepository {
     /// Tags removed.
     pub tags: u64,
     /// Links removed.

@@ -282,9 +282,9 @@ impl Store {
 mod tests {
     use std::time::Duration;
 
-    use crate::store::{Clock, Store, StoreError, StoreOptions};
+    use crate::store::{Store, StoreClock, StoreError, StoreOptions};
 
-    fn open(dir: &std::path::Path, clock: Clock) -> Store {
+    fn open(dir: &std::path::Path, clock: StoreClock) -> Store {
         Store::open(
             dir,
             StoreOptions {
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn idle_sessions_expire_with_their_bytes_and_used_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Clock::manual(1_000_000);
+        let clock = StoreClock::manual(1_000_000);
         let store = open(dir.path(), clock.clone());
         let idle = store.upload_create("team-a/cache").unwrap();
         store.upload_append(&idle, 0, b"abandoned half").unwrap();
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn a_namespace_holds_at_most_its_cap_of_sessions_and_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Clock::manual(1_000));
+        let store = open(dir.path(), StoreClock::manual(1_000));
         let first = store.upload_create_capped("team/a", "team", 2).unwrap();
         store.upload_create_capped("team", "team", 2).unwrap();
         let refused = store.upload_create_capped("team/b", "team", 2).unwrap_err();

@@ -22,7 +22,7 @@ use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
 /// One thing `verify` (or recovery) found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "problem", rename_all = "kebab-case")]
-pub enum Problem {
+pub enum Inconsistency {
     /// A blob row whose file is missing.
     FileMissing {
         /// The blob.
@@ -70,7 +70,7 @@ pub enum Problem {
     },
 }
 
-impl fmt::Display for Problem {
+impl fmt::Display for Inconsistency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::FileMissing { digest } => write!(f, "blob {digest}: file missing"),
@@ -157,13 +157,13 @@ impl Default for VerifyOptions {
 
 /// What `verify` found (and, with repair, did).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
+pub struct VerifyFindings {
     /// Blob files checked.
     pub blobs_checked: u64,
     /// Bytes rehashed.
     pub bytes_checked: u64,
     /// Problems found, sorted.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Inconsistency>,
     /// Whether they were repaired.
     pub repaired: bool,
     /// Files moved to quarantine.
@@ -172,7 +172,7 @@ pub struct VerifyReport {
     pub dropped: Vec<Digest>,
 }
 
-impl VerifyReport {
+impl VerifyFindings {
     /// Whether nothing was wrong.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
@@ -364,11 +364,11 @@ impl Store {
     /// Checks every blob file against its row (and, with `rehash`, its content), every
     /// row against the rows it points at, and the temp area; with `repair`, fixes what it
     /// found. Holds the maintenance lock (no GC meanwhile); pushes and pulls go on.
-    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyReport> {
+    pub fn verify(&self, options: &VerifyOptions) -> Result<VerifyFindings> {
         let _one_at_a_time = lock(&self.inner.maintenance);
-        let mut report = VerifyReport {
+        let mut report = VerifyFindings {
             repaired: options.repair,
-            ..VerifyReport::default()
+            ..VerifyFindings::default()
         };
         // Files first, then rows: an ingest renames before it commits its row, so a row
         // read later whose file the scan missed is looked up again, not reported.
@@ -382,13 +382,13 @@ impl Store {
         }
         let mut orphans = Vec::new();
         for stray in &strays {
-            report.problems.push(Problem::Orphan {
+            report.problems.push(Inconsistency::Orphan {
                 path: self.relative(stray),
             });
         }
         for (digest, path) in &files {
             if !rows.contains_key(digest) && self.inner.flights.try_claim(*digest).is_some() {
-                report.problems.push(Problem::Orphan {
+                report.problems.push(Inconsistency::Orphan {
                     path: self.relative(path),
                 });
                 orphans.push(path.clone());
@@ -400,7 +400,7 @@ impl Store {
             if !files.contains_key(digest) {
                 report
                     .problems
-                    .push(Problem::FileMissing { digest: *digest });
+                    .push(Inconsistency::FileMissing { digest: *digest });
                 missing.insert(*digest);
             }
         }
@@ -416,10 +416,12 @@ impl Store {
                 Ok((actual, size)) => {
                     report.bytes_checked += size;
                     if actual != digest {
-                        report.problems.push(Problem::Corrupt { digest, actual });
+                        report
+                            .problems
+                            .push(Inconsistency::Corrupt { digest, actual });
                         corrupt.insert(digest, ());
                     } else if size != expected {
-                        report.problems.push(Problem::SizeMismatch {
+                        report.problems.push(Inconsistency::SizeMismatch {
                             digest,
                             expected,
                             actual: size,
@@ -428,7 +430,7 @@ impl Store {
                     }
                 }
                 Err(_) => {
-                    report.problems.push(Problem::FileMissing { digest });
+                    report.problems.push(Inconsistency::FileMissing { digest });
                     missing.insert(digest);
                 }
             }
@@ -449,7 +451,7 @@ impl Store {
                 || name.starts_with("ingest-")
                 || name.starts_with("manifest-");
             if !owned {
-                report.problems.push(Problem::StrayTemp {
+                report.problems.push(Inconsistency::StrayTemp {
                     path: self.relative(&path),
                 });
                 stray_temps.push(path);
@@ -464,7 +466,7 @@ impl Store {
                 let (key, _) = entry.map_err(StoreError::db("verify uploads"))?;
                 let id = key.value().to_owned();
                 if !live.contains(&id) {
-                    report.problems.push(Problem::UploadDead { id });
+                    report.problems.push(Inconsistency::UploadDead { id });
                 }
             }
         }
@@ -478,7 +480,7 @@ impl Store {
 
     fn repair(
         &self,
-        report: &mut VerifyReport,
+        report: &mut VerifyFindings,
         corrupt: &BTreeMap<Digest, ()>,
         missing: &BTreeSet<Digest>,
         orphans: &[PathBuf],
@@ -495,7 +497,7 @@ impl Store {
             .problems
             .iter()
             .filter_map(|p| match p {
-                Problem::UploadDead { id } => Some(id.clone()),
+                Inconsistency::UploadDead { id } => Some(id.clone()),
                 _ => None,
             })
             .collect();
@@ -569,7 +571,7 @@ impl Store {
     }
 
     /// Rows that point at a digest without a blob row.
-    fn dangling_rows(&self) -> Result<Vec<Problem>> {
+    fn dangling_rows(&self) -> Result<Vec<Inconsistency>> {
         let listing = self.listing_without_flush()?;
         let blobs: BTreeSet<Digest> = listing.blobs.iter().map(|b| b.digest).collect();
         let manifests: BTreeMap<Digest, Option<Digest>> = listing
@@ -579,7 +581,7 @@ impl Store {
             .collect();
         let mut problems = Vec::new();
         let mut dangling = |table, key: String, missing: Digest| {
-            problems.push(Problem::Dangling {
+            problems.push(Inconsistency::Dangling {
                 table,
                 key,
                 missing,

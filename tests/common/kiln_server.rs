@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use kiln::cacheapi::token::{Action, Claims, TokenKey};
+use kiln::cacheapi::token::{Claims, TokenAction, TokenKey};
 use kiln::registry::auth::{AdminToken, AuthConfig, unix_now};
 use kiln::registry::mirror::upstream::UpstreamConfig;
 use kiln::registry::mirror::{Mirror, MirrorOptions};
-use kiln::registry::{Limits, Registry, ServeError, ServeOptions, serve};
+use kiln::registry::{CacheServeError, Limits, Registry, ServeOptions, serve};
 use kiln::store::{Store, StoreOptions};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -37,7 +37,7 @@ pub fn key() -> TokenKey {
 }
 
 /// A token signed with `key` for namespace `ns` with `actions`, valid for an hour.
-pub fn token(ns: &str, actions: &[Action], key: &TokenKey) -> String {
+pub fn token(ns: &str, actions: &[TokenAction], key: &TokenKey) -> String {
     key.mint(&Claims::new(
         "interop-build",
         ns,
@@ -57,7 +57,7 @@ pub struct KilnServer {
     /// Its store's root.
     pub root: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServeError>>>,
+    task: Option<JoinHandle<Result<(), CacheServeError>>>,
     _dir: TempDir,
 }
 
@@ -147,7 +147,7 @@ impl KilnServer {
     }
 
     /// Shuts the server down and waits for `serve` to return.
-    pub async fn stop(mut self) -> Result<(), ServeError> {
+    pub async fn stop(mut self) -> Result<(), CacheServeError> {
         self.begin_shutdown();
         let task = self.task.take().unwrap();
         task.await.unwrap()

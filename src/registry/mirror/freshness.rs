@@ -45,7 +45,7 @@ impl TagState {
 
 /// What to do with a manifest request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub enum FreshnessPlan {
     /// Answer from the cache; `stale` says why it is served stale, if it is.
     Serve {
         /// The reason of the last failed check.
@@ -59,14 +59,19 @@ pub enum Plan {
 
 /// Decides how to answer a manifest request. `by_digest` requests are immutable; `state`
 /// is what the mirror remembers of the tag (nothing after a restart: then it revalidates).
-pub fn plan(by_digest: bool, cached: bool, state: Option<&TagState>, now: Instant) -> Plan {
+pub fn plan(
+    by_digest: bool,
+    cached: bool,
+    state: Option<&TagState>,
+    now: Instant,
+) -> FreshnessPlan {
     match (cached, by_digest, state) {
-        (false, _, _) => Plan::Fetch,
-        (true, true, _) => Plan::Serve { stale: None },
-        (true, false, Some(state)) if now < state.fresh_until => Plan::Serve {
+        (false, _, _) => FreshnessPlan::Fetch,
+        (true, true, _) => FreshnessPlan::Serve { stale: None },
+        (true, false, Some(state)) if now < state.fresh_until => FreshnessPlan::Serve {
             stale: state.stale.clone(),
         },
-        (true, false, _) => Plan::Revalidate,
+        (true, false, _) => FreshnessPlan::Revalidate,
     }
 }
 
@@ -111,21 +116,21 @@ mod tests {
         let fresh = TagState::confirmed(now, TTL);
         let expired = TagState::confirmed(now - TTL - Duration::from_secs(1), TTL);
         let stale = TagState::stale(now, TTL, "down".into());
-        let serve = Plan::Serve { stale: None };
+        let serve = FreshnessPlan::Serve { stale: None };
         let table = [
             // (by digest, cached, state, plan)
-            (false, false, None, Plan::Fetch),
-            (true, false, None, Plan::Fetch),
+            (false, false, None, FreshnessPlan::Fetch),
+            (true, false, None, FreshnessPlan::Fetch),
             (true, true, None, serve.clone()),
             (true, true, Some(&expired), serve.clone()),
             (false, true, Some(&fresh), serve.clone()),
-            (false, true, Some(&expired), Plan::Revalidate),
-            (false, true, None, Plan::Revalidate),
+            (false, true, Some(&expired), FreshnessPlan::Revalidate),
+            (false, true, None, FreshnessPlan::Revalidate),
             (
                 false,
                 true,
                 Some(&stale),
-                Plan::Serve {
+                FreshnessPlan::Serve {
                     stale: Some("down".into()),
                 },
             ),
@@ -140,7 +145,7 @@ mod tests {
         // A stale answer is retried after STALE_RETRY, a fresh one after the TTL.
         assert_eq!(
             plan(false, true, Some(&stale), now + STALE_RETRY),
-            Plan::Revalidate
+            FreshnessPlan::Revalidate
         );
         assert_eq!(
             plan(
@@ -151,7 +156,10 @@ mod tests {
             ),
             serve
         );
-        assert_eq!(plan(false, true, Some(&fresh), now + TTL), Plan::Revalidate);
+        assert_eq!(
+            plan(false, true, Some(&fresh), now + TTL),
+            FreshnessPlan::Revalidate
+        );
     }
 
     #[test]

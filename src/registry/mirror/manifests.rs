@@ -14,7 +14,7 @@ use futures::future::{BoxFuture, Shared};
 use crate::oci::media::MANIFEST_MEDIA_TYPES;
 use crate::oci::name::{Reference, RepoName};
 use crate::registry::mirror::blobs::lock;
-use crate::registry::mirror::freshness::{self, Plan, Revalidated, TagState};
+use crate::registry::mirror::freshness::{self, FreshnessPlan, Revalidated, TagState};
 use crate::registry::mirror::upstream::{Upstream, UpstreamError};
 use crate::registry::mirror::{CacheStatus, Inner, Mirror, MirrorError, blocking};
 use crate::store::ManifestInfo;
@@ -69,11 +69,13 @@ impl Mirror {
             Instant::now(),
         );
         match (plan, cached) {
-            (Plan::Serve { stale }, Some((info, bytes))) => Ok(Arc::new(MirroredManifest {
-                info,
-                bytes,
-                status: stale.map_or(CacheStatus::Hit, CacheStatus::Stale),
-            })),
+            (FreshnessPlan::Serve { stale }, Some((info, bytes))) => {
+                Ok(Arc::new(MirroredManifest {
+                    info,
+                    bytes,
+                    status: stale.map_or(CacheStatus::Hit, CacheStatus::Stale),
+                }))
+            }
             (_, cached) => self.shared_refresh(name, reference, cached).await,
         }
     }
