@@ -275,6 +275,17 @@ pub struct Eviction {
     pub reason: GcReason,
 }
 
+/// A blob (or manifest) a GC run removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepItem {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Whether it is a manifest.
+    pub manifest: bool,
+}
+
 /// What one GC run will do, in order.
 #[derive(Debug, Clone, Default)]
 pub struct GcPlan {
@@ -282,9 +293,8 @@ pub struct GcPlan {
     pub evictions: Vec<Eviction>,
     /// Leases past their expiry.
     pub expired_leases: Vec<String>,
-    /// Blobs to sweep: manifests before what they reference, then plain blobs. Each with
-    /// its size.
-    pub sweep: Vec<(Digest, u64, bool)>,
+    /// Blobs to sweep: manifests before what they reference, then plain blobs.
+    pub sweep: Vec<SweepItem>,
     /// Bytes of every blob at the mark.
     pub bytes_before: u64,
     /// Bytes that stay.
@@ -408,11 +418,19 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
     order.sort_by_key(|&at| (level[at as usize], at));
     for at in order {
         let node = graph.nodes[at as usize];
-        plan.sweep.push((node.digest, node.size, true));
+        plan.sweep.push(SweepItem {
+            digest: node.digest,
+            size: node.size,
+            manifest: true,
+        });
     }
     for (at, node) in graph.nodes.iter().enumerate() {
         if !marks[at] && !graph.manifest[at] {
-            plan.sweep.push((node.digest, node.size, false));
+            plan.sweep.push(SweepItem {
+                digest: node.digest,
+                size: node.size,
+                manifest: false,
+            });
         }
     }
     plan
@@ -490,7 +508,7 @@ mod tests {
             vec![("v1", 11)],
         );
         let plan = plan(&g, &Policy::default(), Duration::from_secs(600), 10 * HOUR);
-        let swept: Vec<Digest> = plan.sweep.iter().map(|s| s.0).collect();
+        let swept: Vec<Digest> = plan.sweep.iter().map(|s| s.digest).collect();
         let pos = |n: u8| swept.iter().position(|d| *d == Digest::of(&[n])).unwrap();
         assert_eq!(swept.len(), 4);
         assert!(pos(12) < pos(13) && pos(13) < pos(2));
@@ -555,7 +573,7 @@ mod tests {
         };
         let swept = |plan: &GcPlan| -> BTreeSet<u8> {
             (0..=255u8)
-                .filter(|n| plan.sweep.iter().any(|s| s.0 == Digest::of(&[*n])))
+                .filter(|n| plan.sweep.iter().any(|s| s.digest == Digest::of(&[*n])))
                 .collect()
         };
         let during = plan(&g, &ceiling, grace, now);

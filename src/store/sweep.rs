@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::oci::digest::{Digest, KEY_MAX};
 use crate::store::error::{Result, StoreError};
-use crate::store::flight::lock;
-use crate::store::gc::{self, GcPlan, GcReason, Graph, ManifestEdges, Node, Policy};
+use crate::store::flight::{FlightGuard, lock};
+use crate::store::gc::{self, GcPlan, GcReason, Graph, ManifestEdges, Node, Policy, SweepItem};
 use crate::store::handle::Store;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestEdgesRow};
 use crate::store::unlinker::{Doomed, Unlinker};
@@ -234,7 +234,7 @@ struct CandidateLinks {
 impl CandidateLinks {
     fn read(txn: &redb::ReadTransaction, plan: &GcPlan) -> Result<Self> {
         let action = "read snapshot";
-        let mut candidates: Vec<Digest> = plan.sweep.iter().map(|s| s.0).collect();
+        let mut candidates: Vec<Digest> = plan.sweep.iter().map(|s| s.digest).collect();
         candidates.sort_unstable();
         let mut out = Self::default();
         if candidates.is_empty() {
@@ -361,6 +361,8 @@ impl Store {
         Ok(report)
     }
 
+    /// Removes what `plan` chose, re-checking every choice against what concurrent writes
+    /// did since the mark: roots first, then blobs in batches.
     fn sweep(
         &self,
         plan: &GcPlan,
@@ -369,9 +371,72 @@ impl Store {
         now: u64,
         report: &mut GcReport,
     ) -> Result<()> {
-        let action = "gc sweep";
         let mut protected = Protected::default();
-        // Roots first: evicted tags and expired leases, each re-checked.
+        self.remove_roots(plan, options, now, &mut protected, report)?;
+        let unlinker = Unlinker::start(if plan.sweep.len() < UNLINK_THREADS_FROM {
+            0
+        } else {
+            UNLINK_THREADS
+        });
+        let mut in_writes = Duration::ZERO;
+        // Files whose rows are gone in a commit that is not durable yet: a crash would
+        // bring the rows back, so the files wait (with their flights) for a durable one.
+        // The last batch is durable; if a batch fails, these files stay, with or without
+        // their rows, for the next GC or recovery.
+        let mut not_durable: Vec<Doomed> = Vec::new();
+        let batches = plan.sweep.chunks(options.batch.max(1));
+        let last = batches.len();
+        for (n, batch) in batches.enumerate() {
+            let durable = (n + 1) % DURABLE_EVERY == 0 || n + 1 == last;
+            let mut claimed = Vec::with_capacity(batch.len());
+            for item in batch {
+                match self.inner.flights.try_claim(item.digest) {
+                    Some(guard) => claimed.push((*item, guard)),
+                    None => {
+                        // Being written right now: an upload in progress is a root.
+                        protected.add(item.digest);
+                        report.kept_by_concurrent_writes += 1;
+                    }
+                }
+            }
+            let writing = Instant::now();
+            let body = |txn: &WriteTransaction| {
+                self.remove_batch(txn, claimed, links, &mut protected, report)
+            };
+            let removed = if durable {
+                self.write("gc sweep", body)?
+            } else {
+                self.write_lazy("gc sweep", body)?
+            };
+            in_writes += writing.elapsed();
+            for (item, guard) in removed {
+                report.record_blob(item.digest, item.size, item.manifest, options.max_listed);
+                not_durable.push((self.inner.layout.blob(&item.digest), guard));
+            }
+            if durable {
+                // The rows are gone for good; the files go on the unlinker's threads, each
+                // with its digest's flight, while the next batches run.
+                unlinker.remove(std::mem::take(&mut not_durable))?;
+            }
+        }
+        let waiting = Instant::now();
+        let finished = unlinker.finish();
+        report.sweep_writes_ms = duration_ms(in_writes);
+        report.unlink_wait_ms = elapsed_ms(waiting);
+        finished
+    }
+
+    /// Removes the evicted tags and expired leases, each re-checked: a tag re-pushed or a
+    /// lease renewed since the mark stays, and what it holds is protected.
+    fn remove_roots(
+        &self,
+        plan: &GcPlan,
+        options: &GcOptions,
+        now: u64,
+        protected: &mut Protected,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let action = "gc sweep";
         self.write(action, |txn| {
             protected.absorb(self.barrier_drain());
             let mut tags = txn
@@ -431,112 +496,75 @@ impl Store {
                 );
             }
             Ok(())
-        })?;
+        })
+    }
 
-        let unlinker = Unlinker::start(if plan.sweep.len() < UNLINK_THREADS_FROM {
-            0
-        } else {
-            UNLINK_THREADS
-        });
-        let mut in_writes = Duration::ZERO;
-        // Files whose rows are gone in a commit that is not durable yet: a crash would
-        // bring the rows back, so the files wait (with their flights) for a durable one.
-        // The last batch is durable; if a batch fails, these files stay, with or without
-        // their rows, for the next GC or recovery.
-        let mut not_durable: Vec<Doomed> = Vec::new();
-        let batches = plan.sweep.chunks(options.batch.max(1));
-        let last = batches.len();
-        for (n, batch) in batches.enumerate() {
-            let durable = (n + 1) % DURABLE_EVERY == 0 || n + 1 == last;
-            let mut claimed = Vec::with_capacity(batch.len());
-            for &(digest, size, _) in batch {
-                match self.inner.flights.try_claim(digest) {
-                    Some(guard) => claimed.push((digest, size, guard)),
-                    None => {
-                        // Being written right now: an upload in progress is a root.
-                        protected.add(digest);
-                        report.kept_by_concurrent_writes += 1;
-                    }
+    /// One batch's transaction: the rows of every claimed blob that nothing made reachable
+    /// since the mark (its blob row, manifest row, referrer entry and links). Returns what
+    /// it removed, with the flights that keep the files until they are unlinked; the
+    /// flights of what it kept are released.
+    fn remove_batch(
+        &self,
+        txn: &WriteTransaction,
+        mut claimed: Vec<(SweepItem, FlightGuard)>,
+        links: &CandidateLinks,
+        protected: &mut Protected,
+        report: &mut GcReport,
+    ) -> Result<Vec<(SweepItem, FlightGuard)>> {
+        let action = "gc sweep";
+        protected.absorb(self.barrier_drain());
+        protected.expand(txn)?;
+        let mut blobs = txn
+            .open_table(tables::BLOBS)
+            .map_err(StoreError::db(action))?;
+        let mut manifests = txn
+            .open_table(tables::MANIFESTS)
+            .map_err(StoreError::db(action))?;
+        let mut referrers = txn
+            .open_table(tables::REFERRERS)
+            .map_err(StoreError::db(action))?;
+        let mut links_table = txn
+            .open_table(tables::LINKS)
+            .map_err(StoreError::db(action))?;
+        let mut removed = Vec::with_capacity(claimed.len());
+        for (item, guard) in claimed.drain(..) {
+            let digest = item.digest;
+            if protected.contains(&digest) {
+                report.kept_by_concurrent_writes += 1;
+                continue;
+            }
+            if blobs
+                .remove(digest.to_key().as_slice())
+                .map_err(StoreError::db(action))?
+                .is_none()
+            {
+                continue;
+            }
+            let manifest: Option<ManifestEdgesRow> = match manifests
+                .remove(digest.to_key().as_slice())
+                .map_err(StoreError::db(action))?
+            {
+                Some(row) => Some(tables::decode("manifests", row.value())?),
+                None => None,
+            };
+            if let Some(subject) = manifest.as_ref().and_then(|m| m.subject) {
+                referrers
+                    .remove((subject.to_key().as_slice(), digest.to_key().as_slice()))
+                    .map_err(StoreError::db(action))?;
+            }
+            for repo in links.of(&digest) {
+                if links_table
+                    .remove((repo, digest.to_key().as_slice()))
+                    .map_err(StoreError::db(action))?
+                    .is_some()
+                {
+                    report.links_removed += 1;
                 }
             }
-            let writing = Instant::now();
-            let body = |txn: &WriteTransaction| {
-                protected.absorb(self.barrier_drain());
-                protected.expand(txn)?;
-                let mut blobs = txn
-                    .open_table(tables::BLOBS)
-                    .map_err(StoreError::db(action))?;
-                let mut manifests = txn
-                    .open_table(tables::MANIFESTS)
-                    .map_err(StoreError::db(action))?;
-                let mut referrers = txn
-                    .open_table(tables::REFERRERS)
-                    .map_err(StoreError::db(action))?;
-                let mut links_table = txn
-                    .open_table(tables::LINKS)
-                    .map_err(StoreError::db(action))?;
-                let mut removed = Vec::with_capacity(claimed.len());
-                let mut kept = Vec::new();
-                for (digest, size, guard) in claimed.drain(..) {
-                    if protected.contains(&digest) {
-                        report.kept_by_concurrent_writes += 1;
-                        kept.push(guard);
-                        continue;
-                    }
-                    if blobs
-                        .remove(digest.to_key().as_slice())
-                        .map_err(StoreError::db(action))?
-                        .is_none()
-                    {
-                        kept.push(guard);
-                        continue;
-                    }
-                    let manifest: Option<ManifestEdgesRow> = match manifests
-                        .remove(digest.to_key().as_slice())
-                        .map_err(StoreError::db(action))?
-                    {
-                        Some(row) => Some(tables::decode("manifests", row.value())?),
-                        None => None,
-                    };
-                    if let Some(subject) = manifest.as_ref().and_then(|m| m.subject) {
-                        referrers
-                            .remove((subject.to_key().as_slice(), digest.to_key().as_slice()))
-                            .map_err(StoreError::db(action))?;
-                    }
-                    for repo in links.of(&digest) {
-                        if links_table
-                            .remove((repo, digest.to_key().as_slice()))
-                            .map_err(StoreError::db(action))?
-                            .is_some()
-                        {
-                            report.links_removed += 1;
-                        }
-                    }
-                    removed.push((digest, size, manifest.is_some(), guard));
-                }
-                Ok(removed)
-            };
-            let removed = if durable {
-                self.write(action, body)?
-            } else {
-                self.write_lazy(action, body)?
-            };
-            in_writes += writing.elapsed();
-            for (digest, size, is_manifest, guard) in removed {
-                report.record_blob(digest, size, is_manifest, options.max_listed);
-                not_durable.push((self.inner.layout.blob(&digest), guard));
-            }
-            if durable {
-                // The rows are gone for good; the files go on the unlinker's threads, each
-                // with its digest's flight, while the next batches run.
-                unlinker.remove(std::mem::take(&mut not_durable))?;
-            }
+            let manifest = manifest.is_some();
+            removed.push((SweepItem { manifest, ..item }, guard));
         }
-        let waiting = Instant::now();
-        let finished = unlinker.finish();
-        report.sweep_writes_ms = duration_ms(in_writes);
-        report.unlink_wait_ms = elapsed_ms(waiting);
-        finished
+        Ok(removed)
     }
 
     /// Takes the digests recorded by the barrier since the last call.
@@ -638,7 +666,12 @@ fn dry_report(plan: &GcPlan, links: &CandidateLinks, options: &GcOptions, report
             options.max_listed,
         );
     }
-    for &(digest, size, is_manifest) in &plan.sweep {
+    for &SweepItem {
+        digest,
+        size,
+        manifest: is_manifest,
+    } in &plan.sweep
+    {
         report.links_removed += links.of(&digest).count() as u64;
         report.record_blob(digest, size, is_manifest, options.max_listed);
     }
