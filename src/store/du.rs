@@ -67,25 +67,25 @@ impl Store {
         let lease_roots: Vec<u32> = graph
             .leases
             .iter()
-            .filter(|(_, expires, _)| *expires > now)
-            .flat_map(|(_, _, at)| at.iter().copied())
+            .filter(|lease| lease.expires_ms > now)
+            .flat_map(|lease| lease.at.iter().copied())
             .collect();
         graph.mark(&mut leased, lease_roots);
         let held: u64 = sum_marked(&graph, &leased);
         let mut referenced = leased.clone();
         let mut roots = Vec::new();
-        for (repo, tag, at) in &graph.tags {
-            let node = graph.nodes[*at as usize];
+        for root in &graph.tags {
+            let node = graph.nodes[root.at as usize];
             roots.push(DuRoot {
                 id: node.digest.short(),
                 digest: node.digest,
-                repo: repo.clone(),
-                tag: tag.clone(),
-                size: reach_size(&graph, *at),
-                reclaimable: !leased[*at as usize],
+                repo: root.repo.clone(),
+                tag: root.tag.clone(),
+                size: reach_size(&graph, root.at),
+                reclaimable: !leased[root.at as usize],
                 last_accessed_ms: node.accessed_ms,
             });
-            graph.mark(&mut referenced, [*at]);
+            graph.mark(&mut referenced, [root.at]);
         }
         let total = graph.total();
         let manifests = (0..graph.nodes.len())

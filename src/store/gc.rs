@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::oci::digest::Digest;
 use crate::store::clock::millis;
+use crate::store::types::{Lease, TagEntry};
 
 /// What a GC run may evict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -88,10 +89,32 @@ pub struct Graph {
     references: Adjacency,
     /// The referrer manifests of each subject: `referrers.of(at)`.
     referrers: Adjacency,
-    /// Tags as (repository, tag, position), sorted.
-    pub tags: Vec<(String, String, u32)>,
-    /// Leases as (name, expiry, positions), sorted by name.
-    pub leases: Vec<(String, u64, Vec<u32>)>,
+    /// Tags, sorted by (repository, tag).
+    pub tags: Vec<TagRoot>,
+    /// Leases, sorted by name.
+    pub leases: Vec<LeaseRoot>,
+}
+
+/// A tag in the graph: what it points to, by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRoot {
+    /// The repository.
+    pub repo: String,
+    /// The tag.
+    pub tag: String,
+    /// The position of its manifest.
+    pub at: u32,
+}
+
+/// A lease in the graph: what it holds, by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRoot {
+    /// Its name.
+    pub name: String,
+    /// When it expires (ms after the epoch).
+    pub expires_ms: u64,
+    /// The positions of what it holds.
+    pub at: Vec<u32>,
 }
 
 /// Edges out of each node, in compressed sparse row form: the edges of node `at` are
@@ -150,8 +173,8 @@ impl Graph {
     pub fn new(
         nodes: Vec<Node>,
         manifests: impl IntoIterator<Item = ManifestEdges>,
-        tags: Vec<(String, String, Digest)>,
-        leases: Vec<(String, u64, Vec<Digest>)>,
+        tags: Vec<TagEntry>,
+        leases: Vec<Lease>,
     ) -> Self {
         debug_assert!(nodes.windows(2).all(|w| w[0].digest < w[1].digest));
         let mut graph = Self {
@@ -181,14 +204,23 @@ impl Graph {
         graph.referrers = Adjacency::new(graph.nodes.len(), referrers);
         graph.tags = tags
             .into_iter()
-            .filter_map(|(repo, tag, d)| graph.position(&d).map(|at| (repo, tag, at)))
+            .filter_map(|TagEntry { repo, tag, digest }| {
+                graph.position(&digest).map(|at| TagRoot { repo, tag, at })
+            })
             .collect();
         graph.leases = leases
             .into_iter()
-            .map(|(name, expires, digests)| {
-                let at = digests.iter().filter_map(|d| graph.position(d)).collect();
-                (name, expires, at)
-            })
+            .map(
+                |Lease {
+                     name,
+                     digests,
+                     expires_ms,
+                 }| LeaseRoot {
+                    at: digests.iter().filter_map(|d| graph.position(d)).collect(),
+                    name,
+                    expires_ms,
+                },
+            )
             .collect();
         graph
     }
@@ -226,7 +258,7 @@ impl Graph {
     /// For each node, when the latest tagged manifest that reaches it was pushed (`None`:
     /// no tag reaches it). Content pushed no later than that came with a tagged image.
     pub fn covered_by_tags(&self) -> Vec<Option<u64>> {
-        let mut roots: Vec<u32> = self.tags.iter().map(|(_, _, at)| *at).collect();
+        let mut roots: Vec<u32> = self.tags.iter().map(|root| root.at).collect();
         // Latest first, so the first tag to reach a node is the latest that does.
         roots.sort_by_key(|&at| std::cmp::Reverse(self.nodes[at as usize].pushed_ms));
         let mut seen = vec![false; self.nodes.len()];
@@ -310,22 +342,30 @@ pub struct GcPlan {
 /// Decides what a GC run removes, given the snapshot, the policy, the grace window and
 /// the time.
 pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcPlan {
-    let grace_ms = millis(grace);
     let mut marks = vec![false; graph.nodes.len()];
     let mut plan = GcPlan {
         bytes_before: graph.total(),
         ..GcPlan::default()
     };
-    // Pinned roots: unexpired leases and pushes in progress. Policies never touch them.
+    pin_roots(graph, grace, now_ms, &mut marks, &mut plan);
+    evict_tags(graph, policy, now_ms, &mut marks, &mut plan);
+    plan.sweep = sweep_order(graph, &marks);
+    plan
+}
+
+/// Marks the roots no policy touches: unexpired leases and pushes in progress, and
+/// records what each holds. Expired leases are listed for removal.
+fn pin_roots(graph: &Graph, grace: Duration, now_ms: u64, marks: &mut [bool], plan: &mut GcPlan) {
+    let grace_ms = millis(grace);
     let mut leased = Vec::new();
-    for (name, expires, positions) in &graph.leases {
-        if *expires > now_ms {
-            leased.extend(positions.iter().copied());
+    for lease in &graph.leases {
+        if lease.expires_ms > now_ms {
+            leased.extend(lease.at.iter().copied());
         } else {
-            plan.expired_leases.push(name.clone());
+            plan.expired_leases.push(lease.name.clone());
         }
     }
-    plan.held_by_leases = graph.size_of(&graph.mark(&mut marks, leased));
+    plan.held_by_leases = graph.size_of(&graph.mark(marks, leased));
     let covered = graph.covered_by_tags();
     let in_progress = (0..graph.nodes.len())
         .filter(|&at| {
@@ -333,20 +373,24 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
             pushed.saturating_add(grace_ms) > now_ms && covered[at].is_none_or(|t| pushed > t)
         })
         .filter_map(|at| u32::try_from(at).ok());
-    plan.held_by_pushes = graph.size_of(&graph.mark(&mut marks, in_progress));
-    let mut total = plan.held_by_leases + plan.held_by_pushes;
+    plan.held_by_pushes = graph.size_of(&graph.mark(marks, in_progress));
+}
 
-    // Tags, newest first; ties by (repository, tag) so the choice is deterministic.
-    let mut tags: Vec<&(String, String, u32)> = graph.tags.iter().collect();
+/// Applies the policy to the tags, newest first (ties by repository and tag, so the
+/// choice is deterministic): every tag it keeps is marked with what it reaches, every tag
+/// it evicts is listed. Sets the bytes that stay and whether the ceiling was met.
+fn evict_tags(graph: &Graph, policy: &Policy, now_ms: u64, marks: &mut [bool], plan: &mut GcPlan) {
+    let mut total = plan.held_by_leases + plan.held_by_pushes;
+    let mut tags: Vec<&TagRoot> = graph.tags.iter().collect();
     tags.sort_by(|a, b| {
-        let used = |t: &(String, String, u32)| graph.nodes[t.2 as usize].accessed_ms;
+        let used = |t: &TagRoot| graph.nodes[t.at as usize].accessed_ms;
         used(b)
             .cmp(&used(a))
-            .then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1)))
+            .then_with(|| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)))
     });
     let mut over_ceiling = false;
-    for (repo, tag, at) in tags {
-        let last_used = graph.nodes[*at as usize].accessed_ms;
+    for root in tags {
+        let last_used = graph.nodes[root.at as usize].accessed_ms;
         let reason = if policy.all {
             Some(GcReason::PruneAll)
         } else if policy
@@ -357,7 +401,7 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
         } else if over_ceiling {
             Some(GcReason::KeepStorage)
         } else {
-            let added = graph.mark(&mut marks, [*at]);
+            let added = graph.mark(marks, [root.at]);
             let added_bytes = graph.size_of(&added);
             if policy
                 .keep_storage
@@ -375,9 +419,9 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
         };
         if let Some(reason) = reason {
             plan.evictions.push(Eviction {
-                repo: repo.clone(),
-                tag: tag.clone(),
-                digest: graph.nodes[*at as usize].digest,
+                repo: root.repo.clone(),
+                tag: root.tag.clone(),
+                digest: graph.nodes[root.at as usize].digest,
                 reason,
             });
         }
@@ -386,18 +430,20 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
         .sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
     plan.bytes_after = total;
     plan.ceiling_unmet = policy.keep_storage.is_some_and(|ceiling| total > ceiling);
+}
 
-    // Sweep order: a manifest before anything it references, so that no batch ever leaves
-    // a manifest whose reference is gone (for a crash between batches, and for a push that
-    // makes the manifest reachable again meanwhile). Within that, digest order: each batch
-    // then touches a narrow key range of every table, so the whole sweep rewrites each
-    // database page about once instead of once per batch.
+/// Everything unmarked, in sweep order: a manifest before anything it references, so that
+/// no batch ever leaves a manifest whose reference is gone (for a crash between batches,
+/// and for a push that makes the manifest reachable again meanwhile). Within that, digest
+/// order: each batch then touches a narrow key range of every table, so the whole sweep
+/// rewrites each database page about once instead of once per batch. Plain blobs last.
+fn sweep_order(graph: &Graph, marks: &[bool]) -> Vec<SweepItem> {
     let mut order = Vec::new();
     let mut visited = vec![false; graph.nodes.len()];
     for at in 0..graph.nodes.len() {
         let Ok(at) = u32::try_from(at) else { break };
         if graph.is_manifest(at) && !marks[at as usize] {
-            post_order(graph, &marks, &mut visited, at, &mut order);
+            post_order(graph, marks, &mut visited, at, &mut order);
         }
     }
     order.reverse();
@@ -416,24 +462,25 @@ pub fn plan(graph: &Graph, policy: &Policy, grace: Duration, now_ms: u64) -> GcP
     // Positions are in digest order, so sorting by (level, position) is by level, then
     // digest.
     order.sort_by_key(|&at| (level[at as usize], at));
-    for at in order {
+    let manifests = order.into_iter().map(|at| {
         let node = graph.nodes[at as usize];
-        plan.sweep.push(SweepItem {
+        SweepItem {
             digest: node.digest,
             size: node.size,
             manifest: true,
-        });
-    }
-    for (at, node) in graph.nodes.iter().enumerate() {
-        if !marks[at] && !graph.manifest[at] {
-            plan.sweep.push(SweepItem {
-                digest: node.digest,
-                size: node.size,
-                manifest: false,
-            });
         }
-    }
-    plan
+    });
+    let blobs = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|&(at, _)| !marks[at] && !graph.manifest[at])
+        .map(|(_, node)| SweepItem {
+            digest: node.digest,
+            size: node.size,
+            manifest: false,
+        });
+    manifests.chain(blobs).collect()
 }
 
 /// Depth-first post-order over unmarked manifests (iterative: index chains can be deep).
@@ -484,7 +531,11 @@ mod tests {
                 subject: None,
             }),
             tags.into_iter()
-                .map(|(t, m)| ("r".to_owned(), t.to_owned(), Digest::of(&[m])))
+                .map(|(t, m)| TagEntry {
+                    repo: "r".to_owned(),
+                    tag: t.to_owned(),
+                    digest: Digest::of(&[m]),
+                })
                 .collect(),
             Vec::new(),
         )
@@ -675,7 +726,11 @@ mod tests {
                 },
             ],
             Vec::new(),
-            vec![("build".into(), 5 * HOUR, vec![Digest::of(&[11])])],
+            vec![Lease {
+                name: "build".into(),
+                digests: vec![Digest::of(&[11])],
+                expires_ms: 5 * HOUR,
+            }],
         );
         let held = plan(&g, &Policy::default(), Duration::ZERO, 4 * HOUR);
         assert!(

@@ -23,6 +23,7 @@ use crate::store::flight::{FlightGuard, lock};
 use crate::store::gc::{self, GcPlan, GcReason, Graph, ManifestEdges, Node, Policy, SweepItem};
 use crate::store::handle::Store;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestEdgesRow};
+use crate::store::types::{Lease, TagEntry};
 use crate::store::unlinker::{Doomed, Unlinker};
 
 /// How to run a GC.
@@ -202,11 +203,11 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
     for entry in tags_table.iter().map_err(StoreError::db(action))? {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         let (repo, tag) = key.value();
-        tags.push((
-            repo.to_owned(),
-            tag.to_owned(),
-            tables::digest(value.value())?,
-        ));
+        tags.push(TagEntry {
+            repo: repo.to_owned(),
+            tag: tag.to_owned(),
+            digest: tables::digest(value.value())?,
+        });
     }
     let leases_table = txn
         .open_table(tables::LEASES)
@@ -215,7 +216,11 @@ pub(crate) fn load_graph(txn: &redb::ReadTransaction) -> Result<Graph> {
     for entry in leases_table.iter().map_err(StoreError::db(action))? {
         let (key, value) = entry.map_err(StoreError::db(action))?;
         let row: LeaseRow = tables::decode("leases", value.value())?;
-        leases.push((key.value().to_owned(), row.expires_ms, row.digests));
+        leases.push(Lease {
+            name: key.value().to_owned(),
+            digests: row.digests,
+            expires_ms: row.expires_ms,
+        });
     }
     Ok(Graph::new(nodes, manifests, tags, leases))
 }
