@@ -179,6 +179,14 @@ impl VerifyFindings {
     }
 }
 
+/// What the blob-file check found, for the repair.
+#[derive(Default)]
+struct BlobFileFindings {
+    corrupt: BTreeMap<Digest, ()>,
+    missing: BTreeSet<Digest>,
+    orphans: Vec<PathBuf>,
+}
+
 /// The digests of every file under `blobs/`, plus the paths that are not blob names.
 fn scan_blob_files(layout: &Layout) -> Result<(BTreeMap<Digest, PathBuf>, Vec<PathBuf>)> {
     let mut files = BTreeMap::new();
@@ -370,6 +378,33 @@ impl Store {
             repaired: options.repair,
             ..VerifyFindings::default()
         };
+        let blobs = self.check_blob_files(options, &mut report)?;
+        report.problems.extend(self.dangling_rows()?);
+        let live: BTreeSet<String> = lock(&self.inner.uploads).keys().cloned().collect();
+        let stray_temps = self.check_temp_area(&live, &mut report)?;
+        self.check_upload_rows(&live, &mut report)?;
+        report.problems.sort();
+        report.problems.dedup();
+        if options.repair && !report.problems.is_empty() {
+            self.repair(
+                &mut report,
+                &blobs.corrupt,
+                &blobs.missing,
+                &blobs.orphans,
+                &stray_temps,
+            )?;
+        }
+        Ok(report)
+    }
+
+    /// Blob files against blob rows: orphan files, rows without a file, files that do not
+    /// hash to their digest or are not their row's size.
+    fn check_blob_files(
+        &self,
+        options: &VerifyOptions,
+        report: &mut VerifyFindings,
+    ) -> Result<BlobFileFindings> {
+        let mut found = BlobFileFindings::default();
         // Files first, then rows: an ingest renames before it commits its row, so a row
         // read later whose file the scan missed is looked up again, not reported.
         let (mut files, strays) = scan_blob_files(&self.inner.layout)?;
@@ -380,7 +415,6 @@ impl Store {
                 files.insert(*digest, path);
             }
         }
-        let mut orphans = Vec::new();
         for stray in &strays {
             report.problems.push(Inconsistency::Orphan {
                 path: self.relative(stray),
@@ -391,17 +425,15 @@ impl Store {
                 report.problems.push(Inconsistency::Orphan {
                     path: self.relative(path),
                 });
-                orphans.push(path.clone());
+                found.orphans.push(path.clone());
             }
         }
-        let mut missing = BTreeSet::new();
-        let mut corrupt = BTreeMap::new();
         for digest in rows.keys() {
             if !files.contains_key(digest) {
                 report
                     .problems
                     .push(Inconsistency::FileMissing { digest: *digest });
-                missing.insert(*digest);
+                found.missing.insert(*digest);
             }
         }
         let present: Vec<(Digest, u64)> = rows
@@ -409,8 +441,7 @@ impl Store {
             .filter(|(d, _)| files.contains_key(d))
             .map(|(d, r)| (*d, r.size))
             .collect();
-        let checked = self.check_files(&present, options)?;
-        for (digest, expected, result) in checked {
+        for (digest, expected, result) in self.check_files(&present, options)? {
             report.blobs_checked += 1;
             match result {
                 Ok((actual, size)) => {
@@ -419,24 +450,31 @@ impl Store {
                         report
                             .problems
                             .push(Inconsistency::Corrupt { digest, actual });
-                        corrupt.insert(digest, ());
+                        found.corrupt.insert(digest, ());
                     } else if size != expected {
                         report.problems.push(Inconsistency::SizeMismatch {
                             digest,
                             expected,
                             actual: size,
                         });
-                        corrupt.insert(digest, ());
+                        found.corrupt.insert(digest, ());
                     }
                 }
                 Err(_) => {
                     report.problems.push(Inconsistency::FileMissing { digest });
-                    missing.insert(digest);
+                    found.missing.insert(digest);
                 }
             }
         }
-        report.problems.extend(self.dangling_rows()?);
-        let live: BTreeSet<String> = lock(&self.inner.uploads).keys().cloned().collect();
+        Ok(found)
+    }
+
+    /// Files in `tmp/` that no live upload or ingest of this process owns.
+    fn check_temp_area(
+        &self,
+        live: &BTreeSet<String>,
+        report: &mut VerifyFindings,
+    ) -> Result<Vec<PathBuf>> {
         let tmp = self.inner.layout.tmp();
         let mut stray_temps = Vec::new();
         for entry in fs::read_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
@@ -457,25 +495,28 @@ impl Store {
                 stray_temps.push(path);
             }
         }
-        {
-            let txn = self.read("verify uploads")?;
-            let uploads = txn
-                .open_table(tables::UPLOADS)
-                .map_err(StoreError::db("verify uploads"))?;
-            for entry in uploads.iter().map_err(StoreError::db("verify uploads"))? {
-                let (key, _) = entry.map_err(StoreError::db("verify uploads"))?;
-                let id = key.value().to_owned();
-                if !live.contains(&id) {
-                    report.problems.push(Inconsistency::UploadDead { id });
-                }
+        Ok(stray_temps)
+    }
+
+    /// Upload rows without a live session.
+    fn check_upload_rows(
+        &self,
+        live: &BTreeSet<String>,
+        report: &mut VerifyFindings,
+    ) -> Result<()> {
+        let action = "verify uploads";
+        let txn = self.read(action)?;
+        let uploads = txn
+            .open_table(tables::UPLOADS)
+            .map_err(StoreError::db(action))?;
+        for entry in uploads.iter().map_err(StoreError::db(action))? {
+            let (key, _) = entry.map_err(StoreError::db(action))?;
+            let id = key.value().to_owned();
+            if !live.contains(&id) {
+                report.problems.push(Inconsistency::UploadDead { id });
             }
         }
-        report.problems.sort();
-        report.problems.dedup();
-        if options.repair && !report.problems.is_empty() {
-            self.repair(&mut report, &corrupt, &missing, &orphans, &stray_temps)?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     fn repair(
@@ -654,37 +695,7 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
         let (key, _) = entry.map_err(StoreError::db(action))?;
         present.insert(tables::digest(key.value())?);
     }
-    let mut dropped: BTreeSet<Digest> = lost
-        .iter()
-        .filter(|d| present.contains(d))
-        .copied()
-        .collect();
-    let mut gone: BTreeSet<Digest> = lost.clone();
-    // A manifest without its own blob row, or with a reference that is gone, goes too;
-    // repeat until nothing changes (indexes of indexes).
-    loop {
-        let newly: Vec<Digest> = rows
-            .iter()
-            .filter(|(digest, _)| !gone.contains(*digest))
-            .filter(|(digest, row)| {
-                !present.contains(*digest)
-                    || row.references.iter().any(|r| {
-                        let may_lack = row.on_demand || row.external.contains(r);
-                        gone.contains(r) || (!may_lack && !present.contains(r))
-                    })
-            })
-            .map(|(digest, _)| *digest)
-            .collect();
-        if newly.is_empty() {
-            break;
-        }
-        for digest in newly {
-            gone.insert(digest);
-            if present.contains(&digest) {
-                dropped.insert(digest);
-            }
-        }
-    }
+    let (gone, dropped) = gone_with(lost, &rows, &present);
     let mut referrers = txn
         .open_table(tables::REFERRERS)
         .map_err(StoreError::db(action))?;
@@ -703,9 +714,65 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
             }
         }
     }
+    drop(referrers);
+    drop_dependents(txn, &rows, &present, &gone)?;
+    Ok((dropped, ()))
+}
+
+/// What goes with the `lost` digests: they, and every manifest without its own blob row or
+/// with a reference that is gone or absent (unless it may lack it), repeated until nothing
+/// changes (indexes of indexes). Returns (everything gone, what of it had a row to drop).
+fn gone_with(
+    lost: &BTreeSet<Digest>,
+    rows: &BTreeMap<Digest, ManifestRow>,
+    present: &BTreeSet<Digest>,
+) -> (BTreeSet<Digest>, BTreeSet<Digest>) {
+    let mut dropped: BTreeSet<Digest> = lost
+        .iter()
+        .filter(|d| present.contains(d))
+        .copied()
+        .collect();
+    let mut gone: BTreeSet<Digest> = lost.clone();
+    loop {
+        let newly: Vec<Digest> = rows
+            .iter()
+            .filter(|(digest, _)| !gone.contains(*digest))
+            .filter(|(digest, row)| {
+                !present.contains(*digest)
+                    || row.references.iter().any(|r| {
+                        let may_lack = row.on_demand || row.external.contains(r);
+                        gone.contains(r) || (!may_lack && !present.contains(r))
+                    })
+            })
+            .map(|(digest, _)| *digest)
+            .collect();
+        if newly.is_empty() {
+            return (gone, dropped);
+        }
+        for digest in newly {
+            gone.insert(digest);
+            if present.contains(&digest) {
+                dropped.insert(digest);
+            }
+        }
+    }
+}
+
+/// Removes what pointed at the `gone` digests: referrer entries, tags, links, and the
+/// gone digests from leases.
+fn drop_dependents(
+    txn: &WriteTransaction,
+    rows: &BTreeMap<Digest, ManifestRow>,
+    present: &BTreeSet<Digest>,
+    gone: &BTreeSet<Digest>,
+) -> Result<()> {
+    let action = "drop lost blobs";
     let alive = |digest: &Digest| present.contains(digest) && !gone.contains(digest);
     let manifest_alive = |digest: &Digest| alive(digest) && rows.contains_key(digest);
     // Referrer entries must match a live manifest whose subject they name.
+    let mut referrers = txn
+        .open_table(tables::REFERRERS)
+        .map_err(StoreError::db(action))?;
     referrers
         .retain(|(subject, referrer), ()| {
             let (Ok(referrer), Ok(subject)) = (tables::digest(referrer), tables::digest(subject))
@@ -744,5 +811,5 @@ fn drop_digests(txn: &WriteTransaction, lost: &BTreeSet<Digest>) -> Result<(BTre
             .insert(name.as_str(), tables::encode(&row).as_slice())
             .map_err(StoreError::db(action))?;
     }
-    Ok((dropped, ()))
+    Ok(())
 }
