@@ -135,6 +135,34 @@ fn field(out: &mut String, name: &str, value: impl AsRef<str>) {
 pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
     let build = &report.build;
     let status = build.status.as_ref();
+    let mut out = summary(build, now);
+    out.push_str("\nConditions:\n");
+    out.push_str(&conditions_table(status, now));
+    out.push_str("\nAttempts:\n");
+    out.push_str(&attempts_table(status, now));
+    out.push_str("\nEvents:\n");
+    out.push_str(&events_table(&report.events, now));
+    if let Some(log) = &report.failed_log {
+        let _ = writeln!(out, "\nLast log lines of pod {}:", log.pod);
+        match &log.lines {
+            Ok(lines) if lines.is_empty() => out.push_str("  <empty>\n"),
+            Ok(lines) => {
+                for line in lines {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+            Err(why) => {
+                let _ = writeln!(out, "  <unavailable: {why}>");
+            }
+        }
+    }
+    out
+}
+
+/// The report's head: name, phase and reason, message, image, digest, generation, attempt,
+/// start and duration, a requested cancel.
+fn summary(build: &Build, now: Timestamp) -> String {
+    let status = build.status.as_ref();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -204,98 +232,84 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
     if build.spec.cancel {
         field(&mut out, "Cancel", "requested (spec.cancel is true)");
     }
-
-    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    out.push_str("\nConditions:\n");
-    if conditions.is_empty() {
-        out.push_str("  <none>\n");
-    } else {
-        let mut table = Table::new(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
-        for c in conditions {
-            table.row(vec![
-                c.type_.clone(),
-                c.status.clone(),
-                c.reason.clone(),
-                age(Some(&c.last_transition_time), now),
-                one_line(&c.message),
-            ]);
-        }
-        out.push_str(&table.render(2));
-    }
-
-    let attempts = status.map(|s| s.attempts.as_slice()).unwrap_or_default();
-    out.push_str("\nAttempts:\n");
-    if attempts.is_empty() {
-        out.push_str("  <none>\n");
-    } else {
-        let mut table = Table::new([
-            "#", "POD", "RESULT", "REASON", "STARTED", "DURATION", "DIGEST", "MESSAGE",
-        ]);
-        for a in attempts {
-            let took = a
-                .completion_time
-                .as_ref()
-                .map(|end| between(a.start_time.0, end.0))
-                .map(format_duration)
-                .unwrap_or_else(|| {
-                    format!("{} so far", format_duration(between(a.start_time.0, now)))
-                });
-            table.row(vec![
-                a.attempt.to_string(),
-                a.pod_name.clone(),
-                a.result
-                    .map(|r| format!("{r:?}"))
-                    .unwrap_or_else(|| "Running".to_owned()),
-                a.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
-                format!("{} ago", age(Some(&a.start_time), now)),
-                took,
-                a.digest
-                    .as_deref()
-                    .map(|d| d.chars().take(19).collect())
-                    .unwrap_or_default(),
-                one_line(a.message.as_deref().unwrap_or_default()),
-            ]);
-        }
-        out.push_str(&table.render(2));
-    }
-
-    out.push_str("\nEvents:\n");
-    if report.events.is_empty() {
-        out.push_str("  <none>\n");
-    } else {
-        let mut table = Table::new(["AGE", "TYPE", "REASON", "MESSAGE"]);
-        for e in &report.events {
-            let at = e
-                .last_timestamp
-                .clone()
-                .or_else(|| e.first_timestamp.clone())
-                .or_else(|| e.event_time.as_ref().map(|t| Time(t.0)))
-                .or_else(|| e.metadata.creation_timestamp.clone());
-            table.row(vec![
-                age(at.as_ref(), now),
-                e.type_.clone().unwrap_or_default(),
-                e.reason.clone().unwrap_or_default(),
-                one_line(e.message.as_deref().unwrap_or_default()),
-            ]);
-        }
-        out.push_str(&table.render(2));
-    }
-
-    if let Some(log) = &report.failed_log {
-        let _ = writeln!(out, "\nLast log lines of pod {}:", log.pod);
-        match &log.lines {
-            Ok(lines) if lines.is_empty() => out.push_str("  <empty>\n"),
-            Ok(lines) => {
-                for line in lines {
-                    let _ = writeln!(out, "  {line}");
-                }
-            }
-            Err(why) => {
-                let _ = writeln!(out, "  <unavailable: {why}>");
-            }
-        }
-    }
     out
+}
+
+/// The conditions as an indented table, or `<none>`.
+fn conditions_table(status: Option<&BuildStatus>, now: Timestamp) -> String {
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if conditions.is_empty() {
+        return "  <none>\n".to_owned();
+    }
+    let mut table = Table::new(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
+    for c in conditions {
+        table.row(vec![
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            age(Some(&c.last_transition_time), now),
+            one_line(&c.message),
+        ]);
+    }
+    table.render(2)
+}
+
+/// The attempt history as an indented table, or `<none>`.
+fn attempts_table(status: Option<&BuildStatus>, now: Timestamp) -> String {
+    let attempts = status.map(|s| s.attempts.as_slice()).unwrap_or_default();
+    if attempts.is_empty() {
+        return "  <none>\n".to_owned();
+    }
+    let mut table = Table::new([
+        "#", "POD", "RESULT", "REASON", "STARTED", "DURATION", "DIGEST", "MESSAGE",
+    ]);
+    for a in attempts {
+        let took = a
+            .completion_time
+            .as_ref()
+            .map(|end| between(a.start_time.0, end.0))
+            .map(format_duration)
+            .unwrap_or_else(|| format!("{} so far", format_duration(between(a.start_time.0, now))));
+        table.row(vec![
+            a.attempt.to_string(),
+            a.pod_name.clone(),
+            a.result
+                .map(|r| format!("{r:?}"))
+                .unwrap_or_else(|| "Running".to_owned()),
+            a.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            format!("{} ago", age(Some(&a.start_time), now)),
+            took,
+            a.digest
+                .as_deref()
+                .map(|d| d.chars().take(19).collect())
+                .unwrap_or_default(),
+            one_line(a.message.as_deref().unwrap_or_default()),
+        ]);
+    }
+    table.render(2)
+}
+
+/// The Build's Events as an indented table, or `<none>`.
+fn events_table(events: &[Event], now: Timestamp) -> String {
+    if events.is_empty() {
+        return "  <none>\n".to_owned();
+    }
+    let mut table = Table::new(["AGE", "TYPE", "REASON", "MESSAGE"]);
+    for e in events {
+        let at = e
+            .last_timestamp
+            .clone()
+            .or_else(|| e.first_timestamp.clone())
+            .or_else(|| e.event_time.as_ref().map(|t| Time(t.0)))
+            .or_else(|| e.metadata.creation_timestamp.clone());
+        table.row(vec![
+            age(at.as_ref(), now),
+            e.type_.clone().unwrap_or_default(),
+            e.reason.clone().unwrap_or_default(),
+            one_line(e.message.as_deref().unwrap_or_default()),
+        ]);
+    }
+    table.render(2)
 }
 
 /// The first line of `text`, marked with `…` when more follows.
