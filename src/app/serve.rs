@@ -167,63 +167,11 @@ pub async fn run_serve(args: ServeArgs) -> CliResult {
             "no --token-key and --insecure: the registry API is open to everyone who can reach it"
         ),
     }
-    let external_base = match &args.external_url {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-            url.trim_end_matches('/').to_owned()
-        }
-        Some(url) => return Err(Box::new(ServeCliError::ExternalUrl(url.clone()))),
-        None => String::new(),
-    };
-    let auth = AuthConfig {
-        token_key: args
-            .token_key
-            .as_deref()
-            .map(cacheapi::token::TokenKey::read)
-            .transpose()?,
-        admin_token: args
-            .admin_token_file
-            .as_deref()
-            .map(AdminToken::read)
-            .transpose()?,
-        external_base,
-        mirrors: Default::default(),
-    };
-    if auth.admin_token.is_none() {
-        tracing::info!("no --admin-token-file: the admin API (/admin/v1/) is closed");
-    }
+    let auth = auth_config(&args)?;
     let root = args.root.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(root, StoreOptions::default())).await??;
-    let mirror = if args.mirrors.is_empty() {
-        None
-    } else {
-        let mut upstreams = Vec::new();
-        for spec in &args.mirrors {
-            let credentials = match &args.mirror_credentials {
-                Some(file) => read_credentials(file, &upstream_host(&spec.url))?,
-                None => None,
-            };
-            tracing::info!(
-                mirror = %spec.name,
-                upstream = %spec.url,
-                credentials = credentials.is_some(),
-                "pull-through mirror"
-            );
-            upstreams.push(UpstreamConfig {
-                name: spec.name.clone(),
-                url: spec.url.clone(),
-                credentials,
-            });
-        }
-        Some(Mirror::new(
-            store.clone(),
-            upstreams,
-            MirrorOptions {
-                ttl: args.mirror_ttl,
-                ..MirrorOptions::default()
-            },
-        )?)
-    };
+    let mirror = mirror(&args, &store)?;
     let registry = Registry::new(
         store,
         auth,
@@ -255,6 +203,68 @@ pub async fn run_serve(args: ServeArgs) -> CliResult {
     };
     serve(registry, listener, options, shutdown_signal()?).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The token key, the admin token and the token realm's base, from the flags.
+fn auth_config(args: &ServeArgs) -> Result<AuthConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let external_base = match &args.external_url {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_owned()
+        }
+        Some(url) => return Err(Box::new(ServeCliError::ExternalUrl(url.clone()))),
+        None => String::new(),
+    };
+    let auth = AuthConfig {
+        token_key: args
+            .token_key
+            .as_deref()
+            .map(cacheapi::token::TokenKey::read)
+            .transpose()?,
+        admin_token: args
+            .admin_token_file
+            .as_deref()
+            .map(AdminToken::read)
+            .transpose()?,
+        external_base,
+        mirrors: Default::default(),
+    };
+    if auth.admin_token.is_none() {
+        tracing::info!("no --admin-token-file: the admin API (/admin/v1/) is closed");
+    }
+    Ok(auth)
+}
+
+/// The pull-through mirror the `--mirror` flags ask for (with their credentials), if any.
+fn mirror(
+    args: &ServeArgs,
+    store: &Store,
+) -> Result<Option<Mirror>, Box<dyn std::error::Error + Send + Sync>> {
+    if args.mirrors.is_empty() {
+        return Ok(None);
+    }
+    let mut upstreams = Vec::new();
+    for spec in &args.mirrors {
+        let credentials = match &args.mirror_credentials {
+            Some(file) => read_credentials(file, &upstream_host(&spec.url))?,
+            None => None,
+        };
+        tracing::info!(
+            mirror = %spec.name,
+            upstream = %spec.url,
+            credentials = credentials.is_some(),
+            "pull-through mirror"
+        );
+        upstreams.push(UpstreamConfig {
+            name: spec.name.clone(),
+            url: spec.url.clone(),
+            credentials,
+        });
+    }
+    let options = MirrorOptions {
+        ttl: args.mirror_ttl,
+        ..MirrorOptions::default()
+    };
+    Ok(Some(Mirror::new(store.clone(), upstreams, options)?))
 }
 
 /// `host[:port]` of a URL, for looking up credentials.
