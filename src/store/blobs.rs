@@ -18,19 +18,8 @@ use crate::store::flight::{Claim, FlightGuard, FlightOutcome, Waiter};
 use crate::store::handle::Store;
 use crate::store::layout::sync_dir;
 use crate::store::tables::{self, BlobRow};
-use crate::store::temp::TempBlob;
+use crate::store::temp::{TempBlob, hash_file};
 use crate::store::types::{BlobInfo, validate_repo};
-use crate::store::verify::hash_file;
-
-/// An upload session: a temp blob that outlives HTTP requests.
-#[derive(Debug)]
-pub(crate) struct UploadSession {
-    pub repo: String,
-    pub started_ms: u64,
-    /// When a request last touched it (create, append, status): idle sessions expire.
-    pub last_ms: u64,
-    pub temp: Option<TempBlob>,
-}
 
 /// A writer of one blob. Write the bytes, then [`BlobWriter::commit`] with the digest and
 /// size the client announced; dropping it (or [`BlobWriter::abort`]) removes the temp

@@ -13,13 +13,13 @@ use redb::{
 
 use crate::oci::digest::Digest;
 use crate::store::backend::UnsyncedFile;
-use crate::store::blobs::UploadSession;
 use crate::store::clock::StoreClock;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{Flights, lock};
 use crate::store::layout::{Layout, RootLock};
 use crate::store::tables;
-use crate::store::verify::RecoveryReport;
+use crate::store::temp::UploadSession;
+use crate::store::types::RecoveryReport;
 
 /// How to open a store.
 #[derive(Debug, Clone)]

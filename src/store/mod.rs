@@ -94,8 +94,8 @@ pub use handle::{Store, StoreOptions};
 pub use storage::Storage;
 pub use sweep::{GcOptions, GcReport, ItemKind, Removal};
 pub use types::{
-    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, Referrer,
-    RemovedFromRepository, TagEntry, UploadStatus,
+    BlobEntry, BlobInfo, Lease, LeaseTarget, LinkEntry, Listing, ManifestInfo, RecoveryReport,
+    Referrer, RemovedFromRepository, TagEntry, UploadStatus,
 };
 pub use uploads::ExpiredUploads;
-pub use verify::{Inconsistency, RecoveryReport, VerifyFindings, VerifyOptions};
+pub use verify::{Inconsistency, VerifyFindings, VerifyOptions};

@@ -1,5 +1,6 @@
 //! Bytes on their way into the store: a temp file written as they arrive, hashed and
-//! counted on the way (filesystem I/O; a large blob is hashed on a helper thread).
+//! counted on the way (filesystem I/O; a large blob is hashed on a helper thread); the
+//! upload session that holds one across requests; and the hash of a file on disk.
 //!
 //! Hashing and writing are the two costs of an ingest, and on their own each leaves a core
 //! idle. Once a blob is larger than [`HELPER_FROM`], its bytes are copied into a small pool
@@ -16,7 +17,8 @@
 //! fsync still makes the file durable, and a failed hint changes nothing.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::path::Path;
 use std::mem;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -283,6 +285,38 @@ impl Drop for TempBlob {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+
+/// Hashes a file with `algorithm`.
+pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(Digest, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Hasher::with(algorithm);
+    // No bigger than the file (plus one byte to see its end in one read): most blobs are
+    // small, and zeroing a large buffer for each would cost more than hashing them.
+    let len = file.metadata()?.len().saturating_add(1).min(1 << 20);
+    let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(1 << 20)];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finish(), size))
+}
+
+
+/// An upload session: a temp blob that outlives HTTP requests.
+#[derive(Debug)]
+pub(crate) struct UploadSession {
+    pub repo: String,
+    pub started_ms: u64,
+    /// When a request last touched it (create, append, status): idle sessions expire.
+    pub last_ms: u64,
+    pub temp: Option<TempBlob>,
 }
 
 #[cfg(test)]

@@ -204,6 +204,33 @@ impl Listing {
     }
 }
 
+
+/// What start-up recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    /// Temp files of dead uploads and ingests, removed.
+    pub temp_files_removed: u64,
+    /// Upload rows of sessions lost with the previous process, removed.
+    pub uploads_removed: u64,
+    /// Blob files without rows that hashed correctly and were adopted.
+    pub adopted: Vec<Digest>,
+    /// Files without rows that did not hash to their name, moved to quarantine.
+    pub quarantined: Vec<String>,
+    /// Rows whose file was missing, dropped with everything that depended on them.
+    pub dropped: Vec<Digest>,
+}
+
+impl RecoveryReport {
+    /// Whether there was nothing to recover.
+    pub fn is_clean(&self) -> bool {
+        self.temp_files_removed == 0
+            && self.uploads_removed == 0
+            && self.adopted.is_empty()
+            && self.quarantined.is_empty()
+            && self.dropped.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::oci::digest::{Algorithm, Digest};
-use crate::store::blobs::UploadSession;
+use crate::store::temp::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;

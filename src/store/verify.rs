@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -12,12 +11,14 @@ use std::sync::{Mutex, OnceLock};
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
-use crate::oci::digest::{Algorithm, Digest, Hasher};
+use crate::oci::digest::{Algorithm, Digest};
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
 use crate::store::layout::Layout;
 use crate::store::tables::{self, BlobRow, LeaseRow, ManifestRow};
+use crate::store::temp::hash_file;
+use crate::store::types::RecoveryReport;
 
 /// One thing `verify` (or recovery) found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -99,32 +100,6 @@ impl fmt::Display for Inconsistency {
 
 /// One file's check: its digest, its row's size, and what hashing (or sizing) found.
 type FileCheck = (Digest, u64, std::io::Result<(Digest, u64)>);
-
-/// What start-up recovery found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RecoveryReport {
-    /// Temp files of dead uploads and ingests, removed.
-    pub temp_files_removed: u64,
-    /// Upload rows of sessions lost with the previous process, removed.
-    pub uploads_removed: u64,
-    /// Blob files without rows that hashed correctly and were adopted.
-    pub adopted: Vec<Digest>,
-    /// Files without rows that did not hash to their name, moved to quarantine.
-    pub quarantined: Vec<String>,
-    /// Rows whose file was missing, dropped with everything that depended on them.
-    pub dropped: Vec<Digest>,
-}
-
-impl RecoveryReport {
-    /// Whether there was nothing to recover.
-    pub fn is_clean(&self) -> bool {
-        self.temp_files_removed == 0
-            && self.uploads_removed == 0
-            && self.adopted.is_empty()
-            && self.quarantined.is_empty()
-            && self.dropped.is_empty()
-    }
-}
 
 /// How to verify.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -230,26 +205,6 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     entries
         .map(|entry| entry.map(|e| e.path()).map_err(StoreError::io("list", dir)))
         .collect()
-}
-
-/// Hashes a file with `algorithm`.
-pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(Digest, u64)> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Hasher::with(algorithm);
-    // No bigger than the file (plus one byte to see its end in one read): most blobs are
-    // small, and zeroing a large buffer for each would cost more than hashing them.
-    let len = file.metadata()?.len().saturating_add(1).min(1 << 20);
-    let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(1 << 20)];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((hasher.finish(), size))
 }
 
 impl Store {
