@@ -21,7 +21,7 @@ use crate::registry::auth::{Access, Resource};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
-use crate::registry::route::{Reply, check};
+use crate::registry::request::{Reply, check};
 use crate::registry::service::Registry;
 use crate::store::{GcOptions, GcReport, Policy, VerifyOptions};
 

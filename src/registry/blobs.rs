@@ -14,7 +14,7 @@ use crate::registry::headers::{
 };
 use crate::registry::mirror::MirrorError;
 use crate::registry::mirror::blobs::{BlobAnswer, BlobWant};
-use crate::registry::route::{Reply, Request};
+use crate::registry::request::{Reply, Request};
 use crate::store::stream::read_file;
 
 /// Content is addressed by digest and never changes: clients may cache it for a year.

@@ -14,7 +14,7 @@ use crate::registry::blobs::{Missing, mirror_error};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::{CACHE_STATUS, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, accepts};
-use crate::registry::route::{Reply, Request};
+use crate::registry::request::{Reply, Request};
 use crate::store::ManifestInfo;
 
 /// `HEAD` and `GET`.

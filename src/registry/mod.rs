@@ -8,13 +8,15 @@
 //! | [`headers`] | header names; Range, Content-Range, Link, Accept values | pure |
 //! | [`auth`] | credentials, the Docker token flow, the authorization rules | pure + `/token` handler |
 //! | [`route`] | `/v2/` dispatch: path, `ns=` routing, access, auth, handler | — |
+//! | [`request`] | what a handler takes and returns; the auth check | — |
 //! | [`blobs`], [`uploads`], [`manifests`], [`tags`], [`referrers`] | the API's routes | store, mirror |
 //! | [`admin`] | `/admin/v1/`: du, prune, verify, leases, deletes | store |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, request metrics | — |
 //! | [`body`] | request bodies to the store, manifests under a cap, byte counting | sockets |
 //! | [`metrics`] | the Prometheus metrics | — |
 //! | [`mirror`] | the pull-through cache for upstream registries | HTTP + store |
-//! | [`service`] | the shared state and the router | — |
+//! | [`service`] | the shared state | — |
+//! | [`router`] | the one router over every endpoint, and its layers | — |
 //! | [`server`] | accept loop, slow-client limits, background GC, graceful shutdown | sockets |
 //!
 //! Tests and the CLI share one entry point: build a [`Registry`] over a store, then
@@ -33,7 +35,9 @@ pub mod mirror;
 pub mod ops;
 pub mod path;
 pub mod referrers;
+pub mod request;
 pub mod route;
+pub mod router;
 pub mod server;
 pub mod service;
 pub mod tags;

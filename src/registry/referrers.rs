@@ -13,7 +13,7 @@ use crate::oci::media::OCI_INDEX;
 use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::OCI_FILTERS_APPLIED;
-use crate::registry::route::{Reply, Request};
+use crate::registry::request::{Reply, Request};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

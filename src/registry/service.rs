@@ -1,20 +1,15 @@
 //! The cache service's shared state — the store, auth, the mirror, metrics, limits and
-//! readiness — and the axum router over it (no I/O of its own; the handlers do it).
+//! readiness (no I/O of its own; the handlers do it, and `router.rs` routes to them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::{any, get};
-use tower_http::timeout::RequestBodyTimeoutLayer;
-
 use crate::oci::media::MAX_MANIFEST_BYTES;
-use crate::registry::auth::{AuthConfig, token_handler};
+use crate::registry::auth::AuthConfig;
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::CacheMetrics;
 use crate::registry::mirror::Mirror;
-use crate::registry::{admin, ops, route};
 use crate::store::Store;
 
 /// Limits against large and slow clients.
@@ -131,34 +126,6 @@ impl Registry {
     /// Sets what `/readyz` says.
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// The HTTP service: `/v2/` (the OCI Distribution API), `/token`, `/admin/v1/`, and
-    /// `/healthz`, `/readyz`, `/metrics`, all on one listener.
-    pub fn router(&self) -> Router {
-        let token = Router::new()
-            .route("/token", get(token_handler).post(token_handler))
-            .with_state(self.inner.auth.clone());
-        Router::new()
-            .route("/v2", any(route::v2))
-            .route("/v2/", any(route::v2))
-            .route("/v2/{*rest}", any(route::v2))
-            .route("/admin/v1/{*rest}", any(admin::handle))
-            .route("/healthz", get(ops::healthz))
-            .route("/readyz", get(ops::readyz))
-            .route("/metrics", get(ops::metrics))
-            .merge(token)
-            .fallback(route::unknown)
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                ops::track,
-            ))
-            .layer(RequestBodyTimeoutLayer::new(
-                self.inner.limits.body_idle_timeout,
-            ))
-            // A span per request (method, URI) for the logs of everything it does.
-            .layer(tower_http::trace::TraceLayer::new_for_http())
-            .with_state(self.clone())
     }
 
     /// Runs a store call on a blocking thread; store errors become the client's error.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::oci::name::RepoName;
 use crate::registry::error::RegistryError;
 use crate::registry::headers::Page;
-use crate::registry::route::{Reply, Request};
+use crate::registry::request::{Reply, Request};
 
 #[derive(Serialize)]
 struct TagList<'a> {

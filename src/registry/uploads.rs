@@ -20,7 +20,7 @@ use crate::registry::headers::{
     upload_progress,
 };
 use crate::registry::path::UploadId;
-use crate::registry::route::{Reply, Request, check};
+use crate::registry::request::{Reply, Request, check};
 use crate::store::{StoreError, UploadStatus};
 
 fn session_path(name: &RepoName, id: &str) -> String {

@@ -18,8 +18,8 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::Path;
 use std::mem;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
@@ -287,7 +287,6 @@ impl Drop for TempBlob {
     }
 }
 
-
 /// Hashes a file with `algorithm`.
 pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(Digest, u64)> {
     let mut file = fs::File::open(path)?;
@@ -307,7 +306,6 @@ pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(D
     }
     Ok((hasher.finish(), size))
 }
-
 
 /// An upload session: a temp blob that outlives HTTP requests.
 #[derive(Debug)]

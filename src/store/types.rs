@@ -204,7 +204,6 @@ impl Listing {
     }
 }
 
-
 /// What start-up recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {

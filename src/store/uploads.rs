@@ -15,12 +15,12 @@
 use std::sync::{Arc, Mutex};
 
 use crate::oci::digest::{Algorithm, Digest};
-use crate::store::temp::UploadSession;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::lock;
 use crate::store::handle::Store;
 use crate::store::tables::{self, UploadRow};
 use crate::store::temp::TempBlob;
+use crate::store::temp::UploadSession;
 use crate::store::types::{BlobInfo, UploadStatus, validate_repo};
 
 /// Whether `repo` belongs to `group`: is it, or lies under it.
