@@ -10,13 +10,15 @@
 //! | [`controller`] | `decide` (pure) and `apply` (API writes), the pod builder, sweepers | both, kept apart |
 //! | [`store`] | the content-addressed cache store on a directory (the PV) | filesystem |
 //! | [`registry`] | the OCI Distribution API and the admin API over the store, and the pull-through mirror beneath it | HTTP |
-//! //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
+//! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
 //! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`table`] | aligned text tables | pure |
-//! | [`cli`] | the command line | — |
+//! | [`app`] | the command line: one module per command, and the dispatcher | — |
+//! | [`report`] | an error with its chain of causes, for people | pure |
 //! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
 //! | [`telemetry`] | logging setup | — |
+//! | [`metric_family`] | Prometheus metric families written in a stable order | pure |
 //! | [`metrics`] | controller metrics, health and readiness, and their HTTP server | HTTP |
 //! | [`tls`] | installs ring as rustls' crypto provider | process state |
 //!
@@ -27,6 +29,7 @@ pub mod app;
 pub mod cacheapi;
 pub mod controller;
 pub mod crd;
+pub mod metric_family;
 pub mod metrics;
 pub mod oci;
 pub mod plugin;

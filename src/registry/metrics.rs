@@ -2,9 +2,9 @@
 //! and out, GC runs and bytes freed, store size (the mirror registers its own, see
 //! [`crate::registry::mirror::MirrorMetrics`]); encoded for `/metrics` (pure apart from the atomics).
 
+use crate::metric_family::SortedFamily;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The labels of a request.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route's name ([`RouteLabel`]).
     pub route: &'static str,
@@ -24,14 +24,14 @@ pub struct RequestLabels {
 }
 
 /// The route label of a latency observation.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The route's name.
     pub route: &'static str,
 }
 
 /// The outcome label of a GC run.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct GcLabels {
     /// `ok` or `error`.
     pub result: &'static str,
@@ -46,9 +46,9 @@ pub struct RouteLabel(pub &'static str);
 #[derive(Debug, Clone)]
 pub struct CacheMetrics {
     /// Requests answered.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: SortedFamily<RequestLabels, Counter>,
     /// Time to the response's headers, by route.
-    pub latency: Family<RouteLabels, Histogram>,
+    pub latency: SortedFamily<RouteLabels, Histogram>,
     /// Request body bytes received.
     pub bytes_in: Counter,
     /// Response body bytes sent.
@@ -56,7 +56,7 @@ pub struct CacheMetrics {
     /// Requests being answered now.
     pub in_flight: Gauge,
     /// GC runs.
-    pub gc_runs: Family<GcLabels, Counter>,
+    pub gc_runs: SortedFamily<GcLabels, Counter>,
     /// Bytes GC freed.
     pub gc_freed_bytes: Counter,
     /// Bytes in the store, as of the last GC (or start).
@@ -70,15 +70,15 @@ pub struct CacheMetrics {
 impl Default for CacheMetrics {
     fn default() -> Self {
         Self {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(|| {
+            requests: SortedFamily::default(),
+            latency: SortedFamily::new(|| {
                 // 1 ms to ~65 s: a manifest HEAD to a large blob over a slow link.
                 Histogram::new(exponential_buckets(0.001, 2.0, 17))
             }),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             in_flight: Gauge::default(),
-            gc_runs: Family::default(),
+            gc_runs: SortedFamily::default(),
             gc_freed_bytes: Counter::default(),
             store_bytes: Gauge::default(),
             uploads_in_progress: Gauge::default(),

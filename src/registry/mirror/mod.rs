@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metric_family::SortedFamily;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::oci::name::RepoName;
@@ -191,7 +191,7 @@ impl CacheStatus {
 }
 
 /// Labels of mirror answers.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct AnswerLabels {
     /// `manifest` or `blob`.
     pub kind: &'static str,
@@ -200,7 +200,7 @@ pub struct AnswerLabels {
 }
 
 /// Labels of upstream fetches.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct FetchLabels {
     /// The mirror's name.
     pub upstream: String,
@@ -215,9 +215,9 @@ pub struct FetchLabels {
 #[derive(Debug, Clone, Default)]
 pub struct MirrorMetrics {
     /// Answers to clients, by kind and outcome.
-    pub answers: Family<AnswerLabels, Counter>,
+    pub answers: SortedFamily<AnswerLabels, Counter>,
     /// Requests to upstreams, by upstream, kind and result.
-    pub upstream: Family<FetchLabels, Counter>,
+    pub upstream: SortedFamily<FetchLabels, Counter>,
 }
 
 impl MirrorMetrics {
