@@ -856,28 +856,6 @@ fn values_the_schema_rejects_fail_the_render_with_the_field_named() {
     }
 }
 
-#[test]
-fn the_charts_crds_are_the_checked_in_crds() {
-    let chart = std::fs::read_to_string(
-        Path::new(ROOT)
-            .join(CHART)
-            .join("crds/kiln.dev_builds.yaml"),
-    )
-    .unwrap_or_default();
-    let crds = std::fs::read_to_string(Path::new(ROOT).join("crds/kiln.dev_builds.yaml")).unwrap();
-    assert!(
-        chart == crds,
-        "{CHART}/crds/ drifted from crds/. Copy it:\n\n    cp crds/kiln.dev_builds.yaml {CHART}/crds/\n"
-    );
-    let kustomize =
-        std::fs::read_to_string(Path::new(ROOT).join("config/crd/kiln.dev_builds.yaml"))
-            .unwrap_or_default();
-    assert!(
-        kustomize == crds,
-        "config/crd/ drifted from crds/. Copy it:\n\n    cp crds/kiln.dev_builds.yaml config/crd/\n"
-    );
-}
-
 // --- kustomize -------------------------------------------------------------------------------
 
 #[test]

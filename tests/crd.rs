@@ -31,13 +31,17 @@ fn schema() -> Value {
 }
 
 #[test]
-fn crds_directory_matches_what_kiln_crd_prints() {
-    let checked_in = std::fs::read_to_string(crd_path()).unwrap_or_default();
+fn every_checked_in_copy_is_what_kiln_crd_prints() {
     let generated = kiln::crd::crds_yaml().unwrap();
-    assert!(
-        checked_in == generated,
-        "{CRD_FILE} is out of date with src/crd/. Regenerate it with:\n\n    cargo run -- crd > {CRD_FILE}\n"
-    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for copy in kiln::crd::CRD_COPIES {
+        let checked_in = std::fs::read_to_string(root.join(copy)).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{copy} is out of date with src/crd/. Regenerate every copy with:\n\n    cargo run -- crd --write .\n"
+        );
+    }
+    assert!(kiln::crd::CRD_COPIES.contains(&CRD_FILE));
     // And the command itself prints it.
     let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("crd")
@@ -45,6 +49,42 @@ fn crds_directory_matches_what_kiln_crd_prints() {
         .expect("run kiln crd");
     assert!(output.status.success(), "kiln crd failed: {output:?}");
     assert_eq!(String::from_utf8(output.stdout).unwrap(), generated);
+}
+
+#[test]
+fn kiln_crd_write_writes_every_copy_and_leaves_equal_ones_alone() {
+    let root = std::env::temp_dir().join(format!("kiln-crd-write-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let stale = root.join(kiln::crd::CRD_COPIES[1]);
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, "stale").unwrap();
+    let write = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["crd", "--write"])
+            .arg(&root)
+            .output()
+            .expect("run kiln crd --write");
+        assert!(
+            output.status.success(),
+            "kiln crd --write failed: {output:?}"
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = write();
+    let generated = kiln::crd::crds_yaml().unwrap();
+    for copy in kiln::crd::CRD_COPIES {
+        assert_eq!(
+            std::fs::read_to_string(root.join(copy)).unwrap(),
+            generated,
+            "{copy}"
+        );
+        assert!(first.contains(&format!("wrote {copy}")), "{first}");
+    }
+    let second = write();
+    for copy in kiln::crd::CRD_COPIES {
+        assert!(second.contains(&format!("unchanged {copy}")), "{second}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the current kubeconfig (or in-cluster config).
     Controller(controller::ControllerArgs),
-    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
+    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds), or write every
+    /// copy the repository keeps.
     Crd(CrdArgs),
     /// The build cache: serve it, or inspect and repair a store.
     #[command(subcommand)]
@@ -62,7 +63,12 @@ pub enum Command {
 
 /// Arguments of `kiln crd`.
 #[derive(Debug, Args)]
-pub struct CrdArgs {}
+pub struct CrdArgs {
+    /// Instead of printing, write the CRDs to every place a repository checkout at this
+    /// directory keeps them (`crds/`, `config/crd/`, `charts/kiln/crds/`).
+    #[arg(long, value_name = "REPO_ROOT")]
+    pub write: Option<std::path::PathBuf>,
+}
 
 /// `kiln cache …` commands.
 #[derive(Debug, Subcommand)]
@@ -128,7 +134,7 @@ fn execute(command: impl std::future::Future<Output = CliResult>) -> ExitCode {
 pub async fn run(command: Command) -> CliResult {
     match command {
         Command::Controller(args) => controller::run(args).await,
-        Command::Crd(CrdArgs {}) => crd::run().await,
+        Command::Crd(args) => crd::run(args).await,
         Command::Cache(CacheCommand::Serve(args)) => serve::run_serve(*args).await,
         Command::Cache(CacheCommand::Du(args)) => cache::run_du(args).await,
         Command::Cache(CacheCommand::Prune(args)) => cache::run_prune(args).await,

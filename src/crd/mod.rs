@@ -50,6 +50,15 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     Ok(out)
 }
 
+/// Where the repository keeps copies of [`crds_yaml`], relative to its root: the file
+/// `kubectl apply -f crds/` installs, the one kustomize's `config/` builds from, and the one
+/// Helm installs with the chart. `kiln crd --write .` writes all three.
+pub const CRD_COPIES: [&str; 3] = [
+    "crds/kiln.dev_builds.yaml",
+    "config/crd/kiln.dev_builds.yaml",
+    "charts/kiln/crds/kiln.dev_builds.yaml",
+];
+
 /// Plain scalars that YAML 1.1 parsers read as booleans; YAML 1.2 writers leave them plain.
 const YAML11_BOOLEANS: [&str; 18] = [
     "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
