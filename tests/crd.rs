@@ -15,10 +15,6 @@ use schema::walk;
 
 const CRD_FILE: &str = "crds/kiln.dev_builds.yaml";
 
-fn crd_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(CRD_FILE)
-}
-
 /// The Build's openAPIV3Schema as JSON.
 fn schema() -> Value {
     let crd = &kiln::crd::crds()[0];
