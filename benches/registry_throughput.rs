@@ -16,6 +16,8 @@
 //! time each server process spent on the same work (from /proc) is printed beside them as
 //! a ratio that contention moves much less.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 mod common;
 
 /// The docker-registry fixture of the integration tests (it calls `tool` and `free_port`

@@ -10,6 +10,8 @@
 //!
 //! `cargo bench --bench store_ingest`; sizes: KILN_BENCH_BLOB_MB (64), KILN_BENCH_BLOBS (8).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 mod common;
 
 use std::io::Write;

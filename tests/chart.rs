@@ -15,6 +15,8 @@
 //! installs both and writes their paths to `target/kiln-tools.env` (`KILN_HELM`,
 //! `KILN_KUBECTL`), which these tests also read when the variables are not set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

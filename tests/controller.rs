@@ -3,6 +3,8 @@
 //! cascades). The test plays the kubelet and the clock, and asserts the state the API ends
 //! with: objects, statuses and Events, never the requests that produced them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 mod common;
 
 use common::fake_api::{Harness, NS};

@@ -1,6 +1,8 @@
 //! The kubectl plugin: its API reads and writes against an in-memory API server
 //! (kube-fake-client), and the binary invoked as `kubectl-kiln`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 mod common;
 
 use std::path::PathBuf;

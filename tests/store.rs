@@ -2,6 +2,8 @@
 //! (buildkit leak, linuxkit truncated blob, stacker ordering) and the crash test, which
 //! re-invokes this test binary as a child and kills it with SIGKILL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -257,6 +257,7 @@ fn write_coalesced(file: &mut File, pending: &mut Vec<u8>, bytes: &[u8]) -> io::
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, without
 /// waiting for it (a hint; see the module docs).
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // the crate's one FFI call: std has no sync_file_range
 fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {

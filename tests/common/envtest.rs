@@ -575,7 +575,10 @@ impl Drop for ControlPlane {
             if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
                 // SAFETY: kill(2) with a negative pid signals that process group; it has
                 // no memory-safety preconditions.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL)
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
