@@ -4,10 +4,10 @@
 //!
 //! | file | holds | I/O |
 //! | --- | --- | --- |
-//! | [`render`] | the tables and reports it prints | pure |
-//! | [`api`] | reads and writes of Builds, Events and pod logs; cancel and rerun decisions | API |
-//! | [`forward`] | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
-//! | [`error`] | one error enum | — |
+//! | [`render`](crate::plugin::render) | the tables and reports it prints | pure |
+//! | [`api`](crate::plugin::api) | reads and writes of Builds, Events and pod logs; cancel and rerun decisions | API |
+//! | [`forward`](crate::plugin::forward) | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
+//! | [`error`](crate::plugin::error) | one error enum | — |
 //!
 //! Install it by putting the binary on `PATH` under the name `kubectl-kiln` (a symlink
 //! will do); kubectl then runs it for `kubectl kiln …`.

@@ -23,11 +23,11 @@ pub struct ServeArgs {
     /// The store's root directory (created if missing).
     #[arg(long, default_value = crate::app::cache::DEFAULT_ROOT, env = "KILN_CACHE_ROOT")]
     pub root: PathBuf,
-    /// Address to listen on: 127.0.0.1:5000, 0.0.0.0:5000, [::]:5000.
+    /// Address to listen on: `127.0.0.1:5000`, `0.0.0.0:5000`, `[::]:5000`.
     #[arg(long, default_value = "127.0.0.1:5000", env = "KILN_CACHE_LISTEN")]
     pub listen: SocketAddr,
-    /// A pull-through mirror: repositories NAME/<path> mirror URL/<path>. Repeatable;
-    /// e.g. docker.io=https://registry-1.docker.io.
+    /// A pull-through mirror: repositories `NAME/PATH` mirror `URL/PATH`. Repeatable;
+    /// e.g. `docker.io=https://registry-1.docker.io`.
     #[arg(long = "mirror", value_name = "NAME=URL")]
     pub mirrors: Vec<MirrorSpec>,
     /// Upstream credentials: a Docker config.json (a kubernetes.io/dockerconfigjson
@@ -46,7 +46,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "KILN_CACHE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// The URL clients reach this server at, for the token realm
-    /// (http://kiln-cache.kiln-system:5000); by default the Host each request names.
+    /// (`http://kiln-cache.kiln-system:5000`); by default the Host each request names.
     #[arg(long, value_name = "URL", env = "KILN_CACHE_EXTERNAL_URL")]
     pub external_url: Option<String>,
     /// Time between online GC runs (0s turns the online GC off).

@@ -5,10 +5,10 @@
 //! | [`build`] | the `Build` resource, its spec, schema bounds and CEL rules |
 //! | [`status`] | phase, attempts history, pushed image |
 //! | [`condition`] | the `Succeeded`/`Ready` conditions and the fixed set of reasons |
-//! | [`fixtures`] | fluent test fixtures (`Build::test("app")`) |
-//! | [`cli`] | `kiln crd` |
+//! | `fixtures` | fluent test fixtures (`Build::test("app")`; tests and the `testing` feature) |
 //!
-//! The CRD YAML in `crds/` is [`crds_yaml`]'s output, checked in and kept fresh by a test.
+//! The CRD YAML in `crds/` (and its copies, [`CRD_COPIES`]) is [`crds_yaml`]'s output,
+//! written by `kiln crd --write .` ([`crate::app::crd`]) and kept fresh by a test.
 
 pub mod build;
 pub mod condition;

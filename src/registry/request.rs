@@ -1,5 +1,5 @@
-//! What every handler takes and gives back: the request's context ([`Request`]), the
-//! response builder ([`Reply`]), and the authentication check a handler makes itself when
+//! What every handler takes and gives back: the request's context (`Request`), the
+//! response builder (`Reply`), and the authentication check a handler makes itself when
 //! its access depends on more than its route (cross-repository mounts, the admin API).
 
 use axum::body::Body;

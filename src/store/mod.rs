@@ -16,7 +16,7 @@
 //! 5. After a crash, [`Store::open`] recovers, and [`Store::verify`] finds the store clean.
 //! 6. Every listing is sorted; no decision depends on hash-map order.
 //!
-//! # For the registry (issue 4)
+//! # For the registry
 //! [`Store`] is `Send + Sync`, cheap to clone, synchronous: call it from
 //! `tokio::task::spawn_blocking`. Opening takes an exclusive lock on the root; a second
 //! process gets [`StoreError::Locked`] naming the holder.
@@ -48,7 +48,7 @@
 //! A commit costs one fsync of the file, one of its directory, and one transaction.
 //! Upload sessions do not survive a restart (their hash state is in memory).
 //!
-//! # For the controller (issue 5), through the admin API
+//! # For the controller, through the admin API
 //! A lease on `LeaseTarget::Tag { repo, tag }` pins what the tag points to when the lease
 //! is taken, and everything reachable from it; [`Store::delete_repository`] removes all
 //! tags and links of a repository in one transaction; [`Store::untag`] removes a

@@ -6,7 +6,7 @@
 //! link; it has no row of its own, so there is no count to leak.
 //!
 //! The names carry the schema's version: the first schema keyed sha256 digests by their
-//! 32 raw bytes, and [`crate::store::migrate`] moves a store written by it to these tables.
+//! 32 raw bytes, and `migrate.rs` moves a store written by it to these tables.
 
 use std::collections::BTreeMap;
 

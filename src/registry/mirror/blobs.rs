@@ -5,7 +5,7 @@
 //! leaves no trace (the linuxkit seed) (I/O: the upstream over HTTP, the store).
 //!
 //! # How one fetch feeds many clients
-//! The first request for a missing digest starts a [`Flight`] and a task that runs it; the
+//! The first request for a missing digest starts a `Flight` and a task that runs it; the
 //! task belongs to no request, so a client that goes away does not cancel the fetch for
 //! the others (and the blob is cached for the next build). Later requests join the flight.
 //! The task pushes every chunk both to the store's writer (on a blocking thread) and into a
@@ -92,6 +92,7 @@ impl BlobFetches {
     }
 
     /// How many fetches are in progress.
+    #[cfg(test)]
     pub(crate) fn in_progress(&self) -> usize {
         lock(&self.flights).len()
     }

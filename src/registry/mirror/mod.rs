@@ -343,11 +343,6 @@ impl Mirror {
             .map(|(name, _)| name.as_str())
     }
 
-    /// Blob fetches in progress.
-    pub fn fetches_in_progress(&self) -> usize {
-        self.inner.blobs.in_progress()
-    }
-
     /// The upstream of a mirror repository and the repository's path there.
     fn upstream_for<'n>(
         &self,
