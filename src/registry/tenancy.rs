@@ -1,8 +1,8 @@
-//! The README's tenancy table, checked cell by cell against the router in-process, for
+//! The tenancy table of `docs/cache-service.md`, checked cell by cell against the router in-process, for
 //! generated namespace names (test only: a registry over a temp store, a mirror whose
 //! upstream does not answer).
 //!
-//! The table is read from `README.md` itself, so the promise and the behaviour cannot drift
+//! The table is read from that page itself, so the promise and the behaviour cannot drift
 //! apart: a changed cell, a lost row or a row this file cannot check fails the test.
 
 use axum::body::Body;
@@ -72,7 +72,7 @@ struct Row {
 fn parse_table(readme: &str) -> Vec<Row> {
     let start = readme
         .find("<!-- tenancy table -->")
-        .expect("README.md has lost its tenancy table marker");
+        .expect("docs/cache-service.md has lost its tenancy table marker");
     let mut rows = Vec::new();
     for line in readme[start..]
         .lines()
@@ -371,8 +371,11 @@ async fn check_table(rows: &[Row], own_ns: &str, other_ns: &str) -> Result<(), S
 }
 
 fn readme_rows() -> Vec<Row> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("read README.md");
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/cache-service.md"
+    ))
+    .expect("read docs/cache-service.md");
     let rows = parse_table(&readme);
     let covered: Vec<(Token, RepoKind)> = rows
         .iter()
