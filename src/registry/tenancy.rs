@@ -1,6 +1,6 @@
-//! The tenancy table of `docs/cache-service.md`, checked cell by cell against the router in-process, for
-//! generated namespace names (test only: a registry over a temp store, a mirror whose
-//! upstream does not answer).
+//! The tenancy table of `docs/cache-service.md`, checked cell by cell against the router
+//! in-process, for generated namespace names (test only: a registry over a temp store, a
+//! mirror whose upstream does not answer).
 //!
 //! The table is read from that page itself, so the promise and the behaviour cannot drift
 //! apart: a changed cell, a lost row or a row this file cannot check fails the test.
