@@ -19,7 +19,7 @@ use kiln::oci::digest::Digest;
 use kiln::oci::name::Reference;
 use kiln::store::bench_support::{Item, load};
 use kiln::store::fixtures::image_manifest;
-use kiln::store::{GcOptions, Store, StoreOptions};
+use kiln::store::{GcOptions, GcReport, Store, StoreOptions};
 
 /// Pushes one small image per call, as a build would; returns each push's latency.
 fn writer(store: Store, stop: Arc<AtomicBool>) -> Vec<Duration> {
@@ -72,6 +72,30 @@ fn main() {
     let batch = common::size("KILN_BENCH_GC_BATCH", 1024, 64) as usize;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let loaded = fill(&store, manifests);
+    let mut alone = writer_alone(&store);
+    let peak_is_gc = common::reset_peak_rss();
+    let (report, gc_time, mut during) = gc_beside_writer(&store, batch);
+    println!(
+        "store_gc: {} blobs, {manifests} manifests (loaded in {:.1}s), batch {batch}{}",
+        manifests * 10,
+        loaded.as_secs_f64(),
+        if common::full_run() {
+            ""
+        } else {
+            "  [smoke run]"
+        }
+    );
+    print_results(&report, gc_time, &mut alone, &mut during, peak_is_gc);
+    assert_eq!(
+        report.manifests_removed as usize,
+        manifests - manifests * 7 / 10
+    );
+}
+
+/// Loads `manifests` images of a config and eight layers each, 70% of them tagged, all
+/// last used a day ago; returns how long it took.
+fn fill(store: &Store, manifests: usize) -> Duration {
     let load_started = Instant::now();
     let day_ago = store.clock().now_ms() - 86_400_000;
     let mut items = Vec::with_capacity(10_000);
@@ -94,11 +118,11 @@ fn main() {
             tag: (m % 10 >= 3).then(|| format!("m{m}")),
         });
         if items.len() >= 10_000 {
-            load(&store, "bench/gc", &items, day_ago, 10_000).unwrap();
+            load(store, "bench/gc", &items, day_ago, 10_000).unwrap();
             items.clear();
         }
     }
-    load(&store, "bench/gc", &items, day_ago, 10_000).unwrap();
+    load(store, "bench/gc", &items, day_ago, 10_000).unwrap();
     let loaded = load_started.elapsed();
     // The loader writes without fsync: flush it all now, so that the GC runs on a store at
     // rest instead of racing the kernel's writeback of a million new files.
@@ -109,8 +133,11 @@ fn main() {
             eprintln!("store_gc: `sync` failed ({flushed:?}); the GC may race writeback");
         }
     }
+    loaded
+}
 
-    // Baseline: the writer alone.
+/// The baseline: the writer's push latencies with nothing else running.
+fn writer_alone(store: &Store) -> Vec<Duration> {
     let stop = Arc::new(AtomicBool::new(false));
     let alone = {
         let (store, stop) = (store.clone(), Arc::clone(&stop));
@@ -118,10 +145,12 @@ fn main() {
     };
     std::thread::sleep(Duration::from_secs(if common::full_run() { 3 } else { 1 }));
     stop.store(true, Ordering::Relaxed);
-    let mut alone = alone.join().unwrap();
+    alone.join().unwrap()
+}
 
-    // GC with the writer running.
-    let peak_is_gc = common::reset_peak_rss();
+/// One GC run with the writer pushing throughout: its report, its time, and the writer's
+/// push latencies meanwhile.
+fn gc_beside_writer(store: &Store, batch: usize) -> (GcReport, Duration, Vec<Duration>) {
     let stop = Arc::new(AtomicBool::new(false));
     let during = {
         let (store, stop) = (store.clone(), Arc::clone(&stop));
@@ -136,19 +165,19 @@ fn main() {
         .unwrap();
     let gc_time = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let mut during = during.join().unwrap();
-    let (alone_max, alone_p99, alone_n) = stats(&mut alone);
-    let (max, p99, n) = stats(&mut during);
-    println!(
-        "store_gc: {} blobs, {manifests} manifests (loaded in {:.1}s), batch {batch}{}",
-        manifests * 10,
-        loaded.as_secs_f64(),
-        if common::full_run() {
-            ""
-        } else {
-            "  [smoke run]"
-        }
-    );
+    (report, gc_time, during.join().unwrap())
+}
+
+/// Prints the GC's phases, the writer's stalls against its baseline, and peak memory.
+fn print_results(
+    report: &GcReport,
+    gc_time: Duration,
+    alone: &mut [Duration],
+    during: &mut [Duration],
+    peak_is_gc: bool,
+) {
+    let (alone_max, alone_p99, alone_n) = stats(alone);
+    let (max, p99, n) = stats(during);
     println!(
         "  gc: {:.2}s (target ≤ 10s): mark {} ms, sweep {} ms ({} ms in write transactions, {} ms waiting for unlinks); removed {} blobs ({} manifests), kept {} for concurrent writes",
         gc_time.as_secs_f64(),
@@ -182,8 +211,4 @@ fn main() {
             rss as f64 / f64::from(1 << 20)
         );
     }
-    assert_eq!(
-        report.manifests_removed as usize,
-        manifests - manifests * 7 / 10
-    );
 }
