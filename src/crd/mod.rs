@@ -8,7 +8,7 @@
 //! | `fixtures` | fluent test fixtures (`Build::test("app")`; tests and the `testing` feature) |
 //!
 //! The CRD YAML in `crds/` (and its copies, [`CRD_COPIES`]) is [`crds_yaml`]'s output,
-//! written by `kiln crd --write .` ([`crate::app::crd`]) and kept fresh by a test.
+//! written by `kiln crd --write .` (`src/app/crd.rs`) and kept fresh by a test.
 
 pub mod build;
 pub mod condition;
