@@ -10,6 +10,7 @@
 //! | [`buildkit`] | `buildctl` arguments, BuildKit configuration, cache references | pure |
 //! | [`podstate`] | what a pod's status says happened; the pushed digest | pure |
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
+//! | [`fair_share`] | running-build limits and the fair queue: which waiting Builds start | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
 //! | [`retention`] | how long finished pods are kept, and when they go | pure |
 //! | [`lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
@@ -37,6 +38,7 @@ pub mod cachetoken;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod fair_share;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod gc;

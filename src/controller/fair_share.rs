@@ -1,0 +1,584 @@
+//! Running-build limits and the fair queue in front of them: which waiting Builds may start
+//! now, and where the others stand (pure).
+//!
+//! Two limits apply: one for the cluster and one per namespace (a namespace may lower its
+//! own). A Build "waits for a slot" only once its concurrency group lets it go: a Build
+//! queued behind its group holds no place here, so a group's backlog never takes a slot.
+//!
+//! **The rule.** While a cluster slot is free, it goes to the namespace with the fewest
+//! running builds among those under their own limit and with a Build waiting; ties go to
+//! the namespace whose oldest waiting Build is oldest (creation time, then namespace and
+//! name). Within a namespace, Builds start oldest first. So a namespace that submits 500
+//! Builds holds at most one slot more than a namespace that submits one, and that one
+//! starts at the next slot that frees.
+//!
+//! **Determinism.** The choice depends only on the counts and the waiting list, never on
+//! the order they are given in or on hash-map order: every reconcile that looks at the
+//! same state admits the same Builds.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// The limits on running builds. `None` is no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Builds running at once in the cluster.
+    pub cluster: Option<u32>,
+    /// Builds running at once in each namespace.
+    pub per_namespace: Option<u32>,
+    /// Lower limits that namespaces set for themselves (a namespace cannot raise its own
+    /// above `per_namespace`).
+    pub namespace_overrides: BTreeMap<String, u32>,
+}
+
+impl Limits {
+    /// The limit of one namespace: the lower of the controller's and its own.
+    pub fn of_namespace(&self, namespace: &str) -> Option<u32> {
+        let own = self.namespace_overrides.get(namespace).copied();
+        match (self.per_namespace, own) {
+            (Some(controller), Some(own)) => Some(controller.min(own)),
+            (controller, own) => controller.or(own),
+        }
+    }
+}
+
+/// A Build that its concurrency group lets go, waiting for a slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its creation time (the queue order; a Build without one sorts last).
+    pub created: Option<Timestamp>,
+}
+
+impl Waiting {
+    /// Queue order: creation time, then namespace and name.
+    fn queue_order(&self, other: &Self) -> Ordering {
+        let created = |w: &Self| (w.created.is_none(), w.created);
+        created(self)
+            .cmp(&created(other))
+            .then_with(|| self.namespace.cmp(&other.namespace))
+            .then_with(|| self.name.cmp(&other.name))
+    }
+}
+
+/// The limit that keeps a Build waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Its namespace runs as many builds as its limit allows.
+    Namespace(u32),
+    /// The cluster runs as many builds as its limit allows (or its free slots went to
+    /// namespaces with fewer running builds).
+    Cluster(u32),
+}
+
+/// Where a waiting Build stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Start now.
+    Start,
+    /// Wait.
+    Queued {
+        /// Which limit it waits for.
+        limit: Limit,
+        /// Its place among its namespace's waiting Builds (1 is next).
+        position: usize,
+        /// The namespace's running builds (as counted, with those started in this turn).
+        running_in_namespace: u32,
+    },
+}
+
+/// A queued Build's place, in words: "3rd in namespace team-a; cluster limit 20 reached".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage<'a> {
+    /// The Build's namespace.
+    pub namespace: &'a str,
+    /// What [`admit`] said.
+    pub slot: &'a Slot,
+}
+
+impl fmt::Display for QueueMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Slot::Queued {
+            limit,
+            position,
+            running_in_namespace,
+        } = self.slot
+        else {
+            return write!(f, "a slot is free");
+        };
+        write!(
+            f,
+            "{} in namespace {}; ",
+            ordinal(*position),
+            self.namespace
+        )?;
+        match limit {
+            Limit::Namespace(limit) => write!(
+                f,
+                "namespace limit {limit} reached ({running_in_namespace} running)"
+            ),
+            Limit::Cluster(limit) => write!(f, "cluster limit {limit} reached"),
+        }
+    }
+}
+
+/// 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, …
+pub fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Decides, for every waiting Build, whether it starts now or where it waits.
+///
+/// `running` counts the builds running in each namespace (from the API: live build pods,
+/// whoever created them). The answer holds every Build of `waiting`, keyed by
+/// `(namespace, name)`.
+pub fn admit(
+    limits: &Limits,
+    running: &BTreeMap<String, u32>,
+    waiting: &[Waiting],
+) -> BTreeMap<(String, String), Slot> {
+    let mut queues: BTreeMap<&str, Vec<&Waiting>> = BTreeMap::new();
+    for build in waiting {
+        queues.entry(&build.namespace).or_default().push(build);
+    }
+    for queue in queues.values_mut() {
+        queue.sort_by(|a, b| a.queue_order(b));
+        queue.dedup_by(|a, b| a.name == b.name);
+    }
+    let mut counts: BTreeMap<&str, u32> = running
+        .iter()
+        .map(|(namespace, n)| (namespace.as_str(), *n))
+        .collect();
+    let total: u64 = running.values().map(|n| u64::from(*n)).sum();
+    let mut free = limits
+        .cluster
+        .map(|limit| u64::from(limit).saturating_sub(total));
+    // How many of each namespace's queue start in this turn (they start from the front).
+    let mut started: BTreeMap<&str, usize> = BTreeMap::new();
+    while free != Some(0) {
+        let mut next: Option<(&str, u32, &Waiting)> = None;
+        for (namespace, queue) in &queues {
+            let taken = started.get(namespace).copied().unwrap_or(0);
+            let count = counts.get(namespace).copied().unwrap_or(0);
+            let Some(head) = queue.get(taken) else {
+                continue;
+            };
+            if limits
+                .of_namespace(namespace)
+                .is_some_and(|limit| count >= limit)
+            {
+                continue;
+            }
+            let better = next.is_none_or(|(_, best_count, best_head)| {
+                count
+                    .cmp(&best_count)
+                    .then_with(|| head.queue_order(best_head))
+                    .is_lt()
+            });
+            if better {
+                next = Some((namespace, count, head));
+            }
+        }
+        let next = next.map(|(namespace, _, _)| namespace);
+        let Some(namespace) = next else { break };
+        *started.entry(namespace).or_default() += 1;
+        *counts.entry(namespace).or_default() += 1;
+        free = free.map(|n| n - 1);
+    }
+    let mut slots = BTreeMap::new();
+    for (namespace, queue) in &queues {
+        let taken = started.get(namespace).copied().unwrap_or(0);
+        let count = counts.get(namespace).copied().unwrap_or(0);
+        let namespace_limit = limits.of_namespace(namespace);
+        for (index, build) in queue.iter().enumerate() {
+            let slot = if index < taken {
+                Slot::Start
+            } else {
+                let limit = match (namespace_limit, limits.cluster) {
+                    (Some(limit), _) if count >= limit => Limit::Namespace(limit),
+                    (_, Some(limit)) => Limit::Cluster(limit),
+                    // Unreachable with no limit reached: every Build would have started.
+                    (Some(limit), None) => Limit::Namespace(limit),
+                    (None, None) => Limit::Cluster(0),
+                };
+                Slot::Queued {
+                    limit,
+                    position: index - taken + 1,
+                    running_in_namespace: count,
+                }
+            };
+            slots.insert((namespace.to_string(), build.name.clone()), slot);
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn at(seconds: i64) -> Option<Timestamp> {
+        Timestamp::from_second(1_700_000_000 + seconds).ok()
+    }
+
+    fn waiting(namespace: &str, name: &str, seconds: i64) -> Waiting {
+        Waiting {
+            namespace: namespace.into(),
+            name: name.into(),
+            created: at(seconds),
+        }
+    }
+
+    fn running(counts: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        counts.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+    }
+
+    fn started(slots: &BTreeMap<(String, String), Slot>) -> Vec<String> {
+        slots
+            .iter()
+            .filter(|(_, slot)| **slot == Slot::Start)
+            .map(|((namespace, name), _)| format!("{namespace}/{name}"))
+            .collect()
+    }
+
+    fn limits(cluster: Option<u32>, per_namespace: Option<u32>) -> Limits {
+        Limits {
+            cluster,
+            per_namespace,
+            namespace_overrides: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn without_limits_everything_starts() {
+        let queue = [waiting("a", "x", 0), waiting("b", "y", 1)];
+        let slots = admit(&Limits::default(), &running(&[("a", 40)]), &queue);
+        assert_eq!(started(&slots), ["a/x", "b/y"]);
+    }
+
+    /// Each row: limits, running builds, waiting Builds → the ones that start.
+    #[test]
+    fn the_slot_choice() {
+        type Row<'a> = (
+            &'a str,
+            Limits,
+            Vec<(&'a str, u32)>,
+            Vec<Waiting>,
+            Vec<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "a free slot goes to the namespace with fewer running builds",
+                limits(Some(3), None),
+                vec![("big", 2)],
+                vec![waiting("big", "b1", 0), waiting("small", "s1", 5)],
+                vec!["small/s1"],
+            ),
+            (
+                "equal counts: the oldest waiting Build's namespace wins",
+                limits(Some(1), None),
+                vec![],
+                vec![waiting("b", "late", 9), waiting("a", "early", 1)],
+                vec!["a/early"],
+            ),
+            (
+                "equal counts and times: namespace, then name",
+                limits(Some(1), None),
+                vec![],
+                vec![waiting("b", "x", 1), waiting("a", "y", 1)],
+                vec!["a/y"],
+            ),
+            (
+                "within a namespace: oldest first, then by name",
+                limits(Some(2), None),
+                vec![],
+                vec![
+                    waiting("a", "c", 3),
+                    waiting("a", "b", 2),
+                    waiting("a", "a", 2),
+                ],
+                vec!["a/a", "a/b"],
+            ),
+            (
+                "slots alternate between namespaces as counts even out",
+                limits(Some(4), None),
+                vec![],
+                vec![
+                    waiting("a", "a1", 0),
+                    waiting("a", "a2", 1),
+                    waiting("a", "a3", 2),
+                    waiting("b", "b1", 10),
+                    waiting("b", "b2", 11),
+                    waiting("c", "c1", 20),
+                ],
+                vec!["a/a1", "a/a2", "b/b1", "c/c1"],
+            ),
+            (
+                "a namespace at its limit is passed over",
+                limits(Some(10), Some(2)),
+                vec![("a", 2)],
+                vec![waiting("a", "a3", 0), waiting("b", "b1", 5)],
+                vec!["b/b1"],
+            ),
+            (
+                "the cluster full: nobody starts",
+                limits(Some(5), None),
+                vec![("a", 3), ("b", 2)],
+                vec![waiting("c", "c1", 0)],
+                vec![],
+            ),
+            (
+                "more running than the limit (it was lowered): nobody starts",
+                limits(Some(2), None),
+                vec![("a", 4)],
+                vec![waiting("b", "b1", 0)],
+                vec![],
+            ),
+            (
+                "a Build without a creation time goes last",
+                limits(Some(1), None),
+                vec![],
+                vec![
+                    Waiting {
+                        namespace: "a".into(),
+                        name: "none".into(),
+                        created: None,
+                    },
+                    waiting("b", "dated", 100),
+                ],
+                vec!["b/dated"],
+            ),
+            (
+                "the same Build listed twice takes one slot",
+                limits(Some(2), None),
+                vec![],
+                vec![
+                    waiting("a", "x", 0),
+                    waiting("a", "x", 0),
+                    waiting("b", "y", 1),
+                ],
+                vec!["a/x", "b/y"],
+            ),
+        ];
+        for (what, limits, counts, queue, expected) in rows {
+            let slots = admit(&limits, &running(&counts), &queue);
+            assert_eq!(started(&slots), expected, "{what}");
+            let mut reversed = queue.clone();
+            reversed.reverse();
+            assert_eq!(
+                admit(&limits, &running(&counts), &reversed),
+                slots,
+                "{what}: the input order changed the answer"
+            );
+        }
+    }
+
+    #[test]
+    fn a_namespace_may_lower_its_own_limit_but_not_raise_it() {
+        let mut limits = limits(None, Some(3));
+        limits.namespace_overrides.insert("low".into(), 1);
+        limits.namespace_overrides.insert("high".into(), 10);
+        assert_eq!(limits.of_namespace("low"), Some(1));
+        assert_eq!(limits.of_namespace("high"), Some(3));
+        assert_eq!(limits.of_namespace("other"), Some(3));
+        let only_own = Limits {
+            namespace_overrides: limits.namespace_overrides.clone(),
+            ..Limits::default()
+        };
+        assert_eq!(only_own.of_namespace("low"), Some(1));
+        assert_eq!(only_own.of_namespace("other"), None);
+        let queue: Vec<_> = (0..3)
+            .map(|i| waiting("low", &format!("b{i}"), i))
+            .collect();
+        let slots = admit(&limits, &BTreeMap::new(), &queue);
+        assert_eq!(started(&slots), ["low/b0"]);
+    }
+
+    #[test]
+    fn a_queued_build_knows_its_place_and_the_limit() {
+        let mut queue: Vec<_> = (0..4).map(|i| waiting("a", &format!("a{i}"), i)).collect();
+        queue.push(waiting("b", "b1", 0));
+        queue.push(waiting("c", "c0", 9));
+        queue.push(waiting("d", "d0", 20));
+        let slots = admit(&limits(Some(5), Some(2)), &running(&[("b", 2)]), &queue);
+        // Three free slots: a and c tie at 0 and a's Build is older; then c (0 running
+        // against a's 1); then d (0). b is at its own limit.
+        assert_eq!(started(&slots), ["a/a0", "c/c0", "d/d0"]);
+        let place = |ns: &str, name: &str| slots[&(ns.to_owned(), name.to_owned())].clone();
+        let a3 = place("a", "a3");
+        assert_eq!(
+            a3,
+            Slot::Queued {
+                limit: Limit::Cluster(5),
+                position: 3,
+                running_in_namespace: 1
+            }
+        );
+        let b1 = place("b", "b1");
+        assert_eq!(
+            b1,
+            Slot::Queued {
+                limit: Limit::Namespace(2),
+                position: 1,
+                running_in_namespace: 2
+            }
+        );
+        let message = |namespace, slot| QueueMessage { namespace, slot }.to_string();
+        assert_eq!(
+            message("a", &a3),
+            "3rd in namespace a; cluster limit 5 reached"
+        );
+        assert_eq!(
+            message("b", &b1),
+            "1st in namespace b; namespace limit 2 reached (2 running)"
+        );
+        assert_eq!(message("a", &Slot::Start), "a slot is free");
+    }
+
+    #[test]
+    fn ordinals() {
+        let words: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112]
+            .into_iter()
+            .map(ordinal)
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
+                "101st", "111th", "112th"
+            ]
+        );
+    }
+
+    /// Plays a queue to its end, one slot freeing at a time (the oldest running build
+    /// finishes), and returns the order Builds started in.
+    fn play(limits: &Limits, mut running: Vec<Waiting>, mut queue: Vec<Waiting>) -> Vec<Waiting> {
+        let mut order = Vec::new();
+        for _ in 0..10_000 {
+            let mut counts = BTreeMap::new();
+            for build in &running {
+                *counts.entry(build.namespace.clone()).or_insert(0) += 1;
+            }
+            let slots = admit(limits, &counts, &queue);
+            let (go, wait): (Vec<_>, Vec<_>) = queue
+                .into_iter()
+                .partition(|b| slots[&(b.namespace.clone(), b.name.clone())] == Slot::Start);
+            let mut go = go;
+            go.sort_by(|a, b| a.queue_order(b));
+            order.extend(go.iter().cloned());
+            running.extend(go);
+            queue = wait;
+            if queue.is_empty() {
+                break;
+            }
+            if !running.is_empty() {
+                running.remove(0);
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn five_hundred_builds_of_one_namespace_delay_anothers_single_build_by_one_turn_at_most() {
+        let mut queue: Vec<_> = (0..500)
+            .map(|i| waiting("busy", &format!("b{i:03}"), i))
+            .collect();
+        // Every slot is taken by the busy namespace's oldest five when the single Build of
+        // another namespace arrives, after all 500.
+        let running: Vec<_> = queue.drain(..5).collect();
+        queue.push(waiting("quiet", "only", 1_000));
+        let order = play(&limits(Some(5), None), running, queue);
+        let at = order.iter().position(|b| b.namespace == "quiet").unwrap();
+        assert_eq!(
+            at, 0,
+            "the first slot that frees goes to the quiet namespace"
+        );
+        assert_eq!(order.len(), 496, "every waiting Build started once");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the queue and the limits: no limit is ever exceeded by what starts, a
+        /// free slot is never left idle while an eligible Build waits, and a namespace only
+        /// starts more when no namespace with fewer running builds is waiting.
+        #[test]
+        fn limits_hold_and_slots_go_to_the_fewest_running(
+            cluster in proptest::option::of(0u32..8),
+            per_namespace in proptest::option::of(0u32..4),
+            counts in proptest::collection::vec(0u32..4, 4),
+            builds in proptest::collection::vec((0usize..4, 0i64..20), 0..24),
+        ) {
+            let names = ["a", "b", "c", "d"];
+            let limits = limits(cluster, per_namespace);
+            let running: BTreeMap<String, u32> = names
+                .iter()
+                .zip(&counts)
+                .map(|(n, c)| ((*n).to_owned(), *c))
+                .collect();
+            let queue: Vec<Waiting> = builds
+                .iter()
+                .enumerate()
+                .map(|(i, (ns, t))| waiting(names[*ns], &format!("b{i}"), *t))
+                .collect();
+            let slots = admit(&limits, &running, &queue);
+            prop_assert_eq!(slots.len(), queue.len());
+            let mut after = running.clone();
+            for ((namespace, _), slot) in &slots {
+                if *slot == Slot::Start {
+                    *after.entry(namespace.clone()).or_default() += 1;
+                }
+            }
+            let total_before: u32 = running.values().sum();
+            let total_after: u32 = after.values().sum();
+            let started = total_after - total_before;
+            if let Some(cluster) = cluster {
+                prop_assert!(started == 0 || total_after <= cluster);
+            }
+            for (namespace, count) in &after {
+                let before = running.get(namespace).copied().unwrap_or(0);
+                if let Some(limit) = per_namespace {
+                    prop_assert!(*count == before || *count <= limit);
+                }
+            }
+            // Fair: a namespace that started a Build ends at most one above any namespace
+            // that still waits under its own limit.
+            for ((winner, _), slot) in &slots {
+                if *slot != Slot::Start {
+                    continue;
+                }
+                for ((waiter, _), other) in &slots {
+                    if *other != Slot::Start
+                        && per_namespace.is_none_or(|limit| after[waiter] < limit)
+                    {
+                        prop_assert!(after[winner] <= after[waiter] + 1);
+                    }
+                }
+            }
+            // Work-conserving: if some Build still waits in a namespace under its limit,
+            // the cluster is full.
+            for ((namespace, _), slot) in &slots {
+                if *slot != Slot::Start
+                    && per_namespace.is_none_or(|limit| after[namespace] < limit)
+                {
+                    prop_assert!(cluster.is_some_and(|c| total_after >= c));
+                }
+            }
+        }
+    }
+}
