@@ -928,7 +928,7 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
     use common::{cluster, envtest};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{Node, Pod};
-    use kiln::controller::leader::{self, Election};
+    use kiln::controller::leader_election::{self, Election};
     use kiln::controller::{Config, Context};
     use kiln::crd::Build;
     use kiln::metrics::{Metrics, Role};
@@ -997,7 +997,7 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
             let context = Context::new(client.clone(), Config::default())
                 .with_observer(metrics.clone())
                 .with_gc_observer(metrics.clone());
-            leader::run_while_leading(
+            leader_election::run_while_leading(
                 client,
                 &election,
                 &metrics,

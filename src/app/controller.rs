@@ -17,7 +17,7 @@ use crate::app::CliResult;
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
 use crate::controller::context::{CacheService, Config, Context, Mirror, parse_mirror};
-use crate::controller::leader::{self, Election};
+use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, Metrics};
 use crate::units::{parse_duration, parse_size};
@@ -381,7 +381,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     };
     let result: CliResult = if serving.leader_elect {
         let election = election(&serving, instance, client.default_namespace());
-        leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
+        leader_election::run_while_leading(client, &election, &metrics, shutdown, |stop| {
             crate::controller::run_with(context, stop)
         })
         .await

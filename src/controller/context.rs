@@ -15,8 +15,8 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::cache_ledger::{CacheCall, CacheLedger};
 use super::gc::{CacheSweepReport, SweepReport};
-use super::ledger::{CacheCall, CacheLedger};
 use super::refusals::PodRefusals;
 use crate::cacheapi::client::AdminClient;
 use crate::cacheapi::token::TokenKey;

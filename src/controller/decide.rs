@@ -28,7 +28,7 @@
 //!   (backoff, queue, deadline) requeue at the moment they end.
 //! - **Retention is announced.** An attempt that ends with a finished pod records when the
 //!   pod goes (`podRetainedUntil`, see [`retention`]); the sweeper deletes it then.
-//! - **Cache calls never block a build.** Leases are planned by [`lease`] after the status
+//! - **Cache calls never block a build.** Leases are planned by [`cache_lease`] after the status
 //!   and before the pod; their failures are warnings, retried with backoff.
 
 use std::time::Duration;
@@ -38,10 +38,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::cache_lease;
 use super::cachetoken;
 use super::context::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
-use super::lease;
 use super::observe::Observed;
 use super::plan::{Action, EventSpec, Plan, Requeue};
 use super::pod::attempt_objects;
@@ -141,7 +141,7 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
 ///
 /// Idempotent: a pod already being deleted is not deleted again; the finalizer goes only
 /// when a fresh list shows nothing left and every cache call is confirmed (or the cache
-/// cleanup gave up at its deadline, see [`lease`]), so a crash at any point resumes where
+/// cleanup gave up at its deadline, see [`cache_lease`]), so a crash at any point resumes where
 /// it stopped. Objects of another Build that reused the name are never listed (they are
 /// selected by UID).
 fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
@@ -182,7 +182,7 @@ fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config)
     for name in &observed.owned_secrets {
         actions.push(Action::DeleteSecret { name: name.clone() });
     }
-    let cleanup = lease::cleanup(build, &observed.cache, now, config);
+    let cleanup = cache_lease::cleanup(build, &observed.cache, now, config);
     let objects_left = !(observed.pods.is_empty()
         && observed.config_maps.is_empty()
         && observed.owned_secrets.is_empty());
@@ -815,7 +815,7 @@ impl<'a> Decision<'a> {
             self.status.message = (!self.message.is_empty()).then(|| self.message.clone());
         }
 
-        let leases = lease::plan(
+        let leases = cache_lease::plan(
             self.build,
             &mut self.status,
             &self.observed.cache,

@@ -12,13 +12,13 @@
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
 //! | [`retention`] | how long finished pods are kept, and when they go | pure |
-//! | [`lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
+//! | [`cache_lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
 //! | [`cachetoken`] | the Secret that carries an attempt's cache token | pure |
 //! | [`gc`] | which leftovers the sweeper deletes, and why | pure |
-//! | [`ledger`] | what this process knows of its cache API calls | memory |
+//! | [`cache_ledger`] | what this process knows of its cache API calls | memory |
 //! | [`refusals`] | what the API server said when it refused an attempt's pod | memory |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
-//! | [`leader`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
+//! | [`leader_election`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
 //! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
 //! | [`cachecall`] | the plan's calls to the cache service's admin API | HTTP |
@@ -32,6 +32,8 @@
 
 pub mod apply;
 pub mod buildkit;
+pub mod cache_lease;
+pub mod cache_ledger;
 pub mod cachecall;
 pub mod cachetoken;
 pub mod context;
@@ -41,9 +43,7 @@ pub mod error;
 pub mod fixtures;
 pub mod gc;
 pub mod labels;
-pub mod leader;
-pub mod lease;
-pub mod ledger;
+pub mod leader_election;
 pub mod observe;
 pub mod plan;
 pub mod pod;

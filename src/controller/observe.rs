@@ -12,12 +12,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
+use super::cache_lease::ledger_prefix;
+use super::cache_ledger::CallState;
 use super::context::{Context, PeerSource};
 use super::decide::wants_inputs;
 use super::error::ObserveError;
 use super::labels::{BUILD, build_uid_selector, builds_selector};
-use super::lease::ledger_prefix;
-use super::ledger::CallState;
 use super::podstate::is_live;
 use super::queue::{self, Peer};
 use super::validate::SecretInfo;

@@ -27,13 +27,13 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::apply::publish;
+use super::cache_lease::CLEANUP_DEADLINE;
+use super::cache_ledger::CacheCall;
 use super::cachecall::{self, CallError};
 use super::context::Context;
 use super::error::SweepError;
 use super::gc::{self, CacheSweepReport, Deletion, Kind, Snapshot, SweepReport};
 use super::labels::managed_selector;
-use super::lease::CLEANUP_DEADLINE;
-use super::ledger::CacheCall;
 use super::plan::EventSpec;
 use crate::crd::{Build, Reason};
 use crate::report::error_chain;

@@ -1370,7 +1370,7 @@ fn lease_and_token_come_before_the_pod_that_uses_them() {
         ]
     );
     assert_eq!(status(&plan).cache_leases[0].name, "build-uid-app-1");
-    assert_eq!(plan.requeue, Requeue::After(lease::OUTCOME_RECHECK));
+    assert_eq!(plan.requeue, Requeue::After(cache_lease::OUTCOME_RECHECK));
     let secret = plan
         .actions
         .iter()
@@ -1440,8 +1440,8 @@ fn deletion_deletes_token_secrets_and_waits_for_the_cache_cleanup() {
     // Objects gone, tag deleted: the finalizer lets go.
     let mut observed = Observed::default();
     observed.cache.insert(
-        lease::tag_key("uid-app"),
-        crate::controller::ledger::CallState {
+        cache_lease::tag_key("uid-app"),
+        crate::controller::cache_ledger::CallState {
             done: true,
             ..Default::default()
         },

@@ -15,7 +15,7 @@
 //! listed lease that was never taken, whose release is a harmless no-op) until a release is
 //! confirmed or the lease has lapsed by itself: when its attempt ends, the record gets
 //! `lapsesAt`, one TTL after the last moment it could have been renewed. A controller
-//! restart loses nothing: the in-memory [`ledger`](super::ledger) only says which calls were
+//! restart loses nothing: the in-memory [`ledger`](super::cache_ledger) only says which calls were
 //! confirmed and when a failed one may be tried again, and after a restart renewals and
 //! releases are simply repeated (both are idempotent).
 //!
@@ -39,8 +39,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
+use super::cache_ledger::CallState;
 use super::context::Config;
-use super::ledger::CallState;
 use super::plan::{Action, Requeue};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;

@@ -71,7 +71,7 @@ impl CallState {
     }
 }
 
-/// The ledger: entries by key (a lease name, or [`tag_key`](super::lease::tag_key)).
+/// The ledger: entries by key (a lease name, or [`tag_key`](super::cache_lease::tag_key)).
 #[derive(Debug, Default)]
 pub struct CacheLedger {
     entries: Mutex<BTreeMap<String, CallState>>,
