@@ -47,8 +47,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::controller::cache_ledger::CacheCall;
-use crate::controller::context::{GcObserver, Outcome, ReconcileObserver};
 use crate::controller::gc::{CacheSweepReport, SweepReason, SweepReport};
+use crate::controller::observer::{GcObserver, Outcome, ReconcileObserver};
 use crate::crd::{Build, Phase, Reason};
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.

@@ -40,7 +40,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
 use super::cache_ledger::CallState;
-use super::context::Config;
+use super::config::Config;
 use super::plan::{Action, Requeue};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;

@@ -7,7 +7,7 @@
 //! backoff; the first failure of a streak comes back as a `CacheUnavailable` Warning Event
 //! for the plan to publish; and every call is reported to the [`GcObserver`].
 //!
-//! [`GcObserver`]: super::context::GcObserver
+//! [`GcObserver`]: super::observer::GcObserver
 
 use std::time::Duration;
 

@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value};
 
 use super::buildkit::cache_ref;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{attempt_labels, pod_name};
 use super::validate::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_SECRET};
 use crate::crd::Build;
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(longest.as_secs(), crate::cacheapi::token::MAX_LIFETIME_SECS);
         assert_eq!(longest, token_ttl(Duration::from_secs(48 * 3600)));
     }
-    use crate::controller::context::CacheService;
+    use crate::controller::config::CacheService;
     use crate::crd::{CacheMode, CacheScope};
 
     fn decoded(config: &[u8]) -> Value {

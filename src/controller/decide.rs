@@ -40,7 +40,7 @@ use kube::ResourceExt;
 
 use super::cache_lease;
 use super::cachetoken;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
 use super::observe::Observed;
 use super::plan::{Action, EventSpec, Plan, Requeue};

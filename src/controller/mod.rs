@@ -25,7 +25,11 @@
 //! | [`sweep`] | the orphan, retention and cache-repository sweeps | both |
 //! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
 //! | [`run`](mod@run) | the watch loop: [`run()`] | both |
-//! | [`context`] | controller-wide [`Config`] and the shared [`Context`] | — |
+//! | [`config`] | controller-wide [`Config`], the cache service and registry mirrors it names | pure |
+//! | [`clock`] | where time comes from: the system clock, a manual one for tests | — |
+//! | [`observer`] | how a reconcile ended, and the observers of reconciles and sweeps | — |
+//! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
+//! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
 //! | [`fixtures`] | build pods in every state a kubelet reports, for tests | pure |
 //! | [`cli`] | `kiln controller` | — |
@@ -36,15 +40,19 @@ pub mod cache_lease;
 pub mod cache_ledger;
 pub mod cachecall;
 pub mod cachetoken;
+pub mod clock;
+pub mod config;
 pub mod context;
 pub mod decide;
 pub mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod gc;
+pub mod group_locks;
 pub mod labels;
 pub mod leader_election;
 pub mod observe;
+pub mod observer;
 pub mod plan;
 pub mod pod;
 pub mod podstate;
@@ -56,7 +64,8 @@ pub mod run;
 pub mod sweep;
 pub mod validate;
 
-pub use context::{Config, Context};
+pub use config::Config;
+pub use context::Context;
 pub use decide::decide;
 pub use reconcile::{error_policy, reconcile};
 pub use run::{run, run_with};

@@ -73,7 +73,7 @@ use super::buildkit::{
     STATE_DIR,
 };
 use super::cachetoken::wants_token;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_labels, pod_name};
 use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
 use super::validate::{
@@ -417,7 +417,7 @@ fn resources(build: &Build, config: &Config) -> ResourceRequirements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::context::{CacheService, parse_mirror};
+    use crate::controller::config::{CacheService, parse_mirror};
     use crate::controller::validate::{SecretInfo, validate};
     use crate::crd::{CacheMode, CacheScope};
     use std::collections::BTreeSet;

@@ -11,10 +11,11 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::Instrument;
 
 use super::apply::apply;
-use super::context::{Context, Outcome};
+use super::context::Context;
 use super::decide::decide;
 use super::error::ReconcileError;
 use super::observe::observe;
+use super::observer::Outcome;
 use super::plan;
 use super::queue;
 use crate::crd::{Build, BuildStatus, Phase};

@@ -13,7 +13,8 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
 
-use super::context::{Config, Context};
+use super::config::Config;
+use super::context::Context;
 use super::error::RunError;
 use super::labels::managed_selector;
 use super::queue;

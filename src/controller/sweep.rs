@@ -14,7 +14,7 @@
 //! A failed list ends the sweep without deleting anything; a failed delete is counted and
 //! retried at the next sweep. Every sweep's report goes to the [`GcObserver`].
 //!
-//! [`GcObserver`]: super::context::GcObserver
+//! [`GcObserver`]: super::observer::GcObserver
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

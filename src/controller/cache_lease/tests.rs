@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
-use crate::controller::context::CacheService;
+use crate::controller::config::CacheService;
 use crate::crd::fixtures::{T0, at};
 use crate::crd::{AttemptRecord, CacheLease, CacheMode, CacheScope};
 use crate::oci::digest::Digest;

@@ -1310,7 +1310,7 @@ mod one_pod_per_attempt {
 fn with_cache(leases: bool, tokens: bool) -> Config {
     Config {
         cache_service: Some(
-            crate::controller::context::CacheService::parse("http://kiln-cache:5000").unwrap(),
+            crate::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
         ),
         cache_leases: leases,
         cache_tokens: tokens,
