@@ -26,7 +26,7 @@ use kiln::controller::clock::ManualClock;
 use kiln::controller::config::CacheService;
 use kiln::controller::error::{ApplyError, ReconcileError};
 use kiln::controller::gc::{SweepReason, SweepReport};
-use kiln::controller::observe::Observed;
+use kiln::controller::observed::Observed;
 use kiln::controller::observer::GcObserver;
 use kiln::controller::podstate::is_live;
 use kiln::controller::sweep::{run_sweeps, sweep_cache, sweep_once};

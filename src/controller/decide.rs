@@ -42,7 +42,7 @@ use super::cache_lease;
 use super::cachetoken;
 use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
-use super::observe::Observed;
+use super::observed::Observed;
 use super::plan::{Action, EventSpec, Plan, Requeue};
 use super::pod::attempt_objects;
 use super::podstate::{self, Failure, PodState, is_live};
@@ -61,18 +61,6 @@ use crate::oci::digest::Digest;
 /// How soon to look again while waiting for pods to go away (their deletion also wakes the
 /// controller through its pod watch; this is the fallback).
 const POD_GONE_RECHECK: Duration = Duration::from_secs(5);
-
-/// Whether `observe` must read the Build's Secrets and concurrency group: it may start or
-/// hold an attempt. A finished Build with nothing requested needs neither.
-pub fn wants_inputs(build: &Build) -> bool {
-    build.metadata.deletion_timestamp.is_none()
-        && (build.run_requested()
-            || !build
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(Phase::is_terminal))
-}
 
 /// The delay before retry number `retry` (1 for the first): `base · 2^(retry-1)`, at most
 /// `max`.

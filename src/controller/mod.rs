@@ -19,7 +19,8 @@
 //! | [`refusals`] | what the API server said when it refused an attempt's pod | memory |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
 //! | [`leader_election`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
-//! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
+//! | [`observed`] | the [`Observed`](observed::Observed) snapshot `decide` takes, and when to read its inputs | pure |
+//! | [`observe`] | reads a Build's world into an [`Observed`](observed::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
 //! | [`cachecall`] | the plan's calls to the cache service's admin API | HTTP |
 //! | [`sweep`] | the orphan, retention and cache-repository sweeps | both |
@@ -52,6 +53,7 @@ pub mod group_locks;
 pub mod labels;
 pub mod leader_election;
 pub mod observe;
+pub mod observed;
 pub mod observer;
 pub mod plan;
 pub mod pod;

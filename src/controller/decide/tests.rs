@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
 use crate::controller::fixtures::PodFixture;
-use crate::controller::observe::Observed;
+use crate::controller::observed::{Observed, wants_inputs};
 use crate::controller::queue::{Peer, Standing};
 use crate::controller::validate::SecretInfo;
 use crate::crd::ConcurrencyPolicy;
