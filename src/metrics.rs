@@ -48,7 +48,7 @@ use serde::Serialize;
 
 use crate::controller::cache_ledger::CacheCall;
 use crate::controller::gc::{CacheSweepReport, SweepReason, SweepReport};
-use crate::controller::observer::{GcObserver, Outcome, ReconcileObserver};
+use crate::controller::observer::{GcObserver, Outcome, ReconcileObserver, Role, RoleObserver};
 use crate::crd::{Build, Phase, Reason};
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
@@ -169,18 +169,6 @@ where
     }
 }
 
-/// What this replica does, as far as leader election goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Role {
-    /// Leader election is off: this replica runs the controller.
-    Single,
-    /// Leader election is on and this replica waits for the lease.
-    Standby,
-    /// Leader election is on and this replica holds the lease and runs the controller.
-    Leader,
-}
-
 /// What `/readyz` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,7 +190,7 @@ pub struct Readiness {
 ///
 /// One per process, shared (`Arc`) by the controller's context (as its
 /// [`ReconcileObserver`]), the leader election and the HTTP server.
-pub struct Metrics {
+pub struct ControllerMetrics {
     registry: Registry,
     reconciles: Sorted<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
@@ -224,21 +212,21 @@ struct HealthState {
     builds: Option<Store<Build>>,
 }
 
-impl std::fmt::Debug for Metrics {
+impl std::fmt::Debug for ControllerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+        f.debug_struct("ControllerMetrics").finish_non_exhaustive()
     }
 }
 
-impl Default for Metrics {
+impl Default for ControllerMetrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metrics {
+impl ControllerMetrics {
     /// A registry with every metric registered, for a replica that runs the controller
-    /// without leader election (see [`Metrics::set_role`]).
+    /// without leader election (see [`ControllerMetrics::set_role`]).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kiln");
         let reconciles = Sorted::<OutcomeLabels, Counter>::new(Counter::default);
@@ -451,7 +439,7 @@ fn count_builds<'a>(builds: impl Iterator<Item = &'a Build>) -> BuildCounts {
     counts
 }
 
-impl ReconcileObserver for Metrics {
+impl ReconcileObserver for ControllerMetrics {
     fn reconciled(&self, _build: &ObjectRef<Build>, outcome: Outcome, elapsed: Duration) {
         let label = match outcome {
             Outcome::Applied { .. } => "applied",
@@ -480,7 +468,13 @@ impl ReconcileObserver for Metrics {
     }
 }
 
-impl GcObserver for Metrics {
+impl RoleObserver for ControllerMetrics {
+    fn role_changed(&self, role: Role, identity: Option<String>) {
+        self.set_role(role, identity);
+    }
+}
+
+impl GcObserver for ControllerMetrics {
     fn swept(&self, report: &SweepReport, _elapsed: Duration) {
         for (reason, count) in &report.deleted {
             self.orphans_collected(KIND_OBJECT, reason.as_str(), *count);
@@ -515,7 +509,7 @@ impl GcObserver for Metrics {
 }
 
 /// The routes `/metrics`, `/healthz` and `/readyz` over `metrics`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<ControllerMetrics>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -523,7 +517,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+async fn serve_metrics(State(metrics): State<Arc<ControllerMetrics>>) -> Response {
     match metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
         Err(_) => (
@@ -534,7 +528,7 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     }
 }
 
-async fn serve_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
+async fn serve_readiness(State(metrics): State<Arc<ControllerMetrics>>) -> Response {
     let readiness = metrics.readiness();
     let status = if readiness.ready {
         StatusCode::OK
@@ -546,7 +540,7 @@ async fn serve_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// Why the HTTP server could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum ControllerServeError {
     /// The address could not be bound.
     #[error("cannot listen on {addr} (--http-addr)")]
     Bind {
@@ -562,22 +556,22 @@ pub enum ServeError {
 }
 
 /// Binds `addr`, so that a taken port fails the command at start rather than later.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControllerServeError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })
+        .map_err(|source| ControllerServeError::Bind { addr, source })
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ControllerMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) -> Result<(), ControllerServeError> {
     axum::serve(listener, router(metrics))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(ServeError::Serve)
+        .map_err(ControllerServeError::Serve)
 }
 
 #[cfg(test)]
@@ -592,7 +586,7 @@ mod tests {
     use crate::crd::fixtures::T0;
     use crate::crd::{BuildStatus, CONDITION_SUCCEEDED, ConditionStatus};
 
-    async fn get_path(metrics: &Arc<Metrics>, path: &str) -> (StatusCode, String) {
+    async fn get_path(metrics: &Arc<ControllerMetrics>, path: &str) -> (StatusCode, String) {
         let response = router(metrics.clone())
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -610,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_count_reconciles_errors_durations_and_orphans() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         metrics.reconciled(
             &reference(),
             Outcome::Applied { writes: 2 },
@@ -656,7 +650,7 @@ mod tests {
     async fn the_server_answers_on_a_socket_until_shutdown() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, metrics, async move {
             let _ = stopped.await;
@@ -678,7 +672,7 @@ mod tests {
 
     #[test]
     fn label_sets_are_written_in_order_and_outcomes_start_at_zero() {
-        let metrics = Metrics::new();
+        let metrics = ControllerMetrics::new();
         metrics.swept(
             &SweepReport {
                 examined: 9,
@@ -787,7 +781,7 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_follows_the_cache_and_the_role() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         // Running alone, before the watch starts: not ready.
         let (status, body) = get_path(&metrics, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

@@ -20,7 +20,7 @@ use crate::controller::config::{CacheService, Config, Mirror, parse_mirror};
 use crate::controller::context::Context;
 use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, ControllerMetrics};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
@@ -350,7 +350,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let client = Client::try_default()
         .await
         .map_err(ControllerCliError::Connect)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(ControllerMetrics::new());
     let listener = metrics::bind(serving.http_addr).await?;
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
@@ -382,7 +382,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     };
     let result: CliResult = if serving.leader_elect {
         let election = election(&serving, instance, client.default_namespace());
-        leader_election::run_while_leading(client, &election, &metrics, shutdown, |stop| {
+        leader_election::run_while_leading(client, &election, metrics.as_ref(), shutdown, |stop| {
             crate::controller::run_with(context, stop)
         })
         .await

@@ -1,10 +1,11 @@
-//! What the controller reports as it works: how each reconcile ended ([`Outcome`]), and
-//! the observer traits that receive reconciles and the garbage collection's reports (the
-//! place where metrics are recorded).
+//! What the controller reports as it works: how each reconcile ended ([`Outcome`]), this
+//! replica's [`Role`] in leader election, and the observer traits that receive them and
+//! the garbage collection's reports (the place where metrics are recorded).
 
 use std::time::Duration;
 
 use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Serialize;
 
 use super::cache_ledger::CacheCall;
 use super::gc::{CacheSweepReport, SweepReport};
@@ -63,3 +64,22 @@ pub trait GcObserver: Send + Sync {
 }
 
 impl GcObserver for NoObserver {}
+
+/// What this replica does, as far as leader election goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Leader election is off: this replica runs the controller.
+    Single,
+    /// Leader election is on and this replica waits for the lease.
+    Standby,
+    /// Leader election is on and this replica holds the lease and runs the controller.
+    Leader,
+}
+
+/// Receives this replica's role each time leader election changes it: the place where
+/// readiness and the leader gauge are recorded.
+pub trait RoleObserver: Send + Sync {
+    /// Called with the new role and this replica's identity on the lease.
+    fn role_changed(&self, role: Role, identity: Option<String>);
+}
