@@ -16,7 +16,7 @@ use kube::Client;
 use crate::app::CliResult;
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
-use crate::controller::config::{CacheService, Config, Mirror, parse_mirror};
+use crate::controller::config::{CacheService, Config, MirrorHost, parse_mirror};
 use crate::controller::context::Context;
 use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
@@ -43,7 +43,7 @@ pub struct ControllerArgs {
     /// A registry mirror for builders, `REGISTRY=[http://]HOST[:PORT][/PATH]`, for example
     /// docker.io=mirror.gcr.io (avoids Docker Hub rate limits). Repeatable.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST", value_parser = parse_mirror)]
-    pub registry_mirrors: Vec<(String, Mirror)>,
+    pub registry_mirrors: Vec<(String, MirrorHost)>,
 
     /// A registry builders reach over plain HTTP, `HOST[:PORT]` (an in-cluster registry
     /// without TLS). Repeatable.

@@ -21,7 +21,7 @@ pub struct Config {
     pub cache_service: Option<CacheService>,
     /// Registry mirrors, by upstream registry (`docker.io` → `mirror.example.com`), written
     /// into the builder's BuildKit configuration.
-    pub registry_mirrors: BTreeMap<String, Mirror>,
+    pub registry_mirrors: BTreeMap<String, MirrorHost>,
     /// Registries (`host[:port]`) that builders reach over plain HTTP, such as an
     /// in-cluster registry without TLS.
     pub plain_http_registries: BTreeSet<String>,
@@ -152,9 +152,10 @@ impl CacheService {
     }
 }
 
-/// A registry mirror: where pulls of one upstream registry go instead.
+/// Where builders pull one upstream registry's images from instead (one `--registry-mirror`),
+/// written into the BuildKit configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mirror {
+pub struct MirrorHost {
     /// `host[:port][/path]` of the mirror.
     pub host: String,
     /// Whether the mirror speaks plain HTTP.
@@ -162,7 +163,7 @@ pub struct Mirror {
 }
 
 /// Parses one `--registry-mirror REGISTRY=[http(s)://]HOST[:PORT][/PATH]`.
-pub fn parse_mirror(text: &str) -> Result<(String, Mirror), ConfigError> {
+pub fn parse_mirror(text: &str) -> Result<(String, MirrorHost), ConfigError> {
     let bad = || ConfigError::BadMirror(text.to_owned());
     let (registry, target) = text.split_once('=').ok_or_else(bad)?;
     let (plain_http, host) = if let Some(rest) = target.strip_prefix("http://") {
@@ -181,7 +182,7 @@ pub fn parse_mirror(text: &str) -> Result<(String, Mirror), ConfigError> {
     }
     Ok((
         registry.to_owned(),
-        Mirror {
+        MirrorHost {
             host: host.to_owned(),
             plain_http,
         },
@@ -222,7 +223,7 @@ mod tests {
             parse_mirror("docker.io=mirror.gcr.io").unwrap(),
             (
                 "docker.io".into(),
-                Mirror {
+                MirrorHost {
                     host: "mirror.gcr.io".into(),
                     plain_http: false
                 }

@@ -25,7 +25,7 @@
 //! - **Status first.** The plan writes the status that announces an attempt before creating
 //!   its pod, and writes status only when it changed.
 //! - **No hot loops.** Invalid input ends in a final phase and waits for a change; waits
-//!   (backoff, queue, deadline) requeue at the moment they end.
+//!   (backoff, queue, deadline) are rechecked at the moment they end.
 //! - **Retention is announced.** An attempt that ends with a finished pod records when the
 //!   pod goes (`podRetainedUntil`, see [`retention`]); the sweeper deletes it then.
 //! - **Cache calls never block a build.** Leases are planned by [`cache_lease`] after the status
@@ -43,7 +43,7 @@ use super::cachetoken;
 use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
 use super::observed::Observed;
-use super::plan::{Action, EventSpec, Plan, Requeue};
+use super::plan::{Action, EventSpec, Plan, Recheck};
 use super::pod::attempt_objects;
 use super::podstate::{self, Failure, PodState, is_live};
 use super::queue::{self, Admission};
@@ -98,12 +98,12 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
         // and the patch gives the Build a new resourceVersion.
         return Plan {
             actions: vec![Action::AddFinalizer],
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         };
     }
 
     let old = build.status.clone().unwrap_or_default();
-    let mut d = Decision::new(build, observed, now, config, old.clone());
+    let mut d = Planner::new(build, observed, now, config, old.clone());
     d.adopt_unknown_attempt();
     if let Some(request) = d.run_request() {
         d.start_run(request, build.spec.cancel);
@@ -186,19 +186,19 @@ fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config)
         actions.push(Action::RemoveFinalizer);
         return Plan {
             actions,
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         };
     }
     actions.extend(cleanup.actions);
     actions.extend(events);
-    let requeue = if objects_left {
-        Requeue::After(POD_GONE_RECHECK)
+    let recheck = if objects_left {
+        Recheck::After(POD_GONE_RECHECK)
     } else {
-        Requeue::OnChange
+        Recheck::OnChange
     };
     Plan {
         actions,
-        requeue: requeue.min(cleanup.requeue),
+        recheck: recheck.min(cleanup.recheck),
     }
 }
 
@@ -211,8 +211,8 @@ struct RunRequest {
     token: Option<String>,
 }
 
-/// The working state of one decision.
-struct Decision<'a> {
+/// Works out one plan: the inputs of `decide` and the plan as it is built.
+struct Planner<'a> {
     build: &'a Build,
     observed: &'a Observed,
     now: Timestamp,
@@ -223,10 +223,10 @@ struct Decision<'a> {
     message: String,
     creates: Vec<Action>,
     events: Vec<EventSpec>,
-    requeue: Requeue,
+    recheck: Recheck,
 }
 
-impl<'a> Decision<'a> {
+impl<'a> Planner<'a> {
     fn new(
         build: &'a Build,
         observed: &'a Observed,
@@ -245,7 +245,7 @@ impl<'a> Decision<'a> {
             status,
             creates: Vec::new(),
             events: Vec::new(),
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         }
     }
 
@@ -279,14 +279,14 @@ impl<'a> Decision<'a> {
         }
     }
 
-    fn requeue_after(&mut self, after: Duration) {
-        self.requeue = self.requeue.min(Requeue::After(after));
+    fn recheck_after(&mut self, after: Duration) {
+        self.recheck = self.recheck.min(Recheck::After(after));
     }
 
     fn requeue_at(&mut self, at: Timestamp) {
         let wait = at.duration_since(self.now);
         let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
-        self.requeue_after(wait.max(Duration::from_secs(1)));
+        self.recheck_after(wait.max(Duration::from_secs(1)));
     }
 
     /// Closes the open attempt, if any. A pod that finished on its own is kept for its
@@ -465,7 +465,7 @@ impl<'a> Decision<'a> {
                 // visible yet). Create it again under the same name, once no other pod of
                 // this Build is live.
                 if self.observed.pods.iter().any(is_live) {
-                    return self.requeue_after(POD_GONE_RECHECK);
+                    return self.recheck_after(POD_GONE_RECHECK);
                 }
                 // What the API server said when it refused the last create, if it did.
                 let refused = self.observed.pod_refusals.get(&record.pod_name);
@@ -658,7 +658,7 @@ impl<'a> Decision<'a> {
                     pod.name_any()
                 ),
             );
-            return self.requeue_after(POD_GONE_RECHECK);
+            return self.recheck_after(POD_GONE_RECHECK);
         }
         let retrying = self.status.retries > 0;
         match queue::admit(self.build, &self.observed.peers, retrying) {
@@ -673,7 +673,7 @@ impl<'a> Decision<'a> {
                         queue::group_of(self.build)
                     ),
                 );
-                return self.requeue_after(self.config.queue_recheck);
+                return self.recheck_after(self.config.queue_recheck);
             }
             Admission::Go => {}
         }
@@ -699,7 +699,7 @@ impl<'a> Decision<'a> {
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
             let timeout = self.attempt_timeout();
-            self.requeue_after(timeout);
+            self.recheck_after(timeout);
         }
     }
 
@@ -810,7 +810,7 @@ impl<'a> Decision<'a> {
             self.now,
             self.config,
         );
-        self.requeue = self.requeue.min(leases.requeue);
+        self.recheck = self.recheck.min(leases.recheck);
 
         let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
         let mut announce = match (transition, self.reason) {
@@ -847,7 +847,7 @@ impl<'a> Decision<'a> {
         actions.extend(announce);
         Plan {
             actions,
-            requeue: self.requeue,
+            recheck: self.recheck,
         }
     }
 }

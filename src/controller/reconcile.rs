@@ -75,9 +75,9 @@ async fn reconcile_locked(
             ctx.observer
                 .finished(&ObjectRef::from_obj(&fresh), phase, took);
         }
-        let requeue = match plan.requeue {
-            plan::Requeue::OnChange => Requeue::await_change(),
-            plan::Requeue::After(after) => Requeue::requeue(after),
+        let requeue = match plan.recheck {
+            plan::Recheck::OnChange => Requeue::await_change(),
+            plan::Recheck::After(after) => Requeue::requeue(after),
         };
         return Ok((requeue, writes));
     }
