@@ -32,7 +32,7 @@ use super::error::ApplyError;
 use super::labels::BUILD_UID;
 use super::plan::{Action, EventSpec, Plan};
 use super::validate::DOCKER_CONFIG_KEY;
-use crate::cacheapi::token::{Claims, TokenAction};
+use crate::cacheapi::token::{Claims, TokenAction, TokenKey};
 use crate::crd::Build;
 use crate::crd::build::FINALIZER;
 
@@ -193,8 +193,13 @@ pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, A
                 push_secret,
                 ttl,
             } => {
+                // `decide` plans a token Secret only under a config that holds a key.
+                let Some(key) = ctx.config.cache_token_key.as_ref() else {
+                    continue;
+                };
                 create_cache_secret(
                     ctx,
+                    key,
                     build,
                     secret_name,
                     *attempt,
@@ -317,6 +322,7 @@ pub async fn publish(
 /// needed, so that it never enters an `Observed` or a `Plan` (both are logged).
 async fn create_cache_secret(
     ctx: &Context,
+    key: &TokenKey,
     build: &Build,
     name: &str,
     attempt: u32,
@@ -325,12 +331,6 @@ async fn create_cache_secret(
 ) -> Result<(), ApplyError> {
     let namespace = build.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = ctx
-        .token_key
-        .as_ref()
-        .ok_or_else(|| ApplyError::NoTokenKey {
-            name: name.to_owned(),
-        })?;
     let host = ctx
         .config
         .cache_service

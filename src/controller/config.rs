@@ -1,5 +1,5 @@
-//! Controller-wide settings: the [`Config`] that `decide` and the pod builder read (pure
-//! data, no I/O), the cache service and registry mirrors it names, and why a setting was
+//! Controller-wide settings: the [`Config`] that `decide` and the pod builder read (data
+//! and the token key, no I/O), the cache service and registry mirrors it names, and why a setting was
 //! rejected.
 //!
 //! New controller-wide settings go into [`Config`] (with a flag in `kiln controller`).
@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::cacheapi::token::TokenKey;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 
 /// Controller-wide settings, from `kiln controller`'s flags. `decide` and the pod builder
 /// read it; nothing in it does I/O.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Builder image for Builds that do not name one.
     pub builder_image: String,
@@ -55,9 +56,10 @@ pub struct Config {
     pub cache_leases: bool,
     /// How long a lease holds after each renewal; it is renewed once half of it is left.
     pub lease_ttl: Duration,
-    /// Whether each attempt gets a cache token of its own, minted into a Secret.
-    /// [`Context::with_token_key`] turns it on.
-    pub cache_tokens: bool,
+    /// The key that signs cache tokens: with one, each attempt of a Build that uses the
+    /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`]
+    /// sets it.
+    pub cache_token_key: Option<TokenKey>,
     /// Watch only this namespace; every namespace when `None`.
     pub namespace: Option<String>,
     /// Most reconciles running at once.
@@ -89,7 +91,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(60),
             cache_leases: false,
             lease_ttl: Duration::from_secs(15 * 60),
-            cache_tokens: false,
+            cache_token_key: None,
             namespace: None,
             concurrency: 16,
             instance: None,

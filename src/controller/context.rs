@@ -47,8 +47,6 @@ pub struct Context {
     pub locks: GroupLocks,
     /// The cache service's admin API, for leases and cache cleanup.
     pub cache_admin: Option<AdminClient>,
-    /// The key that signs the cache tokens of build pods.
-    pub token_key: Option<TokenKey>,
     /// What this process knows of its admin API calls (renewals, confirmed releases,
     /// retry times).
     pub ledger: CacheLedger,
@@ -74,7 +72,6 @@ impl Context {
             observer: Arc::new(NoObserver),
             locks: GroupLocks::default(),
             cache_admin: None,
-            token_key: None,
             ledger: CacheLedger::default(),
             refusals: PodRefusals::default(),
             gc_observer: Arc::new(NoObserver),
@@ -89,11 +86,10 @@ impl Context {
         self
     }
 
-    /// Mints a cache token for each attempt with `key` (and turns on
-    /// [`Config::cache_tokens`], so that `decide` plans the token Secrets).
+    /// Mints a cache token for each attempt with `key` (it goes into
+    /// [`Config::cache_token_key`], so that `decide` plans the token Secrets).
     pub fn with_token_key(mut self, key: TokenKey) -> Self {
-        self.token_key = Some(key);
-        self.config.cache_tokens = true;
+        self.config.cache_token_key = Some(key);
         self
     }
 

@@ -1313,7 +1313,8 @@ fn with_cache(leases: bool, tokens: bool) -> Config {
             crate::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
         ),
         cache_leases: leases,
-        cache_tokens: tokens,
+        cache_token_key: tokens
+            .then(|| crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap()),
         ..Config::default()
     }
 }
