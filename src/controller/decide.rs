@@ -283,7 +283,7 @@ impl<'a> Planner<'a> {
         self.recheck = self.recheck.min(Recheck::After(after));
     }
 
-    fn requeue_at(&mut self, at: Timestamp) {
+    fn recheck_at(&mut self, at: Timestamp) {
         let wait = at.duration_since(self.now);
         let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
         self.recheck_after(wait.max(Duration::from_secs(1)));
@@ -459,68 +459,83 @@ impl<'a> Planner<'a> {
             .pods
             .iter()
             .find(|p| p.name_any() == record.pod_name);
-        let pod = match (pod, record.pod_uid.as_deref()) {
-            (None, None) => {
-                // Announced in status but never seen: the create did not happen (or is not
-                // visible yet). Create it again under the same name, once no other pod of
-                // this Build is live.
-                if self.observed.pods.iter().any(is_live) {
-                    return self.recheck_after(POD_GONE_RECHECK);
-                }
-                // What the API server said when it refused the last create, if it did.
-                let refused = self.observed.pod_refusals.get(&record.pod_name);
-                if self.now >= deadline {
-                    // A pod refused until the deadline (a quota never lifted) ends the
-                    // attempt like one that ran too long.
-                    let refusal = refused
-                        .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
-                        .unwrap_or_default();
-                    return self.fail(Failure {
-                        reason: Reason::TimedOut,
-                        retriable: false,
-                        message: format!(
-                            "attempt {} did not start within {}{refusal}",
-                            record.attempt,
-                            self.timeout_description(timeout)
-                        ),
-                    });
-                }
-                self.create_attempt_objects(record.attempt);
-                if self.open_attempt().is_some() {
-                    if let Some(refusal) = refused {
-                        // The last create was refused: say so while it is tried again.
-                        self.set(
-                            Phase::Pending,
-                            Reason::PodCreateFailed,
-                            format!(
-                                "attempt {}: the API server refused pod {}, retrying: {refusal}",
-                                record.attempt, record.pod_name
-                            ),
-                        );
-                    }
-                    self.requeue_at(deadline);
-                }
-                return;
-            }
-            (None, Some(_)) => {
-                return self.fail(Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!("pod {} disappeared", record.pod_name),
-                });
-            }
+        match (pod, record.pod_uid.as_deref()) {
+            (None, None) => self.create_announced_pod(&record, timeout, deadline),
+            (None, Some(_)) => self.fail(Failure {
+                reason: Reason::PodLost,
+                retriable: true,
+                message: format!("pod {} disappeared", record.pod_name),
+            }),
             (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => {
-                return self.fail(Failure {
+                self.fail(Failure {
                     reason: Reason::PodLost,
                     retriable: true,
                     message: format!(
                         "pod {} was replaced by another object of the same name",
                         record.pod_name
                     ),
-                });
+                })
             }
-            (Some(pod), _) => pod,
-        };
+            (Some(pod), _) => self.follow_pod(pod, &record, timeout, deadline),
+        }
+    }
+
+    /// The open attempt's pod was announced in status but never seen: the create did not
+    /// happen (or is not visible yet). Creates it again under the same name, once no other
+    /// pod of this Build is live, until the attempt's deadline.
+    fn create_announced_pod(
+        &mut self,
+        record: &AttemptRecord,
+        timeout: Duration,
+        deadline: Timestamp,
+    ) {
+        if self.observed.pods.iter().any(is_live) {
+            return self.recheck_after(POD_GONE_RECHECK);
+        }
+        // What the API server said when it refused the last create, if it did.
+        let refused = self.observed.pod_refusals.get(&record.pod_name);
+        if self.now >= deadline {
+            // A pod refused until the deadline (a quota never lifted) ends the
+            // attempt like one that ran too long.
+            let refusal = refused
+                .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
+                .unwrap_or_default();
+            return self.fail(Failure {
+                reason: Reason::TimedOut,
+                retriable: false,
+                message: format!(
+                    "attempt {} did not start within {}{refusal}",
+                    record.attempt,
+                    self.timeout_description(timeout)
+                ),
+            });
+        }
+        self.create_attempt_objects(record.attempt);
+        if self.open_attempt().is_some() {
+            if let Some(refusal) = refused {
+                // The last create was refused: say so while it is tried again.
+                self.set(
+                    Phase::Pending,
+                    Reason::PodCreateFailed,
+                    format!(
+                        "attempt {}: the API server refused pod {}, retrying: {refusal}",
+                        record.attempt, record.pod_name
+                    ),
+                );
+            }
+            self.recheck_at(deadline);
+        }
+    }
+
+    /// Follows the open attempt's pod, `pod`: its phase and message, its end, or the
+    /// attempt's deadline.
+    fn follow_pod(
+        &mut self,
+        pod: &Pod,
+        record: &AttemptRecord,
+        timeout: Duration,
+        deadline: Timestamp,
+    ) {
         if let Some(current) = self.status.current_attempt_mut() {
             current.pod_uid = pod.metadata.uid.clone();
         }
@@ -581,7 +596,7 @@ impl<'a> Planner<'a> {
                 ),
             });
         }
-        self.requeue_at(deadline);
+        self.recheck_at(deadline);
     }
 
     fn succeed(&mut self, digest: Digest) {
@@ -643,7 +658,7 @@ impl<'a> Planner<'a> {
         {
             let at = wait_ends(&ended, backoff(self.status.retries, self.config));
             if self.now < at {
-                return self.requeue_at(at);
+                return self.recheck_at(at);
             }
         }
         if let Some(pod) = self.observed.pods.iter().find(|p| is_live(p)) {
