@@ -228,55 +228,16 @@ impl ControllerMetrics {
     /// A registry with every metric registered, for a replica that runs the controller
     /// without leader election (see [`ControllerMetrics::set_role`]).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kiln");
         let reconciles = Sorted::<OutcomeLabels, Counter>::new(Counter::default);
         for outcome in ["applied", "unchanged", "failed"] {
             reconciles.get(OutcomeLabels { outcome });
         }
-        registry.register(
-            "reconciles",
-            "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
-            reconciles.clone(),
-        );
-        // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its group.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time of one reconcile, including the wait for its concurrency group's lock",
-            reconcile_duration.clone(),
-        );
-        let api_errors = Sorted::<StepLabels, Counter>::new(Counter::default);
-        registry.register(
-            "api_errors",
-            "Reconciles that failed, by the step (API call) that failed",
-            api_errors.clone(),
-        );
         let builds = Sorted::<PhaseLabels, Gauge>::new(Gauge::default);
         for phase in ALL_PHASES {
             builds.get(PhaseLabels {
                 phase: phase.as_str(),
             });
         }
-        registry.register(
-            "builds",
-            "Builds in the controller's cache, by phase (no status yet counts as Pending)",
-            builds.clone(),
-        );
-        // 5 s to about 11 h.
-        let build_duration = Sorted::<ResultLabels, Histogram>::new(|| {
-            Histogram::new(exponential_buckets(5.0, 2.0, 14))
-        });
-        registry.register(
-            "build_duration_seconds",
-            "Time from a run's first attempt to its completion, by result",
-            build_duration.clone(),
-        );
-        let queue_depth = Gauge::default();
-        registry.register(
-            "queue_depth",
-            "Builds waiting for another Build of their concurrency group (reason Queued)",
-            queue_depth.clone(),
-        );
         let orphans = Sorted::<OrphanLabels, Counter>::new(Counter::default);
         let reasons = SweepReason::ALL.map(|r| (KIND_OBJECT, r.as_str()));
         for (kind, reason) in reasons
@@ -288,60 +249,98 @@ impl ControllerMetrics {
                 reason: reason.to_owned(),
             });
         }
-        registry.register(
-            "orphans_collected",
-            "What the garbage collector removed, by kind and reason",
-            orphans.clone(),
-        );
         let sweeps = Sorted::<SweepLabels, Counter>::new(Counter::default);
         let sweep_failures = Sorted::<SweepLabels, Counter>::new(Counter::default);
         for sweep in [SWEEP_OBJECTS, SWEEP_CACHE] {
             sweeps.get(SweepLabels { sweep });
             sweep_failures.get(SweepLabels { sweep });
         }
-        registry.register(
-            "sweeps",
-            "Garbage-collection sweeps that ran to the end",
-            sweeps.clone(),
-        );
-        registry.register(
-            "sweep_failures",
-            "Deletions a garbage-collection sweep could not make; the next sweep retries them",
-            sweep_failures.clone(),
-        );
-        let cache_calls = Sorted::<CacheCallLabels, Counter>::new(Counter::default);
-        registry.register(
-            "cache_calls",
-            "Calls to the cache service's admin API made for Builds, by call and result",
-            cache_calls.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica runs the controller (holds the lease, or runs without election)",
-            leader.clone(),
-        );
-        let metrics = Self {
-            registry,
+        let mut metrics = Self {
+            registry: Registry::with_prefix("kiln"),
             reconciles,
-            reconcile_duration,
-            api_errors,
+            // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its
+            // group.
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            api_errors: Sorted::new(Counter::default),
             builds,
-            build_duration,
-            queue_depth,
+            // 5 s to about 11 h.
+            build_duration: Sorted::new(|| Histogram::new(exponential_buckets(5.0, 2.0, 14))),
+            queue_depth: Gauge::default(),
             orphans,
             sweeps,
             sweep_failures,
-            cache_calls,
-            leader,
+            cache_calls: Sorted::new(Counter::default),
+            leader: Gauge::default(),
             state: Mutex::new(HealthState {
                 role: Role::Single,
                 identity: None,
                 builds: None,
             }),
         };
+        metrics.register();
         metrics.leader.set(1);
         metrics
+    }
+
+    /// Registers every metric under its name and help text, in the order `/metrics` shows
+    /// them.
+    fn register(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "reconciles",
+            "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile, including the wait for its concurrency group's lock",
+            self.reconcile_duration.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Reconciles that failed, by the step (API call) that failed",
+            self.api_errors.clone(),
+        );
+        registry.register(
+            "builds",
+            "Builds in the controller's cache, by phase (no status yet counts as Pending)",
+            self.builds.clone(),
+        );
+        registry.register(
+            "build_duration_seconds",
+            "Time from a run's first attempt to its completion, by result",
+            self.build_duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Builds waiting for another Build of their concurrency group (reason Queued)",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "orphans_collected",
+            "What the garbage collector removed, by kind and reason",
+            self.orphans.clone(),
+        );
+        registry.register(
+            "sweeps",
+            "Garbage-collection sweeps that ran to the end",
+            self.sweeps.clone(),
+        );
+        registry.register(
+            "sweep_failures",
+            "Deletions a garbage-collection sweep could not make; the next sweep retries them",
+            self.sweep_failures.clone(),
+        );
+        registry.register(
+            "cache_calls",
+            "Calls to the cache service's admin API made for Builds, by call and result",
+            self.cache_calls.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (holds the lease, or runs without election)",
+            self.leader.clone(),
+        );
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
