@@ -67,40 +67,20 @@ async fn apply_action(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     match action {
         Action::AddFinalizer => {
-            *current = add_finalizer(&builds, current).await.map_err(|source| {
-                ApplyError::AddFinalizer {
-                    name: build_name,
-                    source,
-                }
-            })?;
+            *current = add_finalizer(&builds, current).await?;
         }
         Action::RemoveFinalizer => {
-            remove_finalizer(&builds, current).await.map_err(|source| {
-                ApplyError::RemoveFinalizer {
-                    name: build_name,
-                    source,
-                }
-            })?;
+            remove_finalizer(&builds, current).await?;
         }
         Action::WriteStatus(status) => {
-            *current = write_status(&builds, current, status)
-                .await
-                .map_err(|source| ApplyError::WriteStatus {
-                    name: build_name,
-                    source,
-                })?;
+            *current = write_status(&builds, current, status).await?;
         }
         Action::CreateConfigMap(config_map) => {
             create_owned(&config_maps, config_map, build, Owned::ConfigMap, |_| {}).await?;
         }
         Action::CreatePod(pod) => create_pod(ctx, &pods, build, pod).await?,
         Action::DeletePod { name, uid, grace } => {
-            delete_pod(&pods, name, uid.as_deref(), *grace)
-                .await
-                .map_err(|source| ApplyError::DeletePod {
-                    name: name.clone(),
-                    source,
-                })?;
+            delete_pod(&pods, name, uid.as_deref(), *grace).await?;
         }
         Action::DeleteConfigMap { name } => {
             delete_named(&config_maps, name).await.map_err(|source| {
@@ -163,24 +143,34 @@ async fn apply_action(
 }
 
 /// Adds this controller's finalizer to `current`; returns the Build as written.
-async fn add_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, kube::Error> {
+async fn add_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, ApplyError> {
     let mut finalizers = current.finalizers().to_vec();
     if !finalizers.iter().any(|f| f == FINALIZER) {
         finalizers.push(FINALIZER.to_owned());
     }
-    patch_finalizers(builds, current, finalizers).await
+    patch_finalizers(builds, current, finalizers)
+        .await
+        .map_err(|source| ApplyError::AddFinalizer {
+            name: current.name_any(),
+            source,
+        })
 }
 
 /// Removes this controller's finalizer from `current` (the API server may then delete the
 /// Build).
-async fn remove_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, kube::Error> {
+async fn remove_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, ApplyError> {
     let finalizers: Vec<String> = current
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    patch_finalizers(builds, current, finalizers).await
+    patch_finalizers(builds, current, finalizers)
+        .await
+        .map_err(|source| ApplyError::RemoveFinalizer {
+            name: current.name_any(),
+            source,
+        })
 }
 
 /// Replaces the status of `current` with `status`, failing with `Conflict` if the Build
@@ -189,12 +179,14 @@ async fn write_status(
     builds: &Api<Build>,
     current: &Build,
     status: &BuildStatus,
-) -> Result<Build, kube::Error> {
+) -> Result<Build, ApplyError> {
+    let name = current.name_any();
     let mut next = current.clone();
     next.status = Some(status.clone());
     builds
-        .replace_status(&current.name_any(), &PostParams::default(), &next)
+        .replace_status(&name, &PostParams::default(), &next)
         .await
+        .map_err(|source| ApplyError::WriteStatus { name, source })
 }
 
 /// Creates an attempt's pod (or adopts it), and tells the refusal memory what happened.
@@ -228,7 +220,7 @@ async fn delete_pod(
     name: &str,
     uid: Option<&str>,
     grace: Duration,
-) -> Result<(), kube::Error> {
+) -> Result<(), ApplyError> {
     let params = DeleteParams {
         grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
         preconditions: uid.map(|uid| Preconditions {
@@ -241,7 +233,10 @@ async fn delete_pod(
         Ok(_) => Ok(()),
         // Gone already, or replaced by another pod (precondition failed).
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(source) => Err(source),
+        Err(source) => Err(ApplyError::DeletePod {
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
 
