@@ -18,7 +18,7 @@
 //!
 //! Gauges that count Builds are computed from the watch cache at scrape time, so they are
 //! never out of step with it and cost nothing between scrapes. Label sets are written in
-//! sorted order ([`Sorted`]), so that two scrapes of the same state are the same text; the
+//! sorted order (`Sorted`), so that two scrapes of the same state are the same text; the
 //! outcomes and phases are there from the start, at zero.
 //!
 //! **Readiness.** `/readyz` answers 200 when this replica can do its job: a standby replica

@@ -54,7 +54,7 @@ fi
 exit "$status"
 "#;
 
-/// The command of the build container: `sh -c` [`BUILD_SCRIPT`], which runs
+/// The command of the build container: `sh -c` `BUILD_SCRIPT`, which runs
 /// `buildctl-daemonless.sh` with the container's arguments ([`build_args`]) and then
 /// copies [`METADATA_FILE`] into [`TERMINATION_MESSAGE`].
 pub fn build_command() -> Vec<String> {

@@ -52,12 +52,12 @@ pub struct Config {
     /// How often the orphan sweeper runs (it also runs once at start-up).
     pub sweep_interval: Duration,
     /// Whether running attempts hold leases on the cache they import, through the cache
-    /// service's admin API. [`Context::with_cache_admin`] turns it on.
+    /// service's admin API. [`Context::with_cache_admin`](super::context::Context::with_cache_admin) turns it on.
     pub cache_leases: bool,
     /// How long a lease holds after each renewal; it is renewed once half of it is left.
     pub lease_ttl: Duration,
     /// The key that signs cache tokens: with one, each attempt of a Build that uses the
-    /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`]
+    /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`](super::context::Context::with_token_key)
     /// sets it.
     pub cache_token_key: Option<TokenKey>,
     /// Watch only this namespace; every namespace when `None`.

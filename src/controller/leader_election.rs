@@ -13,7 +13,7 @@
 //!
 //! # Assumptions
 //!
-//! Node clocks are within [`Election::grace`] of each other (the lease is renewed that long
+//! Node clocks are within [`Election::grace_seconds`] of each other (the lease is renewed that long
 //! before it expires, and a standby takes an expired lease only after it expired by its own
 //! clock).
 

@@ -28,12 +28,13 @@
 //! | [`run`](mod@run) | the watch loop: [`run()`] | both |
 //! | [`config`] | controller-wide [`Config`], the cache service and registry mirrors it names | pure |
 //! | [`clock`] | where time comes from: the system clock, a manual one for tests | — |
-//! | [`observer`] | how a reconcile ended, and the observers of reconciles and sweeps | — |
+//! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
-//! | [`fixtures`] | build pods in every state a kubelet reports, for tests | pure |
-//! | [`cli`] | `kiln controller` | — |
+//! | `fixtures` | build pods in every state a kubelet reports, for tests | pure |
+//!
+//! The `kiln controller` command (flags into a [`Config`], then [`run()`]) is `app::controller`.
 
 pub mod apply;
 pub mod buildkit;
