@@ -18,7 +18,7 @@
 //!
 //! Gauges that count Builds are computed from the watch cache at scrape time, so they are
 //! never out of step with it and cost nothing between scrapes. Label sets are written in
-//! sorted order ([`Sorted`]), so that two scrapes of the same state are the same text; the
+//! sorted order (`Sorted`), so that two scrapes of the same state are the same text; the
 //! outcomes and phases are there from the start, at zero.
 //!
 //! **Readiness.** `/readyz` answers 200 when this replica can do its job: a standby replica
@@ -46,9 +46,9 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::controller::context::{GcObserver, Outcome, ReconcileObserver};
+use crate::controller::cache_ledger::CacheCall;
 use crate::controller::gc::{CacheSweepReport, SweepReason, SweepReport};
-use crate::controller::ledger::CacheCall;
+use crate::controller::observer::{GcObserver, Outcome, ReconcileObserver, Role, RoleObserver};
 use crate::crd::{Build, Phase, Reason};
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
@@ -169,18 +169,6 @@ where
     }
 }
 
-/// What this replica does, as far as leader election goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Role {
-    /// Leader election is off: this replica runs the controller.
-    Single,
-    /// Leader election is on and this replica waits for the lease.
-    Standby,
-    /// Leader election is on and this replica holds the lease and runs the controller.
-    Leader,
-}
-
 /// What `/readyz` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,7 +190,7 @@ pub struct Readiness {
 ///
 /// One per process, shared (`Arc`) by the controller's context (as its
 /// [`ReconcileObserver`]), the leader election and the HTTP server.
-pub struct Metrics {
+pub struct ControllerMetrics {
     registry: Registry,
     reconciles: Sorted<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
@@ -224,71 +212,32 @@ struct HealthState {
     builds: Option<Store<Build>>,
 }
 
-impl std::fmt::Debug for Metrics {
+impl std::fmt::Debug for ControllerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+        f.debug_struct("ControllerMetrics").finish_non_exhaustive()
     }
 }
 
-impl Default for Metrics {
+impl Default for ControllerMetrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metrics {
+impl ControllerMetrics {
     /// A registry with every metric registered, for a replica that runs the controller
-    /// without leader election (see [`Metrics::set_role`]).
+    /// without leader election (see [`ControllerMetrics::set_role`]).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kiln");
         let reconciles = Sorted::<OutcomeLabels, Counter>::new(Counter::default);
         for outcome in ["applied", "unchanged", "failed"] {
             reconciles.get(OutcomeLabels { outcome });
         }
-        registry.register(
-            "reconciles",
-            "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
-            reconciles.clone(),
-        );
-        // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its group.
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time of one reconcile, including the wait for its concurrency group's lock",
-            reconcile_duration.clone(),
-        );
-        let api_errors = Sorted::<StepLabels, Counter>::new(Counter::default);
-        registry.register(
-            "api_errors",
-            "Reconciles that failed, by the step (API call) that failed",
-            api_errors.clone(),
-        );
         let builds = Sorted::<PhaseLabels, Gauge>::new(Gauge::default);
         for phase in ALL_PHASES {
             builds.get(PhaseLabels {
                 phase: phase.as_str(),
             });
         }
-        registry.register(
-            "builds",
-            "Builds in the controller's cache, by phase (no status yet counts as Pending)",
-            builds.clone(),
-        );
-        // 5 s to about 11 h.
-        let build_duration = Sorted::<ResultLabels, Histogram>::new(|| {
-            Histogram::new(exponential_buckets(5.0, 2.0, 14))
-        });
-        registry.register(
-            "build_duration_seconds",
-            "Time from a run's first attempt to its completion, by result",
-            build_duration.clone(),
-        );
-        let queue_depth = Gauge::default();
-        registry.register(
-            "queue_depth",
-            "Builds waiting for another Build of their concurrency group (reason Queued)",
-            queue_depth.clone(),
-        );
         let orphans = Sorted::<OrphanLabels, Counter>::new(Counter::default);
         let reasons = SweepReason::ALL.map(|r| (KIND_OBJECT, r.as_str()));
         for (kind, reason) in reasons
@@ -300,60 +249,98 @@ impl Metrics {
                 reason: reason.to_owned(),
             });
         }
-        registry.register(
-            "orphans_collected",
-            "What the garbage collector removed, by kind and reason",
-            orphans.clone(),
-        );
         let sweeps = Sorted::<SweepLabels, Counter>::new(Counter::default);
         let sweep_failures = Sorted::<SweepLabels, Counter>::new(Counter::default);
         for sweep in [SWEEP_OBJECTS, SWEEP_CACHE] {
             sweeps.get(SweepLabels { sweep });
             sweep_failures.get(SweepLabels { sweep });
         }
-        registry.register(
-            "sweeps",
-            "Garbage-collection sweeps that ran to the end",
-            sweeps.clone(),
-        );
-        registry.register(
-            "sweep_failures",
-            "Deletions a garbage-collection sweep could not make; the next sweep retries them",
-            sweep_failures.clone(),
-        );
-        let cache_calls = Sorted::<CacheCallLabels, Counter>::new(Counter::default);
-        registry.register(
-            "cache_calls",
-            "Calls to the cache service's admin API made for Builds, by call and result",
-            cache_calls.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica runs the controller (holds the lease, or runs without election)",
-            leader.clone(),
-        );
-        let metrics = Self {
-            registry,
+        let mut metrics = Self {
+            registry: Registry::with_prefix("kiln"),
             reconciles,
-            reconcile_duration,
-            api_errors,
+            // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its
+            // group.
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            api_errors: Sorted::new(Counter::default),
             builds,
-            build_duration,
-            queue_depth,
+            // 5 s to about 11 h.
+            build_duration: Sorted::new(|| Histogram::new(exponential_buckets(5.0, 2.0, 14))),
+            queue_depth: Gauge::default(),
             orphans,
             sweeps,
             sweep_failures,
-            cache_calls,
-            leader,
+            cache_calls: Sorted::new(Counter::default),
+            leader: Gauge::default(),
             state: Mutex::new(HealthState {
                 role: Role::Single,
                 identity: None,
                 builds: None,
             }),
         };
+        metrics.register();
         metrics.leader.set(1);
         metrics
+    }
+
+    /// Registers every metric under its name and help text, in the order `/metrics` shows
+    /// them.
+    fn register(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "reconciles",
+            "Reconciles of Builds, by outcome (applied: the plan wrote something; unchanged; failed)",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile, including the wait for its concurrency group's lock",
+            self.reconcile_duration.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Reconciles that failed, by the step (API call) that failed",
+            self.api_errors.clone(),
+        );
+        registry.register(
+            "builds",
+            "Builds in the controller's cache, by phase (no status yet counts as Pending)",
+            self.builds.clone(),
+        );
+        registry.register(
+            "build_duration_seconds",
+            "Time from a run's first attempt to its completion, by result",
+            self.build_duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Builds waiting for another Build of their concurrency group (reason Queued)",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "orphans_collected",
+            "What the garbage collector removed, by kind and reason",
+            self.orphans.clone(),
+        );
+        registry.register(
+            "sweeps",
+            "Garbage-collection sweeps that ran to the end",
+            self.sweeps.clone(),
+        );
+        registry.register(
+            "sweep_failures",
+            "Deletions a garbage-collection sweep could not make; the next sweep retries them",
+            self.sweep_failures.clone(),
+        );
+        registry.register(
+            "cache_calls",
+            "Calls to the cache service's admin API made for Builds, by call and result",
+            self.cache_calls.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (holds the lease, or runs without election)",
+            self.leader.clone(),
+        );
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -451,7 +438,7 @@ fn count_builds<'a>(builds: impl Iterator<Item = &'a Build>) -> BuildCounts {
     counts
 }
 
-impl ReconcileObserver for Metrics {
+impl ReconcileObserver for ControllerMetrics {
     fn reconciled(&self, _build: &ObjectRef<Build>, outcome: Outcome, elapsed: Duration) {
         let label = match outcome {
             Outcome::Applied { .. } => "applied",
@@ -480,7 +467,13 @@ impl ReconcileObserver for Metrics {
     }
 }
 
-impl GcObserver for Metrics {
+impl RoleObserver for ControllerMetrics {
+    fn role_changed(&self, role: Role, identity: Option<String>) {
+        self.set_role(role, identity);
+    }
+}
+
+impl GcObserver for ControllerMetrics {
     fn swept(&self, report: &SweepReport, _elapsed: Duration) {
         for (reason, count) in &report.deleted {
             self.orphans_collected(KIND_OBJECT, reason.as_str(), *count);
@@ -515,7 +508,7 @@ impl GcObserver for Metrics {
 }
 
 /// The routes `/metrics`, `/healthz` and `/readyz` over `metrics`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<ControllerMetrics>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -523,7 +516,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+async fn serve_metrics(State(metrics): State<Arc<ControllerMetrics>>) -> Response {
     match metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
         Err(_) => (
@@ -534,7 +527,7 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     }
 }
 
-async fn serve_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
+async fn serve_readiness(State(metrics): State<Arc<ControllerMetrics>>) -> Response {
     let readiness = metrics.readiness();
     let status = if readiness.ready {
         StatusCode::OK
@@ -546,7 +539,7 @@ async fn serve_readiness(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// Why the HTTP server could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum ControllerServeError {
     /// The address could not be bound.
     #[error("cannot listen on {addr} (--http-addr)")]
     Bind {
@@ -562,22 +555,22 @@ pub enum ServeError {
 }
 
 /// Binds `addr`, so that a taken port fails the command at start rather than later.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControllerServeError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })
+        .map_err(|source| ControllerServeError::Bind { addr, source })
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ControllerMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) -> Result<(), ControllerServeError> {
     axum::serve(listener, router(metrics))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(ServeError::Serve)
+        .map_err(ControllerServeError::Serve)
 }
 
 #[cfg(test)]
@@ -592,7 +585,7 @@ mod tests {
     use crate::crd::fixtures::T0;
     use crate::crd::{BuildStatus, CONDITION_SUCCEEDED, ConditionStatus};
 
-    async fn get_path(metrics: &Arc<Metrics>, path: &str) -> (StatusCode, String) {
+    async fn get_path(metrics: &Arc<ControllerMetrics>, path: &str) -> (StatusCode, String) {
         let response = router(metrics.clone())
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -610,7 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_count_reconciles_errors_durations_and_orphans() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         metrics.reconciled(
             &reference(),
             Outcome::Applied { writes: 2 },
@@ -656,7 +649,7 @@ mod tests {
     async fn the_server_answers_on_a_socket_until_shutdown() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, metrics, async move {
             let _ = stopped.await;
@@ -678,7 +671,7 @@ mod tests {
 
     #[test]
     fn label_sets_are_written_in_order_and_outcomes_start_at_zero() {
-        let metrics = Metrics::new();
+        let metrics = ControllerMetrics::new();
         metrics.swept(
             &SweepReport {
                 examined: 9,
@@ -787,7 +780,7 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_follows_the_cache_and_the_role() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(ControllerMetrics::new());
         // Running alone, before the watch starts: not ready.
         let (status, body) = get_path(&metrics, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

@@ -27,7 +27,7 @@ use common::envtest::{self, AuditEvent};
 use common::kubelet::{Gate, Script};
 use common::scene::{Scene, assert_in_order, build, count_writes, phase_reason, pod_name, report};
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
-use kiln::controller::context::{CacheService, parse_mirror};
+use kiln::controller::config::{CacheService, parse_mirror};
 use kiln::controller::labels::build_uid_selector;
 use kiln::controller::pod::attempt_objects;
 use kiln::controller::validate::{SecretInfo, validate};

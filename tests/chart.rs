@@ -908,10 +908,11 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
     use common::{cluster, envtest};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{Node, Pod};
-    use kiln::controller::leader::{self, Election};
+    use kiln::controller::leader_election::{self, Election};
+    use kiln::controller::observer::Role;
     use kiln::controller::{Config, Context};
     use kiln::crd::Build;
-    use kiln::metrics::{Metrics, Role};
+    use kiln::metrics::ControllerMetrics;
     use kube::ResourceExt;
     use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -968,7 +969,7 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
         .unwrap_or_else(|e| panic!("the API server rejects the chart: {e}"));
     // The controller, as the chart's ServiceAccount, with leader election on its Lease.
     let controller_sa = cp.client_as_service_account(NAMESPACE, "kiln-controller");
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(ControllerMetrics::new());
     let election = Election::new(NAMESPACE, "kiln-controller", "kiln-controller-test");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = {
@@ -977,10 +978,10 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
             let context = Context::new(client.clone(), Config::default())
                 .with_observer(metrics.clone())
                 .with_gc_observer(metrics.clone());
-            leader::run_while_leading(
+            leader_election::run_while_leading(
                 client,
                 &election,
-                &metrics,
+                metrics.as_ref(),
                 async move {
                     let _ = stopped.await;
                 },

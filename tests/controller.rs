@@ -506,7 +506,7 @@ async fn an_inline_build_gets_its_config_map_and_deletion_removes_both() {
 async fn a_cache_service_adds_cache_flags_and_without_one_there_are_none() {
     let config = Config {
         cache_service: Some(
-            kiln::controller::context::CacheService::parse("http://kiln-cache:5000").unwrap(),
+            kiln::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
         ),
         ..Config::default()
     };

@@ -16,10 +16,11 @@ use kube::Client;
 use crate::app::CliResult;
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
-use crate::controller::context::{CacheService, Config, Context, Mirror, parse_mirror};
-use crate::controller::leader::{self, Election};
+use crate::controller::config::{CacheService, Config, MirrorHost, parse_mirror};
+use crate::controller::context::Context;
+use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, ControllerMetrics};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
@@ -42,7 +43,7 @@ pub struct ControllerArgs {
     /// A registry mirror for builders, `REGISTRY=[http://]HOST[:PORT][/PATH]`, for example
     /// docker.io=mirror.gcr.io (avoids Docker Hub rate limits). Repeatable.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST", value_parser = parse_mirror)]
-    pub registry_mirrors: Vec<(String, Mirror)>,
+    pub registry_mirrors: Vec<(String, MirrorHost)>,
 
     /// A registry builders reach over plain HTTP, `HOST[:PORT]` (an in-cluster registry
     /// without TLS). Repeatable.
@@ -349,7 +350,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     let client = Client::try_default()
         .await
         .map_err(ControllerCliError::Connect)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(ControllerMetrics::new());
     let listener = metrics::bind(serving.http_addr).await?;
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
@@ -381,7 +382,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
     };
     let result: CliResult = if serving.leader_elect {
         let election = election(&serving, instance, client.default_namespace());
-        leader::run_while_leading(client, &election, &metrics, shutdown, |stop| {
+        leader_election::run_while_leading(client, &election, metrics.as_ref(), shutdown, |stop| {
             crate::controller::run_with(context, stop)
         })
         .await
@@ -471,7 +472,9 @@ mod tests {
         // Set by the environment in a cluster; not a default.
         config.instance = None;
         config.namespace = None;
-        assert_eq!(config, Config::default());
+        // `Config` holds a token key, which cannot be compared; its `Debug` shows every
+        // other field and whether a key is there.
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
     }
 
     #[test]
@@ -501,7 +504,7 @@ mod tests {
         assert_eq!(config.attempt_history, 3);
         assert_eq!(config.sweep_interval, Duration::from_secs(300));
         // Turned on by the context once the files are read, not by the flags alone.
-        assert!(!config.cache_leases && !config.cache_tokens);
+        assert!(!config.cache_leases && config.cache_token_key.is_none());
         assert_eq!(config.namespace.as_deref(), Some("builds"));
         assert!(config.cache_service.unwrap().plain_http);
         assert_eq!(

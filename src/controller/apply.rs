@@ -15,6 +15,20 @@
 //! - calls to the cache service never fail the reconcile either (see `cachecall`);
 //! - an attempt's token Secret is created like its ConfigMap: `AlreadyExists` with this
 //!   Build's UID is done.
+//!
+//! # Why not server-side apply
+//!
+//! A successful build costs 9 API writes (measured by the real-API-server suite, which
+//! holds it as an upper bound): 1 finalizer patch, 4 status updates (the attempt
+//! announced, the pod's UID, Running, Succeeded), 1 pod create and 3 Events. Server-side
+//! apply would save none of them: each status write is one transition that `decide`
+//! computed whole, and pods, ConfigMaps and Secrets are created once per attempt and never
+//! changed. It would cost two guarantees instead: an apply carries no `resourceVersion`
+//! unless told to, so a decision made on a stale read would overwrite newer status rather
+//! than fail with `Conflict`; and apply updates an existing object of the same name, where
+//! a create stops at `AlreadyExists` and checks whose it is. With one writer of status (this
+//! controller) there is no field ownership to share, so resourceVersion-guarded updates and
+//! creates stay.
 
 use std::time::Duration;
 
@@ -22,6 +36,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -32,223 +47,211 @@ use super::error::ApplyError;
 use super::labels::BUILD_UID;
 use super::plan::{Action, EventSpec, Plan};
 use super::validate::DOCKER_CONFIG_KEY;
-use crate::cacheapi::token::{Claims, TokenAction};
-use crate::crd::Build;
+use crate::cacheapi::token::{Claims, TokenAction, TokenKey};
 use crate::crd::build::FINALIZER;
+use crate::crd::{Build, BuildStatus};
 
 /// Carries out `plan` for `build` (as observed, with its current `resourceVersion`).
 /// Returns the number of API writes made.
 pub async fn apply(ctx: &Context, build: &Build, plan: &Plan) -> Result<usize, ApplyError> {
+    let mut current = build.clone();
+    let mut writes = 0;
+    for action in &plan.actions {
+        if apply_action(ctx, build, &mut current, action).await? {
+            writes += 1;
+        }
+    }
+    Ok(writes)
+}
+
+/// Carries out one action. `current` is the Build as last written (each status and
+/// finalizer write carries its `resourceVersion`). `Ok(true)` when an API write was made;
+/// `Ok(false)` when a best-effort action (an Event, a cache call) failed and was reported.
+async fn apply_action(
+    ctx: &Context,
+    build: &Build,
+    current: &mut Build,
+    action: &Action,
+) -> Result<bool, ApplyError> {
     let namespace = build.namespace().unwrap_or_default();
-    let name = build.name_any();
+    let build_name = build.name_any();
     let builds: Api<Build> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut current = build.clone();
-    let mut writes = 0;
-
-    for action in &plan.actions {
-        match action {
-            Action::AddFinalizer => {
-                let mut finalizers = current.finalizers().to_vec();
-                if !finalizers.iter().any(|f| f == FINALIZER) {
-                    finalizers.push(FINALIZER.to_owned());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    match action {
+        Action::AddFinalizer => {
+            *current = add_finalizer(&builds, current).await?;
+        }
+        Action::RemoveFinalizer => {
+            remove_finalizer(&builds, current).await?;
+        }
+        Action::WriteStatus(status) => {
+            *current = write_status(&builds, current, status).await?;
+        }
+        Action::CreateConfigMap(config_map) => {
+            create_owned(&config_maps, config_map, build, Owned::ConfigMap, |_| {}).await?;
+        }
+        Action::CreatePod(pod) => create_pod(ctx, &pods, build, pod).await?,
+        Action::DeletePod { name, uid, grace } => {
+            delete_pod(&pods, name, uid.as_deref(), *grace).await?;
+        }
+        Action::DeleteConfigMap { name } => {
+            delete_named(&config_maps, name).await.map_err(|source| {
+                ApplyError::DeleteConfigMap {
+                    name: name.clone(),
+                    source,
                 }
-                current = patch_finalizers(&builds, &current, finalizers)
-                    .await
-                    .map_err(|source| ApplyError::AddFinalizer {
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-            Action::RemoveFinalizer => {
-                let finalizers: Vec<String> = current
-                    .finalizers()
-                    .iter()
-                    .filter(|f| *f != FINALIZER)
-                    .cloned()
-                    .collect();
-                patch_finalizers(&builds, &current, finalizers)
-                    .await
-                    .map_err(|source| ApplyError::RemoveFinalizer {
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-            Action::WriteStatus(status) => {
-                let mut next = current.clone();
-                next.status = Some(status.as_ref().clone());
-                current = builds
-                    .replace_status(&name, &PostParams::default(), &next)
-                    .await
-                    .map_err(|source| ApplyError::WriteStatus {
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-            Action::CreateConfigMap(config_map) => {
-                let cm_name = config_map.name_any();
-                match config_maps.create(&PostParams::default(), config_map).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        let name = || cm_name.clone();
-                        ours(
-                            &config_maps,
-                            &cm_name,
-                            build,
-                            |source| ApplyError::CreateConfigMap {
-                                name: name(),
-                                source,
-                            },
-                            |owner_uid| ApplyError::ConfigMapNameTaken {
-                                name: name(),
-                                owner_uid,
-                            },
-                        )
-                        .await?;
-                    }
-                    Err(source) => {
-                        return Err(ApplyError::CreateConfigMap {
-                            name: cm_name,
-                            source,
-                        });
-                    }
-                }
-            }
-            Action::CreatePod(pod) => {
-                let pod_name = pod.name_any();
-                let uid = build.metadata.uid.as_deref().unwrap_or_default();
-                match pods.create(&PostParams::default(), pod).await {
-                    Ok(_) => ctx.refusals.created(uid, &pod_name),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        let name = || pod_name.clone();
-                        ours(
-                            &pods,
-                            &pod_name,
-                            build,
-                            |source| ApplyError::CreatePod {
-                                name: name(),
-                                source,
-                            },
-                            |owner_uid| ApplyError::PodNameTaken {
-                                name: name(),
-                                owner_uid,
-                            },
-                        )
-                        .await?;
-                        ctx.refusals.created(uid, &pod_name);
-                        tracing::info!(pod = %pod_name, "pod already exists: adopted");
-                    }
-                    Err(source) => {
-                        // Nothing `observe` reads shows a refusal (no pod exists): keep what
-                        // the API server said, for `decide` to put in the status and an
-                        // Event on the retry.
-                        if let kube::Error::Api(status) = &source {
-                            ctx.refusals.refused(
-                                uid,
-                                &pod_name,
-                                api_message(status),
-                                ctx.clock.now(),
-                            );
-                        }
-                        return Err(ApplyError::CreatePod {
-                            name: pod_name,
-                            source,
-                        });
-                    }
-                }
-            }
-            Action::DeletePod { name, uid, grace } => {
-                let params = DeleteParams {
-                    grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
-                    preconditions: uid.as_ref().map(|uid| Preconditions {
-                        uid: Some(uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match pods.delete(name, &params).await {
-                    Ok(_) => {}
-                    // Gone already, or replaced by another pod (precondition failed).
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                    Err(source) => {
-                        return Err(ApplyError::DeletePod {
-                            name: name.clone(),
-                            source,
-                        });
-                    }
-                }
-            }
-            Action::DeleteConfigMap { name } => {
-                delete_named(&config_maps, name).await.map_err(|source| {
-                    ApplyError::DeleteConfigMap {
-                        name: name.clone(),
-                        source,
-                    }
+            })?;
+        }
+        Action::CreateCacheSecret {
+            name,
+            attempt,
+            push_secret,
+            ttl,
+        } => {
+            // `decide` plans a token Secret only under a config that holds a key.
+            let Some(key) = ctx.config.cache_token_key.as_ref() else {
+                return Ok(false);
+            };
+            let push_secret = push_secret.as_deref();
+            create_cache_secret(ctx, key, build, name, *attempt, push_secret, *ttl).await?;
+        }
+        Action::DeleteSecret { name } => {
+            delete_named(&secrets, name)
+                .await
+                .map_err(|source| ApplyError::DeleteSecret {
+                    name: name.clone(),
+                    source,
                 })?;
-            }
-            Action::CreateCacheSecret {
-                name: secret_name,
-                attempt,
-                push_secret,
-                ttl,
-            } => {
-                create_cache_secret(
-                    ctx,
-                    build,
-                    secret_name,
-                    *attempt,
-                    push_secret.as_deref(),
-                    *ttl,
-                )
-                .await?;
-            }
-            Action::DeleteSecret { name } => {
-                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                delete_named(&secrets, name)
-                    .await
-                    .map_err(|source| ApplyError::DeleteSecret {
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-            Action::PutLease {
-                name,
-                targets,
-                ttl,
-                renewal,
-            } => {
-                let outcome = cachecall::put_lease(ctx, name, targets, *ttl, *renewal).await;
-                if !report(ctx, build, outcome).await {
-                    continue;
-                }
-            }
-            Action::ReleaseLease { name } => {
-                let outcome = cachecall::release_lease(ctx, name).await;
-                if !report(ctx, build, outcome).await {
-                    continue;
-                }
-            }
-            Action::DeleteCacheTag {
-                key,
-                repository,
-                tag,
-            } => {
-                let outcome = cachecall::delete_tag(ctx, key, repository, tag).await;
-                if !report(ctx, build, outcome).await {
-                    continue;
-                }
-            }
-            Action::Event(event) => {
-                if let Err(error) = publish(ctx, &build.object_ref(&()), event).await {
-                    tracing::warn!(build = %name, reason = %event.reason, %error, "could not publish event");
-                    continue;
-                }
+        }
+        Action::PutLease {
+            name,
+            targets,
+            ttl,
+            renewal,
+        } => {
+            let outcome = cachecall::put_lease(ctx, name, targets, *ttl, *renewal).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::ReleaseLease { name } => {
+            let outcome = cachecall::release_lease(ctx, name).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::DeleteCacheTag {
+            key,
+            repository,
+            tag,
+        } => {
+            let outcome = cachecall::delete_tag(ctx, key, repository, tag).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::Event(event) => {
+            if let Err(error) = publish(ctx, &build.object_ref(&()), event).await {
+                tracing::warn!(build = %build_name, reason = %event.reason, %error, "could not publish event");
+                return Ok(false);
             }
         }
-        writes += 1;
     }
-    Ok(writes)
+    Ok(true)
+}
+
+/// Adds this controller's finalizer to `current`; returns the Build as written.
+async fn add_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, ApplyError> {
+    let mut finalizers = current.finalizers().to_vec();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    patch_finalizers(builds, current, finalizers)
+        .await
+        .map_err(|source| ApplyError::AddFinalizer {
+            name: current.name_any(),
+            source,
+        })
+}
+
+/// Removes this controller's finalizer from `current` (the API server may then delete the
+/// Build).
+async fn remove_finalizer(builds: &Api<Build>, current: &Build) -> Result<Build, ApplyError> {
+    let finalizers: Vec<String> = current
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(builds, current, finalizers)
+        .await
+        .map_err(|source| ApplyError::RemoveFinalizer {
+            name: current.name_any(),
+            source,
+        })
+}
+
+/// Replaces the status of `current` with `status`, failing with `Conflict` if the Build
+/// changed since it was read; returns the Build as written.
+async fn write_status(
+    builds: &Api<Build>,
+    current: &Build,
+    status: &BuildStatus,
+) -> Result<Build, ApplyError> {
+    let name = current.name_any();
+    let mut next = current.clone();
+    next.status = Some(status.clone());
+    builds
+        .replace_status(&name, &PostParams::default(), &next)
+        .await
+        .map_err(|source| ApplyError::WriteStatus { name, source })
+}
+
+/// Creates an attempt's pod (or adopts it), and tells the refusal memory what happened.
+async fn create_pod(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    build: &Build,
+    pod: &Pod,
+) -> Result<(), ApplyError> {
+    let pod_name = pod.name_any();
+    let uid = build.metadata.uid.as_deref().unwrap_or_default();
+    // Nothing `observe` reads shows a refusal (no pod exists): keep what the API server
+    // said, for `decide` to put in the status and an Event on the retry.
+    let refused = |source: &kube::Error| {
+        if let kube::Error::Api(status) = source {
+            ctx.refusals
+                .refused(uid, &pod_name, api_message(status), ctx.clock.now());
+        }
+    };
+    let created = create_owned(pods, pod, build, Owned::Pod, refused).await?;
+    ctx.refusals.created(uid, &pod_name);
+    if created == Created::Adopted {
+        tracing::info!(pod = %pod_name, "pod already exists: adopted");
+    }
+    Ok(())
+}
+
+/// Deletes pod `name` with `grace`, only if its UID is still `uid` (when given).
+async fn delete_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    uid: Option<&str>,
+    grace: Duration,
+) -> Result<(), ApplyError> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        // Gone already, or replaced by another pod (precondition failed).
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(source) => Err(ApplyError::DeletePod {
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// What the API server said when it refused a request: its `Status` message
@@ -317,6 +320,7 @@ pub async fn publish(
 /// needed, so that it never enters an `Observed` or a `Plan` (both are logged).
 async fn create_cache_secret(
     ctx: &Context,
+    key: &TokenKey,
     build: &Build,
     name: &str,
     attempt: u32,
@@ -325,12 +329,6 @@ async fn create_cache_secret(
 ) -> Result<(), ApplyError> {
     let namespace = build.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = ctx
-        .token_key
-        .as_ref()
-        .ok_or_else(|| ApplyError::NoTokenKey {
-            name: name.to_owned(),
-        })?;
     let host = ctx
         .config
         .cache_service
@@ -379,30 +377,10 @@ async fn create_cache_secret(
         source,
     })?;
     let secret = attempt_secret(build, attempt, config);
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        // Minted by a create that was repeated after a crash: still valid.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            ours(
-                &secrets,
-                name,
-                build,
-                |source| ApplyError::CreateSecret {
-                    name: name.to_owned(),
-                    source,
-                },
-                |owner_uid| ApplyError::SecretNameTaken {
-                    name: name.to_owned(),
-                    owner_uid,
-                },
-            )
-            .await
-        }
-        Err(source) => Err(ApplyError::CreateSecret {
-            name: name.to_owned(),
-            source,
-        }),
-    }
+    // An existing Secret of this Build was minted by a create repeated after a crash: its
+    // token is still valid.
+    create_owned(&secrets, &secret, build, Owned::Secret, |_| {}).await?;
+    Ok(())
 }
 
 /// Sets the Build's finalizers, failing with `Conflict` if the Build changed since it was
@@ -427,25 +405,78 @@ async fn patch_finalizers(
         .await
 }
 
-/// After a create met `AlreadyExists`: the object of that name is this Build's (a create
-/// repeated after a crash: done), or an earlier Build's of the same name, `taken` (the
-/// sweeper removes it; until then the plan stops, so that no pod of this Build reads an
-/// earlier one's source or token).
-async fn ours<K>(
+/// How [`create_owned`] got its object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Created {
+    /// The create succeeded.
+    New,
+    /// The object existed already and is this Build's (a create repeated after a crash).
+    Adopted,
+}
+
+/// The kinds of object an attempt creates, for the errors of [`create_owned`].
+#[derive(Clone, Copy, Debug)]
+enum Owned {
+    ConfigMap,
+    Pod,
+    Secret,
+}
+
+impl Owned {
+    /// The create, or the read of the existing object's owner, failed.
+    fn failed(self, name: &str, source: kube::Error) -> ApplyError {
+        let name = name.to_owned();
+        match self {
+            Owned::ConfigMap => ApplyError::CreateConfigMap { name, source },
+            Owned::Pod => ApplyError::CreatePod { name, source },
+            Owned::Secret => ApplyError::CreateSecret { name, source },
+        }
+    }
+
+    /// An object of that name belongs to another Build.
+    fn taken(self, name: &str, owner_uid: Option<String>) -> ApplyError {
+        let name = name.to_owned();
+        match self {
+            Owned::ConfigMap => ApplyError::ConfigMapNameTaken { name, owner_uid },
+            Owned::Pod => ApplyError::PodNameTaken { name, owner_uid },
+            Owned::Secret => ApplyError::SecretNameTaken { name, owner_uid },
+        }
+    }
+}
+
+/// Creates `object`, one of `build`'s attempt objects. When it meets `AlreadyExists`, the
+/// object of that name is either this Build's (a create repeated after a crash: adopted),
+/// or an earlier Build's of the same name: taken (the sweeper removes it; until then the
+/// plan stops, so that no pod of this Build reads an earlier one's source or token).
+/// `refused` sees the error of a create that failed otherwise.
+async fn create_owned<K>(
     api: &Api<K>,
-    name: &str,
+    object: &K,
     build: &Build,
-    read_failed: impl FnOnce(kube::Error) -> ApplyError,
-    taken: impl FnOnce(Option<String>) -> ApplyError,
-) -> Result<(), ApplyError>
+    kind: Owned,
+    refused: impl FnOnce(&kube::Error),
+) -> Result<Created, ApplyError>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    let existing = api.get_metadata(name).await.map_err(read_failed)?;
-    let owner_uid = existing.labels().get(BUILD_UID).cloned();
-    if owner_uid.is_some() && owner_uid == build.metadata.uid {
-        Ok(())
-    } else {
-        Err(taken(owner_uid))
+    let name = object.name_any();
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(Created::New),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = api
+                .get_metadata(&name)
+                .await
+                .map_err(|source| kind.failed(&name, source))?;
+            let owner_uid = existing.labels().get(BUILD_UID).cloned();
+            if owner_uid.is_some() && owner_uid == build.metadata.uid {
+                Ok(Created::Adopted)
+            } else {
+                Err(kind.taken(&name, owner_uid))
+            }
+        }
+        Err(source) => {
+            refused(&source);
+            Err(kind.failed(&name, source))
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use kube::ResourceExt;
 
-use super::context::Config;
+use super::config::Config;
 use super::validate::{GitAuth, SourceKind, Validated};
 use crate::crd::{Build, CacheMode, CacheScope, GitSource};
 
@@ -54,7 +54,7 @@ fi
 exit "$status"
 "#;
 
-/// The command of the build container: `sh -c` [`BUILD_SCRIPT`], which runs
+/// The command of the build container: `sh -c` `BUILD_SCRIPT`, which runs
 /// `buildctl-daemonless.sh` with the container's arguments ([`build_args`]) and then
 /// copies [`METADATA_FILE`] into [`TERMINATION_MESSAGE`].
 pub fn build_command() -> Vec<String> {
@@ -251,7 +251,7 @@ pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::context::{CacheService, parse_mirror};
+    use crate::controller::config::{CacheService, parse_mirror};
 
     fn with_cache(url: &str) -> Config {
         Config {

@@ -3,17 +3,17 @@
 //!
 //! None of them can fail a plan. Each is bounded by [`CALL_TIMEOUT`], so an unreachable
 //! cache service slows a reconcile by seconds at most; its outcome goes to the
-//! [ledger](super::ledger), which holds a failed call back by the controller's retry
+//! [ledger](super::cache_ledger), which holds a failed call back by the controller's retry
 //! backoff; the first failure of a streak comes back as a `CacheUnavailable` Warning Event
 //! for the plan to publish; and every call is reported to the [`GcObserver`].
 //!
-//! [`GcObserver`]: super::context::GcObserver
+//! [`GcObserver`]: super::observer::GcObserver
 
 use std::time::Duration;
 
+use super::cache_ledger::CacheCall;
 use super::context::Context;
 use super::decide::backoff;
-use super::ledger::CacheCall;
 use super::plan::EventSpec;
 use crate::cacheapi::admin::{LeaseName, LeaseRequest, LeaseTarget};
 use crate::cacheapi::client::{AdminClient, AdminClientError};

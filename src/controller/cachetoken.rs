@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value};
 
 use super::buildkit::cache_ref;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{attempt_labels, pod_name};
 use super::validate::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_SECRET};
 use crate::crd::Build;
@@ -41,7 +41,7 @@ pub const TOKEN_USER: &str = "kiln";
 /// Whether attempts of `build` get a cache token: tokens are on and the Build uses the
 /// cache.
 pub fn wants_token(build: &Build, config: &Config) -> bool {
-    config.cache_tokens && cache_ref(build, config).is_some()
+    config.cache_token_key.is_some() && cache_ref(build, config).is_some()
 }
 
 /// How long the token of an attempt with this timeout is valid: never longer than the
@@ -129,6 +129,7 @@ pub fn attempt_secret(build: &Build, attempt: u32, docker_config: Vec<u8>) -> Se
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cacheapi::token::TokenKey;
 
     #[test]
     fn the_longest_build_gets_the_longest_token_the_cache_accepts() {
@@ -137,7 +138,7 @@ mod tests {
         assert_eq!(longest.as_secs(), crate::cacheapi::token::MAX_LIFETIME_SECS);
         assert_eq!(longest, token_ttl(Duration::from_secs(48 * 3600)));
     }
-    use crate::controller::context::CacheService;
+    use crate::controller::config::CacheService;
     use crate::crd::{CacheMode, CacheScope};
 
     fn decoded(config: &[u8]) -> Value {
@@ -212,7 +213,7 @@ mod tests {
             ..Config::default()
         };
         assert!(!wants_token(&build, &config));
-        config.cache_tokens = true;
+        config.cache_token_key = Some(TokenKey::from_bytes(&[7; 32]).unwrap());
         assert!(wants_token(&build, &config));
         let off = build.cache(CacheMode::Off, CacheScope::Build);
         assert!(!wants_token(&off, &config));

@@ -25,10 +25,10 @@
 //! - **Status first.** The plan writes the status that announces an attempt before creating
 //!   its pod, and writes status only when it changed.
 //! - **No hot loops.** Invalid input ends in a final phase and waits for a change; waits
-//!   (backoff, queue, deadline) requeue at the moment they end.
+//!   (backoff, queue, deadline) are rechecked at the moment they end.
 //! - **Retention is announced.** An attempt that ends with a finished pod records when the
 //!   pod goes (`podRetainedUntil`, see [`retention`]); the sweeper deletes it then.
-//! - **Cache calls never block a build.** Leases are planned by [`lease`] after the status
+//! - **Cache calls never block a build.** Leases are planned by [`cache_lease`] after the status
 //!   and before the pod; their failures are warnings, retried with backoff.
 
 use std::time::Duration;
@@ -38,12 +38,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::cache_lease;
 use super::cachetoken;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
-use super::lease;
-use super::observe::Observed;
-use super::plan::{Action, EventSpec, Plan, Requeue};
+use super::observed::Observed;
+use super::plan::{Action, EventSpec, Plan, Recheck};
 use super::pod::attempt_objects;
 use super::podstate::{self, Failure, PodState, is_live};
 use super::queue::{self, Admission};
@@ -61,18 +61,6 @@ use crate::oci::digest::Digest;
 /// How soon to look again while waiting for pods to go away (their deletion also wakes the
 /// controller through its pod watch; this is the fallback).
 const POD_GONE_RECHECK: Duration = Duration::from_secs(5);
-
-/// Whether `observe` must read the Build's Secrets and concurrency group: it may start or
-/// hold an attempt. A finished Build with nothing requested needs neither.
-pub fn wants_inputs(build: &Build) -> bool {
-    build.metadata.deletion_timestamp.is_none()
-        && (build.run_requested()
-            || !build
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(Phase::is_terminal))
-}
 
 /// The delay before retry number `retry` (1 for the first): `base · 2^(retry-1)`, at most
 /// `max`.
@@ -110,12 +98,12 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
         // and the patch gives the Build a new resourceVersion.
         return Plan {
             actions: vec![Action::AddFinalizer],
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         };
     }
 
     let old = build.status.clone().unwrap_or_default();
-    let mut d = Decision::new(build, observed, now, config, old.clone());
+    let mut d = Planner::new(build, observed, now, config, old.clone());
     d.adopt_unknown_attempt();
     if let Some(request) = d.run_request() {
         d.start_run(request, build.spec.cancel);
@@ -141,7 +129,7 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
 ///
 /// Idempotent: a pod already being deleted is not deleted again; the finalizer goes only
 /// when a fresh list shows nothing left and every cache call is confirmed (or the cache
-/// cleanup gave up at its deadline, see [`lease`]), so a crash at any point resumes where
+/// cleanup gave up at its deadline, see [`cache_lease`]), so a crash at any point resumes where
 /// it stopped. Objects of another Build that reused the name are never listed (they are
 /// selected by UID).
 fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config) -> Plan {
@@ -182,7 +170,7 @@ fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config)
     for name in &observed.owned_secrets {
         actions.push(Action::DeleteSecret { name: name.clone() });
     }
-    let cleanup = lease::cleanup(build, &observed.cache, now, config);
+    let cleanup = cache_lease::cleanup(build, &observed.cache, now, config);
     let objects_left = !(observed.pods.is_empty()
         && observed.config_maps.is_empty()
         && observed.owned_secrets.is_empty());
@@ -198,19 +186,19 @@ fn finalize(build: &Build, observed: &Observed, now: Timestamp, config: &Config)
         actions.push(Action::RemoveFinalizer);
         return Plan {
             actions,
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         };
     }
     actions.extend(cleanup.actions);
     actions.extend(events);
-    let requeue = if objects_left {
-        Requeue::After(POD_GONE_RECHECK)
+    let recheck = if objects_left {
+        Recheck::After(POD_GONE_RECHECK)
     } else {
-        Requeue::OnChange
+        Recheck::OnChange
     };
     Plan {
         actions,
-        requeue: requeue.min(cleanup.requeue),
+        recheck: recheck.min(cleanup.recheck),
     }
 }
 
@@ -223,8 +211,8 @@ struct RunRequest {
     token: Option<String>,
 }
 
-/// The working state of one decision.
-struct Decision<'a> {
+/// Works out one plan: the inputs of `decide` and the plan as it is built.
+struct Planner<'a> {
     build: &'a Build,
     observed: &'a Observed,
     now: Timestamp,
@@ -235,10 +223,10 @@ struct Decision<'a> {
     message: String,
     creates: Vec<Action>,
     events: Vec<EventSpec>,
-    requeue: Requeue,
+    recheck: Recheck,
 }
 
-impl<'a> Decision<'a> {
+impl<'a> Planner<'a> {
     fn new(
         build: &'a Build,
         observed: &'a Observed,
@@ -257,7 +245,7 @@ impl<'a> Decision<'a> {
             status,
             creates: Vec::new(),
             events: Vec::new(),
-            requeue: Requeue::OnChange,
+            recheck: Recheck::OnChange,
         }
     }
 
@@ -291,14 +279,14 @@ impl<'a> Decision<'a> {
         }
     }
 
-    fn requeue_after(&mut self, after: Duration) {
-        self.requeue = self.requeue.min(Requeue::After(after));
+    fn recheck_after(&mut self, after: Duration) {
+        self.recheck = self.recheck.min(Recheck::After(after));
     }
 
-    fn requeue_at(&mut self, at: Timestamp) {
+    fn recheck_at(&mut self, at: Timestamp) {
         let wait = at.duration_since(self.now);
         let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
-        self.requeue_after(wait.max(Duration::from_secs(1)));
+        self.recheck_after(wait.max(Duration::from_secs(1)));
     }
 
     /// Closes the open attempt, if any. A pod that finished on its own is kept for its
@@ -471,68 +459,83 @@ impl<'a> Decision<'a> {
             .pods
             .iter()
             .find(|p| p.name_any() == record.pod_name);
-        let pod = match (pod, record.pod_uid.as_deref()) {
-            (None, None) => {
-                // Announced in status but never seen: the create did not happen (or is not
-                // visible yet). Create it again under the same name, once no other pod of
-                // this Build is live.
-                if self.observed.pods.iter().any(is_live) {
-                    return self.requeue_after(POD_GONE_RECHECK);
-                }
-                // What the API server said when it refused the last create, if it did.
-                let refused = self.observed.pod_refusals.get(&record.pod_name);
-                if self.now >= deadline {
-                    // A pod refused until the deadline (a quota never lifted) ends the
-                    // attempt like one that ran too long.
-                    let refusal = refused
-                        .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
-                        .unwrap_or_default();
-                    return self.fail(Failure {
-                        reason: Reason::TimedOut,
-                        retriable: false,
-                        message: format!(
-                            "attempt {} did not start within {}{refusal}",
-                            record.attempt,
-                            self.timeout_description(timeout)
-                        ),
-                    });
-                }
-                self.create_attempt_objects(record.attempt);
-                if self.open_attempt().is_some() {
-                    if let Some(refusal) = refused {
-                        // The last create was refused: say so while it is tried again.
-                        self.set(
-                            Phase::Pending,
-                            Reason::PodCreateFailed,
-                            format!(
-                                "attempt {}: the API server refused pod {}, retrying: {refusal}",
-                                record.attempt, record.pod_name
-                            ),
-                        );
-                    }
-                    self.requeue_at(deadline);
-                }
-                return;
-            }
-            (None, Some(_)) => {
-                return self.fail(Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!("pod {} disappeared", record.pod_name),
-                });
-            }
+        match (pod, record.pod_uid.as_deref()) {
+            (None, None) => self.create_announced_pod(&record, timeout, deadline),
+            (None, Some(_)) => self.fail(Failure {
+                reason: Reason::PodLost,
+                retriable: true,
+                message: format!("pod {} disappeared", record.pod_name),
+            }),
             (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => {
-                return self.fail(Failure {
+                self.fail(Failure {
                     reason: Reason::PodLost,
                     retriable: true,
                     message: format!(
                         "pod {} was replaced by another object of the same name",
                         record.pod_name
                     ),
-                });
+                })
             }
-            (Some(pod), _) => pod,
-        };
+            (Some(pod), _) => self.follow_pod(pod, &record, timeout, deadline),
+        }
+    }
+
+    /// The open attempt's pod was announced in status but never seen: the create did not
+    /// happen (or is not visible yet). Creates it again under the same name, once no other
+    /// pod of this Build is live, until the attempt's deadline.
+    fn create_announced_pod(
+        &mut self,
+        record: &AttemptRecord,
+        timeout: Duration,
+        deadline: Timestamp,
+    ) {
+        if self.observed.pods.iter().any(is_live) {
+            return self.recheck_after(POD_GONE_RECHECK);
+        }
+        // What the API server said when it refused the last create, if it did.
+        let refused = self.observed.pod_refusals.get(&record.pod_name);
+        if self.now >= deadline {
+            // A pod refused until the deadline (a quota never lifted) ends the
+            // attempt like one that ran too long.
+            let refusal = refused
+                .map(|r| format!(": the API server refused pod {}: {r}", record.pod_name))
+                .unwrap_or_default();
+            return self.fail(Failure {
+                reason: Reason::TimedOut,
+                retriable: false,
+                message: format!(
+                    "attempt {} did not start within {}{refusal}",
+                    record.attempt,
+                    self.timeout_description(timeout)
+                ),
+            });
+        }
+        self.create_attempt_objects(record.attempt);
+        if self.open_attempt().is_some() {
+            if let Some(refusal) = refused {
+                // The last create was refused: say so while it is tried again.
+                self.set(
+                    Phase::Pending,
+                    Reason::PodCreateFailed,
+                    format!(
+                        "attempt {}: the API server refused pod {}, retrying: {refusal}",
+                        record.attempt, record.pod_name
+                    ),
+                );
+            }
+            self.recheck_at(deadline);
+        }
+    }
+
+    /// Follows the open attempt's pod, `pod`: its phase and message, its end, or the
+    /// attempt's deadline.
+    fn follow_pod(
+        &mut self,
+        pod: &Pod,
+        record: &AttemptRecord,
+        timeout: Duration,
+        deadline: Timestamp,
+    ) {
         if let Some(current) = self.status.current_attempt_mut() {
             current.pod_uid = pod.metadata.uid.clone();
         }
@@ -593,7 +596,7 @@ impl<'a> Decision<'a> {
                 ),
             });
         }
-        self.requeue_at(deadline);
+        self.recheck_at(deadline);
     }
 
     fn succeed(&mut self, digest: Digest) {
@@ -655,7 +658,7 @@ impl<'a> Decision<'a> {
         {
             let at = wait_ends(&ended, backoff(self.status.retries, self.config));
             if self.now < at {
-                return self.requeue_at(at);
+                return self.recheck_at(at);
             }
         }
         if let Some(pod) = self.observed.pods.iter().find(|p| is_live(p)) {
@@ -670,7 +673,7 @@ impl<'a> Decision<'a> {
                     pod.name_any()
                 ),
             );
-            return self.requeue_after(POD_GONE_RECHECK);
+            return self.recheck_after(POD_GONE_RECHECK);
         }
         let retrying = self.status.retries > 0;
         match queue::admit(self.build, &self.observed.peers, retrying) {
@@ -685,7 +688,7 @@ impl<'a> Decision<'a> {
                         queue::group_of(self.build)
                     ),
                 );
-                return self.requeue_after(self.config.queue_recheck);
+                return self.recheck_after(self.config.queue_recheck);
             }
             Admission::Go => {}
         }
@@ -711,7 +714,7 @@ impl<'a> Decision<'a> {
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
             let timeout = self.attempt_timeout();
-            self.requeue_after(timeout);
+            self.recheck_after(timeout);
         }
     }
 
@@ -815,14 +818,14 @@ impl<'a> Decision<'a> {
             self.status.message = (!self.message.is_empty()).then(|| self.message.clone());
         }
 
-        let leases = lease::plan(
+        let leases = cache_lease::plan(
             self.build,
             &mut self.status,
             &self.observed.cache,
             self.now,
             self.config,
         );
-        self.requeue = self.requeue.min(leases.requeue);
+        self.recheck = self.recheck.min(leases.recheck);
 
         let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
         let mut announce = match (transition, self.reason) {
@@ -859,7 +862,7 @@ impl<'a> Decision<'a> {
         actions.extend(announce);
         Plan {
             actions,
-            requeue: self.requeue,
+            recheck: self.recheck,
         }
     }
 }

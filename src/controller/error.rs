@@ -180,12 +180,6 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
-    /// The plan wants a cache token but no token key is configured.
-    #[error("cannot mint the cache token of Secret {name}: no token key is configured")]
-    NoTokenKey {
-        /// The Secret.
-        name: String,
-    },
     /// Minting an attempt's cache token.
     #[error("minting the cache token of Secret {name}")]
     MintToken {
@@ -277,7 +271,6 @@ impl ReconcileError {
                 ApplyError::PodNameTaken { .. } => "pod_name_taken",
                 ApplyError::DeletePod { .. } => "delete_pod",
                 ApplyError::DeleteConfigMap { .. } => "delete_config_map",
-                ApplyError::NoTokenKey { .. } => "no_token_key",
                 ApplyError::MintToken { .. } => "mint_token",
                 ApplyError::ReadPushSecret { .. } => "read_push_secret",
                 ApplyError::PushSecretConfig { .. } => "push_secret_config",

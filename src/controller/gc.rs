@@ -42,7 +42,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
-use super::context::Config;
+use super::config::Config;
 use super::labels::{BUILD, BUILD_UID, MANAGED_BY, MANAGED_BY_KILN, attempt_of};
 use super::podstate::is_live;
 use super::retention::pod_expiry;

@@ -13,28 +13,38 @@
 //! | [`fair_share`] | running-build limits and the fair queue: which waiting Builds start | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
 //! | [`retention`] | how long finished pods are kept, and when they go | pure |
-//! | [`lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
+//! | [`cache_lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
 //! | [`cachetoken`] | the Secret that carries an attempt's cache token | pure |
 //! | [`gc`] | which leftovers the sweeper deletes, and why | pure |
-//! | [`ledger`] | what this process knows of its cache API calls | memory |
+//! | [`cache_ledger`] | what this process knows of its cache API calls | memory |
 //! | [`refusals`] | what the API server said when it refused an attempt's pod | memory |
 //! | [`labels`] | labels, selectors and deterministic names | pure |
-//! | [`leader`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
-//! | [`observe`] | reads a Build's world into an [`Observed`](observe::Observed) | API reads |
+//! | [`leader_election`] | leader election on a Lease: run while leading, release on shutdown | API (Lease) |
+//! | [`observed`] | the [`Observed`](observed::Observed) snapshot `decide` takes, and when to read its inputs | pure |
+//! | [`observe`] | reads a Build's world into an [`Observed`](observed::Observed) | API reads |
 //! | [`apply`] | carries out a plan | API writes |
 //! | [`cachecall`] | the plan's calls to the cache service's admin API | HTTP |
 //! | [`sweep`] | the orphan, retention and cache-repository sweeps | both |
 //! | [`reconcile`](mod@reconcile) | observe → decide → apply under the group lock; the error policy | both |
 //! | [`run`](mod@run) | the watch loop: [`run()`] | both |
-//! | [`context`] | controller-wide [`Config`] and the shared [`Context`] | — |
+//! | [`config`] | controller-wide [`Config`], the cache service and registry mirrors it names | pure |
+//! | [`clock`] | where time comes from: the system clock, a manual one for tests | — |
+//! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
+//! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
+//! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
-//! | [`fixtures`] | build pods in every state a kubelet reports, for tests | pure |
-//! | [`cli`] | `kiln controller` | — |
+//! | `fixtures` | build pods in every state a kubelet reports, for tests | pure |
+//!
+//! The `kiln controller` command (flags into a [`Config`], then [`run()`]) is `app::controller`.
 
 pub mod apply;
 pub mod buildkit;
+pub mod cache_lease;
+pub mod cache_ledger;
 pub mod cachecall;
 pub mod cachetoken;
+pub mod clock;
+pub mod config;
 pub mod context;
 pub mod decide;
 pub mod error;
@@ -42,11 +52,12 @@ pub mod fair_share;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod gc;
+pub mod group_locks;
 pub mod labels;
-pub mod leader;
-pub mod lease;
-pub mod ledger;
+pub mod leader_election;
 pub mod observe;
+pub mod observed;
+pub mod observer;
 pub mod plan;
 pub mod pod;
 pub mod podstate;
@@ -58,7 +69,8 @@ pub mod run;
 pub mod sweep;
 pub mod validate;
 
-pub use context::{Config, Context};
+pub use config::Config;
+pub use context::Context;
 pub use decide::decide;
 pub use reconcile::{error_policy, reconcile};
 pub use run::{run, run_with};

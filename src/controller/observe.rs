@@ -12,42 +12,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
+use super::cache_lease::ledger_prefix;
 use super::context::{Context, PeerSource};
-use super::decide::wants_inputs;
 use super::error::ObserveError;
 use super::labels::{BUILD, build_uid_selector, builds_selector};
-use super::lease::ledger_prefix;
-use super::ledger::CallState;
+use super::observed::{Observed, wants_inputs};
 use super::podstate::is_live;
 use super::queue::{self, Peer};
 use super::validate::SecretInfo;
 use crate::crd::Build;
-
-/// What the controller saw of a Build's world, sorted so that `decide` never depends on
-/// the order the API server listed things in.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observed {
-    /// The Build's pods (selected by its UID), by name.
-    pub pods: Vec<Pod>,
-    /// Names of the Build's ConfigMaps (listed only while the Build is being deleted).
-    pub config_maps: Vec<String>,
-    /// Names of the Build's own Secrets, its attempts' cache tokens (listed only while the
-    /// Build is being deleted).
-    pub owned_secrets: Vec<String>,
-    /// What this process knows of the Build's cache leases and cleanup calls, by ledger key.
-    pub cache: BTreeMap<String, CallState>,
-    /// Pods of the Build whose create the API server refused, with what it said (pod name
-    /// → message); a refusal ends when the pod is created.
-    pub pod_refusals: BTreeMap<String, String>,
-    /// The Secrets the Build names that exist, by name (read only while it may start).
-    pub secrets: BTreeMap<String, SecretInfo>,
-    /// The builder ServiceAccount the Build names, when it exists (read only while it may
-    /// start): the API server refuses a pod whose ServiceAccount does not exist.
-    pub service_accounts: BTreeSet<String>,
-    /// The other Builds of its concurrency group, by name (read only while it may start
-    /// or hold the group).
-    pub peers: Vec<Peer>,
-}
 
 /// Reads the Build afresh and everything its decision needs. `Ok(None)` when the Build is
 /// gone.

@@ -24,12 +24,12 @@ pub struct Plan {
     /// The writes, in order.
     pub actions: Vec<Action>,
     /// When to reconcile again if nothing else happens.
-    pub requeue: Requeue,
+    pub recheck: Recheck,
 }
 
 /// When to reconcile again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Requeue {
+pub enum Recheck {
     /// Only when something changes (the Build, its pods or its group).
     #[default]
     OnChange,
@@ -37,12 +37,12 @@ pub enum Requeue {
     After(Duration),
 }
 
-impl Requeue {
-    /// The earlier of two requeues.
-    pub fn min(self, other: Requeue) -> Requeue {
+impl Recheck {
+    /// The earlier of two rechecks.
+    pub fn min(self, other: Recheck) -> Recheck {
         match (self, other) {
-            (Requeue::OnChange, x) | (x, Requeue::OnChange) => x,
-            (Requeue::After(a), Requeue::After(b)) => Requeue::After(a.min(b)),
+            (Recheck::OnChange, x) | (x, Recheck::OnChange) => x,
+            (Recheck::After(a), Recheck::After(b)) => Recheck::After(a.min(b)),
         }
     }
 }
@@ -223,12 +223,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requeue_min_prefers_the_earlier_deadline() {
-        let a = Requeue::After(Duration::from_secs(5));
-        let b = Requeue::After(Duration::from_secs(9));
+    fn recheck_min_prefers_the_earlier_deadline() {
+        let a = Recheck::After(Duration::from_secs(5));
+        let b = Recheck::After(Duration::from_secs(9));
         assert_eq!(a.min(b), a);
-        assert_eq!(Requeue::OnChange.min(b), b);
-        assert_eq!(Requeue::OnChange.min(Requeue::OnChange), Requeue::OnChange);
+        assert_eq!(Recheck::OnChange.min(b), b);
+        assert_eq!(Recheck::OnChange.min(Recheck::OnChange), Recheck::OnChange);
     }
 
     #[test]

@@ -73,7 +73,7 @@ use super::buildkit::{
     STATE_DIR,
 };
 use super::cachetoken::wants_token;
-use super::context::Config;
+use super::config::Config;
 use super::labels::{GENERATION_ANNOTATION, attempt_labels, pod_name};
 use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
 use super::validate::{
@@ -109,6 +109,54 @@ pub fn attempt_objects(
     config: &Config,
 ) -> AttemptObjects {
     let name = pod_name(&build.name_any(), attempt);
+    let meta = attempt_meta(build, attempt, &name);
+    let files = config_files(build, validated, config);
+    let config_map = (!files.data.is_empty()).then(|| ConfigMap {
+        metadata: meta.clone(),
+        data: Some(files.data.clone()),
+        // One attempt, one content: immutable spares the kubelet a watch.
+        immutable: Some(true),
+        ..ConfigMap::default()
+    });
+    // With a cache token, the attempt's own Secret holds the push credentials too (see
+    // `cachetoken`): BuildKit reads a single Docker config.
+    let docker_config = if wants_token(build, config) {
+        Some(name.as_str())
+    } else {
+        validated.push_secret
+    };
+    let (volumes, mounts) = volumes(&name, validated, &files, docker_config);
+    let (init_containers, main) = containers(
+        build,
+        validated,
+        config,
+        files.buildkitd,
+        docker_config.is_some(),
+        mounts,
+    );
+    let pod = Pod {
+        metadata: ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                GENERATION_ANNOTATION.to_owned(),
+                build.metadata.generation.unwrap_or_default().to_string(),
+            )])),
+            ..meta
+        },
+        spec: Some(pod_spec(
+            build,
+            validated,
+            config,
+            init_containers,
+            main,
+            volumes,
+        )),
+        status: None,
+    };
+    AttemptObjects { pod, config_map }
+}
+
+/// The name, namespace, labels and owner the pod and ConfigMap of an attempt share.
+fn attempt_meta(build: &Build, attempt: u32, name: &str) -> ObjectMeta {
     let labels = attempt_labels(
         &build.name_any(),
         build.metadata.uid.as_deref().unwrap_or_default(),
@@ -118,58 +166,68 @@ pub fn attempt_objects(
         .controller_owner_ref(&())
         .into_iter()
         .collect::<Vec<_>>();
-    let meta = ObjectMeta {
-        name: Some(name.clone()),
+    ObjectMeta {
+        name: Some(name.to_owned()),
         namespace: build.namespace(),
         labels: Some(labels),
         owner_references: Some(owner),
         ..ObjectMeta::default()
-    };
+    }
+}
 
-    // --- ConfigMap -----------------------------------------------------------------------
+/// What an attempt's ConfigMap holds.
+struct ConfigFiles {
+    /// Its data, by key (empty when the attempt needs no ConfigMap).
+    data: BTreeMap<String, String>,
+    /// The inline files: ConfigMap key and path in the build context, the Dockerfile
+    /// first, then in path order.
+    inline: Vec<(String, String)>,
+    /// Whether it holds a BuildKit daemon configuration.
+    buildkitd: bool,
+}
+
+/// The ConfigMap data of an attempt: inline files, the fetch Dockerfile, the BuildKit
+/// configuration.
+fn config_files(build: &Build, validated: &Validated<'_>, config: &Config) -> ConfigFiles {
     let mut data = BTreeMap::new();
     // Inline files become `file-<n>` keys in path order (keys cannot hold '/'), each
     // mounted at its path with subPath: real files, not the symlinks a ConfigMap volume
     // holds, which BuildKit would copy into the image as they are.
-    let mut inline_files: Vec<(String, &str)> = Vec::new();
-    if let SourceKind::Inline(inline) = validated.source {
-        data.insert(KEY_DOCKERFILE.to_owned(), inline.dockerfile.clone());
-        inline_files.push((KEY_DOCKERFILE.to_owned(), build.spec.dockerfile.as_str()));
-        let mut files: Vec<_> = inline.files.iter().collect();
+    let mut inline = Vec::new();
+    if let SourceKind::Inline(source) = validated.source {
+        data.insert(KEY_DOCKERFILE.to_owned(), source.dockerfile.clone());
+        inline.push((KEY_DOCKERFILE.to_owned(), build.spec.dockerfile.clone()));
+        let mut files: Vec<_> = source.files.iter().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         for (n, file) in files.into_iter().enumerate() {
             let key = format!("file-{n}");
             data.insert(key.clone(), file.content.clone());
-            inline_files.push((key, file.path.as_str()));
+            inline.push((key, file.path.clone()));
         }
     }
     if let SourceKind::Oci(oci) = validated.source {
         data.insert(KEY_FETCH.to_owned(), buildkit::fetch_dockerfile(&oci.image));
     }
     let buildkitd_toml = buildkit::buildkitd_toml(config);
-    if let Some(toml) = &buildkitd_toml {
-        data.insert(KEY_BUILDKITD.to_owned(), toml.clone());
+    let buildkitd = buildkitd_toml.is_some();
+    if let Some(toml) = buildkitd_toml {
+        data.insert(KEY_BUILDKITD.to_owned(), toml);
     }
-    let config_map = (!data.is_empty()).then(|| ConfigMap {
-        metadata: meta.clone(),
-        data: Some(data.clone()),
-        // One attempt, one content: immutable spares the kubelet a watch.
-        immutable: Some(true),
-        ..ConfigMap::default()
-    });
+    ConfigFiles {
+        data,
+        inline,
+        buildkitd,
+    }
+}
 
-    // --- Volumes and mounts ------------------------------------------------------------------
-    let empty_dir = |name: &str| Volume {
-        name: name.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    };
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        read_only: read_only.then_some(true),
-        ..VolumeMount::default()
-    };
+/// The pod's volumes and the build container's mounts: scratch space, the ConfigMap, the
+/// Docker config and git credentials, and each inline file.
+fn volumes(
+    name: &str,
+    validated: &Validated<'_>,
+    files: &ConfigFiles,
+    docker_config: Option<&str>,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         empty_dir("buildkit-state"),
         empty_dir("buildkit-tmp"),
@@ -187,35 +245,10 @@ pub fn attempt_objects(
         volumes.push(empty_dir("workspace"));
         mounts.push(mount("workspace", "/workspace", false));
     }
-    if config_map.is_some() {
-        let mut items = Vec::new();
-        if buildkitd_toml.is_some() {
-            items.push(key_to_path(KEY_BUILDKITD, BUILDKITD_TOML));
-        }
-        if matches!(validated.source, SourceKind::Oci(_)) {
-            items.push(key_to_path(KEY_FETCH, &format!("{FETCH_DIR}/Dockerfile")));
-        }
-        for (key, _) in &inline_files {
-            items.push(key_to_path(key, &format!("context/{key}")));
-        }
-        volumes.push(Volume {
-            name: "kiln-config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: name.clone(),
-                items: Some(items),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+    if !files.data.is_empty() {
+        volumes.push(config_volume(name, validated, files));
         mounts.push(mount("kiln-config", CONFIG_DIR, true));
     }
-    // With a cache token, the attempt's own Secret holds the push credentials too (see
-    // `cachetoken`): BuildKit reads a single Docker config.
-    let docker_config = if wants_token(build, config) {
-        Some(name.as_str())
-    } else {
-        validated.push_secret
-    };
     if let Some(secret) = docker_config {
         volumes.push(secret_volume(
             "docker-config",
@@ -225,28 +258,17 @@ pub fn attempt_objects(
         ));
         mounts.push(mount("docker-config", DOCKER_CONFIG_DIR, true));
     }
-    match &validated.git_auth {
-        Some(GitAuth::Token { secret }) => {
-            volumes.push(secret_volume(
-                "git-auth",
-                secret,
-                BASIC_AUTH_KEY,
-                BASIC_AUTH_KEY,
-            ));
-            mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
-        }
-        Some(GitAuth::Ssh { secret }) => {
-            volumes.push(secret_volume(
-                "git-auth",
-                secret,
-                SSH_AUTH_KEY,
-                SSH_AUTH_KEY,
-            ));
-            mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
-        }
-        None => {}
+    let git_auth = match &validated.git_auth {
+        Some(GitAuth::Token { secret }) => Some((secret, BASIC_AUTH_KEY)),
+        Some(GitAuth::Ssh { secret }) => Some((secret, SSH_AUTH_KEY)),
+        None => None,
+    };
+    if let Some((secret, key)) = git_auth {
+        volumes.push(secret_volume("git-auth", secret, key, key));
+        mounts.push(mount("git-auth", GIT_AUTH_DIR, true));
     }
-    let mut inline_mounts: Vec<VolumeMount> = inline_files
+    let mut inline_mounts: Vec<VolumeMount> = files
+        .inline
         .iter()
         .map(|(key, path)| VolumeMount {
             name: "kiln-config".into(),
@@ -258,8 +280,59 @@ pub fn attempt_objects(
         .collect();
     inline_mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
     mounts.extend(inline_mounts);
+    (volumes, mounts)
+}
 
-    // --- Containers ----------------------------------------------------------------------
+/// The ConfigMap `name` as a volume: each of its keys at the path the builder reads.
+fn config_volume(name: &str, validated: &Validated<'_>, files: &ConfigFiles) -> Volume {
+    let mut items = Vec::new();
+    if files.buildkitd {
+        items.push(key_to_path(KEY_BUILDKITD, BUILDKITD_TOML));
+    }
+    if matches!(validated.source, SourceKind::Oci(_)) {
+        items.push(key_to_path(KEY_FETCH, &format!("{FETCH_DIR}/Dockerfile")));
+    }
+    for (key, _) in &files.inline {
+        items.push(key_to_path(key, &format!("context/{key}")));
+    }
+    Volume {
+        name: "kiln-config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: name.to_owned(),
+            items: Some(items),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The init containers (the OCI fetch, for an OCI source) and the build container, which
+/// mounts `mounts`.
+fn containers(
+    build: &Build,
+    validated: &Validated<'_>,
+    config: &Config,
+    buildkitd: bool,
+    docker_config: bool,
+    mounts: Vec<VolumeMount>,
+) -> (Option<Vec<Container>>, Container) {
     let image = build
         .spec
         .builder
@@ -268,10 +341,10 @@ pub fn attempt_objects(
         .unwrap_or_else(|| config.builder_image.clone());
     let mut env = vec![EnvVar {
         name: "BUILDKITD_FLAGS".into(),
-        value: Some(buildkit::buildkitd_flags(buildkitd_toml.is_some())),
+        value: Some(buildkit::buildkitd_flags(buildkitd)),
         ..EnvVar::default()
     }];
-    if docker_config.is_some() {
+    if docker_config {
         env.push(EnvVar {
             name: "DOCKER_CONFIG".into(),
             value: Some(DOCKER_CONFIG_DIR.into()),
@@ -315,41 +388,42 @@ pub fn attempt_objects(
         buildkit::build_args(build, validated, config),
         mounts,
     );
+    (init_containers, main)
+}
 
+/// The pod spec around the containers: never restarted, bounded by the attempt's
+/// timeout, as the builder's user, with no API access.
+fn pod_spec(
+    build: &Build,
+    validated: &Validated<'_>,
+    config: &Config,
+    init_containers: Option<Vec<Container>>,
+    main: Container,
+    volumes: Vec<Volume>,
+) -> PodSpec {
     let spec = &build.spec.builder;
-    let pod = Pod {
-        metadata: ObjectMeta {
-            annotations: Some(BTreeMap::from([(
-                GENERATION_ANNOTATION.to_owned(),
-                build.metadata.generation.unwrap_or_default().to_string(),
-            )])),
-            ..meta
-        },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(validated.timeout.as_secs() as i64),
-            termination_grace_period_seconds: Some(config.pod_grace_period.as_secs() as i64),
-            service_account_name: spec.service_account_name.clone(),
-            host_users: spec.host_users,
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
-            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(BUILDER_UID),
-                run_as_group: Some(BUILDER_UID),
-                fs_group: Some(BUILDER_UID),
-                ..PodSecurityContext::default()
-            }),
-            init_containers,
-            containers: vec![main],
-            volumes: Some(volumes),
-            ..PodSpec::default()
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        active_deadline_seconds: Some(validated.timeout.as_secs() as i64),
+        termination_grace_period_seconds: Some(config.pod_grace_period.as_secs() as i64),
+        service_account_name: spec.service_account_name.clone(),
+        host_users: spec.host_users,
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(BUILDER_UID),
+            run_as_group: Some(BUILDER_UID),
+            fs_group: Some(BUILDER_UID),
+            ..PodSecurityContext::default()
         }),
-        status: None,
-    };
-    AttemptObjects { pod, config_map }
+        init_containers,
+        containers: vec![main],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
 }
 
 fn key_to_path(key: &str, path: &str) -> KeyToPath {
@@ -417,7 +491,7 @@ fn resources(build: &Build, config: &Config) -> ResourceRequirements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::context::{CacheService, parse_mirror};
+    use crate::controller::config::{CacheService, parse_mirror};
     use crate::controller::validate::{SecretInfo, validate};
     use crate::crd::{CacheMode, CacheScope};
     use std::collections::BTreeSet;

@@ -13,7 +13,7 @@
 //! - `CancelInProgress`: a Build that sees a newer member waiting or active cancels itself
 //!   (reason `Superseded`); the newest starts once the older pods are gone.
 //!
-//! The reconcile loop serialises the members of a group (`context::GroupLocks`) and reads
+//! The reconcile loop serialises the members of a group ([`GroupLocks`](super::group_locks::GroupLocks)) and reads
 //! their pods fresh from the API, so "no member is active" cannot be stale.
 
 use std::sync::Arc;

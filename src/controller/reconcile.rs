@@ -11,10 +11,11 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::Instrument;
 
 use super::apply::apply;
-use super::context::{Context, Outcome};
+use super::context::Context;
 use super::decide::decide;
 use super::error::ReconcileError;
 use super::observe::observe;
+use super::observer::Outcome;
 use super::plan;
 use super::queue;
 use crate::crd::{Build, BuildStatus, Phase};
@@ -74,9 +75,9 @@ async fn reconcile_locked(
             ctx.observer
                 .finished(&ObjectRef::from_obj(&fresh), phase, took);
         }
-        let requeue = match plan.requeue {
-            plan::Requeue::OnChange => Requeue::await_change(),
-            plan::Requeue::After(after) => Requeue::requeue(after),
+        let requeue = match plan.recheck {
+            plan::Recheck::OnChange => Requeue::await_change(),
+            plan::Recheck::After(after) => Requeue::requeue(after),
         };
         return Ok((requeue, writes));
     }

@@ -4,7 +4,7 @@
 //! A refused create (a ResourceQuota, a LimitRange, an admission webhook) is not visible
 //! in anything `observe` reads: no pod exists. `apply` records the refusal here and
 //! `observe` copies the Build's entries into
-//! [`Observed::pod_refusals`](super::observe::Observed::pod_refusals), so that `decide`
+//! [`Observed::pod_refusals`](super::observed::Observed::pod_refusals), so that `decide`
 //! (pure) can say in the status why the pod is not there while the create is retried. A
 //! restart forgets the refusals; the next refused create records them again.
 

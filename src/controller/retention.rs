@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use super::context::Config;
+use super::config::Config;
 use crate::crd::{AttemptRecord, AttemptResult, Build};
 use crate::units::{format_duration, parse_duration};
 

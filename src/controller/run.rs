@@ -13,7 +13,8 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
 
-use super::context::{Config, Context};
+use super::config::Config;
+use super::context::Context;
 use super::error::RunError;
 use super::labels::managed_selector;
 use super::queue;
@@ -71,7 +72,7 @@ pub async fn run_with(
         namespace = context.config.namespace.as_deref().unwrap_or("*"),
         builder_image = %context.config.builder_image,
         cache_leases = context.config.cache_leases,
-        cache_tokens = context.config.cache_tokens,
+        cache_tokens = context.config.cache_token_key.is_some(),
         "controller started"
     );
     // The sweeps run beside the controller and stop with it.

@@ -14,7 +14,7 @@
 //! A failed list ends the sweep without deleting anything; a failed delete is counted and
 //! retried at the next sweep. Every sweep's report goes to the [`GcObserver`].
 //!
-//! [`GcObserver`]: super::context::GcObserver
+//! [`GcObserver`]: super::observer::GcObserver
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,18 +22,18 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::apply::publish;
+use super::cache_lease::CLEANUP_DEADLINE;
+use super::cache_ledger::CacheCall;
 use super::cachecall::{self, CallError};
 use super::context::Context;
 use super::error::SweepError;
 use super::gc::{self, CacheSweepReport, Deletion, Kind, Snapshot, SweepReport};
 use super::labels::managed_selector;
-use super::lease::CLEANUP_DEADLINE;
-use super::ledger::CacheCall;
 use super::plan::EventSpec;
 use crate::crd::{Build, Reason};
 use crate::report::error_chain;
@@ -48,6 +48,41 @@ pub const USAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One sweep of orphans and expired pods.
 pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, SweepError> {
     let started = Instant::now();
+    let listed = list_managed(ctx).await?;
+    let now = ctx.clock.now();
+    let deletions = gc::select(&listed.snapshot(), now, &ctx.config);
+    let mut report = SweepReport {
+        examined: (listed.pods.len() + listed.config_maps.len() + listed.secrets.len()) as u64,
+        ..SweepReport::default()
+    };
+    let news = delete_all(ctx, &deletions, &mut report).await;
+    announce(ctx, &listed.builds, news).await;
+    forget_settled_calls(ctx, now);
+    ctx.gc_observer.swept(&report, started.elapsed());
+    Ok(report)
+}
+
+/// What one sweep lists: the objects Kiln labelled, and every Build in scope.
+struct Listed {
+    pods: Vec<Pod>,
+    config_maps: Vec<PartialObjectMeta<ConfigMap>>,
+    secrets: Vec<PartialObjectMeta<Secret>>,
+    builds: Vec<Build>,
+}
+
+impl Listed {
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            pods: &self.pods,
+            config_maps: &self.config_maps,
+            secrets: &self.secrets,
+            builds: &self.builds,
+        }
+    }
+}
+
+/// Lists the labelled pods, ConfigMaps and Secrets, then the Builds.
+async fn list_managed(ctx: &Context) -> Result<Listed, SweepError> {
     let labelled = ListParams::default().labels(&managed_selector());
     let pods: Vec<Pod> = api::<Pod>(ctx)
         .list(&labelled)
@@ -71,21 +106,23 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, SweepError> {
         .await
         .map_err(list_failed("builds"))?
         .items;
+    Ok(Listed {
+        pods,
+        config_maps,
+        secrets,
+        builds,
+    })
+}
 
-    let now = ctx.clock.now();
-    let snapshot = Snapshot {
-        pods: &pods,
-        config_maps: &config_maps,
-        secrets: &secrets,
-        builds: &builds,
-    };
-    let deletions = gc::select(&snapshot, now, &ctx.config);
-    let mut report = SweepReport {
-        examined: (pods.len() + config_maps.len() + secrets.len()) as u64,
-        ..SweepReport::default()
-    };
+/// Makes `deletions`, counting them in `report`. Returns what was deleted that its Build
+/// should hear of, by `(namespace, Build)`.
+async fn delete_all(
+    ctx: &Context,
+    deletions: &[Deletion],
+    report: &mut SweepReport,
+) -> BTreeMap<(String, String), Vec<String>> {
     let mut news: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for deletion in &deletions {
+    for deletion in deletions {
         match delete(ctx, deletion).await {
             Ok(()) => {
                 tracing::info!(
@@ -119,6 +156,12 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, SweepError> {
             }
         }
     }
+    news
+}
+
+/// Publishes one Event on each Build in `builds` that `news` names, listing what was
+/// deleted.
+async fn announce(ctx: &Context, builds: &[Build], news: BTreeMap<(String, String), Vec<String>>) {
     for ((namespace, name), what) in news {
         let Some(build) = builds
             .iter()
@@ -135,16 +178,16 @@ pub async fn sweep_once(ctx: &Context) -> Result<SweepReport, SweepError> {
             tracing::warn!(build = %name, %error, "could not publish event");
         }
     }
+}
 
-    // Entries nobody asked about for this long are lapsed leases and settled calls.
+/// Forgets the cache call ledger's entries nobody asked about for this long: lapsed
+/// leases and settled calls.
+fn forget_settled_calls(ctx: &Context, now: Timestamp) {
     let keep = (ctx.config.lease_ttl * 2).max(CLEANUP_DEADLINE);
     let cutoff = now
         .saturating_sub(SignedDuration::try_from(keep).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MIN);
     ctx.ledger.forget_before(cutoff);
-
-    ctx.gc_observer.swept(&report, started.elapsed());
-    Ok(report)
 }
 
 /// One sweep of the cache's repositories: those of namespaces that no longer exist are

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use super::context::Config;
+use super::config::Config;
 use crate::crd::build::{MAX_BUILD_NAME, MAX_RETRIES};
 use crate::crd::{Build, GitSource, InlineSource, OciSource, Reason};
 

@@ -21,7 +21,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use kiln::cacheapi::token::TokenKey;
-use kiln::controller::context::{Outcome, ReconcileObserver};
+use kiln::controller::observer::{Outcome, ReconcileObserver};
 use kiln::controller::{Config, Context};
 use kiln::crd::Build;
 use kube::Client;

@@ -14,9 +14,10 @@ use kube::{Client, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::Value;
 
-use kiln::controller::context::{ManualClock, Outcome, ReconcileObserver};
+use kiln::controller::clock::ManualClock;
 use kiln::controller::error::ReconcileError;
 use kiln::controller::fixtures::PodFixture;
+use kiln::controller::observer::{Outcome, ReconcileObserver};
 use kiln::controller::{Config, Context};
 use kiln::crd::Build;
 use kiln::crd::fixtures::T0;
@@ -215,7 +216,7 @@ impl Harness {
     }
 
     pub fn clock_now(&self) -> k8s_openapi::jiff::Timestamp {
-        use kiln::controller::context::Clock;
+        use kiln::controller::clock::Clock;
         self.clock.now()
     }
 

@@ -17,7 +17,7 @@ use kiln::cacheapi::admin::{
     AdminRoute, DuReport, LeaseReleased, LeaseRequest, LeaseResponse, LeaseTarget,
     RepositoryDeleted, RepositoryUsage, TagDeleted,
 };
-use kiln::controller::context::{Clock, ManualClock};
+use kiln::controller::clock::{Clock, ManualClock};
 use kiln::oci::digest::Digest;
 use kiln::oci::name::RepoName;
 use serde_json::json;

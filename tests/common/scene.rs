@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kiln::cacheapi::token::TokenKey;
 use kiln::controller::Config;
-use kiln::controller::context::CacheService;
+use kiln::controller::config::CacheService;
 use kiln::controller::podstate::is_live;
 use kiln::crd::{Build, Phase, Reason};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
 use crate::controller::fixtures::PodFixture;
-use crate::controller::observe::Observed;
+use crate::controller::observed::{Observed, wants_inputs};
 use crate::controller::queue::{Peer, Standing};
 use crate::controller::validate::SecretInfo;
 use crate::crd::ConcurrencyPolicy;
@@ -105,7 +105,7 @@ fn peer(name: &str, created: i64, standing: Standing) -> Peer {
 fn a_missing_finalizer_is_added_alone_before_anything_else() {
     let plan = decide_at(&Build::test("app").without_finalizer(), &none(), 0);
     assert_eq!(plan.describe(), ["AddFinalizer"]);
-    assert_eq!(plan.requeue, Requeue::OnChange);
+    assert_eq!(plan.recheck, Recheck::OnChange);
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn deletion_stops_live_pods_with_grace_and_removes_finished_pods_and_config_maps
             "Event Normal Cancelled",
         ]
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(5)));
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn deletion_waits_while_pods_terminate() {
     let build = running(Build::test("app")).deleting(at(60));
     let plan = pod_says(&build, |p| p.running().terminating(), 61);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(5)));
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn a_new_build_writes_its_status_then_creates_attempt_one() {
         Some(("False", "PodCreated"))
     );
     // The deadline: spec.timeout after the start.
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3600)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(3600)));
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn an_invalid_spec_fails_without_a_pod_and_without_a_requeue() {
     let s = status(&plan);
     assert!(s.message.as_deref().unwrap().starts_with("spec.timeout"));
     assert_eq!(s.completion_time, Some(Time(T0)));
-    assert_eq!(plan.requeue, Requeue::OnChange);
+    assert_eq!(plan.recheck, Recheck::OnChange);
     // And it stays there: no hot loop.
     let again = decide_at(&after(&build, &plan), &none(), 100);
     assert_eq!(again, Plan::default());
@@ -293,7 +293,7 @@ fn a_pending_pod_is_recorded_by_uid_and_keeps_the_build_pending() {
     );
     // The deadline counts from the end of the start's second (status times are whole
     // seconds): 3601 s after T0.
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3599)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(3599)));
 }
 
 #[test]
@@ -314,7 +314,7 @@ fn nothing_is_written_when_nothing_changed() {
     let build = running(Build::test("app"));
     let plan = pod_says(&build, |p| p.running(), 50);
     assert!(plan.actions.is_empty(), "{:?}", plan.describe());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(3551)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(3551)));
 }
 
 #[test]
@@ -340,7 +340,7 @@ fn a_pushed_digest_succeeds_the_build() {
         find_condition_reason(&s.conditions, CONDITION_READY),
         Some(("True", "Succeeded"))
     );
-    assert_eq!(plan.requeue, Requeue::OnChange);
+    assert_eq!(plan.recheck, Recheck::OnChange);
 }
 
 #[test]
@@ -370,7 +370,7 @@ fn a_failing_build_is_not_retried() {
     let s = status(&plan);
     assert!(s.message.as_deref().unwrap().contains("RUN make"));
     assert_eq!(s.retries, 0);
-    assert_eq!(plan.requeue, Requeue::OnChange);
+    assert_eq!(plan.recheck, Recheck::OnChange);
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn an_eviction_is_retried_after_a_backoff() {
             .contains("retry 1 of 2 at 2026-01-01T00:01:51Z")
     );
     // 10 s from the end of the failure's second: never shorter than the backoff.
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(11)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(11)));
 }
 
 #[test]
@@ -413,7 +413,7 @@ fn the_retry_starts_the_next_attempt_once_the_backoff_is_over() {
     // Still backing off: nothing.
     let early = decide_at(&build, &with_pods(evicted.clone()), 105);
     assert!(early.actions.is_empty());
-    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(6)));
+    assert_eq!(early.recheck, Recheck::After(Duration::from_secs(6)));
     // The failure was stored as 100 s, but may have been up to 100.999 s: at 110 s the
     // backoff may not be over yet.
     let not_yet = decide_at(&build, &with_pods(evicted.clone()), 110);
@@ -658,7 +658,7 @@ fn the_controllers_maximum_timeout_cuts_spec_timeout_short() {
         Some(120),
         "activeDeadlineSeconds follows the ceiling"
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(120)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(120)));
 
     let build = after(&build, &plan);
     let running = decide(
@@ -830,7 +830,7 @@ fn a_build_waits_while_another_of_its_group_runs() {
         status(&plan).message.as_deref(),
         Some("waiting for Build \"a\" (running) in concurrency group \"g\"")
     );
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(30)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(30)));
     // Still queued later: no write, no event.
     let again = decide_at(&after(&build, &plan), &observed, 50);
     assert!(again.actions.is_empty());
@@ -1310,10 +1310,11 @@ mod one_pod_per_attempt {
 fn with_cache(leases: bool, tokens: bool) -> Config {
     Config {
         cache_service: Some(
-            crate::controller::context::CacheService::parse("http://kiln-cache:5000").unwrap(),
+            crate::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
         ),
         cache_leases: leases,
-        cache_tokens: tokens,
+        cache_token_key: tokens
+            .then(|| crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap()),
         ..Config::default()
     }
 }
@@ -1370,7 +1371,7 @@ fn lease_and_token_come_before_the_pod_that_uses_them() {
         ]
     );
     assert_eq!(status(&plan).cache_leases[0].name, "build-uid-app-1");
-    assert_eq!(plan.requeue, Requeue::After(lease::OUTCOME_RECHECK));
+    assert_eq!(plan.recheck, Recheck::After(cache_lease::OUTCOME_RECHECK));
     let secret = plan
         .actions
         .iter()
@@ -1440,8 +1441,8 @@ fn deletion_deletes_token_secrets_and_waits_for_the_cache_cleanup() {
     // Objects gone, tag deleted: the finalizer lets go.
     let mut observed = Observed::default();
     observed.cache.insert(
-        lease::tag_key("uid-app"),
-        crate::controller::ledger::CallState {
+        cache_lease::tag_key("uid-app"),
+        crate::controller::cache_ledger::CallState {
             done: true,
             ..Default::default()
         },

@@ -3,7 +3,7 @@
 //! and when a failed call may be tried again (in-memory shared state; no I/O).
 //!
 //! `apply` writes it after each call; `observe` copies the entries of one Build into
-//! [`Observed`](super::observe::Observed), so that `decide` stays pure. It is a cache of
+//! [`Observed`](super::observed::Observed), so that `decide` stays pure. It is a cache of
 //! outcomes, not the record of duties: what must still be released lives in the Build's
 //! status (`status.cacheLeases`), so a restart that empties the ledger only means that
 //! leases are renewed and releases repeated at once (both are idempotent).
@@ -71,7 +71,7 @@ impl CallState {
     }
 }
 
-/// The ledger: entries by key (a lease name, or [`tag_key`](super::lease::tag_key)).
+/// The ledger: entries by key (a lease name, or [`tag_key`](super::cache_lease::tag_key)).
 #[derive(Debug, Default)]
 pub struct CacheLedger {
     entries: Mutex<BTreeMap<String, CallState>>,

@@ -15,7 +15,7 @@
 //! listed lease that was never taken, whose release is a harmless no-op) until a release is
 //! confirmed or the lease has lapsed by itself: when its attempt ends, the record gets
 //! `lapsesAt`, one TTL after the last moment it could have been renewed. A controller
-//! restart loses nothing: the in-memory [`ledger`](super::ledger) only says which calls were
+//! restart loses nothing: the in-memory [`ledger`](super::cache_ledger) only says which calls were
 //! confirmed and when a failed one may be tried again, and after a restart renewals and
 //! releases are simply repeated (both are idempotent).
 //!
@@ -39,9 +39,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
-use super::context::Config;
-use super::ledger::CallState;
-use super::plan::{Action, Requeue};
+use super::cache_ledger::CallState;
+use super::config::Config;
+use super::plan::{Action, Recheck};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;
 use crate::crd::{Build, BuildStatus};
@@ -75,7 +75,7 @@ pub struct LeasePlan {
     /// The admin API calls, in order.
     pub actions: Vec<Action>,
     /// When to look again for the leases' sake.
-    pub requeue: Requeue,
+    pub recheck: Recheck,
 }
 
 /// Brings `status.cacheLeases` of a live Build up to date and plans the calls that are
@@ -136,13 +136,13 @@ pub fn plan(
             .held_until
             .map(|until| earlier(until, config.lease_ttl / 2));
         if !state.may_call(now) {
-            plan.requeue = plan.requeue.min(wait_until(now, state.retry_at));
+            plan.recheck = plan.recheck.min(wait_until(now, state.retry_at));
         } else if renew_at.is_none_or(|at| now >= at) {
             plan.actions
                 .push(put_lease(name, repository, state, now, config));
-            plan.requeue = plan.requeue.min(Requeue::After(OUTCOME_RECHECK));
+            plan.recheck = plan.recheck.min(Recheck::After(OUTCOME_RECHECK));
         } else {
-            plan.requeue = plan.requeue.min(wait_until(now, renew_at));
+            plan.recheck = plan.recheck.min(wait_until(now, renew_at));
         }
     }
     for record in &status.cache_leases {
@@ -154,11 +154,11 @@ pub fn plan(
             plan.actions.push(Action::ReleaseLease {
                 name: record.name.clone(),
             });
-            plan.requeue = plan.requeue.min(Requeue::After(OUTCOME_RECHECK));
+            plan.recheck = plan.recheck.min(Recheck::After(OUTCOME_RECHECK));
         } else {
             let lapses = record.lapses_at.as_ref().map(|t| t.0);
             let next = state.retry_at.min(lapses);
-            plan.requeue = plan.requeue.min(wait_until(now, next));
+            plan.recheck = plan.recheck.min(wait_until(now, next));
         }
     }
     plan
@@ -203,7 +203,7 @@ pub struct Cleanup {
     /// Whether something is still owed (the finalizer waits for it).
     pub pending: bool,
     /// When to look again.
-    pub requeue: Requeue,
+    pub recheck: Recheck,
     /// Set when the deadline passed with something still owed: what was left, and why
     /// that is harmless.
     pub gave_up: Option<String>,
@@ -285,13 +285,13 @@ pub fn cleanup(
         return cleanup;
     }
     cleanup.pending = true;
-    cleanup.requeue = wait_until(now, Some(deadline));
+    cleanup.recheck = wait_until(now, Some(deadline));
     for (action, state, _) in owed {
         if state.may_call(now) {
             cleanup.actions.push(action);
-            cleanup.requeue = cleanup.requeue.min(Requeue::After(OUTCOME_RECHECK));
+            cleanup.recheck = cleanup.recheck.min(Recheck::After(OUTCOME_RECHECK));
         } else {
-            cleanup.requeue = cleanup.requeue.min(wait_until(now, state.retry_at));
+            cleanup.recheck = cleanup.recheck.min(wait_until(now, state.retry_at));
         }
     }
     cleanup
@@ -306,14 +306,14 @@ fn earlier(at: Timestamp, by: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MIN)
 }
 
-/// A requeue at `at` (at least a second from now); none without a time.
-fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Requeue {
+/// A recheck at `at` (at least a second from now); none without a time.
+fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
     match at {
         Some(at) => {
             let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
-            Requeue::After(wait.max(Duration::from_secs(1)))
+            Recheck::After(wait.max(Duration::from_secs(1)))
         }
-        None => Requeue::OnChange,
+        None => Recheck::OnChange,
     }
 }
 

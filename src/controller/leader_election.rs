@@ -13,7 +13,7 @@
 //!
 //! # Assumptions
 //!
-//! Node clocks are within [`Election::grace`] of each other (the lease is renewed that long
+//! Node clocks are within [`Election::grace_seconds`] of each other (the lease is renewed that long
 //! before it expires, and a standby takes an expired lease only after it expired by its own
 //! clock).
 
@@ -27,7 +27,7 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 
 use super::error::RunError;
-use crate::metrics::{Metrics, Role};
+use super::observer::{Role, RoleObserver};
 
 /// How long a lease is valid after its last renewal, in seconds.
 pub const LEASE_DURATION_SECONDS: u64 = 15;
@@ -104,7 +104,7 @@ pub enum LeaderError {
 
 /// What the election loop tells the rest of the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Standing {
+enum ElectionState {
     Standby,
     Leading,
     Lost,
@@ -115,11 +115,11 @@ pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
 
 /// Contends for the lease until `shutdown`; while this replica leads, runs `work` with a
 /// future that completes when the work must stop (shutdown, or the lease was lost).
-/// Records the replica's role in `metrics` for `/readyz` and `kiln_leader`.
+/// Tells `roles` each change of this replica's role (for `/readyz` and `kiln_leader`).
 pub async fn run_while_leading<W, F>(
     client: Client,
     election: &Election,
-    metrics: &Metrics,
+    roles: &dyn RoleObserver,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     work: W,
 ) -> Result<(), LeaderError>
@@ -145,14 +145,14 @@ where
         .map_err(prepare)?;
     let manager = Arc::new(manager);
     let identity = Some(election.identity.clone());
-    metrics.set_role(Role::Standby, identity.clone());
+    roles.role_changed(Role::Standby, identity.clone());
     tracing::info!(
         lease = %format!("{}/{}", election.namespace, election.name),
         identity = %election.identity,
         "standing by for the lease"
     );
 
-    let (standing_tx, mut standing) = watch::channel(Standing::Standby);
+    let (standing_tx, mut standing) = watch::channel(ElectionState::Standby);
     let elector = tokio::spawn(elect(
         manager.clone(),
         standing_tx,
@@ -162,14 +162,14 @@ where
 
     let leading = tokio::select! {
         _ = &mut shutdown => None,
-        changed = standing.wait_for(|s| *s != Standing::Standby) => {
-            Some(matches!(changed.map(|s| *s), Ok(Standing::Leading)))
+        changed = standing.wait_for(|s| *s != ElectionState::Standby) => {
+            Some(matches!(changed.map(|s| *s), Ok(ElectionState::Leading)))
         }
     };
     let result = match leading {
         None => Ok(()),
         Some(true) => {
-            metrics.set_role(Role::Leader, identity.clone());
+            roles.role_changed(Role::Leader, identity.clone());
             tracing::info!(identity = %election.identity, "leading: starting the controller");
             lead(election, standing, shutdown, work).await
         }
@@ -191,14 +191,14 @@ where
             Err(_) => tracing::warn!("releasing the lease timed out; it expires on its own"),
         }
     }
-    metrics.set_role(Role::Standby, identity);
+    roles.role_changed(Role::Standby, identity);
     result
 }
 
 /// Runs the work until shutdown or a lost lease.
 async fn lead<W, F>(
     election: &Election,
-    mut standing: watch::Receiver<Standing>,
+    mut standing: watch::Receiver<ElectionState>,
     shutdown: StopSignal,
     work: W,
 ) -> Result<(), LeaderError>
@@ -211,7 +211,7 @@ where
     let stop: StopSignal = Box::pin(async move {
         tokio::select! {
             _ = shutdown => {}
-            _ = standing.wait_for(|s| *s == Standing::Lost) => {
+            _ = standing.wait_for(|s| *s == ElectionState::Lost) => {
                 lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 tracing::error!("the lease was lost: stopping the controller");
             }
@@ -232,19 +232,19 @@ where
 /// and the loop ends.
 async fn elect(
     manager: Arc<LeaseManager>,
-    standing: watch::Sender<Standing>,
+    standing: watch::Sender<ElectionState>,
     renew_deadline: Duration,
 ) {
     let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        let leading = *standing.borrow() == Standing::Leading;
+        let leading = *standing.borrow() == ElectionState::Leading;
         match manager.changed().await {
             Ok(true) => {
                 failing_since = None;
-                standing.send_replace(Standing::Leading);
+                standing.send_replace(ElectionState::Leading);
             }
             Ok(false) if leading => {
-                standing.send_replace(Standing::Lost);
+                standing.send_replace(ElectionState::Lost);
                 return;
             }
             Ok(false) => failing_since = None,
@@ -253,7 +253,7 @@ async fn elect(
                 if leading {
                     let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= renew_deadline {
-                        standing.send_replace(Standing::Lost);
+                        standing.send_replace(ElectionState::Lost);
                         return;
                     }
                 }
@@ -274,6 +274,25 @@ mod tests {
     use kube_fake_client::ClientBuilder;
 
     use super::*;
+
+    /// The last role the election reported (`Single` until it reports one).
+    struct LastRole(std::sync::Mutex<Role>);
+
+    impl LastRole {
+        fn new() -> Self {
+            Self(std::sync::Mutex::new(Role::Single))
+        }
+
+        fn role(&self) -> Role {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl RoleObserver for LastRole {
+        fn role_changed(&self, role: Role, _identity: Option<String>) {
+            *self.0.lock().unwrap() = role;
+        }
+    }
 
     fn quick(identity: &str) -> Election {
         Election {
@@ -315,18 +334,18 @@ mod tests {
 
         let replica = |identity: &'static str, weight: usize| {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let metrics = Arc::new(Metrics::new());
+            let roles = Arc::new(LastRole::new());
             let (client, started, finished, m) = (
                 client.clone(),
                 started.clone(),
                 finished.clone(),
-                metrics.clone(),
+                roles.clone(),
             );
             let task = tokio::spawn(async move {
                 run_while_leading(
                     client.clone(),
                     &quick(identity),
-                    &m,
+                    &*m,
                     async move {
                         let _ = stopped.await;
                     },
@@ -341,23 +360,22 @@ mod tests {
                 )
                 .await
             });
-            (stop, task, metrics)
+            (stop, task, roles)
         };
 
-        let (stop_a, task_a, metrics_a) = replica("a", 1);
+        let (stop_a, task_a, roles_a) = replica("a", 1);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while started.load(Ordering::SeqCst) == 0 {
             assert!(tokio::time::Instant::now() < deadline, "a never led");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(holder(&client).await.as_deref(), Some("a"));
-        assert_eq!(metrics_a.readiness().role, Role::Leader);
+        assert_eq!(roles_a.role(), Role::Leader);
 
-        let (stop_b, task_b, metrics_b) = replica("b", 10);
+        let (stop_b, task_b, roles_b) = replica("b", 10);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(started.load(Ordering::SeqCst), 1, "b worked while a led");
-        assert_eq!(metrics_b.readiness().role, Role::Standby);
-        assert!(metrics_b.readiness().ready, "a standby is ready");
+        assert_eq!(roles_b.role(), Role::Standby);
 
         stop_a.send(()).unwrap();
         task_a.await.unwrap().unwrap();
@@ -367,7 +385,7 @@ mod tests {
             "a's work did not finish"
         );
         assert_eq!(holder(&client).await, None, "a did not release the lease");
-        assert_eq!(metrics_a.readiness().role, Role::Standby);
+        assert_eq!(roles_a.role(), Role::Standby);
 
         stop_b.send(()).unwrap();
         task_b.await.unwrap().unwrap();
@@ -379,7 +397,7 @@ mod tests {
     async fn a_leader_that_loses_the_lease_stops_working_and_says_so() {
         let client = ClientBuilder::new().build().await.unwrap();
         let leases: Api<Lease> = Api::namespaced(client.clone(), "kiln-system");
-        let metrics = Metrics::new();
+        let roles = LastRole::new();
         let intruder = async {
             while holder(&client).await.as_deref() != Some("a") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -399,7 +417,7 @@ mod tests {
         let run = run_while_leading(
             client.clone(),
             &election,
-            &metrics,
+            &roles,
             std::future::pending(),
             |stop| async move {
                 stop.await;
@@ -417,7 +435,7 @@ mod tests {
         );
         // The lost lease is not "released" from under its new holder.
         assert_eq!(holder(&client).await.as_deref(), Some("intruder"));
-        assert_eq!(metrics.readiness().role, Role::Standby);
+        assert_eq!(roles.role(), Role::Standby);
     }
 
     /// A standby that is shut down never runs the work.
@@ -437,12 +455,12 @@ mod tests {
         .unwrap();
         leases.create(&Default::default(), &taken).await.unwrap();
 
-        let metrics = Metrics::new();
+        let roles = LastRole::new();
         let worked = AtomicUsize::new(0);
         run_while_leading(
             client.clone(),
             &quick("b"),
-            &metrics,
+            &roles,
             tokio::time::sleep(Duration::from_millis(300)),
             |stop| async {
                 worked.fetch_add(1, Ordering::SeqCst);

@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
-use crate::controller::context::CacheService;
+use crate::controller::config::CacheService;
 use crate::crd::fixtures::{T0, at};
 use crate::crd::{AttemptRecord, CacheLease, CacheMode, CacheScope};
 use crate::oci::digest::Digest;
@@ -122,7 +122,7 @@ fn lease_is_recorded_then_taken_on_the_tag_for_a_running_attempt() {
             renewal: false,
         }]
     );
-    assert_eq!(plan.requeue, Requeue::After(OUTCOME_RECHECK));
+    assert_eq!(plan.recheck, Recheck::After(OUTCOME_RECHECK));
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn lease_is_renewed_at_half_its_ttl_on_the_digests_it_holds() {
     );
     assert_eq!(status_before.cache_leases, [lease(None)]);
     assert!(before.actions.is_empty());
-    assert_eq!(before.requeue, Requeue::After(Duration::from_secs(1)));
+    assert_eq!(before.recheck, Recheck::After(Duration::from_secs(1)));
     let (_, early) = run(
         &build,
         status(None, vec![lease(None)]),
@@ -148,7 +148,7 @@ fn lease_is_renewed_at_half_its_ttl_on_the_digests_it_holds() {
         100,
         &config(),
     );
-    assert_eq!(early.requeue, Requeue::After(Duration::from_secs(450)));
+    assert_eq!(early.recheck, Recheck::After(Duration::from_secs(450)));
     let (_, due) = run(
         &build,
         status(None, vec![lease(None)]),
@@ -203,7 +203,7 @@ fn lease_calls_that_failed_wait_for_their_backoff() {
     );
     assert_eq!(status_now.cache_leases, [lease(None)], "still owed");
     assert!(plan.actions.is_empty());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(40)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(40)));
     let (_, retry) = run(
         &build,
         status(None, vec![lease(None)]),
@@ -226,7 +226,7 @@ fn lease_of_an_ended_attempt_lapses_one_ttl_later_and_is_released() {
     );
     assert_eq!(status.cache_leases, [lease(Some(100 + 900))]);
     assert_eq!(described(&plan), ["ReleaseLease build-uid-app-1"]);
-    assert_eq!(plan.requeue, Requeue::After(OUTCOME_RECHECK));
+    assert_eq!(plan.recheck, Recheck::After(OUTCOME_RECHECK));
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn lease_release_confirmed_or_lapsed_drops_the_record() {
     );
     assert!(status_released.cache_leases.is_empty());
     assert!(plan.actions.is_empty());
-    assert_eq!(plan.requeue, Requeue::OnChange);
+    assert_eq!(plan.recheck, Recheck::OnChange);
 
     // Never confirmed, but past its lapse time: nothing left to release.
     let (status_lapsed, plan) = run(
@@ -271,7 +271,7 @@ fn lease_release_that_failed_stays_owed_until_retried() {
     );
     assert_eq!(status.cache_leases, [lease(Some(1000))]);
     assert!(plan.actions.is_empty());
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(100)));
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(100)));
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn lease_cleanup_gives_up_at_its_deadline_and_says_what_was_left() {
     let waiting = cleanup(&build, &failing_ledger, at(100), &config());
     assert!(waiting.pending);
     assert!(waiting.actions.is_empty());
-    assert_eq!(waiting.requeue, Requeue::After(Duration::from_secs(500)));
+    assert_eq!(waiting.recheck, Recheck::After(Duration::from_secs(500)));
 
     // The lease lapsed at 700; the tag is still owed at the deadline (600 s).
     let gave_up = cleanup(&build, &failing_ledger, at(600), &config());
