@@ -18,7 +18,7 @@
 //!
 //! Gauges that count Builds are computed from the watch cache at scrape time, so they are
 //! never out of step with it and cost nothing between scrapes. Label sets are written in
-//! sorted order (`Sorted`), so that two scrapes of the same state are the same text; the
+//! sorted order ([`SortedFamily`]), so that two scrapes of the same state are the same text; the
 //! outcomes and phases are there from the start, at zero.
 //!
 //! **Readiness.** `/readyz` answers 200 when this replica can do its job: a standby replica
@@ -26,7 +26,6 @@
 //! rolling update must be able to proceed past it; a replica that runs the controller is
 //! ready once its Build cache has synced. The JSON body says which, and who leads.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,13 +37,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::FutureExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::metric_family::SortedFamily;
 
 use crate::controller::cache_ledger::CacheCall;
 use crate::controller::gc::{CacheSweepReport, SweepReason, SweepReport};
@@ -115,60 +115,6 @@ const SWEEP_OBJECTS: &str = "objects";
 /// `sweep` of the cache repositories' sweep.
 const SWEEP_CACHE: &str = "cache_repositories";
 
-/// A metric family written in the order of its label sets. prometheus-client's `Family`
-/// keeps them in a `HashMap`, whose order changes from one process to the next.
-#[derive(Debug)]
-struct Sorted<L, M> {
-    metrics: Arc<Mutex<BTreeMap<L, M>>>,
-    make: fn() -> M,
-}
-
-impl<L, M> Clone for Sorted<L, M> {
-    fn clone(&self) -> Self {
-        Self {
-            metrics: self.metrics.clone(),
-            make: self.make,
-        }
-    }
-}
-
-impl<L: Ord, M: Clone> Sorted<L, M> {
-    fn new(make: fn() -> M) -> Self {
-        Self {
-            metrics: Arc::new(Mutex::new(BTreeMap::new())),
-            make,
-        }
-    }
-
-    /// The metric of `labels` (a handle sharing its value), created on first use.
-    fn get(&self, labels: L) -> M {
-        let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        metrics.entry(labels).or_insert_with(self.make).clone()
-    }
-}
-
-impl<L, M: TypedMetric> TypedMetric for Sorted<L, M> {
-    const TYPE: MetricType = M::TYPE;
-}
-
-impl<L, M> EncodeMetric for Sorted<L, M>
-where
-    L: Ord + EncodeLabelSet + std::fmt::Debug,
-    M: EncodeMetric + TypedMetric,
-{
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        for (labels, metric) in metrics.iter() {
-            metric.encode(encoder.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> MetricType {
-        M::TYPE
-    }
-}
-
 /// What `/readyz` reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -192,16 +138,16 @@ pub struct Readiness {
 /// [`ReconcileObserver`]), the leader election and the HTTP server.
 pub struct ControllerMetrics {
     registry: Registry,
-    reconciles: Sorted<OutcomeLabels, Counter>,
+    reconciles: SortedFamily<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
-    api_errors: Sorted<StepLabels, Counter>,
-    builds: Sorted<PhaseLabels, Gauge>,
-    build_duration: Sorted<ResultLabels, Histogram>,
+    api_errors: SortedFamily<StepLabels, Counter>,
+    builds: SortedFamily<PhaseLabels, Gauge>,
+    build_duration: SortedFamily<ResultLabels, Histogram>,
     queue_depth: Gauge,
-    orphans: Sorted<OrphanLabels, Counter>,
-    sweeps: Sorted<SweepLabels, Counter>,
-    sweep_failures: Sorted<SweepLabels, Counter>,
-    cache_calls: Sorted<CacheCallLabels, Counter>,
+    orphans: SortedFamily<OrphanLabels, Counter>,
+    sweeps: SortedFamily<SweepLabels, Counter>,
+    sweep_failures: SortedFamily<SweepLabels, Counter>,
+    cache_calls: SortedFamily<CacheCallLabels, Counter>,
     leader: Gauge,
     state: Mutex<HealthState>,
 }
@@ -228,32 +174,32 @@ impl ControllerMetrics {
     /// A registry with every metric registered, for a replica that runs the controller
     /// without leader election (see [`ControllerMetrics::set_role`]).
     pub fn new() -> Self {
-        let reconciles = Sorted::<OutcomeLabels, Counter>::new(Counter::default);
+        let reconciles = SortedFamily::<OutcomeLabels, Counter>::new(Counter::default);
         for outcome in ["applied", "unchanged", "failed"] {
-            reconciles.get(OutcomeLabels { outcome });
+            reconciles.get_or_create(&OutcomeLabels { outcome });
         }
-        let builds = Sorted::<PhaseLabels, Gauge>::new(Gauge::default);
+        let builds = SortedFamily::<PhaseLabels, Gauge>::new(Gauge::default);
         for phase in ALL_PHASES {
-            builds.get(PhaseLabels {
+            builds.get_or_create(&PhaseLabels {
                 phase: phase.as_str(),
             });
         }
-        let orphans = Sorted::<OrphanLabels, Counter>::new(Counter::default);
+        let orphans = SortedFamily::<OrphanLabels, Counter>::new(Counter::default);
         let reasons = SweepReason::ALL.map(|r| (KIND_OBJECT, r.as_str()));
         for (kind, reason) in reasons
             .into_iter()
             .chain([(KIND_CACHE_REPOSITORY, REASON_NAMESPACE_GONE)])
         {
-            orphans.get(OrphanLabels {
+            orphans.get_or_create(&OrphanLabels {
                 kind: kind.to_owned(),
                 reason: reason.to_owned(),
             });
         }
-        let sweeps = Sorted::<SweepLabels, Counter>::new(Counter::default);
-        let sweep_failures = Sorted::<SweepLabels, Counter>::new(Counter::default);
+        let sweeps = SortedFamily::<SweepLabels, Counter>::new(Counter::default);
+        let sweep_failures = SortedFamily::<SweepLabels, Counter>::new(Counter::default);
         for sweep in [SWEEP_OBJECTS, SWEEP_CACHE] {
-            sweeps.get(SweepLabels { sweep });
-            sweep_failures.get(SweepLabels { sweep });
+            sweeps.get_or_create(&SweepLabels { sweep });
+            sweep_failures.get_or_create(&SweepLabels { sweep });
         }
         let mut metrics = Self {
             registry: Registry::with_prefix("kiln"),
@@ -261,15 +207,15 @@ impl ControllerMetrics {
             // 1 ms to about 65 s: a reconcile is a few API calls, plus the wait for its
             // group.
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            api_errors: Sorted::new(Counter::default),
+            api_errors: SortedFamily::new(Counter::default),
             builds,
             // 5 s to about 11 h.
-            build_duration: Sorted::new(|| Histogram::new(exponential_buckets(5.0, 2.0, 14))),
+            build_duration: SortedFamily::new(|| Histogram::new(exponential_buckets(5.0, 2.0, 14))),
             queue_depth: Gauge::default(),
             orphans,
             sweeps,
             sweep_failures,
-            cache_calls: Sorted::new(Counter::default),
+            cache_calls: SortedFamily::new(Counter::default),
             leader: Gauge::default(),
             state: Mutex::new(HealthState {
                 role: Role::Single,
@@ -360,7 +306,7 @@ impl ControllerMetrics {
     /// that the garbage collector removed for `reason` (`BuildGone`, `TTLExpired`, …).
     pub fn orphans_collected(&self, kind: &str, reason: &str, count: u64) {
         self.orphans
-            .get(OrphanLabels {
+            .get_or_create(&OrphanLabels {
                 kind: kind.to_owned(),
                 reason: reason.to_owned(),
             })
@@ -403,7 +349,7 @@ impl ControllerMetrics {
             .unwrap_or_default();
         for (phase, count) in ALL_PHASES.iter().zip(counts.by_phase) {
             self.builds
-                .get(PhaseLabels {
+                .get_or_create(&PhaseLabels {
                     phase: phase.as_str(),
                 })
                 .set(count);
@@ -444,18 +390,20 @@ impl ReconcileObserver for ControllerMetrics {
             Outcome::Applied { .. } => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Failed { step } => {
-                self.api_errors.get(StepLabels { step }).inc();
+                self.api_errors.get_or_create(&StepLabels { step }).inc();
                 "failed"
             }
         };
-        self.reconciles.get(OutcomeLabels { outcome: label }).inc();
+        self.reconciles
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
         self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
     fn finished(&self, _build: &ObjectRef<Build>, phase: Phase, duration: Option<Duration>) {
         if let Some(duration) = duration {
             self.build_duration
-                .get(ResultLabels {
+                .get_or_create(&ResultLabels {
                     result: phase.as_str(),
                 })
                 .observe(duration.as_secs_f64());
@@ -481,8 +429,10 @@ impl GcObserver for ControllerMetrics {
         let sweep = SweepLabels {
             sweep: SWEEP_OBJECTS,
         };
-        self.sweeps.get(sweep.clone()).inc();
-        self.sweep_failures.get(sweep).inc_by(report.failed);
+        self.sweeps.get_or_create(&sweep).inc();
+        self.sweep_failures
+            .get_or_create(&sweep)
+            .inc_by(report.failed);
     }
 
     fn cache_swept(&self, report: &CacheSweepReport, _elapsed: Duration) {
@@ -492,14 +442,16 @@ impl GcObserver for ControllerMetrics {
             report.deleted.len() as u64,
         );
         let sweep = SweepLabels { sweep: SWEEP_CACHE };
-        self.sweeps.get(sweep.clone()).inc();
-        self.sweep_failures.get(sweep).inc_by(report.failed);
+        self.sweeps.get_or_create(&sweep).inc();
+        self.sweep_failures
+            .get_or_create(&sweep)
+            .inc_by(report.failed);
     }
 
     fn cache_call(&self, call: CacheCall, succeeded: bool) {
         let result = if succeeded { "ok" } else { "error" };
         self.cache_calls
-            .get(CacheCallLabels {
+            .get_or_create(&CacheCallLabels {
                 call: call.as_str(),
                 result,
             })

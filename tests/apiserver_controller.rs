@@ -138,7 +138,7 @@ async fn a_build_succeeds_with_its_digest_in_status_and_few_api_writes() {
     scene.finish().await;
 }
 
-/// The permissions the README lists for the controller, as a ClusterRole bound to the
+/// The permissions docs/operations.md lists for the controller, as a ClusterRole bound to the
 /// ServiceAccount `kiln-controller` of `{namespace}`. The Helm chart's RBAC gets the same
 /// test, with its rendered YAML in place of this.
 const README_RBAC: &str = "\
