@@ -4,6 +4,7 @@
 //! Every flag has an environment variable only where a Deployment is expected to set it
 //! from the downward API or a ConfigMap; the Helm chart sets the rest as arguments.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
 use crate::controller::config::{CacheService, Config, MirrorHost, parse_mirror};
 use crate::controller::context::Context;
+use crate::controller::fair_share::Limits;
 use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, ControllerMetrics};
@@ -75,6 +77,16 @@ pub struct ControllerArgs {
     /// Build of its group changes).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub queue_recheck: Duration,
+
+    /// Most builds running at once in the cluster; further Builds wait in a fair queue
+    /// (a free slot goes to the namespace with the fewest running builds) [default: no
+    /// limit].
+    #[arg(long, env = "KILN_MAX_RUNNING_BUILDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_builds: Option<u32>,
+
+    /// Most builds running at once in each namespace [default: no limit].
+    #[arg(long, env = "KILN_MAX_RUNNING_BUILDS_PER_NAMESPACE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_builds_per_namespace: Option<u32>,
 
     /// Longest time any build attempt may run, whatever its spec.timeout says (e.g. 2h): a
     /// cluster-wide ceiling on the build pods' activeDeadlineSeconds [default: none].
@@ -169,6 +181,8 @@ impl ControllerArgs {
             retry_backoff_max,
             pod_grace_period,
             queue_recheck,
+            max_running_builds,
+            max_running_builds_per_namespace,
             max_build_timeout,
             max_inline_context,
             attempt_history,
@@ -203,6 +217,11 @@ impl ControllerArgs {
             succeeded_pod_ttl,
             failed_pod_ttl,
             sweep_interval,
+            running_limits: Limits {
+                cluster: max_running_builds,
+                per_namespace: max_running_builds_per_namespace,
+                namespace_overrides: BTreeMap::new(),
+            },
             namespace,
             concurrency,
             instance,

@@ -4,6 +4,7 @@
 //!
 //! New controller-wide settings go into [`Config`] (with a flag in `kiln controller`).
 
+use super::fair_share::Limits;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub struct Config {
     /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`](super::context::Context::with_token_key)
     /// sets it.
     pub cache_token_key: Option<TokenKey>,
+    /// Limits on running builds, for the cluster and per namespace, and the fair queue in
+    /// front of them; no limit by default.
+    pub running_limits: Limits,
     /// Watch only this namespace; every namespace when `None`.
     pub namespace: Option<String>,
     /// Most reconciles running at once.
@@ -92,6 +96,7 @@ impl Default for Config {
             cache_leases: false,
             lease_ttl: Duration::from_secs(15 * 60),
             cache_token_key: None,
+            running_limits: Limits::default(),
             namespace: None,
             concurrency: 16,
             instance: None,

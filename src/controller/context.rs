@@ -16,6 +16,7 @@ use super::config::Config;
 use super::group_locks::GroupLocks;
 use super::observer::{GcObserver, NoObserver, ReconcileObserver};
 use super::refusals::PodRefusals;
+use super::slot_gate::SlotGate;
 use crate::cacheapi::client::AdminClient;
 use crate::cacheapi::token::TokenKey;
 use crate::crd::Build;
@@ -45,6 +46,9 @@ pub struct Context {
     pub observer: Arc<dyn ReconcileObserver>,
     /// Per-group locks.
     pub locks: GroupLocks,
+    /// One start at a time under running-build limits, and the starts the watch cache
+    /// does not show yet.
+    pub slots: SlotGate,
     /// The cache service's admin API, for leases and cache cleanup.
     pub cache_admin: Option<AdminClient>,
     /// What this process knows of its admin API calls (renewals, confirmed releases,
@@ -71,6 +75,7 @@ impl Context {
             peers: PeerSource::Api,
             observer: Arc::new(NoObserver),
             locks: GroupLocks::default(),
+            slots: SlotGate::default(),
             cache_admin: None,
             ledger: CacheLedger::default(),
             refusals: PodRefusals::default(),

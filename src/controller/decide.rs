@@ -41,6 +41,7 @@ use kube::ResourceExt;
 use super::cache_lease;
 use super::cachetoken;
 use super::config::Config;
+use super::fair_share::{QueueMessage, Slot};
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
 use super::observed::Observed;
 use super::plan::{Action, EventSpec, Plan, Recheck};
@@ -691,6 +692,19 @@ impl<'a> Planner<'a> {
                 return self.recheck_after(self.config.queue_recheck);
             }
             Admission::Go => {}
+        }
+        if let Some(slot @ Slot::Queued { .. }) = &self.observed.slot {
+            let namespace = self.build.namespace().unwrap_or_default();
+            self.set(
+                Phase::Pending,
+                Reason::Queued,
+                QueueMessage {
+                    namespace: &namespace,
+                    slot,
+                }
+                .to_string(),
+            );
+            return self.recheck_after(self.config.queue_recheck);
         }
         let attempt = self.status.attempt + 1;
         let name = pod_name(&self.build.name_any(), attempt);

@@ -15,12 +15,25 @@
 //! **Determinism.** The choice depends only on the counts and the waiting list, never on
 //! the order they are given in or on hash-map order: every reconcile that looks at the
 //! same state admits the same Builds.
+//!
+//! **What counts as running** is read from the Builds the API server holds ([`census`]):
+//! a Build whose status announces an attempt in progress holds a slot from the moment that
+//! status is written (before its pod exists) until the attempt ends, whichever controller
+//! replica wrote it. A restart or a leader change therefore counts the same. The one thing
+//! memory adds is [`Reservations`]: attempts this process has just started whose status
+//! the watch cache does not show yet.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::queue::{self, Admission, Peer, Standing};
+use crate::crd::Build;
 
 /// The limits on running builds. `None` is no limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +48,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether any limit applies (without one, every Build the group lets go starts).
+    pub fn is_active(&self) -> bool {
+        self.cluster.is_some()
+            || self.per_namespace.is_some()
+            || !self.namespace_overrides.is_empty()
+    }
+
     /// The limit of one namespace: the lower of the controller's and its own.
     pub fn of_namespace(&self, namespace: &str) -> Option<u32> {
         let own = self.namespace_overrides.get(namespace).copied();
@@ -226,6 +246,124 @@ pub fn admit(
     slots
 }
 
+/// Attempts this process started, by Build (namespace, name): the attempt number. A Build
+/// counts as running while the watch cache still shows an earlier attempt.
+pub type Reservations = BTreeMap<(String, String), u32>;
+
+/// What the Builds of the cluster say about slots: running builds by namespace, and the
+/// Builds that their concurrency group lets go and that wait for a slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Builds holding a slot, by namespace.
+    pub running: BTreeMap<String, u32>,
+    /// Builds waiting for a slot (each the one its group lets go).
+    pub waiting: Vec<Waiting>,
+}
+
+fn key_of(build: &Build) -> (String, String) {
+    (build.namespace().unwrap_or_default(), build.name_any())
+}
+
+/// Where a Build stands in its group, with this process's reservations.
+fn standing(build: &Build, reserved: &Reservations) -> Standing {
+    let attempt = build.status.as_ref().map_or(0, |s| s.attempt);
+    if reserved
+        .get(&key_of(build))
+        .is_some_and(|started| attempt < *started)
+    {
+        return Standing::Active;
+    }
+    queue::standing(build, false)
+}
+
+/// Counts running builds and lists the Builds waiting for a slot, from every Build the
+/// controller sees. A Build waits for a slot when it wants to start and its concurrency
+/// group lets it go: a group's later members hold no place.
+pub fn census(builds: &[Arc<Build>], reserved: &Reservations) -> Census {
+    let mut groups: BTreeMap<(String, &str), Vec<(&Build, Standing)>> = BTreeMap::new();
+    for build in builds {
+        let namespace = build.namespace().unwrap_or_default();
+        groups
+            .entry((namespace, queue::group_of(build)))
+            .or_default()
+            .push((build, standing(build, reserved)));
+    }
+    let mut census = Census::default();
+    for ((namespace, _), members) in &groups {
+        for (index, (build, standing)) in members.iter().enumerate() {
+            match standing {
+                Standing::Active => {
+                    *census.running.entry(namespace.clone()).or_default() += 1;
+                }
+                Standing::Waiting => {
+                    let peers: Vec<Peer> = members
+                        .iter()
+                        .enumerate()
+                        .filter(|(other, _)| *other != index)
+                        .map(|(_, (peer, standing))| Peer {
+                            name: peer.name_any(),
+                            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                            standing: *standing,
+                        })
+                        .collect();
+                    let retrying = build.status.as_ref().is_some_and(|s| s.retries > 0);
+                    if queue::admit(build, &peers, retrying) == Admission::Go {
+                        census.waiting.push(Waiting {
+                            namespace: namespace.clone(),
+                            name: build.name_any(),
+                            created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                        });
+                    }
+                }
+                Standing::Idle => {}
+            }
+        }
+    }
+    census
+}
+
+/// The slot of `build`, which wants to start and whose group lets it go, among `others`
+/// (every other Build the controller sees).
+pub fn slot_of(
+    limits: &Limits,
+    build: &Build,
+    others: &[Arc<Build>],
+    reserved: &Reservations,
+) -> Slot {
+    let key = key_of(build);
+    let others: Vec<Arc<Build>> = others
+        .iter()
+        .filter(|other| key_of(other) != key)
+        .cloned()
+        .collect();
+    let mut census = census(&others, reserved);
+    census.waiting.push(Waiting {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    });
+    admit(limits, &census.running, &census.waiting)
+        .remove(&key)
+        .unwrap_or(Slot::Start)
+}
+
+/// The Builds to reconcile after a change: those a free slot now goes to (a finished Build
+/// freed it, or a limit was raised), sorted.
+pub fn wakeups(limits: &Limits, builds: &[Arc<Build>]) -> Vec<ObjectRef<Build>> {
+    if !limits.is_active() {
+        return Vec::new();
+    }
+    let census = census(builds, &Reservations::new());
+    let slots = admit(limits, &census.running, &census.waiting);
+    let mut refs: Vec<ObjectRef<Build>> = slots
+        .iter()
+        .filter(|(_, slot)| **slot == Slot::Start)
+        .map(|((namespace, name), _)| ObjectRef::new(name).within(namespace))
+        .collect();
+    refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    refs
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -262,6 +400,80 @@ mod tests {
             per_namespace,
             namespace_overrides: BTreeMap::new(),
         }
+    }
+
+    fn build(namespace: &str, name: &str, seconds: i64) -> Build {
+        Build::test(name)
+            .in_namespace(namespace)
+            .created_at(at(seconds).unwrap())
+    }
+
+    fn running_build(namespace: &str, name: &str, seconds: i64) -> Build {
+        let mut status = crate::crd::BuildStatus {
+            attempt: 1,
+            phase: Some(crate::crd::Phase::Running),
+            ..Default::default()
+        };
+        status.observed_generation = Some(1);
+        build(namespace, name, seconds).with_status(status)
+    }
+
+    #[test]
+    fn the_census_counts_running_builds_and_lists_only_the_head_of_each_group() {
+        let builds: Vec<Arc<Build>> = vec![
+            Arc::new(running_build("a", "r1", 0)),
+            Arc::new(build("a", "w1", 5).group("g")),
+            Arc::new(build("a", "w2", 6).group("g")),
+            Arc::new(build("a", "held", 7).group("busy")),
+            Arc::new(running_build("a", "holder", 1).group("busy")),
+            Arc::new(build("b", "w3", 8)),
+        ];
+        let census = census(&builds, &Reservations::new());
+        assert_eq!(census.running, running(&[("a", 2)]));
+        let waiting: Vec<&str> = census.waiting.iter().map(|w| w.name.as_str()).collect();
+        // w2 waits behind w1 in group g, held behind the running holder of "busy".
+        assert_eq!(waiting, ["w1", "w3"]);
+    }
+
+    #[test]
+    fn a_reserved_start_counts_as_running_until_the_cache_shows_it() {
+        let builds = vec![Arc::new(build("a", "just-started", 10))];
+        let mut reserved = Reservations::new();
+        reserved.insert(("a".into(), "just-started".into()), 1);
+        let census = census(&builds, &reserved);
+        assert_eq!(census.running, running(&[("a", 1)]));
+        assert!(census.waiting.is_empty());
+        let slot = slot_of(
+            &limits(Some(1), None),
+            &build("b", "next", 5),
+            &builds,
+            &reserved,
+        );
+        assert!(matches!(slot, Slot::Queued { .. }), "{slot:?}");
+        let free = slot_of(
+            &limits(Some(1), None),
+            &build("b", "next", 5),
+            &builds,
+            &Reservations::new(),
+        );
+        assert_eq!(
+            free,
+            Slot::Start,
+            "without the reservation the slot looks free"
+        );
+    }
+
+    #[test]
+    fn wakeups_name_the_builds_a_free_slot_goes_to() {
+        let builds: Vec<Arc<Build>> = vec![
+            Arc::new(running_build("a", "r1", 0)),
+            Arc::new(build("a", "a2", 1)),
+            Arc::new(build("b", "b1", 9)),
+        ];
+        let refs = wakeups(&limits(Some(2), None), &builds);
+        let names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["b1"]);
+        assert!(wakeups(&Limits::default(), &builds).is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //! | [`clock`] | where time comes from: the system clock, a manual one for tests | — |
 //! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
+//! | [`slot_gate`] | one start at a time under running-build limits; starts not yet in the cache | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
 //! | `fixtures` | build pods in every state a kubelet reports, for tests | pure |
@@ -66,6 +67,7 @@ pub mod reconcile;
 pub mod refusals;
 pub mod retention;
 pub mod run;
+pub mod slot_gate;
 pub mod sweep;
 pub mod validate;
 

@@ -7,6 +7,7 @@
 //! queue); their pods, which decide who holds the group, are listed fresh.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
@@ -15,6 +16,7 @@ use kube::api::{Api, ListParams};
 use super::cache_lease::ledger_prefix;
 use super::context::{Context, PeerSource};
 use super::error::ObserveError;
+use super::fair_share::{self, Slot};
 use super::labels::{BUILD, build_uid_selector, builds_selector};
 use super::observed::{Observed, wants_inputs};
 use super::podstate::is_live;
@@ -89,6 +91,9 @@ pub async fn observe(
         observed.secrets = read_secrets(ctx, &build, &namespace).await?;
         observed.service_accounts = read_service_account(ctx, &build, &namespace).await?;
         observed.peers = read_peers(ctx, &build, &namespace).await?;
+        if ctx.config.running_limits.is_active() {
+            observed.slot = Some(read_slot(ctx, &build).await?);
+        }
     }
     Ok(Some((build, observed)))
 }
@@ -179,6 +184,37 @@ async fn read_service_account(
             source,
         })?;
     Ok(found.map(|_| name.to_owned()).into_iter().collect())
+}
+
+/// The Build's place in front of the running-build limits, from every Build the controller
+/// sees (its watch cache, or a list from the API).
+async fn read_slot(ctx: &Context, build: &Build) -> Result<Slot, ObserveError> {
+    let builds: Vec<Arc<Build>> = match &ctx.peers {
+        PeerSource::Store(store) => store.state(),
+        PeerSource::Api => {
+            let api: Api<Build> = match &ctx.config.namespace {
+                Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+                None => Api::all(ctx.client.clone()),
+            };
+            api.list(&ListParams::default())
+                .await
+                .map_err(|source| ObserveError::ListBuilds {
+                    namespace: ctx.config.namespace.clone().unwrap_or_default(),
+                    source,
+                })?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect()
+        }
+    };
+    let reserved = ctx.slots.reservations(&builds);
+    Ok(fair_share::slot_of(
+        &ctx.config.running_limits,
+        build,
+        &builds,
+        &reserved,
+    ))
 }
 
 /// The other Builds of the concurrency group, with their standing.

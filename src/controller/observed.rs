@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::cache_ledger::CallState;
+use super::fair_share::Slot;
 use super::queue::Peer;
 use super::validate::SecretInfo;
 use crate::crd::{Build, Phase};
@@ -34,6 +35,9 @@ pub struct Observed {
     /// The other Builds of its concurrency group, by name (read only while it may start
     /// or hold the group).
     pub peers: Vec<Peer>,
+    /// Its place in front of the running-build limits (read only while it may start and
+    /// a limit is set); `None` when no limit applies.
+    pub slot: Option<Slot>,
 }
 
 /// Whether `observe` must read the Build's Secrets and concurrency group: it may start or

@@ -150,6 +150,13 @@ impl EventSpec {
 
 impl Plan {
     /// The status this plan writes, if any.
+    /// Whether the plan creates an attempt's pod (it starts or restarts an attempt).
+    pub fn starts_attempt(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|action| matches!(action, Action::CreatePod(_)))
+    }
+
     pub fn status(&self) -> Option<&BuildStatus> {
         self.actions.iter().find_map(|a| match a {
             Action::WriteStatus(s) => Some(s.as_ref()),

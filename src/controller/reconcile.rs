@@ -55,6 +55,15 @@ async fn reconcile_locked(
 ) -> Result<(Requeue, usize), ReconcileError> {
     let namespace = build.namespace().unwrap_or_default();
     let mut group = queue::group_of(build).to_owned();
+    // Under running-build limits, a Build that may start goes through the slot gate first
+    // (always before its group's lock, so the two are taken in one order).
+    let _slot = if ctx.config.running_limits.is_active()
+        && queue::standing(build, false) == queue::Standing::Waiting
+    {
+        Some(ctx.slots.enter().await)
+    } else {
+        None
+    };
     // The group is read from the cached Build before the lock; if the fresh Build names
     // another group (its spec changed), lock that one and look again.
     for _ in 0..2 {
@@ -71,6 +80,12 @@ async fn reconcile_locked(
             tracing::debug!(actions = ?plan.describe(), "applying plan");
         }
         let writes = apply(ctx, &fresh, &plan).await?;
+        if plan.starts_attempt()
+            && let Some(status) = plan.status()
+        {
+            ctx.slots
+                .reserve(&namespace, &fresh.name_any(), status.attempt);
+        }
         if let Some((phase, took)) = finished(fresh.status.as_ref(), plan.status()) {
             ctx.observer
                 .finished(&ObjectRef::from_obj(&fresh), phase, took);

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
 
 use super::config::Config;
 use super::context::Context;
 use super::error::RunError;
+use super::fair_share;
 use super::labels::managed_selector;
 use super::queue;
 use super::reconcile::{error_policy, reconcile};
@@ -67,6 +68,7 @@ pub async fn run_with(
     let store = controller.store();
     context.observer.watching(&store);
     let concurrency = context.config.concurrency;
+    let limits = context.config.running_limits.clone();
     let context = Arc::new(context.with_peer_store(store.clone()));
     tracing::info!(
         namespace = context.config.namespace.as_deref().unwrap_or("*"),
@@ -81,9 +83,20 @@ pub async fn run_with(
     controller
         .owns(pods, owned.clone())
         .owns(config_maps, owned)
-        // When a Build changes, the others of its concurrency group may move up the queue.
+        // When a Build changes, the others of its concurrency group may move up the queue,
+        // and under running-build limits a freed slot goes to a waiting Build.
         .watches(builds, watcher::Config::default(), move |build: Build| {
-            queue::wakeups(&build, &store.state())
+            let all = store.state();
+            let mut refs = queue::wakeups(&build, &all);
+            if limits.is_active() {
+                // This watch can be ahead of the controller's cache: count the changed
+                // Build as this event shows it (a finished build frees its slot now).
+                let mut all = all;
+                all.retain(|b| b.uid() != build.uid());
+                all.push(Arc::new(build));
+                refs.extend(fair_share::wakeups(&limits, &all));
+            }
+            refs
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)

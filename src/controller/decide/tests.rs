@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
+use crate::controller::fair_share::Limit;
 use crate::controller::fixtures::PodFixture;
 use crate::controller::observed::{Observed, wants_inputs};
 use crate::controller::queue::{Peer, Standing};
@@ -1455,4 +1456,67 @@ fn deletion_deletes_token_secrets_and_waits_for_the_cache_cleanup() {
         plan.describe(),
         ["Event Warning CacheUnavailable", "RemoveFinalizer"]
     );
+}
+
+// --- Running-build limits ------------------------------------------------------------------
+
+fn slot_queued(position: usize) -> Slot {
+    Slot::Queued {
+        limit: Limit::Cluster(5),
+        position,
+        running_in_namespace: 2,
+    }
+}
+
+#[test]
+fn a_build_without_a_free_slot_waits_with_its_place_and_one_event() {
+    let build = Build::test("b").created_at(at(10));
+    let observed = Observed {
+        slot: Some(slot_queued(3)),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 20);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/Queued attempt=0",
+            "Event Normal Queued"
+        ]
+    );
+    let namespace = build.namespace().unwrap_or_default();
+    assert_eq!(
+        message(&plan),
+        format!("3rd in namespace {namespace}; cluster limit 5 reached")
+    );
+    assert_eq!(plan.recheck, Recheck::After(Duration::from_secs(30)));
+    // Moved up the queue: the message follows, the Event is not repeated.
+    let queued = after(&build, &plan);
+    let moved = Observed {
+        slot: Some(slot_queued(1)),
+        ..Observed::default()
+    };
+    let again = decide_at(&queued, &moved, 50);
+    assert_eq!(again.describe(), ["WriteStatus Pending/Queued attempt=0"]);
+    assert!(message(&again).starts_with("1st in namespace"));
+    // A slot frees: attempt 1 starts.
+    let free = Observed {
+        slot: Some(Slot::Start),
+        ..Observed::default()
+    };
+    let start = decide_at(&after(&queued, &again), &free, 80);
+    assert_eq!(start.created_pods().len(), 1);
+    assert_eq!(status(&start).attempt, 1);
+}
+
+#[test]
+fn a_build_queued_behind_its_group_does_not_look_at_slots() {
+    let build = Build::test("b").group("g").created_at(at(10));
+    let observed = Observed {
+        peers: vec![peer("a", 0, Standing::Active)],
+        slot: Some(Slot::Start),
+        ..Observed::default()
+    };
+    let plan = decide_at(&build, &observed, 20);
+    assert!(plan.created_pods().is_empty());
+    assert!(message(&plan).contains("concurrency group"));
 }

@@ -1,0 +1,242 @@
+//! Running-build limits and the fair queue over a real kube-apiserver (I/O: a control plane
+//! of this test binary's own, the real controller in-process watching every namespace,
+//! a test kubelet per namespace).
+//!
+//! The control plane is this binary's own because the controller here watches every
+//! namespace: the cluster-wide limit would count other scenarios' builds.
+//!
+//! Skipped, with the reason printed, when no Go toolchain can build the control plane;
+//! `KILN_REQUIRE_ENVTEST=1` (set by `.ci/run`) turns that into a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test stops where it fails
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::cluster;
+use common::controller::{Identity, Outcomes, RunningController, fast_config};
+use common::envtest;
+use common::kubelet::{Script, TestKubelet};
+use common::scene::build;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kiln::controller::podstate::is_live;
+use kiln::crd::{Build, Phase};
+use kiln::oci::digest::Digest;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+/// The cluster's running-build limit in the scenario.
+const LIMIT: usize = 5;
+
+/// One moment of the pod watch: live build pods and pods seen so far, by namespace, and
+/// the namespace of a pod that first appeared with this event.
+type Snapshot = (
+    BTreeMap<String, usize>,
+    BTreeMap<String, usize>,
+    Option<String>,
+);
+
+/// What the pod watch saw: a snapshot after each event, and the order pods first appeared
+/// in.
+#[derive(Default)]
+struct PodLog {
+    live: BTreeMap<String, BTreeMap<String, bool>>,
+    snapshots: Vec<Snapshot>,
+    first_seen: Vec<(String, String)>,
+}
+
+fn watch_pods(client: Client) -> (Arc<Mutex<PodLog>>, tokio::task::JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(PodLog::default()));
+    let pods: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln");
+    let writer = Arc::clone(&log);
+    let task = tokio::spawn(async move {
+        let mut events = watcher(pods, config).boxed();
+        while let Ok(Some(event)) = events.try_next().await {
+            let pods: Vec<(Pod, bool)> = match event {
+                watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => vec![(pod, false)],
+                watcher::Event::Delete(pod) => vec![(pod, true)],
+                _ => continue,
+            };
+            let mut log = writer.lock().unwrap();
+            let mut new = None;
+            for (pod, gone) in pods {
+                let namespace = pod.namespace().unwrap_or_default();
+                let name = pod.name_any();
+                let live = !gone && is_live(&pod) && pod.metadata.deletion_timestamp.is_none();
+                let pods = log.live.entry(namespace.clone()).or_default();
+                if !pods.contains_key(&name) {
+                    new = Some(namespace.clone());
+                    log.first_seen.push((namespace.clone(), name.clone()));
+                }
+                log.live.entry(namespace).or_default().insert(name, live);
+            }
+            let live: BTreeMap<String, usize> = log
+                .live
+                .iter()
+                .map(|(ns, pods)| (ns.clone(), pods.values().filter(|l| **l).count()))
+                .collect();
+            let seen: BTreeMap<String, usize> = log
+                .live
+                .iter()
+                .map(|(ns, pods)| (ns.clone(), pods.len()))
+                .collect();
+            log.snapshots.push((live, seen, new));
+        }
+    });
+    (log, task)
+}
+
+async fn create_all(client: &Client, namespace: &str, names: impl Iterator<Item = String>) {
+    let builds: Api<Build> = Api::namespaced(client.clone(), namespace);
+    for name in names {
+        builds
+            .create(&PostParams::default(), &build(&name))
+            .await
+            .unwrap();
+    }
+}
+
+async fn phases(client: &Client, namespace: &str) -> BTreeMap<String, Option<Phase>> {
+    let builds: Api<Build> = Api::namespaced(client.clone(), namespace);
+    builds
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|b| (b.name_any(), b.status.as_ref().and_then(|s| s.phase)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_namespaces_share_five_slots_fairly_and_every_build_succeeds() {
+    let Some(cp) = envtest::shared().await else {
+        return;
+    };
+    let admin = cp.client();
+    let digest = Digest::of(b"fair share");
+    let script = move |_: &Pod| Script::succeed(&digest).running_for(Duration::from_secs(1));
+    let busy = cluster::create_namespace(&admin, "fair-busy").await;
+    let some = cluster::create_namespace(&admin, "fair-some").await;
+    let quiet = cluster::create_namespace(&admin, "fair-quiet").await;
+    let _kubelets: Vec<TestKubelet> = vec![
+        TestKubelet::start(admin.clone(), &busy, script).await,
+        TestKubelet::start(admin.clone(), &some, script).await,
+        TestKubelet::start(admin.clone(), &quiet, script).await,
+    ];
+    let (log, watch) = watch_pods(admin.clone());
+    let mut config = fast_config(&busy);
+    config.namespace = None;
+    config.concurrency = 8;
+    config.running_limits.cluster = Some(LIMIT as u32);
+    let outcomes = Outcomes::default();
+    let identity = Identity::superuser(cp, "kiln-fair-share-controller");
+    let controller = RunningController::start(&identity, config, &outcomes, None);
+
+    let started = std::time::Instant::now();
+    create_all(&admin, &busy, (0..60).map(|i| format!("b{i:02}"))).await;
+    create_all(&admin, &some, (0..6).map(|i| format!("s{i}"))).await;
+    let some_created = log.lock().unwrap().snapshots.len();
+    // Every slot taken and both other namespaces waiting: then the single Build arrives.
+    let builds: Api<Build> = Api::namespaced(admin.clone(), &busy);
+    let queued_message = loop {
+        let live: usize = log
+            .lock()
+            .unwrap()
+            .snapshots
+            .last()
+            .map_or(0, |(live, ..)| live.values().sum());
+        let b59 = builds.get("b59").await.unwrap();
+        let message = b59
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default();
+        if live == LIMIT && message.contains("cluster limit 5 reached") {
+            break message;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the slots never filled: {live} live, b59 says {message:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seen_before_quiet = log.lock().unwrap().first_seen.len();
+    create_all(&admin, &quiet, std::iter::once("only".to_owned())).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut done = 0;
+        for namespace in [&busy, &some, &quiet] {
+            done += phases(&admin, namespace)
+                .await
+                .values()
+                .filter(|p| **p == Some(Phase::Succeeded))
+                .count();
+        }
+        if done == 67 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} of 67 Builds succeeded in time"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = started.elapsed();
+    controller.stop().await;
+    watch.abort();
+
+    let log = log.lock().unwrap();
+    // The limit held at every moment the watch saw.
+    let peak = log
+        .snapshots
+        .iter()
+        .map(|(live, ..)| live.values().sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        peak <= LIMIT,
+        "{peak} build pods were live at once (limit {LIMIT})"
+    );
+    assert_eq!(peak, LIMIT, "the slots were never all used");
+    // The single Build started within one slot turn of its arrival.
+    let after_quiet: Vec<&(String, String)> = log.first_seen[seen_before_quiet..].iter().collect();
+    let turn = after_quiet
+        .iter()
+        .position(|(namespace, _)| *namespace == quiet)
+        .expect("the quiet namespace's pod");
+    assert!(
+        turn <= 1,
+        "{turn} pods of other namespaces started before the single Build: {after_quiet:?}"
+    );
+    // Once the second namespace's Builds existed, a Build of the first started only while
+    // the first ran no more than the second (one more where a pod of the second ended in
+    // the same instant).
+    let mut worst = 0i64;
+    for (live, seen, new) in &log.snapshots[some_created..] {
+        if new.as_deref() != Some(busy.as_str()) || seen.get(&some).copied().unwrap_or(0) >= 6 {
+            continue;
+        }
+        // `live` counts the pod that just appeared.
+        let a = live.get(&busy).copied().unwrap_or(0) as i64 - 1;
+        let b = live.get(&some).copied().unwrap_or(0) as i64;
+        worst = worst.max(a - b);
+    }
+    assert!(
+        worst <= 1,
+        "a busy-namespace Build started while it ran {worst} more builds than the waiting namespace"
+    );
+    assert!(outcomes.failures().is_empty(), "{:?}", outcomes.failures());
+    println!(
+        "fair share: 67 Builds (60 + 6 + 1) through {LIMIT} slots in {:.1}s; the single Build \
+         started after {turn} other pod(s); a busy start while it ran at most {worst} more than the waiting namespace; a queued Build said {queued_message:?}",
+        took.as_secs_f64()
+    );
+}
