@@ -27,7 +27,7 @@
 # kubeconfig live in $KILN_CLUSTER_DIR (default target/local-cluster).
 #
 # Needs root, Go (first run), and Debian packages: iproute2 iptables conntrack
-# containernetworking-plugins docker-registry skopeo umoci busybox-static uidmap git
+# containernetworking-plugins docker-registry skopeo umoci busybox-static git
 # libseccomp-dev pkg-config (scripts/install-test-deps.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +79,7 @@ wait_for() { # wait_for SECONDS WHAT CMD...
 check_tools() {
   [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, mounts, cgroups)"
   local tool
-  for tool in ip nsenter iptables conntrack docker-registry skopeo umoci busybox newuidmap git findmnt; do
+  for tool in ip nsenter iptables conntrack docker-registry skopeo umoci busybox git findmnt; do
     command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-test-deps.sh"
   done
   [ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni: apt-get install containernetworking-plugins"

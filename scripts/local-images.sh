@@ -10,7 +10,7 @@
 #
 # REF is host:port/repository:tag on a registry reached over plain HTTP. Each image is
 # one layer made with umoci from files of this machine: static Go binaries as built, and
-# for dynamically linked programs (git, newuidmap, runc, a glibc build of kiln) exactly
+# for dynamically linked programs (git, runc, a glibc build of kiln) exactly
 # the shared libraries `ldd` names, at their paths. Needs umoci, skopeo, busybox-static,
 # gcc (the builder's ID-map helpers, scripts/builder/newidmap.c).
 #
