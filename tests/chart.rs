@@ -783,6 +783,12 @@ fn non_default_values_existing_secrets_mirrors_storage_class_and_one_namespace()
     let claim = &cache_object["spec"]["volumeClaimTemplates"][0]["spec"];
     assert_eq!(claim["storageClassName"], "fast-ssd");
     assert_eq!(claim["resources"]["requests"]["storage"], "200Gi");
+    // Running-build limits.
+    assert_eq!(flag_values(&controller, "--max-running-builds"), ["20"]);
+    assert_eq!(
+        flag_values(&controller, "--max-running-builds-per-namespace"),
+        ["4"]
+    );
     // One namespace: the controller watches it and is bound there only.
     assert_eq!(flag_values(&controller, "--namespace"), ["builds"]);
     let binding = of_kind(&objects, "RoleBinding")
@@ -842,6 +848,7 @@ fn values_the_schema_rejects_fail_the_render_with_the_field_named() {
             "/controller/retention/attemptHistory",
         ),
         ("controller.replicaz=3", "/controller"),
+        ("controller.maxRunningBuilds=0", "/controller/maxRunningBuilds"),
         ("logFormat=xml", "/logFormat"),
         ("controller.extraArgs[0]=-v", "/controller/extraArgs/0"),
         // Two replicas without leader election would both reconcile.
