@@ -848,7 +848,10 @@ fn values_the_schema_rejects_fail_the_render_with_the_field_named() {
             "/controller/retention/attemptHistory",
         ),
         ("controller.replicaz=3", "/controller"),
-        ("controller.maxRunningBuilds=0", "/controller/maxRunningBuilds"),
+        (
+            "controller.maxRunningBuilds=0",
+            "/controller/maxRunningBuilds",
+        ),
         ("logFormat=xml", "/logFormat"),
         ("controller.extraArgs[0]=-v", "/controller/extraArgs/0"),
         // Two replicas without leader election would both reconcile.

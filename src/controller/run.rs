@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::{Client, ResourceExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
 
 use super::config::Config;
 use super::context::Context;
