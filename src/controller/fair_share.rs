@@ -33,7 +33,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::queue::{self, Admission, Peer, Standing};
-use crate::crd::Build;
+use crate::crd::{Build, Phase};
 
 /// The limits on running builds. `None` is no limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,6 +276,23 @@ fn standing(build: &Build, reserved: &Reservations) -> Standing {
     queue::standing(build, false)
 }
 
+/// Whether `build`, as the cache shows it, may be about to start an attempt: it waits (new,
+/// queued, or asked to run again), or its last attempt ended and it is not finished (a
+/// retry after its backoff). Only these go through the slot gate.
+pub fn may_start(build: &Build) -> bool {
+    match queue::standing(build, false) {
+        Standing::Waiting => true,
+        Standing::Idle => false,
+        Standing::Active => build.status.as_ref().is_some_and(|status| {
+            status.phase != Some(Phase::Running)
+                && status
+                    .attempts
+                    .last()
+                    .is_none_or(|attempt| attempt.completion_time.is_some())
+        }),
+    }
+}
+
 /// Counts running builds and lists the Builds waiting for a slot, from every Build the
 /// controller sees. A Build waits for a slot when it wants to start and its concurrency
 /// group lets it go: a group's later members hold no place.
@@ -474,6 +491,42 @@ mod tests {
         let names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
         assert_eq!(names, ["b1"]);
         assert!(wakeups(&Limits::default(), &builds).is_empty());
+    }
+
+    #[test]
+    fn builds_that_may_start_are_new_queued_or_between_attempts() {
+        use crate::crd::{AttemptRecord, BuildStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let attempt = |ended: bool| AttemptRecord {
+            attempt: 1,
+            pod_name: "p".into(),
+            pod_uid: None,
+            generation: 1,
+            start_time: Time(at(0).unwrap()),
+            completion_time: ended.then(|| Time(at(5).unwrap())),
+            result: None,
+            reason: None,
+            message: None,
+            digest: None,
+            pod_retained_until: None,
+        };
+        let with = |phase: Phase, ended: bool| {
+            build("a", "x", 0).with_status(BuildStatus {
+                phase: Some(phase),
+                attempt: 1,
+                observed_generation: Some(1),
+                attempts: vec![attempt(ended)],
+                ..BuildStatus::default()
+            })
+        };
+        assert!(may_start(&build("a", "new", 0)));
+        assert!(!may_start(&running_build("a", "r", 0)));
+        assert!(!may_start(&with(Phase::Pending, false)), "its attempt runs");
+        assert!(
+            may_start(&with(Phase::Pending, true)),
+            "a retry waits for its backoff"
+        );
+        assert!(!may_start(&with(Phase::Succeeded, true)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::apply::apply;
 use super::context::Context;
 use super::decide::decide;
 use super::error::ReconcileError;
+use super::fair_share;
 use super::observe::observe;
 use super::observer::Outcome;
 use super::plan;
@@ -57,9 +58,7 @@ async fn reconcile_locked(
     let mut group = queue::group_of(build).to_owned();
     // Under running-build limits, a Build that may start goes through the slot gate first
     // (always before its group's lock, so the two are taken in one order).
-    let _slot = if ctx.config.running_limits.is_active()
-        && queue::standing(build, false) == queue::Standing::Waiting
-    {
+    let _slot = if ctx.config.running_limits.is_active() && fair_share::may_start(build) {
         Some(ctx.slots.enter().await)
     } else {
         None
