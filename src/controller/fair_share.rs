@@ -77,6 +77,15 @@ pub struct Waiting {
 }
 
 impl Waiting {
+    /// `build` as it waits in the queue.
+    fn of(build: &Build) -> Self {
+        Self {
+            namespace: build.namespace().unwrap_or_default(),
+            name: build.name_any(),
+            created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+
     /// Queue order: creation time, then namespace and name.
     fn queue_order(&self, other: &Self) -> Ordering {
         let created = |w: &Self| (w.created.is_none(), w.created);
@@ -162,8 +171,8 @@ pub fn ordinal(n: usize) -> String {
 
 /// Decides, for every waiting Build, whether it starts now or where it waits.
 ///
-/// `running` counts the builds running in each namespace (from the API: live build pods,
-/// whoever created them). The answer holds every Build of `waiting`, keyed by
+/// `running` counts the builds running in each namespace (a [`Census`] of the Builds the
+/// API server holds). The answer holds every Build of `waiting`, keyed by
 /// `(namespace, name)`.
 pub fn admit(
     limits: &Limits,
@@ -212,8 +221,7 @@ pub fn admit(
                 next = Some((namespace, count, head));
             }
         }
-        let next = next.map(|(namespace, _, _)| namespace);
-        let Some(namespace) = next else { break };
+        let Some((namespace, _, _)) = next else { break };
         *started.entry(namespace).or_default() += 1;
         *counts.entry(namespace).or_default() += 1;
         free = free.map(|n| n - 1);
@@ -325,11 +333,7 @@ pub fn census(builds: &[Arc<Build>], reserved: &Reservations) -> Census {
                         .collect();
                     let retrying = build.status.as_ref().is_some_and(|s| s.retries > 0);
                     if queue::admit(build, &peers, retrying) == Admission::Go {
-                        census.waiting.push(Waiting {
-                            namespace: namespace.clone(),
-                            name: build.name_any(),
-                            created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                        });
+                        census.waiting.push(Waiting::of(build));
                     }
                 }
                 Standing::Idle => {}
@@ -354,11 +358,7 @@ pub fn slot_of(
         .cloned()
         .collect();
     let mut census = census(&others, reserved);
-    census.waiting.push(Waiting {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-        created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
-    });
+    census.waiting.push(Waiting::of(build));
     admit(limits, &census.running, &census.waiting)
         .remove(&key)
         .unwrap_or(Slot::Start)
