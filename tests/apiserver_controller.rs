@@ -40,13 +40,13 @@ use serde_json::json;
 /// kube-controller-manager's garbage collector, as the audit log names it.
 const GARBAGE_COLLECTOR: &str = "system:serviceaccount:kube-system:generic-garbage-collector";
 /// The most API writes the controller may make for one successful build, as measured:
-/// the finalizer (1 patch), status (4 updates), the pod (1 create) and an Event per
-/// transition (3 creates: PodCreated, Running, Succeeded). A new write per build shows here.
-const MAX_WRITES_PER_BUILD: usize = 9;
+/// the finalizer (1 patch), status (3 updates), the pod (1 create) and the Event of the
+/// attempt's end (1 create: Succeeded). A new write per build shows here.
+const MAX_WRITES_PER_BUILD: usize = 6;
 /// The most status writes for one successful build, as measured: the attempt announced
-/// before its pod exists, the pod's UID once seen (so a replaced pod is never mistaken
-/// for it), Running, Succeeded.
-const MAX_STATUS_WRITES_PER_BUILD: usize = 4;
+/// before its pod exists, Running (with the pod's UID, so a replaced pod is never mistaken
+/// for it), Succeeded.
+const MAX_STATUS_WRITES_PER_BUILD: usize = 3;
 
 /// Runs one successful build of `app` in `scene` and returns the controller's writes for
 /// it, by `verb resource`.

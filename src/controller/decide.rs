@@ -842,16 +842,15 @@ impl<'a> Planner<'a> {
         self.recheck = self.recheck.min(leases.recheck);
 
         let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
-        let mut announce = match (transition, self.reason) {
-            (true, Some(reason)) => Some(Action::Event(EventSpec::new(
-                reason,
-                "UpdateStatus",
-                self.message.clone(),
-            ))),
-            _ => None,
-        };
+        let mut announce =
+            match (transition, self.reason) {
+                (true, Some(reason)) if reason.is_announced() => Some(Action::Event(
+                    EventSpec::new(reason, "UpdateStatus", self.message.clone()),
+                )),
+                _ => None,
+            };
         let mut actions = Vec::new();
-        if self.status != *old {
+        if self.status != *old && !only_learned_pod_uid(old, &self.status) {
             actions.push(Action::WriteStatus(Box::new(self.status.clone())));
         }
         // Status first, then the lease, then the pod that imports what it holds. A refusal
@@ -879,6 +878,29 @@ impl<'a> Planner<'a> {
             recheck: self.recheck,
         }
     }
+}
+
+/// Whether `new` differs from `old` only by the open attempt's pod UID, first seen.
+///
+/// That alone is not written: the UID rides on the next write the user can see (Running,
+/// or the attempt's end), which saves one status write per build. Until then a pod of the
+/// attempt's name is taken as the attempt's own; if it vanishes before its UID is recorded,
+/// the attempt's pod is created again under the same name, exactly as after a create that
+/// never happened, which is harmless because nothing of the attempt has run yet.
+fn only_learned_pod_uid(old: &BuildStatus, new: &BuildStatus) -> bool {
+    let learned = |status: &BuildStatus| {
+        status
+            .current_attempt()
+            .is_some_and(|a| a.completion_time.is_none() && a.pod_uid.is_some())
+    };
+    if !learned(new) || old.current_attempt().is_none_or(|a| a.pod_uid.is_some()) {
+        return false;
+    }
+    let mut without = new.clone();
+    if let Some(current) = without.current_attempt_mut() {
+        current.pod_uid = None;
+    }
+    without == *old
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! Every state a Build can be in is named by exactly one [`Reason`]. The same reason appears
 //! in the `Succeeded` and `Ready` conditions, in the attempt history, and on the Event that
 //! announced the transition, so `kubectl get`, `kubectl describe` and `kubectl get events`
-//! tell one story.
+//! tell one story. `PodCreated` and `Running` have no Event of their own (see
+//! [`Reason::is_announced`]): the status and the pod's Events say them.
 //!
 //! | reason | phase | `Succeeded` | meaning |
 //! | --- | --- | --- | --- |
@@ -137,6 +138,16 @@ impl Reason {
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
         }
+    }
+
+    /// Whether entering a state of this reason is announced by an Event.
+    ///
+    /// Every reason is, except the two steps inside an attempt that the status already
+    /// shows and the pod's own Events (Scheduled, Pulled, Started) tell in more detail:
+    /// `PodCreated` and `Running`. Events then mark what the controller decided and how
+    /// an attempt ended, at two API writes fewer per build.
+    pub const fn is_announced(self) -> bool {
+        !matches!(self, Reason::PodCreated | Reason::Running)
     }
 
     /// Whether an Event carrying this reason is a `Warning` (something went wrong) rather
