@@ -21,6 +21,7 @@
 //! | [`metric_family`] | Prometheus metric families written in a stable order | pure |
 //! | [`metrics`] | controller metrics, health and readiness, and their HTTP server | HTTP |
 //! | [`tls`] | installs ring as rustls' crypto provider | process state |
+//! | [`throttle`] | the API client's own rate limit: a token bucket and its tower layer | pure + async |
 //!
 //! Boundaries: `store` imports neither `kube` nor `axum`; `registry` never imports
 //! `controller`.
@@ -38,5 +39,6 @@ pub mod report;
 pub mod store;
 pub mod table;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod units;

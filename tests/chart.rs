@@ -789,6 +789,9 @@ fn non_default_values_existing_secrets_mirrors_storage_class_and_one_namespace()
         flag_values(&controller, "--max-running-builds-per-namespace"),
         ["4"]
     );
+    // The client's own request rate.
+    assert_eq!(flag_values(&controller, "--kube-qps"), ["50"]);
+    assert_eq!(flag_values(&controller, "--kube-burst"), ["100"]);
     // One namespace: the controller watches it and is bound there only.
     assert_eq!(flag_values(&controller, "--namespace"), ["builds"]);
     let binding = of_kind(&objects, "RoleBinding")

@@ -23,6 +23,7 @@ use crate::controller::fair_share::Limits;
 use crate::controller::leader_election::{self, Election};
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, ControllerMetrics};
+use crate::throttle::{Rate, ThrottleLayer};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags of `kiln controller`.
@@ -164,6 +165,34 @@ pub struct ServingArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "kiln-controller")]
     pub leader_election_name: String,
+
+    /// Most requests per second to the API server, sustained (the client's own backstop,
+    /// as client-go's QPS; the API server's priority and fairness still applies). 0: no
+    /// client-side limit.
+    #[arg(long, env = "KILN_KUBE_QPS", default_value_t = DEFAULT_KUBE_QPS)]
+    pub kube_qps: f64,
+
+    /// Requests to the API server that may go at once above --kube-qps after a quiet
+    /// spell (as client-go's Burst).
+    #[arg(long, env = "KILN_KUBE_BURST", default_value_t = DEFAULT_KUBE_BURST)]
+    pub kube_burst: u32,
+}
+
+/// Default of `--kube-qps`: a burst of 1,000 Builds costs about 3,000 writes in its first
+/// minute (finalizer, status, pod), which this passes in well under that minute, while a
+/// runaway loop is still held far below what a shared API server takes.
+pub const DEFAULT_KUBE_QPS: f64 = 200.0;
+/// Default of `--kube-burst`.
+pub const DEFAULT_KUBE_BURST: u32 = 400;
+
+impl ServingArgs {
+    /// The client-side rate of requests to the API server these flags ask for.
+    pub fn kube_rate(&self) -> Rate {
+        Rate {
+            qps: self.kube_qps.max(0.0),
+            burst: self.kube_burst,
+        }
+    }
 }
 
 impl ControllerArgs {
@@ -366,9 +395,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
         (Some(path), Some(_)) => Some(TokenKey::read(path).map_err(ControllerCliError::from)?),
         _ => None,
     };
-    let client = Client::try_default()
-        .await
-        .map_err(ControllerCliError::Connect)?;
+    let client = throttled_client(serving.kube_rate()).await?;
     let metrics = Arc::new(ControllerMetrics::new());
     let listener = metrics::bind(serving.http_addr).await?;
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -422,6 +449,17 @@ pub async fn run(args: ControllerArgs) -> CliResult {
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// A client of the current kubeconfig (or the in-cluster config) whose requests go at
+/// most at `rate`.
+async fn throttled_client(rate: Rate) -> Result<Client, ControllerCliError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ControllerCliError::Connect(kube::Error::InferConfig(e)))?;
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(ControllerCliError::Connect)?;
+    Ok(builder.with_layer(&ThrottleLayer::new(rate)).build())
 }
 
 /// The Lease to contend for: `--leader-election-namespace` (or the client's namespace) and
