@@ -43,6 +43,15 @@ impl<L: Ord + Clone, M: Clone> SortedFamily<L, M> {
         }
     }
 
+    /// Drops every label set (for a family recomputed whole at each scrape, whose label
+    /// sets come and go).
+    pub fn clear(&self) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The metric of `labels` (a handle sharing its value), created on first use.
     pub fn get_or_create(&self, labels: &L) -> M {
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,7 +9,9 @@
 //! | `kiln_api_errors_total` | counter | `step` (`create_pod`, `write_status`, …) | failed reconciles, by the API call that failed |
 //! | `kiln_builds` | gauge | `phase` | Builds in the controller's cache (no status yet counts as `Pending`) |
 //! | `kiln_build_duration_seconds` | histogram | `result` = `Succeeded`, `Failed`, `Cancelled` | first attempt start to completion of a run |
-//! | `kiln_queue_depth` | gauge | — | Builds waiting for their concurrency group (reason `Queued`) |
+//! | `kiln_queue_depth` | gauge | — | Builds waiting in a queue (reason `Queued`): for their concurrency group or a running-build slot |
+//! | `kiln_queued_builds` | gauge | `namespace` (the 20 with the most, then `other`) | the same, by namespace |
+//! | `kiln_queue_wait_seconds` | histogram | — | from entering a queue to the attempt's start; 0 for a run that started at once |
 //! | `kiln_orphans_collected_total` | counter | `kind` = `object` (a pod, ConfigMap or Secret), `cache_repository`; `reason` | what the garbage collector removed |
 //! | `kiln_sweeps_total` | counter | `sweep` = `objects`, `cache_repositories` | garbage-collection sweeps that ran to the end |
 //! | `kiln_sweep_failures_total` | counter | `sweep` = `objects`, `cache_repositories` | deletions a sweep could not make (the next one retries) |
@@ -26,6 +28,7 @@
 //! rolling update must be able to proceed past it; a replica that runs the controller is
 //! ready once its Build cache has synced. The JSON body says which, and who leads.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +39,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::FutureExt;
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -75,6 +79,15 @@ struct OutcomeLabels {
 struct StepLabels {
     step: &'static str,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+/// Namespaces named in `kiln_queued_builds`; the rest are summed as `other`, so the
+/// label set stays bounded however many namespaces queue.
+const QUEUED_NAMESPACES_SHOWN: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct PhaseLabels {
@@ -144,6 +157,8 @@ pub struct ControllerMetrics {
     builds: SortedFamily<PhaseLabels, Gauge>,
     build_duration: SortedFamily<ResultLabels, Histogram>,
     queue_depth: Gauge,
+    queued_by_namespace: SortedFamily<NamespaceLabels, Gauge>,
+    queue_wait: Histogram,
     orphans: SortedFamily<OrphanLabels, Counter>,
     sweeps: SortedFamily<SweepLabels, Counter>,
     sweep_failures: SortedFamily<SweepLabels, Counter>,
@@ -212,6 +227,9 @@ impl ControllerMetrics {
             // 5 s to about 11 h.
             build_duration: SortedFamily::new(|| Histogram::new(exponential_buckets(5.0, 2.0, 14))),
             queue_depth: Gauge::default(),
+            queued_by_namespace: SortedFamily::new(Gauge::default),
+            // 0.5 s to about 4.5 h.
+            queue_wait: Histogram::new(exponential_buckets(0.5, 2.0, 16)),
             orphans,
             sweeps,
             sweep_failures,
@@ -261,6 +279,16 @@ impl ControllerMetrics {
             "queue_depth",
             "Builds waiting for another Build of their concurrency group (reason Queued)",
             self.queue_depth.clone(),
+        );
+        registry.register(
+            "queued_builds",
+            "Builds waiting in a queue (reason Queued), by namespace: the 20 namespaces with the most, the rest as namespace=\"other\"",
+            self.queued_by_namespace.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from entering a queue (a running-build slot or a concurrency group) to the attempt's start; 0 for a run that started at once",
+            self.queue_wait.clone(),
         );
         registry.register(
             "orphans_collected",
@@ -355,6 +383,12 @@ impl ControllerMetrics {
                 .set(count);
         }
         self.queue_depth.set(counts.queued);
+        self.queued_by_namespace.clear();
+        for (namespace, count) in top_namespaces(&counts.queued_by_namespace) {
+            self.queued_by_namespace
+                .get_or_create(&NamespaceLabels { namespace })
+                .set(count);
+        }
     }
 }
 
@@ -367,6 +401,28 @@ fn is_synced(store: &Store<Build>) -> bool {
 struct BuildCounts {
     by_phase: [i64; 5],
     queued: i64,
+    queued_by_namespace: BTreeMap<String, i64>,
+}
+
+/// The [`QUEUED_NAMESPACES_SHOWN`] namespaces with the most queued Builds (ties by name),
+/// and the rest summed as `other`.
+fn top_namespaces(counts: &BTreeMap<String, i64>) -> Vec<(String, i64)> {
+    let mut sorted: Vec<(&String, &i64)> = counts.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let mut shown: Vec<(String, i64)> = sorted
+        .iter()
+        .take(QUEUED_NAMESPACES_SHOWN)
+        .map(|(n, c)| ((*n).clone(), **c))
+        .collect();
+    let rest: i64 = sorted
+        .iter()
+        .skip(QUEUED_NAMESPACES_SHOWN)
+        .map(|(_, c)| **c)
+        .sum();
+    if sorted.len() > QUEUED_NAMESPACES_SHOWN {
+        shown.push(("other".to_owned(), rest));
+    }
+    shown
 }
 
 fn count_builds<'a>(builds: impl Iterator<Item = &'a Build>) -> BuildCounts {
@@ -379,6 +435,10 @@ fn count_builds<'a>(builds: impl Iterator<Item = &'a Build>) -> BuildCounts {
         }
         if status.and_then(|s| s.reason()) == Some(Reason::Queued) {
             counts.queued += 1;
+            *counts
+                .queued_by_namespace
+                .entry(build.namespace().unwrap_or_default())
+                .or_default() += 1;
         }
     }
     counts
@@ -398,6 +458,10 @@ impl ReconcileObserver for ControllerMetrics {
             .get_or_create(&OutcomeLabels { outcome: label })
             .inc();
         self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn started(&self, _build: &ObjectRef<Build>, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
     }
 
     fn finished(&self, _build: &ObjectRef<Build>, phase: Phase, duration: Option<Duration>) {
@@ -574,6 +638,7 @@ mod tests {
         );
         metrics.finished(&reference(), Phase::Failed, None);
         metrics.orphans_collected("Pod", "BuildGone", 3);
+        metrics.started(&reference(), Duration::from_secs(3));
 
         let (status, text) = get_path(&metrics, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
@@ -588,6 +653,8 @@ mod tests {
             "kiln_orphans_collected_total{kind=\"Pod\",reason=\"BuildGone\"} 3",
             "kiln_leader 1",
             "kiln_queue_depth 0",
+            "kiln_queue_wait_seconds_count 1",
+            "kiln_queue_wait_seconds_sum 3.0",
             "kiln_builds{phase=\"Running\"} 0",
             "# EOF",
         ] {
@@ -725,9 +792,24 @@ mod tests {
             counts,
             BuildCounts {
                 by_phase: [2, 1, 0, 0, 0],
-                queued: 1
+                queued: 1,
+                queued_by_namespace: BTreeMap::from([("default".to_owned(), 1)]),
             }
         );
+    }
+
+    #[test]
+    fn queued_namespaces_beyond_the_top_are_summed_as_other() {
+        let counts: BTreeMap<String, i64> = (0..25)
+            .map(|i| (format!("ns-{i:02}"), if i == 24 { 100 } else { 1 }))
+            .collect();
+        let top = top_namespaces(&counts);
+        assert_eq!(top.len(), QUEUED_NAMESPACES_SHOWN + 1);
+        assert_eq!(top[0], ("ns-24".to_owned(), 100));
+        // Ties by name: ns-00 … ns-18 shown, ns-19 … ns-23 summed.
+        assert_eq!(top[QUEUED_NAMESPACES_SHOWN - 1], ("ns-18".to_owned(), 1));
+        assert_eq!(top[QUEUED_NAMESPACES_SHOWN], ("other".to_owned(), 5));
+        assert!(top_namespaces(&BTreeMap::from([("a".to_owned(), 3)])).len() == 1);
     }
 
     #[tokio::test]

@@ -22,11 +22,12 @@ use common::envtest;
 use common::kubelet::{Gate, Script, TestKubelet};
 use common::scene::build;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kiln::controller::fair_share::NAMESPACE_LIMIT_ANNOTATION;
 use kiln::controller::podstate::is_live;
 use kiln::crd::{Build, Phase};
 use kiln::oci::digest::Digest;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
@@ -162,11 +163,16 @@ async fn phases(client: &Client, namespace: &str) -> BTreeMap<String, Option<Pha
         .collect()
 }
 
+/// One scenario at a time: each runs a controller that watches every namespace, so two at
+/// once would reconcile (and count) each other's Builds.
+static ONE_CONTROLLER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_namespaces_share_five_slots_fairly_and_every_build_succeeds() {
     let Some(cp) = envtest::shared().await else {
         return;
     };
+    let _alone = ONE_CONTROLLER.lock().await;
     let admin = cp.client();
     let digest = Digest::of(b"fair share");
     // The first pods are held until every slot is taken and the single Build has arrived,
@@ -336,4 +342,111 @@ async fn three_namespaces_share_five_slots_fairly_and_every_build_succeeds() {
          started after {turn} other pod(s); busy-namespace starts while it held at most {most_held} slots, at most {worst} more than the waiting namespace; a queued Build said {queued_message:?}",
         took.as_secs_f64()
     );
+}
+
+/// Sets (or changes) the namespace's own running-build limit annotation.
+async fn annotate_limit(client: &Client, namespace: &str, limit: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {NAMESPACE_LIMIT_ANNOTATION: limit}}});
+    namespaces
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Waits until `done` holds for the namespace's Builds, or fails with `what`.
+async fn wait_for_builds(
+    client: &Client,
+    namespace: &str,
+    what: &str,
+    done: impl Fn(&[Build]) -> bool,
+) -> Vec<Build> {
+    let builds: Api<Build> = Api::namespaced(client.clone(), namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = builds.list(&ListParams::default()).await.unwrap().items;
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {:#?}",
+            list.iter()
+                .map(|b| (
+                    b.name_any(),
+                    b.status.as_ref().and_then(|s| s.message.clone())
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_lowers_its_own_limit_with_an_annotation_and_raising_it_starts_the_queue() {
+    let Some(cp) = envtest::shared().await else {
+        return;
+    };
+    let _alone = ONE_CONTROLLER.lock().await;
+    let admin = cp.client();
+    let digest = Digest::of(b"own limit");
+    let gate = Gate::new();
+    let held = gate.clone();
+    let own = cluster::create_namespace(&admin, "own-limit").await;
+    // Set before the controller starts: it must hold from the first reconcile.
+    annotate_limit(&admin, &own, "1").await;
+    let _kubelet = TestKubelet::start(admin.clone(), &own, move |_: &Pod| {
+        Script::succeed(&digest).hold_until(&held)
+    })
+    .await;
+    // No limit of the controller's own: the annotation alone limits the namespace.
+    let mut config = fast_config(&own);
+    config.namespace = None;
+    let outcomes = Outcomes::default();
+    let identity = Identity::superuser(cp, "kiln-own-limit-controller");
+    let controller = RunningController::start(&identity, config, &outcomes, None);
+    create_all(&admin, &own, (0..3).map(|i| format!("o{i}"))).await;
+
+    let running = |builds: &[Build]| builds.iter().filter(|b| holds_slot(b)).count();
+    let queued_on_own_limit = |builds: &[Build]| {
+        builds
+            .iter()
+            .filter(|b| {
+                b.status
+                    .as_ref()
+                    .and_then(|s| s.message.as_deref())
+                    .is_some_and(|m| m.contains("namespace limit 1 reached"))
+            })
+            .count()
+    };
+    wait_for_builds(
+        &admin,
+        &own,
+        "one running, two queued on the namespace's limit",
+        |b| running(b) == 1 && queued_on_own_limit(b) == 2,
+    )
+    .await;
+    // Still one after a while: nothing else lets the queue go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let builds = wait_for_builds(&admin, &own, "still one running", |_| true).await;
+    assert_eq!(running(&builds), 1);
+
+    // Raised: the two waiting start at once, without waiting for the running one.
+    annotate_limit(&admin, &own, "3").await;
+    wait_for_builds(
+        &admin,
+        &own,
+        "all three running after the limit was raised",
+        |b| running(b) == 3,
+    )
+    .await;
+    gate.release();
+    wait_for_builds(&admin, &own, "all three succeeded", |b| {
+        b.iter()
+            .all(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+    })
+    .await;
+    controller.stop().await;
+    assert!(outcomes.failures().is_empty(), "{:?}", outcomes.failures());
 }

@@ -310,7 +310,7 @@ fn assert_controller_rbac(objects: &[Value], leader_election: bool) {
         ),
         grant("", "secrets", &["get", "list", "create", "delete"]),
         grant("", "serviceaccounts", &["get"]),
-        grant("", "namespaces", &["list"]),
+        grant("", "namespaces", &["list", "watch"]),
         grant("events.k8s.io", "events", &["create", "patch"]),
     ]
     .into_iter()

@@ -13,7 +13,9 @@ use kube::runtime::reflector::Store;
 use super::cache_ledger::CacheLedger;
 use super::clock::{Clock, SystemClock};
 use super::config::Config;
+use super::fair_share::Limits;
 use super::group_locks::GroupLocks;
+use super::namespace_limits::NamespaceLimits;
 use super::observer::{GcObserver, NoObserver, ReconcileObserver};
 use super::refusals::PodRefusals;
 use super::slot_gate::SlotGate;
@@ -49,6 +51,8 @@ pub struct Context {
     /// One start at a time under running-build limits, and the starts the watch cache
     /// does not show yet.
     pub slots: SlotGate,
+    /// The limits namespaces set for themselves (kept current by the controller's watch).
+    pub namespace_limits: NamespaceLimits,
     /// The cache service's admin API, for leases and cache cleanup.
     pub cache_admin: Option<AdminClient>,
     /// What this process knows of its admin API calls (renewals, confirmed releases,
@@ -76,11 +80,19 @@ impl Context {
             observer: Arc::new(NoObserver),
             locks: GroupLocks::default(),
             slots: SlotGate::default(),
+            namespace_limits: NamespaceLimits::default(),
             cache_admin: None,
             ledger: CacheLedger::default(),
             refusals: PodRefusals::default(),
             gc_observer: Arc::new(NoObserver),
         }
+    }
+
+    /// The running-build limits now: the controller's, with the namespaces' own.
+    pub fn running_limits(&self) -> Limits {
+        self.config
+            .running_limits
+            .with_overrides(&self.namespace_limits.snapshot())
     }
 
     /// Takes cache leases and cleans up the cache through `admin` (and turns on

@@ -2,7 +2,7 @@
 //! now, and where the others stand (pure).
 //!
 //! Two limits apply: one for the cluster and one per namespace (a namespace may lower its
-//! own). A Build "waits for a slot" only once its concurrency group lets it go: a Build
+//! own with the annotation [`NAMESPACE_LIMIT_ANNOTATION`] on its Namespace object). A Build "waits for a slot" only once its concurrency group lets it go: a Build
 //! queued behind its group holds no place here, so a group's backlog never takes a slot.
 //!
 //! **The rule.** While a cluster slot is free, it goes to the namespace with the fewest
@@ -35,6 +35,28 @@ use kube::runtime::reflector::ObjectRef;
 use super::queue::{self, Admission, Peer, Standing};
 use crate::crd::{Build, Phase};
 
+/// The annotation on a Namespace that lowers its own running-build limit: a positive
+/// integer. It can only lower the controller's `--max-running-builds-per-namespace`, never
+/// raise it; with no such flag it is the namespace's limit. An annotation on the Namespace
+/// (not an object inside it) because the platform team that owns the namespace decides
+/// its share, as it decides its Pod Security level with labels there.
+pub const NAMESPACE_LIMIT_ANNOTATION: &str = "kiln.dev/max-running-builds";
+
+/// The limit a Namespace sets for itself with [`NAMESPACE_LIMIT_ANNOTATION`]: `Ok(None)`
+/// without the annotation, `Err` with what is wrong when its value is not a positive
+/// integer (the value is then ignored).
+pub fn namespace_limit(annotations: &BTreeMap<String, String>) -> Result<Option<u32>, String> {
+    let Some(value) = annotations.get(NAMESPACE_LIMIT_ANNOTATION) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(limit) if limit >= 1 => Ok(Some(limit)),
+        _ => Err(format!(
+            "annotation {NAMESPACE_LIMIT_ANNOTATION}={value:?} is not a positive integer; ignored"
+        )),
+    }
+}
+
 /// The limits on running builds. `None` is no limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -53,6 +75,15 @@ impl Limits {
         self.cluster.is_some()
             || self.per_namespace.is_some()
             || !self.namespace_overrides.is_empty()
+    }
+
+    /// These limits with the namespaces' own, `overrides` (namespace → limit).
+    pub fn with_overrides(&self, overrides: &BTreeMap<String, u32>) -> Limits {
+        let mut limits = self.clone();
+        limits
+            .namespace_overrides
+            .extend(overrides.iter().map(|(n, l)| (n.clone(), *l)));
+        limits
     }
 
     /// The limit of one namespace: the lower of the controller's and its own.
@@ -651,6 +682,35 @@ mod tests {
                 "{what}: the input order changed the answer"
             );
         }
+    }
+
+    #[test]
+    fn a_namespace_limit_is_read_from_its_annotation() {
+        let annotated = |value: &str| {
+            BTreeMap::from([(NAMESPACE_LIMIT_ANNOTATION.to_owned(), value.to_owned())])
+        };
+        assert_eq!(namespace_limit(&BTreeMap::new()), Ok(None));
+        assert_eq!(namespace_limit(&annotated("2")), Ok(Some(2)));
+        assert_eq!(namespace_limit(&annotated(" 7 ")), Ok(Some(7)));
+        for bad in ["0", "-1", "two", "", "1.5"] {
+            let error = namespace_limit(&annotated(bad)).unwrap_err();
+            assert!(error.contains("not a positive integer"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn overrides_join_the_controller_limits() {
+        let controller = limits(Some(20), Some(4));
+        let joined = controller.with_overrides(&BTreeMap::from([("team-a".to_owned(), 1)]));
+        assert_eq!(joined.of_namespace("team-a"), Some(1));
+        assert_eq!(joined.of_namespace("team-b"), Some(4));
+        assert_eq!(joined.cluster, Some(20));
+        // An override alone turns the limits on.
+        assert!(
+            Limits::default()
+                .with_overrides(&BTreeMap::from([("team-a".to_owned(), 1)]))
+                .is_active()
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
 //! | [`slot_gate`] | one start at a time under running-build limits; starts not yet in the cache | memory |
+//! | [`namespace_limits`] | the running-build limits namespaces set for themselves, as last seen | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
 //! | `fixtures` | build pods in every state a kubelet reports, for tests | pure |
@@ -56,6 +57,7 @@ pub mod gc;
 pub mod group_locks;
 pub mod labels;
 pub mod leader_election;
+pub mod namespace_limits;
 pub mod observe;
 pub mod observed;
 pub mod observer;

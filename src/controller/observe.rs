@@ -16,7 +16,7 @@ use kube::api::{Api, ListParams};
 use super::cache_lease::ledger_prefix;
 use super::context::{Context, PeerSource};
 use super::error::ObserveError;
-use super::fair_share::{self, Slot};
+use super::fair_share::{self, Limits, Slot};
 use super::labels::{BUILD, build_uid_selector, builds_selector};
 use super::observed::{Observed, wants_inputs};
 use super::podstate::is_live;
@@ -91,8 +91,9 @@ pub async fn observe(
         observed.secrets = read_secrets(ctx, &build, &namespace).await?;
         observed.service_accounts = read_service_account(ctx, &build, &namespace).await?;
         observed.peers = read_peers(ctx, &build, &namespace).await?;
-        if ctx.config.running_limits.is_active() {
-            observed.slot = Some(read_slot(ctx, &build).await?);
+        let limits = ctx.running_limits();
+        if limits.is_active() {
+            observed.slot = Some(read_slot(ctx, &build, &limits).await?);
         }
     }
     Ok(Some((build, observed)))
@@ -188,7 +189,7 @@ async fn read_service_account(
 
 /// The Build's place in front of the running-build limits, from every Build the controller
 /// sees (its watch cache, or a list from the API).
-async fn read_slot(ctx: &Context, build: &Build) -> Result<Slot, ObserveError> {
+async fn read_slot(ctx: &Context, build: &Build, limits: &Limits) -> Result<Slot, ObserveError> {
     let builds: Vec<Arc<Build>> = match &ctx.peers {
         PeerSource::Store(store) => store.state(),
         PeerSource::Api => {
@@ -209,12 +210,7 @@ async fn read_slot(ctx: &Context, build: &Build) -> Result<Slot, ObserveError> {
         }
     };
     let reserved = ctx.slots.reservations(&builds);
-    Ok(fair_share::slot_of(
-        &ctx.config.running_limits,
-        build,
-        &builds,
-        &reserved,
-    ))
+    Ok(fair_share::slot_of(limits, build, &builds, &reserved))
 }
 
 /// The other Builds of the concurrency group, with their standing.

@@ -38,6 +38,11 @@ pub trait ReconcileObserver: Send + Sync {
     /// the status records both.
     fn finished(&self, _build: &ObjectRef<Build>, _phase: Phase, _duration: Option<Duration>) {}
 
+    /// Called when a reconcile started an attempt that ended a wait in a queue (for a
+    /// running-build slot or the Build's concurrency group), or the first attempt of a run
+    /// that did not wait (`waited` is zero then). Retries are not waits in a queue.
+    fn started(&self, _build: &ObjectRef<Build>, _waited: Duration) {}
+
     /// Called once when the watch loop starts, with its cache of Builds (for gauges that
     /// count Builds, and for readiness: the cache is synced once it is ready).
     fn watching(&self, _builds: &Store<Build>) {}

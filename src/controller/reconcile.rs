@@ -19,8 +19,10 @@ use super::observe::observe;
 use super::observer::Outcome;
 use super::plan;
 use super::queue;
-use crate::crd::{Build, BuildStatus, Phase};
+use crate::crd::condition::{CONDITION_SUCCEEDED, find_condition};
+use crate::crd::{Build, BuildStatus, Phase, Reason};
 use crate::report::error_chain;
+use k8s_openapi::jiff::Timestamp;
 
 /// How soon a reconcile that lost a write race runs again (on fresh state).
 const CONFLICT_RETRY: Duration = Duration::from_secs(1);
@@ -58,7 +60,7 @@ async fn reconcile_locked(
     let mut group = queue::group_of(build).to_owned();
     // Under running-build limits, a Build that may start goes through the slot gate first
     // (always before its group's lock, so the two are taken in one order).
-    let _slot = if ctx.config.running_limits.is_active() && fair_share::may_start(build) {
+    let _slot = if ctx.running_limits().is_active() && fair_share::may_start(build) {
         Some(ctx.slots.enter().await)
     } else {
         None
@@ -78,12 +80,16 @@ async fn reconcile_locked(
         if !plan.actions.is_empty() {
             tracing::debug!(actions = ?plan.describe(), "applying plan");
         }
+        let now = ctx.clock.now();
         let writes = apply(ctx, &fresh, &plan).await?;
         if plan.starts_attempt()
             && let Some(status) = plan.status()
         {
             ctx.slots
                 .reserve(&namespace, &fresh.name_any(), status.attempt);
+            if let Some(waited) = queue_wait(fresh.status.as_ref(), now) {
+                ctx.observer.started(&ObjectRef::from_obj(&fresh), waited);
+            }
         }
         if let Some((phase, took)) = finished(fresh.status.as_ref(), plan.status()) {
             ctx.observer
@@ -96,6 +102,24 @@ async fn reconcile_locked(
         return Ok((requeue, writes));
     }
     Ok((Requeue::requeue(CONFLICT_RETRY), 0))
+}
+
+/// How long a Build that starts an attempt at `now` waited in a queue, from its status
+/// before: since it entered the queue (its `Succeeded` condition's transition to reason
+/// `Queued`), zero for a new run that starts at once, `None` for a retry (its wait is the
+/// backoff, not a queue).
+fn queue_wait(previous: Option<&BuildStatus>, now: Timestamp) -> Option<Duration> {
+    let Some(previous) = previous else {
+        return Some(Duration::ZERO);
+    };
+    if previous.reason() == Some(Reason::Queued) {
+        let since = find_condition(&previous.conditions, CONDITION_SUCCEEDED)?
+            .last_transition_time
+            .0;
+        return Some(Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO));
+    }
+    let new_run = previous.attempt == 0 || previous.phase.is_some_and(|p| p.is_terminal());
+    new_run.then_some(Duration::ZERO)
 }
 
 /// The final phase a status write reaches for a new run, and how long the run took; `None`
@@ -166,6 +190,38 @@ mod tests {
         // Nothing written, or a phase that is not final.
         assert_eq!(finished(Some(&running), None), None);
         assert_eq!(finished(None, Some(&running)), None);
+    }
+
+    #[test]
+    fn a_start_reports_its_wait_in_the_queue_and_a_retry_none() {
+        use crate::crd::condition::{ConditionStatus, set_condition};
+        let now = at(100);
+        assert_eq!(queue_wait(None, now), Some(Duration::ZERO));
+        let mut queued = BuildStatus {
+            phase: Some(Phase::Pending),
+            ..BuildStatus::default()
+        };
+        set_condition(
+            &mut queued.conditions,
+            CONDITION_SUCCEEDED,
+            ConditionStatus::Unknown,
+            Reason::Queued,
+            "2nd in namespace a; cluster limit 5 reached",
+            Some(1),
+            at(40),
+        );
+        assert_eq!(
+            queue_wait(Some(&queued), now),
+            Some(Duration::from_secs(60))
+        );
+        // A retry after a failed attempt waited for its backoff, not in a queue.
+        let mut retrying = status(Phase::Pending, Some(0), None);
+        retrying.attempt = 1;
+        assert_eq!(queue_wait(Some(&retrying), now), None);
+        // A rerun of a finished Build that starts at once.
+        let mut done = status(Phase::Succeeded, Some(0), Some(50));
+        done.attempt = 1;
+        assert_eq!(queue_wait(Some(&done), now), Some(Duration::ZERO));
     }
 
     #[test]

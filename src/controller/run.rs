@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
@@ -68,7 +68,10 @@ pub async fn run_with(
     let store = controller.store();
     context.observer.watching(&store);
     let concurrency = context.config.concurrency;
-    let limits = context.config.running_limits.clone();
+    let watch_namespaces = context.config.namespace.is_none();
+    if watch_namespaces {
+        seed_namespace_limits(&context).await;
+    }
     let context = Arc::new(context.with_peer_store(store.clone()));
     tracing::info!(
         namespace = context.config.namespace.as_deref().unwrap_or("*"),
@@ -80,14 +83,17 @@ pub async fn run_with(
     // The sweeps run beside the controller and stop with it.
     let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
     let sweeps = tokio::spawn(run_sweeps(context.clone(), sweeps_stopped));
-    controller
+    let on_build = context.clone();
+    let builds_of_store = store.clone();
+    let controller = controller
         .owns(pods, owned.clone())
         .owns(config_maps, owned)
         // When a Build changes, the others of its concurrency group may move up the queue,
         // and under running-build limits a freed slot goes to a waiting Build.
         .watches(builds, watcher::Config::default(), move |build: Build| {
-            let all = store.state();
+            let all = builds_of_store.state();
             let mut refs = queue::wakeups(&build, &all);
+            let limits = on_build.running_limits();
             if limits.is_active() {
                 // This watch can be ahead of the controller's cache: count the changed
                 // Build as this event shows it (a finished build frees its slot now).
@@ -97,7 +103,23 @@ pub async fn run_with(
                 refs.extend(fair_share::wakeups(&limits, &all));
             }
             refs
-        })
+        });
+    // A namespace that lowers or raises its own limit: record it, and start what a raised
+    // limit lets go.
+    let controller = if watch_namespaces {
+        let on_namespace = context.clone();
+        controller.watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |namespace: Namespace| {
+                note_namespace_limit(&on_namespace, &namespace);
+                fair_share::wakeups(&on_namespace.running_limits(), &store.state())
+            },
+        )
+    } else {
+        controller
+    };
+    controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -117,4 +139,34 @@ pub async fn run_with(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Reads every Namespace's own running-build limit once, before any reconcile, so that no
+/// Build starts above its namespace's limit while the watch catches up. Without the right
+/// to list Namespaces the limits are off until the watch reads them, which is said.
+async fn seed_namespace_limits(context: &Context) {
+    let namespaces = Api::<Namespace>::all(context.client.clone());
+    match namespaces.list_metadata(&ListParams::default()).await {
+        Ok(list) => {
+            for meta in list.items {
+                let namespace = Namespace {
+                    metadata: meta.metadata,
+                    ..Namespace::default()
+                };
+                note_namespace_limit(context, &namespace);
+            }
+        }
+        Err(error) => tracing::warn!(
+            error = error_chain(&error),
+            "could not list Namespaces: the limits namespaces set for themselves ({}) apply once the watch reads them",
+            fair_share::NAMESPACE_LIMIT_ANNOTATION
+        ),
+    }
+}
+
+/// Records `namespace`'s own limit, and says when its annotation is not a limit.
+fn note_namespace_limit(context: &Context, namespace: &Namespace) {
+    if let Err(problem) = context.namespace_limits.update(namespace) {
+        tracing::warn!(namespace = namespace.name_any(), "{problem}");
+    }
 }
