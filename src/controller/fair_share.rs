@@ -154,6 +154,11 @@ pub enum Slot {
 }
 
 /// A queued Build's place, in words: "3rd in namespace team-a; cluster limit 20 reached".
+///
+/// Places beyond the 10th are said in steps ("after the first 10", "after the first 100",
+/// …): a queued Build's message is rewritten whenever it changes, and an exact place deep
+/// in a long queue would change at every start, costing a status write per queued Build
+/// per start for a figure nobody acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueMessage<'a> {
     /// The Build's namespace.
@@ -172,12 +177,16 @@ impl fmt::Display for QueueMessage<'_> {
         else {
             return write!(f, "a slot is free");
         };
-        write!(
-            f,
-            "{} in namespace {}; ",
-            ordinal(*position),
-            self.namespace
-        )?;
+        let place = if *position <= 10 {
+            ordinal(*position)
+        } else {
+            let mut step = 10usize;
+            while step.saturating_mul(10) < *position {
+                step = step.saturating_mul(10);
+            }
+            format!("after the first {step}")
+        };
+        write!(f, "{place} in namespace {}; ", self.namespace)?;
         match limit {
             Limit::Namespace(limit) => write!(
                 f,
@@ -773,6 +782,37 @@ mod tests {
             "1st in namespace b; namespace limit 2 reached (2 running)"
         );
         assert_eq!(message("a", &Slot::Start), "a slot is free");
+    }
+
+    #[test]
+    fn places_deep_in_a_queue_are_said_in_steps_so_the_message_rarely_changes() {
+        let at = |position| {
+            QueueMessage {
+                namespace: "a",
+                slot: &Slot::Queued {
+                    limit: Limit::Cluster(5),
+                    position,
+                    running_in_namespace: 0,
+                },
+            }
+            .to_string()
+        };
+        assert_eq!(at(10), "10th in namespace a; cluster limit 5 reached");
+        assert_eq!(
+            at(11),
+            "after the first 10 in namespace a; cluster limit 5 reached"
+        );
+        assert_eq!(at(11), at(100));
+        assert_eq!(
+            at(101),
+            "after the first 100 in namespace a; cluster limit 5 reached"
+        );
+        assert_eq!(at(101), at(1000));
+        assert!(at(1001).starts_with("after the first 1000 "));
+        // The last of 500 queued Builds, moving up one place per start: its message changes
+        // 11 times (below 100, below 10, then each place from 10th to 1st), not 499.
+        let changes = (2..=500).filter(|p| at(*p) != at(p - 1)).count();
+        assert_eq!(changes, 11);
     }
 
     #[test]
