@@ -225,7 +225,10 @@ async fn read_peers(
         PeerSource::Store(store) => store
             .state()
             .iter()
+            // Only the group's members are copied: a namespace may hold thousands of
+            // Builds, and this runs for every Build about to start.
             .filter(|b| b.namespace().as_deref() == Some(namespace))
+            .filter(|b| queue::group_of(b) == group)
             .map(|b| b.as_ref().clone())
             .collect(),
         PeerSource::Api => {

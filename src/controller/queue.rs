@@ -170,11 +170,16 @@ pub fn admit(build: &Build, peers: &[Peer], retrying: bool) -> Admission {
 /// The members to reconcile when `changed` changes: every other member of its group that
 /// is not idle, so that a queue moves as soon as its holder finishes.
 pub fn wakeups(changed: &Build, all: &[Arc<Build>]) -> Vec<ObjectRef<Build>> {
-    let namespace = changed.namespace();
+    // Borrowed, not cloned: this runs over every Build the controller sees, for every
+    // change of any of them.
+    let namespace = changed.metadata.namespace.as_deref();
+    let uid = changed.metadata.uid.as_deref();
     let group = group_of(changed);
     let mut refs: Vec<ObjectRef<Build>> = all
         .iter()
-        .filter(|b| b.namespace() == namespace && b.uid() != changed.uid())
+        .filter(|b| {
+            b.metadata.namespace.as_deref() == namespace && b.metadata.uid.as_deref() != uid
+        })
         .filter(|b| group_of(b) == group && standing(b, false) != Standing::Idle)
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect();
