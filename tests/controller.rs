@@ -569,3 +569,68 @@ async fn the_controller_fails_fast_with_the_fix_when_the_crd_is_missing() {
     );
     assert!(error.to_string().contains("kiln crd | kubectl apply -f -"));
 }
+
+/// A watch cache of Builds that shows `builds` as they were, and never more: a cache that
+/// lags behind every write. Its writer adds to it.
+fn stale_store(
+    builds: &[Build],
+) -> (
+    kube::runtime::reflector::Store<Build>,
+    kube::runtime::reflector::store::Writer<Build>,
+) {
+    use kube::runtime::watcher::Event;
+    let (reader, mut writer) = kube::runtime::reflector::store::<Build>();
+    writer.apply_watcher_event(&Event::Init);
+    for build in builds {
+        writer.apply_watcher_event(&Event::InitApply(build.clone()));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    (reader, writer)
+}
+
+#[tokio::test]
+async fn a_start_the_watch_cache_does_not_show_yet_still_holds_its_slot() {
+    let mut config = Config::default();
+    config.running_limits.cluster = Some(1);
+    let (z, b) = (Build::test("z"), Build::test("b"));
+    let mut h = Harness::with(vec![z.clone(), b.clone()], Vec::new(), config, None).await;
+    // The controller decides from a cache that shows z new, and nothing else yet.
+    let (cache, mut writer) = stale_store(std::slice::from_ref(&z));
+    h.customize(move |ctx| ctx.with_peer_store(cache.clone()));
+    h.settle("z").await;
+    assert_eq!(h.pod_names().await, ["z-1"]);
+
+    // b arrives in the cache, z still shows new there. By the queue's order b comes first
+    // (same creation time, and "b" < "z"): only this process's reservation of z's start
+    // keeps b from taking a second slot.
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(b));
+    h.settle("b").await;
+    assert_eq!(
+        h.pod_names().await,
+        ["z-1"],
+        "the cluster limit of 1 was exceeded"
+    );
+    let (phase, reason) = phase_of(&h, "b").await;
+    assert_eq!(
+        (phase, reason),
+        (Some(Phase::Pending), Some(Reason::Queued))
+    );
+    assert_eq!(
+        message_of(&h.build("b").await.unwrap()),
+        "1st in namespace default; cluster limit 1 reached"
+    );
+
+    // A restart forgets the reservation; what the API holds counts instead.
+    let (fresh, _) = stale_store(&h.builds().await);
+    h.customize(move |ctx| ctx.with_peer_store(fresh.clone()));
+    h.settle("b").await;
+    assert_eq!(h.pod_names().await, ["z-1"]);
+
+    // z ends: its slot goes to b.
+    h.pod_becomes("z", 1, |p| p.succeeded(DIGEST)).await;
+    h.settle("z").await;
+    let (fresh, _) = stale_store(&h.builds().await);
+    h.customize(move |ctx| ctx.with_peer_store(fresh.clone()));
+    h.settle("b").await;
+    assert_eq!(h.pod_names().await, ["b-1", "z-1"]);
+}
