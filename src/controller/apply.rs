@@ -222,8 +222,9 @@ async fn create_pod(
     };
     let created = create_owned(pods, pod, build, Owned::Pod, refused).await?;
     ctx.refusals.created(uid, &pod_name);
-    if created == Created::Adopted {
-        tracing::info!(pod = %pod_name, "pod already exists: adopted");
+    match created {
+        Created::New(pod) => ctx.pod_index.created(&pod),
+        Created::Adopted => tracing::info!(pod = %pod_name, "pod already exists: adopted"),
     }
     Ok(())
 }
@@ -406,10 +407,10 @@ async fn patch_finalizers(
 }
 
 /// How [`create_owned`] got its object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Created {
-    /// The create succeeded.
-    New,
+#[derive(Debug)]
+enum Created<K> {
+    /// The create succeeded: what the API server answered.
+    New(K),
     /// The object existed already and is this Build's (a create repeated after a crash).
     Adopted,
 }
@@ -455,13 +456,13 @@ async fn create_owned<K>(
     build: &Build,
     kind: Owned,
     refused: impl FnOnce(&kube::Error),
-) -> Result<Created, ApplyError>
+) -> Result<Created<K>, ApplyError>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = object.name_any();
     match api.create(&PostParams::default(), object).await {
-        Ok(_) => Ok(Created::New),
+        Ok(created) => Ok(Created::New(created)),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let existing = api
                 .get_metadata(&name)

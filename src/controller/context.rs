@@ -17,6 +17,7 @@ use super::fair_share::Limits;
 use super::group_locks::GroupLocks;
 use super::namespace_limits::NamespaceLimits;
 use super::observer::{GcObserver, NoObserver, ReconcileObserver};
+use super::pod_index::PodIndex;
 use super::refusals::PodRefusals;
 use super::slot_gate::SlotGate;
 use crate::cacheapi::client::AdminClient;
@@ -53,6 +54,9 @@ pub struct Context {
     pub slots: SlotGate,
     /// The limits namespaces set for themselves (kept current by the controller's watch).
     pub namespace_limits: NamespaceLimits,
+    /// Build pods by their Build's UID, from the controller's watch (empty, and not used,
+    /// without one: pods are then listed from the API).
+    pub pod_index: PodIndex,
     /// The cache service's admin API, for leases and cache cleanup.
     pub cache_admin: Option<AdminClient>,
     /// What this process knows of its admin API calls (renewals, confirmed releases,
@@ -81,6 +85,7 @@ impl Context {
             locks: GroupLocks::default(),
             slots: SlotGate::default(),
             namespace_limits: NamespaceLimits::default(),
+            pod_index: PodIndex::default(),
             cache_admin: None,
             ledger: CacheLedger::default(),
             refusals: PodRefusals::default(),

@@ -32,6 +32,7 @@
 //! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
 //! | [`slot_gate`] | one start at a time under running-build limits; starts not yet in the cache | memory |
+//! | [`pod_index`] | build pods by their Build's UID, from the watch that triggers reconciles | memory |
 //! | [`namespace_limits`] | the running-build limits namespaces set for themselves, as last seen | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
@@ -63,6 +64,7 @@ pub mod observed;
 pub mod observer;
 pub mod plan;
 pub mod pod;
+pub mod pod_index;
 pub mod podstate;
 pub mod queue;
 pub mod reconcile;

@@ -47,16 +47,20 @@ pub async fn observe(
     let uid = build.metadata.uid.clone().unwrap_or_default();
     let selector = ListParams::default().labels(&build_uid_selector(&uid));
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut own_pods = pods
-        .list(&selector)
-        .await
-        .map_err(|source| ObserveError::ListPods {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?
-        .items;
+    let mut own_pods = match ctx.pod_index.pods_of(&uid) {
+        Some(pods) => pods,
+        None => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            pods.list(&selector)
+                .await
+                .map_err(|source| ObserveError::ListPods {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source,
+                })?
+                .items
+        }
+    };
     own_pods.sort_by_key(|p| p.name_any());
 
     let mut observed = Observed {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::config::Config;
@@ -85,8 +85,19 @@ pub async fn run_with(
     let sweeps = tokio::spawn(run_sweeps(context.clone(), sweeps_stopped));
     let on_build = context.clone();
     let builds_of_store = store.clone();
+    // The pod watch feeds the pod index first, then the triggers: a reconcile never
+    // reads pods older than the event that triggered it.
+    let index = context.pod_index.clone();
+    let pod_events = watcher(pods, owned.clone())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index.apply(event);
+            }
+        })
+        .touched_objects();
     let controller = controller
-        .owns(pods, owned.clone())
+        .owns_stream(pod_events)
         .owns(config_maps, owned)
         // When a Build changes, the others of its concurrency group may move up the queue,
         // and under running-build limits a freed slot goes to a waiting Build.
