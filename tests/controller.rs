@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::fake_api::{Harness, NS};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
@@ -627,10 +629,73 @@ async fn a_start_the_watch_cache_does_not_show_yet_still_holds_its_slot() {
     assert_eq!(h.pod_names().await, ["z-1"]);
 
     // z ends: its slot goes to b.
-    h.pod_becomes("z", 1, |p| p.succeeded(DIGEST)).await;
+    h.pod_becomes("z", 1, |p| p.pushed(DIGEST)).await;
     h.settle("z").await;
     let (fresh, _) = stale_store(&h.builds().await);
     h.customize(move |ctx| ctx.with_peer_store(fresh.clone()));
     h.settle("b").await;
     assert_eq!(h.pod_names().await, ["b-1", "z-1"]);
+}
+
+#[tokio::test]
+async fn a_finished_build_costs_no_api_request_once_the_pod_index_has_synced() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (gets, lists) = (reads.clone(), reads.clone());
+    let funcs = interceptor::Funcs::new()
+        .get(move |_| {
+            gets.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        })
+        .list(move |_| {
+            lists.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        });
+    let mut h = Harness::with(
+        vec![Build::test("app")],
+        vec![],
+        Config::default(),
+        Some(funcs),
+    )
+    .await;
+    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
+    h.settle("app").await;
+    assert_eq!(phase_of(&h, "app").await.0, Some(Phase::Succeeded));
+
+    // The controller's watch has listed the pods: the index answers.
+    let index = kiln::controller::pod_index::PodIndex::default();
+    index.apply(&kube::runtime::watcher::Event::Init);
+    for pod in h.pods().await {
+        index.apply(&kube::runtime::watcher::Event::InitApply(pod));
+    }
+    index.apply(&kube::runtime::watcher::Event::InitDone);
+    h.customize(move |mut ctx| {
+        ctx.pod_index = index.clone();
+        ctx
+    });
+    let cached = Arc::new(h.build("app").await.unwrap());
+    let before = reads.load(Ordering::SeqCst);
+    kiln::controller::reconcile(cached.clone(), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        reads.load(Ordering::SeqCst) - before,
+        0,
+        "a finished Build with nothing to do read the API"
+    );
+
+    // A rerun request is work: decided on a fresh read, and the new attempt starts.
+    h.patch_build(
+        "app",
+        json!({"metadata": {"annotations": {"kiln.dev/rerun": "1"}}}),
+    )
+    .await;
+    let requested = Arc::new(h.build("app").await.unwrap());
+    let before = reads.load(Ordering::SeqCst);
+    kiln::controller::reconcile(requested, h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(reads.load(Ordering::SeqCst) > before);
+    assert_eq!(phase_of(&h, "app").await.1, Some(Reason::PodCreated));
 }

@@ -47,7 +47,7 @@ pub async fn observe(
     let uid = build.metadata.uid.clone().unwrap_or_default();
     let selector = ListParams::default().labels(&build_uid_selector(&uid));
 
-    let mut own_pods = match ctx.pod_index.pods_of(&uid) {
+    let own_pods = match ctx.pod_index.pods_of(&uid) {
         Some(pods) => pods,
         None => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -61,15 +61,8 @@ pub async fn observe(
                 .items
         }
     };
-    own_pods.sort_by_key(|p| p.name_any());
 
-    let mut observed = Observed {
-        pods: own_pods,
-        ..Observed::default()
-    };
-
-    observed.cache = ctx.ledger.snapshot(&ledger_prefix(&uid));
-    observed.pod_refusals = ctx.refusals.of(&uid);
+    let mut observed = in_memory(ctx, &uid, own_pods);
 
     if build.metadata.deletion_timestamp.is_some() {
         let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -101,6 +94,29 @@ pub async fn observe(
         }
     }
     Ok(Some((build, observed)))
+}
+
+/// What the controller holds in memory about the Build with UID `uid`, with its `pods`.
+fn in_memory(ctx: &Context, uid: &str, mut pods: Vec<Pod>) -> Observed {
+    pods.sort_by_key(|p| p.name_any());
+    Observed {
+        pods,
+        cache: ctx.ledger.snapshot(&ledger_prefix(uid)),
+        pod_refusals: ctx.refusals.of(uid),
+        ..Observed::default()
+    }
+}
+
+/// Everything the decision about `build` needs, from memory alone, when `build` is
+/// finished with nothing asked of it (no new generation, rerun or deletion) and the pod
+/// index has synced; `None` otherwise. Such a Build's decision reads nothing else.
+pub fn observe_at_rest(ctx: &Context, build: &Build) -> Option<Observed> {
+    if wants_inputs(build) || build.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let uid = build.metadata.uid.as_deref()?;
+    let pods = ctx.pod_index.pods_of(uid)?;
+    Some(in_memory(ctx, uid, pods))
 }
 
 /// The sorted names of the objects `selector` selects (their metadata only: a Secret's data

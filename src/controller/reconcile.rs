@@ -15,7 +15,7 @@ use super::context::Context;
 use super::decide::decide;
 use super::error::ReconcileError;
 use super::fair_share;
-use super::observe::observe;
+use super::observe::{observe, observe_at_rest};
 use super::observer::Outcome;
 use super::plan;
 use super::queue;
@@ -56,6 +56,16 @@ async fn reconcile_locked(
     build: &Build,
     ctx: &Context,
 ) -> Result<(Requeue, usize), ReconcileError> {
+    // A finished Build with nothing asked of it is decided from memory first: when that
+    // decision does nothing (a restart over thousands of finished Builds), no API request
+    // is made. Anything it would do is decided again on a fresh read below. A cache older
+    // than the API cannot hide work: the newer version's watch event triggers again.
+    if let Some(observed) = observe_at_rest(ctx, build) {
+        let plan = decide(build, &observed, ctx.clock.now(), &ctx.config);
+        if plan.actions.is_empty() {
+            return Ok((requeue_of(plan.recheck), 0));
+        }
+    }
     let namespace = build.namespace().unwrap_or_default();
     let mut group = queue::group_of(build).to_owned();
     // Under running-build limits, a Build that may start goes through the slot gate first
@@ -95,13 +105,17 @@ async fn reconcile_locked(
             ctx.observer
                 .finished(&ObjectRef::from_obj(&fresh), phase, took);
         }
-        let requeue = match plan.recheck {
-            plan::Recheck::OnChange => Requeue::await_change(),
-            plan::Recheck::After(after) => Requeue::requeue(after),
-        };
-        return Ok((requeue, writes));
+        return Ok((requeue_of(plan.recheck), writes));
     }
     Ok((Requeue::requeue(CONFLICT_RETRY), 0))
+}
+
+/// When to reconcile again, as the plan says.
+fn requeue_of(recheck: plan::Recheck) -> Requeue {
+    match recheck {
+        plan::Recheck::OnChange => Requeue::await_change(),
+        plan::Recheck::After(after) => Requeue::requeue(after),
+    }
 }
 
 /// How long a Build that starts an attempt at `now` waited in a queue, from its status
