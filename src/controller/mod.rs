@@ -32,6 +32,7 @@
 //! | [`observer`] | how a reconcile ended, this replica's role, and their observers | — |
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
 //! | [`slot_gate`] | one start at a time under running-build limits; starts not yet in the cache | memory |
+//! | [`wakeups`] | which Builds a change to one Build wakes, by group index; censuses only when a slot frees | memory |
 //! | [`pod_index`] | build pods by their Build's UID, from the watch that triggers reconciles | memory |
 //! | [`namespace_limits`] | the running-build limits namespaces set for themselves, as last seen | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
@@ -74,6 +75,7 @@ pub mod run;
 pub mod slot_gate;
 pub mod sweep;
 pub mod validate;
+pub mod wakeups;
 
 pub use config::Config;
 pub use context::Context;

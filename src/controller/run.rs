@@ -18,9 +18,9 @@ use super::context::Context;
 use super::error::RunError;
 use super::fair_share;
 use super::labels::managed_selector;
-use super::queue;
 use super::reconcile::{error_policy, reconcile};
 use super::sweep::run_sweeps;
+use super::wakeups::Wakeups;
 use crate::crd::Build;
 use crate::report::error_chain;
 
@@ -85,6 +85,7 @@ pub async fn run_with(
     let sweeps = tokio::spawn(run_sweeps(context.clone(), sweeps_stopped));
     let on_build = context.clone();
     let builds_of_store = store.clone();
+    let wakeups = Wakeups::default();
     // The pod watch feeds the pod index first, then the triggers: a reconcile never
     // reads pods older than the event that triggered it.
     let index = context.pod_index.clone();
@@ -102,18 +103,7 @@ pub async fn run_with(
         // When a Build changes, the others of its concurrency group may move up the queue,
         // and under running-build limits a freed slot goes to a waiting Build.
         .watches(builds, watcher::Config::default(), move |build: Build| {
-            let all = builds_of_store.state();
-            let mut refs = queue::wakeups(&build, &all);
-            let limits = on_build.running_limits();
-            if limits.is_active() {
-                // This watch can be ahead of the controller's cache: count the changed
-                // Build as this event shows it (a finished build frees its slot now).
-                let mut all = all;
-                all.retain(|b| b.uid() != build.uid());
-                all.push(Arc::new(build));
-                refs.extend(fair_share::wakeups(&limits, &all));
-            }
-            refs
+            wakeups.on_change(&build, &builds_of_store, &on_build.running_limits())
         });
     // A namespace that lowers or raises its own limit: record it, and start what a raised
     // limit lets go.
