@@ -547,6 +547,18 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
+impl ServerRequests {
+    /// The counts to print: without WATCH, whose count is of watches that ended (mostly
+    /// kube-controller-manager's informers renewing theirs), and without discovery.
+    fn printable(&self) -> BTreeMap<String, String> {
+        self.by_kind
+            .iter()
+            .filter(|(kind, _)| !kind.starts_with("WATCH ") && !kind.starts_with("GET /"))
+            .map(|(kind, count)| (kind.clone(), format!("{count}")))
+            .collect()
+    }
+}
+
 fn delta(after: &ServerRequests, before: &ServerRequests) -> ServerRequests {
     let sub = |a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>| {
         a.iter()
@@ -1191,11 +1203,7 @@ async fn run() {
         "writes during the burst by user (everyone)",
         &burst_writes.by_user,
     );
-    let requests: BTreeMap<String, String> = server
-        .by_kind
-        .iter()
-        .map(|(k, v)| (k.clone(), format!("{v}")))
-        .collect();
+    let requests = server.printable();
     print_counts(
         "requests during the burst by verb and resource (everyone's, the API server's counts; reads are not audited)",
         &requests,
@@ -1432,14 +1440,14 @@ async fn fresh_start(world: &World<'_>, title: &str) -> StartFigures {
                 log.warnings
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (first_reconcile, reconciles_in_pass) = {
         let log = controller.log();
         (log.first.unwrap() - controller.started, log.reconciles)
     };
     // The sweep runs at start-up too: its writes (if any) belong to start-up.
-    let sweep_deadline = Instant::now() + Duration::from_secs(300);
+    let sweep_deadline = controller.started + pass_timeout;
     let mut swept_in = None;
     while Instant::now() < sweep_deadline {
         let metrics = controller.metrics(http).await;
@@ -1489,7 +1497,7 @@ async fn fresh_start(world: &World<'_>, title: &str) -> StartFigures {
     );
     println!(
         "  start-up sweep done after {}",
-        swept_in.map_or("(not within 300 s)".to_owned(), |d| format!(
+        swept_in.map_or(format!("(not within {pass_timeout:?})"), |d| format!(
             "{:.2}s",
             secs(d)
         ))
@@ -1520,11 +1528,7 @@ async fn fresh_start(world: &World<'_>, title: &str) -> StartFigures {
             );
         }
     }
-    let requests: BTreeMap<String, String> = server
-        .by_kind
-        .iter()
-        .map(|(k, v)| (k.clone(), format!("{v}")))
-        .collect();
+    let requests = server.printable();
     print_counts(
         "requests during start-up by verb and resource (everyone's, the API server's counts)",
         &requests,
