@@ -16,9 +16,9 @@
 //! The control plane is this process's own (`tests/common/envtest.rs`: etcd,
 //! kube-apiserver with an audit log of writes, kube-controller-manager); the test kubelet
 //! runs in this process and completes every pod at once. The controller is the `kiln`
-//! binary in a process of its own, so that its peak memory is its own (VmHWM), acting as
-//! a user of its own (an impersonating kubeconfig) so that the audit log tells its writes
-//! apart. How long each reconcile took comes from its own `/metrics`; which Builds it
+//! binary (see [`Launcher`]) in a process of its own, so that its peak memory is its own
+//! (VmHWM), acting as a user of its own (an impersonating kubeconfig) so that the audit
+//! log tells its writes apart. How long each reconcile took comes from its own `/metrics`; which Builds it
 //! reconciled, from its debug log (one line per reconcile).
 //!
 //! Phases:
@@ -32,9 +32,11 @@
 //!    controller; with the controller stopped, its Build, pod, ConfigMap and Secret are
 //!    cloned M times (names, UIDs, owner references rewritten; statuses written through
 //!    the status subresources). A fresh controller then starts over M + N + 1 finished
-//!    Builds: time to ready, to the end of its first pass over every Build, its writes
-//!    (none are needed), its peak memory. The baseline: the time this process takes to
-//!    list the same objects once.
+//!    Builds, twice: first catching up with what the stopped controller left (its sweep
+//!    deletes the ConfigMaps and Secrets of finished attempts), then with nothing to do.
+//!    Each start: time to ready, to the end of its first pass over every Build, its
+//!    writes (listed; the second start needs none), its peak memory. The baseline: the
+//!    time this process takes to list the same objects once.
 //!
 //! The machine may be shared, so wall-clock figures move with whatever else runs; the
 //! controller's CPU time (from /proc) is printed beside them. The last line is one
