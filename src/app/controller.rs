@@ -182,6 +182,9 @@ pub struct ServingArgs {
 /// minute (finalizer, status, pod), which this passes in well under that minute, while a
 /// runaway loop is still held far below what a shared API server takes.
 pub const DEFAULT_KUBE_QPS: f64 = 200.0;
+/// Objects per page of the sweeps' lists.
+const LIST_PAGE: u32 = 500;
+
 /// Default of `--kube-burst`.
 pub const DEFAULT_KUBE_BURST: u32 = 400;
 
@@ -254,6 +257,7 @@ impl ControllerArgs {
             namespace,
             concurrency,
             instance,
+            list_page: Some(LIST_PAGE),
             ..Config::default()
         }
     }
@@ -454,6 +458,7 @@ pub async fn run(args: ControllerArgs) -> CliResult {
 /// A client of the current kubeconfig (or the in-cluster config) whose requests go at
 /// most at `rate`.
 async fn throttled_client(rate: Rate) -> Result<Client, ControllerCliError> {
+    crate::tls::install_crypto_provider();
     let config = kube::Config::infer()
         .await
         .map_err(|e| ControllerCliError::Connect(kube::Error::InferConfig(e)))?;
@@ -529,6 +534,10 @@ mod tests {
         // Set by the environment in a cluster; not a default.
         config.instance = None;
         config.namespace = None;
+        // The command pages its sweeps' lists; the library's default lists at once (the
+        // in-memory API server of the reconcile tests does not page).
+        assert_eq!(config.list_page, Some(LIST_PAGE));
+        config.list_page = None;
         // `Config` holds a token key, which cannot be compared; its `Debug` shows every
         // other field and whether a key is there.
         assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));

@@ -68,6 +68,9 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Most reconciles running at once.
     pub concurrency: u16,
+    /// Objects per page of the sweeps' lists (`None`: one list), so that the whole answer
+    /// for 10,000 pods is never held at once. `kiln controller` pages by 500.
+    pub list_page: Option<u32>,
     /// Name of this controller instance on Events (the pod name in a cluster).
     pub instance: Option<String>,
 }
@@ -99,6 +102,7 @@ impl Default for Config {
             running_limits: Limits::default(),
             namespace: None,
             concurrency: 16,
+            list_page: None,
             instance: None,
         }
     }

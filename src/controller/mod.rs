@@ -33,6 +33,7 @@
 //! | [`group_locks`] | one reconcile at a time per concurrency group | memory |
 //! | [`slot_gate`] | one start at a time under running-build limits; starts not yet in the cache | memory |
 //! | [`wakeups`] | which Builds a change to one Build wakes, by group index; censuses only when a slot frees | memory |
+//! | [`slim`] | what is kept of cached and bulk-listed objects (no managed fields, no pod spec) | pure |
 //! | [`pod_index`] | build pods by their Build's UID, from the watch that triggers reconciles | memory |
 //! | [`namespace_limits`] | the running-build limits namespaces set for themselves, as last seen | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
@@ -72,6 +73,7 @@ pub mod reconcile;
 pub mod refusals;
 pub mod retention;
 pub mod run;
+pub mod slim;
 pub mod slot_gate;
 pub mod sweep;
 pub mod validate;

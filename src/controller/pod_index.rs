@@ -40,13 +40,7 @@ pub struct PodIndex(Arc<RwLock<State>>);
 
 /// What the index keeps of a pod: everything but its spec and managed fields.
 fn slim(pod: &Pod) -> Arc<Pod> {
-    let mut metadata = pod.metadata.clone();
-    metadata.managed_fields = None;
-    Arc::new(Pod {
-        metadata,
-        spec: None,
-        status: pod.status.clone(),
-    })
+    Arc::new(super::slim::pod(pod))
 }
 
 fn insert(map: &mut ByBuild, pod: &Pod) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams};
+use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
@@ -19,6 +20,7 @@ use super::error::RunError;
 use super::fair_share;
 use super::labels::managed_selector;
 use super::reconcile::{error_policy, reconcile};
+use super::slim;
 use super::sweep::run_sweeps;
 use super::wakeups::Wakeups;
 use crate::crd::Build;
@@ -64,8 +66,17 @@ pub async fn run_with(
         })?;
 
     let owned = watcher::Config::default().labels(&managed_selector());
-    let controller = Controller::new(builds.clone(), watcher::Config::default());
-    let store = controller.store();
+    // The Build cache keeps Builds slimmed (no managed fields, no `kubectl apply` copy):
+    // over thousands of Builds those are most of its memory.
+    let (store, writer) = reflector::store();
+    let build_events = reflector(
+        writer,
+        watcher(builds.clone(), watcher::Config::default())
+            .default_backoff()
+            .modify(slim::build),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(build_events, store.clone());
     context.observer.watching(&store);
     let concurrency = context.config.concurrency;
     let watch_namespaces = context.config.namespace.is_none();

@@ -35,6 +35,7 @@ use super::error::SweepError;
 use super::gc::{self, CacheSweepReport, Deletion, Kind, Snapshot, SweepReport};
 use super::labels::managed_selector;
 use super::plan::EventSpec;
+use super::slim;
 use crate::crd::{Build, Reason};
 use crate::report::error_chain;
 
@@ -84,11 +85,11 @@ impl Listed {
 /// Lists the labelled pods, ConfigMaps and Secrets, then the Builds.
 async fn list_managed(ctx: &Context) -> Result<Listed, SweepError> {
     let labelled = ListParams::default().labels(&managed_selector());
-    let pods: Vec<Pod> = api::<Pod>(ctx)
-        .list(&labelled)
-        .await
-        .map_err(list_failed("pods"))?
-        .items;
+    let pods: Vec<Pod> = list_in_pages(&api::<Pod>(ctx), &labelled, ctx.config.list_page, |pod| {
+        slim::pod(&pod)
+    })
+    .await
+    .map_err(list_failed("pods"))?;
     let config_maps = api::<ConfigMap>(ctx)
         .list_metadata(&labelled)
         .await
@@ -101,17 +102,50 @@ async fn list_managed(ctx: &Context) -> Result<Listed, SweepError> {
         .items;
     // Last: every object listed above has its Build, and the status naming its attempt,
     // in this list.
-    let builds: Vec<Build> = api::<Build>(ctx)
-        .list(&ListParams::default())
-        .await
-        .map_err(list_failed("builds"))?
-        .items;
+    let builds: Vec<Build> = list_in_pages(
+        &api::<Build>(ctx),
+        &ListParams::default(),
+        ctx.config.list_page,
+        |mut build| {
+            slim::build(&mut build);
+            build
+        },
+    )
+    .await
+    .map_err(list_failed("builds"))?;
     Ok(Listed {
         pods,
         config_maps,
         secrets,
         builds,
     })
+}
+
+/// Lists what `params` selects in pages of `page` objects when given (one consistent
+/// snapshot, as one list), keeping of each object what `keep` returns: the whole answer
+/// for 10,000 pods is then never held at once.
+async fn list_in_pages<K>(
+    api: &Api<K>,
+    params: &ListParams,
+    page: Option<u32>,
+    keep: impl Fn(K) -> K,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.clone();
+    if let Some(page) = page {
+        params = params.limit(page);
+    }
+    let mut objects = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        objects.extend(page.items.into_iter().map(&keep));
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(objects),
+        }
+    }
 }
 
 /// Makes `deletions`, counting them in `report`. Returns what was deleted that its Build

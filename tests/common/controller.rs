@@ -117,6 +117,9 @@ pub fn fast_config(namespace: &str) -> Config {
         queue_recheck: Duration::from_secs(2),
         concurrency: 4,
         instance: Some("scenario-test".to_owned()),
+        // Small pages, so that the sweeps' paged lists meet a real API server's continue
+        // tokens.
+        list_page: Some(3),
         ..Config::default()
     }
 }
