@@ -175,6 +175,8 @@ impl ControllerProcess {
             // every Build has one.
             .env("RUST_LOG", "info,kiln::controller::run=debug")
             .env("KILN_LOG_FORMAT", "json")
+            // As the chart and the manifests run it.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
