@@ -324,22 +324,6 @@ fn read_log_line(line: &str, state: &Mutex<LogState>) {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from /proc (Linux, USER_HZ 100).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |at: usize| {
-        fields
-            .get(at)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// The controller's flags for this run: the production defaults but for the cache service
 /// and token key (so that the template Build gets a token Secret), retention long enough
 /// that nothing at rest expires, and whatever the environment asks for.
@@ -1047,7 +1031,7 @@ async fn run() {
 
     let audit_before = cp.audit_events().len();
     let server_before = server_requests(&admin).await;
-    let cpu_before = cpu_time(controller.pid);
+    let cpu_before = common::cpu_time(controller.pid);
     let created: Arc<Mutex<HashMap<(String, String), Instant>>> = Arc::default();
     let started = Instant::now();
     let created_in = concurrently(sizes.burst, sizes.creators, |i| {
@@ -1121,7 +1105,7 @@ async fn run() {
         (last_pod - started, last_done - started, latencies)
     };
     latencies.sort();
-    let burst_cpu = cpu_time(controller.pid) - cpu_before;
+    let burst_cpu = common::cpu_time(controller.pid) - cpu_before;
     let events = settled_audit(&cp).await;
     let burst_events = &events[audit_before..];
     let server = delta(&server_requests(&admin).await, &server_before);
@@ -1461,7 +1445,7 @@ async fn fresh_start(world: &World<'_>, title: &str) -> StartFigures {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu = cpu_time(controller.pid);
+    let cpu = common::cpu_time(controller.pid);
     let events = settled_audit(cp).await;
     let startup_events: Vec<AuditEvent> = events[audit_before..]
         .iter()

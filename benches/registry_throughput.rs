@@ -43,25 +43,6 @@ struct Target {
     pid: u32,
 }
 
-/// CPU time (user + system) a process has used so far, from /proc (Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |at: usize| {
-        fields
-            .get(at)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'; Linux
-    // reports them in USER_HZ, which is 100 on every mainstream architecture.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 /// Kiln's cache service as a child process on a free port; killed on drop.
 struct KilnProcess {
     child: Child,
@@ -251,12 +232,12 @@ fn main() {
                         .collect()
                 })
                 .collect();
-            let before = cpu_time(target.pid);
+            let before = common::cpu_time(target.pid);
             let pushed = runtime.block_on(push(&http, target, &blobs));
-            let between = cpu_time(target.pid);
+            let between = common::cpu_time(target.pid);
             let pulled = runtime.block_on(pull(&http, target, &blobs));
             cpu[at][0] += between.saturating_sub(before);
-            cpu[at][1] += cpu_time(target.pid).saturating_sub(between);
+            cpu[at][1] += common::cpu_time(target.pid).saturating_sub(between);
             best[at][0] = best[at][0].min(pushed);
             best[at][1] = best[at][1].min(pulled);
         }

@@ -1,7 +1,9 @@
-//! Shared by the store benchmarks: quick-run detection, sizes from the environment, and
-//! peak memory (I/O: reads the environment and /proc).
+//! Shared by the benchmarks: quick-run detection, sizes from the environment, peak memory
+//! and a process's CPU time (I/O: reads the environment and /proc).
 
 #![allow(dead_code)]
+
+use std::time::Duration;
 
 /// Whether this is a real benchmark run (`cargo bench` passes `--bench`); under
 /// `cargo test --all-targets` the binary runs without it, and does a tiny smoke run only.
@@ -29,4 +31,23 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'; Linux
+    // reports them in USER_HZ, which is 100 on every mainstream architecture.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
