@@ -123,9 +123,14 @@ pub async fn run_with(
         controller.watches(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
+            // Only a changed limit can let Builds go: a restart's list of every Namespace
+            // (already read by the seed) runs no census.
             move |namespace: Namespace| {
-                note_namespace_limit(&on_namespace, &namespace);
-                fair_share::wakeups(&on_namespace.running_limits(), &store.state())
+                if note_namespace_limit(&on_namespace, &namespace) {
+                    fair_share::wakeups(&on_namespace.running_limits(), &store.state())
+                } else {
+                    Vec::new()
+                }
             },
         )
     } else {
@@ -165,7 +170,8 @@ async fn seed_namespace_limits(context: &Context) {
                     metadata: meta.metadata,
                     ..Namespace::default()
                 };
-                note_namespace_limit(context, &namespace);
+                // Nobody to wake yet: no reconcile has run.
+                let _changed = note_namespace_limit(context, &namespace);
             }
         }
         Err(error) => tracing::warn!(
@@ -176,9 +182,12 @@ async fn seed_namespace_limits(context: &Context) {
     }
 }
 
-/// Records `namespace`'s own limit, and says when its annotation is not a limit.
-fn note_namespace_limit(context: &Context, namespace: &Namespace) {
-    if let Err(problem) = context.namespace_limits.update(namespace) {
+/// Records `namespace`'s own limit, and says when its annotation is not a limit. Returns
+/// whether the limit changed.
+fn note_namespace_limit(context: &Context, namespace: &Namespace) -> bool {
+    let update = context.namespace_limits.update(namespace);
+    if let Some(problem) = &update.problem {
         tracing::warn!(namespace = namespace.name_any(), "{problem}");
     }
+    update.changed
 }

@@ -62,10 +62,12 @@ impl State {
     /// Forgets Builds the watch cache no longer holds, once this memory holds twice as
     /// many as the cache (amortised: each Build is forgotten once).
     fn forget_gone(&mut self, store: &Store<Build>) {
-        let cached = store.state();
-        if self.seen.len() <= 2 * cached.len().max(64) {
+        // Counted first: copying the cache's list on every event is the cost this memory
+        // exists to avoid.
+        if self.seen.len() <= 2 * store.len().max(64) {
             return;
         }
+        let cached = store.state();
         let live: BTreeSet<&str> = cached
             .iter()
             .filter_map(|b| b.metadata.uid.as_deref())
