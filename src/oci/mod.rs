@@ -7,7 +7,9 @@
 //! | [`digest`] | sha256 and sha512 digests: parsing, hashing, the binary key form |
 //! | [`name`] | repository names, tags, references |
 //! | [`media`] | media types and the manifest size limit |
+//! | [`platform`] | image platforms (`os/arch[/variant]`) and their slugs |
 
 pub mod digest;
 pub mod media;
 pub mod name;
+pub mod platform;
