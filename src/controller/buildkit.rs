@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use super::config::Config;
 use super::validate::{GitAuth, SourceKind, Validated};
 use crate::crd::{Build, CacheMode, CacheScope, GitSource};
+use crate::oci::platform::Platform;
 
 /// Where the builder's state lives (an emptyDir; see `pod.rs` for why).
 pub const STATE_DIR: &str = "/home/user/.local/share/buildkit";
@@ -187,8 +188,26 @@ pub fn fetch_args() -> Vec<String> {
     ]
 }
 
-/// Arguments of `buildctl-daemonless.sh` for the build itself.
-pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> Vec<String> {
+/// The repository of an output image reference, without its tag: where a platform of a
+/// native build pushes its image by digest (`registry.example.com/team/app:v1` →
+/// `registry.example.com/team/app`). A `:` before the last `/` is a registry's port.
+pub fn output_repository(image: &str) -> &str {
+    let last_slash = image.rfind('/').map_or(0, |at| at + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => &image[..last_slash + colon],
+        None => image,
+    }
+}
+
+/// Arguments of `buildctl-daemonless.sh` for the build itself: every platform of
+/// `spec.platforms` pushed to the output tag, or, for one platform of a `Native` build
+/// (`platform`), that platform alone pushed by digest, untagged, with a cache of its own.
+pub fn build_args(
+    build: &Build,
+    validated: &Validated<'_>,
+    config: &Config,
+    platform: Option<&Platform>,
+) -> Vec<String> {
     let spec = &build.spec;
     let mut args: Vec<String> = vec![
         "build".into(),
@@ -209,20 +228,35 @@ pub fn build_args(build: &Build, validated: &Validated<'_>, config: &Config) -> 
     for (name, value) in &spec.build_args {
         args.push(format!("--opt=build-arg:{name}={value}"));
     }
-    if !spec.platforms.is_empty() {
-        // The platform list is a set (x-kubernetes-list-type: set): sorted, so the index
-        // lists platforms in the same order whatever order the Build gave.
-        let mut platforms = spec.platforms.clone();
-        platforms.sort();
-        platforms.dedup();
-        args.push(format!("--opt=platform={}", platforms.join(",")));
+    if let Some(platform) = platform {
+        args.push(format!("--opt=platform={platform}"));
+        // No tag: the tag goes to the index, once every platform has pushed.
+        args.push(format!(
+            "--output=type=image,name={},push-by-digest=true,push=true",
+            output_repository(&spec.output.image)
+        ));
+    } else {
+        if !spec.platforms.is_empty() {
+            // The platform list is a set (x-kubernetes-list-type: set): sorted, so the
+            // index lists platforms in the same order whatever order the Build gave.
+            let mut platforms = spec.platforms.clone();
+            platforms.sort();
+            platforms.dedup();
+            args.push(format!("--opt=platform={}", platforms.join(",")));
+        }
+        args.push(format!(
+            "--output=type=image,name={},push=true",
+            spec.output.image
+        ));
     }
-    args.push(format!(
-        "--output=type=image,name={},push=true",
-        spec.output.image
-    ));
     args.push(format!("--metadata-file={METADATA_FILE}"));
-    if let Some(reference) = cache_ref(build, config) {
+    // Each platform of a native build has a cache of its own: its layers are of its
+    // architecture, and two platforms exporting to one tag would overwrite each other.
+    let cache = cache_ref(build, config).map(|reference| match platform {
+        Some(platform) => format!("{reference}-{}", platform.slug()),
+        None => reference,
+    });
+    if let Some(reference) = cache {
         let mode = match spec.cache.mode {
             CacheMode::Min => "min",
             CacheMode::Max | CacheMode::Off => "max",
@@ -380,7 +414,7 @@ mod tests {
         let config = with_cache("http://kiln-cache:5000");
         let validated =
             crate::controller::validate::validate(&build, &BTreeMap::new(), &config).unwrap();
-        let args = build_args(&build, &validated, &config);
+        let args = build_args(&build, &validated, &config, None);
         let export = args
             .iter()
             .find(|a| a.starts_with("--export-cache="))
@@ -391,6 +425,69 @@ mod tests {
                 .any(|option| option == "ignore-error=true"),
             "{export}"
         );
+    }
+
+    #[test]
+    fn output_repositories_drop_the_tag_and_keep_the_port() {
+        for (image, repository) in [
+            (
+                "registry.example.com/team/app:v1",
+                "registry.example.com/team/app",
+            ),
+            (
+                "registry.example.com:5000/team/app:v1",
+                "registry.example.com:5000/team/app",
+            ),
+            (
+                "registry.example.com:5000/team/app",
+                "registry.example.com:5000/team/app",
+            ),
+            ("app", "app"),
+            ("app:v1", "app"),
+        ] {
+            assert_eq!(output_repository(image), repository, "{image}");
+        }
+    }
+
+    #[test]
+    fn a_native_platform_builds_alone_pushes_by_digest_and_caches_apart() {
+        let build = Build::test("app")
+            .in_namespace("team")
+            .output("registry.example.com:5000/team/app:v1")
+            .platform("linux/amd64")
+            .platform("linux/arm64");
+        let config = with_cache("http://kiln-cache:5000");
+        let validated =
+            crate::controller::validate::validate(&build, &BTreeMap::new(), &config).unwrap();
+        let arm = Platform::parse("linux/arm64").unwrap();
+        let args = build_args(&build, &validated, &config, Some(&arm));
+        let with = |prefix: &str| -> Vec<&str> {
+            args.iter()
+                .filter(|a| a.starts_with(prefix))
+                .map(String::as_str)
+                .collect()
+        };
+        assert_eq!(with("--opt=platform="), ["--opt=platform=linux/arm64"]);
+        assert_eq!(
+            with("--output="),
+            [
+                "--output=type=image,name=registry.example.com:5000/team/app,push-by-digest=true,push=true"
+            ]
+        );
+        assert_eq!(
+            with("--import-cache="),
+            ["--import-cache=type=registry,ref=kiln-cache:5000/team/app:buildcache-linux-arm64"]
+        );
+        assert!(
+            with("--export-cache=")[0]
+                .contains("ref=kiln-cache:5000/team/app:buildcache-linux-arm64,")
+        );
+        // The whole Build in one pod: every platform, to the tag.
+        let args = build_args(&build, &validated, &config, None);
+        assert!(args.contains(&"--opt=platform=linux/amd64,linux/arm64".to_owned()));
+        assert!(args.contains(
+            &"--output=type=image,name=registry.example.com:5000/team/app:v1,push=true".to_owned()
+        ));
     }
 
     #[test]

@@ -13,12 +13,23 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use crate::cacheapi::token::TokenKey;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 
+/// The image of index pods when `kiln controller --index-image` names none: the Kiln image
+/// of this version, as the chart names it by default.
+pub const DEFAULT_INDEX_IMAGE: &str = concat!("kiln:", env!("CARGO_PKG_VERSION"));
+
 /// Controller-wide settings, from `kiln controller`'s flags. `decide` and the pod builder
 /// read it; nothing in it does I/O.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Builder image for Builds that do not name one.
     pub builder_image: String,
+    /// Image of the pod that pushes the image index of a `Native` multi-platform build:
+    /// the Kiln image, whose `kiln index push` does it.
+    pub index_image: String,
+    /// Node labels that select the nodes of a platform, by platform (`linux/arm64`), for
+    /// clusters that label nodes their own way; a platform not listed is selected by
+    /// `kubernetes.io/os` and `kubernetes.io/arch`.
+    pub platform_node_selectors: BTreeMap<String, BTreeMap<String, String>>,
     /// The build cache service; no cache flags are given to BuildKit without it.
     pub cache_service: Option<CacheService>,
     /// Registry mirrors, by upstream registry (`docker.io` → `mirror.example.com`), written
@@ -79,6 +90,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             builder_image: DEFAULT_BUILDER_IMAGE.to_owned(),
+            index_image: DEFAULT_INDEX_IMAGE.to_owned(),
+            platform_node_selectors: BTreeMap::new(),
             cache_service: None,
             registry_mirrors: BTreeMap::new(),
             plain_http_registries: BTreeSet::new(),
@@ -114,6 +127,11 @@ pub enum ConfigError {
     /// `--cache-service` is not `http[s]://host[:port][/path]`.
     #[error("cache service {0:?} is not http(s)://host[:port][/path]")]
     BadCacheService(String),
+    /// `--platform-node-selector` is not `PLATFORM=KEY=VALUE[,KEY=VALUE…]`.
+    #[error(
+        "platform node selector {0:?} is not PLATFORM=KEY=VALUE[,KEY=VALUE…], for example linux/arm64=kubernetes.io/arch=arm64,pool=arm"
+    )]
+    BadPlatformSelector(String),
     /// `--registry-mirror` is not `REGISTRY=HOST`.
     #[error("registry mirror {0:?} is not REGISTRY=[http(s)://]HOST[:PORT][/PATH]")]
     BadMirror(String),

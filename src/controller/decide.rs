@@ -43,6 +43,7 @@ use super::cachetoken;
 use super::config::Config;
 use super::fair_share::{QueueMessage, Slot};
 use super::labels::{GENERATION_ANNOTATION, attempt_of, pod_name};
+use super::native::{self as native_pods, initial_platforms};
 use super::observed::Observed;
 use super::plan::{Action, EventSpec, Plan, Recheck};
 use super::pod::attempt_objects;
@@ -114,6 +115,8 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
     } else if !d.is_terminal() {
         if let Some(by) = queue::superseded_by(build, &observed.peers) {
             d.supersede(&by);
+        } else if d.open_attempt_is_native() {
+            d.follow_native();
         } else if d.open_attempt().is_some() {
             d.follow_attempt();
         }
@@ -316,6 +319,26 @@ impl<'a> Planner<'a> {
             record.message = Some(truncate_message(message));
             record.pod_retained_until = retained_until;
         }
+        // The platforms of a native attempt still building end with it.
+        let attempt = self.status.attempt;
+        let phase = match result {
+            AttemptResult::Succeeded => Phase::Succeeded,
+            AttemptResult::Failed => Phase::Failed,
+            AttemptResult::Cancelled => Phase::Cancelled,
+        };
+        let mut changed = false;
+        for entry in &mut self.status.platforms {
+            if entry.attempt == attempt && !entry.phase.is_terminal() {
+                entry.phase = phase;
+                entry.reason = Some(reason);
+                entry.message = Some(truncate_message(message));
+                entry.completion_time = Some(Time(now));
+                changed = true;
+            }
+        }
+        if changed {
+            self.status.platform_progress = Some(native_pods::progress(&self.status.platforms));
+        }
     }
 
     /// A pod with a higher attempt number than the status knows means a status write was
@@ -340,9 +363,18 @@ impl<'a> Planner<'a> {
             .and_then(|g| g.parse().ok())
             .unwrap_or(self.generation);
         self.status.attempt = attempt;
+        let native_attempt = native::is_native_pod(pod);
+        if native_attempt {
+            self.status.platforms = initial_platforms(self.build, attempt);
+            self.status.platform_progress = Some(native_pods::progress(&self.status.platforms));
+        }
         self.status.attempts.push(AttemptRecord {
             attempt,
-            pod_name: pod.name_any(),
+            pod_name: if native_attempt {
+                native::first_index_pod(self.build, attempt)
+            } else {
+                pod.name_any()
+            },
             pod_uid: None,
             generation,
             start_time: pod
@@ -706,9 +738,19 @@ impl<'a> Planner<'a> {
             );
             return self.recheck_after(self.config.queue_recheck);
         }
+        let natively = self.build.spec.builds_natively();
+        if natively && self.native_start_blocked() {
+            return;
+        }
         let attempt = self.status.attempt + 1;
-        let name = pod_name(&self.build.name_any(), attempt);
+        let name = if natively {
+            native::first_index_pod(self.build, attempt)
+        } else {
+            pod_name(&self.build.name_any(), attempt)
+        };
         self.status.attempt = attempt;
+        self.status.platforms.clear();
+        self.status.platform_progress = None;
         self.status.attempts.push(AttemptRecord {
             attempt,
             pod_name: name,
@@ -725,6 +767,9 @@ impl<'a> Planner<'a> {
         if self.status.start_time.is_none() {
             self.status.start_time = Some(Time(self.now));
         }
+        if natively {
+            return self.start_native(attempt);
+        }
         self.create_attempt_objects(attempt);
         if self.open_attempt().is_some() {
             let timeout = self.attempt_timeout();
@@ -735,11 +780,7 @@ impl<'a> Planner<'a> {
     /// Plans the ConfigMap and pod of `attempt`, or fails the Build when its spec cannot
     /// be built.
     fn create_attempt_objects(&mut self, attempt: u32) {
-        let validated = validate::validate(self.build, &self.observed.secrets, self.config)
-            .and_then(|v| {
-                validate::service_account(self.build, &self.observed.service_accounts).map(|()| v)
-            });
-        let validated = match validated {
+        let validated = match self.validated() {
             Ok(v) => v,
             Err(Problem { reason, message }) => {
                 self.close_attempt(AttemptResult::Failed, reason, &message);
@@ -768,23 +809,38 @@ impl<'a> Planner<'a> {
         );
     }
 
-    /// Pods of this Build that must go: every live pod except the open attempt's own.
+    /// The Build's spec checked against what was observed: ready to build, or why not.
+    fn validated(&self) -> Result<validate::Validated<'a>, Problem> {
+        validate::validate(self.build, &self.observed.secrets, self.config).and_then(|v| {
+            validate::service_account(self.build, &self.observed.service_accounts).map(|()| v)
+        })
+    }
+
+    /// Pods of this Build that must go: every live pod except the open attempt's own (for
+    /// a native attempt, each platform's current pod and the index pod).
     fn pods_to_delete(&self) -> Vec<&'a Pod> {
-        let keep = self
-            .open_attempt()
-            .map(|a| (a.pod_name.clone(), a.pod_uid.clone()));
+        let mut keep: Vec<(String, Option<String>)> = Vec::new();
+        if let Some(open) = self.open_attempt() {
+            keep.push((open.pod_name.clone(), open.pod_uid.clone()));
+            keep.extend(
+                self.status
+                    .platforms
+                    .iter()
+                    .filter(|p| p.attempt == open.attempt)
+                    .map(|p| (p.pod_name.clone(), p.pod_uid.clone())),
+            );
+        }
         self.observed
             .pods
             .iter()
             .filter(|p| is_live(p) && p.metadata.deletion_timestamp.is_none())
-            .filter(|p| match &keep {
-                Some((name, uid)) => {
-                    p.name_any() != *name
-                        || uid
+            .filter(|p| {
+                !keep.iter().any(|(name, uid)| {
+                    p.name_any() == *name
+                        && uid
                             .as_ref()
-                            .is_some_and(|u| p.metadata.uid.as_ref() != Some(u))
-                }
-                None => true,
+                            .is_none_or(|u| p.metadata.uid.as_ref() == Some(u))
+                })
             })
             .collect()
     }
@@ -903,5 +959,9 @@ fn only_learned_pod_uid(old: &BuildStatus, new: &BuildStatus) -> bool {
     without == *old
 }
 
+mod native;
+
+#[cfg(test)]
+mod native_tests;
 #[cfg(test)]
 mod tests;

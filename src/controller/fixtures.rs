@@ -12,7 +12,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 
-use super::labels::{attempt_labels, pod_name};
+use super::labels::{
+    PLATFORM, PLATFORM_INDEX, attempt_labels, index_pod_name, platform_label, platform_pod_name,
+    pod_name,
+};
 use super::podstate::{BUILD_CONTAINER, DIGEST_KEY, FETCH_CONTAINER};
 use crate::crd::Build;
 use crate::crd::fixtures::T0;
@@ -38,6 +41,33 @@ impl PodFixture {
             build.metadata.uid.as_deref().unwrap_or_default(),
             attempt,
         )
+    }
+
+    /// Try `try_` of platform `platform` (`linux/arm64`) of native attempt `attempt` of
+    /// `build`.
+    pub fn for_platform(build: &Build, attempt: u32, platform: &str, try_: u32) -> Self {
+        let slug = crate::oci::platform::Platform::parse(platform)
+            .map(|p| p.slug())
+            .unwrap_or_default();
+        let name = platform_pod_name(&build.name_any(), attempt, &slug, try_);
+        Self::for_build(build, attempt).named(&name, &platform_label(&slug))
+    }
+
+    /// Try `try_` of the index pod of native attempt `attempt` of `build`.
+    pub fn for_index(build: &Build, attempt: u32, try_: u32) -> Self {
+        let name = index_pod_name(&build.name_any(), attempt, try_);
+        Self::for_build(build, attempt).named(&name, PLATFORM_INDEX)
+    }
+
+    /// Renames the pod (and its UID, `pod-<name>`) and labels it as the `platform` pod of
+    /// a native attempt.
+    fn named(mut self, name: &str, platform: &str) -> Self {
+        self.pod.metadata.name = Some(name.to_owned());
+        self.pod.metadata.uid = Some(format!("pod-{name}"));
+        if let Some(labels) = self.pod.metadata.labels.as_mut() {
+            labels.insert(PLATFORM.to_owned(), platform.to_owned());
+        }
+        self
     }
 
     fn with_uid(build: &str, uid: &str, attempt: u32) -> Self {

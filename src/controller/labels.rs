@@ -11,9 +11,13 @@
 //! | `kiln.dev/build-uid` | the Build's UID (tells a re-created Build from the old one) |
 //! | `kiln.dev/attempt` | the attempt number |
 //!
+//! The pods of a `Native` multi-platform attempt carry one more: `kiln.dev/platform`, the
+//! platform's slug (`linux-arm64`) on each platform's pods, `index` on the pod that pushes
+//! the image index.
+//!
 //! Names are deterministic: the pod (and ConfigMap, and Secret) of attempt `n` of Build `b`
-//! is always [`pod_name`]`(b, n)`, so a repeated create is `AlreadyExists`, never a
-//! duplicate.
+//! is always [`pod_name`]`(b, n)`, and a native attempt's are [`platform_pod_name`] and
+//! [`index_pod_name`], so a repeated create is `AlreadyExists`, never a duplicate.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +37,11 @@ pub const BUILD: &str = "kiln.dev/build";
 pub const BUILD_UID: &str = "kiln.dev/build-uid";
 /// The attempt number.
 pub const ATTEMPT: &str = "kiln.dev/attempt";
+/// On the pods of a `Native` multi-platform attempt: the platform's slug, or
+/// [`PLATFORM_INDEX`] on the pod that pushes the image index.
+pub const PLATFORM: &str = "kiln.dev/platform";
+/// The value of [`PLATFORM`] on the pod that pushes the image index.
+pub const PLATFORM_INDEX: &str = "index";
 /// Annotation on a pod: the Build generation it builds (for people and the sweeper).
 pub const GENERATION_ANNOTATION: &str = "kiln.dev/generation";
 
@@ -80,7 +89,49 @@ pub fn attempt_of(labels: Option<&BTreeMap<String, String>>) -> Option<u32> {
 /// followed by 8 hex characters of its SHA-256, so that two long names sharing a prefix
 /// still get different pod names.
 pub fn pod_name(build: &str, attempt: u32) -> String {
-    let suffix = format!("-{attempt}");
+    name_with_suffix(build, &format!("-{attempt}"))
+}
+
+/// The name of the pod (and ConfigMap, and Secret) of try `try_` (1 for the first) of one
+/// platform of attempt `attempt`: `<build>-<attempt>-<slug>`, then `…-<slug>-<try>` for its
+/// retries, cut and hashed like [`pod_name`] to fit in 63 characters. A slug too long to
+/// leave room for the Build's name is replaced by 8 hex characters of its SHA-256.
+pub fn platform_pod_name(build: &str, attempt: u32, slug: &str, try_: u32) -> String {
+    let slug = if slug.len() > 24 {
+        Digest::of(slug.as_bytes()).hex()[..8].to_owned()
+    } else {
+        slug.to_owned()
+    };
+    let suffix = match try_ {
+        0 | 1 => format!("-{attempt}-{slug}"),
+        n => format!("-{attempt}-{slug}-{n}"),
+    };
+    name_with_suffix(build, &suffix)
+}
+
+/// The value of [`PLATFORM`] for a platform's slug: the slug, or 8 hex characters of its
+/// SHA-256 when it is longer than a label value may be.
+pub fn platform_label(slug: &str) -> String {
+    if slug.len() > MAX_NAME {
+        Digest::of(slug.as_bytes()).hex()[..8].to_owned()
+    } else {
+        slug.to_owned()
+    }
+}
+
+/// The name of the pod that pushes the image index of a native attempt, for its try
+/// `try_` (1 for the first): `<build>-<attempt>-index[-<try>]`.
+pub fn index_pod_name(build: &str, attempt: u32, try_: u32) -> String {
+    let suffix = match try_ {
+        0 | 1 => format!("-{attempt}-{PLATFORM_INDEX}"),
+        n => format!("-{attempt}-{PLATFORM_INDEX}-{n}"),
+    };
+    name_with_suffix(build, &suffix)
+}
+
+/// `build` followed by `suffix` when that fits in 63 characters; otherwise `build` cut
+/// short, 8 hex characters of its SHA-256, then `suffix`.
+fn name_with_suffix(build: &str, suffix: &str) -> String {
     if build.len() + suffix.len() <= MAX_NAME {
         return format!("{build}{suffix}");
     }
@@ -124,6 +175,38 @@ mod tests {
         let pod = pod_name(&name, 7);
         assert!(!pod.contains("--"), "{pod}");
         assert!(pod.len() <= MAX_NAME);
+    }
+
+    #[test]
+    fn native_pod_names_say_attempt_platform_and_try_within_63_characters() {
+        assert_eq!(
+            platform_pod_name("app", 2, "linux-arm64", 1),
+            "app-2-linux-arm64"
+        );
+        assert_eq!(
+            platform_pod_name("app", 2, "linux-arm64", 3),
+            "app-2-linux-arm64-3"
+        );
+        assert_eq!(index_pod_name("app", 2, 1), "app-2-index");
+        assert_eq!(index_pod_name("app", 2, 2), "app-2-index-2");
+        let long = "a".repeat(63);
+        let slug = "windows-amd64-10-0-17763-1234567890";
+        for (attempt, try_) in [(1, 1), (u32::MAX, u32::MAX)] {
+            for name in [
+                platform_pod_name(&long, attempt, slug, try_),
+                platform_pod_name(&long, attempt, "linux-amd64", try_),
+                index_pod_name(&long, attempt, try_),
+            ] {
+                assert!(name.len() <= MAX_NAME, "{name} is {} long", name.len());
+            }
+        }
+        // Two long slugs give two names.
+        assert_ne!(
+            platform_pod_name("app", 1, &format!("{slug}-a"), 1),
+            platform_pod_name("app", 1, &format!("{slug}-b"), 1)
+        );
+        assert_eq!(platform_label("linux-amd64"), "linux-amd64");
+        assert_eq!(platform_label(&"x".repeat(64)).len(), 8);
     }
 
     #[test]

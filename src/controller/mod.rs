@@ -8,6 +8,8 @@
 //! | [`plan`] | the [`Plan`](plan::Plan) and its [`Action`](plan::Action)s | pure |
 //! | [`pod`] | the build pod and ConfigMap of one attempt, and why its security context is what it is | pure |
 //! | [`buildkit`] | `buildctl` arguments, BuildKit configuration, cache references | pure |
+//! | [`native`] | a `Native` multi-platform attempt: its platform pods and the index pod | pure |
+//! | [`platforms`] | which nodes build which platform; platforms no node offers | pure |
 //! | [`podstate`] | what a pod's status says happened; the pushed digest | pure |
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`fair_share`] | running-build limits and the fair queue: which waiting Builds start | pure |
@@ -61,10 +63,12 @@ pub mod group_locks;
 pub mod labels;
 pub mod leader_election;
 pub mod namespace_limits;
+pub mod native;
 pub mod observe;
 pub mod observed;
 pub mod observer;
 pub mod plan;
+pub mod platforms;
 pub mod pod;
 pub mod pod_index;
 pub mod podstate;

@@ -35,6 +35,10 @@ pub struct Observed {
     /// The other Builds of its concurrency group, by name (read only while it may start
     /// or hold the group).
     pub peers: Vec<Peer>,
+    /// The platforms of a `Native` Build that no node of the cluster can build, in the
+    /// order of `spec.platforms` (read only while it may start; empty when the controller
+    /// cannot see the cluster's nodes).
+    pub platforms_without_node: Vec<String>,
     /// Its place in front of the running-build limits (read only while it may start and
     /// a limit is set); `None` when no limit applies.
     pub slot: Option<Slot>,

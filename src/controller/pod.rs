@@ -74,12 +74,15 @@ use super::buildkit::{
 };
 use super::cachetoken::wants_token;
 use super::config::Config;
-use super::labels::{GENERATION_ANNOTATION, attempt_labels, pod_name};
+use super::labels::{
+    GENERATION_ANNOTATION, PLATFORM, attempt_labels, platform_label, platform_pod_name, pod_name,
+};
 use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
 use super::validate::{
     BASIC_AUTH_KEY, DOCKER_CONFIG_KEY, GitAuth, SSH_AUTH_KEY, SourceKind, Validated,
 };
 use crate::crd::Build;
+use crate::oci::platform::Platform;
 
 /// UID and GID of the rootless BuildKit image's user.
 pub const BUILDER_UID: i64 = 1000;
@@ -101,6 +104,18 @@ pub struct AttemptObjects {
     pub config_map: Option<ConfigMap>,
 }
 
+/// One platform of a `Native` multi-platform attempt: which platform, which try of it, and
+/// the node selector of its pod (see `platforms::pod_node_selector`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlatformPod<'p> {
+    /// The platform it builds.
+    pub platform: &'p Platform,
+    /// Its try, 1 for the first.
+    pub try_: u32,
+    /// The nodes it may run on.
+    pub node_selector: BTreeMap<String, String>,
+}
+
 /// Builds the pod (and ConfigMap) of attempt `attempt` of `build`.
 pub fn attempt_objects(
     build: &Build,
@@ -108,8 +123,36 @@ pub fn attempt_objects(
     validated: &Validated<'_>,
     config: &Config,
 ) -> AttemptObjects {
-    let name = pod_name(&build.name_any(), attempt);
-    let meta = attempt_meta(build, attempt, &name);
+    objects(build, attempt, None, validated, config)
+}
+
+/// Builds the pod (and ConfigMap) of one platform of a `Native` attempt: the same build pod,
+/// for that platform alone, on its nodes, pushing by digest.
+pub fn platform_objects(
+    build: &Build,
+    attempt: u32,
+    platform: &PlatformPod<'_>,
+    validated: &Validated<'_>,
+    config: &Config,
+) -> AttemptObjects {
+    objects(build, attempt, Some(platform), validated, config)
+}
+
+fn objects(
+    build: &Build,
+    attempt: u32,
+    platform: Option<&PlatformPod<'_>>,
+    validated: &Validated<'_>,
+    config: &Config,
+) -> AttemptObjects {
+    let name = match platform {
+        Some(p) => platform_pod_name(&build.name_any(), attempt, &p.platform.slug(), p.try_),
+        None => pod_name(&build.name_any(), attempt),
+    };
+    let mut meta = attempt_meta(build, attempt, &name);
+    if let (Some(p), Some(labels)) = (platform, meta.labels.as_mut()) {
+        labels.insert(PLATFORM.to_owned(), platform_label(&p.platform.slug()));
+    }
     let files = config_files(build, validated, config);
     let config_map = (!files.data.is_empty()).then(|| ConfigMap {
         metadata: meta.clone(),
@@ -130,10 +173,17 @@ pub fn attempt_objects(
         build,
         validated,
         config,
-        files.buildkitd,
-        docker_config.is_some(),
+        ContainerInputs {
+            buildkitd: files.buildkitd,
+            docker_config: docker_config.is_some(),
+            platform: platform.map(|p| p.platform),
+        },
         mounts,
     );
+    let node_selector = match platform {
+        Some(p) => p.node_selector.clone(),
+        None => build.spec.builder.node_selector.clone(),
+    };
     let pod = Pod {
         metadata: ObjectMeta {
             annotations: Some(BTreeMap::from([(
@@ -142,21 +192,17 @@ pub fn attempt_objects(
             )])),
             ..meta
         },
-        spec: Some(pod_spec(
-            build,
-            validated,
-            config,
-            init_containers,
-            main,
-            volumes,
-        )),
+        spec: Some(PodSpec {
+            node_selector: (!node_selector.is_empty()).then_some(node_selector),
+            ..pod_spec(build, validated, config, init_containers, main, volumes)
+        }),
         status: None,
     };
     AttemptObjects { pod, config_map }
 }
 
 /// The name, namespace, labels and owner the pod and ConfigMap of an attempt share.
-fn attempt_meta(build: &Build, attempt: u32, name: &str) -> ObjectMeta {
+pub fn attempt_meta(build: &Build, attempt: u32, name: &str) -> ObjectMeta {
     let labels = attempt_labels(
         &build.name_any(),
         build.metadata.uid.as_deref().unwrap_or_default(),
@@ -323,16 +369,30 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// What the build containers depend on besides the Build.
+struct ContainerInputs<'p> {
+    /// The ConfigMap holds a BuildKit daemon configuration.
+    buildkitd: bool,
+    /// A Docker config is mounted.
+    docker_config: bool,
+    /// The one platform of a native attempt's pod.
+    platform: Option<&'p Platform>,
+}
+
 /// The init containers (the OCI fetch, for an OCI source) and the build container, which
 /// mounts `mounts`.
 fn containers(
     build: &Build,
     validated: &Validated<'_>,
     config: &Config,
-    buildkitd: bool,
-    docker_config: bool,
+    inputs: ContainerInputs<'_>,
     mounts: Vec<VolumeMount>,
 ) -> (Option<Vec<Container>>, Container) {
+    let ContainerInputs {
+        buildkitd,
+        docker_config,
+        platform,
+    } = inputs;
     let image = build
         .spec
         .builder
@@ -385,7 +445,7 @@ fn containers(
     let main = builder(
         BUILD_CONTAINER,
         buildkit::build_command(),
-        buildkit::build_args(build, validated, config),
+        buildkit::build_args(build, validated, config, platform),
         mounts,
     );
     (init_containers, main)

@@ -18,6 +18,9 @@ use crate::oci::digest::Digest;
 pub const BUILD_CONTAINER: &str = "build";
 /// Name of the init container that fetches an OCI context.
 pub const FETCH_CONTAINER: &str = "fetch-context";
+/// Name of the container of a native build's index pod (`kiln index push`), which writes
+/// the index digest to its termination message as the build container writes the image's.
+pub const INDEX_CONTAINER: &str = "index";
 
 /// The key of BuildKit's `--metadata-file` that holds the pushed manifest's digest.
 pub const DIGEST_KEY: &str = "containerimage.digest";
@@ -105,7 +108,7 @@ pub fn classify(pod: &Pod) -> PodState {
         Some("Succeeded") => PodState::Succeeded {
             termination_message: containers
                 .iter()
-                .find(|c| c.name == BUILD_CONTAINER)
+                .find(|c| c.name == BUILD_CONTAINER || c.name == INDEX_CONTAINER)
                 .and_then(terminated_message),
         },
         Some("Failed") => PodState::Failed(classify_failure(
@@ -172,10 +175,10 @@ fn classify_failure(
             );
         }
         let output = terminated.message.as_deref().unwrap_or_default().trim();
-        let what = if container.name == FETCH_CONTAINER {
-            "fetching the OCI context (spec.source.oci.image) failed"
-        } else {
-            "the build failed"
+        let what = match container.name.as_str() {
+            FETCH_CONTAINER => "fetching the OCI context (spec.source.oci.image) failed",
+            INDEX_CONTAINER => "pushing the image index failed",
+            _ => "the build failed",
         };
         let message = if output.is_empty() {
             format!(

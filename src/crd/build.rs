@@ -115,6 +115,7 @@ const RULE_INLINE_DOCKERFILE_PATH: &str = "!has(self.source.inline) || !has(self
     ),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.output.image"),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.output.shortDigest"),
+    printcolumn(name = "Platforms", type_ = "string", json_path = ".status.platformProgress"),
     printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 63").message(
@@ -164,6 +165,13 @@ pub struct BuildSpec {
         "spec.platforms entries must be os/arch or os/arch/variant, for example linux/amd64 or linux/arm64/v8"
     ))]
     pub platforms: Vec<String>,
+
+    /// How several platforms are built: `Native` runs one build pod per platform on a node
+    /// of that platform and pushes an image index of their images; `Emulated` builds every
+    /// platform in one pod (other architectures under the node's emulation). Unset:
+    /// `Native` when more than one platform is asked, `Emulated` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_strategy: Option<PlatformStrategy>,
 
     /// Where the built image is pushed.
     pub output: Output,
@@ -217,6 +225,7 @@ impl Default for BuildSpec {
             target: None,
             build_args: BTreeMap::new(),
             platforms: Vec::new(),
+            platform_strategy: None,
             output: Output::default(),
             cache: CacheSpec::default(),
             builder: BuilderSpec::default(),
@@ -239,6 +248,19 @@ fn default_timeout() -> String {
 
 fn default_retries() -> i32 {
     DEFAULT_RETRIES
+}
+
+/// How a Build with several platforms is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum PlatformStrategy {
+    /// One build pod per platform, each on a node of its platform (`kubernetes.io/os`,
+    /// `kubernetes.io/arch`, or the controller's `--platform-node-selector`), each pushing its
+    /// image by digest; once all have pushed, a short pod pushes the image index to the
+    /// output tag. A failed platform is retried on its own.
+    Native,
+    /// One build pod builds every platform, the node's own natively and the others under
+    /// its emulation (QEMU via binfmt_misc), and pushes the index itself.
+    Emulated,
 }
 
 /// Where the build context comes from: exactly one of the three fields.
@@ -534,6 +556,23 @@ impl BuildSpec {
             .group
             .as_deref()
             .unwrap_or(self.output.image.as_str())
+    }
+
+    /// The strategy in force: `spec.platformStrategy`, or `Native` for more than one
+    /// platform and `Emulated` otherwise.
+    pub fn platform_strategy(&self) -> PlatformStrategy {
+        self.platform_strategy
+            .unwrap_or(if self.platforms.len() > 1 {
+                PlatformStrategy::Native
+            } else {
+                PlatformStrategy::Emulated
+            })
+    }
+
+    /// Whether the Build fans out into one pod per platform: `Native` with at least one
+    /// platform.
+    pub fn builds_natively(&self) -> bool {
+        self.platform_strategy() == PlatformStrategy::Native && !self.platforms.is_empty()
     }
 }
 

@@ -23,6 +23,9 @@
 //! | `PodLost` | Pending/Failed | Unknown/False | the pod vanished or its node was lost; retried with backoff |
 //! | `ImagePullFailed` | Pending/Failed | Unknown/False | the builder image could not be pulled; retried when transient |
 //! | `PodCreateFailed` | Pending | Unknown | the API server refused the attempt's pod (a ResourceQuota, a LimitRange, an admission webhook); the message holds what it said, and the create is retried until `spec.timeout` |
+//! | `NoNodeForPlatform` | Pending | Unknown | a `Native` build asks for a platform no node of the cluster has; the message names it, and the Build starts once such a node exists |
+//! | `AssemblingIndex` | Running | Unknown | every platform of a `Native` build pushed its image; a short pod pushes the image index |
+//! | `IndexPushFailed` | Failed | False | the image index of a `Native` build could not be pushed; the message says why |
 //!
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
 //! with result `Cancelled` and reason `Superseded`; the Build itself goes on to a new attempt.
@@ -53,7 +56,8 @@ pub const CONDITION_READY: &str = "Ready";
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed,
-/// PodCreateFailed); Events also carry GarbageCollected and CacheUnavailable.
+/// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed); Events also carry
+/// GarbageCollected and CacheUnavailable.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -89,6 +93,12 @@ pub enum Reason {
     /// The API server refused to create the attempt's pod (a quota, a limit range, an
     /// admission webhook); the create is retried.
     PodCreateFailed,
+    /// A `Native` build asks for a platform that no node of the cluster has.
+    NoNodeForPlatform,
+    /// Every platform of a `Native` build pushed; the image index is being pushed.
+    AssemblingIndex,
+    /// The image index of a `Native` build could not be pushed.
+    IndexPushFailed,
     /// Event only: the orphan sweeper deleted leftovers of this Build.
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
@@ -97,7 +107,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -113,6 +123,9 @@ impl Reason {
         Reason::PodLost,
         Reason::ImagePullFailed,
         Reason::PodCreateFailed,
+        Reason::NoNodeForPlatform,
+        Reason::AssemblingIndex,
+        Reason::IndexPushFailed,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
     ];
@@ -135,6 +148,9 @@ impl Reason {
             Reason::PodLost => "PodLost",
             Reason::ImagePullFailed => "ImagePullFailed",
             Reason::PodCreateFailed => "PodCreateFailed",
+            Reason::NoNodeForPlatform => "NoNodeForPlatform",
+            Reason::AssemblingIndex => "AssemblingIndex",
+            Reason::IndexPushFailed => "IndexPushFailed",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
         }
@@ -144,10 +160,13 @@ impl Reason {
     ///
     /// Every reason is, except the two steps inside an attempt that the status already
     /// shows and the pod's own Events (Scheduled, Pulled, Started) tell in more detail:
-    /// `PodCreated` and `Running`. Events then mark what the controller decided and how
+    /// `PodCreated`, `Running` and `AssemblingIndex`. Events then mark what the controller decided and how
     /// an attempt ended, at two API writes fewer per build.
     pub const fn is_announced(self) -> bool {
-        !matches!(self, Reason::PodCreated | Reason::Running)
+        !matches!(
+            self,
+            Reason::PodCreated | Reason::Running | Reason::AssemblingIndex
+        )
     }
 
     /// Whether an Event carrying this reason is a `Warning` (something went wrong) rather
@@ -158,6 +177,7 @@ impl Reason {
             | Reason::Starting
             | Reason::PodCreated
             | Reason::Running
+            | Reason::AssemblingIndex
             | Reason::Succeeded
             | Reason::Cancelled
             | Reason::Superseded
@@ -170,7 +190,9 @@ impl Reason {
             | Reason::PodLost
             | Reason::ImagePullFailed
             | Reason::CacheUnavailable
-            | Reason::PodCreateFailed => true,
+            | Reason::PodCreateFailed
+            | Reason::NoNodeForPlatform
+            | Reason::IndexPushFailed => true,
         }
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::build::{FINALIZER, RERUN_ANNOTATION};
 use super::{
     Build, BuildSpec, BuildStatus, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy, GitSource,
-    InlineFile, InlineSource, OciSource, Output, SecretRef, Source,
+    InlineFile, InlineSource, OciSource, Output, PlatformStrategy, SecretRef, Source,
 };
 
 /// The fixtures' epoch: 2026-01-01T00:00:00Z.
@@ -43,6 +43,7 @@ impl Build {
                 target: None,
                 build_args: BTreeMap::new(),
                 platforms: Vec::new(),
+                platform_strategy: None,
                 output: Output {
                     image: format!("registry.example.com/team/{name}:latest"),
                     push_secret_ref: None,
@@ -223,6 +224,12 @@ impl Build {
     /// Adds a target platform.
     pub fn platform(mut self, platform: &str) -> Self {
         self.spec.platforms.push(platform.to_owned());
+        self
+    }
+
+    /// Sets `spec.platformStrategy`.
+    pub fn platform_strategy(mut self, strategy: PlatformStrategy) -> Self {
+        self.spec.platform_strategy = Some(strategy);
         self
     }
 

@@ -18,11 +18,13 @@ pub mod status;
 
 pub use build::{
     Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy,
-    ConcurrencySpec, GitSource, InlineFile, InlineSource, OciSource, Output, Retention, SecretRef,
-    Source,
+    ConcurrencySpec, GitSource, InlineFile, InlineSource, OciSource, Output, PlatformStrategy,
+    Retention, SecretRef, Source,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
-pub use status::{AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase};
+pub use status::{
+    AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase, PlatformStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

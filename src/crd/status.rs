@@ -115,6 +115,16 @@ pub struct BuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_token: Option<String>,
 
+    /// The platforms of the current attempt of a `Native` multi-platform build, in the
+    /// order of `spec.platforms`: each one's pod, phase, timing and pushed manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub platforms: Vec<PlatformStatus>,
+
+    /// How many of `status.platforms` have pushed, for `kubectl get` (`1/2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_progress: Option<String>,
+
     /// Leases on the build cache this Build may still hold: the running attempt's, and those
     /// of ended attempts whose release has not been confirmed yet. A release that fails is
     /// retried from this list (it survives a controller restart) until it succeeds or the
@@ -176,6 +186,42 @@ pub struct AttemptRecord {
     /// a supersede is deleted at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_retained_until: Option<Time>,
+}
+
+/// One platform of a `Native` multi-platform attempt: its own pod, retried on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformStatus {
+    /// The platform, as written in `spec.platforms` (`linux/arm64`).
+    pub platform: String,
+    /// The Build attempt this platform belongs to.
+    pub attempt: u32,
+    /// Pending (waiting for its pod, or for a retry), Running, Succeeded, Failed or
+    /// Cancelled (stopped because the attempt ended).
+    pub phase: Phase,
+    /// Name of its current pod.
+    pub pod_name: String,
+    /// UID of its current pod, once the controller has seen the pod.
+    #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Retries spent on this platform in this attempt, at most `spec.retries`.
+    #[serde(default)]
+    pub retries: u32,
+    /// When its current pod was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When its last pod ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why it is where it is (the reasons of the Build's conditions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Digest of the single-platform manifest it pushed (by digest, untagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// The image a Build pushed.

@@ -53,15 +53,16 @@ impl Platform {
         })
     }
 
-    /// `os-arch[-variant]` with `_` and `.` as `-`: a form that fits in object names,
-    /// label values and tags (`linux-arm64-v8`).
+    /// `os-arch[-variant]` with `_` and `.` as `-` and no `-` at either end: a form that
+    /// fits in object names, label values and tags (`linux-arm64-v8`).
     pub fn slug(&self) -> String {
         let mut slug = format!("{}-{}", self.os, self.architecture);
         if let Some(variant) = &self.variant {
             slug.push('-');
             slug.push_str(variant);
         }
-        slug.replace(['_', '.'], "-")
+        // Names and label values must start and end with a letter or digit.
+        slug.replace(['_', '.'], "-").trim_matches('-').to_owned()
     }
 }
 
@@ -95,6 +96,7 @@ mod tests {
             ("linux/arm/v7", "linux-arm-v7"),
             ("windows/amd64/10.0", "windows-amd64-10-0"),
             ("linux/x86_64", "linux-x86-64"),
+            ("linux/arm/v7.", "linux-arm-v7"),
         ] {
             let platform = Platform::parse(text).unwrap();
             assert_eq!(platform.to_string(), text);
@@ -105,8 +107,15 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_platform() {
         for text in [
-            "", "linux", "linux/", "/amd64", "linux/amd64/", "linux/amd64/v8/x", "Linux/amd64",
-            "linux/amd-64", "linux amd64",
+            "",
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/",
+            "linux/amd64/v8/x",
+            "Linux/amd64",
+            "linux/amd-64",
+            "linux amd64",
         ] {
             assert_eq!(
                 Platform::parse(text),
