@@ -155,7 +155,7 @@ rules:
 - { apiGroups: [''], resources: [pods, configmaps], verbs: [get, list, watch, create, delete] }
 - { apiGroups: [''], resources: [secrets], verbs: [get, list, create, delete] }
 - { apiGroups: [''], resources: [serviceaccounts], verbs: [get] }
-- { apiGroups: [''], resources: [namespaces], verbs: [list, watch] }
+- { apiGroups: [''], resources: [namespaces, nodes], verbs: [list, watch] }
 - { apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch] }
 ---
 apiVersion: rbac.authorization.k8s.io/v1

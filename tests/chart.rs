@@ -311,6 +311,7 @@ fn assert_controller_rbac(objects: &[Value], leader_election: bool) {
         grant("", "secrets", &["get", "list", "create", "delete"]),
         grant("", "serviceaccounts", &["get"]),
         grant("", "namespaces", &["list", "watch"]),
+        grant("", "nodes", &["list", "watch"]),
         grant("events.k8s.io", "events", &["create", "patch"]),
     ]
     .into_iter()
@@ -665,6 +666,37 @@ fn the_chart_renders_every_object_kiln_needs() {
         cache["spec"]["template"]["spec"]["automountServiceAccountToken"],
         false
     );
+}
+
+#[test]
+fn the_index_pods_run_the_charts_own_image_and_platforms_map_to_node_labels() {
+    let objects = helm_template(&[
+        "--set",
+        "image.tag=9.9.9",
+        "--set-json",
+        r#"controller.platformNodeSelectors={"linux/arm/v7":{"pool":"arm","example.com/cpu":"armv7"}}"#,
+    ]);
+    let controller = args(
+        &one(&objects, "Deployment", "controller")["spec"]["template"]["spec"]["containers"][0],
+    );
+    assert_eq!(flag_values(&controller, "--index-image"), ["kiln:9.9.9"]);
+    assert_eq!(
+        flag_values(&controller, "--platform-node-selector"),
+        ["linux/arm/v7=example.com/cpu=armv7,pool=arm"]
+    );
+    // The values schema refuses what is not a platform.
+    let output = Command::new(tool("KILN_HELM", "helm"))
+        .args(["template", "kiln", CHART, "--set-json"])
+        .arg(r#"controller.platformNodeSelectors={"arm64":{"pool":"arm"}}"#)
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a platform without os was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("arm64"), "{stderr}");
 }
 
 #[test]
@@ -1087,10 +1119,10 @@ async fn on_a_real_api_server_the_chart_is_accepted_and_its_rbac_runs_the_contro
             .await
             .map(|_| ())
     ));
+    // Nodes: their labels are listed and watched, never read one by one or changed.
     let sa_nodes: Api<Node> = Api::all(controller_sa.clone());
-    assert!(denied(
-        sa_nodes.list(&ListParams::default()).await.map(|_| ())
-    ));
+    assert!(denied(sa_nodes.get("any").await.map(|_| ())));
+    assert!(sa_nodes.list_metadata(&ListParams::default()).await.is_ok());
     let sa_leases: Api<Lease> = Api::namespaced(controller_sa.clone(), &namespace);
     assert!(denied(
         sa_leases.list(&ListParams::default()).await.map(|_| ())

@@ -17,10 +17,13 @@ use kube::Client;
 use crate::app::CliResult;
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::token::{TokenKey, TokenKeyError};
-use crate::controller::config::{CacheService, Config, MirrorHost, parse_mirror};
+use crate::controller::config::{
+    CacheService, Config, DEFAULT_INDEX_IMAGE, MirrorHost, parse_mirror,
+};
 use crate::controller::context::Context;
 use crate::controller::fair_share::Limits;
 use crate::controller::leader_election::{self, Election};
+use crate::controller::platforms::parse_selector_flag;
 use crate::crd::build::DEFAULT_BUILDER_IMAGE;
 use crate::metrics::{self, ControllerMetrics};
 use crate::throttle::{Rate, ThrottleLayer};
@@ -37,6 +40,19 @@ pub struct ControllerArgs {
     /// buildctl-daemonless.sh (pin it by digest in production).
     #[arg(long, env = "KILN_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
     pub builder_image: String,
+
+    /// Image of the short pod that pushes the image index of a Native multi-platform
+    /// build: the Kiln image (`kiln index push`), as the chart sets it.
+    #[arg(long, env = "KILN_INDEX_IMAGE", default_value = DEFAULT_INDEX_IMAGE)]
+    pub index_image: String,
+
+    /// The node labels that select the nodes of a platform, for Native multi-platform
+    /// builds on clusters that label nodes their own way:
+    /// `PLATFORM=KEY=VALUE[,KEY=VALUE…]`, for example
+    /// linux/arm/v7=example.com/cpu=armv7. Repeatable. A platform not given is selected by
+    /// kubernetes.io/os and kubernetes.io/arch.
+    #[arg(long = "platform-node-selector", value_name = "PLATFORM=KEY=VALUE", value_parser = parse_selector_flag)]
+    pub platform_node_selectors: Vec<(String, BTreeMap<String, String>)>,
 
     /// The build cache service, `http(s)://HOST[:PORT][/PATH]`; BuildKit gets
     /// --export-cache/--import-cache refs under it. No cache without it.
@@ -204,6 +220,8 @@ impl ControllerArgs {
         let ControllerArgs {
             namespace,
             builder_image,
+            index_image,
+            platform_node_selectors,
             cache_service,
             registry_mirrors,
             plain_http_registries,
@@ -230,6 +248,8 @@ impl ControllerArgs {
         } = self;
         Config {
             builder_image,
+            index_image,
+            platform_node_selectors: platform_node_selectors.into_iter().collect(),
             cache_service,
             registry_mirrors: registry_mirrors.into_iter().collect(),
             plain_http_registries: plain_http_registries.into_iter().collect(),

@@ -16,6 +16,7 @@ use super::config::Config;
 use super::fair_share::Limits;
 use super::group_locks::GroupLocks;
 use super::namespace_limits::NamespaceLimits;
+use super::node_labels::NodeLabels;
 use super::observer::{GcObserver, NoObserver, ReconcileObserver};
 use super::pod_index::PodIndex;
 use super::refusals::PodRefusals;
@@ -54,6 +55,9 @@ pub struct Context {
     pub slots: SlotGate,
     /// The limits namespaces set for themselves (kept current by the controller's watch).
     pub namespace_limits: NamespaceLimits,
+    /// The nodes' labels (kept current by the controller's watch of Nodes; unknown, and
+    /// not used, without one).
+    pub node_labels: NodeLabels,
     /// Build pods by their Build's UID, from the controller's watch (empty, and not used,
     /// without one: pods are then listed from the API).
     pub pod_index: PodIndex,
@@ -86,6 +90,7 @@ impl Context {
             slots: SlotGate::default(),
             namespace_limits: NamespaceLimits::default(),
             pod_index: PodIndex::default(),
+            node_labels: NodeLabels::default(),
             cache_admin: None,
             ledger: CacheLedger::default(),
             refusals: PodRefusals::default(),

@@ -37,6 +37,7 @@
 //! | [`wakeups`] | which Builds a change to one Build wakes, by group index; censuses only when a slot frees | memory |
 //! | [`slim`] | what is kept of cached and bulk-listed objects (no managed fields, no pod spec) | pure |
 //! | [`pod_index`] | build pods by their Build's UID, from the watch that triggers reconciles | memory |
+//! | [`node_labels`] | the nodes' labels, from a watch of their metadata: which platforms a node offers | memory |
 //! | [`namespace_limits`] | the running-build limits namespaces set for themselves, as last seen | memory |
 //! | [`context`] | the shared [`Context`]: the config beside the client and other handles | — |
 //! | [`error`] | one error enum per step | — |
@@ -64,6 +65,7 @@ pub mod labels;
 pub mod leader_election;
 pub mod namespace_limits;
 pub mod native;
+pub mod node_labels;
 pub mod observe;
 pub mod observed;
 pub mod observer;

@@ -88,6 +88,10 @@ pub async fn observe(
         observed.secrets = read_secrets(ctx, &build, &namespace).await?;
         observed.service_accounts = read_service_account(ctx, &build, &namespace).await?;
         observed.peers = read_peers(ctx, &build, &namespace).await?;
+        if build.spec.builds_natively() {
+            observed.platforms_without_node =
+                ctx.node_labels.platforms_without_node(&build, &ctx.config);
+        }
         let limits = ctx.running_limits();
         if limits.is_active() {
             observed.slot = Some(read_slot(ctx, &build, &limits).await?);

@@ -8,8 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -118,6 +119,28 @@ pub async fn run_with(
         });
     // A namespace that lowers or raises its own limit: record it, and start what a raised
     // limit lets go.
+    // The nodes' labels, for Native Builds asking for a platform no node offers. Only with
+    // cluster-wide rights (Nodes are not namespaced); the watch stops with the controller.
+    let nodes = watch_namespaces.then(|| {
+        let node_labels = context.node_labels.clone();
+        tokio::spawn(
+            watcher(
+                Api::<PartialObjectMeta<Node>>::all(client.clone()),
+                watcher::Config::default(),
+            )
+                .default_backoff()
+                .for_each(move |event| {
+                    match event {
+                        Ok(event) => node_labels.apply(&event),
+                        Err(error) => tracing::warn!(
+                            error = error_chain(&error),
+                            "watch of Nodes failed, retrying with backoff; until it lists them, Native Builds start without checking that a node offers each platform"
+                        ),
+                    }
+                    futures::future::ready(())
+                }),
+        )
+    });
     let controller = if watch_namespaces {
         let on_namespace = context.clone();
         controller.watches(
@@ -150,6 +173,9 @@ pub async fn run_with(
             }
         })
         .await;
+    if let Some(nodes) = nodes {
+        nodes.abort();
+    }
     let _ = stop_sweeps.send(true);
     if let Err(error) = sweeps.await {
         tracing::warn!(%error, "the sweeps ended abnormally");

@@ -127,3 +127,15 @@ fsGroupChangePolicy: OnRootMismatch
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+A map of labels as `key=value,key=value`, in key order (Go templates range over a map's
+sorted keys): the form of --platform-node-selector.
+*/}}
+{{- define "kiln.labelList" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
