@@ -51,11 +51,16 @@ use tokio::task::JoinSet;
 
 // Re-exported for the test files, each of which uses its own subset.
 #[allow(unused_imports)]
+pub use node::register_arm64;
+#[allow(unused_imports)]
 pub use script::{Gate, Outcome, Script, buildkit_metadata};
 use status::{Stage, status};
 
-/// The fake node every pod is bound to.
+/// The fake node every pod is bound to (an amd64 node), unless it asks for arm64.
 pub const NODE_NAME: &str = "kiln-test-node";
+/// The fake arm64 node (registered by [`node::register_arm64`]): pods whose node selector
+/// asks for `kubernetes.io/arch=arm64` are bound to it.
+pub const ARM64_NODE_NAME: &str = "kiln-test-node-arm64";
 /// The label selector of the pods the test kubelet drives.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=kiln";
 /// The node's address: TEST-NET-1, documentation only, never routed.
@@ -160,8 +165,11 @@ where
         };
         let uid = pod.uid().unwrap_or_default();
         let node = pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
-        if node.is_some_and(|node| node != NODE_NAME) {
+        if node.is_some_and(|node| node != NODE_NAME && node != ARM64_NODE_NAME) {
             continue; // Another node's pod.
+        }
+        if node.is_none() && node_for(&pod).is_none() {
+            continue; // No test node has its architecture: it stays unscheduled.
         }
         if pod.metadata.deletion_timestamp.is_some() {
             if node.is_some() && terminating.insert(uid.clone()) {
@@ -220,6 +228,23 @@ pub fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
         .as_ref()?
         .terminated
         .as_ref()
+}
+
+/// The test node a pod is scheduled on, as a scheduler would by its node selector's
+/// `kubernetes.io/arch`: the arm64 node for arm64, the amd64 node for amd64 or no
+/// architecture, none for any other.
+fn node_for(pod: &Pod) -> Option<&'static str> {
+    let arch = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.node_selector.as_ref())
+        .and_then(|selector| selector.get("kubernetes.io/arch"))
+        .map(String::as_str);
+    match arch {
+        None | Some("amd64") => Some(NODE_NAME),
+        Some("arm64") => Some(ARM64_NODE_NAME),
+        Some(_) => None,
+    }
 }
 
 /// Plays one pod's script: bind, Pending, Running, (held,) terminal.
@@ -306,7 +331,7 @@ async fn bind(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
         target: ObjectReference {
             api_version: Some("v1".to_owned()),
             kind: Some("Node".to_owned()),
-            name: Some(NODE_NAME.to_owned()),
+            name: node_for(pod).map(str::to_owned),
             ..ObjectReference::default()
         },
     };

@@ -6,20 +6,31 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::{NODE_IP, NODE_NAME};
+use super::{ARM64_NODE_NAME, NODE_IP, NODE_NAME};
 
 /// Registers [`NODE_NAME`] as a Ready, untainted node (idempotent: every kubelet of the
 /// test binary shares it). Without the node lifecycle controller nothing marks it
 /// NotReady, so no heartbeat is needed.
 pub async fn register(client: &Client) {
+    register_node(client, NODE_NAME, "amd64").await;
+}
+
+/// Registers [`ARM64_NODE_NAME`], a second Ready node labelled `kubernetes.io/arch=arm64`,
+/// for scenarios that build platforms on nodes of their own (idempotent).
+#[allow(dead_code)] // used by the test binaries of native multi-platform builds only
+pub async fn register_arm64(client: &Client) {
+    register_node(client, ARM64_NODE_NAME, "arm64").await;
+}
+
+async fn register_node(client: &Client, name: &str, arch: &str) {
     let nodes = Api::<Node>::all(client.clone());
     let node: Node = serde_json::from_value(serde_json::json!({
         "metadata": {
-            "name": NODE_NAME,
+            "name": name,
             "labels": {
-                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/arch": arch,
                 "kiln.dev/test-node": "true",
             },
         },
@@ -28,14 +39,14 @@ pub async fn register(client: &Client) {
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => return,
-        Err(err) => panic!("registering the test node {NODE_NAME}: {err}"),
+        Err(err) => panic!("registering the test node {name}: {err}"),
     }
     // Admission taints a new node not-ready; a kubelet's node lifecycle would lift it.
     let untaint = serde_json::json!({ "spec": { "taints": null } });
     nodes
-        .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&untaint))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&untaint))
         .await
-        .unwrap_or_else(|err| panic!("untainting the test node {NODE_NAME}: {err}"));
+        .unwrap_or_else(|err| panic!("untainting the test node {name}: {err}"));
     let now = Timestamp::now().to_string();
     let capacity = serde_json::json!({
         "cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi",
@@ -55,7 +66,7 @@ pub async fn register(client: &Client) {
         ],
         "addresses": [
             { "type": "InternalIP", "address": NODE_IP },
-            { "type": "Hostname", "address": NODE_NAME },
+            { "type": "Hostname", "address": name },
         ],
         "capacity": capacity,
         "allocatable": capacity,
@@ -63,11 +74,11 @@ pub async fn register(client: &Client) {
             "machineID": "kiln-test", "systemUUID": "kiln-test", "bootID": "kiln-test",
             "kernelVersion": "6.1.0", "osImage": "kiln test kubelet (no containers run)",
             "containerRuntimeVersion": "kiln-test://0", "kubeletVersion": "v1.36.4",
-            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": arch,
         },
     }});
     nodes
-        .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .unwrap_or_else(|err| panic!("marking the test node {NODE_NAME} Ready: {err}"));
+        .unwrap_or_else(|err| panic!("marking the test node {name} Ready: {err}"));
 }
