@@ -10,11 +10,13 @@
 //! | [`cache`] | `kiln cache du\|prune\|verify` on a store directory, or through [`cache_online`] |
 //! | [`cache_online`] | the same through a running cache service's admin API |
 //! | [`plugin`] | `kubectl kiln …` (also `kiln plugin …`) |
+//! | [`index`] | `kiln index push`: a multi-platform image's index, pushed at the output tag |
 
 pub mod cache;
 pub mod cache_online;
 pub mod controller;
 pub mod crd;
+pub mod index;
 pub mod plugin;
 pub mod serve;
 
@@ -59,6 +61,9 @@ pub enum Command {
     /// The kubectl plugin's commands (what `kubectl kiln …` runs when this binary is on
     /// PATH as `kubectl-kiln`).
     Plugin(plugin::PluginArgs),
+    /// Multi-platform image indexes.
+    #[command(subcommand)]
+    Index(IndexCommand),
 }
 
 /// Arguments of `kiln crd`.
@@ -81,6 +86,14 @@ pub enum CacheCommand {
     Prune(cache::PruneArgs),
     /// Rehash every blob, quarantine mismatches and check every manifest's references.
     Verify(cache::VerifyArgs),
+}
+
+/// `kiln index …` commands.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Push the OCI image index of per-platform manifests (already pushed by digest to the
+    /// image's repository) at the image's tag, and write its digest to the termination log.
+    Push(index::PushArgs),
 }
 
 /// The name under which kubectl finds its plugin: invoked as this, the binary is
@@ -140,6 +153,7 @@ pub async fn run(command: Command) -> CliResult {
         Command::Cache(CacheCommand::Prune(args)) => cache::run_prune(args).await,
         Command::Cache(CacheCommand::Verify(args)) => cache::run_verify(args).await,
         Command::Plugin(args) => plugin::run(args).await,
+        Command::Index(IndexCommand::Push(args)) => index::run_push(args).await,
     }
 }
 

@@ -8,8 +8,10 @@
 //! | [`name`] | repository names, tags, references |
 //! | [`media`] | media types and the manifest size limit |
 //! | [`platform`] | image platforms (`os/arch[/variant]`) and their slugs |
+//! | [`index`] | the OCI image index of a multi-platform image, as deterministic bytes |
 
 pub mod digest;
+pub mod index;
 pub mod media;
 pub mod name;
 pub mod platform;

@@ -288,6 +288,150 @@ impl<'de> serde::Deserialize<'de> for Reference {
     }
 }
 
+/// The registry of image names without a host, as Docker normalises them.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// The tag of image names without one.
+pub const DEFAULT_TAG: &str = "latest";
+
+/// An image name with its registry and tag, as `docker push` takes it:
+/// `[host[:port]/]repository[:tag]`, normalised as Docker does. The first component is a
+/// host when it has a `.` or a `:`, is `localhost`, or has an uppercase letter; otherwise
+/// the registry is [`DOCKER_HUB`], where a one-component name lives under `library/`. A
+/// missing tag is [`DEFAULT_TAG`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImageName {
+    /// `host[:port]` (`registry.example.com`, `127.0.0.1:5000`, `docker.io`).
+    pub registry: String,
+    /// The repository within the registry (`team/app`, `library/alpine`).
+    pub repository: RepoName,
+    /// The tag.
+    pub tag: Tag,
+}
+
+/// Why a text is not an image name with an optional tag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageNameError {
+    /// It names a digest; a tag (or none) is expected.
+    #[error("image {0:?} has a digest: expected [host[:port]/]repository[:tag]")]
+    HasDigest(String),
+    /// The registry part is not `host[:port]`.
+    #[error("image {image:?} has an invalid registry host {host:?}")]
+    BadHost {
+        /// The whole text.
+        image: String,
+        /// The host part.
+        host: String,
+    },
+    /// The repository part breaks the name grammar.
+    #[error("image {image:?} has an invalid repository")]
+    Repository {
+        /// The whole text.
+        image: String,
+        /// Why.
+        #[source]
+        source: NameError,
+    },
+    /// The tag breaks the tag grammar.
+    #[error("image {image:?} has an invalid tag")]
+    Tag {
+        /// The whole text.
+        image: String,
+        /// Why.
+        #[source]
+        source: TagError,
+    },
+}
+
+impl ImageName {
+    /// Parses and normalises `[host[:port]/]repository[:tag]`.
+    pub fn parse(text: &str) -> Result<Self, ImageNameError> {
+        if text.contains('@') {
+            return Err(ImageNameError::HasDigest(text.to_owned()));
+        }
+        let (registry, rest) = match text.split_once('/') {
+            Some((first, rest))
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                (first, rest)
+            }
+            _ => (DOCKER_HUB, text),
+        };
+        if !is_registry_host(registry) {
+            return Err(ImageNameError::BadHost {
+                image: text.to_owned(),
+                host: registry.to_owned(),
+            });
+        }
+        let registry = if registry == "index.docker.io" {
+            DOCKER_HUB
+        } else {
+            registry
+        };
+        // The host is gone, so a `:` can only start the tag.
+        let (path, tag) = rest.rsplit_once(':').unwrap_or((rest, DEFAULT_TAG));
+        let path = if registry == DOCKER_HUB && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_owned()
+        };
+        let repository = RepoName::parse(&path).map_err(|source| ImageNameError::Repository {
+            image: text.to_owned(),
+            source,
+        })?;
+        let tag = Tag::parse(tag).map_err(|source| ImageNameError::Tag {
+            image: text.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            registry: registry.to_owned(),
+            repository,
+            tag,
+        })
+    }
+
+    /// `registry/repository@digest`: the same repository, by digest.
+    pub fn at_digest(&self, digest: &Digest) -> String {
+        format!("{}/{}@{digest}", self.registry, self.repository)
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}
+
+impl FromStr for ImageName {
+    type Err = ImageNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// `host[:port]`: dot-separated labels of ASCII letters, digits and inner `-`, then an
+/// optional decimal port (what `spec.output.image`'s schema rule accepts).
+fn is_registry_host(text: &str) -> bool {
+    let (host, port) = match text.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host.split('.').all(label_ok) && port_ok
+}
+
 /// Whether `text` is 1 to `max_len` ASCII letters, digits or bytes of `punctuation`: the
 /// shape of the ids Kiln mints (upload ids, lease names), safe in paths and file names.
 pub(crate) fn is_plain_token(text: &str, max_len: usize, punctuation: &[u8]) -> bool {
@@ -490,6 +634,94 @@ pub(crate) mod tests {
         #[test]
         fn component_check_agrees_with_a_reference_matcher(text in "[a-z0-9._-]{0,12}") {
             prop_assert_eq!(is_valid_component(&text), reference_component(&text));
+        }
+    }
+}
+
+#[cfg(test)]
+mod image_name_tests {
+    use super::*;
+
+    fn image(registry: &str, repository: &str, tag: &str) -> ImageName {
+        ImageName {
+            registry: registry.to_owned(),
+            repository: RepoName::parse(repository).unwrap(),
+            tag: Tag::parse(tag).unwrap(),
+        }
+    }
+
+    #[test]
+    fn image_names_are_normalised_as_docker_does() {
+        for (text, want) in [
+            ("alpine", image("docker.io", "library/alpine", "latest")),
+            ("alpine:3", image("docker.io", "library/alpine", "3")),
+            ("team/app:v1", image("docker.io", "team/app", "v1")),
+            (
+                "docker.io/alpine",
+                image("docker.io", "library/alpine", "latest"),
+            ),
+            (
+                "index.docker.io/team/app",
+                image("docker.io", "team/app", "latest"),
+            ),
+            (
+                "registry.example.com/team/app",
+                image("registry.example.com", "team/app", "latest"),
+            ),
+            (
+                "127.0.0.1:5000/team/app:v1",
+                image("127.0.0.1:5000", "team/app", "v1"),
+            ),
+            ("localhost/app:v1", image("localhost", "app", "v1")),
+            ("Registry/app", image("Registry", "app", "latest")),
+        ] {
+            let parsed = ImageName::parse(text).unwrap();
+            assert_eq!(parsed, want, "{text}");
+        }
+        let name = ImageName::parse("127.0.0.1:5000/team/app:v1").unwrap();
+        assert_eq!(name.to_string(), "127.0.0.1:5000/team/app:v1");
+        let digest = Digest::of(b"");
+        assert_eq!(
+            name.at_digest(&digest),
+            format!("127.0.0.1:5000/team/app@{digest}")
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_tagged_image_name_is_refused() {
+        let digest = Digest::of(b"");
+        let by_digest = format!("registry.example.com/team/app@{digest}");
+        assert!(matches!(
+            ImageName::parse(&by_digest),
+            Err(ImageNameError::HasDigest(_))
+        ));
+        for text in [
+            "-bad.example/app",
+            "bad_host.example/app",
+            "host.example:port/app",
+        ] {
+            assert!(
+                matches!(ImageName::parse(text), Err(ImageNameError::BadHost { .. })),
+                "{text}"
+            );
+        }
+        for text in ["", "registry.example.com/", "Team.example/App", "team//app"] {
+            assert!(
+                matches!(
+                    ImageName::parse(text),
+                    Err(ImageNameError::Repository { .. })
+                ),
+                "{text}"
+            );
+        }
+        for text in ["team/app:", "team/app:.v1", "registry.example.com/app:a:b"] {
+            assert!(
+                matches!(
+                    ImageName::parse(text),
+                    Err(ImageNameError::Tag { .. } | ImageNameError::Repository { .. })
+                ),
+                "{text}"
+            );
         }
     }
 }

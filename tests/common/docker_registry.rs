@@ -18,16 +18,29 @@ pub struct DockerRegistry {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// `htpasswd` file contents (bcrypt entries), when the registry requires Basic auth.
+    htpasswd: Option<String>,
 }
 
 impl DockerRegistry {
     /// Starts a registry with an empty store (deletes enabled, access log on).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires HTTP Basic credentials from `htpasswd` (lines of
+    /// `user:<bcrypt hash>`, the only hash docker-registry accepts).
+    pub fn start_with_htpasswd(htpasswd: &str) -> Self {
+        Self::start_with(Some(htpasswd.to_owned()))
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for docker-registry");
         let mut registry = Self {
             child: None,
             port: 0,
             dir,
+            htpasswd,
         };
         registry.start_on_a_free_port();
         registry
@@ -112,7 +125,7 @@ impl DockerRegistry {
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let binary = super::tool("KILN_DOCKER_REGISTRY", "/usr/bin/docker-registry");
         let data = self.dir.path().join("data");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
@@ -120,6 +133,14 @@ impl DockerRegistry {
             data.display(),
             self.port
         );
+        if let Some(htpasswd) = &self.htpasswd {
+            let path = self.dir.path().join("htpasswd");
+            std::fs::write(&path, htpasswd).map_err(|e| e.to_string())?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                path.display()
+            ));
+        }
         std::fs::write(self.config_path(), config).map_err(|e| e.to_string())?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -163,7 +184,13 @@ impl DockerRegistry {
             return false;
         }
         let mut head = [0u8; 12];
-        stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+        // A registry with auth answers, but with its challenge.
+        let ready: &[u8] = if self.htpasswd.is_some() {
+            b"401"
+        } else {
+            b"200"
+        };
+        stream.read_exact(&mut head).is_ok() && head.ends_with(ready)
     }
 }
 

@@ -31,19 +31,34 @@ pub struct TestImage {
 }
 
 impl TestImage {
-    /// Builds an image whose one file holds `seed` (different seeds, different digests),
-    /// tagged `tag`.
+    /// Builds a linux/amd64 image whose one file holds `seed` (different seeds, different
+    /// digests), tagged `tag`.
     pub fn build(seed: &str, tag: &str) -> Self {
+        Self::build_for(seed, tag, "linux/amd64")
+    }
+
+    /// [`TestImage::build`] for `platform` (`os/arch[/variant]`): its config names that
+    /// os, architecture and variant, which is what a platform-selecting pull matches.
+    /// `linux/amd64` gives the same bytes as [`TestImage::build`].
+    pub fn build_for(seed: &str, tag: &str, platform: &str) -> Self {
+        let mut parts = platform.split('/');
+        let (Some(os), Some(architecture)) = (parts.next(), parts.next()) else {
+            panic!("platform {platform:?} is not os/arch[/variant]");
+        };
+        let variant = parts.next();
         let content = format!("kiln test image {seed}\n");
         let layer_tar = tar(&[("hello.txt", content.as_bytes())]);
         let layer = gzip(&layer_tar);
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
+        let mut config = serde_json::json!({
+            "architecture": architecture,
+            "os": os,
             "config": {"Cmd": ["/bin/true"]},
             "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer_tar).to_string()]}
-        }))
-        .unwrap();
+        });
+        if let Some(variant) = variant {
+            config["variant"] = variant.into();
+        }
+        let config = serde_json::to_vec(&config).unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,

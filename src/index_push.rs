@@ -1,0 +1,1183 @@
+//! Assembling a multi-platform image: fetch each platform's manifest from the output
+//! repository, check it, write the OCI image index of them and push it at the output tag
+//! (I/O: HTTP to one registry, and reading a Docker config file).
+//!
+//! This is the work of `kiln index push`, which the controller runs in a short pod once
+//! every platform's build pod has pushed its image by digest. It runs in a pod, not in the
+//! controller, because it needs the Build's push credentials and the controller never
+//! reads them.
+//!
+//! # Steps and guarantees
+//! 1. Every `(platform, digest)` is fetched by digest from the output repository, and its
+//!    bytes are hashed: an entry's digest, media type and size are those of bytes this
+//!    process checked, never what a header claimed.
+//! 2. An entry that is itself an index or manifest list is refused
+//!    ([`ManifestProblem::IsIndex`]): a per-platform build gives one image manifest, and
+//!    an index of indexes is not what pull tools resolve.
+//! 3. The index is [`image_index`] of the entries in the order given, so the same inputs
+//!    push the same bytes and the same digest: pushing twice is harmless.
+//! 4. It is PUT at the tag; a `Docker-Content-Digest` in the answer must be the digest of
+//!    the bytes sent, or the push counts as failed ([`IndexPushError::VerifyPush`]).
+//!
+//! Connection failures, time-outs, 429 and 5xx answers are retried ([`Retry`]); any other
+//! answer is definite and ends the push.
+//!
+//! # What comes from oci-client, and what does not
+//! Manifests are fetched with oci-client's `pull_manifest_raw`, which also runs the token
+//! flow (anonymous, Bearer with credentials, or Basic when the registry asks for it). The
+//! index is PUT with reqwest (the one oci-client is built on) because oci-client's
+//! `push_manifest_raw` returns no response header, and the `Docker-Content-Digest` check
+//! needs one; the token for that PUT still comes from oci-client's `auth`.
+//!
+//! Credentials come from a Docker `config.json` ([`read_docker_config`], parsed by
+//! [`crate::registry::mirror::credentials`], the format of a `kubernetes.io/dockerconfigjson`
+//! Secret).
+
+// An error here ends a one-shot command, and carries the platform and reference people
+// need to read it; a few more bytes per `Result` cost nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, RegistryOperation};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderValue};
+
+use crate::oci::digest::Digest;
+use crate::oci::index::{IndexEntry, image_index};
+use crate::oci::media::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX,
+    OCI_MANIFEST,
+};
+use crate::oci::name::ImageName;
+use crate::oci::platform::Platform;
+use crate::registry::mirror::credentials::{Credentials, CredentialsError, credentials_for};
+
+/// How long to wait for a connection to the registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a read from the registry may stall.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The file of a Docker config directory that holds credentials.
+pub const DOCKER_CONFIG_FILE: &str = "config.json";
+
+/// How often, and how patiently, a request that failed transiently (no connection,
+/// time-out, 429, 5xx) is sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included (at least 1).
+    pub attempts: u32,
+    /// The wait before the second attempt; each later wait doubles.
+    pub first_delay: Duration,
+}
+
+impl Default for Retry {
+    /// Four attempts over about 3.5 s of waiting (0.5 s, 1 s, 2 s): enough to ride out a
+    /// registry restart or a load balancer's hiccup, short next to a build.
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            first_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What to push: the index of `manifests` at `image`'s tag.
+#[derive(Clone, Debug)]
+pub struct IndexPush {
+    /// The output image: its registry and repository hold the manifests, its tag gets the
+    /// index.
+    pub image: ImageName,
+    /// Each platform's manifest digest, in the order the index lists them.
+    pub manifests: Vec<(Platform, Digest)>,
+    /// Credentials for the registry; `None` is anonymous.
+    pub credentials: Option<Credentials>,
+    /// Registries (`host[:port]`, as in the image name) reached over plain HTTP.
+    pub plain_http: BTreeSet<String>,
+    /// The retry policy for transient failures.
+    pub retry: Retry,
+}
+
+/// A pushed index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedIndex {
+    /// The digest of the index's bytes: what the tag now points to.
+    pub digest: Digest,
+    /// The index's bytes, exactly as pushed.
+    pub bytes: Vec<u8>,
+    /// Its entries, in order.
+    pub entries: Vec<IndexEntry>,
+}
+
+/// Why the index was not pushed. Each variant is named after the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexPushError {
+    /// The request lists no manifest.
+    #[error("no manifests to put in the index: give at least one PLATFORM=DIGEST")]
+    ListManifests,
+    /// The request lists a platform twice, which would make pulls ambiguous.
+    #[error("platform {0} is listed twice: an index has one manifest per platform")]
+    ListPlatforms(Platform),
+    /// The Docker config could not be read or used.
+    #[error("cannot read registry credentials")]
+    ReadCredentials(#[source] CredentialsError),
+    /// The HTTP client could not be built.
+    #[error("cannot set up the registry client: {reason}")]
+    BuildClient {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A platform's manifest could not be fetched.
+    #[error("cannot fetch the {platform} manifest {reference}")]
+    FetchManifest {
+        /// The platform.
+        platform: Platform,
+        /// `registry/repository@digest`.
+        reference: String,
+        /// What the registry (or the network) said.
+        #[source]
+        source: RequestError,
+    },
+    /// A platform's manifest was fetched but cannot be listed in the index.
+    #[error("the {platform} manifest {reference} cannot go in the index")]
+    CheckManifest {
+        /// The platform.
+        platform: Platform,
+        /// `registry/repository@digest`.
+        reference: String,
+        /// What is wrong with it.
+        #[source]
+        source: ManifestProblem,
+    },
+    /// The index could not be pushed.
+    #[error("cannot push the index to {reference}")]
+    PushIndex {
+        /// `registry/repository:tag`.
+        reference: String,
+        /// What the registry (or the network) said.
+        #[source]
+        source: RequestError,
+    },
+    /// The registry accepted the index but says it stored other bytes.
+    #[error(
+        "the registry stored the index at {reference} as {stored}, not as {pushed} (the digest of the bytes sent)"
+    )]
+    VerifyPush {
+        /// `registry/repository:tag`.
+        reference: String,
+        /// The digest of the bytes sent.
+        pushed: Digest,
+        /// The registry's `Docker-Content-Digest`.
+        stored: String,
+    },
+}
+
+/// How a request to the registry failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The registry has no such manifest (or repository).
+    #[error("the registry has no such manifest or repository (404){}", detail(.message))]
+    NotFound {
+        /// The registry's message, if any.
+        message: String,
+    },
+    /// The registry refused access (401 or 403), after authenticating if it asked to.
+    #[error(
+        "access denied ({status}): check the push Secret's credentials for this registry{}",
+        detail(.message)
+    )]
+    Denied {
+        /// 401 or 403.
+        status: u16,
+        /// The registry's message, if any.
+        message: String,
+    },
+    /// The registry's token endpoint refused or failed.
+    #[error("authentication with the registry failed: {reason}")]
+    Authenticate {
+        /// What it said.
+        reason: String,
+    },
+    /// The registry could not answer (no connection, time-out, 429, 5xx), on every attempt.
+    #[error("the registry is unavailable ({attempts} attempts): {reason}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last status, when the registry answered.
+        status: Option<u16>,
+        /// The last failure.
+        reason: String,
+    },
+    /// Any other status: the registry refused the request (400 `MANIFEST_INVALID`, ...).
+    #[error("the registry refused the request ({status}){}", detail(.message))]
+    Refused {
+        /// The status.
+        status: u16,
+        /// The registry's message, if any.
+        message: String,
+    },
+    /// An answer that breaks the protocol (a success status other than 200 on a fetch, an
+    /// unparseable header).
+    #[error("the registry's answer breaks the protocol: {reason}")]
+    BadAnswer {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl RequestError {
+    /// Whether sending the request again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// What makes a fetched manifest unfit for the index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestProblem {
+    /// It is an image index or manifest list itself.
+    #[error(
+        "it is an image index ({media_type}), not one image's manifest: each platform's build must push a single-platform image"
+    )]
+    IsIndex {
+        /// Its media type.
+        media_type: String,
+    },
+    /// Its bytes do not hash to the digest it was fetched by.
+    #[error("the registry served bytes whose digest is {actual}")]
+    DigestMismatch {
+        /// The digest of what was served.
+        actual: String,
+    },
+    /// It is larger than any registry must accept.
+    #[error("it is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte manifest limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// Its media type is not an image manifest Kiln lists.
+    #[error("its media type {0:?} is neither an OCI image manifest nor a Docker schema 2 manifest")]
+    UnsupportedMediaType(String),
+    /// It is not a JSON manifest whose media type can be told.
+    #[error("it is not a manifest whose media type can be told: {0}")]
+    Unreadable(String),
+}
+
+/// The media type of an image manifest's bytes: its `mediaType` field, or, when an OCI
+/// manifest leaves that out, what its shape says. Refuses indexes, manifest lists and
+/// anything but an OCI image manifest or a Docker schema 2 manifest.
+pub fn manifest_media_type(bytes: &[u8]) -> Result<String, ManifestProblem> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Shape {
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+        config: Option<serde::de::IgnoredAny>,
+        layers: Option<serde::de::IgnoredAny>,
+    }
+    let shape: Shape = serde_json::from_slice(bytes)
+        .map_err(|err| ManifestProblem::Unreadable(err.to_string()))?;
+    let media_type = match (
+        shape.media_type,
+        shape.manifests,
+        shape.config,
+        shape.layers,
+    ) {
+        (Some(media_type), ..) => media_type,
+        (None, Some(_), ..) => OCI_INDEX.to_owned(),
+        (None, None, Some(_), Some(_)) => OCI_MANIFEST.to_owned(),
+        (None, None, ..) => {
+            return Err(ManifestProblem::Unreadable(
+                "no mediaType, and neither manifests nor config and layers".to_owned(),
+            ));
+        }
+    };
+    match media_type.as_str() {
+        OCI_MANIFEST | DOCKER_MANIFEST => Ok(media_type),
+        OCI_INDEX | DOCKER_MANIFEST_LIST => Err(ManifestProblem::IsIndex { media_type }),
+        _ => Err(ManifestProblem::UnsupportedMediaType(media_type)),
+    }
+}
+
+/// The credentials for `registry` in `dir/config.json` (a Docker config directory, such
+/// as a mounted `kubernetes.io/dockerconfigjson` Secret). No file, or no entry for the
+/// registry, is `None`: anonymous.
+pub fn read_docker_config(
+    dir: &Path,
+    registry: &str,
+) -> Result<Option<Credentials>, IndexPushError> {
+    let path = dir.join(DOCKER_CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IndexPushError::ReadCredentials(CredentialsError::Read {
+                path: path.display().to_string(),
+                source,
+            }));
+        }
+    };
+    credentials_for(&text, registry).map_err(IndexPushError::ReadCredentials)
+}
+
+/// Fetches and checks every manifest of `request`, then pushes their index at its tag.
+/// Returns the index and its digest.
+pub async fn push_index(request: &IndexPush) -> Result<PushedIndex, IndexPushError> {
+    check_request(request)?;
+    let registry = RegistryClient::new(request)?;
+    let mut entries = Vec::with_capacity(request.manifests.len());
+    for (platform, digest) in &request.manifests {
+        entries.push(registry.fetch_entry(platform, digest).await?);
+    }
+    let bytes = image_index(&entries);
+    let digest = Digest::of(&bytes);
+    let reference = request.image.to_string();
+    let stored = registry
+        .push(Bytes::from(bytes.clone()))
+        .await
+        .map_err(|source| IndexPushError::PushIndex {
+            reference: reference.clone(),
+            source,
+        })?;
+    if let Some(stored) = stored.filter(|stored| *stored != digest.to_string()) {
+        return Err(IndexPushError::VerifyPush {
+            reference,
+            pushed: digest,
+            stored,
+        });
+    }
+    tracing::info!(image = %reference, %digest, platforms = entries.len(), "pushed the image index");
+    Ok(PushedIndex {
+        digest,
+        bytes,
+        entries,
+    })
+}
+
+/// The checks that need no registry: at least one manifest, one per platform.
+fn check_request(request: &IndexPush) -> Result<(), IndexPushError> {
+    if request.manifests.is_empty() {
+        return Err(IndexPushError::ListManifests);
+    }
+    let mut seen = BTreeSet::new();
+    for (platform, _) in &request.manifests {
+        if !seen.insert(platform) {
+            return Err(IndexPushError::ListPlatforms(platform.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The registry of one push: oci-client for fetches and tokens, reqwest for the PUT.
+struct RegistryClient {
+    image: ImageName,
+    /// The host requests go to (Docker Hub's API host for `docker.io`).
+    api_host: String,
+    scheme: &'static str,
+    auth: RegistryAuth,
+    basic: Option<HeaderValue>,
+    retry: Retry,
+    oci: Client,
+    http: reqwest::Client,
+    /// The `Authorization` value the last PUT needed, for the PUTs of later attempts.
+    push_authorization: Mutex<Option<HeaderValue>>,
+}
+
+impl RegistryClient {
+    fn new(request: &IndexPush) -> Result<Self, IndexPushError> {
+        let build = |reason: String| IndexPushError::BuildClient { reason };
+        let (auth, basic) = match &request.credentials {
+            Some(Credentials { username, password }) => {
+                let encoded = STANDARD.encode(format!("{username}:{password}"));
+                let header = HeaderValue::from_str(&format!("Basic {encoded}"))
+                    .map_err(|_| build("the credentials are not header-safe".to_owned()))?;
+                (
+                    RegistryAuth::Basic(username.clone(), password.clone()),
+                    Some(header),
+                )
+            }
+            None => (RegistryAuth::Anonymous, None),
+        };
+        let tag_reference = tag_reference(&request.image);
+        let api_host = tag_reference.resolve_registry().to_owned();
+        let scheme = if request.plain_http.contains(&api_host) {
+            "http"
+        } else {
+            "https"
+        };
+        crate::tls::install_crypto_provider();
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(request.plain_http.iter().cloned().collect()),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            ..ClientConfig::default()
+        };
+        let oci = Client::try_from(config).map_err(|err| build(err.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|err| build(crate::report::error_chain(&err)))?;
+        Ok(Self {
+            image: request.image.clone(),
+            api_host,
+            scheme,
+            auth,
+            basic,
+            retry: request.retry,
+            oci,
+            http,
+            push_authorization: Mutex::new(None),
+        })
+    }
+
+    /// Fetches the manifest of `platform` by `digest` and makes its index entry.
+    async fn fetch_entry(
+        &self,
+        platform: &Platform,
+        digest: &Digest,
+    ) -> Result<IndexEntry, IndexPushError> {
+        let reference = self.image.at_digest(digest);
+        let oci_reference = oci_client::Reference::with_digest(
+            self.image.registry.clone(),
+            self.image.repository.to_string(),
+            digest.to_string(),
+        );
+        let requested = digest.to_string();
+        let fetched = retrying(self.retry, &reference, || async {
+            match self
+                .oci
+                .pull_manifest_raw(&oci_reference, &self.auth, &MANIFEST_MEDIA_TYPES)
+                .await
+            {
+                Ok((bytes, _)) => Ok(Ok(bytes)),
+                // oci-client checks the bytes against the digest asked for, then against
+                // the `Docker-Content-Digest` header: only the first is about the manifest.
+                Err(OciDistributionError::DigestError(DigestError::VerificationError {
+                    expected,
+                    actual,
+                })) if expected == requested => Ok(Err(ManifestProblem::DigestMismatch { actual })),
+                Err(OciDistributionError::DigestError(err)) => Err(RequestError::BadAnswer {
+                    reason: format!("Docker-Content-Digest: {err}"),
+                }),
+                Err(err) => Err(classify_oci(err)),
+            }
+        })
+        .await
+        .map_err(|source| IndexPushError::FetchManifest {
+            platform: platform.clone(),
+            reference: reference.clone(),
+            source,
+        })?;
+        let check = |source| IndexPushError::CheckManifest {
+            platform: platform.clone(),
+            reference: reference.clone(),
+            source,
+        };
+        let bytes = fetched.map_err(check)?;
+        entry_for(platform, digest, &bytes).map_err(check)
+    }
+
+    /// PUTs `bytes` at the tag; returns the registry's `Docker-Content-Digest`, if any.
+    async fn push(&self, bytes: Bytes) -> Result<Option<String>, RequestError> {
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme, self.api_host, self.image.repository, self.image.tag
+        );
+        retrying(self.retry, &url, || self.put_once(&url, bytes.clone())).await
+    }
+
+    /// One PUT, authenticating once if the registry answers 401.
+    async fn put_once(&self, url: &str, bytes: Bytes) -> Result<Option<String>, RequestError> {
+        let cached = match self.push_authorization.lock() {
+            Ok(value) => value.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut response = self.send_put(url, bytes.clone(), cached).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let authorization = self.authenticate_push().await?;
+            response = self.send_put(url, bytes, authorization.clone()).await?;
+            match self.push_authorization.lock() {
+                Ok(mut value) => *value = authorization,
+                Err(poisoned) => *poisoned.into_inner() = authorization,
+            }
+        }
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response
+                .headers()
+                .get("docker-content-digest")
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned()));
+        }
+        let message = response.text().await.unwrap_or_default();
+        Err(classify_status(status.as_u16(), registry_message(&message)))
+    }
+
+    async fn send_put(
+        &self,
+        url: &str,
+        bytes: Bytes,
+        authorization: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, RequestError> {
+        let mut request = self
+            .http
+            .put(url)
+            .header(header::CONTENT_TYPE, OCI_INDEX)
+            .body(bytes);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request
+            .send()
+            .await
+            .map_err(|err| unavailable(None, crate::report::error_chain(&err)))
+    }
+
+    /// The `Authorization` for a push: a Bearer token from the registry's token flow, or
+    /// Basic credentials when the registry challenges with Basic (or not at all).
+    async fn authenticate_push(&self) -> Result<Option<HeaderValue>, RequestError> {
+        let token = self
+            .oci
+            .auth(
+                &tag_reference(&self.image),
+                &self.auth,
+                RegistryOperation::Push,
+            )
+            .await
+            .map_err(|err| match err {
+                OciDistributionError::AuthenticationFailure(reason) => {
+                    RequestError::Authenticate { reason }
+                }
+                other => classify_oci(other),
+            })?;
+        match token {
+            Some(token) => HeaderValue::from_str(&format!("Bearer {token}"))
+                .map(Some)
+                .map_err(|_| RequestError::Authenticate {
+                    reason: "the registry's token is not header-safe".to_owned(),
+                }),
+            None => Ok(self.basic.clone()),
+        }
+    }
+}
+
+fn tag_reference(image: &ImageName) -> oci_client::Reference {
+    oci_client::Reference::with_tag(
+        image.registry.clone(),
+        image.repository.to_string(),
+        image.tag.to_string(),
+    )
+}
+
+/// The index entry of manifest `bytes` fetched as `digest` for `platform`, once checked.
+fn entry_for(
+    platform: &Platform,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<IndexEntry, ManifestProblem> {
+    let actual = digest.algorithm().digest(bytes);
+    if actual != *digest {
+        return Err(ManifestProblem::DigestMismatch {
+            actual: actual.to_string(),
+        });
+    }
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestProblem::TooLarge { size: bytes.len() });
+    }
+    Ok(IndexEntry {
+        platform: platform.clone(),
+        digest: *digest,
+        media_type: manifest_media_type(bytes)?,
+        size: bytes.len() as u64,
+    })
+}
+
+/// Runs `attempt` until it succeeds, fails definitely, or has failed transiently
+/// `retry.attempts` times, waiting longer after each transient failure.
+async fn retrying<T, F, Fut>(retry: Retry, what: &str, mut attempt: F) -> Result<T, RequestError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RequestError>>,
+{
+    let mut delay = retry.first_delay;
+    let mut made = 1;
+    loop {
+        match attempt().await {
+            Err(RequestError::Unavailable { status, reason, .. }) => {
+                if made >= retry.attempts.max(1) {
+                    return Err(RequestError::Unavailable {
+                        attempts: made,
+                        status,
+                        reason,
+                    });
+                }
+                tracing::warn!(request = what, attempt = made, ?status, %reason, retry_in = ?delay, "transient registry failure");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+                made += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn unavailable(status: Option<u16>, reason: String) -> RequestError {
+    RequestError::Unavailable {
+        attempts: 1,
+        status,
+        reason,
+    }
+}
+
+/// The error class of an HTTP status that is not a success.
+fn classify_status(status: u16, message: String) -> RequestError {
+    match status {
+        404 => RequestError::NotFound { message },
+        401 | 403 => RequestError::Denied { status, message },
+        429 | 500..=599 => {
+            let reason = format!("status {status}{}", detail(&message));
+            unavailable(Some(status), reason)
+        }
+        _ => RequestError::Refused { status, message },
+    }
+}
+
+fn classify_oci(err: OciDistributionError) -> RequestError {
+    match err {
+        OciDistributionError::RequestError(err) => {
+            unavailable(None, crate::report::error_chain(&err))
+        }
+        OciDistributionError::IoError(err) => unavailable(None, crate::report::error_chain(&err)),
+        OciDistributionError::ServerError { code, message, .. } => {
+            classify_status(code, registry_message(&message))
+        }
+        OciDistributionError::UnauthorizedError { .. } => classify_status(401, String::new()),
+        OciDistributionError::AuthenticationFailure(reason) => {
+            RequestError::Authenticate { reason }
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            use oci_client::errors::OciErrorCode as C;
+            let status = match envelope.errors.first().map(|e| &e.code) {
+                Some(C::BlobUnknown | C::ManifestUnknown | C::NameUnknown | C::NotFound) => 404,
+                Some(C::Unauthorized) => 401,
+                Some(C::Denied) => 403,
+                Some(C::Toomanyrequests) => 429,
+                _ => 400,
+            };
+            let message = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    let code = serde_json::to_value(&e.code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    format!("{code} {}", e.message).trim().to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            classify_status(status, message)
+        }
+        other => RequestError::BadAnswer {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A registry's error body, shortened for a message: the spec's error codes and messages
+/// when it is an error envelope, else its first 300 characters.
+fn registry_message(body: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<EnvelopeError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EnvelopeError {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(envelope) = serde_json::from_str::<Envelope>(body) {
+        return envelope
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", e.code, e.message).trim().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    body.trim().chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::media::OCI_CONFIG;
+    use axum::extract::{Request, State};
+    use axum::http::StatusCode as S;
+    use axum::response::IntoResponse;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn manifest(seed: &str, media_type: Option<&str>) -> Vec<u8> {
+        let mut value = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": OCI_CONFIG, "digest": Digest::of(seed.as_bytes()).to_string(), "size": seed.len()},
+            "layers": []
+        });
+        if let Some(media_type) = media_type {
+            value["mediaType"] = media_type.into();
+        }
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    /// A registry in-process: manifests by digest, PUTs recorded, failures scripted.
+    #[derive(Default)]
+    struct Fake {
+        manifests: BTreeMap<String, Vec<u8>>,
+        /// Answer this many manifest GETs with 503 first.
+        get_failures: AtomicUsize,
+        /// Answer this many PUTs with 429 first.
+        put_failures: AtomicUsize,
+        /// Answer PUTs with this Docker-Content-Digest instead of the real one.
+        stored_digest: Option<String>,
+        /// Require these Basic credentials (`user:password`), challenging with Basic.
+        basic: Option<&'static str>,
+        pushed: Mutex<Vec<(String, String, Vec<u8>)>>,
+    }
+
+    async fn fake(State(fake): State<Arc<Fake>>, request: Request) -> axum::response::Response {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        if let Some(credentials) = fake.basic {
+            let want = format!("Basic {}", STANDARD.encode(credentials));
+            if parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                != Some(&want)
+            {
+                return (
+                    S::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Basic realm=\"fake\"")],
+                )
+                    .into_response();
+            }
+        }
+        if path == "/v2/" {
+            return S::OK.into_response();
+        }
+        let Some(reference) = path.strip_prefix("/v2/team/app/manifests/") else {
+            return S::NOT_FOUND.into_response();
+        };
+        match parts.method.as_str() {
+            "GET" => {
+                let left = fake.get_failures.load(Ordering::SeqCst);
+                if left > 0 {
+                    fake.get_failures.store(left - 1, Ordering::SeqCst);
+                    return S::SERVICE_UNAVAILABLE.into_response();
+                }
+                match fake.manifests.get(reference) {
+                    Some(bytes) => (
+                        [
+                            (header::CONTENT_TYPE.as_str(), OCI_MANIFEST.to_owned()),
+                            ("docker-content-digest", reference.to_owned()),
+                        ],
+                        bytes.clone(),
+                    )
+                        .into_response(),
+                    None => (
+                        S::NOT_FOUND,
+                        axum::Json(serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})),
+                    )
+                        .into_response(),
+                }
+            }
+            "PUT" => {
+                let left = fake.put_failures.load(Ordering::SeqCst);
+                if left > 0 {
+                    fake.put_failures.store(left - 1, Ordering::SeqCst);
+                    return S::TOO_MANY_REQUESTS.into_response();
+                }
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+                let content_type = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let digest = fake
+                    .stored_digest
+                    .clone()
+                    .unwrap_or_else(|| Digest::of(&bytes).to_string());
+                fake.pushed
+                    .lock()
+                    .unwrap()
+                    .push((reference.to_owned(), content_type, bytes));
+                (
+                    S::CREATED,
+                    [
+                        ("docker-content-digest", digest.clone()),
+                        ("location", format!("/v2/team/app/manifests/{digest}")),
+                    ],
+                )
+                    .into_response()
+            }
+            _ => S::METHOD_NOT_ALLOWED.into_response(),
+        }
+    }
+
+    async fn serve(fake_config: Fake) -> (String, Arc<Fake>) {
+        let state = Arc::new(fake_config);
+        let app = axum::Router::new().fallback(fake).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr.to_string(), state)
+    }
+
+    fn with_manifests(manifests: &[&[u8]]) -> Fake {
+        Fake {
+            manifests: manifests
+                .iter()
+                .map(|bytes| (Digest::of(bytes).to_string(), bytes.to_vec()))
+                .collect(),
+            ..Fake::default()
+        }
+    }
+
+    fn request(host: &str, manifests: &[(&str, &[u8])]) -> IndexPush {
+        IndexPush {
+            image: ImageName::parse(&format!("{host}/team/app:v1")).unwrap(),
+            manifests: manifests
+                .iter()
+                .map(|(platform, bytes)| (Platform::parse(platform).unwrap(), Digest::of(bytes)))
+                .collect(),
+            credentials: None,
+            plain_http: [host.to_owned()].into(),
+            retry: Retry {
+                attempts: 3,
+                first_delay: Duration::from_millis(1),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn pushes_the_index_of_the_fetched_manifests_at_the_tag() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let arm64 = manifest("arm64", Some(DOCKER_MANIFEST));
+        let (host, fake) = serve(with_manifests(&[&amd64, &arm64])).await;
+        let request = request(
+            &host,
+            &[("linux/amd64", &amd64), ("linux/arm64/v8", &arm64)],
+        );
+        let pushed = push_index(&request).await.unwrap();
+        let want = vec![
+            IndexEntry {
+                platform: Platform::parse("linux/amd64").unwrap(),
+                digest: Digest::of(&amd64),
+                media_type: OCI_MANIFEST.to_owned(),
+                size: amd64.len() as u64,
+            },
+            IndexEntry {
+                platform: Platform::parse("linux/arm64/v8").unwrap(),
+                digest: Digest::of(&arm64),
+                media_type: DOCKER_MANIFEST.to_owned(),
+                size: arm64.len() as u64,
+            },
+        ];
+        assert_eq!(pushed.entries, want);
+        assert_eq!(pushed.bytes, image_index(&want));
+        assert_eq!(pushed.digest, Digest::of(&pushed.bytes));
+        assert_eq!(
+            *fake.pushed.lock().unwrap(),
+            [("v1".to_owned(), OCI_INDEX.to_owned(), pushed.bytes.clone())]
+        );
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_attempts_run_out() {
+        let amd64 = manifest("amd64", None);
+        let mut config = with_manifests(&[&amd64]);
+        config.get_failures = AtomicUsize::new(2);
+        config.put_failures = AtomicUsize::new(2);
+        let (host, fake) = serve(config).await;
+        let request = request(&host, &[("linux/amd64", &amd64)]);
+        let pushed = push_index(&request).await.unwrap();
+        // No mediaType in the manifest: its shape says OCI image manifest.
+        assert_eq!(pushed.entries[0].media_type, OCI_MANIFEST);
+        assert_eq!(fake.pushed.lock().unwrap().len(), 1);
+
+        fake.get_failures.store(3, Ordering::SeqCst);
+        let err = push_index(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::FetchManifest {
+                    source: RequestError::Unavailable {
+                        attempts: 3,
+                        status: Some(503),
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        fake.put_failures.store(3, Ordering::SeqCst);
+        let err = push_index(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::PushIndex {
+                    source: RequestError::Unavailable {
+                        attempts: 3,
+                        status: Some(429),
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(fake.pushed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_index_a_missing_manifest_or_a_wrong_stored_digest_fail_typed() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let nested = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []
+        }))
+        .unwrap();
+        let (host, fake) = serve(with_manifests(&[&amd64, &nested])).await;
+
+        let err = push_index(&request(
+            &host,
+            &[("linux/amd64", &amd64), ("linux/arm64", &nested)],
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::CheckManifest { platform, source: ManifestProblem::IsIndex { media_type }, .. }
+                    if platform.to_string() == "linux/arm64" && media_type == OCI_INDEX
+            ),
+            "{err:?}"
+        );
+
+        let err = push_index(&request(&host, &[("linux/amd64", b"absent")]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::FetchManifest {
+                    source: RequestError::NotFound { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = crate::report::error_chain(&err);
+        assert!(
+            text.contains(&format!(
+                "linux/amd64 manifest {host}/team/app@{}",
+                Digest::of(b"absent")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("MANIFEST_UNKNOWN"), "{text}");
+        // Nothing is pushed when any entry fails.
+        assert!(fake.pushed.lock().unwrap().is_empty());
+
+        // A registry that serves other bytes than the digest asked for.
+        let claimed = Digest::of(b"claimed");
+        let mut swapped = Fake::default();
+        swapped.manifests.insert(claimed.to_string(), amd64.clone());
+        let (host, _) = serve(swapped).await;
+        let mut by_claim = request(&host, &[]);
+        by_claim.manifests = vec![(Platform::parse("linux/amd64").unwrap(), claimed)];
+        let err = push_index(&by_claim).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::CheckManifest {
+                    source: ManifestProblem::DigestMismatch { actual },
+                    ..
+                } if *actual == Digest::of(&amd64).to_string()
+            ),
+            "{err:?}"
+        );
+
+        let mut lying = with_manifests(&[&amd64]);
+        lying.stored_digest = Some(Digest::of(b"other").to_string());
+        let (host, _) = serve(lying).await;
+        let err = push_index(&request(&host, &[("linux/amd64", &amd64)]))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, IndexPushError::VerifyPush { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn basic_credentials_are_sent_when_the_registry_asks_for_them() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let mut config = with_manifests(&[&amd64]);
+        config.basic = Some("bob:s3cret");
+        let (host, fake) = serve(config).await;
+        let mut request = request(&host, &[("linux/amd64", &amd64)]);
+        let err = push_index(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IndexPushError::FetchManifest {
+                    source: RequestError::Denied { status: 401, .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        request.credentials = Some(Credentials {
+            username: "bob".into(),
+            password: "s3cret".into(),
+        });
+        push_index(&request).await.unwrap();
+        assert_eq!(fake.pushed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_without_manifests_or_with_a_platform_twice_are_refused_before_any_request() {
+        let mut request = request("127.0.0.1:9", &[]);
+        assert!(matches!(
+            push_index(&request).await,
+            Err(IndexPushError::ListManifests)
+        ));
+        request.manifests = vec![
+            (Platform::parse("linux/amd64").unwrap(), Digest::of(b"a")),
+            (Platform::parse("linux/amd64").unwrap(), Digest::of(b"b")),
+        ];
+        assert!(matches!(
+            push_index(&request).await,
+            Err(IndexPushError::ListPlatforms(p)) if p.to_string() == "linux/amd64"
+        ));
+    }
+
+    #[test]
+    fn media_types_come_from_the_manifest_and_indexes_are_refused() {
+        assert_eq!(
+            manifest_media_type(&manifest("a", Some(DOCKER_MANIFEST))),
+            Ok(DOCKER_MANIFEST.to_owned())
+        );
+        assert_eq!(
+            manifest_media_type(&manifest("a", None)),
+            Ok(OCI_MANIFEST.to_owned())
+        );
+        for media_type in [OCI_INDEX, DOCKER_MANIFEST_LIST] {
+            assert_eq!(
+                manifest_media_type(&manifest("a", Some(media_type))),
+                Err(ManifestProblem::IsIndex {
+                    media_type: media_type.to_owned()
+                })
+            );
+        }
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
+            Err(ManifestProblem::IsIndex {
+                media_type: OCI_INDEX.to_owned()
+            })
+        );
+        assert!(matches!(
+            manifest_media_type(&manifest(
+                "a",
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws")
+            )),
+            Err(ManifestProblem::UnsupportedMediaType(_))
+        ));
+        for bad in [&b"not json"[..], b"{}", b"[]"] {
+            assert!(
+                matches!(
+                    manifest_media_type(bad),
+                    Err(ManifestProblem::Unreadable(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_is_made_only_of_bytes_that_match_their_digest() {
+        let bytes = manifest("a", Some(OCI_MANIFEST));
+        let platform = Platform::parse("linux/amd64").unwrap();
+        assert!(entry_for(&platform, &Digest::of(&bytes), &bytes).is_ok());
+        assert_eq!(
+            entry_for(&platform, &Digest::of(b"else"), &bytes),
+            Err(ManifestProblem::DigestMismatch {
+                actual: Digest::of(&bytes).to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_config_directory_and_no_file_is_anonymous() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            read_docker_config(dir.path(), "registry.example.com").unwrap(),
+            None
+        );
+        assert_eq!(
+            read_docker_config(&dir.path().join("absent"), "registry.example.com").unwrap(),
+            None
+        );
+        let auth = STANDARD.encode("bob:s3cret");
+        std::fs::write(
+            dir.path().join(DOCKER_CONFIG_FILE),
+            format!(
+                r#"{{"auths": {{
+                    "registry.example.com": {{"auth": "{auth}"}},
+                    "https://index.docker.io/v1/": {{"username": "hub", "password": "tok"}}
+                }}}}"#
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            read_docker_config(dir.path(), "registry.example.com").unwrap(),
+            Some(Credentials {
+                username: "bob".into(),
+                password: "s3cret".into()
+            })
+        );
+        assert_eq!(
+            read_docker_config(dir.path(), "docker.io").unwrap(),
+            Some(Credentials {
+                username: "hub".into(),
+                password: "tok".into()
+            })
+        );
+        assert_eq!(read_docker_config(dir.path(), "ghcr.io").unwrap(), None);
+        std::fs::write(dir.path().join(DOCKER_CONFIG_FILE), "{not json").unwrap();
+        assert!(matches!(
+            read_docker_config(dir.path(), "registry.example.com"),
+            Err(IndexPushError::ReadCredentials(CredentialsError::Parse(_)))
+        ));
+    }
+}
