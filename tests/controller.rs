@@ -699,3 +699,39 @@ async fn a_finished_build_costs_no_api_request_once_the_pod_index_has_synced() {
     assert!(reads.load(Ordering::SeqCst) > before);
     assert_eq!(phase_of(&h, "app").await.1, Some(Reason::PodCreated));
 }
+
+#[tokio::test]
+async fn each_platform_of_a_native_build_gets_its_own_token_secret_and_mounts_it() {
+    let config = Config {
+        cache_service: Some(
+            kiln::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
+        ),
+        cache_token_key: Some(kiln::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap()),
+        ..Config::default()
+    };
+    let build = Build::test("app")
+        .platform("linux/amd64")
+        .platform("linux/arm64");
+    let h = Harness::with(vec![build], vec![], config, None).await;
+    h.settle("app").await;
+    assert_eq!(
+        h.pod_names().await,
+        ["app-1-linux-amd64", "app-1-linux-arm64"]
+    );
+    assert_eq!(
+        h.secret_names().await,
+        ["app-1-linux-amd64", "app-1-linux-arm64"],
+        "one token Secret per platform pod, named after it"
+    );
+    for pod in h.pods().await {
+        let mounted: Vec<String> = pod
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+            .collect();
+        assert_eq!(mounted, [pod.metadata.name.clone().unwrap()]);
+    }
+}

@@ -377,7 +377,7 @@ async fn create_cache_secret(
         name: name.to_owned(),
         source,
     })?;
-    let secret = attempt_secret(build, attempt, config);
+    let secret = attempt_secret(build, name, attempt, config);
     // An existing Secret of this Build was minted by a create repeated after a crash: its
     // token is still valid.
     create_owned(&secrets, &secret, build, Owned::Secret, |_| {}).await?;

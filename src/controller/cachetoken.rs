@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::buildkit::cache_ref;
 use super::config::Config;
-use super::labels::{attempt_labels, pod_name};
+use super::labels::attempt_labels;
 use super::validate::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_SECRET};
 use crate::crd::Build;
 
@@ -101,11 +101,13 @@ pub fn docker_config(
     Ok(serde_json::to_vec(&Value::Object(config)).unwrap_or_default())
 }
 
-/// The Secret of attempt `attempt` of `build`, holding `docker_config`.
-pub fn attempt_secret(build: &Build, attempt: u32, docker_config: Vec<u8>) -> Secret {
+/// The Secret named `name` (its pod's name) of attempt `attempt` of `build`, holding
+/// `docker_config`. The name is its pod's, not the attempt's: a native multi-platform
+/// attempt has a pod, and a token Secret, per platform.
+pub fn attempt_secret(build: &Build, name: &str, attempt: u32, docker_config: Vec<u8>) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(pod_name(&build.name_any(), attempt)),
+            name: Some(name.to_owned()),
             namespace: build.namespace(),
             labels: Some(attempt_labels(
                 &build.name_any(),
@@ -130,6 +132,7 @@ pub fn attempt_secret(build: &Build, attempt: u32, docker_config: Vec<u8>) -> Se
 mod tests {
     use super::*;
     use crate::cacheapi::token::TokenKey;
+    use crate::controller::labels::pod_name;
 
     #[test]
     fn the_longest_build_gets_the_longest_token_the_cache_accepts() {
@@ -196,7 +199,7 @@ mod tests {
     #[test]
     fn token_secret_is_owned_labelled_and_named_after_the_attempt() {
         let build = Build::test("app");
-        let secret = attempt_secret(&build, 3, b"{}".to_vec());
+        let secret = attempt_secret(&build, &pod_name(&build.name_any(), 3), 3, b"{}".to_vec());
         assert_eq!(secret.name_any(), "app-3");
         assert_eq!(secret.labels(), &attempt_labels("app", "uid-app", 3));
         assert_eq!(secret.owner_references()[0].kind, "Build");
