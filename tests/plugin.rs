@@ -13,8 +13,9 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use common::fake_api::fake_api;
+use kiln::controller::fixtures::PodFixture;
 use kiln::crd::fixtures::at;
-use kiln::crd::{AttemptRecord, AttemptResult, Build, BuildStatus, Phase, Reason};
+use kiln::crd::{AttemptRecord, AttemptResult, Build, BuildStatus, Phase, PlatformStatus, Reason};
 use kiln::plugin::api::{self, CancelRequest, ListScope, LogRequest};
 use kiln::plugin::error::PluginError;
 
@@ -273,6 +274,186 @@ async fn logs_explain_a_build_without_attempts_and_a_pod_that_is_gone() {
     assert!(out.is_empty());
 }
 
+/// A native Build of two platforms on its second attempt, which failed: linux/amd64
+/// pushed, linux/arm64 failed in its retried pod (try 2). Attempt 1 was native too.
+fn native_failed() -> Build {
+    let mut status = status(Phase::Failed, 2, Some(AttemptResult::Failed));
+    status.attempts[0].pod_name = "app-1-index".into();
+    status.attempts[1].pod_name = "app-2-index".into();
+    let platform = |name: &str, phase, pod: &str| PlatformStatus {
+        platform: name.into(),
+        attempt: 2,
+        phase,
+        pod_name: pod.into(),
+        pod_uid: Some(format!("pod-{pod}")),
+        retries: 0,
+        start_time: Some(Time(at(0))),
+        completion_time: Some(Time(at(60))),
+        reason: None,
+        message: None,
+        digest: None,
+    };
+    status.platforms = vec![
+        platform("linux/amd64", Phase::Succeeded, "app-2-linux-amd64"),
+        PlatformStatus {
+            retries: 1,
+            ..platform("linux/arm64", Phase::Failed, "app-2-linux-arm64-2")
+        },
+    ];
+    status.platform_progress = Some("1/2".into());
+    Build::test("app")
+        .platform("linux/amd64")
+        .platform("linux/arm64")
+        .with_status(status)
+}
+
+#[tokio::test]
+async fn logs_of_a_native_build_read_the_pod_of_the_platform_asked_for() {
+    let build = native_failed();
+    let pod = |fixture: PodFixture| serde_json::to_value(fixture.pod).unwrap();
+    let client = fake_api(
+        vec![
+            json_of(build.clone()),
+            pod(PodFixture::for_platform(&build, 2, "linux/amd64", 1)
+                .pushed("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")),
+            pod(PodFixture::for_platform(&build, 2, "linux/arm64", 1).evicted()),
+            pod(PodFixture::for_platform(&build, 2, "linux/arm64", 2).exited(2, "make failed")),
+        ],
+        None,
+    )
+    .await;
+    let request = LogRequest {
+        attempt: None,
+        follow: false,
+        container: "build".into(),
+        tail: None,
+    };
+    // The fake API answers a log read with the pod object itself: enough to see which pod
+    // was read.
+    let read = |platform: &'static str, request: LogRequest| {
+        let client = client.clone();
+        async move {
+            let mut out = Vec::new();
+            api::logs_of(
+                &client,
+                "default",
+                "app",
+                &request,
+                Some(platform),
+                &mut out,
+            )
+            .await
+            .map(|()| String::from_utf8(out).unwrap())
+        }
+    };
+    let text = read("linux/arm64", request.clone()).await.unwrap();
+    assert!(
+        text.contains(r#""name":"app-2-linux-arm64-2""#),
+        "the retried pod, from the status: {text}"
+    );
+    let text = read("linux-amd64", request.clone()).await.unwrap();
+    assert!(text.contains(r#""name":"app-2-linux-amd64""#), "{text}");
+
+    // The index pod of a failed platform's attempt was never created.
+    let error = read("index", request.clone()).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "pod app-2-index (index) of attempt 2 was never created: the attempt ended before every platform pushed (1 of 2 did)"
+    );
+    // The index pod of attempt 1 is gone.
+    let error = read(
+        "index",
+        LogRequest {
+            attempt: Some(1),
+            ..request.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, PluginError::PodGone { pod, attempt: 1 } if pod == "app-1-index"),
+        "{error:?}"
+    );
+    // An older attempt: the platform's first pod, by its deterministic name.
+    let error = read(
+        "linux/arm64",
+        LogRequest {
+            attempt: Some(1),
+            ..request.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, PluginError::PodGone { pod, attempt: 1 } if pod == "app-1-linux-arm64"),
+        "{error:?}"
+    );
+    let error = read("linux/s390x", request.clone()).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Build default/app does not build platform linux/s390x in attempt 2: pass --platform linux/amd64, --platform linux/arm64, or --platform index"
+    );
+    let mut out = Vec::new();
+    let error = api::logs(&client, "default", "app", &request, &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Build default/app builds 2 platforms natively (attempt 2): pass --platform linux/amd64, --platform linux/arm64, or --platform index"
+    );
+    assert!(out.is_empty());
+}
+
+#[tokio::test]
+async fn logs_of_an_index_not_yet_created_say_what_it_waits_for() {
+    let mut build = native_failed();
+    let status = build.status.as_mut().unwrap();
+    status.phase = Some(Phase::Running);
+    let record = &mut status.attempts[1];
+    record.result = None;
+    record.reason = None;
+    record.completion_time = None;
+    status.platforms[1].phase = Phase::Running;
+    status.platforms[1].completion_time = None;
+    let client = fake_api(vec![json_of(build)], None).await;
+    let mut out = Vec::new();
+    let error = api::logs_of(
+        &client,
+        "default",
+        "app",
+        &LogRequest {
+            attempt: None,
+            follow: true,
+            container: "build".into(),
+            tail: None,
+        },
+        Some("index"),
+        &mut out,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "pod app-2-index (index) of attempt 2 does not exist yet: the index pod is created once every platform has pushed (1 of 2 have)"
+    );
+}
+
+#[tokio::test]
+async fn status_of_a_failed_native_build_tails_the_failed_platforms_pod() {
+    let build = native_failed();
+    let pod = PodFixture::for_platform(&build, 2, "linux/arm64", 2).exited(2, "make failed");
+    let client = fake_api(
+        vec![json_of(build), serde_json::to_value(pod.pod).unwrap()],
+        None,
+    )
+    .await;
+    let report = api::status_report(&client, "default", "app").await.unwrap();
+    let log = report.failed_log.expect("a failed attempt shows its log");
+    assert_eq!(log.pod, "app-2-linux-arm64-2");
+    assert_eq!(log.platform.as_deref(), Some("linux/arm64"));
+    assert!(log.lines.is_ok(), "the pod exists: {:?}", log.lines);
+}
+
 #[tokio::test]
 async fn the_admin_token_comes_from_its_secret_without_trailing_newline() {
     let client = fake_api(
@@ -363,11 +544,9 @@ fn kubectl_kiln_help_lists_every_command_and_each_has_its_own_help() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    assert!(
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .contains("--attempt")
-    );
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("--attempt"), "{help}");
+    assert!(help.contains("--platform <PLATFORM>"), "{help}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! | file | holds | I/O |
 //! | --- | --- | --- |
 //! | [`render`](crate::plugin::render) | the tables and reports it prints | pure |
-//! | [`api`](crate::plugin::api) | reads and writes of Builds, Events and pod logs; cancel and rerun decisions | API |
+//! | [`api`](crate::plugin::api) | reads and writes of Builds, Events and pod logs; cancel and rerun decisions; which pod's log to read | API |
 //! | [`forward`](crate::plugin::forward) | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
 //! | [`error`](crate::plugin::error) | one error enum | — |
 //!
@@ -69,12 +69,14 @@ pub struct KubeFlags {
 /// `kubectl kiln` commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
-    /// List Builds: phase, reason, attempt, duration, pushed digest and age.
+    /// List Builds: phase, reason, platforms pushed, attempt, duration, pushed digest and
+    /// age.
     List(ListArgs),
-    /// Show a Build: phase, conditions, attempts, Events and, when its attempt failed, the
-    /// last lines of the pod's log.
+    /// Show a Build: phase, conditions, attempts, its platforms when it builds one pod per
+    /// platform, Events and, when its attempt failed, the last lines of the failed pod's log.
     Status(NameArgs),
-    /// Print the log of a Build's attempt (the current one unless --attempt says).
+    /// Print the log of a Build's attempt (the current one unless --attempt says); for a
+    /// Build that builds one pod per platform, of the pod --platform chooses.
     Logs(LogsArgs),
     /// Cancel a Build: its pod is deleted with a grace period and it ends Cancelled. A
     /// finished Build is left alone.
@@ -114,8 +116,21 @@ pub struct LogsArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempt: Option<u32>,
     /// The container: `build`, or `fetch-context` (the download of an inline or OCI context).
+    /// On the index pod (`--platform index`), `build` reads its one container, `index`.
     #[arg(short = 'c', long, default_value = BUILD_CONTAINER)]
     pub container: String,
+    /// The pod of a natively built multi-platform attempt (one pod per platform, then one
+    /// that pushes the image index): a platform of the Build (`linux/arm64`, or
+    /// `linux-arm64`), or `index` for the index pod. Such an attempt needs it; the error
+    /// lists the choices.
+    ///
+    /// For the current attempt, the platform's current pod is read from the Build's status,
+    /// retries included. For an older attempt, it is the platform's first pod
+    /// (`<build>-<attempt>-<os>-<arch>`): the pods of a retried platform are recorded only
+    /// while their attempt is current, so read a later one with `kubectl logs
+    /// <build>-<attempt>-<os>-<arch>-<try>`.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<i64>,
@@ -230,6 +245,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
             attempt,
             container,
             tail,
+            platform,
         }) => {
             let request = LogRequest {
                 attempt,
@@ -237,7 +253,15 @@ pub async fn run(args: PluginArgs) -> CliResult {
                 container,
                 tail,
             };
-            crate::plugin::api::logs(&client, &namespace, &name, &request, &mut stdout).await?;
+            crate::plugin::api::logs_of(
+                &client,
+                &namespace,
+                &name,
+                &request,
+                platform.as_deref(),
+                &mut stdout,
+            )
+            .await?;
         }
         PluginCommand::Cancel(NameArgs { name }) => {
             match crate::plugin::api::cancel(&client, &namespace, &name).await? {

@@ -89,6 +89,69 @@ pub enum PluginError {
         /// The attempt.
         attempt: u32,
     },
+    /// The attempt ran one pod per platform, and `logs` was not told which one to read.
+    #[error(
+        "Build {namespace}/{name} builds {} natively (attempt {attempt}): pass {}",
+        count_platforms(platforms),
+        platform_choices(platforms)
+    )]
+    ChoosePlatform {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The attempt.
+        attempt: u32,
+        /// The attempt's platforms, in the order of `spec.platforms`.
+        platforms: Vec<String>,
+    },
+    /// `--platform` names a platform the attempt does not build.
+    #[error(
+        "Build {namespace}/{name} does not build platform {platform} in attempt {attempt}: pass {}",
+        platform_choices(platforms)
+    )]
+    UnknownPlatform {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The attempt.
+        attempt: u32,
+        /// What `--platform` said.
+        platform: String,
+        /// The attempt's platforms.
+        platforms: Vec<String>,
+    },
+    /// `--platform` was given for an attempt that ran in one pod.
+    #[error(
+        "attempt {attempt} of Build {namespace}/{name} ran in one pod (every platform in it), so there is no pod of platform {platform}: leave out --platform"
+    )]
+    NotNative {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The attempt.
+        attempt: u32,
+        /// What `--platform` said.
+        platform: String,
+    },
+    /// The chosen pod of a native attempt does not exist because it has not been created
+    /// yet, or never was.
+    #[error(
+        "pod {pod}{} of attempt {attempt} {why}",
+        platform.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+    )]
+    PodNotCreated {
+        /// The pod.
+        pod: String,
+        /// The attempt.
+        attempt: u32,
+        /// The platform it builds, or `index`.
+        platform: Option<String>,
+        /// `does not exist yet: …` or `was never created: …`.
+        why: String,
+    },
     /// Reading a pod or its log failed.
     #[error("reading the log of pod {namespace}/{pod}")]
     ReadLog {
@@ -135,4 +198,30 @@ pub enum PluginError {
     /// The admin API call failed.
     #[error(transparent)]
     Admin(#[from] crate::cacheapi::client::AdminClientError),
+}
+
+/// `2 platforms` (or `1 platform`).
+fn count_platforms(platforms: &[String]) -> String {
+    match platforms.len() {
+        1 => "1 platform".to_owned(),
+        n => format!("{n} platforms"),
+    }
+}
+
+/// Every `--platform` value a native attempt accepts, ready for a sentence:
+/// `--platform linux/amd64, --platform linux/arm64, or --platform index`.
+fn platform_choices(platforms: &[String]) -> String {
+    let mut choices: Vec<String> = platforms
+        .iter()
+        .map(|p| format!("--platform {p}"))
+        .collect();
+    choices.push(format!(
+        "--platform {}",
+        crate::controller::labels::PLATFORM_INDEX
+    ));
+    match choices.split_last() {
+        Some((last, [only])) => format!("{only} or {last}"),
+        Some((last, rest)) if !rest.is_empty() => format!("{}, or {last}", rest.join(", ")),
+        _ => choices.join(""),
+    }
 }

@@ -5,7 +5,7 @@
 //! | file | holds | I/O |
 //! | --- | --- | --- |
 //! | [`render`] | the tables and reports it prints | pure |
-//! | [`api`] | reads and writes of Builds, Events and pod logs; cancel and rerun decisions | API |
+//! | [`api`] | reads and writes of Builds, Events and pod logs; cancel and rerun decisions; which pod's log to read | API |
 //! | [`forward`] | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
 //! | [`error`] | one error enum | — |
 

@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::crd::{Build, BuildStatus, Phase};
+use crate::controller::labels::PLATFORM_INDEX;
+use crate::crd::{Build, BuildStatus, Phase, PlatformStatus};
 use crate::table::Table;
 use crate::units::format_duration;
 
@@ -53,8 +54,9 @@ fn reason_text(status: Option<&BuildStatus>) -> String {
         .unwrap_or_default()
 }
 
-/// The table of `kubectl kiln list`: name, phase, reason, attempt, duration, digest, age
-/// (and namespace first, with `all_namespaces`).
+/// The table of `kubectl kiln list`: name, phase, reason, platforms pushed (`1/2`, for a
+/// Build that builds one pod per platform), attempt, duration, digest, age (and namespace
+/// first, with `all_namespaces`).
 pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> String {
     let mut table = if all_namespaces {
         Table::new([
@@ -62,6 +64,7 @@ pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> St
             "NAME",
             "PHASE",
             "REASON",
+            "PLATFORMS",
             "ATTEMPT",
             "DURATION",
             "DIGEST",
@@ -69,7 +72,14 @@ pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> St
         ])
     } else {
         Table::new([
-            "NAME", "PHASE", "REASON", "ATTEMPT", "DURATION", "DIGEST", "AGE",
+            "NAME",
+            "PHASE",
+            "REASON",
+            "PLATFORMS",
+            "ATTEMPT",
+            "DURATION",
+            "DIGEST",
+            "AGE",
         ])
     };
     for build in builds {
@@ -82,6 +92,9 @@ pub fn build_table(builds: &[Build], all_namespaces: bool, now: Timestamp) -> St
             build.name_any(),
             phase_text(status),
             reason_text(status),
+            status
+                .and_then(|s| s.platform_progress.clone())
+                .unwrap_or_default(),
             status
                 .map(|s| s.attempt)
                 .filter(|a| *a > 0)
@@ -119,6 +132,9 @@ pub struct StatusReport {
 pub struct FailedLog {
     /// The pod.
     pub pod: String,
+    /// Which pod of a native attempt it is: the platform that failed, or `index`; `None`
+    /// for a single-pod attempt.
+    pub platform: Option<String>,
     /// Its last lines, or why there are none.
     pub lines: Result<Vec<String>, String>,
 }
@@ -130,8 +146,8 @@ fn field(out: &mut String, name: &str, value: impl AsRef<str>) {
     }
 }
 
-/// The text of `kubectl kiln status`: summary, conditions, attempts, events and, for a
-/// failed attempt, the end of its log.
+/// The text of `kubectl kiln status`: summary, conditions, attempts, the platforms of a
+/// native attempt, events and, for a failed attempt, the end of its log.
 pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
     let build = &report.build;
     let status = build.status.as_ref();
@@ -140,10 +156,19 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
     out.push_str(&conditions_table(status, now));
     out.push_str("\nAttempts:\n");
     out.push_str(&attempts_table(status, now));
+    if let Some(status) = status.filter(|s| !s.platforms.is_empty()) {
+        out.push_str("\nPlatforms:\n");
+        out.push_str(&platforms_table(&status.platforms, now));
+    }
     out.push_str("\nEvents:\n");
     out.push_str(&events_table(&report.events, now));
     if let Some(log) = &report.failed_log {
-        let _ = writeln!(out, "\nLast log lines of pod {}:", log.pod);
+        let which = match log.platform.as_deref() {
+            Some(PLATFORM_INDEX) => " (the image index)".to_owned(),
+            Some(platform) => format!(" (platform {platform})"),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "\nLast log lines of pod {}{which}:", log.pod);
         match &log.lines {
             Ok(lines) if lines.is_empty() => out.push_str("  <empty>\n"),
             Ok(lines) => {
@@ -160,7 +185,7 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
 }
 
 /// The report's head: name, phase and reason, message, image, digest, generation, attempt,
-/// start and duration, a requested cancel.
+/// platforms pushed, start and duration, a requested cancel.
 fn summary(build: &Build, now: Timestamp) -> String {
     let status = build.status.as_ref();
     let mut out = String::new();
@@ -211,6 +236,9 @@ fn summary(build: &Build, now: Timestamp) -> String {
                 status.attempt, status.retries, build.spec.retries
             ),
         );
+    }
+    if let Some(progress) = status.and_then(|s| s.platform_progress.as_deref()) {
+        field(&mut out, "Platforms", format!("{progress} pushed"));
     }
     if let Some(start) = status.and_then(|s| s.start_time.as_ref()) {
         field(
@@ -264,12 +292,7 @@ fn attempts_table(status: Option<&BuildStatus>, now: Timestamp) -> String {
         "#", "POD", "RESULT", "REASON", "STARTED", "DURATION", "DIGEST", "MESSAGE",
     ]);
     for a in attempts {
-        let took = a
-            .completion_time
-            .as_ref()
-            .map(|end| between(a.start_time.0, end.0))
-            .map(format_duration)
-            .unwrap_or_else(|| format!("{} so far", format_duration(between(a.start_time.0, now))));
+        let took = took(&a.start_time, a.completion_time.as_ref(), now);
         table.row(vec![
             a.attempt.to_string(),
             a.pod_name.clone(),
@@ -279,11 +302,53 @@ fn attempts_table(status: Option<&BuildStatus>, now: Timestamp) -> String {
             a.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
             format!("{} ago", age(Some(&a.start_time), now)),
             took,
-            a.digest
-                .as_deref()
-                .map(|d| d.chars().take(19).collect())
-                .unwrap_or_default(),
+            short_digest(a.digest.as_deref()),
             one_line(a.message.as_deref().unwrap_or_default()),
+        ]);
+    }
+    table.render(2)
+}
+
+/// How long something that started at `start` took, or has taken so far.
+fn took(start: &Time, end: Option<&Time>, now: Timestamp) -> String {
+    match end {
+        Some(end) => format_duration(between(start.0, end.0)),
+        None => format!("{} so far", format_duration(between(start.0, now))),
+    }
+}
+
+/// `sha256:` and the first 12 hex characters of a digest (the 12 of
+/// `status.output.shortDigest`): enough to tell digests apart in a table.
+fn short_digest(digest: Option<&str>) -> String {
+    digest
+        .map(|d| d.chars().take("sha256:".len() + 12).collect())
+        .unwrap_or_default()
+}
+
+/// The platforms of a native attempt as an indented table, in the order of the status
+/// (that of `spec.platforms`). A platform waiting for its pod, or for a retry's pod, has
+/// no start time yet: its STARTED and DURATION are empty.
+fn platforms_table(platforms: &[PlatformStatus], now: Timestamp) -> String {
+    let mut table = Table::new([
+        "PLATFORM", "PHASE", "REASON", "RETRIES", "POD", "DIGEST", "STARTED", "DURATION",
+    ]);
+    for p in platforms {
+        let (started, took) = match &p.start_time {
+            Some(start) => (
+                format!("{} ago", age(Some(start), now)),
+                took(start, p.completion_time.as_ref(), now),
+            ),
+            None => (String::new(), String::new()),
+        };
+        table.row(vec![
+            p.platform.clone(),
+            p.phase.as_str().to_owned(),
+            p.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            p.retries.to_string(),
+            p.pod_name.clone(),
+            short_digest(p.digest.as_deref()),
+            started,
+            took,
         ]);
     }
     table.render(2)
@@ -418,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn the_list_table_is_aligned_and_shows_phase_attempt_duration_and_digest() {
+    fn the_list_table_is_aligned_and_shows_phase_platforms_attempt_duration_and_digest() {
         let mut running = Build::test("slow").with_status(BuildStatus {
             phase: Some(Phase::Running),
             attempt: 1,
@@ -426,18 +491,28 @@ mod tests {
             ..BuildStatus::default()
         });
         running.metadata.namespace = Some("team-b".into());
+        let multi = Build::test("multi").with_status(BuildStatus {
+            phase: Some(Phase::Failed),
+            attempt: 1,
+            start_time: Some(Time(at(0))),
+            completion_time: Some(Time(at(100))),
+            platform_progress: Some("1/2".into()),
+            ..BuildStatus::default()
+        });
         let builds = vec![
             finished("app", Reason::Succeeded, Phase::Succeeded),
+            multi,
             Build::test("new"),
             running,
         ];
         assert_eq!(
             build_table(&builds, false, at(400)),
             "\
-NAME   PHASE       REASON      ATTEMPT   DURATION   DIGEST                AGE
-app    Succeeded   Succeeded   2         1m30s      sha256:0123456789ab   6m40s
-new    Pending     -           -         -          -                     6m40s
-slow   Running     -           1         6m40s      -                     6m40s
+NAME    PHASE       REASON      PLATFORMS   ATTEMPT   DURATION   DIGEST                AGE
+app     Succeeded   Succeeded   -           2         1m30s      sha256:0123456789ab   6m40s
+multi   Failed      -           1/2         1         1m40s      -                     6m40s
+new     Pending     -           -           -         -          -                     6m40s
+slow    Running     -           -           1         6m40s      -                     6m40s
 "
         );
         let all = build_table(&builds, true, at(400));
@@ -461,6 +536,7 @@ slow   Running     -           1         6m40s      -                     6m40s
             events: vec![event],
             failed_log: Some(FailedLog {
                 pod: "app-2".into(),
+                platform: None,
                 lines: Ok(vec!["#7 ERROR: process \"make\" did not complete".into()]),
             }),
         };
@@ -496,6 +572,167 @@ Last log lines of pod app-2:
         );
     }
 
+    /// A native attempt whose arm64 platform failed after a retry: linux/amd64 pushed.
+    fn native_failed() -> Build {
+        let mut status = BuildStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: Some(1),
+            attempt: 1,
+            start_time: Some(Time(at(10))),
+            completion_time: Some(Time(at(100))),
+            platform_progress: Some("1/2".into()),
+            ..BuildStatus::default()
+        };
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SUCCEEDED,
+            ConditionStatus::False,
+            Reason::BuildFailed,
+            "attempt 1: platform linux/arm64 failed: RUN make exited with 2",
+            Some(1),
+            at(100),
+        );
+        status.attempts = vec![AttemptRecord {
+            attempt: 1,
+            pod_name: "app-1-index".into(),
+            pod_uid: None,
+            generation: 1,
+            start_time: Time(at(10)),
+            completion_time: Some(Time(at(100))),
+            result: Some(AttemptResult::Failed),
+            reason: Some(Reason::BuildFailed),
+            message: None,
+            digest: None,
+            pod_retained_until: None,
+        }];
+        let platform = |name: &str, phase, reason, pod: &str| PlatformStatus {
+            platform: name.into(),
+            attempt: 1,
+            phase,
+            pod_name: pod.into(),
+            pod_uid: Some(format!("uid-{pod}")),
+            retries: 0,
+            start_time: Some(Time(at(10))),
+            completion_time: Some(Time(at(70))),
+            reason: Some(reason),
+            message: None,
+            digest: None,
+        };
+        status.platforms = vec![
+            PlatformStatus {
+                digest: Some(DIGEST.into()),
+                ..platform(
+                    "linux/amd64",
+                    Phase::Succeeded,
+                    Reason::Succeeded,
+                    "app-1-linux-amd64",
+                )
+            },
+            PlatformStatus {
+                retries: 1,
+                start_time: Some(Time(at(40))),
+                completion_time: Some(Time(at(100))),
+                ..platform(
+                    "linux/arm64",
+                    Phase::Failed,
+                    Reason::BuildFailed,
+                    "app-1-linux-arm64-2",
+                )
+            },
+        ];
+        Build::test("app")
+            .platform("linux/amd64")
+            .platform("linux/arm64")
+            .with_status(status)
+    }
+
+    #[test]
+    fn the_status_of_a_native_build_shows_its_platforms_progress_and_the_failed_platforms_log() {
+        let report = StatusReport {
+            build: native_failed(),
+            events: Vec::new(),
+            failed_log: Some(FailedLog {
+                pod: "app-1-linux-arm64-2".into(),
+                platform: Some("linux/arm64".into()),
+                lines: Ok(vec!["#9 ERROR: make exited with 2".into()]),
+            }),
+        };
+        assert_eq!(
+            status_report(&report, at(160)),
+            "\
+Build default/app
+Phase:      Failed (BuildFailed)
+Image:      registry.example.com/team/app:latest
+Generation: 1
+Attempt:    1 (0 of 2 retries used)
+Platforms:  1/2 pushed
+Started:    2m30s ago
+Took:       1m30s
+
+Conditions:
+  TYPE        STATUS   REASON        AGE   MESSAGE
+  Succeeded   False    BuildFailed   1m    attempt 1: platform linux/arm64 failed: RUN make exited with 2
+
+Attempts:
+  #   POD           RESULT   REASON        STARTED     DURATION   DIGEST   MESSAGE
+  1   app-1-index   Failed   BuildFailed   2m30s ago   1m30s      -        -
+
+Platforms:
+  PLATFORM      PHASE       REASON        RETRIES   POD                   DIGEST                STARTED     DURATION
+  linux/amd64   Succeeded   Succeeded     0         app-1-linux-amd64     sha256:0123456789ab   2m30s ago   1m
+  linux/arm64   Failed      BuildFailed   1         app-1-linux-arm64-2   -                     2m ago      1m
+
+Events:
+  <none>
+
+Last log lines of pod app-1-linux-arm64-2 (platform linux/arm64):
+  #9 ERROR: make exited with 2
+"
+        );
+    }
+
+    #[test]
+    fn a_platform_waiting_for_its_pod_has_no_start_and_a_running_one_counts_so_far() {
+        let mut build = native_failed();
+        let status = build.status.as_mut().unwrap();
+        status.platforms[0].completion_time = None;
+        status.platforms[0].phase = Phase::Running;
+        status.platforms[1].start_time = None;
+        status.platforms[1].phase = Phase::Pending;
+        let report = StatusReport {
+            build,
+            events: Vec::new(),
+            failed_log: Some(FailedLog {
+                pod: "app-1-index".into(),
+                platform: Some("index".into()),
+                lines: Ok(Vec::new()),
+            }),
+        };
+        let text = status_report(&report, at(160));
+        assert!(
+            text.contains("  linux/amd64   Running   Succeeded     0         app-1-linux-amd64     sha256:0123456789ab   2m30s ago   2m30s so far\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  linux/arm64   Pending   BuildFailed   1         app-1-linux-arm64-2   -                     -           -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Last log lines of pod app-1-index (the image index):\n  <empty>\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_single_pod_build_has_no_platforms_table_or_progress() {
+        let report = StatusReport {
+            build: finished("app", Reason::Succeeded, Phase::Succeeded),
+            ..StatusReport::default()
+        };
+        let text = status_report(&report, at(160));
+        assert!(!text.contains("Platforms"), "{text}");
+    }
+
     #[test]
     fn a_status_without_anything_says_none_and_a_missing_log_says_why() {
         let report = StatusReport {
@@ -503,6 +740,7 @@ Last log lines of pod app-2:
             events: Vec::new(),
             failed_log: Some(FailedLog {
                 pod: "fresh-1".into(),
+                platform: None,
                 lines: Err("pod fresh-1 is gone".into()),
             }),
         };
