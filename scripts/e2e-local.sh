@@ -11,7 +11,9 @@
 #    libraries ldd names) and pushes it to the cluster's registry;
 # 4. installs charts/kiln with `helm install` (two controllers with leader election, the
 #    cache on a hostPath PersistentVolume, its docker.io mirror pointed at the local
-#    upstream registry holding library/busybox) and waits for it;
+#    upstream registry holding library/busybox, linux/arm64 mapped to the node's
+#    kubernetes.io/os so that the one amd64 node builds both platforms of a Native
+#    multi-platform Build) and waits for it;
 # 5. runs `cargo test --test e2e` inside the cluster's network namespace, with
 #    KILN_E2E_REQUIRE=1: a test that lacks a piece of the setup fails instead of skipping;
 # 6. builds the inline test's Dockerfile with plain `buildctl` against a `buildkitd` of its
@@ -99,6 +101,7 @@ scripts/local-cluster.sh exec "$HELM" install "$RELEASE" charts/kiln \
   --set controller.gc.sweepInterval=15s \
   --set controller.builderRequests.cpu=100m \
   --set controller.builderRequests.memory=256Mi \
+  --set-json 'controller.platformNodeSelectors={"linux/arm64":{"kubernetes.io/os":"linux"}}' \
   --wait --timeout 5m
 timing helm-install-seconds $((SECONDS - install_start))
 k -n "$NAMESPACE" get pods -o wide

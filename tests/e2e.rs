@@ -471,10 +471,23 @@ async fn last_attempt_log_with_timestamps(scene: &Scene, build: &Build) -> Strin
         .map(|a| a.pod_name.clone())
         .expect("an attempt");
     let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    // A native multi-platform attempt's pod is its index pod: its log ends with the push
+    // of the index, the end of the whole build.
+    let index = pods.get(&pod).await.is_ok_and(|p| {
+        p.labels()
+            .get(kiln::controller::labels::PLATFORM)
+            .map(String::as_str)
+            == Some(kiln::controller::labels::PLATFORM_INDEX)
+    });
+    let container = if index {
+        kiln::controller::podstate::INDEX_CONTAINER
+    } else {
+        kiln::controller::podstate::BUILD_CONTAINER
+    };
     pods.logs(
         &pod,
         &LogParams {
-            container: Some(kiln::controller::podstate::BUILD_CONTAINER.to_owned()),
+            container: Some(container.to_owned()),
             timestamps: true,
             ..Default::default()
         },
@@ -658,6 +671,139 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
         leftovers.is_empty(),
         "left behind after the delete: {leftovers:?}"
     );
+}
+
+/// A `FROM scratch` image built `Native` for linux/amd64 and linux/arm64 on the one node:
+/// the chart maps linux/arm64 to the node's `kubernetes.io/os` (the platform→node-selector
+/// flag), and a Dockerfile without `RUN` builds for any platform without emulation. Each
+/// platform's pod pushes its image by digest, the index pod (the Kiln image, `kiln index
+/// push`) pushes the index to the tag, and the registry serves exactly the index the
+/// status names, arm64 included.
+#[tokio::test]
+async fn e2e_a_native_two_platform_build_pushes_one_image_per_platform_and_their_index() {
+    let test = "e2e_a_native_two_platform_build_pushes_one_image_per_platform_and_their_index";
+    let Some((client, registry, _)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "native", Some(&registry)).await;
+    let two_platforms = |name: &str, tag: &str, strategy: &str| {
+        let image = format!("{registry}/kiln-e2e/{}:{tag}", scene.namespace);
+        let mut build = inline_build(name, "FROM scratch\nCOPY greeting /greeting\n", &image);
+        build["spec"]["source"]["inline"]["files"] =
+            json!([{"path": "greeting", "content": "hello from every platform\n"}]);
+        build["spec"]["platforms"] = json!(["linux/amd64", "linux/arm64"]);
+        build["spec"]["platformStrategy"] = json!(strategy);
+        (build, image)
+    };
+    let (build, image) = two_platforms("multi", "multi", "Native");
+    let (build, applied) = scene.run(build, Duration::from_secs(600)).await;
+    let timing = timings(&scene, &build, applied, "native-two-platforms").await;
+    let pods = scene.pods_of("multi").await;
+    // The same build in one pod, for the wall time of both ways on this node.
+    let (emulated, _) = two_platforms("emulated", "emulated", "Emulated");
+    let (emulated, emulated_applied) = scene.run(emulated, Duration::from_secs(600)).await;
+    let emulated_timing = timings(
+        &scene,
+        &emulated,
+        emulated_applied,
+        "emulated-two-platforms",
+    )
+    .await;
+    let emulated_pods = scene.pods_of("emulated").await;
+    let (raw, arm) = tokio::task::spawn_blocking({
+        let image = image.clone();
+        move || {
+            let raw = common::skopeo::skopeo(
+                &[
+                    &["inspect", "--raw"][..],
+                    &registry_flags(),
+                    &[&format!("docker://{image}")],
+                ]
+                .concat(),
+            );
+            // What a pull on an arm64 machine fetches: copied into an OCI layout, whose
+            // index names the one manifest it chose.
+            let layout = tempfile::tempdir().expect("a temporary directory");
+            let target = format!("oci:{}:arm", layout.path().display());
+            common::skopeo::copy(
+                &format!("docker://{image}"),
+                &target,
+                &["--override-os", "linux", "--override-arch", "arm64"],
+            );
+            let chosen: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(layout.path().join("index.json")).expect("the layout's index"),
+            )
+            .expect("an OCI index");
+            let arm = chosen["manifests"][0]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (raw, arm)
+        }
+    })
+    .await
+    .unwrap();
+    scene.finish().await;
+
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    let status = build.status.clone().unwrap();
+    let served = kiln::oci::digest::Digest::of(&raw).to_string();
+    assert_eq!(
+        digest_of(&build).as_deref(),
+        Some(served.as_str()),
+        "the registry serves another index for {image}"
+    );
+    let index: serde_json::Value = serde_json::from_slice(&raw).expect("an image index");
+    let listed: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                m["digest"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let recorded: Vec<(String, String)> = status
+        .platforms
+        .iter()
+        .map(|p| {
+            (
+                p.platform.rsplit('/').next().unwrap_or_default().to_owned(),
+                p.digest.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed, recorded,
+        "the index lists each platform's pushed image, in order"
+    );
+    assert_eq!(listed[0].0, "amd64");
+    assert_eq!(listed[1].0, "arm64");
+    assert_eq!(arm, listed[1].1, "an arm64 pull fetches the arm64 image");
+    let mut names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "multi-1-index",
+            "multi-1-linux-amd64",
+            "multi-1-linux-arm64"
+        ]
+    );
+    assert!(timing.build_done > 0.0, "{timing:?}");
+    assert_eq!(phase(&emulated), Some(Phase::Succeeded));
+    assert_eq!(
+        emulated_pods.len(),
+        1,
+        "Emulated builds every platform in one pod"
+    );
+    assert!(emulated_timing.build_done > 0.0, "{emulated_timing:?}");
 }
 
 #[tokio::test]
