@@ -936,27 +936,37 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// Whether `new` differs from `old` only by the open attempt's pod UID, first seen.
+/// Whether `new` differs from `old` only by pod UIDs first seen: the open attempt's pod's,
+/// or the current pods' of a native attempt's platforms still building.
 ///
 /// That alone is not written: the UID rides on the next write the user can see (Running,
-/// or the attempt's end), which saves one status write per build. Until then a pod of the
-/// attempt's name is taken as the attempt's own; if it vanishes before its UID is recorded,
-/// the attempt's pod is created again under the same name, exactly as after a create that
-/// never happened, which is harmless because nothing of the attempt has run yet.
+/// or the attempt's end), which saves one status write per pod. Until then a pod of the
+/// recorded name is taken as its own; if it vanishes before its UID is recorded, it is
+/// created again under the same name, exactly as after a create that never happened, which
+/// is harmless because nothing of it has run yet (a pod seen running changes the phase,
+/// which is written with the UID).
 fn only_learned_pod_uid(old: &BuildStatus, new: &BuildStatus) -> bool {
-    let learned = |status: &BuildStatus| {
-        status
-            .current_attempt()
-            .is_some_and(|a| a.completion_time.is_none() && a.pod_uid.is_some())
-    };
-    if !learned(new) || old.current_attempt().is_none_or(|a| a.pod_uid.is_some()) {
-        return false;
-    }
     let mut without = new.clone();
-    if let Some(current) = without.current_attempt_mut() {
-        current.pod_uid = None;
+    let mut learned = false;
+    if let (Some(before), Some(now)) = (old.current_attempt(), without.current_attempt_mut())
+        && now.completion_time.is_none()
+        && before.pod_uid.is_none()
+        && now.pod_uid.is_some()
+    {
+        now.pod_uid = None;
+        learned = true;
     }
-    without == *old
+    for (before, now) in old.platforms.iter().zip(without.platforms.iter_mut()) {
+        if before.pod_name == now.pod_name
+            && !now.phase.is_terminal()
+            && before.pod_uid.is_none()
+            && now.pod_uid.is_some()
+        {
+            now.pod_uid = None;
+            learned = true;
+        }
+    }
+    learned && without == *old
 }
 
 mod native;

@@ -204,6 +204,24 @@ fn a_platform_no_node_offers_waits_with_a_reason_that_names_it_and_creates_nothi
 }
 
 #[test]
+fn platform_pods_first_seen_waiting_cost_no_status_write() {
+    let build = started();
+    let plan = decide_at(&build, &pods([amd(&build), arm(&build)]), 2);
+    assert_eq!(plan.describe(), Vec::<String>::new());
+    // Their UIDs ride on the next write: the first pod running.
+    let plan = decide_at(&build, &pods([amd(&build).running(), arm(&build)]), 3);
+    let s = status(&plan);
+    assert_eq!(
+        s.platforms[0].pod_uid.as_deref(),
+        Some("pod-app-1-linux-amd64")
+    );
+    assert_eq!(
+        s.platforms[1].pod_uid.as_deref(),
+        Some("pod-app-1-linux-arm64")
+    );
+}
+
+#[test]
 fn progress_is_per_platform_and_the_build_runs_once_one_platform_runs() {
     let build = started();
     let plan = decide_at(&build, &pods([amd(&build).running(), arm(&build)]), 5);
