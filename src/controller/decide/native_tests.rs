@@ -556,3 +556,65 @@ fn a_lost_status_write_is_recovered_from_the_platform_pods() {
     assert_eq!(s.platforms.len(), 2);
     assert_eq!(phase_reason(&plan), (Phase::Running, Reason::Running));
 }
+
+#[test]
+fn a_two_platform_build_writes_its_status_six_times_from_start_to_index() {
+    // Each change the kubelet reports, one at a time. The pods the controller created are
+    // in its pod index from their create on, both at once.
+    let steps: Vec<Box<dyn Fn(&Build) -> Observed>> = vec![
+        Box::new(|_| Observed::default()),
+        Box::new(|b| pods([amd(b), arm(b)])),
+        Box::new(|b| pods([amd(b).running(), arm(b)])),
+        Box::new(|b| pods([amd(b).running(), arm(b).running()])),
+        Box::new(|b| pods([amd(b).pushed(AMD), arm(b).running()])),
+        Box::new(|b| pods([amd(b).pushed(AMD), arm(b).pushed(ARM)])),
+        Box::new(|b| {
+            pods([
+                amd(b).pushed(AMD),
+                arm(b).pushed(ARM),
+                PodFixture::for_index(b, 1, 1),
+            ])
+        }),
+        Box::new(|b| {
+            pods([
+                amd(b).pushed(AMD),
+                arm(b).pushed(ARM),
+                PodFixture::for_index(b, 1, 1).running(),
+            ])
+        }),
+        Box::new(|b| {
+            pods([
+                amd(b).pushed(AMD),
+                arm(b).pushed(ARM),
+                PodFixture::for_index(b, 1, 1).pushed(INDEX),
+            ])
+        }),
+    ];
+    let mut build = two_platforms();
+    let mut writes = 0;
+    let mut pods_created = 0;
+    for (second, step) in steps.iter().enumerate() {
+        let plan = decide_at(&build, &step(&build), second as i64);
+        writes += plan
+            .describe()
+            .iter()
+            .filter(|a| a.starts_with("WriteStatus"))
+            .count();
+        pods_created += plan.created_pods().len();
+        build = after(&build, &plan);
+    }
+    assert_eq!(
+        phase_reason_of(&build),
+        (Phase::Succeeded, Reason::Succeeded)
+    );
+    assert_eq!(pods_created, 3, "two platforms and the index");
+    assert_eq!(
+        writes, 6,
+        "start, two running, two pushed (the second with the index), succeeded"
+    );
+}
+
+fn phase_reason_of(build: &Build) -> (Phase, Reason) {
+    let s = build.status.as_ref().expect("a status");
+    (s.phase.expect("phase"), s.reason().expect("reason"))
+}
