@@ -557,11 +557,14 @@ fn a_lost_status_write_is_recovered_from_the_platform_pods() {
     assert_eq!(phase_reason(&plan), (Phase::Running, Reason::Running));
 }
 
+/// What the controller observes at one step of a scenario, from the Build as it is then.
+type Step = Box<dyn Fn(&Build) -> Observed>;
+
 #[test]
 fn a_two_platform_build_writes_its_status_six_times_from_start_to_index() {
     // Each change the kubelet reports, one at a time. The pods the controller created are
     // in its pod index from their create on, both at once.
-    let steps: Vec<Box<dyn Fn(&Build) -> Observed>> = vec![
+    let steps: Vec<Step> = vec![
         Box::new(|_| Observed::default()),
         Box::new(|b| pods([amd(b), arm(b)])),
         Box::new(|b| pods([amd(b).running(), arm(b)])),
