@@ -105,7 +105,15 @@ fn the_crd_has_a_status_subresource_printer_columns_a_short_name_and_a_category(
         .collect();
     assert_eq!(
         columns,
-        ["Phase", "Reason", "Image", "Digest", "Attempt", "Age"]
+        [
+            "Phase",
+            "Reason",
+            "Image",
+            "Digest",
+            "Platforms",
+            "Attempt",
+            "Age"
+        ]
     );
 }
 
