@@ -105,6 +105,8 @@ pub struct Waiting {
     pub name: String,
     /// Its creation time (the queue order; a Build without one sorts last).
     pub created: Option<Timestamp>,
+    /// The slots it takes: the build pods it runs at once ([`slots_of`]).
+    pub slots: u32,
 }
 
 impl Waiting {
@@ -114,6 +116,7 @@ impl Waiting {
             namespace: build.namespace().unwrap_or_default(),
             name: build.name_any(),
             created: build.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            slots: slots_of(build),
         }
     }
 
@@ -197,6 +200,19 @@ impl fmt::Display for QueueMessage<'_> {
     }
 }
 
+/// The slots a Build takes while its attempt runs: one per build pod it runs at once. A
+/// `Native` multi-platform Build runs a pod per platform (its index pod runs after them),
+/// so it takes as many slots as it has platforms; any other Build takes one.
+pub fn slots_of(build: &Build) -> u32 {
+    if build.spec.builds_natively() {
+        let platforms: std::collections::BTreeSet<&str> =
+            build.spec.platforms.iter().map(String::as_str).collect();
+        u32::try_from(platforms.len()).unwrap_or(u32::MAX).max(1)
+    } else {
+        1
+    }
+}
+
 /// 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, …
 pub fn ordinal(n: usize) -> String {
     let suffix = match (n % 10, n % 100) {
@@ -211,9 +227,14 @@ pub fn ordinal(n: usize) -> String {
 
 /// Decides, for every waiting Build, whether it starts now or where it waits.
 ///
-/// `running` counts the builds running in each namespace (a [`Census`] of the Builds the
-/// API server holds). The answer holds every Build of `waiting`, keyed by
-/// `(namespace, name)`.
+/// `running` counts the slots taken in each namespace (a [`Census`] of the Builds the API
+/// server holds). The answer holds every Build of `waiting`, keyed by `(namespace, name)`.
+///
+/// A Build that takes several slots (a `Native` multi-platform Build, one per platform)
+/// starts only when that many are free, and no later Build overtakes it while it waits:
+/// slots may stay idle for a turn, but a large Build is never starved by small ones. Its
+/// need is capped at the limits themselves, so that a Build with more platforms than a
+/// limit still starts, alone.
 pub fn admit(
     limits: &Limits,
     running: &BTreeMap<String, u32>,
@@ -247,7 +268,7 @@ pub fn admit(
             };
             if limits
                 .of_namespace(namespace)
-                .is_some_and(|limit| count >= limit)
+                .is_some_and(|limit| count + need(limits, namespace, head) > limit)
             {
                 continue;
             }
@@ -261,10 +282,17 @@ pub fn admit(
                 next = Some((namespace, count, head));
             }
         }
-        let Some((namespace, _, _)) = next else { break };
+        let Some((namespace, _, head)) = next else {
+            break;
+        };
+        let need = need(limits, namespace, head);
+        if free.is_some_and(|free| free < u64::from(need)) {
+            // The next Build in fair order waits for enough slots; none overtakes it.
+            break;
+        }
         *started.entry(namespace).or_default() += 1;
-        *counts.entry(namespace).or_default() += 1;
-        free = free.map(|n| n - 1);
+        *counts.entry(namespace).or_default() += need;
+        free = free.map(|n| n - u64::from(need));
     }
     let mut slots = BTreeMap::new();
     for (namespace, queue) in &queues {
@@ -275,8 +303,9 @@ pub fn admit(
             let slot = if index < taken {
                 Slot::Start
             } else {
+                let need = need(limits, namespace, build);
                 let limit = match (namespace_limit, limits.cluster) {
-                    (Some(limit), _) if count >= limit => Limit::Namespace(limit),
+                    (Some(limit), _) if count + need > limit => Limit::Namespace(limit),
                     (_, Some(limit)) => Limit::Cluster(limit),
                     // Unreachable with no limit reached: every Build would have started.
                     (Some(limit), None) => Limit::Namespace(limit),
@@ -292,6 +321,19 @@ pub fn admit(
         }
     }
     slots
+}
+
+/// The slots `build` needs to start in `namespace`: its own, capped at the limits (a Build
+/// larger than a limit takes all of it).
+fn need(limits: &Limits, namespace: &str, build: &Waiting) -> u32 {
+    let mut need = build.slots.max(1);
+    for limit in [limits.cluster, limits.of_namespace(namespace)]
+        .into_iter()
+        .flatten()
+    {
+        need = need.min(limit.max(1));
+    }
+    need
 }
 
 /// Attempts this process started, by Build (namespace, name): the attempt number. A Build
@@ -358,7 +400,7 @@ pub fn census(builds: &[Arc<Build>], reserved: &Reservations) -> Census {
         for (index, (build, standing)) in members.iter().enumerate() {
             match standing {
                 Standing::Active => {
-                    *census.running.entry(namespace.clone()).or_default() += 1;
+                    *census.running.entry(namespace.clone()).or_default() += slots_of(build);
                 }
                 Standing::Waiting => {
                     let peers: Vec<Peer> = members
@@ -436,6 +478,15 @@ mod tests {
             namespace: namespace.into(),
             name: name.into(),
             created: at(seconds),
+            slots: 1,
+        }
+    }
+
+    /// A waiting Build that takes `slots` slots (a native build of that many platforms).
+    fn wide(namespace: &str, name: &str, seconds: i64, slots: u32) -> Waiting {
+        Waiting {
+            slots,
+            ..waiting(namespace, name, seconds)
         }
     }
 
@@ -473,6 +524,32 @@ mod tests {
         };
         status.observed_generation = Some(1);
         build(namespace, name, seconds).with_status(status)
+    }
+
+    #[test]
+    fn a_native_build_takes_a_slot_per_platform_and_a_queued_one_says_which_limit_holds_it() {
+        let native = Build::test("multi")
+            .platform("linux/amd64")
+            .platform("linux/arm64");
+        assert_eq!(slots_of(&native), 2);
+        let emulated = native
+            .clone()
+            .platform_strategy(crate::crd::PlatformStrategy::Emulated);
+        assert_eq!(slots_of(&emulated), 1);
+        assert_eq!(slots_of(&Build::test("one")), 1);
+        let slots = admit(
+            &limits(Some(10), Some(3)),
+            &running(&[("a", 2)]),
+            &[wide("a", "multi", 0, 2)],
+        );
+        assert_eq!(
+            slots[&("a".to_owned(), "multi".to_owned())],
+            Slot::Queued {
+                limit: Limit::Namespace(3),
+                position: 1,
+                running_in_namespace: 2
+            }
+        );
     }
 
     #[test]
@@ -663,10 +740,39 @@ mod tests {
                         namespace: "a".into(),
                         name: "none".into(),
                         created: None,
+                        slots: 1,
                     },
                     waiting("b", "dated", 100),
                 ],
                 vec!["b/dated"],
+            ),
+            (
+                "a native Build takes a slot per platform",
+                limits(Some(4), None),
+                vec![],
+                vec![wide("a", "multi", 0, 3), waiting("b", "one", 1)],
+                vec!["a/multi", "b/one"],
+            ),
+            (
+                "too few slots free: it waits, and nobody overtakes it",
+                limits(Some(4), None),
+                vec![("b", 2)],
+                vec![wide("a", "multi", 0, 3), waiting("c", "later", 1)],
+                vec![],
+            ),
+            (
+                "a namespace limit counts pods too",
+                limits(Some(10), Some(3)),
+                vec![("a", 1)],
+                vec![wide("a", "multi", 0, 3), waiting("b", "other", 1)],
+                vec!["b/other"],
+            ),
+            (
+                "more platforms than the limit: it starts alone, taking the whole limit",
+                limits(Some(2), None),
+                vec![],
+                vec![wide("a", "huge", 0, 5), waiting("b", "next", 1)],
+                vec!["a/huge"],
             ),
             (
                 "the same Build listed twice takes one slot",
