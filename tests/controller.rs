@@ -701,12 +701,13 @@ async fn a_finished_build_costs_no_api_request_once_the_pod_index_has_synced() {
 }
 
 #[tokio::test]
-async fn each_platform_of_a_native_build_gets_its_own_token_secret_and_mounts_it() {
+async fn the_platform_pods_of_a_native_attempt_share_its_config_map_and_token_secret() {
     let config = Config {
         cache_service: Some(
             kiln::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
         ),
         cache_token_key: Some(kiln::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap()),
+        plain_http_registries: ["registry.local:5000".to_owned()].into(),
         ..Config::default()
     };
     let build = Build::test("app")
@@ -718,20 +719,43 @@ async fn each_platform_of_a_native_build_gets_its_own_token_secret_and_mounts_it
         h.pod_names().await,
         ["app-1-linux-amd64", "app-1-linux-arm64"]
     );
-    assert_eq!(
-        h.secret_names().await,
-        ["app-1-linux-amd64", "app-1-linux-arm64"],
-        "one token Secret per platform pod, named after it"
-    );
+    // One of each for the attempt, named after it: the token Secret and the ConfigMap
+    // (the BuildKit configuration) that every platform pod mounts.
+    assert_eq!(h.secret_names().await, ["app-1"]);
+    assert_eq!(h.config_map_names().await, ["app-1"]);
     for pod in h.pods().await {
-        let mounted: Vec<String> = pod
-            .spec
-            .unwrap()
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+        let volumes = pod.spec.unwrap().volumes.unwrap_or_default();
+        let secrets: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()))
             .collect();
-        assert_eq!(mounted, [pod.metadata.name.clone().unwrap()]);
+        let config_maps: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
+            .collect();
+        assert_eq!(
+            (secrets, config_maps),
+            (vec!["app-1".to_owned()], vec!["app-1".to_owned()])
+        );
     }
+    // A retried platform mounts the same objects, which still exist.
+    let build = h.build("app").await.unwrap();
+    h.kubelet(
+        "app-1-linux-arm64",
+        PodFixture::for_platform(&build, 1, "linux/arm64", 1).evicted(),
+    )
+    .await;
+    h.settle("app").await;
+    h.advance(60);
+    h.settle("app").await;
+    assert_eq!(
+        h.pod_names().await,
+        [
+            "app-1-linux-amd64",
+            "app-1-linux-arm64",
+            "app-1-linux-arm64-2"
+        ]
+    );
+    assert_eq!(h.secret_names().await, ["app-1"]);
+    assert_eq!(h.config_map_names().await, ["app-1"]);
 }

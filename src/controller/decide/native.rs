@@ -334,6 +334,7 @@ impl Planner<'_> {
                 return self.set(Phase::Failed, reason, message);
             }
         };
+        let mut shared_planned = false;
         for &index in indexes {
             let entry = self.status.platforms[index].clone();
             let Ok(platform) = Platform::parse(&entry.platform) else {
@@ -366,17 +367,24 @@ impl Planner<'_> {
                 self.config,
             );
             let name = objects.pod.name_any();
-            if let Some(config_map) = objects.config_map {
-                self.creates
-                    .push(Action::CreateConfigMap(Box::new(config_map)));
-            }
-            if cachetoken::wants_token(self.build, self.config) {
-                self.creates.push(Action::CreateCacheSecret {
-                    name: name.clone(),
-                    attempt,
-                    push_secret: validated.push_secret.map(str::to_owned),
-                    ttl: cachetoken::token_ttl(validated.timeout),
-                });
+            // The attempt's ConfigMap and token Secret, shared by its platform pods: planned
+            // with the first pods the attempt creates, and again with a retried one (the
+            // create is then `AlreadyExists`, which is success), so that a pod never
+            // waits on a volume nobody creates.
+            if !shared_planned {
+                shared_planned = true;
+                if let Some(config_map) = objects.config_map {
+                    self.creates
+                        .push(Action::CreateConfigMap(Box::new(config_map)));
+                }
+                if cachetoken::wants_token(self.build, self.config) {
+                    self.creates.push(Action::CreateCacheSecret {
+                        name: pod_name(&self.build.name_any(), attempt),
+                        attempt,
+                        push_secret: validated.push_secret.map(str::to_owned),
+                        ttl: cachetoken::token_ttl(validated.timeout),
+                    });
+                }
             }
             self.creates.push(Action::CreatePod(Box::new(objects.pod)));
             let (reason, message) = match self.observed.pod_refusals.get(&name) {

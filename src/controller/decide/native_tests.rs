@@ -621,3 +621,26 @@ fn phase_reason_of(build: &Build) -> (Phase, Reason) {
     let s = build.status.as_ref().expect("a status");
     (s.phase.expect("phase"), s.reason().expect("reason"))
 }
+
+#[test]
+fn the_platform_pods_share_one_config_map_and_one_token_secret_of_the_attempt() {
+    let config = Config {
+        cache_service: Some(
+            crate::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
+        ),
+        cache_token_key: Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap()),
+        ..Config::default()
+    };
+    let build = two_platforms();
+    let plan = decide(&build, &Observed::default(), at(0), &config);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=1",
+            "CreateConfigMap app-1",
+            "CreateCacheSecret app-1",
+            "CreatePod app-1-linux-amd64",
+            "CreatePod app-1-linux-arm64",
+        ]
+    );
+}
