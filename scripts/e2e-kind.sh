@@ -12,7 +12,9 @@
 # 4. builds the Kiln image from config/image/Dockerfile and loads it into the cluster;
 # 5. installs charts/kiln into namespace kiln-system (two controller replicas with leader
 #    election, the cache service with its volume, builders allowed to push to the local
-#    registry over plain HTTP) and waits for it to be ready;
+#    registry over plain HTTP, linux/arm64 mapped to the node's kubernetes.io/os so that
+#    the one-architecture cluster builds both platforms of a Native Build) and waits for it
+#    to be ready;
 # 6. runs `cargo test --test e2e` against it: KILN_E2E_KUBECONFIG, KILN_E2E_REGISTRY=
 #    kind-registry:5000, KILN_E2E_REGISTRY_PLAIN_HTTP=1, KILN_E2E_INSTALLED=kiln-system;
 # 7. on failure prints the controller's and the cache's logs and the cluster's events;
@@ -144,6 +146,7 @@ step "installing charts/kiln into $NAMESPACE"
   --set cache.persistence.size=5Gi \
   --set cache.gc.keepStorage=4GB \
   --set "controller.plainHttpRegistries[0]=$REGISTRY_NAME:5000" \
+  --set-json 'controller.platformNodeSelectors={"linux/arm64":{"kubernetes.io/os":"linux"}}' \
   --wait --timeout 5m
 "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n "$NAMESPACE" get pods -o wide
 
