@@ -11,6 +11,7 @@
 //! | [`store`] | the content-addressed cache store on a directory (the PV) | filesystem |
 //! | [`registry`] | the OCI Distribution API and the admin API over the store, and the pull-through mirror beneath it | HTTP |
 //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
+//! | [`context`] | build contexts: `.dockerignore` matching and a reproducible tar of a directory | pure + filesystem |
 //! | [`index_push`] | `kiln index push`: the image index of per-platform manifests, pushed at the output tag | HTTP |
 //! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
@@ -29,6 +30,7 @@
 
 pub mod app;
 pub mod cacheapi;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod index_push;
