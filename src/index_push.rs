@@ -159,6 +159,17 @@ pub enum IndexPushError {
         #[source]
         source: ManifestProblem,
     },
+    /// A platform's image config (which says the image's platform) could not be fetched.
+    #[error("cannot fetch the image config of the {platform} manifest {reference}")]
+    FetchConfig {
+        /// The platform.
+        platform: Platform,
+        /// `registry/repository@digest` of the manifest.
+        reference: String,
+        /// What the registry (or the network) said.
+        #[source]
+        source: RequestError,
+    },
     /// The index could not be pushed.
     #[error("cannot push the index to {reference}")]
     PushIndex {
@@ -279,6 +290,67 @@ pub enum ManifestProblem {
     /// It is not a JSON manifest whose media type can be told.
     #[error("it is not a manifest whose media type can be told: {0}")]
     Unreadable(String),
+    /// Its image config is not one whose platform can be read.
+    #[error("its image config cannot be read: {0}")]
+    ConfigUnreadable(String),
+    /// Its image config says another platform than the one it is listed for: the index
+    /// would send the wrong image to machines of that platform.
+    #[error("its image config is for {found}, not for the platform it is listed for")]
+    PlatformMismatch {
+        /// The platform the config says (`os/architecture[/variant]`).
+        found: String,
+    },
+}
+
+/// Largest image config read to check a manifest's platform; a config is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The config descriptor of image manifest `bytes`.
+fn config_descriptor(bytes: &[u8]) -> Result<oci_client::manifest::OciDescriptor, ManifestProblem> {
+    #[derive(serde::Deserialize)]
+    struct WithConfig {
+        config: oci_client::manifest::OciDescriptor,
+    }
+    let manifest: WithConfig = serde_json::from_slice(bytes)
+        .map_err(|err| ManifestProblem::ConfigUnreadable(format!("no config descriptor: {err}")))?;
+    if u64::try_from(manifest.config.size).unwrap_or(u64::MAX) > MAX_CONFIG_BYTES {
+        return Err(ManifestProblem::ConfigUnreadable(format!(
+            "it is {} bytes, over the {MAX_CONFIG_BYTES}-byte limit",
+            manifest.config.size
+        )));
+    }
+    Ok(manifest.config)
+}
+
+/// Checks that image config `bytes` is for `platform`: the same OS and architecture, and
+/// the same variant when both name one (a config often leaves the variant out, as
+/// `linux/arm64` images do for `v8`).
+pub fn check_config_platform(platform: &Platform, bytes: &[u8]) -> Result<(), ManifestProblem> {
+    #[derive(serde::Deserialize)]
+    struct ConfigPlatform {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
+    }
+    let config: ConfigPlatform = serde_json::from_slice(bytes)
+        .map_err(|err| ManifestProblem::ConfigUnreadable(err.to_string()))?;
+    let (Some(os), Some(architecture)) = (config.os, config.architecture) else {
+        return Err(ManifestProblem::ConfigUnreadable(
+            "it names no os and architecture".to_owned(),
+        ));
+    };
+    let variant_differs = matches!(
+        (&platform.variant, &config.variant),
+        (Some(wanted), Some(found)) if wanted != found
+    );
+    if os != platform.os || architecture != platform.architecture || variant_differs {
+        let found = match config.variant {
+            Some(variant) => format!("{os}/{architecture}/{variant}"),
+            None => format!("{os}/{architecture}"),
+        };
+        return Err(ManifestProblem::PlatformMismatch { found });
+    }
+    Ok(())
 }
 
 /// The media type of an image manifest's bytes: its `mediaType` field, or, when an OCI
@@ -493,7 +565,38 @@ impl RegistryClient {
             source,
         };
         let bytes = fetched.map_err(check)?;
-        entry_for(platform, digest, &bytes).map_err(check)
+        let entry = entry_for(platform, digest, &bytes).map_err(check)?;
+        // The index tells each machine which image to run: never list an image under a
+        // platform its own config does not name.
+        let descriptor = config_descriptor(&bytes).map_err(check)?;
+        let config = retrying(self.retry, &reference, || async {
+            let mut out = Vec::new();
+            self.oci
+                .pull_blob(&oci_reference, &descriptor, &mut out)
+                .await
+                .map_err(classify_oci)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|source| IndexPushError::FetchConfig {
+            platform: platform.clone(),
+            reference: reference.clone(),
+            source,
+        })?;
+        let wanted: Digest = descriptor.digest.parse().map_err(|err| {
+            check(ManifestProblem::ConfigUnreadable(format!(
+                "its digest {:?}: {err}",
+                descriptor.digest
+            )))
+        })?;
+        let served = wanted.algorithm().digest(&config);
+        if served != wanted {
+            return Err(check(ManifestProblem::ConfigUnreadable(format!(
+                "the registry served bytes whose digest is {served}, not {wanted}"
+            ))));
+        }
+        check_config_platform(platform, &config).map_err(check)?;
+        Ok(entry)
     }
 
     /// PUTs `bytes` at the tag; returns the registry's `Docker-Content-Digest`, if any.
@@ -738,10 +841,17 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// The image config of a test manifest: `linux/<seed>`.
+    fn config(seed: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"architecture": seed, "os": "linux"})).unwrap()
+    }
+
+    /// A manifest whose config is [`config`]`(seed)`.
     fn manifest(seed: &str, media_type: Option<&str>) -> Vec<u8> {
+        let config = config(seed);
         let mut value = serde_json::json!({
             "schemaVersion": 2,
-            "config": {"mediaType": OCI_CONFIG, "digest": Digest::of(seed.as_bytes()).to_string(), "size": seed.len()},
+            "config": {"mediaType": OCI_CONFIG, "digest": Digest::of(&config).to_string(), "size": config.len()},
             "layers": []
         });
         if let Some(media_type) = media_type {
@@ -754,6 +864,8 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         manifests: BTreeMap<String, Vec<u8>>,
+        /// Blobs by digest: the configs of the manifests.
+        blobs: BTreeMap<String, Vec<u8>>,
         /// Answer this many manifest GETs with 503 first.
         get_failures: AtomicUsize,
         /// Answer this many PUTs with 429 first.
@@ -785,6 +897,16 @@ mod tests {
         }
         if path == "/v2/" {
             return S::OK.into_response();
+        }
+        if let Some(digest) = path.strip_prefix("/v2/team/app/blobs/") {
+            return match fake.blobs.get(digest) {
+                Some(bytes) => (
+                    [("docker-content-digest", digest.to_owned())],
+                    bytes.clone(),
+                )
+                    .into_response(),
+                None => S::NOT_FOUND.into_response(),
+            };
         }
         let Some(reference) = path.strip_prefix("/v2/team/app/manifests/") else {
             return S::NOT_FOUND.into_response();
@@ -861,8 +983,69 @@ mod tests {
                 .iter()
                 .map(|bytes| (Digest::of(bytes).to_string(), bytes.to_vec()))
                 .collect(),
+            blobs: ["amd64", "arm64", "a"]
+                .into_iter()
+                .map(|seed| (Digest::of(&config(seed)).to_string(), config(seed)))
+                .collect(),
             ..Fake::default()
         }
+    }
+
+    #[tokio::test]
+    async fn an_image_listed_under_a_platform_its_config_does_not_name_is_refused() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let (host, fake) = serve(with_manifests(&[&amd64])).await;
+        let error = push_index(&request(&host, &[("linux/arm64", &amd64)]))
+            .await
+            .unwrap_err();
+        let text = crate::report::error_chain(&error);
+        assert!(
+            text.contains(
+                "its image config is for linux/amd64, not for the platform it is listed for"
+            ),
+            "{text}"
+        );
+        assert!(fake.pushed.lock().unwrap().is_empty(), "nothing pushed");
+    }
+
+    #[test]
+    fn a_config_names_the_platform_it_is_for() {
+        let platform = |text: &str| Platform::parse(text).unwrap();
+        let config = |value: serde_json::Value| serde_json::to_vec(&value).unwrap();
+        let arm64 = config(serde_json::json!({"os": "linux", "architecture": "arm64"}));
+        let arm64_v8 =
+            config(serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}));
+        assert_eq!(
+            check_config_platform(&platform("linux/arm64"), &arm64),
+            Ok(())
+        );
+        assert_eq!(
+            check_config_platform(&platform("linux/arm64/v8"), &arm64),
+            Ok(())
+        );
+        assert_eq!(
+            check_config_platform(&platform("linux/arm64"), &arm64_v8),
+            Ok(())
+        );
+        assert_eq!(
+            check_config_platform(
+                &platform("linux/arm/v7"),
+                &config(serde_json::json!({"os": "linux", "architecture": "arm", "variant": "v6"}))
+            ),
+            Err(ManifestProblem::PlatformMismatch {
+                found: "linux/arm/v6".into()
+            })
+        );
+        assert_eq!(
+            check_config_platform(&platform("linux/amd64"), &arm64),
+            Err(ManifestProblem::PlatformMismatch {
+                found: "linux/arm64".into()
+            })
+        );
+        assert!(matches!(
+            check_config_platform(&platform("linux/amd64"), b"{}"),
+            Err(ManifestProblem::ConfigUnreadable(_))
+        ));
     }
 
     fn request(host: &str, manifests: &[(&str, &[u8])]) -> IndexPush {

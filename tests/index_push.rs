@@ -263,6 +263,32 @@ fn a_digest_the_repository_lacks_fails_clearly_and_leaves_no_trace() {
 }
 
 #[test]
+fn images_swapped_between_platforms_are_refused_before_anything_is_tagged() {
+    let registry = DockerRegistry::start();
+    let host = registry.host();
+    let images = Platforms::build("swapped");
+    images.push_by_digest(&host, None);
+    let swapped = vec![
+        format!("--manifest=linux/amd64={}", images.arm64.manifest_digest()),
+        format!("--manifest=linux/arm64={}", images.amd64.manifest_digest()),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("termination-log");
+    let config = anonymous();
+    let output = kiln_index_push(&host, &swapped, config.path(), &log);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("its image config is for linux/arm64, not for the platform it is listed for"),
+        "{stderr}"
+    );
+    assert!(!log.exists(), "no termination log on failure");
+    assert_eq!(registry.count_requests("PUT", "/manifests/v1"), 0);
+}
+
+#[test]
 fn basic_auth_credentials_come_from_the_docker_config() {
     let registry = DockerRegistry::start_with_htpasswd(HTPASSWD);
     let host = registry.host();
