@@ -18,7 +18,9 @@ use std::time::Duration;
 use common::cluster;
 use common::controller::{Identity, Outcomes, RunningController, fast_config};
 use common::envtest;
-use common::kubelet::{ARM64_NODE_NAME, NODE_NAME, Script, TestKubelet, register_arm64};
+use common::kubelet::{
+    ARM64_NODE_NAME, NODE_NAME, Script, TestKubelet, register_arm64, register_node,
+};
 use common::scene::build;
 use k8s_openapi::api::core::v1::Pod;
 use kiln::controller::labels::PLATFORM;
@@ -269,6 +271,51 @@ async fn an_evicted_platform_is_rebuilt_alone_and_the_other_is_built_once() {
         ],
         "amd64 was built once"
     );
+    controller.stop().await;
+    assert!(outcomes.failures().is_empty(), "{:?}", outcomes.failures());
+    assert_eq!(kubelet.errors(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_starts_the_builds_waiting_for_its_platform_at_once() {
+    let Some(cp) = envtest::shared().await else {
+        return;
+    };
+    let _alone = ONE_CONTROLLER.lock().await;
+    let admin = cp.client();
+    let namespace = cluster::create_namespace(&admin, "native-wake").await;
+    let kubelet = TestKubelet::start(admin.clone(), &namespace, by_platform).await;
+    let mut config = fast_config(&namespace);
+    config.namespace = None;
+    // No periodic recheck within the test: only the node's arrival can start the Build.
+    config.queue_recheck = Duration::from_secs(600);
+    let outcomes = Outcomes::default();
+    let identity = Identity::superuser(cp, "kiln-native-wake-controller");
+    let controller = RunningController::start(&identity, config, &outcomes, None);
+
+    let builds: Api<Build> = Api::namespaced(admin.clone(), &namespace);
+    let riscv = build("riscv")
+        .output("registry.example.com/team/app:riscv")
+        .platform("linux/amd64")
+        .platform("linux/riscv64");
+    builds.create(&PostParams::default(), &riscv).await.unwrap();
+    wait_for_build(&admin, &namespace, "riscv", "NoNodeForPlatform", |b| {
+        b.status.as_ref().and_then(|s| s.reason()) == Some(Reason::NoNodeForPlatform)
+    })
+    .await;
+    let joined = std::time::Instant::now();
+    register_node(&admin, "kiln-test-node-riscv64", "riscv64").await;
+    let started = wait_for_build(&admin, &namespace, "riscv", "the attempt started", |b| {
+        b.status.as_ref().is_some_and(|s| s.attempt == 1)
+    })
+    .await;
+    let waited = joined.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "the Build started {waited:?} after the node joined: not woken by it"
+    );
+    let status = started.status.unwrap();
+    assert_eq!(status.platforms.len(), 2, "{status:?}");
     controller.stop().await;
     assert!(outcomes.failures().is_empty(), "{:?}", outcomes.failures());
     assert_eq!(kubelet.errors(), Vec::<String>::new());

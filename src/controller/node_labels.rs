@@ -15,9 +15,11 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 
+use kube::runtime::reflector::ObjectRef;
+
 use super::config::Config;
 use super::platforms::platforms_without_node;
-use crate::crd::Build;
+use crate::crd::{Build, Reason};
 
 /// Node name → its labels.
 type Labels = BTreeMap<String, BTreeMap<String, String>>;
@@ -39,30 +41,43 @@ fn labels_of(node: &PartialObjectMeta<Node>) -> (String, BTreeMap<String, String
 }
 
 impl NodeLabels {
-    /// Applies one event of the watch of Nodes' metadata.
-    pub fn apply(&self, event: &Event<PartialObjectMeta<Node>>) {
+    /// Applies one event of the watch of Nodes' metadata. Returns whether the nodes'
+    /// labels now offer something they did not before: a node joined or its labels
+    /// changed (a relist counts once it completes). Status heartbeats, which change no
+    /// label, return false: waking Builds on each of them would cost a reconcile per
+    /// waiting Build per heartbeat.
+    pub fn apply(&self, event: &Event<PartialObjectMeta<Node>>) -> bool {
         let mut state = self.0.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::Init => state.relisting = Some(Labels::new()),
+            Event::Init => {
+                state.relisting = Some(Labels::new());
+                false
+            }
             Event::InitApply(node) => {
                 let (name, labels) = labels_of(node);
                 match state.relisting.as_mut() {
                     Some(relisting) => relisting.insert(name, labels),
                     None => state.nodes.insert(name, labels),
                 };
+                false
             }
             Event::InitDone => {
+                let mut changed = !state.synced;
                 if let Some(relisted) = state.relisting.take() {
+                    changed |= relisted != state.nodes;
                     state.nodes = relisted;
                 }
                 state.synced = true;
+                changed
             }
             Event::Apply(node) => {
                 let (name, labels) = labels_of(node);
-                state.nodes.insert(name, labels);
+                let before = state.nodes.insert(name, labels.clone());
+                before.as_ref() != Some(&labels)
             }
             Event::Delete(node) => {
                 state.nodes.remove(&node.name_any());
+                false
             }
         }
     }
@@ -76,6 +91,22 @@ impl NodeLabels {
         }
         platforms_without_node(build, state.nodes.values(), config)
     }
+}
+
+/// The Builds waiting for a node of one of their platforms (reason `NoNodeForPlatform`),
+/// sorted: what a node that joined, or whose labels changed, wakes.
+pub fn waiting_for_a_node(builds: &[std::sync::Arc<Build>]) -> Vec<ObjectRef<Build>> {
+    let mut waiting: Vec<ObjectRef<Build>> = builds
+        .iter()
+        .filter(|build| build.metadata.deletion_timestamp.is_none())
+        .filter(|build| {
+            build.status.as_ref().and_then(|status| status.reason())
+                == Some(Reason::NoNodeForPlatform)
+        })
+        .map(|build| ObjectRef::from_obj(build.as_ref()))
+        .collect();
+    waiting.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    waiting
 }
 
 #[cfg(test)]
@@ -99,6 +130,37 @@ mod tests {
     }
 
     #[test]
+    fn a_node_wakes_the_builds_waiting_for_one() {
+        let mut waiting = Build::test("waiting").in_namespace("b");
+        waiting.status = Some(crate::crd::BuildStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: crate::crd::CONDITION_SUCCEEDED.into(),
+                status: "Unknown".into(),
+                reason: "NoNodeForPlatform".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    crate::crd::fixtures::T0,
+                ),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        let mut also = waiting.clone();
+        also.metadata.name = Some("also".into());
+        also.metadata.namespace = Some("a".into());
+        let other = Build::test("running").in_namespace("a");
+        let builds: Vec<std::sync::Arc<Build>> = [waiting, other, also]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect();
+        let names: Vec<String> = waiting_for_a_node(&builds)
+            .into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect();
+        assert_eq!(names, ["a/also", "b/waiting"]);
+    }
+
+    #[test]
     fn unknown_until_listed_then_follows_nodes_coming_and_going() {
         let build = Build::test("app")
             .platform("linux/amd64")
@@ -106,20 +168,27 @@ mod tests {
         let config = Config::default();
         let nodes = NodeLabels::default();
         assert!(nodes.platforms_without_node(&build, &config).is_empty());
-        nodes.apply(&Event::Init);
-        nodes.apply(&Event::InitApply(node("a", "amd64")));
+        assert!(!nodes.apply(&Event::Init));
+        assert!(!nodes.apply(&Event::InitApply(node("a", "amd64"))));
         assert!(
             nodes.platforms_without_node(&build, &config).is_empty(),
             "still listing"
         );
-        nodes.apply(&Event::InitDone);
+        assert!(nodes.apply(&Event::InitDone), "the first list is news");
         assert_eq!(
             nodes.platforms_without_node(&build, &config),
             ["linux/arm64"]
         );
-        nodes.apply(&Event::Apply(node("b", "arm64")));
+        assert!(
+            nodes.apply(&Event::Apply(node("b", "arm64"))),
+            "a node joined"
+        );
+        assert!(
+            !nodes.apply(&Event::Apply(node("b", "arm64"))),
+            "a heartbeat changes no label"
+        );
         assert!(nodes.platforms_without_node(&build, &config).is_empty());
-        nodes.apply(&Event::Delete(node("a", "amd64")));
+        assert!(!nodes.apply(&Event::Delete(node("a", "amd64"))));
         assert_eq!(
             nodes.platforms_without_node(&build, &config),
             ["linux/amd64"]
@@ -127,7 +196,10 @@ mod tests {
         // A relist replaces what was known.
         nodes.apply(&Event::Init);
         nodes.apply(&Event::InitApply(node("c", "amd64")));
-        nodes.apply(&Event::InitDone);
+        assert!(
+            nodes.apply(&Event::InitDone),
+            "the relist found another node"
+        );
         assert_eq!(
             nodes.platforms_without_node(&build, &config),
             ["linux/arm64"]

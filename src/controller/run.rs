@@ -20,6 +20,7 @@ use super::context::Context;
 use super::error::RunError;
 use super::fair_share;
 use super::labels::managed_selector;
+use super::node_labels::waiting_for_a_node;
 use super::reconcile::{error_policy, reconcile};
 use super::slim;
 use super::sweep::run_sweeps;
@@ -117,30 +118,41 @@ pub async fn run_with(
         .watches(builds, watcher::Config::default(), move |build: Build| {
             wakeups.on_change(&build, &builds_of_store, &on_build.running_limits())
         });
-    // A namespace that lowers or raises its own limit: record it, and start what a raised
-    // limit lets go.
     // The nodes' labels, for Native Builds asking for a platform no node offers. Only with
     // cluster-wide rights (Nodes are not namespaced); the watch stops with the controller.
+    // A node that joins, or whose labels change, wakes the Builds waiting for one at once
+    // rather than at their next recheck.
+    let (wake_for_node, node_wakeups) = futures::channel::mpsc::unbounded();
     let nodes = watch_namespaces.then(|| {
         let node_labels = context.node_labels.clone();
+        let builds = store.clone();
         tokio::spawn(
             watcher(
                 Api::<PartialObjectMeta<Node>>::all(client.clone()),
                 watcher::Config::default(),
             )
-                .default_backoff()
-                .for_each(move |event| {
-                    match event {
-                        Ok(event) => node_labels.apply(&event),
-                        Err(error) => tracing::warn!(
-                            error = error_chain(&error),
-                            "watch of Nodes failed, retrying with backoff; until it lists them, Native Builds start without checking that a node offers each platform"
-                        ),
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => {
+                        if node_labels.apply(&event) {
+                            for build in waiting_for_a_node(&builds.state()) {
+                                // Fails only once the controller has stopped.
+                                let _ = wake_for_node.unbounded_send(build);
+                            }
+                        }
                     }
-                    futures::future::ready(())
-                }),
+                    Err(error) => tracing::warn!(
+                        error = error_chain(&error),
+                        "watch of Nodes failed, retrying with backoff; until it lists them, Native Builds start without checking that a node offers each platform"
+                    ),
+                }
+                futures::future::ready(())
+            }),
         )
     });
+    // A namespace that lowers or raises its own limit: record it, and start what a raised
+    // limit lets go.
     let controller = if watch_namespaces {
         let on_namespace = context.clone();
         controller.watches(
@@ -160,6 +172,7 @@ pub async fn run_with(
         controller
     };
     controller
+        .reconcile_on(node_wakeups)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)

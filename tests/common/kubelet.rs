@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 
 // Re-exported for the test files, each of which uses its own subset.
 #[allow(unused_imports)]
-pub use node::register_arm64;
+pub use node::{register_arm64, register_node};
 #[allow(unused_imports)]
 pub use script::{Gate, Outcome, Script, buildkit_metadata};
 use status::{Stage, status};

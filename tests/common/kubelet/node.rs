@@ -22,7 +22,10 @@ pub async fn register_arm64(client: &Client) {
     register_node(client, ARM64_NODE_NAME, "arm64").await;
 }
 
-async fn register_node(client: &Client, name: &str, arch: &str) {
+/// Registers a Ready, untainted node `name` labelled `kubernetes.io/arch=<arch>`
+/// (idempotent). The test kubelet drives pods only on [`NODE_NAME`] and [`ARM64_NODE_NAME`].
+#[allow(dead_code)] // used by the test binaries of native multi-platform builds only
+pub async fn register_node(client: &Client, name: &str, arch: &str) {
     let nodes = Api::<Node>::all(client.clone());
     let node: Node = serde_json::from_value(serde_json::json!({
         "metadata": {
