@@ -42,8 +42,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError};
@@ -477,14 +475,11 @@ impl RegistryClient {
     fn new(request: &IndexPush) -> Result<Self, IndexPushError> {
         let build = |reason: String| IndexPushError::BuildClient { reason };
         let (auth, basic) = match &request.credentials {
-            Some(Credentials { username, password }) => {
-                let encoded = STANDARD.encode(format!("{username}:{password}"));
-                let header = HeaderValue::from_str(&format!("Basic {encoded}"))
-                    .map_err(|_| build("the credentials are not header-safe".to_owned()))?;
-                (
-                    RegistryAuth::Basic(username.clone(), password.clone()),
-                    Some(header),
-                )
+            Some(credentials) => {
+                let (auth, header) = credentials
+                    .registry_auth()
+                    .ok_or_else(|| build("the credentials are not header-safe".to_owned()))?;
+                (auth, Some(header))
             }
             None => (RegistryAuth::Anonymous, None),
         };
@@ -837,6 +832,8 @@ mod tests {
     use axum::extract::{Request, State};
     use axum::http::StatusCode as S;
     use axum::response::IntoResponse;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

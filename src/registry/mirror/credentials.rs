@@ -24,6 +24,25 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Credentials {
+    /// oci-client's authentication with these credentials, and the `Authorization: Basic`
+    /// value for the requests sent without oci-client; `None` when they cannot travel in
+    /// a header (a control character in them).
+    pub fn registry_auth(
+        &self,
+    ) -> Option<(
+        oci_client::secrets::RegistryAuth,
+        reqwest::header::HeaderValue,
+    )> {
+        let encoded = STANDARD.encode(format!("{}:{}", self.username, self.password));
+        let header = reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        Some((
+            oci_client::secrets::RegistryAuth::Basic(self.username.clone(), self.password.clone()),
+            header,
+        ))
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

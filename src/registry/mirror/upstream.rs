@@ -25,8 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -273,14 +271,11 @@ impl Upstream {
         let docker_hub = DOCKER_HUB_HOSTS.contains(&host);
         let prefix = parsed.path().trim_matches('/').to_owned();
         let (auth, basic) = match &credentials {
-            Some(Credentials { username, password }) => {
-                let encoded = STANDARD.encode(format!("{username}:{password}"));
-                let header = HeaderValue::from_str(&format!("Basic {encoded}"))
-                    .map_err(|_| misconfigured("credentials are not header-safe".into()))?;
-                (
-                    RegistryAuth::Basic(username.clone(), password.clone()),
-                    Some(header),
-                )
+            Some(credentials) => {
+                let (auth, header) = credentials
+                    .registry_auth()
+                    .ok_or_else(|| misconfigured("credentials are not header-safe".into()))?;
+                (auth, Some(header))
             }
             None => (RegistryAuth::Anonymous, None),
         };
@@ -770,6 +765,8 @@ mod tests {
     use crate::oci::name::Tag;
     use axum::extract::{Request, State};
     use axum::response::IntoResponse;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
