@@ -480,6 +480,18 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The failure of attempt `attempt`, which ran past its deadline.
+    fn ran_too_long(&self, attempt: u32, timeout: Duration) -> Failure {
+        Failure {
+            reason: Reason::TimedOut,
+            retriable: false,
+            message: format!(
+                "attempt {attempt} ran longer than {}",
+                self.timeout_description(timeout)
+            ),
+        }
+    }
+
     /// Follows the open attempt through its pod.
     fn follow_attempt(&mut self) {
         let Some(record) = self.open_attempt().cloned() else {
@@ -619,15 +631,7 @@ impl<'a> Planner<'a> {
             PodState::Failed(failure) => return self.fail(failure),
         }
         if self.now >= deadline {
-            return self.fail(Failure {
-                reason: Reason::TimedOut,
-                retriable: false,
-                message: format!(
-                    "attempt {} ran longer than {}",
-                    record.attempt,
-                    self.timeout_description(timeout)
-                ),
-            });
+            return self.fail(self.ran_too_long(record.attempt, timeout));
         }
         self.recheck_at(deadline);
     }

@@ -20,15 +20,12 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::buildkit::{DOCKER_CONFIG_DIR, TERMINATION_MESSAGE};
 use super::config::Config;
-use super::labels::{
-    GENERATION_ANNOTATION, PLATFORM, PLATFORM_INDEX, index_pod_name, platform_pod_name,
-};
-use super::pod::attempt_meta;
+use super::labels::{PLATFORM, PLATFORM_INDEX, index_pod_name, platform_pod_name};
+use super::pod::{attempt_meta, with_generation};
 use super::podstate::INDEX_CONTAINER;
 use super::validate::DOCKER_CONFIG_KEY;
 use crate::crd::{Build, Phase, PlatformStatus};
@@ -188,13 +185,7 @@ pub fn index_pod(
     };
     let builder = &build.spec.builder;
     Pod {
-        metadata: ObjectMeta {
-            annotations: Some(BTreeMap::from([(
-                GENERATION_ANNOTATION.to_owned(),
-                build.metadata.generation.unwrap_or_default().to_string(),
-            )])),
-            ..meta
-        },
+        metadata: with_generation(build, meta),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             active_deadline_seconds: Some(timeout.min(INDEX_DEADLINE).as_secs().max(1) as i64),

@@ -190,13 +190,7 @@ fn objects(
         None => build.spec.builder.node_selector.clone(),
     };
     let pod = Pod {
-        metadata: ObjectMeta {
-            annotations: Some(BTreeMap::from([(
-                GENERATION_ANNOTATION.to_owned(),
-                build.metadata.generation.unwrap_or_default().to_string(),
-            )])),
-            ..meta
-        },
+        metadata: with_generation(build, meta),
         spec: Some(PodSpec {
             node_selector: (!node_selector.is_empty()).then_some(node_selector),
             ..pod_spec(build, validated, config, init_containers, main, volumes)
@@ -204,6 +198,17 @@ fn objects(
         status: None,
     };
     AttemptObjects { pod, config_map }
+}
+
+/// `meta` with the annotation that says which generation of `build` a pod builds.
+pub fn with_generation(build: &Build, meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        annotations: Some(BTreeMap::from([(
+            GENERATION_ANNOTATION.to_owned(),
+            build.metadata.generation.unwrap_or_default().to_string(),
+        )])),
+        ..meta
+    }
 }
 
 /// The name, namespace, labels and owner the pod and ConfigMap of an attempt share.

@@ -91,15 +91,7 @@ impl Planner<'_> {
         let timeout = self.attempt_timeout();
         let deadline = wait_ends(&record.start_time, timeout);
         if self.now >= deadline {
-            return self.fail(Failure {
-                reason: Reason::TimedOut,
-                retriable: false,
-                message: format!(
-                    "attempt {} ran longer than {}",
-                    record.attempt,
-                    self.timeout_description(timeout)
-                ),
-            });
+            return self.fail(self.ran_too_long(record.attempt, timeout));
         }
 
         let mut to_create = Vec::new();
