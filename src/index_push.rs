@@ -43,7 +43,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::ClientProtocol;
 use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
@@ -59,12 +59,7 @@ use crate::oci::media::{
 use crate::oci::name::ImageName;
 use crate::oci::platform::Platform;
 use crate::registry::mirror::credentials::{Credentials, CredentialsError, credentials_for};
-
-/// How long to wait for a connection to the registry.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a read from the registry may stall.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::registry::mirror::upstream::registry_clients;
 
 /// The file of a Docker config directory that holds credentials.
 pub const DOCKER_CONFIG_FILE: &str = "config.json";
@@ -490,19 +485,10 @@ impl RegistryClient {
         } else {
             "https"
         };
-        crate::tls::install_crypto_provider();
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(request.plain_http.iter().cloned().collect()),
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            ..ClientConfig::default()
-        };
-        let oci = Client::try_from(config).map_err(|err| build(err.to_string()))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|err| build(crate::report::error_chain(&err)))?;
+        let (oci, http) = registry_clients(ClientProtocol::HttpsExcept(
+            request.plain_http.iter().cloned().collect(),
+        ))
+        .map_err(build)?;
         Ok(Self {
             image: request.image.clone(),
             api_host,

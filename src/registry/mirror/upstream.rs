@@ -46,6 +46,27 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read from an upstream may stall before the transfer counts as broken.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The two clients of a registry, with [`CONNECT_TIMEOUT`] and [`READ_TIMEOUT`]: oci-client
+/// (blobs, manifests it can fetch, the token flow) and the reqwest it is built on, for the
+/// requests oci-client cannot make (it returns no response headers). Installs ring as the
+/// TLS provider first. The error says what could not be set up.
+pub fn registry_clients(protocol: ClientProtocol) -> Result<(Client, reqwest::Client), String> {
+    crate::tls::install_crypto_provider();
+    let config = ClientConfig {
+        protocol,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        ..ClientConfig::default()
+    };
+    let oci = Client::try_from(config).map_err(|err| err.to_string())?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(|err| crate::report::error_chain(&err))?;
+    Ok((oci, http))
+}
+
 /// What went wrong talking to an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -279,23 +300,12 @@ impl Upstream {
             }
             None => (RegistryAuth::Anonymous, None),
         };
-        crate::tls::install_crypto_provider();
-        let oci_config = ClientConfig {
-            protocol: if scheme == "http" {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            ..ClientConfig::default()
+        let protocol = if scheme == "http" {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
         };
-        let oci = Client::try_from(oci_config).map_err(|err| misconfigured(err.to_string()))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|err| misconfigured(err.to_string()))?;
+        let (oci, http) = registry_clients(protocol).map_err(misconfigured)?;
         Ok(Self {
             name,
             registry,
