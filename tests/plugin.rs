@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use common::fake_api::fake_api;
 use kiln::controller::fixtures::PodFixture;
 use kiln::crd::fixtures::at;
-use kiln::crd::{AttemptRecord, AttemptResult, Build, BuildStatus, Phase, PlatformStatus, Reason};
+use kiln::crd::{AttemptRecord, AttemptResult, Build, BuildStatus, Phase, PlatformStatus};
 use kiln::plugin::api::{self, CancelRequest, ListScope, LogRequest};
 use kiln::plugin::error::PluginError;
 
@@ -26,19 +26,7 @@ fn status(phase: Phase, attempt: u32, result: Option<AttemptResult>) -> BuildSta
         attempt,
         start_time: Some(Time(at(0))),
         attempts: (1..=attempt)
-            .map(|n| AttemptRecord {
-                attempt: n,
-                pod_name: format!("app-{n}"),
-                pod_uid: None,
-                generation: 1,
-                start_time: Time(at(0)),
-                completion_time: result.map(|_| Time(at(60))),
-                result,
-                reason: result.map(|_| Reason::BuildFailed),
-                message: None,
-                digest: None,
-                pod_retained_until: None,
-            })
+            .map(|n| AttemptRecord::test(n, &format!("app-{n}"), result))
             .collect(),
         ..BuildStatus::default()
     }

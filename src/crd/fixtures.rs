@@ -11,8 +11,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::build::{FINALIZER, RERUN_ANNOTATION};
 use super::{
-    Build, BuildSpec, BuildStatus, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy, GitSource,
-    InlineFile, InlineSource, OciSource, Output, PlatformStrategy, SecretRef, Source,
+    AttemptRecord, AttemptResult, Build, BuildSpec, BuildStatus, CacheMode, CacheScope, CacheSpec,
+    ConcurrencyPolicy, GitSource, InlineFile, InlineSource, OciSource, Output, PlatformStrategy,
+    Reason, SecretRef, Source,
 };
 
 /// The fixtures' epoch: 2026-01-01T00:00:00Z.
@@ -249,5 +250,25 @@ impl Build {
     pub fn with_status(mut self, status: BuildStatus) -> Self {
         self.status = Some(status);
         self
+    }
+}
+
+impl AttemptRecord {
+    /// Attempt `attempt` of generation 1, run by pod `pod` from `T0`; with a `result`, it
+    /// ended 60 s later with reason `BuildFailed` (what the plugin's tests need of a history).
+    pub fn test(attempt: u32, pod: &str, result: Option<AttemptResult>) -> Self {
+        Self {
+            attempt,
+            pod_name: pod.to_owned(),
+            pod_uid: None,
+            generation: 1,
+            start_time: Time(T0),
+            completion_time: result.map(|_| Time(at(60))),
+            result,
+            reason: result.map(|_| Reason::BuildFailed),
+            message: None,
+            digest: None,
+            pod_retained_until: None,
+        }
     }
 }

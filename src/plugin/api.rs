@@ -722,22 +722,10 @@ mod tests {
 
     use super::*;
     use crate::crd::fixtures::at;
-    use crate::crd::{AttemptRecord, BuildStatus, PlatformStrategy, Reason};
+    use crate::crd::{AttemptRecord, BuildStatus, PlatformStrategy};
 
     fn record(attempt: u32, pod: &str, result: Option<AttemptResult>) -> AttemptRecord {
-        AttemptRecord {
-            attempt,
-            pod_name: pod.into(),
-            pod_uid: None,
-            generation: 1,
-            start_time: Time(at(0)),
-            completion_time: result.map(|_| Time(at(60))),
-            result,
-            reason: result.map(|_| Reason::BuildFailed),
-            message: None,
-            digest: None,
-            pod_retained_until: None,
-        }
+        AttemptRecord::test(attempt, pod, result)
     }
 
     fn platform(name: &str, attempt: u32, phase: Phase, pod: &str) -> PlatformStatus {
