@@ -499,29 +499,14 @@ impl<'a> Planner<'a> {
         };
         let timeout = self.attempt_timeout();
         let deadline = wait_ends(&record.start_time, timeout);
-        let pod = self
-            .observed
-            .pods
-            .iter()
-            .find(|p| p.name_any() == record.pod_name);
-        match (pod, record.pod_uid.as_deref()) {
-            (None, None) => self.create_announced_pod(&record, timeout, deadline),
-            (None, Some(_)) => self.fail(Failure {
-                reason: Reason::PodLost,
-                retriable: true,
-                message: format!("pod {} disappeared", record.pod_name),
-            }),
-            (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => {
-                self.fail(Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!(
-                        "pod {} was replaced by another object of the same name",
-                        record.pod_name
-                    ),
-                })
-            }
-            (Some(pod), _) => self.follow_pod(pod, &record, timeout, deadline),
+        match recorded_pod(
+            &self.observed.pods,
+            &record.pod_name,
+            record.pod_uid.as_deref(),
+        ) {
+            Ok(None) => self.create_announced_pod(&record, timeout, deadline),
+            Ok(Some(pod)) => self.follow_pod(pod, &record, timeout, deadline),
+            Err(failure) => self.fail(failure),
         }
     }
 
@@ -585,21 +570,7 @@ impl<'a> Planner<'a> {
             current.pod_uid = pod.metadata.uid.clone();
         }
 
-        let state = podstate::classify(pod);
-        if pod.metadata.deletion_timestamp.is_some() && !matches!(state, PodState::Succeeded { .. })
-        {
-            // Nobody here deleted the pod of an open attempt: the cluster or a person did.
-            let failure = match state {
-                PodState::Failed(f) if f.reason == Reason::PodEvicted => f,
-                _ => Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!("pod {} was deleted while it ran", record.pod_name),
-                },
-            };
-            return self.fail(failure);
-        }
-        match state {
+        match followed_state(pod, &record.pod_name) {
             PodState::Waiting => self.set(
                 Phase::Pending,
                 Reason::PodCreated,
@@ -938,6 +909,49 @@ impl<'a> Planner<'a> {
             recheck: self.recheck,
         }
     }
+}
+
+/// The pod recorded as `name` (with `uid`, once seen) among `pods`: `Ok(None)` when it was
+/// never seen and is not there (its create has not happened, or is not visible yet), the
+/// pod when it is there, and the failure when it vanished or another object took its name.
+fn recorded_pod<'p>(
+    pods: &'p [Pod],
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Option<&'p Pod>, Failure> {
+    let pod = pods.iter().find(|p| p.name_any() == name);
+    match (pod, uid) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Failure {
+            reason: Reason::PodLost,
+            retriable: true,
+            message: format!("pod {name} disappeared"),
+        }),
+        (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => Err(Failure {
+            reason: Reason::PodLost,
+            retriable: true,
+            message: format!("pod {name} was replaced by another object of the same name"),
+        }),
+        (Some(pod), _) => Ok(Some(pod)),
+    }
+}
+
+/// What the followed pod `pod` (named `name`) says: [`podstate::classify`], except that a
+/// pod being deleted before it succeeded has failed. Nobody here deletes the pod of an open
+/// attempt: the cluster (an eviction, said as such) or a person did.
+fn followed_state(pod: &Pod, name: &str) -> PodState {
+    let state = podstate::classify(pod);
+    if pod.metadata.deletion_timestamp.is_none() || matches!(state, PodState::Succeeded { .. }) {
+        return state;
+    }
+    PodState::Failed(match state {
+        PodState::Failed(f) if f.reason == Reason::PodEvicted => f,
+        _ => Failure {
+            reason: Reason::PodLost,
+            retriable: true,
+            message: format!("pod {name} was deleted while it ran"),
+        },
+    })
 }
 
 /// Whether `new` differs from `old` only by pod UIDs first seen: the open attempt's pod's,

@@ -159,13 +159,13 @@ impl Planner<'_> {
 
     /// What the pod of one open platform says.
     fn platform_outcome(&mut self, entry: &PlatformStatus) -> Outcome {
-        let pod = self
-            .observed
-            .pods
-            .iter()
-            .find(|p| p.name_any() == entry.pod_name);
-        let pod = match (pod, entry.pod_uid.as_deref()) {
-            (None, None) => {
+        let pod = match recorded_pod(
+            &self.observed.pods,
+            &entry.pod_name,
+            entry.pod_uid.as_deref(),
+        ) {
+            Ok(Some(pod)) => pod,
+            Ok(None) => {
                 if let (true, Some(ended)) = (entry.retries > 0, entry.completion_time.as_ref()) {
                     let at = wait_ends(ended, backoff(entry.retries, self.config));
                     if self.now < at {
@@ -174,24 +174,7 @@ impl Planner<'_> {
                 }
                 return Outcome::Create;
             }
-            (None, Some(_)) => {
-                return Outcome::Failed(Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!("pod {} disappeared", entry.pod_name),
-                });
-            }
-            (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => {
-                return Outcome::Failed(Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!(
-                        "pod {} was replaced by another object of the same name",
-                        entry.pod_name
-                    ),
-                });
-            }
-            (Some(pod), _) => pod,
+            Err(failure) => return Outcome::Failed(failure),
         };
         if let Some(current) = self
             .status
@@ -201,19 +184,7 @@ impl Planner<'_> {
         {
             current.pod_uid = pod.metadata.uid.clone();
         }
-        let state = podstate::classify(pod);
-        if pod.metadata.deletion_timestamp.is_some() && !matches!(state, PodState::Succeeded { .. })
-        {
-            return Outcome::Failed(match state {
-                PodState::Failed(f) if f.reason == Reason::PodEvicted => f,
-                _ => Failure {
-                    reason: Reason::PodLost,
-                    retriable: true,
-                    message: format!("pod {} was deleted while it ran", entry.pod_name),
-                },
-            });
-        }
-        match state {
+        match followed_state(pod, &entry.pod_name) {
             PodState::Waiting => Outcome::Waiting,
             PodState::Running => Outcome::Running,
             PodState::Succeeded {
@@ -437,44 +408,21 @@ impl Planner<'_> {
 
     /// Every platform pushed: follows the index pod (the open attempt's own pod).
     fn follow_index(&mut self, record: &AttemptRecord, timeout: Duration, deadline: Timestamp) {
-        let pod = self
-            .observed
-            .pods
-            .iter()
-            .find(|p| p.name_any() == record.pod_name);
-        let failure = match (pod, record.pod_uid.as_deref()) {
-            (None, None) => {
+        let failure = match recorded_pod(
+            &self.observed.pods,
+            &record.pod_name,
+            record.pod_uid.as_deref(),
+        ) {
+            Ok(None) => {
                 self.create_index_pod(record, timeout);
                 return self.recheck_at(deadline);
             }
-            (None, Some(_)) => Failure {
-                reason: Reason::PodLost,
-                retriable: true,
-                message: format!("pod {} disappeared", record.pod_name),
-            },
-            (Some(pod), Some(uid)) if pod.metadata.uid.as_deref() != Some(uid) => Failure {
-                reason: Reason::PodLost,
-                retriable: true,
-                message: format!(
-                    "pod {} was replaced by another object of the same name",
-                    record.pod_name
-                ),
-            },
-            (Some(pod), _) => {
+            Err(failure) => failure,
+            Ok(Some(pod)) => {
                 if let Some(current) = self.status.current_attempt_mut() {
                     current.pod_uid = pod.metadata.uid.clone();
                 }
-                let state = podstate::classify(pod);
-                match state {
-                    _ if pod.metadata.deletion_timestamp.is_some()
-                        && !matches!(state, PodState::Succeeded { .. }) =>
-                    {
-                        Failure {
-                            reason: Reason::PodLost,
-                            retriable: true,
-                            message: format!("pod {} was deleted while it ran", record.pod_name),
-                        }
-                    }
+                match followed_state(pod, &record.pod_name) {
                     PodState::Waiting | PodState::Running => {
                         self.announce_index(record);
                         return self.recheck_at(deadline);
