@@ -1,11 +1,13 @@
-//! Build contexts from a developer's working tree: `.dockerignore` matching (pure) and a
-//! reproducible, streaming tar of what it keeps (filesystem I/O).
+//! Build contexts from a developer's working tree: `.dockerignore` matching (pure), a
+//! reproducible, streaming tar of what it keeps (filesystem I/O), and the upload protocol
+//! between `kubectl kiln build --local` and the build pod that receives it (pure).
 //!
-//! The foundation of `kubectl kiln build --local DIR`: the tar is what gets uploaded as
-//! the image behind a Build's `source.oci`.
+//! The tar is what gets uploaded and stored in the cache as the image behind a Build's
+//! `source.local`.
 
 pub mod archive;
 pub mod dockerignore;
+pub mod protocol;
 
 pub use archive::{
     LARGEST_COUNT, MTIME, PackError, PackOptions, PackReport, SizedPath, SkippedEntry, SkippedKind,

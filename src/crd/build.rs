@@ -80,7 +80,7 @@ const RULE_TTL: &str =
 
 /// Exactly one of the three sources.
 const RULE_ONE_SOURCE: &str =
-    "(has(self.git) ? 1 : 0) + (has(self.oci) ? 1 : 0) + (has(self.inline) ? 1 : 0) == 1";
+    "(has(self.git) ? 1 : 0) + (has(self.oci) ? 1 : 0) + (has(self.inline) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1";
 
 /// Every platform is `os/arch` or `os/arch/variant`.
 const RULE_PLATFORMS: &str = "self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9.]+)?$'))";
@@ -127,7 +127,7 @@ const RULE_INLINE_DOCKERFILE_PATH: &str = "!has(self.source.inline) || !has(self
 ))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildSpec {
-    /// Where the build context comes from: exactly one of `git`, `oci` or `inline`.
+    /// Where the build context comes from: exactly one of `git`, `oci`, `inline` or `local`.
     pub source: Source,
 
     /// Path of the Dockerfile inside the build context.
@@ -263,10 +263,10 @@ pub enum PlatformStrategy {
     Emulated,
 }
 
-/// Where the build context comes from: exactly one of the three fields.
+/// Where the build context comes from: exactly one of the four fields.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new(RULE_ONE_SOURCE).message(
-    "exactly one of spec.source.git, spec.source.oci or spec.source.inline must be set"
+    "exactly one of spec.source.git, spec.source.oci, spec.source.inline or spec.source.local must be set"
 ))]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
@@ -280,6 +280,10 @@ pub struct Source {
     /// A Dockerfile and a few small files written in the Build itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<InlineSource>,
+    /// A directory uploaded from the user's machine by `kubectl kiln build --local`: the
+    /// digest and size of its tar, which the build pod receives (or finds in the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalSource>,
 }
 
 /// A Git repository as the build context.
@@ -330,6 +334,23 @@ pub struct OciSource {
         "spec.source.oci.image must be an image reference such as registry.example.com/team/context:v1 or …@sha256:<64 hex>"
     ))]
     pub image: String,
+}
+
+/// A build context uploaded from a directory (`kubectl kiln build --local DIR`): the tar
+/// that `kubectl kiln` packed, named by digest. Each attempt's pod takes it from the
+/// namespace's contexts repository on Kiln's cache, or waits for the upload when it is not
+/// there yet. Needs the controller's cache service.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSource {
+    /// The sha256 digest of the uncompressed tar (`sha256:<64 hex>`).
+    #[x_kube(validation = Rule::new(r"self.matches('^sha256:[a-f0-9]{64}$')").message(
+        "spec.source.local.digest must be sha256:<64 lowercase hex>"
+    ))]
+    pub digest: String,
+    /// The tar's size in bytes.
+    #[schemars(range(min = 1024, max = 68_719_476_736i64))]
+    pub size: i64,
 }
 
 /// A Dockerfile and small files written in the Build itself. The controller checks that

@@ -11,6 +11,7 @@
 //! | `Queued` | Pending | Unknown | waiting for another Build of the same concurrency group |
 //! | `Starting` | Pending | Unknown | waiting for the previous attempt's pod to terminate |
 //! | `PodCreated` | Pending | Unknown | the build pod exists and is being scheduled or pulled |
+//! | `WaitingForContext` | Pending | Unknown | the pod of a `source.local` Build waits for `kubectl kiln build --local` to upload the context (or for another pod of the attempt to store it) |
 //! | `Running` | Running | Unknown | the build pod runs |
 //! | `Succeeded` | Succeeded | True | the image was pushed; `status.output.digest` holds it |
 //! | `BuildFailed` | Failed | False | the build itself failed (Dockerfile, OOM, no digest); not retried |
@@ -56,7 +57,8 @@ pub const CONDITION_READY: &str = "Ready";
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed,
-/// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed); Events also carry
+/// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed, WaitingForContext);
+/// Events also carry
 /// GarbageCollected and CacheUnavailable.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -99,6 +101,8 @@ pub enum Reason {
     AssemblingIndex,
     /// The image index of a `Native` build could not be pushed.
     IndexPushFailed,
+    /// The pod of a `source.local` Build waits for the context's upload.
+    WaitingForContext,
     /// Event only: the orphan sweeper deleted leftovers of this Build.
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
@@ -107,7 +111,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -126,6 +130,7 @@ impl Reason {
         Reason::NoNodeForPlatform,
         Reason::AssemblingIndex,
         Reason::IndexPushFailed,
+        Reason::WaitingForContext,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
     ];
@@ -151,6 +156,7 @@ impl Reason {
             Reason::NoNodeForPlatform => "NoNodeForPlatform",
             Reason::AssemblingIndex => "AssemblingIndex",
             Reason::IndexPushFailed => "IndexPushFailed",
+            Reason::WaitingForContext => "WaitingForContext",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
         }
@@ -178,6 +184,7 @@ impl Reason {
             | Reason::PodCreated
             | Reason::Running
             | Reason::AssemblingIndex
+            | Reason::WaitingForContext
             | Reason::Succeeded
             | Reason::Cancelled
             | Reason::Superseded

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::build::{FINALIZER, RERUN_ANNOTATION};
 use super::{
     AttemptRecord, AttemptResult, Build, BuildSpec, BuildStatus, CacheMode, CacheScope, CacheSpec,
-    ConcurrencyPolicy, GitSource, InlineFile, InlineSource, OciSource, Output, PlatformStrategy,
+    ConcurrencyPolicy, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output, PlatformStrategy,
     Reason, SecretRef, Source,
 };
 
@@ -158,6 +158,18 @@ impl Build {
         self.spec.source = Source {
             oci: Some(OciSource {
                 image: image.to_owned(),
+            }),
+            ..Source::default()
+        };
+        self
+    }
+
+    /// Uses an uploaded directory's tar (`sha256:<hex>`, `size` bytes) as the source.
+    pub fn local(mut self, digest: &str, size: i64) -> Self {
+        self.spec.source = Source {
+            local: Some(LocalSource {
+                digest: digest.to_owned(),
+                size,
             }),
             ..Source::default()
         };

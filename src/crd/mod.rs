@@ -18,7 +18,7 @@ pub mod status;
 
 pub use build::{
     Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy,
-    ConcurrencySpec, GitSource, InlineFile, InlineSource, OciSource, Output, PlatformStrategy,
+    ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output, PlatformStrategy,
     Retention, SecretRef, Source,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
