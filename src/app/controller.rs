@@ -41,8 +41,9 @@ pub struct ControllerArgs {
     #[arg(long, env = "KILN_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
     pub builder_image: String,
 
-    /// Image of the short pod that pushes the image index of a Native multi-platform
-    /// build: the Kiln image (`kiln index push`), as the chart sets it.
+    /// The Kiln image, as the chart sets it: the short pod that pushes the image index of a
+    /// Native multi-platform build (`kiln index push`), and the init container that
+    /// receives a `source.local` Build's uploaded context (`kiln context receive`).
     #[arg(long, env = "KILN_INDEX_IMAGE", default_value = DEFAULT_INDEX_IMAGE)]
     pub index_image: String,
 

@@ -149,7 +149,7 @@ pub fn build_cache_repository(build: &Build, config: &Config) -> Option<String> 
 }
 
 /// `[<path>/]<namespace>`: where the cache repositories of the Build's namespace live.
-fn namespace_repository_prefix(build: &Build, config: &Config) -> Option<String> {
+pub fn namespace_repository_prefix(build: &Build, config: &Config) -> Option<String> {
     let service = config.cache_service.as_ref()?;
     let namespace = build.namespace().unwrap_or_default();
     Some(match service.host.split_once('/') {
@@ -216,7 +216,7 @@ pub fn build_args(
     ];
     match validated.source {
         SourceKind::Git(git) => args.push(format!("--opt=context={}", git_context(git))),
-        SourceKind::Oci(_) | SourceKind::Inline(_) => {
+        SourceKind::Oci(_) | SourceKind::Inline(_) | SourceKind::Local(_) => {
             args.push(format!("--local=context={CONTEXT_DIR}"));
             args.push(format!("--local=dockerfile={CONTEXT_DIR}"));
         }

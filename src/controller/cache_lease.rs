@@ -27,7 +27,9 @@
 //!
 //! # Finalizer
 //! Deleting a Build releases the leases its status lists and deletes its own cache tag
-//! (`<ns>/<build>:buildcache`; a namespace's shared cache stays). A cache service that stays
+//! (`<ns>/<build>:buildcache`; a namespace's shared cache stays) and the tag of its uploaded
+//! context (`<ns>/kiln_contexts:build-<uid>`; the content stays while another Build's tag
+//! holds it, and goes with the cache's garbage collection otherwise). A cache service that stays
 //! unreachable does not hold the Build forever: [`CLEANUP_DEADLINE`] after the deletion began,
 //! the finalizer lets go with a Warning Event that says what was left (the leases lapse by
 //! themselves; the tag is left to the cache's own prune).
@@ -41,6 +43,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
 use super::cache_ledger::CallState;
 use super::config::Config;
+use super::local_context::{build_context_tag, contexts_repository};
 use super::plan::{Action, Recheck};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;
@@ -62,6 +65,11 @@ pub fn lease_name(uid: &str, attempt: u32) -> String {
 /// The ledger key of the finalizer's deletion of the Build's cache tag.
 pub fn tag_key(uid: &str) -> String {
     format!("build-{uid}-tag")
+}
+
+/// The ledger key of the finalizer's deletion of the Build's uploaded context's tag.
+pub fn context_tag_key(uid: &str) -> String {
+    format!("build-{uid}-context-tag")
 }
 
 /// The prefix of every ledger key of the Build with UID `uid`.
@@ -92,7 +100,10 @@ pub fn plan(
         .current_attempt()
         .filter(|a| a.completion_time.is_none())
         .filter(|_| config.cache_leases)
-        .and_then(|a| Some((a.attempt, cache_repository(build, config)?)));
+        .and_then(|a| {
+            let tags = leased_tags(build, config);
+            (!tags.is_empty()).then_some((a.attempt, tags))
+        });
     let wanted_name = wanted
         .as_ref()
         .map(|(attempt, _)| lease_name(uid, *attempt));
@@ -130,7 +141,7 @@ pub fn plan(
         return plan;
     }
     let idle = CallState::default();
-    if let (Some((_, repository)), Some(name)) = (&wanted, &wanted_name) {
+    if let (Some((_, tags)), Some(name)) = (&wanted, &wanted_name) {
         let state = ledger.get(name).unwrap_or(&idle);
         let renew_at = state
             .held_until
@@ -139,7 +150,7 @@ pub fn plan(
             plan.recheck = plan.recheck.min(wait_until(now, state.retry_at));
         } else if renew_at.is_none_or(|at| now >= at) {
             plan.actions
-                .push(put_lease(name, repository, state, now, config));
+                .push(put_lease(name, tags, state, now, config));
             plan.recheck = plan.recheck.min(Recheck::After(OUTCOME_RECHECK));
         } else {
             plan.recheck = plan.recheck.min(wait_until(now, renew_at));
@@ -164,9 +175,30 @@ pub fn plan(
     plan
 }
 
+/// The tags an open attempt's lease holds: the Build's cache tag, when it uses the build
+/// cache, and its uploaded context's tag, when it has a `spec.source.local` (so that a
+/// retry still finds the context it does not upload again).
+pub fn leased_tags(build: &Build, config: &Config) -> Vec<(RepoName, Tag)> {
+    let cache = cache_repository(build, config).map(|r| (r, CACHE_TAG.to_owned()));
+    let context = build
+        .spec
+        .source
+        .local
+        .as_ref()
+        .and_then(|_| contexts_repository(build, config))
+        .map(|r| (r, build_context_tag(build)));
+    cache
+        .into_iter()
+        .chain(context)
+        .filter_map(|(repository, tag)| {
+            Some((RepoName::parse(&repository).ok()?, Tag::parse(&tag).ok()?))
+        })
+        .collect()
+}
+
 fn put_lease(
     name: &str,
-    repository: &str,
+    tags: &[(RepoName, Tag)],
     state: &CallState,
     now: Timestamp,
     config: &Config,
@@ -182,10 +214,12 @@ fn put_lease(
             .map(|digest| LeaseTarget::Digest { digest: *digest })
             .collect()
     } else {
-        match (RepoName::parse(repository), Tag::parse(CACHE_TAG)) {
-            (Ok(repository), Ok(tag)) => vec![LeaseTarget::Tag { repository, tag }],
-            _ => Vec::new(),
-        }
+        tags.iter()
+            .map(|(repository, tag)| LeaseTarget::Tag {
+                repository: repository.clone(),
+                tag: tag.clone(),
+            })
+            .collect()
     };
     Action::PutLease {
         name: name.to_owned(),
@@ -243,11 +277,20 @@ pub fn cleanup(
             ));
         }
     }
-    let tag = build_cache_repository(build, config)
+    let cache_tag = build_cache_repository(build, config)
         .and_then(|r| RepoName::parse(&r).ok())
-        .zip(Tag::parse(CACHE_TAG).ok());
-    if let Some((repository, tag)) = tag {
-        let key = tag_key(uid);
+        .zip(Tag::parse(CACHE_TAG).ok())
+        .map(|tag| (tag_key(uid), tag));
+    let context_tag = build
+        .spec
+        .source
+        .local
+        .as_ref()
+        .and_then(|_| contexts_repository(build, config))
+        .and_then(|r| RepoName::parse(&r).ok())
+        .zip(Tag::parse(&build_context_tag(build)).ok())
+        .map(|tag| (context_tag_key(uid), tag));
+    for (key, (repository, tag)) in cache_tag.into_iter().chain(context_tag) {
         let state = state(&key);
         if !state.done {
             let what = format!("tag {repository}:{tag} (left to the cache's prune)");

@@ -39,9 +39,13 @@ pub const TOKEN_SLACK: Duration = Duration::from_secs(10 * 60);
 pub const TOKEN_USER: &str = "kiln";
 
 /// Whether attempts of `build` get a cache token: tokens are on and the Build uses the
-/// cache.
+/// cache, for its build cache or for its uploaded context (`spec.source.local`, whose
+/// receiver reads and writes the namespace's contexts repository even with the build
+/// cache off).
 pub fn wants_token(build: &Build, config: &Config) -> bool {
-    config.cache_token_key.is_some() && cache_ref(build, config).is_some()
+    config.cache_token_key.is_some()
+        && (cache_ref(build, config).is_some()
+            || (build.spec.source.local.is_some() && config.cache_service.is_some()))
 }
 
 /// How long the token of an attempt with this timeout is valid: never longer than the

@@ -23,8 +23,9 @@ pub const DEFAULT_INDEX_IMAGE: &str = concat!("kiln:", env!("CARGO_PKG_VERSION")
 pub struct Config {
     /// Builder image for Builds that do not name one.
     pub builder_image: String,
-    /// Image of the pod that pushes the image index of a `Native` multi-platform build:
-    /// the Kiln image, whose `kiln index push` does it.
+    /// The Kiln image: the pod that pushes the image index of a `Native` multi-platform
+    /// build (`kiln index push`) and the `context` init container of a `source.local`
+    /// Build (`kiln context receive`) run it.
     pub index_image: String,
     /// Node labels that select the nodes of a platform, by platform (`linux/arm64`), for
     /// clusters that label nodes their own way; a platform not listed is selected by

@@ -579,6 +579,14 @@ impl<'a> Planner<'a> {
                     record.attempt, record.pod_name
                 ),
             ),
+            PodState::ReceivingContext => self.set(
+                Phase::Pending,
+                Reason::WaitingForContext,
+                format!(
+                    "attempt {}: pod {} waits for the context upload (kubectl kiln build --local sends it; a retried attempt takes it from the cache)",
+                    record.attempt, record.pod_name
+                ),
+            ),
             PodState::Running => self.set(
                 Phase::Running,
                 Reason::Running,

@@ -16,7 +16,7 @@ use super::labels::{
     PLATFORM, PLATFORM_INDEX, attempt_labels, index_pod_name, platform_label, platform_pod_name,
     pod_name,
 };
-use super::podstate::{BUILD_CONTAINER, DIGEST_KEY, FETCH_CONTAINER};
+use super::podstate::{BUILD_CONTAINER, CONTEXT_CONTAINER, DIGEST_KEY, FETCH_CONTAINER};
 use crate::crd::Build;
 use crate::crd::fixtures::T0;
 
@@ -113,7 +113,7 @@ impl PodFixture {
             state: Some(state),
             ..ContainerStatus::default()
         };
-        if name == FETCH_CONTAINER {
+        if name == FETCH_CONTAINER || name == CONTEXT_CONTAINER {
             self.status().init_container_statuses = Some(vec![status]);
         } else {
             self.status().container_statuses = Some(vec![status]);
@@ -183,6 +183,27 @@ impl PodFixture {
     pub fn oom_killed(self) -> Self {
         self.phase("Failed")
             .terminated(BUILD_CONTAINER, 137, "OOMKilled", "")
+    }
+
+    /// The `context` init container waits for the upload of a `source.local` context.
+    pub fn receiving_context(self) -> Self {
+        self.phase("Pending").container(
+            CONTEXT_CONTAINER,
+            ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..ContainerState::default()
+            },
+        )
+    }
+
+    /// The `context` init container gave up: nothing was uploaded.
+    pub fn context_not_uploaded(self) -> Self {
+        self.phase("Failed").terminated(
+            CONTEXT_CONTAINER,
+            1,
+            "Error",
+            "no context was uploaded within 20m",
+        )
     }
 
     /// The OCI context could not be fetched.

@@ -10,6 +10,7 @@
 //! | [`buildkit`] | `buildctl` arguments, BuildKit configuration, cache references | pure |
 //! | [`native`] | a `Native` multi-platform attempt: its platform pods and the index pod | pure |
 //! | [`platforms`] | which nodes build which platform; platforms no node offers | pure |
+//! | [`local_context`] | the `context` init container of a `source.local` Build, and where its upload is kept on the cache | pure |
 //! | [`podstate`] | what a pod's status says happened; the pushed digest | pure |
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`fair_share`] | running-build limits and the fair queue: which waiting Builds start | pure |
@@ -63,6 +64,7 @@ pub mod gc;
 pub mod group_locks;
 pub mod labels;
 pub mod leader_election;
+pub mod local_context;
 pub mod namespace_limits;
 pub mod native;
 pub mod node_labels;

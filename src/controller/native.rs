@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -25,6 +25,7 @@ use kube::ResourceExt;
 use super::buildkit::{DOCKER_CONFIG_DIR, TERMINATION_MESSAGE};
 use super::config::Config;
 use super::labels::{PLATFORM, PLATFORM_INDEX, index_pod_name, platform_pod_name};
+use super::local_context::restricted_security_context;
 use super::pod::{attempt_meta, with_generation};
 use super::podstate::INDEX_CONTAINER;
 use super::validate::DOCKER_CONFIG_KEY;
@@ -162,22 +163,7 @@ pub fn index_pod(
             limits: Some(BTreeMap::from([("memory".to_owned(), quantity("128Mi"))])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(KILN_UID),
-            run_as_group: Some(KILN_UID),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context(KILN_UID)),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         termination_message_path: Some(TERMINATION_MESSAGE.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),

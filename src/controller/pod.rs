@@ -77,7 +77,8 @@ use super::config::Config;
 use super::labels::{
     GENERATION_ANNOTATION, PLATFORM, attempt_labels, platform_label, platform_pod_name, pod_name,
 };
-use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
+use super::local_context::{receive_args, receiver_container};
+use super::podstate::{BUILD_CONTAINER, CONTEXT_CONTAINER, FETCH_CONTAINER};
 use super::validate::{
     BASIC_AUTH_KEY, DOCKER_CONFIG_KEY, GitAuth, SSH_AUTH_KEY, SourceKind, Validated,
 };
@@ -296,7 +297,10 @@ fn volumes(
         mount("runtime-dir", "/run/user/1000", false),
         mount("tmp", "/tmp", false),
     ];
-    let local_context = matches!(validated.source, SourceKind::Oci(_) | SourceKind::Inline(_));
+    let local_context = matches!(
+        validated.source,
+        SourceKind::Oci(_) | SourceKind::Inline(_) | SourceKind::Local(_)
+    );
     if local_context {
         volumes.push(empty_dir("workspace"));
         mounts.push(mount("workspace", "/workspace", false));
@@ -449,6 +453,11 @@ fn containers(
                 buildkit::fetch_args(),
                 fetch_mounts,
             )])
+        }
+        SourceKind::Local(local) => {
+            receive_args(build, &local, validated.timeout, config).map(|args| {
+                vec![receiver_container(args, config, BUILDER_UID, &mounts)]
+            })
         }
         SourceKind::Git(_) | SourceKind::Inline(_) => None,
     };
@@ -675,6 +684,75 @@ mod tests {
             .oci("registry.example.com/team/context@sha256:2222222222222222222222222222222222222222222222222222222222222222")
             .push_secret("regcred");
         assert_snapshot("pod-oci", &yaml(&build, &Config::default()));
+    }
+
+    const LOCAL_DIGEST: &str =
+        "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    #[test]
+    fn snapshot_local_build_with_a_cache_token() {
+        let mut config = full_config();
+        config.cache_token_key = Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
+        let build = Build::test("dev")
+            .in_namespace("team")
+            .local(LOCAL_DIGEST, 104_857_600)
+            .push_secret("regcred");
+        assert_snapshot("pod-local", &yaml(&build, &config));
+    }
+
+    /// The receiver shares exactly two volumes with the builder: the workspace it unpacks
+    /// into and the attempt's Docker config (the cache token); it runs as the builder's
+    /// user, so the context it writes is the builder's, with nothing of the builder's
+    /// privileges.
+    #[test]
+    fn a_local_build_receives_its_context_in_a_restricted_init_container() {
+        let mut config = full_config();
+        config.cache_token_key = Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
+        // The receiver needs the cache token even with the build cache off.
+        let build = Build::test("dev")
+            .local(LOCAL_DIGEST, 4096)
+            .cache(CacheMode::Off, CacheScope::Build);
+        let validated = validate(&build, &secrets(), &config).unwrap();
+        let pod = attempt_objects(&build, 1, &validated, &config).pod;
+        let spec = pod.spec.unwrap();
+        let init = spec.init_containers.unwrap();
+        assert_eq!(init.len(), 1);
+        let receiver = &init[0];
+        assert_eq!(receiver.name, CONTEXT_CONTAINER);
+        assert_eq!(receiver.image.as_deref(), Some(config.index_image.as_str()));
+        let mounts: Vec<_> = receiver
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![("workspace", "/workspace"), ("docker-config", DOCKER_CONFIG_DIR)]
+        );
+        let sc = receiver.security_context.clone().unwrap();
+        assert_eq!(sc.run_as_user, Some(BUILDER_UID));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().add, None);
+        let args = receiver.args.clone().unwrap();
+        assert!(args.contains(&format!("--digest={LOCAL_DIGEST}")), "{args:?}");
+        let build_args = spec.containers[0].args.clone().unwrap();
+        assert!(build_args.contains(&format!("--local=context={CONTEXT_DIR}")));
+        assert!(!build_args.iter().any(|a| a.contains("--import-cache")), "{build_args:?}");
+    }
+
+    #[test]
+    fn a_local_build_needs_the_cache_service() {
+        let build = Build::test("dev").local(LOCAL_DIGEST, 4096);
+        let problem = validate(&build, &secrets(), &Config::default()).unwrap_err();
+        assert_eq!(problem.reason, crate::crd::Reason::InvalidSpec);
+        assert!(problem.message.contains("--cache-service"), "{}", problem.message);
+        let bad = Build::test("dev").local("sha512:00", 4096);
+        let problem = validate(&bad, &secrets(), &full_config()).unwrap_err();
+        assert!(problem.message.starts_with("spec.source.local.digest"), "{}", problem.message);
+        let small = Build::test("dev").local(LOCAL_DIGEST, 10);
+        let problem = validate(&small, &secrets(), &full_config()).unwrap_err();
+        assert!(problem.message.starts_with("spec.source.local.size"), "{}", problem.message);
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::oci::digest::Digest;
 pub const BUILD_CONTAINER: &str = "build";
 /// Name of the init container that fetches an OCI context.
 pub const FETCH_CONTAINER: &str = "fetch-context";
+/// Name of the init container that receives (or takes from the cache) the uploaded
+/// context of a `spec.source.local` Build.
+pub const CONTEXT_CONTAINER: &str = "context";
 /// Name of the container of a native build's index pod (`kiln index push`), which writes
 /// the index digest to its termination message as the build container writes the image's.
 pub const INDEX_CONTAINER: &str = "index";
@@ -44,6 +47,9 @@ const DISRUPTION_REASONS: [&str; 9] = [
 pub enum PodState {
     /// Not running yet: being scheduled, pulling images, or running its init container.
     Waiting,
+    /// The `context` init container waits for the uploaded context of a `source.local`
+    /// Build (or takes it from the cache).
+    ReceivingContext,
     /// The builder runs.
     Running,
     /// The builder exited 0; its termination message holds BuildKit's metadata.
@@ -124,7 +130,10 @@ pub fn classify(pod: &Pod) -> PodState {
             "the node running the pod stopped reporting its state",
         )),
         Some("Running") => PodState::Running,
-        _ => classify_waiting(init_containers.iter().chain(containers)),
+        _ => match classify_waiting(init_containers.iter().chain(containers)) {
+            PodState::Waiting if receiving_context(init_containers) => PodState::ReceivingContext,
+            state => state,
+        },
     }
 }
 
@@ -177,6 +186,7 @@ fn classify_failure(
         let output = terminated.message.as_deref().unwrap_or_default().trim();
         let what = match container.name.as_str() {
             FETCH_CONTAINER => "fetching the OCI context (spec.source.oci.image) failed",
+            CONTEXT_CONTAINER => "receiving the uploaded context (spec.source.local) failed",
             INDEX_CONTAINER => "pushing the image index failed",
             _ => "the build failed",
         };
@@ -205,6 +215,13 @@ fn classify_failure(
         true,
         format!("the pod failed before its containers ran ({why})"),
     )
+}
+
+/// Whether the `context` init container runs (the only init container of such a pod).
+fn receiving_context(init_containers: &[ContainerStatus]) -> bool {
+    init_containers.iter().any(|c| {
+        c.name == CONTEXT_CONTAINER && c.state.as_ref().is_some_and(|s| s.running.is_some())
+    })
 }
 
 fn classify_waiting<'a>(containers: impl Iterator<Item = &'a ContainerStatus>) -> PodState {
@@ -306,6 +323,24 @@ mod tests {
         );
         let done = PodFixture::new("p", 1).succeeded(&format!("{{\"{DIGEST_KEY}\":\"{DIGEST}\"}}"));
         assert!(matches!(classify(&done.pod), PodState::Succeeded { .. }));
+    }
+
+    #[test]
+    fn a_pod_whose_receiver_runs_waits_for_its_context_and_one_that_gave_up_failed_the_build() {
+        assert_eq!(
+            classify(&PodFixture::new("p", 1).receiving_context().pod),
+            PodState::ReceivingContext
+        );
+        let PodState::Failed(failure) = classify(&PodFixture::new("p", 1).context_not_uploaded().pod)
+        else {
+            panic!("a receiver that exited 1 fails the attempt");
+        };
+        assert_eq!(failure.reason, Reason::BuildFailed);
+        assert!(!failure.retriable);
+        assert_eq!(
+            failure.message,
+            "receiving the uploaded context (spec.source.local) failed: container context exited with code 1: no context was uploaded within 20m"
+        );
     }
 
     #[test]

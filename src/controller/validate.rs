@@ -14,7 +14,8 @@ use kube::ResourceExt;
 
 use super::config::Config;
 use crate::crd::build::{MAX_BUILD_NAME, MAX_RETRIES};
-use crate::crd::{Build, GitSource, InlineSource, OciSource, Reason};
+use crate::crd::{Build, GitSource, InlineSource, LocalSource, OciSource, Reason};
+use crate::oci::digest::{Algorithm, Digest};
 
 /// Secret type of a Docker config (`kubectl create secret docker-registry`).
 pub const DOCKER_CONFIG_SECRET: &str = "kubernetes.io/dockerconfigjson";
@@ -65,6 +66,18 @@ pub enum SourceKind<'a> {
     Oci(&'a OciSource),
     /// Files from the Build itself, mounted from the attempt's ConfigMap.
     Inline(&'a InlineSource),
+    /// A directory's tar, uploaded by `kubectl kiln build --local` to the pod's `context`
+    /// init container or found in the namespace's contexts repository on the cache.
+    Local(LocalContext),
+}
+
+/// A checked `spec.source.local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalContext {
+    /// The tar's digest.
+    pub digest: Digest,
+    /// The tar's size in bytes.
+    pub size: u64,
 }
 
 /// How BuildKit authenticates the Git clone.
@@ -94,6 +107,39 @@ pub struct Validated<'a> {
     pub git_auth: Option<GitAuth>,
     /// The push Secret, when named.
     pub push_secret: Option<&'a str>,
+}
+
+/// Checks `spec.source.local`: a sha256 digest, a size a tar can have, and a cache service
+/// to keep the context in (the build pod receives it into the cache, and a retried attempt
+/// takes it from there).
+fn check_local(local: &LocalSource, config: &Config) -> Result<LocalContext, Problem> {
+    let digest = local
+        .digest
+        .parse::<Digest>()
+        .ok()
+        .filter(|digest| digest.algorithm() == Algorithm::Sha256)
+        .ok_or_else(|| {
+            Problem::invalid(format!(
+                "spec.source.local.digest {:?} must be sha256:<64 lowercase hex>",
+                local.digest
+            ))
+        })?;
+    // Two 512-byte zero blocks end every tar.
+    let size = u64::try_from(local.size)
+        .ok()
+        .filter(|size| *size >= 1024)
+        .ok_or_else(|| {
+            Problem::invalid(format!(
+                "spec.source.local.size must be the tar's size in bytes, at least 1024; it is {}",
+                local.size
+            ))
+        })?;
+    if config.cache_service.is_none() {
+        return Err(Problem::invalid(
+            "spec.source.local needs Kiln's cache service, where the uploaded context is kept, and this controller runs without one (--cache-service); use a git, oci or inline source",
+        ));
+    }
+    Ok(LocalContext { digest, size })
 }
 
 /// Parses `spec.timeout` (a Go duration between 1m and 24h).
@@ -140,13 +186,19 @@ pub fn validate<'a>(
         )));
     }
     let spec = &build.spec;
-    let source = match (&spec.source.git, &spec.source.oci, &spec.source.inline) {
-        (Some(git), None, None) => SourceKind::Git(git),
-        (None, Some(oci), None) => SourceKind::Oci(oci),
-        (None, None, Some(inline)) => SourceKind::Inline(inline),
+    let source = match (
+        &spec.source.git,
+        &spec.source.oci,
+        &spec.source.inline,
+        &spec.source.local,
+    ) {
+        (Some(git), None, None, None) => SourceKind::Git(git),
+        (None, Some(oci), None, None) => SourceKind::Oci(oci),
+        (None, None, Some(inline), None) => SourceKind::Inline(inline),
+        (None, None, None, Some(local)) => SourceKind::Local(check_local(local, config)?),
         _ => {
             return Err(Problem::invalid(
-                "exactly one of spec.source.git, spec.source.oci or spec.source.inline must be set",
+                "exactly one of spec.source.git, spec.source.oci, spec.source.inline or spec.source.local must be set",
             ));
         }
     };

@@ -375,3 +375,68 @@ fn lease_cleanup_gives_up_at_its_deadline_and_says_what_was_left() {
     );
     assert!(message.contains("connection refused"), "{message}");
 }
+
+const LOCAL_DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+/// An uploaded context is held by the attempt's lease with the build cache, and held even
+/// when the build cache is off: a retried attempt takes it from the cache.
+#[test]
+fn lease_of_a_local_build_holds_its_context_tag_too() {
+    let tags = |build: &Build| match run(build, status(None, vec![]), &BTreeMap::new(), 10, &config())
+        .1
+        .actions
+        .as_slice()
+    {
+        [Action::PutLease { targets, .. }] => targets.clone(),
+        other => panic!("one PutLease expected: {other:?}"),
+    };
+    let context = LeaseTarget::Tag {
+        repository: RepoName::parse("default/kiln_contexts").unwrap(),
+        tag: Tag::parse("build-uid-app").unwrap(),
+    };
+    let build = Build::test("app").local(LOCAL_DIGEST, 4096);
+    assert_eq!(
+        tags(&build),
+        [
+            LeaseTarget::Tag {
+                repository: RepoName::parse("default/app").unwrap(),
+                tag: Tag::parse("buildcache").unwrap()
+            },
+            context.clone()
+        ]
+    );
+    let no_cache = build.cache(CacheMode::Off, CacheScope::Build);
+    assert_eq!(tags(&no_cache), [context]);
+}
+
+#[test]
+fn lease_cleanup_of_a_local_build_deletes_its_context_tag() {
+    let build = Build::test("app")
+        .local(LOCAL_DIGEST, 4096)
+        .with_status(status(None, vec![]))
+        .deleting(at(0));
+    let cleanup_now = cleanup(&build, &BTreeMap::new(), at(5), &config());
+    assert_eq!(
+        cleanup_now
+            .actions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "DeleteCacheTag default/app:buildcache",
+            "DeleteCacheTag default/kiln_contexts:build-uid-app"
+        ]
+    );
+    let done = CallState {
+        done: true,
+        ..CallState::default()
+    };
+    let all_done = BTreeMap::from([
+        (tag_key("uid-app"), done.clone()),
+        (context_tag_key("uid-app"), done),
+    ]);
+    assert_eq!(
+        cleanup(&build, &all_done, at(6), &config()),
+        Cleanup::default()
+    );
+}

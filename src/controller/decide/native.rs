@@ -185,7 +185,7 @@ impl Planner<'_> {
             current.pod_uid = pod.metadata.uid.clone();
         }
         match followed_state(pod, &entry.pod_name) {
-            PodState::Waiting => Outcome::Waiting,
+            PodState::Waiting | PodState::ReceivingContext => Outcome::Waiting,
             PodState::Running => Outcome::Running,
             PodState::Succeeded {
                 termination_message,
@@ -423,7 +423,7 @@ impl Planner<'_> {
                     current.pod_uid = pod.metadata.uid.clone();
                 }
                 match followed_state(pod, &record.pod_name) {
-                    PodState::Waiting | PodState::Running => {
+                    PodState::Waiting | PodState::ReceivingContext | PodState::Running => {
                         self.announce_index(record);
                         return self.recheck_at(deadline);
                     }

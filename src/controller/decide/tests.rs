@@ -1520,3 +1520,51 @@ fn a_build_queued_behind_its_group_does_not_look_at_slots() {
     assert!(plan.created_pods().is_empty());
     assert!(message(&plan).contains("concurrency group"));
 }
+
+fn local_config() -> Config {
+    Config {
+        cache_service: Some(
+            crate::controller::config::CacheService::parse("http://kiln-cache:5000").unwrap(),
+        ),
+        ..Config::default()
+    }
+}
+
+/// A Build of an uploaded directory whose pod waits for the upload says so, with an
+/// Event (a user who never ran the upload learns why nothing happens), then runs.
+#[test]
+fn a_local_build_waiting_for_its_upload_says_so_and_then_runs() {
+    let config = local_config();
+    let build = Build::test("dev").local(
+        "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+        4096,
+    );
+    let plan = decide(&build, &none(), at(0), &config);
+    assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
+    let build = after(&build, &plan);
+    let receiving = with_pods([PodFixture::for_build(&build, 1).receiving_context()]);
+    let plan = decide(&build, &receiving, at(2), &config);
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/WaitingForContext attempt=1",
+            "Event Normal WaitingForContext"
+        ]
+    );
+    assert_eq!(
+        message(&plan),
+        "attempt 1: pod dev-1 waits for the context upload (kubectl kiln build --local sends it; a retried attempt takes it from the cache)"
+    );
+    let build = after(&build, &plan);
+    assert!(
+        decide(&build, &receiving, at(3), &config).actions.is_empty(),
+        "waiting on is no news"
+    );
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(9),
+        &config,
+    );
+    assert_eq!(plan.describe(), ["WriteStatus Running/Running attempt=1"]);
+}
