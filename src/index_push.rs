@@ -40,7 +40,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use bytes::Bytes;
 use oci_client::client::ClientProtocol;
@@ -60,30 +59,11 @@ use crate::oci::name::ImageName;
 use crate::oci::platform::Platform;
 use crate::registry::mirror::credentials::{Credentials, CredentialsError, credentials_for};
 use crate::registry::mirror::upstream::registry_clients;
+pub use crate::retry::Retry;
+use crate::retry::{Transient, retrying};
 
 /// The file of a Docker config directory that holds credentials.
 pub const DOCKER_CONFIG_FILE: &str = "config.json";
-
-/// How often, and how patiently, a request that failed transiently (no connection,
-/// time-out, 429, 5xx) is sent again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retry {
-    /// Attempts in all, the first included (at least 1).
-    pub attempts: u32,
-    /// The wait before the second attempt; each later wait doubles.
-    pub first_delay: Duration,
-}
-
-impl Default for Retry {
-    /// Four attempts over about 3.5 s of waiting (0.5 s, 1 s, 2 s): enough to ride out a
-    /// registry restart or a load balancer's hiccup, short next to a build.
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            first_delay: Duration::from_millis(500),
-        }
-    }
-}
 
 /// What to push: the index of `manifests` at `image`'s tag.
 #[derive(Clone, Debug)]
@@ -251,6 +231,23 @@ impl RequestError {
     /// Whether sending the request again may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
+    }
+}
+
+impl Transient for RequestError {
+    fn is_transient(&self) -> bool {
+        RequestError::is_transient(self)
+    }
+
+    fn after_attempts(self, attempts: u32) -> Self {
+        match self {
+            Self::Unavailable { status, reason, .. } => Self::Unavailable {
+                attempts,
+                status,
+                reason,
+            },
+            other => other,
+        }
     }
 }
 
@@ -612,7 +609,10 @@ impl RegistryClient {
                 .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned()));
         }
         let message = response.text().await.unwrap_or_default();
-        Err(classify_status(status.as_u16(), registry_message(&message)))
+        Err(classify_status(
+            status.as_u16(),
+            crate::oci::error_body::summary(&message),
+        ))
     }
 
     async fn send_put(
@@ -694,35 +694,6 @@ fn entry_for(
     })
 }
 
-/// Runs `attempt` until it succeeds, fails definitely, or has failed transiently
-/// `retry.attempts` times, waiting longer after each transient failure.
-async fn retrying<T, F, Fut>(retry: Retry, what: &str, mut attempt: F) -> Result<T, RequestError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RequestError>>,
-{
-    let mut delay = retry.first_delay;
-    let mut made = 1;
-    loop {
-        match attempt().await {
-            Err(RequestError::Unavailable { status, reason, .. }) => {
-                if made >= retry.attempts.max(1) {
-                    return Err(RequestError::Unavailable {
-                        attempts: made,
-                        status,
-                        reason,
-                    });
-                }
-                tracing::warn!(request = what, attempt = made, ?status, %reason, retry_in = ?delay, "transient registry failure");
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-                made += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 fn unavailable(status: Option<u16>, reason: String) -> RequestError {
     RequestError::Unavailable {
         attempts: 1,
@@ -751,7 +722,7 @@ fn classify_oci(err: OciDistributionError) -> RequestError {
         }
         OciDistributionError::IoError(err) => unavailable(None, crate::report::error_chain(&err)),
         OciDistributionError::ServerError { code, message, .. } => {
-            classify_status(code, registry_message(&message))
+            classify_status(code, crate::oci::error_body::summary(&message))
         }
         OciDistributionError::UnauthorizedError { .. } => classify_status(401, String::new()),
         OciDistributionError::AuthenticationFailure(reason) => {
@@ -786,31 +757,6 @@ fn classify_oci(err: OciDistributionError) -> RequestError {
     }
 }
 
-/// A registry's error body, shortened for a message: the spec's error codes and messages
-/// when it is an error envelope, else its first 300 characters.
-fn registry_message(body: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<EnvelopeError>,
-    }
-    #[derive(serde::Deserialize)]
-    struct EnvelopeError {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    if let Ok(envelope) = serde_json::from_str::<Envelope>(body) {
-        return envelope
-            .errors
-            .iter()
-            .map(|e| format!("{} {}", e.code, e.message).trim().to_owned())
-            .collect::<Vec<_>>()
-            .join("; ");
-    }
-    body.trim().chars().take(300).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,6 +769,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     /// The image config of a test manifest: `linux/<seed>`.
     fn config(seed: &str) -> Vec<u8> {

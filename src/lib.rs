@@ -18,6 +18,7 @@
 //! | [`table`] | aligned text tables | pure |
 //! | [`app`] | the command line: one module per command, and the dispatcher | — |
 //! | [`report`] | an error with its chain of causes, for people | pure |
+//! | [`retry`] | sending a registry request again after a transient failure | async (sleeps) |
 //! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
 //! | [`telemetry`] | logging setup | — |
 //! | [`metric_family`] | Prometheus metric families written in a stable order | pure |
@@ -40,6 +41,7 @@ pub mod oci;
 pub mod plugin;
 pub mod registry;
 pub mod report;
+pub mod retry;
 pub mod store;
 pub mod table;
 pub mod telemetry;

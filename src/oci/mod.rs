@@ -7,10 +7,12 @@
 //! | [`digest`] | sha256 and sha512 digests: parsing, hashing, the binary key form |
 //! | [`name`] | repository names, tags, references |
 //! | [`media`] | media types and the manifest size limit |
+//! | [`error_body`] | a registry's error answer, shortened for a message |
 //! | [`platform`] | image platforms (`os/arch[/variant]`) and their slugs |
 //! | [`index`] | the OCI image index of a multi-platform image, as deterministic bytes |
 
 pub mod digest;
+pub mod error_body;
 pub mod index;
 pub mod media;
 pub mod name;
