@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod cache_online;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod index;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Multi-platform image indexes.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Build contexts of Builds with `spec.source.local`.
+    #[command(subcommand)]
+    Context(ContextCommand),
 }
 
 /// Arguments of `kiln crd`.
@@ -94,6 +98,15 @@ pub enum IndexCommand {
     /// Push the OCI image index of per-platform manifests (already pushed by digest to the
     /// image's repository) at the image's tag, and write its digest to the termination log.
     Push(index::PushArgs),
+}
+
+/// `kiln context …` commands.
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Receive a Build's local context (from the cache, or uploaded by `kubectl kiln build
+    /// --local`), keep it in the cache and unpack it: the build pod's `context` init
+    /// container.
+    Receive(context::ReceiveArgs),
 }
 
 /// The name under which kubectl finds its plugin: invoked as this, the binary is
@@ -154,6 +167,7 @@ pub async fn run(command: Command) -> CliResult {
         Command::Cache(CacheCommand::Verify(args)) => cache::run_verify(args).await,
         Command::Plugin(args) => plugin::run(args).await,
         Command::Index(IndexCommand::Push(args)) => index::run_push(args).await,
+        Command::Context(ContextCommand::Receive(args)) => context::run_receive(args).await,
     }
 }
 

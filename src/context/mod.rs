@@ -6,8 +6,10 @@
 //! `source.local`.
 
 pub mod archive;
+pub mod artifact;
 pub mod dockerignore;
 pub mod protocol;
+pub mod receive;
 
 pub use archive::{
     LARGEST_COUNT, MTIME, PackError, PackOptions, PackReport, SizedPath, SkippedEntry, SkippedKind,
