@@ -1,17 +1,21 @@
 //! `kubectl kiln`: the kubectl plugin, i.e. the `kiln` binary invoked as `kubectl-kiln` (or
-//! as `kiln plugin`): list Builds, show one's status, print its logs, cancel it, request a
-//! rerun, and show the cache's disk usage (the edge: flags, kubeconfig, stdout).
+//! as `kiln plugin`): build a local directory, list Builds, show one's status, print its
+//! logs, cancel it, request a rerun, and show the cache's disk usage (the edge: flags,
+//! kubeconfig, stdout).
 //!
 //! | file | holds | I/O |
 //! | --- | --- | --- |
 //! | [`render`](crate::plugin::render) | the tables and reports it prints | pure |
 //! | [`api`](crate::plugin::api) | reads and writes of Builds, Events and pod logs; cancel and rerun decisions; which pod's log to read | API |
 //! | [`forward`](crate::plugin::forward) | the cache admin API through a port-forward, with the token from its Secret | API + loopback |
+//! | [`local`](crate::plugin::local) | `build --local`: the Build made from the flags, which pod receives the context, what its answers mean, the progress lines | pure |
+//! | [`upload`](crate::plugin::upload) | `build --local`: packing the directory, creating the Build, the chunked upload through `pods/proxy`, `--follow` | API + filesystem |
 //! | [`error`](crate::plugin::error) | one error enum | — |
 //!
 //! Install it by putting the binary on `PATH` under the name `kubectl-kiln` (a symlink
 //! will do); kubectl then runs it for `kubectl kiln …`.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +30,8 @@ use crate::crd::Phase;
 use crate::plugin::api::{CancelRequest, ListScope, LogRequest};
 use crate::plugin::error::PluginError;
 use crate::plugin::forward::CacheTarget;
+use crate::plugin::local::{DEFAULT_POLL, DEFAULT_WAIT, LocalBuildArgs, parse_build_arg};
+use crate::plugin::upload::Console;
 
 /// `kubectl kiln`: Kiln's Builds from kubectl.
 #[derive(Debug, clap::Parser)]
@@ -33,7 +39,7 @@ use crate::plugin::forward::CacheTarget;
     name = "kubectl-kiln",
     bin_name = "kubectl kiln",
     version,
-    about = "Kiln's Builds from kubectl: list, status, logs, cancel, rerun, and the cache's disk usage."
+    about = "Kiln's Builds from kubectl: build a local directory, list, status, logs, cancel, rerun, and the cache's disk usage."
 )]
 pub struct KubectlKiln {
     /// The command and its flags.
@@ -69,6 +75,13 @@ pub struct KubeFlags {
 /// `kubectl kiln` commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
+    /// Build an image from a local directory.
+    ///
+    /// Packs the directory (honouring its .dockerignore), creates a Build that declares the
+    /// packed context by digest, and uploads the context to the build pod through the API
+    /// server (nothing is sent when the namespace's cache already has it). Needs `get` and
+    /// `create` on pods/proxy in the namespace (see "Local builds" in docs/build-api.md).
+    Build(BuildArgs),
     /// List Builds: phase, reason, platforms pushed, attempt, duration, pushed digest and
     /// age.
     List(ListArgs),
@@ -87,6 +100,44 @@ pub enum PluginCommand {
     /// The build cache service.
     #[command(subcommand)]
     Cache(PluginCacheCommand),
+}
+
+/// Flags of `build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The directory to build: the build context.
+    #[arg(long, value_name = "DIR")]
+    pub local: PathBuf,
+    /// The Dockerfile, as a path relative to DIR.
+    #[arg(long, value_name = "PATH", default_value = crate::crd::build::DEFAULT_DOCKERFILE)]
+    pub dockerfile: String,
+    /// The build stage to stop at.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// A build argument (`ARG` value), NAME=VALUE; repeat for more.
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
+    pub build_args: Vec<(String, String)>,
+    /// A target platform, os/arch[/variant]; repeat (or separate with commas) for a
+    /// multi-platform image.
+    #[arg(long = "platform", value_name = "PLATFORM", value_delimiter = ',')]
+    pub platforms: Vec<String>,
+    /// The image reference to push, with an optional tag.
+    #[arg(long, value_name = "REF")]
+    pub image: String,
+    /// A Secret of type kubernetes.io/dockerconfigjson with the push credentials.
+    #[arg(long, value_name = "SECRET")]
+    pub push_secret: Option<String>,
+    /// Name of the Build [default: generated from DIR's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The most file contents the context may hold (2GiB, 500MB, …); a larger one is
+    /// refused with its largest files named.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = crate::units::parse_size)]
+    pub max_size: u64,
+    /// After the upload, stream the build's log and wait for it to end; exit 1 unless it
+    /// succeeds.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// Flags of `list`.
@@ -213,6 +264,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
     }
     let (client, namespace) = connect(&kube).await?;
     match command {
+        PluginCommand::Build(args) => return build(client, &namespace, args, &mut stdout).await,
         PluginCommand::List(ListArgs { all_namespaces }) => {
             let scope = if all_namespaces {
                 ListScope::All
@@ -307,6 +359,55 @@ pub async fn run(args: PluginArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `build --local`: everything but the exit code is `crate::plugin::upload`'s.
+async fn build(
+    client: Client,
+    namespace: &str,
+    args: BuildArgs,
+    stdout: &mut (dyn std::io::Write + Send),
+) -> CliResult {
+    let BuildArgs {
+        local,
+        dockerfile,
+        target,
+        build_args,
+        platforms,
+        image,
+        push_secret,
+        name,
+        max_size,
+        follow,
+    } = args;
+    let args = LocalBuildArgs {
+        dir: local,
+        dockerfile,
+        target,
+        build_args,
+        platforms,
+        image,
+        push_secret,
+        name,
+        max_size,
+        follow,
+        wait: DEFAULT_WAIT,
+        poll: DEFAULT_POLL,
+    };
+    let mut stderr = std::io::stderr();
+    let err_is_terminal = stderr.is_terminal();
+    let mut console = Console {
+        out: stdout,
+        err: &mut stderr,
+        err_is_terminal,
+    };
+    let outcome =
+        crate::plugin::upload::build_local(client, namespace, &args, &mut console).await?;
+    Ok(if crate::plugin::upload::succeeded(&outcome) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// `cache du`: needs the cluster only for what the flags do not give (the token, the
 /// forward).
 async fn cache_du(
@@ -380,4 +481,87 @@ fn print(out: &mut dyn std::io::Write, text: &str) -> Result<(), PluginError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(PluginError::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<BuildArgs, String> {
+        let mut argv = vec!["kubectl-kiln", "build"];
+        argv.extend_from_slice(args);
+        match KubectlKiln::try_parse_from(argv) {
+            Ok(KubectlKiln {
+                args:
+                    PluginArgs {
+                        command: PluginCommand::Build(build),
+                        ..
+                    },
+            }) => Ok(build),
+            Ok(other) => Err(format!("not build: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn build_flags_parse_into_the_local_build() {
+        let args = parse(&[
+            "--local",
+            "./app",
+            "--image",
+            "registry.example.com/team/app:dev",
+            "--build-arg",
+            "A=1",
+            "--build-arg",
+            "B=x=y",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--platform",
+            "linux/s390x",
+            "--max-size",
+            "1GiB",
+            "--follow",
+        ])
+        .unwrap();
+        assert_eq!(args.local, PathBuf::from("./app"));
+        assert_eq!(args.dockerfile, "Dockerfile");
+        assert_eq!(
+            args.build_args,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(
+            args.platforms,
+            ["linux/amd64", "linux/arm64", "linux/s390x"]
+        );
+        assert_eq!(args.max_size, 1 << 30);
+        assert!(args.follow);
+        let defaults = parse(&["--local", ".", "--image", "app"]).unwrap();
+        assert_eq!(defaults.max_size, 2 << 30);
+        assert!(!defaults.follow);
+        assert_eq!(defaults.name, None);
+    }
+
+    #[test]
+    fn bad_build_flags_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--local", ".", "--image", "app", "--build-arg", "VERSION"],
+                "invalid value 'VERSION' for '--build-arg <NAME=VALUE>': expected NAME=VALUE",
+            ),
+            (
+                &["--local", ".", "--image", "app", "--max-size", "2 parsecs"],
+                "invalid value '2 parsecs' for '--max-size <SIZE>'",
+            ),
+            (
+                &["--local", "."],
+                "the following required arguments were not provided",
+            ),
+        ];
+        for (args, want) in cases {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(want), "{args:?}: {error}");
+        }
+    }
 }

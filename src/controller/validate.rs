@@ -303,7 +303,7 @@ fn find_secret<'s>(
 }
 
 /// Whether `name` is a valid Dockerfile `ARG` name.
-fn is_arg_name(name: &str) -> bool {
+pub fn is_arg_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -198,6 +198,212 @@ pub enum PluginError {
     /// The admin API call failed.
     #[error(transparent)]
     Admin(#[from] crate::cacheapi::client::AdminClientError),
+    /// A flag's value cannot be used.
+    #[error("{flag} {value:?}: {why}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The `--local` directory cannot be built.
+    #[error("build context {dir}: {why}")]
+    ContextDir {
+        /// The directory.
+        dir: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The Dockerfile is not a file inside the context.
+    #[error(
+        "Dockerfile {dockerfile} {why} in the build context {dir} (--dockerfile is a path relative to the context directory)"
+    )]
+    Dockerfile {
+        /// The context directory.
+        dir: String,
+        /// The Dockerfile, relative to it.
+        dockerfile: String,
+        /// `does not exist`, `is not a file`, ….
+        why: String,
+    },
+    /// Packing the context failed.
+    #[error("packing the build context {dir}")]
+    Pack {
+        /// The context directory.
+        dir: String,
+        /// The cause.
+        #[source]
+        source: crate::context::PackError,
+    },
+    /// The context holds more than `--max-size`.
+    #[error(
+        "the build context {dir} holds more than --max-size {} of files (at least {} when packing stopped): add what the build does not need to its .dockerignore, or raise --max-size. Largest files: {}",
+        super::local::human_bytes(*limit),
+        super::local::human_bytes(*reached),
+        super::local::largest_files(largest)
+    )]
+    ContextTooLarge {
+        /// The context directory.
+        dir: String,
+        /// `--max-size`.
+        limit: u64,
+        /// The contents' bytes when packing stopped.
+        reached: u64,
+        /// The largest files seen, largest first.
+        largest: Vec<crate::context::SizedPath>,
+    },
+    /// The packing task stopped without an answer.
+    #[error("packing the build context {dir} stopped: {why}")]
+    PackAborted {
+        /// The context directory.
+        dir: String,
+        /// Why.
+        why: String,
+    },
+    /// The directory packs to other bytes than those the Build declares.
+    #[error("the files in {dir} changed while uploading ({how}): run the command again")]
+    ContextChanged {
+        /// The context directory.
+        dir: String,
+        /// How the second pack differs from the first.
+        how: String,
+    },
+    /// `--name` names a Build that exists.
+    #[error(
+        "Build {namespace}/{name} already exists: delete it (`kubectl delete build {name} -n {namespace}`) or choose another --name"
+    )]
+    BuildExists {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Creating the Build failed.
+    #[error("creating Build {namespace}/{name}")]
+    CreateBuild {
+        /// Its namespace.
+        namespace: String,
+        /// Its name (or `generateName` prefix followed by `…`).
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Listing a Build's pods failed.
+    #[error("listing the pods of Build {namespace}/{name}")]
+    ListPods {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The Build ended before its context was received.
+    #[error("Build {namespace}/{name} ended before its context was received: {state}")]
+    EndedBeforeUpload {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Phase, reason and message.
+        state: String,
+    },
+    /// No pod received the context in time.
+    #[error(
+        "gave up after {} waiting for Build {namespace}/{name} to receive its context ({last}); `kubectl kiln status {name} -n {namespace}` shows where it stands",
+        crate::units::format_duration(*waited)
+    )]
+    ReceiverTimeout {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// How long without progress.
+        waited: std::time::Duration,
+        /// What it was waiting for last.
+        last: String,
+    },
+    /// The API server refused a `pods/proxy` request.
+    #[error(
+        "the API server refused to {verb} pods/proxy of pod {namespace}/{pod} ({message}): uploading a local build context needs the verbs get and create on the resource pods/proxy in namespace {namespace}; see \"Local builds\" in docs/build-api.md for a Role that grants them"
+    )]
+    ProxyForbidden {
+        /// `get` or `create`.
+        verb: &'static str,
+        /// The namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// The receiver refused the context.
+    #[error("pod {namespace}/{pod} refused the build context: {message}")]
+    ContextRefused {
+        /// The namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The receiver's message.
+        message: String,
+    },
+    /// The receiver expects another context than the one packed.
+    #[error("Build {namespace}/{name} cannot take this context: {why}")]
+    ContextMismatch {
+        /// The namespace.
+        namespace: String,
+        /// The Build.
+        name: String,
+        /// What differs.
+        why: String,
+    },
+    /// An answer of the receiver (or the API server) that the protocol does not have.
+    #[error(
+        "unexpected answer {code} from the context receiver of pod {namespace}/{pod} to {request}: {text}"
+    )]
+    ReceiverAnswer {
+        /// The namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The request (`GET /context`).
+        request: String,
+        /// The HTTP status code.
+        code: u16,
+        /// The body's text.
+        text: String,
+    },
+    /// A `pods/proxy` request failed in a way retrying does not help.
+    #[error("{request} to the context receiver of pod {namespace}/{pod}")]
+    Proxy {
+        /// The namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The request.
+        request: String,
+        /// The client error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The receiver kept asking for other offsets.
+    #[error(
+        "the upload of the context of Build {namespace}/{name} restarted {restarts} times (last: {last}); run the command again"
+    )]
+    UploadRestarts {
+        /// The namespace.
+        namespace: String,
+        /// The Build.
+        name: String,
+        /// How many restarts.
+        restarts: u32,
+        /// The last reason.
+        last: String,
+    },
 }
 
 /// `2 platforms` (or `1 platform`).
