@@ -17,7 +17,9 @@
 //! controller is replaced and the new leader adopts the running build; a cache outage
 //! mid-build does not fail it; two Builds of one tag run one after the other; eight Builds
 //! pull their base through the mirror, which fetches each blob from the upstream once; a
-//! user-namespaced builder pod (`hostUsers: false`) builds;
+//! user-namespaced builder pod (`hostUsers: false`) builds; `kubectl kiln build --local`
+//! uploads a directory into the build pod and the pushed image holds what `.dockerignore`
+//! kept, and a second upload of the same tree sends nothing;
 //! the installed controller and cache answer `/metrics`, and exactly one replica leads.
 //! Each build prints how long it took from `kubectl apply` to its pod running, BuildKit
 //! started and the build done.
@@ -1118,6 +1120,147 @@ async fn e2e_build_args_and_the_target_stage_reach_the_pushed_image() {
     let labels = &config["config"]["Labels"];
     assert_eq!(labels["e2e.stage"], "chosen", "{config}");
     assert_eq!(labels["e2e.greeting"], "hello-args", "{config}");
+}
+
+/// The files of the image `reference`'s layers (decompressed by skopeo into an OCI
+/// layout), relative, sorted, directories left out.
+fn image_files(reference: &str) -> Vec<String> {
+    let layout = tempfile::tempdir().unwrap();
+    let target = format!("oci:{}:image", layout.path().display());
+    let source_tls: Vec<&str> = match std::env::var("KILN_E2E_REGISTRY_PLAIN_HTTP").as_deref() {
+        Ok("1") => vec!["--src-tls-verify=false"],
+        _ => vec![],
+    };
+    common::skopeo::skopeo(
+        &[
+            &["copy", "--dest-decompress"][..],
+            &source_tls,
+            &[&format!("docker://{reference}"), &target],
+        ]
+        .concat(),
+    );
+    let blob = |digest: &str| {
+        let (algorithm, hex) = digest.split_once(':').unwrap();
+        std::fs::read(layout.path().join("blobs").join(algorithm).join(hex)).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.path().join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut files = Vec::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let bytes = blob(layer["digest"].as_str().unwrap());
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            if entry.header().entry_type().is_file() {
+                files.push(entry.path().unwrap().display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `kubectl kiln build --local` of a directory on this machine: the plugin packs it (its
+/// `.dockerignore` applied), uploads it through the API server into the build pod's
+/// `context` init container (the Kiln image), which stores it in the installed cache and
+/// unpacks it; real BuildKit builds it and the pushed image holds the kept files and none
+/// of the ignored ones. A second upload of the same tree sends nothing.
+#[tokio::test]
+async fn e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_files() {
+    let test = "e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_files";
+    let Some((client, registry, _)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "local", Some(&registry)).await;
+    let image = format!("{registry}/kiln-e2e/{}:local", scene.namespace);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n").unwrap();
+    std::fs::write(root.join(".dockerignore"), "target\n**/*.secret\n").unwrap();
+    std::fs::write(root.join("src/main.txt"), "built from a laptop\n").unwrap();
+    std::fs::write(root.join("src/key.secret"), "never uploaded\n").unwrap();
+    std::fs::write(root.join("target/big.bin"), vec![0u8; 1 << 20]).unwrap();
+    let args = |name: &str| kiln::plugin::local::LocalBuildArgs {
+        dir: root.to_owned(),
+        image: image.clone(),
+        name: Some(name.to_owned()),
+        follow: true,
+        ..kiln::plugin::local::LocalBuildArgs::default()
+    };
+    let started = std::time::Instant::now();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let first = {
+        let mut console = kiln::plugin::upload::Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: false,
+        };
+        kiln::plugin::upload::build_local(
+            scene.client.clone(),
+            &scene.namespace,
+            &args("laptop"),
+            &mut console,
+        )
+        .await
+    };
+    let elapsed = started.elapsed();
+    say(&format!(
+        "build --local: {:.1} s from the command to the end of the build\n{}",
+        elapsed.as_secs_f64(),
+        String::from_utf8_lossy(&err)
+    ));
+    let first = match first {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            scene.diagnose("laptop").await;
+            panic!("build --local failed: {error}");
+        }
+    };
+    let build = scene.builds().get("laptop").await.unwrap();
+    let files = if phase(&build) == Some(Phase::Succeeded) {
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || image_files(&image))
+            .await
+            .unwrap()
+    } else {
+        scene.diagnose("laptop").await;
+        Vec::new()
+    };
+    let (mut out2, mut err2) = (Vec::new(), Vec::new());
+    let second = {
+        let mut console = kiln::plugin::upload::Console {
+            out: &mut out2,
+            err: &mut err2,
+            err_is_terminal: false,
+        };
+        kiln::plugin::upload::build_local(
+            scene.client.clone(),
+            &scene.namespace,
+            &args("laptop-again"),
+            &mut console,
+        )
+        .await
+    };
+    scene.finish().await;
+    assert!(
+        kiln::plugin::upload::succeeded(&first),
+        "{first:?}\n{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(first.bytes_sent, first.size);
+    assert_eq!(
+        files,
+        ["ctx/.dockerignore", "ctx/Dockerfile", "ctx/src/main.txt"],
+        "the image holds what .dockerignore kept"
+    );
+    let second = second.unwrap_or_else(|e| panic!("the second build --local failed: {e}"));
+    assert_eq!(second.bytes_sent, 0, "{}", String::from_utf8_lossy(&err2));
+    assert!(kiln::plugin::upload::succeeded(&second), "{second:?}");
 }
 
 /// The controller replicas are killed (no graceful shutdown, no lease released) while a

@@ -179,11 +179,23 @@ impl RunningController {
         outcomes: &Outcomes,
         token_key: Option<&TokenKey>,
     ) -> Self {
-        let mut context =
-            Context::new(identity.client.clone(), config).with_observer(Arc::new(outcomes.clone()));
-        if let Some(key) = token_key {
-            context = context.with_token_key(key.clone());
-        }
+        Self::start_with(identity, config, outcomes, |context| match token_key {
+            Some(key) => context.with_token_key(key.clone()),
+            None => context,
+        })
+    }
+
+    /// [`RunningController::start`], with `setup` adding to the context (a token key, the
+    /// cache's admin client).
+    pub fn start_with(
+        identity: &Identity,
+        config: Config,
+        outcomes: &Outcomes,
+        setup: impl FnOnce(Context) -> Context,
+    ) -> Self {
+        let context = setup(
+            Context::new(identity.client.clone(), config).with_observer(Arc::new(outcomes.clone())),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(kiln::controller::run_with(context, async move {
             let _ = stopped.await;

@@ -29,6 +29,7 @@
 //! ```
 
 mod node;
+mod receiver;
 mod script;
 mod status;
 
@@ -52,6 +53,8 @@ use tokio::task::JoinSet;
 // Re-exported for the test files, each of which uses its own subset.
 #[allow(unused_imports)]
 pub use node::{register_arm64, register_node};
+#[allow(unused_imports)]
+pub use receiver::{ReceiverRun, Receivers};
 #[allow(unused_imports)]
 pub use script::{Gate, Outcome, Script, buildkit_metadata};
 use status::{Stage, status};
@@ -271,7 +274,10 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         status(pod, &Stage::Pending { started: &started }, &now()),
     )
     .await?;
-    let ip = pod_ip();
+    let ip = match &script.receiver {
+        Some(receivers) if Receivers::wanted_by(pod) => receivers.ip().to_owned(),
+        _ => pod_ip(),
+    };
     let pending_until = tokio::time::Instant::now() + script.pending_for;
     if let Some(deadline) = deadline.filter(|deadline| *deadline <= pending_until) {
         // Past its deadline before it ever ran.
@@ -285,6 +291,39 @@ async fn drive(pods: &Api<Pod>, pod: &Pod, script: &Script) -> Result<(), kube::
         return write_status(pods, pod, status(pod, &ended, &now())).await;
     }
     tokio::time::sleep_until(pending_until).await;
+
+    if let Some(receivers) = script
+        .receiver
+        .as_ref()
+        .filter(|_| Receivers::wanted_by(pod))
+    {
+        let since = now();
+        let initializing = Stage::Initializing {
+            started: &started,
+            since: &since,
+            ip: &ip,
+        };
+        write_status(pods, pod, status(pod, &initializing, &now())).await?;
+        let run = receivers
+            .run(pods.clone().into_client(), pod)
+            .await
+            .unwrap_or_else(|error| ReceiverRun {
+                exit_code: 128,
+                message: error,
+            });
+        if run.exit_code != 0 {
+            let ended = Stage::Ended {
+                started: &started,
+                since: &since,
+                ip: &ip,
+                outcome: &Outcome::InitFailed {
+                    exit_code: run.exit_code,
+                    message: run.message,
+                },
+            };
+            return write_status(pods, pod, status(pod, &ended, &now())).await;
+        }
+    }
 
     let running_since = now();
     let running = Stage::Running {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use kiln::oci::digest::Digest;
 use tokio::sync::watch;
 
+use super::receiver::Receivers;
+
 /// The termination message BuildKit's metadata file gives for a pushed image.
 pub fn buildkit_metadata(digest: &Digest) -> String {
     serde_json::json!({ "containerimage.digest": digest.to_string() }).to_string()
@@ -37,6 +39,14 @@ pub enum Outcome {
     },
     /// Ran past `activeDeadlineSeconds`: pod-level `status.reason: DeadlineExceeded`.
     DeadlineExceeded,
+    /// An init container exited non-zero (with `message` as its termination message); the
+    /// main containers never started.
+    InitFailed {
+        /// The init container's exit code.
+        exit_code: i32,
+        /// Its termination message.
+        message: String,
+    },
 }
 
 /// A gate that holds pods Running until the test releases it. Clones share the gate.
@@ -78,6 +88,8 @@ pub struct Script {
     pub hold: Option<Gate>,
     /// How it ends.
     pub outcome: Outcome,
+    /// Runs the pod's `context` init container for real first, when it has one.
+    pub receiver: Option<Receivers>,
 }
 
 impl Script {
@@ -87,6 +99,7 @@ impl Script {
             running_for: Duration::ZERO,
             hold: None,
             outcome,
+            receiver: None,
         }
     }
 
@@ -138,6 +151,13 @@ impl Script {
     /// Runs for `duration` before the outcome.
     pub fn running_for(mut self, duration: Duration) -> Self {
         self.running_for = duration;
+        self
+    }
+
+    /// Runs the pod's `context` init container (`kiln context receive`) for real with
+    /// `receivers` before the build, and fails the pod as a kubelet would when it fails.
+    pub fn receiving_context(mut self, receivers: &Receivers) -> Self {
+        self.receiver = Some(receivers.clone());
         self
     }
 

@@ -14,6 +14,12 @@ pub enum Stage<'a> {
     Pending {
         started: &'a Time,
     },
+    /// The init containers run (the pod has its IP); the main ones wait.
+    Initializing {
+        started: &'a Time,
+        since: &'a Time,
+        ip: &'a str,
+    },
     Running {
         started: &'a Time,
         since: &'a Time,
@@ -83,6 +89,7 @@ fn look(stage: &Stage<'_>, at: &Time) -> Look {
     let Stage::Ended { since, outcome, .. } = stage else {
         let (phase, ready, state) = match stage {
             Stage::Running { since, .. } => ("Running", true, running(since)),
+            Stage::Initializing { .. } => ("Pending", false, waiting("PodInitializing")),
             _ => ("Pending", false, waiting("ContainerCreating")),
         };
         return Look {
@@ -114,6 +121,11 @@ fn look(stage: &Stage<'_>, at: &Time) -> Look {
             exited(*exit_code, "Error", Some(message), since, at),
         ),
         Outcome::OomKilled => ended("Failed", exited(137, "OOMKilled", None, since, at)),
+        // The init container's exit is written by `status`; the main ones never started.
+        Outcome::InitFailed { .. } => Look {
+            others: waiting("PodInitializing"),
+            ..ended("Failed", waiting("PodInitializing"))
+        },
         Outcome::Evicted { message } => Look {
             others: killed(),
             reason: Some("Evicted"),
@@ -135,9 +147,9 @@ fn look(stage: &Stage<'_>, at: &Time) -> Look {
 pub fn status(pod: &Pod, stage: &Stage<'_>, at: &Time) -> PodStatus {
     let (started, ip) = match stage {
         Stage::Pending { started } => (*started, None),
-        Stage::Running { started, ip, .. } | Stage::Ended { started, ip, .. } => {
-            (*started, Some(*ip))
-        }
+        Stage::Initializing { started, ip, .. }
+        | Stage::Running { started, ip, .. }
+        | Stage::Ended { started, ip, .. } => (*started, Some(*ip)),
     };
     let Look {
         phase,
@@ -161,7 +173,18 @@ pub fn status(pod: &Pod, stage: &Stage<'_>, at: &Time) -> PodStatus {
     .filter(|_| !ready);
     let mut conditions = vec![
         condition("PodReadyToStartContainers", ready, None),
-        condition("Initialized", true, None),
+        condition(
+            "Initialized",
+            !matches!(
+                stage,
+                Stage::Initializing { .. }
+                    | Stage::Ended {
+                        outcome: Outcome::InitFailed { .. },
+                        ..
+                    }
+            ),
+            None,
+        ),
         condition("Ready", ready, not_ready),
         condition("ContainersReady", ready, not_ready),
         condition("PodScheduled", true, None),
@@ -184,8 +207,17 @@ pub fn status(pod: &Pod, stage: &Stage<'_>, at: &Time) -> PodStatus {
         };
     let spec = pod.spec.clone().unwrap_or_default();
     // Init containers have completed by the time the main ones run.
+    let init_state = match stage {
+        Stage::Initializing { since, .. } => running(since),
+        Stage::Ended {
+            since,
+            outcome: Outcome::InitFailed { exit_code, message },
+            ..
+        } => exited(*exit_code, "Error", Some(message), since, at),
+        _ => exited(0, "Completed", None, started, at),
+    };
     let init_container_statuses = ip.and(spec.init_containers.as_ref()).map(|inits| {
-        let done = exited(0, "Completed", None, started, at);
+        let done = init_state;
         inits
             .iter()
             .map(|init| container(&init.name, init.image.as_ref(), done.clone(), false))
