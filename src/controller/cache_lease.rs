@@ -149,8 +149,7 @@ pub fn plan(
         if !state.may_call(now) {
             plan.recheck = plan.recheck.min(wait_until(now, state.retry_at));
         } else if renew_at.is_none_or(|at| now >= at) {
-            plan.actions
-                .push(put_lease(name, tags, state, now, config));
+            plan.actions.push(put_lease(name, tags, state, now, config));
             plan.recheck = plan.recheck.min(Recheck::After(OUTCOME_RECHECK));
         } else {
             plan.recheck = plan.recheck.min(wait_until(now, renew_at));

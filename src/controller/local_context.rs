@@ -21,11 +21,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::buildkit::{CONTEXT_DIR, DOCKER_CONFIG_DIR, TERMINATION_MESSAGE, namespace_repository_prefix};
+use super::buildkit::{
+    CONTEXT_DIR, DOCKER_CONFIG_DIR, TERMINATION_MESSAGE, namespace_repository_prefix,
+};
 use super::config::Config;
 use super::podstate::CONTEXT_CONTAINER;
 use super::validate::LocalContext;
-use crate::context::protocol::{CONTEXTS_REPOSITORY, RECEIVER_PORT, RECEIVER_PORT_NAME, context_tag};
+use crate::context::protocol::{
+    CONTEXTS_REPOSITORY, RECEIVER_PORT, RECEIVER_PORT_NAME, context_tag,
+};
 use crate::crd::Build;
 
 /// The longest a receiver waits for an upload to complete. An upload that has not
@@ -208,7 +212,12 @@ mod tests {
         let short = receive_args(&build, &local(), Duration::from_secs(300), &config()).unwrap();
         assert!(short.contains(&"--wait=300s".to_owned()));
         assert_eq!(
-            receive_args(&build, &local(), Duration::from_secs(300), &Config::default()),
+            receive_args(
+                &build,
+                &local(),
+                Duration::from_secs(300),
+                &Config::default()
+            ),
             None
         );
     }

@@ -16,8 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements, Volume,
-    VolumeMount,
+    Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;

@@ -78,7 +78,7 @@ use super::labels::{
     GENERATION_ANNOTATION, PLATFORM, attempt_labels, platform_label, platform_pod_name, pod_name,
 };
 use super::local_context::{receive_args, receiver_container};
-use super::podstate::{BUILD_CONTAINER, CONTEXT_CONTAINER, FETCH_CONTAINER};
+use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
 use super::validate::{
     BASIC_AUTH_KEY, DOCKER_CONFIG_KEY, GitAuth, SSH_AUTH_KEY, SourceKind, Validated,
 };
@@ -454,11 +454,8 @@ fn containers(
                 fetch_mounts,
             )])
         }
-        SourceKind::Local(local) => {
-            receive_args(build, &local, validated.timeout, config).map(|args| {
-                vec![receiver_container(args, config, BUILDER_UID, &mounts)]
-            })
-        }
+        SourceKind::Local(local) => receive_args(build, &local, validated.timeout, config)
+            .map(|args| vec![receiver_container(args, config, BUILDER_UID, &mounts)]),
         SourceKind::Git(_) | SourceKind::Inline(_) => None,
     };
     let main = builder(
@@ -571,6 +568,7 @@ fn resources(build: &Build, config: &Config) -> ResourceRequirements {
 mod tests {
     use super::*;
     use crate::controller::config::{CacheService, parse_mirror};
+    use crate::controller::podstate::CONTEXT_CONTAINER;
     use crate::controller::validate::{SecretInfo, validate};
     use crate::crd::{CacheMode, CacheScope};
     use std::collections::BTreeSet;
@@ -692,7 +690,8 @@ mod tests {
     #[test]
     fn snapshot_local_build_with_a_cache_token() {
         let mut config = full_config();
-        config.cache_token_key = Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
+        config.cache_token_key =
+            Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
         let build = Build::test("dev")
             .in_namespace("team")
             .local(LOCAL_DIGEST, 104_857_600)
@@ -707,7 +706,8 @@ mod tests {
     #[test]
     fn a_local_build_receives_its_context_in_a_restricted_init_container() {
         let mut config = full_config();
-        config.cache_token_key = Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
+        config.cache_token_key =
+            Some(crate::cacheapi::token::TokenKey::from_bytes(&[7; 32]).unwrap());
         // The receiver needs the cache token even with the build cache off.
         let build = Build::test("dev")
             .local(LOCAL_DIGEST, 4096)
@@ -728,17 +728,26 @@ mod tests {
             .collect();
         assert_eq!(
             mounts,
-            vec![("workspace", "/workspace"), ("docker-config", DOCKER_CONFIG_DIR)]
+            vec![
+                ("workspace", "/workspace"),
+                ("docker-config", DOCKER_CONFIG_DIR)
+            ]
         );
         let sc = receiver.security_context.clone().unwrap();
         assert_eq!(sc.run_as_user, Some(BUILDER_UID));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.unwrap().add, None);
         let args = receiver.args.clone().unwrap();
-        assert!(args.contains(&format!("--digest={LOCAL_DIGEST}")), "{args:?}");
+        assert!(
+            args.contains(&format!("--digest={LOCAL_DIGEST}")),
+            "{args:?}"
+        );
         let build_args = spec.containers[0].args.clone().unwrap();
         assert!(build_args.contains(&format!("--local=context={CONTEXT_DIR}")));
-        assert!(!build_args.iter().any(|a| a.contains("--import-cache")), "{build_args:?}");
+        assert!(
+            !build_args.iter().any(|a| a.contains("--import-cache")),
+            "{build_args:?}"
+        );
     }
 
     #[test]
@@ -746,13 +755,25 @@ mod tests {
         let build = Build::test("dev").local(LOCAL_DIGEST, 4096);
         let problem = validate(&build, &secrets(), &Config::default()).unwrap_err();
         assert_eq!(problem.reason, crate::crd::Reason::InvalidSpec);
-        assert!(problem.message.contains("--cache-service"), "{}", problem.message);
+        assert!(
+            problem.message.contains("--cache-service"),
+            "{}",
+            problem.message
+        );
         let bad = Build::test("dev").local("sha512:00", 4096);
         let problem = validate(&bad, &secrets(), &full_config()).unwrap_err();
-        assert!(problem.message.starts_with("spec.source.local.digest"), "{}", problem.message);
+        assert!(
+            problem.message.starts_with("spec.source.local.digest"),
+            "{}",
+            problem.message
+        );
         let small = Build::test("dev").local(LOCAL_DIGEST, 10);
         let problem = validate(&small, &secrets(), &full_config()).unwrap_err();
-        assert!(problem.message.starts_with("spec.source.local.size"), "{}", problem.message);
+        assert!(
+            problem.message.starts_with("spec.source.local.size"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

@@ -331,7 +331,8 @@ mod tests {
             classify(&PodFixture::new("p", 1).receiving_context().pod),
             PodState::ReceivingContext
         );
-        let PodState::Failed(failure) = classify(&PodFixture::new("p", 1).context_not_uploaded().pod)
+        let PodState::Failed(failure) =
+            classify(&PodFixture::new("p", 1).context_not_uploaded().pod)
         else {
             panic!("a receiver that exited 1 fails the attempt");
         };

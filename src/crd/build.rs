@@ -78,9 +78,8 @@ const RULE_TIMEOUT: &str = "self.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') &&
 const RULE_TTL: &str =
     "self.matches('^([0-9]+([.][0-9]+)?(ms|s|m|h))+$') && duration(self) <= duration('720h')";
 
-/// Exactly one of the three sources.
-const RULE_ONE_SOURCE: &str =
-    "(has(self.git) ? 1 : 0) + (has(self.oci) ? 1 : 0) + (has(self.inline) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1";
+/// Exactly one of the four sources.
+const RULE_ONE_SOURCE: &str = "(has(self.git) ? 1 : 0) + (has(self.oci) ? 1 : 0) + (has(self.inline) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1";
 
 /// Every platform is `os/arch` or `os/arch/variant`.
 const RULE_PLATFORMS: &str = "self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9.]+)?$'))";

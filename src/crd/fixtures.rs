@@ -12,8 +12,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::build::{FINALIZER, RERUN_ANNOTATION};
 use super::{
     AttemptRecord, AttemptResult, Build, BuildSpec, BuildStatus, CacheMode, CacheScope, CacheSpec,
-    ConcurrencyPolicy, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output, PlatformStrategy,
-    Reason, SecretRef, Source,
+    ConcurrencyPolicy, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output,
+    PlatformStrategy, Reason, SecretRef, Source,
 };
 
 /// The fixtures' epoch: 2026-01-01T00:00:00Z.

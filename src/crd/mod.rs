@@ -18,8 +18,8 @@ pub mod status;
 
 pub use build::{
     Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy,
-    ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output, PlatformStrategy,
-    Retention, SecretRef, Source,
+    ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output,
+    PlatformStrategy, Retention, SecretRef, Source,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
 pub use status::{

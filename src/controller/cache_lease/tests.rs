@@ -376,20 +376,22 @@ fn lease_cleanup_gives_up_at_its_deadline_and_says_what_was_left() {
     assert!(message.contains("connection refused"), "{message}");
 }
 
-const LOCAL_DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const LOCAL_DIGEST: &str =
+    "sha256:3333333333333333333333333333333333333333333333333333333333333333";
 
 /// An uploaded context is held by the attempt's lease with the build cache, and held even
 /// when the build cache is off: a retried attempt takes it from the cache.
 #[test]
 fn lease_of_a_local_build_holds_its_context_tag_too() {
-    let tags = |build: &Build| match run(build, status(None, vec![]), &BTreeMap::new(), 10, &config())
-        .1
-        .actions
-        .as_slice()
-    {
-        [Action::PutLease { targets, .. }] => targets.clone(),
-        other => panic!("one PutLease expected: {other:?}"),
-    };
+    let tags =
+        |build: &Build| match run(build, status(None, vec![]), &BTreeMap::new(), 10, &config())
+            .1
+            .actions
+            .as_slice()
+        {
+            [Action::PutLease { targets, .. }] => targets.clone(),
+            other => panic!("one PutLease expected: {other:?}"),
+        };
     let context = LeaseTarget::Tag {
         repository: RepoName::parse("default/kiln_contexts").unwrap(),
         tag: Tag::parse("build-uid-app").unwrap(),

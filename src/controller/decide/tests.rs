@@ -1557,7 +1557,9 @@ fn a_local_build_waiting_for_its_upload_says_so_and_then_runs() {
     );
     let build = after(&build, &plan);
     assert!(
-        decide(&build, &receiving, at(3), &config).actions.is_empty(),
+        decide(&build, &receiving, at(3), &config)
+            .actions
+            .is_empty(),
         "waiting on is no news"
     );
     let plan = decide(
