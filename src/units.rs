@@ -125,6 +125,22 @@ pub fn format_size(bytes: u64) -> String {
     format!("{value:.2}{}", UNITS[unit])
 }
 
+/// Formats bytes in binary units with one decimal, as transfer progress reads best: `512 B`,
+/// `1.5 KiB`, `45.6 MiB`, `2.0 GiB`.
+pub fn format_binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Formats a duration in its two largest units, as kubectl shows ages: `45s`, `5m30s`,
 /// `3h5m`, `2d3h`, `7d` (a zero second unit is left out); under a second in milliseconds
 /// (`250ms`); `0s` for nothing. The one duration format of everything Kiln prints.

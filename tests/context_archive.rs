@@ -302,7 +302,7 @@ fn the_size_limit_error_names_the_biggest_files() {
     let named: Vec<&str> = largest.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(named, ["b-huge", "c-big", "a-small"]);
     let message = err.to_string();
-    assert!(message.contains("b-huge (5000 bytes)"), "{message}");
+    assert!(message.contains("b-huge (4.9 KiB)"), "{message}");
     assert!(message.contains(".dockerignore"), "{message}");
 
     // Within the limit, the same tree packs.

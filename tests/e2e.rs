@@ -1122,8 +1122,8 @@ async fn e2e_build_args_and_the_target_stage_reach_the_pushed_image() {
     assert_eq!(labels["e2e.greeting"], "hello-args", "{config}");
 }
 
-/// The files of the image `reference`'s layers (decompressed by skopeo into an OCI
-/// layout), relative, sorted, directories left out.
+/// The files of the image `reference`'s layers (copied by skopeo into an OCI layout),
+/// relative, sorted, directories left out.
 fn image_files(reference: &str) -> Vec<String> {
     let layout = tempfile::tempdir().unwrap();
     let target = format!("oci:{}:image", layout.path().display());
@@ -1133,7 +1133,7 @@ fn image_files(reference: &str) -> Vec<String> {
     };
     common::skopeo::skopeo(
         &[
-            &["copy", "--dest-decompress"][..],
+            &["copy"][..],
             &source_tls,
             &[&format!("docker://{reference}"), &target],
         ]
@@ -1149,7 +1149,22 @@ fn image_files(reference: &str) -> Vec<String> {
         serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
     let mut files = Vec::new();
     for layer in manifest["layers"].as_array().unwrap() {
-        let bytes = blob(layer["digest"].as_str().unwrap());
+        let mut bytes = blob(layer["digest"].as_str().unwrap());
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            // Still gzip (skopeo leaves a layer it does not recompress as it is).
+            let mut gunzip = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("gzip");
+            let mut stdin = gunzip.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+            let output = gunzip.wait_with_output().expect("gzip -dc");
+            writer.join().unwrap().unwrap();
+            assert!(output.status.success(), "gzip -dc failed");
+            bytes = output.stdout;
+        }
         let mut archive = tar::Archive::new(bytes.as_slice());
         for entry in archive.entries().unwrap() {
             let entry = entry.unwrap();
@@ -1261,6 +1276,87 @@ async fn e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_
     let second = second.unwrap_or_else(|e| panic!("the second build --local failed: {e}"));
     assert_eq!(second.bytes_sent, 0, "{}", String::from_utf8_lossy(&err2));
     assert!(kiln::plugin::upload::succeeded(&second), "{second:?}");
+}
+
+/// What a 100 MiB context costs: the time from the command to the receiver (packing,
+/// the Build, scheduling, the receiver's start) and the upload's rate through the API
+/// server. Printed as TIMING lines; asserted only to have happened. The Build is deleted
+/// once its context is in, so the figure is the upload's, not a build's.
+#[tokio::test]
+async fn e2e_a_100_mib_context_is_uploaded_and_its_rate_measured() {
+    let test = "e2e_a_100_mib_context_is_uploaded_and_its_rate_measured";
+    let Some((client, registry, _)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "local-100mib", Some(&registry)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY . /ctx/\n",
+    )
+    .unwrap();
+    // Not compressible and unlike any earlier upload: every byte travels.
+    let mut state = u64::from(std::process::id()) | 1;
+    let bytes: Vec<u8> = (0..100 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(dir.path().join("data.bin"), bytes).unwrap();
+    let args = kiln::plugin::local::LocalBuildArgs {
+        dir: dir.path().to_owned(),
+        image: format!("{registry}/kiln-e2e/{}:big", scene.namespace),
+        name: Some("big".to_owned()),
+        ..kiln::plugin::local::LocalBuildArgs::default()
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = {
+        let mut console = kiln::plugin::upload::Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: false,
+        };
+        kiln::plugin::upload::build_local(
+            scene.client.clone(),
+            &scene.namespace,
+            &args,
+            &mut console,
+        )
+        .await
+    };
+    say(&String::from_utf8_lossy(&err));
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            scene.diagnose("big").await;
+            panic!("build --local of 100 MiB failed: {error}");
+        }
+    };
+    let _ = scene.builds().delete("big", &DeleteParams::default()).await;
+    scene.finish().await;
+    let seconds = outcome.upload_duration.as_secs_f64();
+    let line = format!(
+        "local-100MiB: command-to-receiver={:.1}s upload={:.1}s rate={:.1}MiB/s tar={}B",
+        outcome.until_receiver.as_secs_f64(),
+        seconds,
+        outcome.bytes_sent as f64 / 1024.0 / 1024.0 / seconds.max(0.001),
+        outcome.size
+    );
+    say(&format!("TIMING {line}"));
+    if let Ok(path) = std::env::var("KILN_E2E_TIMINGS")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "upload {line}");
+    }
+    assert_eq!(outcome.bytes_sent, outcome.size);
+    assert!(outcome.size > 100 * 1024 * 1024);
 }
 
 /// The controller replicas are killed (no graceful shutdown, no lease released) while a

@@ -170,7 +170,7 @@ pub enum PackError {
     /// The files' contents would pass [`PackOptions::max_bytes`]; the walk stopped there.
     #[error(
         "the build context is larger than {limit} bytes (at least {reached}); add what it does not need to .dockerignore. Largest files seen: {}",
-        describe(largest)
+        describe_largest(largest)
     )]
     TooLarge {
         /// The limit.
@@ -183,10 +183,11 @@ pub enum PackError {
     },
 }
 
-fn describe(largest: &[SizedPath]) -> String {
+/// The largest files of a context, for a message: `a.bin (2.0 GiB), b.iso (700.0 MiB)`.
+pub fn describe_largest(largest: &[SizedPath]) -> String {
     largest
         .iter()
-        .map(|p| format!("{} ({} bytes)", p.path, p.bytes))
+        .map(|p| format!("{} ({})", p.path, crate::units::format_binary_size(p.bytes)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -240,9 +240,9 @@ pub enum PluginError {
     /// The context holds more than `--max-size`.
     #[error(
         "the build context {dir} holds more than --max-size {} of files (at least {} when packing stopped): add what the build does not need to its .dockerignore, or raise --max-size. Largest files: {}",
-        super::local::human_bytes(*limit),
-        super::local::human_bytes(*reached),
-        super::local::largest_files(largest)
+        crate::units::format_binary_size(*limit),
+        crate::units::format_binary_size(*reached),
+        crate::context::archive::describe_largest(largest)
     )]
     ContextTooLarge {
         /// The context directory.
@@ -329,7 +329,7 @@ pub enum PluginError {
     },
     /// The API server refused a `pods/proxy` request.
     #[error(
-        "the API server refused to {verb} pods/proxy of pod {namespace}/{pod} ({message}): uploading a local build context needs the verbs get and create on the resource pods/proxy in namespace {namespace}; see \"Local builds\" in docs/build-api.md for a Role that grants them"
+        "the API server refused to {verb} pods/proxy of pod {namespace}/{pod} ({message}): uploading a local build context needs the verbs get and create on the resource pods/proxy in namespace {namespace}; config/rbac/local_builder_role.yaml is a role that grants them (docs/build-api.md, \"Local builds\")"
     )]
     ProxyForbidden {
         /// `get` or `create`.

@@ -20,13 +20,14 @@ use kube::ResourceExt;
 
 use super::error::PluginError;
 use crate::context::protocol::{UploadError, UploadState, UploadStatus};
-use crate::context::{PackReport, SizedPath, SkippedKind};
+use crate::context::{PackReport, SkippedKind};
 use crate::controller::podstate::CONTEXT_CONTAINER;
 use crate::controller::validate::is_arg_name;
 use crate::crd::build::DEFAULT_DOCKERFILE;
 use crate::crd::condition::{CONDITION_SUCCEEDED, find_condition};
 use crate::crd::{Build, BuildSpec, LocalSource, Output, Phase, SecretRef, Source};
 use crate::oci::digest::Digest;
+use crate::units::format_binary_size;
 use crate::units::format_duration;
 
 /// The default `--max-size`: 2 GiB of file contents.
@@ -217,21 +218,6 @@ pub fn local_build(
     }
 }
 
-/// `512 B`, `1.5 KiB`, `45.6 MiB`, `2.0 GiB`: binary units with one decimal.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 fn mib_per_second(bytes: u64, elapsed: Duration) -> Option<f64> {
     let secs = elapsed.as_secs_f64();
     (secs > 0.0).then(|| bytes as f64 / secs / f64::from(1u32 << 20))
@@ -244,7 +230,7 @@ pub fn pack_summary(dir: &str, report: &PackReport) -> String {
         "packed {dir}: {} {}, {}, sha256:{}",
         report.files,
         if report.files == 1 { "file" } else { "files" },
-        human_bytes(report.tar_bytes),
+        format_binary_size(report.tar_bytes),
         report.digest.short()
     );
     if !report.skipped.is_empty() {
@@ -284,15 +270,6 @@ pub fn pack_summary(dir: &str, report: &PackReport) -> String {
     line
 }
 
-/// The largest files of a context that is too large, for the error.
-pub fn largest_files(largest: &[SizedPath]) -> String {
-    largest
-        .iter()
-        .map(|p| format!("{} ({})", p.path, human_bytes(p.bytes)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Where an upload stands, for its progress line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transfer {
@@ -321,8 +298,8 @@ impl Transfer {
 pub fn progress_text(transfer: &Transfer) -> String {
     let mut line = format!(
         "uploading {} / {} ({}%)",
-        human_bytes(transfer.offset),
-        human_bytes(transfer.total),
+        format_binary_size(transfer.offset),
+        format_binary_size(transfer.total),
         transfer.percent()
     );
     if let Some(rate) = mib_per_second(transfer.sent, transfer.elapsed).filter(|r| *r > 0.0) {
@@ -346,7 +323,7 @@ pub fn upload_summary(sent: u64, elapsed: Duration) -> String {
         .unwrap_or_default();
     format!(
         "uploaded {} in {}{rate}",
-        human_bytes(sent),
+        format_binary_size(sent),
         format_duration(elapsed)
     )
 }
@@ -676,6 +653,8 @@ pub fn classify(code: u16, body: &[u8]) -> Answer {
 
 #[cfg(test)]
 mod tests {
+    use crate::context::SizedPath;
+    use crate::context::archive::describe_largest;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
         PodStatus,
@@ -907,8 +886,8 @@ spec:
         for (transfer, want) in cases {
             assert_eq!(progress_text(transfer), *want);
         }
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(format_binary_size(512), "512 B");
+        assert_eq!(format_binary_size(1536), "1.5 KiB");
         assert_eq!(
             upload_summary(120 * mib, Duration::from_secs(10)),
             "uploaded 120.0 MiB in 10s (12.0 MiB/s)"
@@ -997,7 +976,7 @@ spec:
             )
         );
         assert_eq!(
-            largest_files(&[
+            describe_largest(&[
                 SizedPath {
                     path: "data/model.bin".into(),
                     bytes: 3 << 30

@@ -92,6 +92,10 @@ pub struct LocalBuildOutcome {
     /// From sending the first chunk to the receiver's answer to the last one (zero when
     /// nothing was sent): the transfer, without the receiver's checking and storing.
     pub upload_duration: Duration,
+    /// From the command's start to the first chunk sent (or, when nothing was sent, to the
+    /// receiver saying it had the context): packing, the Build's creation, scheduling and
+    /// the receiver's start.
+    pub until_receiver: Duration,
     /// With `--follow`: how the Build ended.
     pub end: Option<BuildEnd>,
 }
@@ -109,6 +113,7 @@ pub async fn build_local(
     args: &LocalBuildArgs,
     console: &mut Console<'_>,
 ) -> Result<LocalBuildOutcome, PluginError> {
+    let began = Instant::now();
     let context = LocalContext::open(args)?;
     let report = context
         .finish_pack(context.spawn_pack(args.max_size, io::sink()).await)
@@ -145,6 +150,10 @@ pub async fn build_local(
         progressed: Instant::now(),
     };
     upload.deliver(console).await?;
+    let until_receiver = upload
+        .started
+        .unwrap_or_else(Instant::now)
+        .duration_since(began);
     upload.close_line(console)?;
     let upload_duration = match (upload.started, upload.finished) {
         (Some(start), Some(end)) => end.duration_since(start),
@@ -178,6 +187,7 @@ pub async fn build_local(
         size: report.tar_bytes,
         bytes_sent: upload.sent,
         upload_duration,
+        until_receiver,
         end,
     })
 }
@@ -1639,7 +1649,7 @@ mod tests {
                 (
                     forbidden,
                     args(),
-                    "the API server refused to get pods/proxy of pod team/app-1 (pods \"app-1\" is forbidden: User \"dev\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"team\"): uploading a local build context needs the verbs get and create on the resource pods/proxy in namespace team; see \"Local builds\" in docs/build-api.md for a Role that grants them".to_owned(),
+                    "the API server refused to get pods/proxy of pod team/app-1 (pods \"app-1\" is forbidden: User \"dev\" cannot get resource \"pods/proxy\" in API group \"\" in the namespace \"team\"): uploading a local build context needs the verbs get and create on the resource pods/proxy in namespace team; config/rbac/local_builder_role.yaml is a role that grants them (docs/build-api.md, \"Local builds\")".to_owned(),
                 ),
                 (
                     Arc::new(Mutex::new(Fake::new())),
