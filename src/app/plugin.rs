@@ -262,6 +262,9 @@ pub async fn run(args: PluginArgs) -> CliResult {
         cache_du(&kube, args, now, &mut stdout).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let PluginCommand::Build(args) = &command {
+        crate::plugin::upload::check_context(&args.local, &args.dockerfile)?;
+    }
     let (client, namespace) = connect(&kube).await?;
     match command {
         PluginCommand::Build(args) => return build(client, &namespace, args, &mut stdout).await,

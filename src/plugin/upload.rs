@@ -217,6 +217,18 @@ struct LocalContext {
     dockerfile: String,
 }
 
+/// Checks that `dir` is a directory holding the Dockerfile `dockerfile` (relative to it),
+/// before anything talks to the cluster: a mistyped path is reported as such, even without
+/// a kubeconfig.
+pub fn check_context(dir: &std::path::Path, dockerfile: &str) -> Result<(), PluginError> {
+    LocalContext::open(&LocalBuildArgs {
+        dir: dir.to_owned(),
+        dockerfile: dockerfile.to_owned(),
+        ..LocalBuildArgs::default()
+    })
+    .map(drop)
+}
+
 impl LocalContext {
     /// Checks that `args.dir` is a directory holding the Dockerfile.
     fn open(args: &LocalBuildArgs) -> Result<Self, PluginError> {
