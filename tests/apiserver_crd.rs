@@ -211,7 +211,7 @@ cel_rule_tests! {
         "inline": { "dockerfile": "FROM scratch\n", "files": [{ "path": "../x", "content": "" }] }
     }));
     cel_oci_context_is_an_image_reference: ".spec.source.oci.image#0" => |b| set(b, "/spec/source", json!({ "oci": { "image": "Not A Ref" } }));
-    cel_local_context_is_a_sha256_digest: ".spec.source.local.digest#0" => |b| set(b, "/spec/source", json!({ "local": { "digest": "sha512:abc", "size": 4096 } }));
+    cel_local_context_is_a_sha256_digest: ".spec.source.local.digest#0" => |b| set(b, "/spec/source", json!({ "local": { "digest": format!("sha512:{}", "a".repeat(64)), "size": 4096 } }));
     cel_target_is_a_stage_name: ".spec.target#0" => |b| set(b, "/spec/target", json!("-stage"));
     cel_timeout_is_at_least_a_minute: ".spec.timeout#0" => |b| set(b, "/spec/timeout", json!("30s"));
 }

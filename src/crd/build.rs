@@ -343,6 +343,7 @@ pub struct OciSource {
 #[serde(rename_all = "camelCase")]
 pub struct LocalSource {
     /// The sha256 digest of the uncompressed tar (`sha256:<64 hex>`).
+    #[schemars(length(min = 71, max = 71))]
     #[x_kube(validation = Rule::new(r"self.matches('^sha256:[a-f0-9]{64}$')").message(
         "spec.source.local.digest must be sha256:<64 lowercase hex>"
     ))]
