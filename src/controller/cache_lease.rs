@@ -178,21 +178,21 @@ pub fn plan(
 /// cache, and its uploaded context's tag, when it has a `spec.source.local` (so that a
 /// retry still finds the context it does not upload again).
 pub fn leased_tags(build: &Build, config: &Config) -> Vec<(RepoName, Tag)> {
-    let cache = cache_repository(build, config).map(|r| (r, CACHE_TAG.to_owned()));
-    let context = build
-        .spec
-        .source
-        .local
-        .as_ref()
-        .and_then(|_| contexts_repository(build, config))
-        .map(|r| (r, build_context_tag(build)));
+    let cache = cache_repository(build, config)
+        .and_then(|r| RepoName::parse(&r).ok())
+        .zip(Tag::parse(CACHE_TAG).ok());
     cache
         .into_iter()
-        .chain(context)
-        .filter_map(|(repository, tag)| {
-            Some((RepoName::parse(&repository).ok()?, Tag::parse(&tag).ok()?))
-        })
+        .chain(context_tag(build, config))
         .collect()
+}
+
+/// The tag that keeps a `spec.source.local` Build's uploaded context; `None` for other
+/// sources or without a cache service.
+fn context_tag(build: &Build, config: &Config) -> Option<(RepoName, Tag)> {
+    build.spec.source.local.as_ref()?;
+    let repository = RepoName::parse(&contexts_repository(build, config)?).ok()?;
+    Some((repository, Tag::parse(&build_context_tag(build)).ok()?))
 }
 
 fn put_lease(
@@ -280,16 +280,8 @@ pub fn cleanup(
         .and_then(|r| RepoName::parse(&r).ok())
         .zip(Tag::parse(CACHE_TAG).ok())
         .map(|tag| (tag_key(uid), tag));
-    let context_tag = build
-        .spec
-        .source
-        .local
-        .as_ref()
-        .and_then(|_| contexts_repository(build, config))
-        .and_then(|r| RepoName::parse(&r).ok())
-        .zip(Tag::parse(&build_context_tag(build)).ok())
-        .map(|tag| (context_tag_key(uid), tag));
-    for (key, (repository, tag)) in cache_tag.into_iter().chain(context_tag) {
+    let context = context_tag(build, config).map(|tag| (context_tag_key(uid), tag));
+    for (key, (repository, tag)) in cache_tag.into_iter().chain(context) {
         let state = state(&key);
         if !state.done {
             let what = format!("tag {repository}:{tag} (left to the cache's prune)");

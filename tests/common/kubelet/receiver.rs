@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kiln::controller::podstate::CONTEXT_CONTAINER;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
-
-/// The name of the init container that receives a `source.local` context.
-pub const CONTEXT_CONTAINER: &str = "context";
 
 /// What the receivers of one test share: the binary, the address, a directory per pod.
 #[derive(Clone, Debug)]
@@ -96,7 +94,7 @@ impl Receivers {
             let config = secret
                 .data
                 .unwrap_or_default()
-                .remove(".dockerconfigjson")
+                .remove(kiln::controller::validate::DOCKER_CONFIG_KEY)
                 .ok_or("the Docker config Secret has no .dockerconfigjson")?;
             std::fs::write(docker.join("config.json"), config.0)
                 .map_err(|err| format!("writing the Docker config: {err}"))?;
