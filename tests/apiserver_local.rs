@@ -212,37 +212,76 @@ async fn cache_has_tag(cache: &KilnServer, namespace: &str, tag: &str) -> bool {
     answer.status().is_success()
 }
 
+/// A namespace with Kiln's cache (tokens on), the controller (minting tokens, with the
+/// cache's admin API) and a test kubelet whose pods succeed after running their receiver.
+struct Scene {
+    admin: Client,
+    namespace: String,
+    receivers: Receivers,
+    cache: KilnServer,
+    kubelet: TestKubelet,
+    controller: RunningController,
+}
+
+impl Scene {
+    async fn start(cp: &'static envtest::ControlPlane, base: &str) -> Self {
+        let receivers = Receivers::new(Path::new(env!("CARGO_BIN_EXE_kiln")))
+            .unwrap_or_else(|why| panic!("cannot run the context receivers: {why}"));
+        let admin = cp.client();
+        let namespace = cluster::create_namespace(&admin, base).await;
+        let cache = KilnServer::start(kiln_server::Config {
+            tokens: true,
+            ..kiln_server::Config::default()
+        })
+        .await;
+        let image = Digest::of(b"image built from the laptop");
+        let for_kubelet = receivers.clone();
+        let kubelet = TestKubelet::start(admin.clone(), &namespace, move |_| {
+            Script::succeed(&image).receiving_context(&for_kubelet)
+        })
+        .await;
+        let mut config = fast_config(&namespace);
+        config.cache_service = Some(CacheService::parse(&cache.url()).unwrap());
+        let identity = Identity::superuser(cp, &format!("kiln-{base}-controller"));
+        let admin_api = AdminClient::new(&cache.url(), kiln_server::ADMIN).unwrap();
+        let controller =
+            RunningController::start_with(&identity, config, &Outcomes::default(), |context| {
+                context
+                    .with_token_key(kiln_server::key())
+                    .with_cache_admin(admin_api)
+            });
+        Self {
+            admin,
+            namespace,
+            receivers,
+            cache,
+            kubelet,
+            controller,
+        }
+    }
+
+    /// Checks the kubelet met no error and stops the controller.
+    async fn stop(self) {
+        assert_eq!(self.kubelet.errors(), Vec::<String>::new());
+        self.controller.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_with_the_documented_role_builds_a_directory_and_a_second_upload_sends_nothing() {
     let Some(cp) = envtest::shared().await else {
         return;
     };
     let _alone = ONE_AT_A_TIME.lock().await;
-    let receivers = Receivers::new(Path::new(env!("CARGO_BIN_EXE_kiln")))
-        .unwrap_or_else(|why| panic!("cannot run the context receivers: {why}"));
-    let admin = cp.client();
-    let namespace = cluster::create_namespace(&admin, "local").await;
-    let cache = KilnServer::start(kiln_server::Config {
-        tokens: true,
-        ..kiln_server::Config::default()
-    })
-    .await;
-    let image = Digest::of(b"image built from the laptop");
-    let for_kubelet = receivers.clone();
-    let kubelet = TestKubelet::start(admin.clone(), &namespace, move |_| {
-        Script::succeed(&image).receiving_context(&for_kubelet)
-    })
-    .await;
-    let mut config = fast_config(&namespace);
-    config.cache_service = Some(CacheService::parse(&cache.url()).unwrap());
-    let outcomes = Outcomes::default();
-    let identity = Identity::superuser(cp, "kiln-local-controller");
-    let admin_api = AdminClient::new(&cache.url(), kiln_server::ADMIN).unwrap();
-    let controller = RunningController::start_with(&identity, config, &outcomes, |context| {
-        context
-            .with_token_key(kiln_server::key())
-            .with_cache_admin(admin_api)
-    });
+    let scene = Scene::start(cp, "local").await;
+    let Scene {
+        admin,
+        namespace,
+        receivers,
+        cache,
+        ..
+    } = &scene;
+    let (admin, namespace) = (admin.clone(), namespace.clone());
 
     bind_local_builder(&admin, &namespace, "dev").await;
     let dev = cp.client_impersonating("dev", &[]);
@@ -276,7 +315,7 @@ async fn a_user_with_the_documented_role_builds_a_directory_and_a_second_upload_
     );
     let tag = format!("build-{}", built.uid().unwrap());
     assert!(
-        cache_has_tag(&cache, &namespace, &tag).await,
+        cache_has_tag(cache, &namespace, &tag).await,
         "the context is kept in the cache"
     );
 
@@ -302,15 +341,14 @@ async fn a_user_with_the_documented_role_builds_a_directory_and_a_second_upload_
     })
     .await;
     assert!(
-        !cache_has_tag(&cache, &namespace, &tag).await,
+        !cache_has_tag(cache, &namespace, &tag).await,
         "the deleted Build's tag is gone"
     );
     let again = builds.get("dev-again").await.unwrap();
     let again_tag = format!("build-{}", again.uid().unwrap());
-    assert!(cache_has_tag(&cache, &namespace, &again_tag).await);
+    assert!(cache_has_tag(cache, &namespace, &again_tag).await);
 
-    assert_eq!(kubelet.errors(), Vec::<String>::new());
-    controller.stop().await;
+    scene.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -319,26 +357,8 @@ async fn a_user_without_pods_proxy_is_told_what_is_missing() {
         return;
     };
     let _alone = ONE_AT_A_TIME.lock().await;
-    let receivers = Receivers::new(Path::new(env!("CARGO_BIN_EXE_kiln")))
-        .unwrap_or_else(|why| panic!("cannot run the context receivers: {why}"));
-    let admin = cp.client();
-    let namespace = cluster::create_namespace(&admin, "local-denied").await;
-    let cache = KilnServer::start(kiln_server::Config {
-        tokens: true,
-        ..kiln_server::Config::default()
-    })
-    .await;
-    let for_kubelet = receivers.clone();
-    let kubelet = TestKubelet::start(admin.clone(), &namespace, move |_| {
-        Script::succeed(&Digest::of(b"never")).receiving_context(&for_kubelet)
-    })
-    .await;
-    let mut config = fast_config(&namespace);
-    config.cache_service = Some(CacheService::parse(&cache.url()).unwrap());
-    let outcomes = Outcomes::default();
-    let identity = Identity::superuser(cp, "kiln-local-denied-controller");
-    let controller =
-        RunningController::start(&identity, config, &outcomes, Some(&kiln_server::key()));
+    let scene = Scene::start(cp, "local-denied").await;
+    let (admin, namespace) = (scene.admin.clone(), scene.namespace.clone());
 
     // Without any right in the namespace: not even the Build.
     let stranger = cp.client_impersonating("stranger", &[]);
@@ -370,6 +390,5 @@ async fn a_user_without_pods_proxy_is_told_what_is_missing() {
         .await
         .unwrap();
 
-    assert_eq!(kubelet.errors(), Vec::<String>::new());
-    controller.stop().await;
+    scene.stop().await;
 }

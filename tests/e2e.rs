@@ -1177,6 +1177,38 @@ fn image_files(reference: &str) -> Vec<String> {
     files
 }
 
+/// Runs `kubectl kiln build --local` in the scene's namespace: its outcome, and what it
+/// printed on stdout and stderr.
+async fn build_local(
+    scene: &Scene,
+    args: &kiln::plugin::local::LocalBuildArgs,
+) -> (
+    Result<kiln::plugin::upload::LocalBuildOutcome, kiln::plugin::error::PluginError>,
+    String,
+    String,
+) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let result = {
+        let mut console = kiln::plugin::upload::Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: false,
+        };
+        kiln::plugin::upload::build_local(
+            scene.client.clone(),
+            &scene.namespace,
+            args,
+            &mut console,
+        )
+        .await
+    };
+    (
+        result,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
 /// `kubectl kiln build --local` of a directory on this machine: the plugin packs it (its
 /// `.dockerignore` applied), uploads it through the API server into the build pod's
 /// `context` init container (the Kiln image), which stores it in the installed cache and
@@ -1208,26 +1240,11 @@ async fn e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_
         ..kiln::plugin::local::LocalBuildArgs::default()
     };
     let started = std::time::Instant::now();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let first = {
-        let mut console = kiln::plugin::upload::Console {
-            out: &mut out,
-            err: &mut err,
-            err_is_terminal: false,
-        };
-        kiln::plugin::upload::build_local(
-            scene.client.clone(),
-            &scene.namespace,
-            &args("laptop"),
-            &mut console,
-        )
-        .await
-    };
+    let (first, out, err) = build_local(&scene, &args("laptop")).await;
     let elapsed = started.elapsed();
     say(&format!(
-        "build --local: {:.1} s from the command to the end of the build\n{}",
+        "build --local: {:.1} s from the command to the end of the build\n{err}",
         elapsed.as_secs_f64(),
-        String::from_utf8_lossy(&err)
     ));
     let first = match first {
         Ok(outcome) => outcome,
@@ -1246,27 +1263,9 @@ async fn e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_
         scene.diagnose("laptop").await;
         Vec::new()
     };
-    let (mut out2, mut err2) = (Vec::new(), Vec::new());
-    let second = {
-        let mut console = kiln::plugin::upload::Console {
-            out: &mut out2,
-            err: &mut err2,
-            err_is_terminal: false,
-        };
-        kiln::plugin::upload::build_local(
-            scene.client.clone(),
-            &scene.namespace,
-            &args("laptop-again"),
-            &mut console,
-        )
-        .await
-    };
+    let (second, _, err2) = build_local(&scene, &args("laptop-again")).await;
     scene.finish().await;
-    assert!(
-        kiln::plugin::upload::succeeded(&first),
-        "{first:?}\n{}",
-        String::from_utf8_lossy(&out)
-    );
+    assert!(kiln::plugin::upload::succeeded(&first), "{first:?}\n{out}");
     assert_eq!(first.bytes_sent, first.size);
     assert_eq!(
         files,
@@ -1274,7 +1273,7 @@ async fn e2e_a_local_directory_is_uploaded_built_and_pushed_without_its_ignored_
         "the image holds what .dockerignore kept"
     );
     let second = second.unwrap_or_else(|e| panic!("the second build --local failed: {e}"));
-    assert_eq!(second.bytes_sent, 0, "{}", String::from_utf8_lossy(&err2));
+    assert_eq!(second.bytes_sent, 0, "{err2}");
     assert!(kiln::plugin::upload::succeeded(&second), "{second:?}");
 }
 
@@ -1313,22 +1312,8 @@ async fn e2e_a_100_mib_context_is_uploaded_and_its_rate_measured() {
         name: Some("big".to_owned()),
         ..kiln::plugin::local::LocalBuildArgs::default()
     };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let outcome = {
-        let mut console = kiln::plugin::upload::Console {
-            out: &mut out,
-            err: &mut err,
-            err_is_terminal: false,
-        };
-        kiln::plugin::upload::build_local(
-            scene.client.clone(),
-            &scene.namespace,
-            &args,
-            &mut console,
-        )
-        .await
-    };
-    say(&String::from_utf8_lossy(&err));
+    let (outcome, _, err) = build_local(&scene, &args).await;
+    say(&err);
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
