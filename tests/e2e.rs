@@ -558,6 +558,13 @@ async fn timings(scene: &Scene, build: &Build, applied: Timestamp, label: &str) 
         "{label}: pod-running={:.1}s buildkit-started={:.1}s build-done={:.1}s (from kubectl apply)",
         timings.pod_running, timings.buildkit_started, timings.build_done
     );
+    record_timing("build", &line);
+    timings
+}
+
+/// Prints a measured time as a `TIMING` line and appends it, prefixed by `kind`, to
+/// `$KILN_E2E_TIMINGS` when that is set.
+fn record_timing(kind: &str, line: &str) {
     say(&format!("TIMING {line}"));
     if let Ok(path) = std::env::var("KILN_E2E_TIMINGS")
         && let Ok(mut file) = std::fs::OpenOptions::new()
@@ -565,9 +572,8 @@ async fn timings(scene: &Scene, build: &Build, applied: Timestamp, label: &str) 
             .append(true)
             .open(path)
     {
-        let _ = writeln!(file, "build {line}");
+        let _ = writeln!(file, "{kind} {line}");
     }
-    timings
 }
 
 fn inline_build(name: &str, dockerfile: &str, image: &str) -> serde_json::Value {
@@ -1331,15 +1337,7 @@ async fn e2e_a_100_mib_context_is_uploaded_and_its_rate_measured() {
         outcome.bytes_sent as f64 / 1024.0 / 1024.0 / seconds.max(0.001),
         outcome.size
     );
-    say(&format!("TIMING {line}"));
-    if let Ok(path) = std::env::var("KILN_E2E_TIMINGS")
-        && let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    {
-        let _ = writeln!(file, "upload {line}");
-    }
+    record_timing("upload", &line);
     assert_eq!(outcome.bytes_sent, outcome.size);
     assert!(outcome.size > 100 * 1024 * 1024);
 }
