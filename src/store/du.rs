@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::oci::digest::Digest;
 use crate::store::error::Result;
-use crate::store::gc::Graph;
+use crate::store::gc::{Graph, is_logs_repository};
 use crate::store::handle::Store;
 use crate::store::sweep::load_graph;
 
@@ -24,7 +24,8 @@ pub struct DuRoot {
     pub tag: String,
     /// Bytes reachable from it (shared bytes counted in every root that reaches them).
     pub size: u64,
-    /// Whether `prune` may remove it (false while a lease holds it).
+    /// Whether `prune` may remove it (false while a lease holds it, and for the tags of
+    /// logs repositories, which no prune evicts).
     pub reclaimable: bool,
     /// When its manifest was last used (ms after the epoch).
     pub last_accessed_ms: u64,
@@ -35,7 +36,8 @@ pub struct DuRoot {
 pub struct DiskUsage {
     /// Bytes of every blob (manifests included).
     pub total_bytes: u64,
-    /// Bytes `prune --all` would free now: everything no lease holds.
+    /// Bytes `prune --all` would free now: everything no lease and no stored build log
+    /// holds.
     pub reclaimable_bytes: u64,
     /// Blob rows.
     pub blobs: u64,
@@ -63,16 +65,24 @@ impl Store {
         let txn = self.read("disk usage")?;
         let graph = load_graph(&txn)?;
         drop(txn);
-        let mut leased = vec![false; graph.nodes.len()];
-        let lease_roots: Vec<u32> = graph
+        let mut held_marks = vec![false; graph.nodes.len()];
+        // Stored build logs are held like leased content: no prune evicts their tags.
+        let held_roots: Vec<u32> = graph
             .leases
             .iter()
             .filter(|lease| lease.expires_ms > now)
             .flat_map(|lease| lease.at.iter().copied())
+            .chain(
+                graph
+                    .tags
+                    .iter()
+                    .filter(|root| is_logs_repository(&root.repo))
+                    .map(|root| root.at),
+            )
             .collect();
-        graph.mark(&mut leased, lease_roots);
-        let held: u64 = sum_marked(&graph, &leased);
-        let mut referenced = leased.clone();
+        graph.mark(&mut held_marks, held_roots);
+        let held: u64 = sum_marked(&graph, &held_marks);
+        let mut referenced = held_marks.clone();
         let mut roots = Vec::new();
         for root in &graph.tags {
             let node = graph.nodes[root.at as usize];
@@ -82,7 +92,7 @@ impl Store {
                 repo: root.repo.clone(),
                 tag: root.tag.clone(),
                 size: reach_size(&graph, root.at),
-                reclaimable: !leased[root.at as usize],
+                reclaimable: !held_marks[root.at as usize],
                 last_accessed_ms: node.accessed_ms,
             });
             graph.mark(&mut referenced, [root.at]);

@@ -12,6 +12,12 @@
 //! on tags, least recently used first: `keep_duration` evicts tags unused for longer,
 //! `keep_storage` is a hard ceiling (evict until the total is at or under it), `all`
 //! evicts every tag. Leases are never evicted; they expire.
+//!
+//! Tags of a logs repository ([`is_logs_repository`]) are never evicted either: they hold
+//! stored build logs, which live as long as their Build keeps the attempt (the controller
+//! deletes the tag), not as long as the cache has room. Like leased content, what they
+//! reach counts toward the total before any other tag, so a `keep_storage` ceiling is met
+//! by evicting cache tags only, or reported unmet.
 
 use std::time::Duration;
 
@@ -20,6 +26,17 @@ use serde::Serialize;
 use crate::oci::digest::Digest;
 use crate::store::clock::millis;
 use crate::store::types::{Lease, TagEntry};
+
+/// The last component of a repository that holds stored build logs: `<namespace>/kiln_logs`.
+/// A Build name never contains `_` (it is a DNS subdomain), so no Build's cache repository
+/// (`<namespace>/<build>`) is ever one.
+pub const LOGS_REPOSITORY: &str = "kiln_logs";
+
+/// Whether `repo` holds stored build logs (its last component is [`LOGS_REPOSITORY`]),
+/// whose tags no GC policy evicts.
+pub fn is_logs_repository(repo: &str) -> bool {
+    repo.rsplit('/').next() == Some(LOGS_REPOSITORY)
+}
 
 /// What a GC run may evict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -379,9 +396,16 @@ fn pin_roots(graph: &Graph, grace: Duration, now_ms: u64, marks: &mut [bool], pl
 /// Applies the policy to the tags, newest first (ties by repository and tag, so the
 /// choice is deterministic): every tag it keeps is marked with what it reaches, every tag
 /// it evicts is listed. Sets the bytes that stay and whether the ceiling was met.
+///
+/// The tags of logs repositories are kept whatever the policy, and marked first: what
+/// they hold is held like what leases hold, so the ceiling is applied to the rest.
 fn evict_tags(graph: &Graph, policy: &Policy, now_ms: u64, marks: &mut [bool], plan: &mut GcPlan) {
-    let mut total = plan.held_by_leases + plan.held_by_pushes;
-    let mut tags: Vec<&TagRoot> = graph.tags.iter().collect();
+    let (logs, mut tags): (Vec<&TagRoot>, Vec<&TagRoot>) = graph
+        .tags
+        .iter()
+        .partition(|root| is_logs_repository(&root.repo));
+    let held_by_logs = graph.size_of(&graph.mark(marks, logs.iter().map(|root| root.at)));
+    let mut total = plan.held_by_leases + plan.held_by_pushes + held_by_logs;
     tags.sort_by(|a, b| {
         let used = |t: &TagRoot| graph.nodes[t.at as usize].accessed_ms;
         used(b)
@@ -678,6 +702,118 @@ mod tests {
         assert_eq!(evicted, ["a"]);
         assert_eq!(plan.bytes_after, 200);
         assert!(!plan.ceiling_unmet);
+    }
+
+    #[test]
+    fn logs_repositories_are_named_by_their_last_component() {
+        for logs in ["team-a/kiln_logs", "kiln_logs", "cache/team-a/kiln_logs"] {
+            assert!(is_logs_repository(logs), "{logs}");
+        }
+        for other in [
+            "team-a/app",
+            "team-a/kiln_logs/app",
+            "team-a/kiln_logsx",
+            "team-a/x_kiln_logs",
+            "kiln_logs-a",
+        ] {
+            assert!(!is_logs_repository(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn stored_build_logs_survive_every_policy_and_count_as_held() {
+        // Two cache images of 100 bytes used at hours 1 and 2, and a log of 50 bytes in
+        // the namespace's logs repository, used least recently of all.
+        let mut nodes = vec![
+            node(1, 99, 0, 0),
+            node(2, 99, 0, 0),
+            node(3, 49, 0, 0),
+            node(11, 1, 0, HOUR),
+            node(12, 1, 0, 2 * HOUR),
+            node(13, 1, 0, 0),
+        ];
+        nodes.sort_by_key(|n| n.digest);
+        let tag = |repo: &str, tag: &str, m: u8| TagEntry {
+            repo: repo.to_owned(),
+            tag: tag.to_owned(),
+            digest: Digest::of(&[m]),
+        };
+        let g = Graph::new(
+            nodes,
+            [(11, 1), (12, 2), (13, 3)].map(|(m, layer)| ManifestEdges {
+                digest: Digest::of(&[m]),
+                references: vec![Digest::of(&[layer])],
+                subject: None,
+            }),
+            vec![
+                tag("team-a/app", "a", 11),
+                tag("team-a/app", "b", 12),
+                tag("team-a/kiln_logs", "app-1", 13),
+            ],
+            Vec::new(),
+        );
+        let evicted = |plan: &GcPlan| -> Vec<(String, GcReason)> {
+            plan.evictions
+                .iter()
+                .map(|e| (format!("{}:{}", e.repo, e.tag), e.reason))
+                .collect()
+        };
+        let swept_log = |plan: &GcPlan| {
+            plan.sweep
+                .iter()
+                .any(|s| s.digest == Digest::of(&[3]) || s.digest == Digest::of(&[13]))
+        };
+        let now = 10 * HOUR;
+        let cases = [
+            (
+                Policy {
+                    all: true,
+                    ..Policy::default()
+                },
+                vec![
+                    ("team-a/app:a".to_owned(), GcReason::PruneAll),
+                    ("team-a/app:b".to_owned(), GcReason::PruneAll),
+                ],
+                50,
+            ),
+            (
+                Policy {
+                    keep_duration: Some(Duration::from_secs(1800)),
+                    ..Policy::default()
+                },
+                vec![
+                    ("team-a/app:a".to_owned(), GcReason::KeepDuration),
+                    ("team-a/app:b".to_owned(), GcReason::KeepDuration),
+                ],
+                50,
+            ),
+            // The log's 50 bytes count first: of the ceiling's 150 only b fits beside it.
+            (
+                Policy {
+                    keep_storage: Some(150),
+                    ..Policy::default()
+                },
+                vec![("team-a/app:a".to_owned(), GcReason::KeepStorage)],
+                150,
+            ),
+        ];
+        for (policy, want, bytes_after) in cases {
+            let plan = plan(&g, &policy, Duration::ZERO, now);
+            assert_eq!(evicted(&plan), want, "{policy:?}");
+            assert!(!swept_log(&plan), "{policy:?}: {:?}", plan.sweep);
+            assert_eq!(plan.bytes_after, bytes_after, "{policy:?}");
+            assert!(!plan.ceiling_unmet, "{policy:?}");
+        }
+        // A ceiling below what the logs hold evicts every cache tag and stays unmet.
+        let below = Policy {
+            keep_storage: Some(40),
+            ..Policy::default()
+        };
+        let plan = plan(&g, &below, Duration::ZERO, now);
+        assert_eq!(plan.evictions.len(), 2);
+        assert!(!swept_log(&plan));
+        assert_eq!(plan.bytes_after, 50);
+        assert!(plan.ceiling_unmet);
     }
 
     #[test]
