@@ -16,13 +16,17 @@
 //! | `DELETE` | `/admin/v1/leases/<lease>` | — | `200` [`LeaseReleased`] |
 //! | `DELETE` | `/admin/v1/repositories/<name>/_tags/<tag>` | — | `200` [`TagDeleted`]; `404 MANIFEST_UNKNOWN` |
 //! | `DELETE` | `/admin/v1/repositories/<name>` | — | `200` [`RepositoryDeleted`]; `404 NAME_UNKNOWN` |
+//! | `PUT` | `/admin/v1/logs/<name>/_tags/<tag>` | the log (`text/plain`), header `kiln-annotations` | `200` [`LogStored`] |
+//! | `GET` | `/admin/v1/logs/<name>/_tags/<tag>` | — | `200` the log (`text/plain; charset=utf-8`), header `kiln-annotations`; `404 MANIFEST_UNKNOWN` |
 //!
 //! * **du**: disk usage of the store, per repository, in the spirit of `buildctl du`.
 //! * **prune**: removes cache entries by one policy: everything unprotected (`all`), the
 //!   least recently used until the store holds at most `bytes` (`keep-storage`), or what
-//!   was not used for `seconds` (`keep-duration`). Leases and uploads in progress always
-//!   protect what they hold. With `dry_run` nothing is removed and the report says what
-//!   would be. To combine a size and an age limit, call it twice.
+//!   was not used for `seconds` (`keep-duration`). Leases, uploads in progress and stored
+//!   build logs (the tags of a `<namespace>/kiln_logs` repository,
+//!   [`crate::store::gc::is_logs_repository`]) always protect what they hold, and count
+//!   toward `keep-storage` first. With `dry_run` nothing is removed and the report says
+//!   what would be. To combine a size and an age limit, call it twice.
 //! * **verify**: rehashes every blob, quarantines those that do not match their digest,
 //!   checks that every manifest's references are present; with `repair` it also drops
 //!   manifests whose content is gone, so the store is consistent again.
@@ -35,6 +39,16 @@
 //!   finds it unreferenced); deleting a repository removes all its tags and manifests, as
 //!   when a namespace is cleaned up. The `_tags` segment cannot be part of a repository
 //!   name, so every path has one reading.
+//! * **logs**: a build attempt's log, stored in one call as an OCI artifact
+//!   ([`super::log`]): `PUT` stores the body (at most [`super::log::MAX_LOG_BYTES`], else
+//!   `413 SIZE_INVALID`) as the one layer of a [`super::log::LOG_ARTIFACT_TYPE`] manifest
+//!   carrying the annotations of the `kiln-annotations` header (a JSON object of strings,
+//!   within [`super::log::parse_annotations`]'s limits, else `400 MANIFEST_INVALID`), and
+//!   points the tag at it, replacing what it pointed at. The manifest's bytes depend only
+//!   on the log and the annotations, so storing the same twice gives the same
+//!   [`LogStored::manifest`]. `GET` answers the log and the manifest's annotations, or
+//!   `400 MANIFEST_INVALID` when the tag holds something other than a log. A log is
+//!   deleted like any tag, with the `DELETE` on `/admin/v1/repositories/<name>/_tags/<tag>`.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +110,14 @@ pub enum AdminRoute {
         /// The repository.
         name: RepoName,
     },
+    /// `/admin/v1/logs/<name>/_tags/<tag>`.
+    Log {
+        /// The repository (a logs repository, `<namespace>/kiln_logs`, for the GC to keep
+        /// it).
+        name: RepoName,
+        /// The tag.
+        tag: Tag,
+    },
 }
 
 /// Why a path is not an admin API route.
@@ -127,6 +149,7 @@ impl AdminRoute {
             Self::Lease { name } => format!("{PREFIX}/leases/{name}"),
             Self::Tag { name, tag } => format!("{PREFIX}/repositories/{name}{TAG_SEPARATOR}{tag}"),
             Self::Repository { name } => format!("{PREFIX}/repositories/{name}"),
+            Self::Log { name, tag } => format!("{PREFIX}/logs/{name}{TAG_SEPARATOR}{tag}"),
         }
     }
 
@@ -146,6 +169,13 @@ impl AdminRoute {
         if let Some(lease) = rest.strip_prefix("leases/") {
             return Ok(Self::Lease {
                 name: LeaseName::parse(lease)?,
+            });
+        }
+        if let Some(log) = rest.strip_prefix("logs/") {
+            let (name, tag) = log.rsplit_once(TAG_SEPARATOR).ok_or_else(unknown)?;
+            return Ok(Self::Log {
+                name: RepoName::parse(name)?,
+                tag: Tag::parse(tag)?,
             });
         }
         let repository = rest.strip_prefix("repositories/").ok_or_else(unknown)?;
@@ -405,6 +435,21 @@ pub struct TagDeleted {
     pub manifest: Digest,
 }
 
+/// The answer to a log `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStored {
+    /// The repository.
+    pub repository: RepoName,
+    /// The tag that now points at the log.
+    pub tag: Tag,
+    /// The log artifact's manifest.
+    pub manifest: Digest,
+    /// The log's blob (its one layer).
+    pub blob: Digest,
+    /// The log's size in bytes.
+    pub size: u64,
+}
+
 /// The answer to a repository `DELETE`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepositoryDeleted {
@@ -437,7 +482,15 @@ mod tests {
                 name: name.clone(),
                 tag: Tag::parse("latest").unwrap(),
             },
-            AdminRoute::Repository { name },
+            AdminRoute::Repository { name: name.clone() },
+            AdminRoute::Log {
+                name: RepoName::parse("team-a/kiln_logs").unwrap(),
+                tag: Tag::parse("app-0123-1").unwrap(),
+            },
+            AdminRoute::Log {
+                name,
+                tag: Tag::parse("latest").unwrap(),
+            },
         ];
         for route in routes {
             assert_eq!(AdminRoute::parse(&route.path()), Ok(route.clone()));
@@ -447,6 +500,13 @@ mod tests {
             AdminRoute::Tag {
                 name: RepoName::parse("team-a/app").unwrap(),
                 tag: Tag::parse("v1").unwrap()
+            }
+        );
+        assert_eq!(
+            AdminRoute::parse("/admin/v1/logs/team-a/kiln_logs/_tags/app-1").unwrap(),
+            AdminRoute::Log {
+                name: RepoName::parse("team-a/kiln_logs").unwrap(),
+                tag: Tag::parse("app-1").unwrap()
             }
         );
     }
@@ -459,6 +519,8 @@ mod tests {
             "/admin/v2/du",
             "/admin/v1/gc",
             "/v2/",
+            "/admin/v1/logs/team-a/kiln_logs",
+            "/admin/v1/logs/",
         ] {
             assert_eq!(
                 AdminRoute::parse(path),
@@ -484,6 +546,14 @@ mod tests {
         assert!(matches!(
             AdminRoute::parse("/admin/v1/repositories/_tags/x"),
             Err(AdminPathError::Name(_))
+        ));
+        assert!(matches!(
+            AdminRoute::parse("/admin/v1/logs/Team/_tags/x"),
+            Err(AdminPathError::Name(_))
+        ));
+        assert!(matches!(
+            AdminRoute::parse("/admin/v1/logs/team-a/kiln_logs/_tags/-x"),
+            Err(AdminPathError::Tag(_))
         ));
     }
 
@@ -535,6 +605,23 @@ mod tests {
             serde_json::to_value(&lease).unwrap()["targets"][1],
             json!({ "digest": D })
         );
+
+        let stored = LogStored {
+            repository: RepoName::parse("team-a/kiln_logs").unwrap(),
+            tag: Tag::parse("app-1").unwrap(),
+            manifest: Digest::of(b"m"),
+            blob: D.parse().unwrap(),
+            size: 0,
+        };
+        let value = serde_json::to_value(&stored).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "repository": "team-a/kiln_logs", "tag": "app-1",
+                "manifest": Digest::of(b"m").to_string(), "blob": D, "size": 0
+            })
+        );
+        assert_eq!(serde_json::from_value::<LogStored>(value).unwrap(), stored);
     }
 
     #[test]

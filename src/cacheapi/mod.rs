@@ -6,6 +6,7 @@
 //! | [`token`] | cache token claims, minting and verification | pure (+ key file) |
 //! | [`admin`] | the admin API's routes and JSON bodies, documented per endpoint | pure |
 //! | [`client`] | the admin API client | HTTP |
+//! | [`log`] | the OCI artifact of a stored build log and its annotations header | pure |
 //! | [`convert`] | the store's reports as the admin API's | pure |
 //! | [`render`] | the one text form of the du, prune and verify reports | pure |
 //!
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod client;
 pub mod convert;
+pub mod log;
 pub mod render;
 pub mod token;
 
