@@ -1,21 +1,29 @@
 //! The admin API under `/admin/v1/` (the contract is [`crate::cacheapi::admin`]): du, prune,
-//! verify, leases, tag and repository deletes, over the store, for the admin token only.
-//! The handlers do the store I/O; turning store reports into the contract's bodies is pure
-//! (the `*_report` functions).
+//! verify, leases, tag and repository deletes, and stored build logs, over the store, for
+//! the admin token only. The handlers do the store I/O; turning store reports into the
+//! contract's bodies is pure (the `*_report` functions), and so is the log artifact
+//! ([`crate::cacheapi::log`]).
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::cacheapi::admin::{
-    self, AdminPathError, AdminRoute, LeaseReleased, LeaseRequest, LeaseResponse, PrunePolicy,
-    PruneRequest, RepositoryDeleted, TagDeleted, VerifyRequest,
+    self, AdminPathError, AdminRoute, LeaseReleased, LeaseRequest, LeaseResponse, LogStored,
+    PrunePolicy, PruneRequest, RepositoryDeleted, TagDeleted, VerifyRequest,
 };
 use crate::cacheapi::convert;
+use crate::cacheapi::log::{
+    ANNOTATIONS_HEADER, MAX_LOG_BYTES, annotations_header, log_layer, log_manifest,
+    parse_annotations,
+};
+use crate::context::artifact::{EMPTY_CONFIG, empty_config_digest};
+use crate::oci::digest::Digest;
+use crate::oci::media::OCI_MANIFEST;
 use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::auth::{Access, Resource};
 use crate::registry::body::read_capped;
@@ -23,6 +31,7 @@ use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
 use crate::registry::request::{Reply, check};
 use crate::registry::service::Registry;
+use crate::store::stream::read_file;
 use crate::store::{GcOptions, GcReport, Policy, VerifyOptions};
 
 /// The largest admin request body.
@@ -59,6 +68,10 @@ pub async fn handle(
             (Method::DELETE, AdminRoute::Repository { name }) => {
                 delete_repository(&registry, name).await
             }
+            (Method::PUT, AdminRoute::Log { name, tag }) => {
+                put_log(&registry, name, tag, &headers, body, MAX_LOG_BYTES).await
+            }
+            (Method::GET, AdminRoute::Log { name, tag }) => get_log(&registry, name, tag).await,
             (method, route) => Err(RegistryError::Unsupported {
                 reason: format!("{method} is not served on {}", route.path()),
             }),
@@ -255,6 +268,101 @@ async fn delete_repository(registry: &Registry, name: RepoName) -> Result<Respon
         tags_removed: deleted.tags,
         manifests_removed: deleted.manifests,
     })
+}
+
+/// The annotations of a log `PUT`: none without the header, else the header's, within the
+/// limits.
+fn request_annotations(
+    headers: &HeaderMap,
+) -> Result<std::collections::BTreeMap<String, String>, RegistryError> {
+    let Some(value) = headers.get(ANNOTATIONS_HEADER) else {
+        return Ok(Default::default());
+    };
+    let text = value.to_str().map_err(|_| RegistryError::ManifestInvalid {
+        reason: format!(
+            "the {ANNOTATIONS_HEADER} header is not ASCII: escape other characters as JSON \\u escapes"
+        ),
+    })?;
+    parse_annotations(text).map_err(|err| RegistryError::ManifestInvalid {
+        reason: err.to_string(),
+    })
+}
+
+/// `PUT /admin/v1/logs/<name>/_tags/<tag>`: stores the body (at most `cap` bytes) as a log
+/// artifact and points the tag at it. The annotations are checked before the body is read,
+/// so a bad header costs no upload. The blobs and the manifest are written in one blocking
+/// call: the manifest's references are then in the repository when it is put, however
+/// the request ends.
+async fn put_log(
+    registry: &Registry,
+    name: RepoName,
+    tag: Tag,
+    headers: &HeaderMap,
+    body: Body,
+    cap: u64,
+) -> Result<Response, RegistryError> {
+    let annotations = request_annotations(headers)?;
+    let bytes = read_capped(body, usize::try_from(cap).unwrap_or(usize::MAX), "log").await?;
+    let size = bytes.len() as u64;
+    let repo = name.to_string();
+    let reference = Reference::Tag(tag.clone());
+    let (blob, manifest) = registry
+        .blocking("store a build log", move |store| {
+            // Hashed here, off the async threads: a log may be many megabytes.
+            let blob = Digest::of(&bytes);
+            let manifest = log_manifest(&blob, size, &annotations);
+            store.put_blob(&repo, empty_config_digest(), EMPTY_CONFIG)?;
+            store.put_blob(&repo, blob, &bytes)?;
+            let info = store.put_manifest(&repo, &reference, OCI_MANIFEST, &manifest)?;
+            Ok((blob, info.digest))
+        })
+        .await?;
+    Reply::new(StatusCode::OK).json(&LogStored {
+        repository: name,
+        tag,
+        manifest,
+        blob,
+        size,
+    })
+}
+
+/// `GET /admin/v1/logs/<name>/_tags/<tag>`: the log the tag points at, streamed from its
+/// blob, with the manifest's annotations in the header.
+async fn get_log(registry: &Registry, name: RepoName, tag: Tag) -> Result<Response, RegistryError> {
+    let repo = name.to_string();
+    let reference = Reference::Tag(tag.clone());
+    let (info, manifest) = registry
+        .blocking("read a build log's manifest", move |store| {
+            store.manifest_bytes(&repo, &reference)
+        })
+        .await?
+        .ok_or_else(|| RegistryError::ManifestUnknown {
+            reference: format!("{name}:{tag}"),
+        })?;
+    let (blob, _) = log_layer(&manifest).map_err(|err| RegistryError::ManifestInvalid {
+        reason: format!("{name}:{tag}: {err}"),
+    })?;
+    let repo = name.to_string();
+    // The manifest names its layer, so a push to the tag meanwhile cannot mix two logs.
+    let reader = registry
+        .blocking("open a build log", move |store| {
+            store.open_blob(&repo, blob)
+        })
+        .await?
+        .ok_or(RegistryError::BlobUnknown { digest: blob })?;
+    let store = registry.store();
+    store.touch(info.digest);
+    store.touch(blob);
+    let size = reader.size();
+    Ok(Reply::new(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, size.to_string())
+        .header(
+            HeaderName::from_static(ANNOTATIONS_HEADER),
+            annotations_header(&info.annotations),
+        )
+        .body(Body::from_stream(read_file(reader.into_file(), 0, size)))
+        .into_response())
 }
 
 #[cfg(test)]
@@ -520,6 +628,236 @@ mod tests {
                 .unwrap()
                 .is_clean()
         );
+    }
+
+    const LOGS: &str = "team-a/kiln_logs";
+
+    fn log_path(tag: &str) -> String {
+        format!("/admin/v1/logs/{LOGS}/_tags/{tag}")
+    }
+
+    async fn put_log_as(
+        registry: &TestRegistry,
+        auth: &str,
+        tag: &str,
+        annotations: Option<&str>,
+        log: &[u8],
+    ) -> Answer {
+        let mut headers = vec![("authorization", auth), ("content-type", "text/plain")];
+        if let Some(annotations) = annotations {
+            headers.push((ANNOTATIONS_HEADER, annotations));
+        }
+        registry
+            .call(Method::PUT, &log_path(tag), &headers, log.to_vec())
+            .await
+    }
+
+    async fn get_log_as(registry: &TestRegistry, auth: &str, tag: &str) -> Answer {
+        registry
+            .call(
+                Method::GET,
+                &log_path(tag),
+                &[("authorization", auth)],
+                Body::empty(),
+            )
+            .await
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stored_logs_round_trip_survive_prune_and_delete_like_tags() {
+        use crate::cacheapi::log::{ANNOTATION_NAME, ANNOTATION_RESULT};
+        let registry = TestRegistry::open();
+        let admin = admin();
+        let log = b"step 1/2: RUN make\nerror: exit 1\n";
+        let meta = annotations(&[(ANNOTATION_NAME, "app"), (ANNOTATION_RESULT, "Failed — 1")]);
+        let header = annotations_header(&meta);
+
+        let stored = put_log_as(&registry, &admin, "app-1", Some(&header), log).await;
+        stored.expect(200, None);
+        let stored: LogStored = serde_json::from_slice(&stored.body).unwrap();
+        let blob = Digest::of(log);
+        assert_eq!(
+            stored,
+            LogStored {
+                repository: RepoName::parse(LOGS).unwrap(),
+                tag: Tag::parse("app-1").unwrap(),
+                manifest: Digest::of(&log_manifest(&blob, log.len() as u64, &meta)),
+                blob,
+                size: log.len() as u64,
+            }
+        );
+        let read = get_log_as(&registry, &admin, "app-1").await;
+        read.expect(200, None);
+        assert_eq!(read.body.as_ref(), log);
+        assert_eq!(read.header("content-type"), "text/plain; charset=utf-8");
+        assert_eq!(read.header("content-length"), log.len().to_string());
+        assert_eq!(parse_annotations(read.header(ANNOTATIONS_HEADER)), Ok(meta));
+
+        // The same log and annotations are the same manifest.
+        let again = put_log_as(&registry, &admin, "app-1", Some(&header), log).await;
+        let again: LogStored = serde_json::from_slice(&again.body).unwrap();
+        assert_eq!(again, stored);
+
+        // Another log replaces it; no header is no annotations.
+        let other = put_log_as(&registry, &admin, "app-1", None, b"second attempt").await;
+        other.expect(200, None);
+        let other: LogStored = serde_json::from_slice(&other.body).unwrap();
+        assert_ne!(other.manifest, stored.manifest);
+        let read = get_log_as(&registry, &admin, "app-1").await;
+        assert_eq!(read.body.as_ref(), b"second attempt");
+        assert_eq!(read.header(ANNOTATIONS_HEADER), "{}");
+        // An empty log is a log.
+        put_log_as(&registry, &admin, "app-2", None, b"")
+            .await
+            .expect(200, None);
+        assert!(get_log_as(&registry, &admin, "app-2").await.body.is_empty());
+
+        // du lists the logs under their repository.
+        registry.push_image("team-a/app", "cache", "c").await;
+        let du = call(&registry, Method::GET, "/admin/v1/du", json!(null)).await;
+        let du: DuReport = serde_json::from_slice(&du.body).unwrap();
+        let logs = du
+            .repositories
+            .iter()
+            .find(|r| r.name.as_str() == LOGS)
+            .unwrap();
+        assert_eq!((logs.tags, logs.manifests), (2, 3));
+        assert!(logs.bytes >= b"second attempt".len() as u64, "{logs:?}");
+
+        // A prune of everything takes the cache's tags and leaves the logs.
+        let pruned = call(
+            &registry,
+            Method::POST,
+            "/admin/v1/prune",
+            json!({"policy": {"mode": "all"}}),
+        )
+        .await;
+        let pruned: PruneReport = serde_json::from_slice(&pruned.body).unwrap();
+        let tags: Vec<String> = pruned
+            .removed
+            .iter()
+            .filter(|e| e.kind == EntryKind::Tag)
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.repository.as_ref().unwrap(),
+                    e.tag.as_ref().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(tags, ["team-a/app:cache"]);
+        assert_eq!(
+            get_log_as(&registry, &admin, "app-1").await.body.as_ref(),
+            b"second attempt"
+        );
+
+        // Deleting the tag deletes the log.
+        registry
+            .delete_as_admin(&format!("/admin/v1/repositories/{LOGS}/_tags/app-1"))
+            .await
+            .expect(200, None);
+        get_log_as(&registry, &admin, "app-1")
+            .await
+            .expect(404, Some("MANIFEST_UNKNOWN"));
+    }
+
+    #[tokio::test]
+    async fn stored_logs_refuse_strangers_bad_annotations_and_other_manifests() {
+        let registry = TestRegistry::authenticated();
+        let admin = admin();
+        let build = format!(
+            "Bearer {}",
+            token("team-a", &[TokenAction::Pull, TokenAction::Push])
+        );
+        put_log_as(&registry, &build, "app-1", None, b"log")
+            .await
+            .expect(403, Some("DENIED"));
+        get_log_as(&registry, &build, "app-1")
+            .await
+            .expect(403, Some("DENIED"));
+        registry
+            .call(Method::GET, &log_path("app-1"), &[], Body::empty())
+            .await
+            .expect(401, Some("UNAUTHORIZED"));
+
+        let many = (0..=32)
+            .map(|i| format!("\"k{i}\":\"v\""))
+            .collect::<Vec<_>>();
+        let many = format!("{{{}}}", many.join(","));
+        for bad in ["not json", r#"{"a":1}"#, r#"{"a b":"c"}"#, many.as_str()] {
+            let refused = put_log_as(&registry, &admin, "app-1", Some(bad), b"log").await;
+            refused.expect(400, Some("MANIFEST_INVALID"));
+        }
+        // A header of raw UTF-8 is not ASCII: the client must escape it.
+        let request = axum::http::Request::builder()
+            .method(Method::PUT)
+            .uri(log_path("app-1"))
+            .header("authorization", &admin)
+            .header(
+                ANNOTATIONS_HEADER,
+                axum::http::HeaderValue::from_bytes("{\"a\":\"é\"}".as_bytes()).unwrap(),
+            )
+            .body(Body::from("log"))
+            .unwrap();
+        let refused = registry.send(request).await;
+        refused.expect(400, Some("MANIFEST_INVALID"));
+        assert!(
+            refused.json().to_string().contains("not ASCII"),
+            "{refused:?}"
+        );
+        // Nothing refused was stored.
+        get_log_as(&registry, &admin, "app-1")
+            .await
+            .expect(404, Some("MANIFEST_UNKNOWN"));
+
+        // The cap holds whatever the body claims; at the cap the log is stored.
+        let name = RepoName::parse(LOGS).unwrap();
+        let tag = Tag::parse("capped").unwrap();
+        let over = put_log(
+            &registry.registry,
+            name.clone(),
+            tag.clone(),
+            &HeaderMap::new(),
+            Body::from("123456789"),
+            8,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(over.status().as_u16(), 413);
+        put_log(
+            &registry.registry,
+            name,
+            tag,
+            &HeaderMap::new(),
+            Body::from("12345678"),
+            8,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get_log_as(&registry, &admin, "capped").await.body.as_ref(),
+            b"12345678"
+        );
+
+        // A tag that holds an image is not a log.
+        registry.push_image(LOGS, "image", "x").await;
+        let image = get_log_as(&registry, &admin, "image").await;
+        image.expect(400, Some("MANIFEST_INVALID"));
+        assert!(
+            image.json().to_string().contains("not a Kiln build log"),
+            "{image:?}"
+        );
+        // Logs are stored and read, not deleted, on their own path.
+        call(&registry, Method::DELETE, &log_path("capped"), json!(null))
+            .await
+            .expect(405, Some("UNSUPPORTED"));
     }
 
     #[test]
