@@ -6,15 +6,20 @@
 //! timeout but no overall one, since a verify of a large store legitimately takes minutes;
 //! callers that need a deadline wrap the call in `tokio::time::timeout`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::admin::{
-    AdminRoute, DuReport, LeaseName, LeaseReleased, LeaseRequest, LeaseResponse, PruneReport,
-    PruneRequest, RepositoryDeleted, TagDeleted, VerifyReport, VerifyRequest,
+    AdminRoute, DuReport, LeaseName, LeaseReleased, LeaseRequest, LeaseResponse, LogStored,
+    PruneReport, PruneRequest, RepositoryDeleted, TagDeleted, VerifyReport, VerifyRequest,
+};
+use super::log::{
+    ANNOTATIONS_HEADER, LOG_MEDIA_TYPE, LogError, StoredLogBody, annotations_header,
+    check_annotations,
 };
 use super::{ErrorBody, ErrorInfo};
 use crate::oci::name::{RepoName, Tag};
@@ -66,6 +71,16 @@ pub enum AdminClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// Annotations that the admin API does not take (on the way out), or an answer whose
+    /// annotations header cannot be read (on the way back).
+    #[error("cannot {action}: bad build log annotations")]
+    Annotations {
+        /// What the call was doing.
+        action: &'static str,
+        /// What is wrong with them.
+        #[source]
+        source: LogError,
+    },
 }
 
 fn describe(error: &Option<ErrorInfo>) -> String {
@@ -84,7 +99,10 @@ impl AdminClientError {
         match self {
             Self::Send { .. } => true,
             Self::Rejected { status, .. } => *status == 429 || *status >= 500,
-            Self::BaseUrl { .. } | Self::Build(_) | Self::Decode { .. } => false,
+            Self::BaseUrl { .. }
+            | Self::Build(_)
+            | Self::Decode { .. }
+            | Self::Annotations { .. } => false,
         }
     }
 
@@ -208,6 +226,55 @@ impl AdminClient {
         absent_as_none(result, "NAME_UNKNOWN")
     }
 
+    /// `PUT /admin/v1/logs/<name>/_tags/<tag>`: stores `body` as the log the tag points at,
+    /// with `annotations` (checked here first, against the limits the server applies).
+    /// The body is sent as is: keeping it under [`super::log::MAX_LOG_BYTES`] (the tail of a
+    /// longer log) is the caller's choice to make.
+    pub async fn put_log(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        annotations: &BTreeMap<String, String>,
+        body: bytes::Bytes,
+    ) -> Result<LogStored, AdminClientError> {
+        let action = "store build log";
+        check_annotations(annotations)
+            .map_err(|source| AdminClientError::Annotations { action, source })?;
+        let route = AdminRoute::Log {
+            name: name.clone(),
+            tag: tag.clone(),
+        };
+        let header = annotations_header(annotations);
+        let response = self
+            .send(action, Method::PUT, &route, |request| {
+                request
+                    .header(header::CONTENT_TYPE, LOG_MEDIA_TYPE)
+                    .header(ANNOTATIONS_HEADER, header)
+                    .body(body)
+            })
+            .await?;
+        decode_json(action, response).await
+    }
+
+    /// `GET /admin/v1/logs/<name>/_tags/<tag>`: the stored log and its annotations, `None`
+    /// if there is no such tag.
+    pub async fn get_log(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<StoredLogBody>, AdminClientError> {
+        let action = "read build log";
+        let route = AdminRoute::Log {
+            name: name.clone(),
+            tag: tag.clone(),
+        };
+        let result = match self.send(action, Method::GET, &route, |r| r).await {
+            Ok(response) => read_log(action, response).await,
+            Err(err) => Err(err),
+        };
+        absent_as_none(result, "MANIFEST_UNKNOWN")
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         action: &'static str,
@@ -215,11 +282,27 @@ impl AdminClient {
         route: &AdminRoute,
         body: Option<&impl Serialize>,
     ) -> Result<T, AdminClientError> {
+        let response = self
+            .send(action, method, route, |request| match body {
+                Some(body) => request.json(body),
+                None => request,
+            })
+            .await?;
+        decode_json(action, response).await
+    }
+
+    /// Sends one request (what `build` adds to it: a body, headers) and answers the
+    /// response of a success; any other status is [`AdminClientError::Rejected`] with the
+    /// registry's error body.
+    async fn send(
+        &self,
+        action: &'static str,
+        method: Method,
+        route: &AdminRoute,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, AdminClientError> {
         let url = format!("{}{}", self.base, route.path());
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = build(self.http.request(method, &url).bearer_auth(&self.token));
         let response = request
             .send()
             .await
@@ -242,11 +325,45 @@ impl AdminClient {
                 error,
             });
         }
-        response
-            .json::<T>()
-            .await
-            .map_err(|source| AdminClientError::Decode { action, source })
+        Ok(response)
     }
+}
+
+/// The JSON body of a successful answer.
+async fn decode_json<T: DeserializeOwned>(
+    action: &'static str,
+    response: Response,
+) -> Result<T, AdminClientError> {
+    response
+        .json::<T>()
+        .await
+        .map_err(|source| AdminClientError::Decode { action, source })
+}
+
+/// The log of a successful `GET`: the annotations header (none when absent) and the body.
+async fn read_log(
+    action: &'static str,
+    response: Response,
+) -> Result<StoredLogBody, AdminClientError> {
+    let annotations = match response.headers().get(ANNOTATIONS_HEADER) {
+        None => BTreeMap::new(),
+        Some(value) => read_annotations(value.as_bytes())
+            .map_err(|source| AdminClientError::Annotations { action, source })?,
+    };
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| AdminClientError::Decode { action, source })?;
+    Ok(StoredLogBody { annotations, bytes })
+}
+
+/// The annotations of an answer, read as any JSON object of strings: the limits are the
+/// server's to keep when it stores them, and a reader that applied them too would fail on
+/// the logs of a server that has raised them.
+fn read_annotations(header: &[u8]) -> Result<BTreeMap<String, String>, LogError> {
+    serde_json::from_slice(header).map_err(|err| LogError::NotAnObject {
+        reason: err.to_string(),
+    })
 }
 
 /// A 404 with `code` means "nothing to delete", which idempotent cleanup treats as done.
@@ -443,6 +560,20 @@ mod tests {
         let err = closed.du().await.unwrap_err();
         assert!(matches!(err, AdminClientError::Send { .. }), "{err:?}");
         assert!(err.is_transient());
+    }
+
+    #[test]
+    fn answered_annotations_are_read_without_the_storing_limits() {
+        let many: BTreeMap<String, String> = (0..=crate::cacheapi::log::MAX_ANNOTATIONS)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        let header = annotations_header(&many);
+        assert!(crate::cacheapi::log::parse_annotations(&header).is_err());
+        assert_eq!(read_annotations(header.as_bytes()), Ok(many));
+        assert!(matches!(
+            read_annotations(b"[]"),
+            Err(LogError::NotAnObject { .. })
+        ));
     }
 
     #[test]

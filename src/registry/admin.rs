@@ -860,6 +860,63 @@ mod tests {
             .expect(405, Some("UNSUPPORTED"));
     }
 
+    #[tokio::test]
+    async fn the_admin_client_stores_and_reads_logs_over_a_socket() {
+        use crate::cacheapi::client::{AdminClient, AdminClientError};
+        use crate::cacheapi::log::{ANNOTATION_ATTEMPT, ANNOTATION_TRUNCATED, StoredLogBody};
+        let registry = TestRegistry::authenticated();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = registry.registry.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client =
+            AdminClient::new(&format!("http://{addr}"), crate::registry::testing::ADMIN).unwrap();
+
+        let name = RepoName::parse(LOGS).unwrap();
+        let tag = Tag::parse("app-1").unwrap();
+        let meta = annotations(&[(ANNOTATION_ATTEMPT, "1"), (ANNOTATION_TRUNCATED, "ü 10")]);
+        let log = axum::body::Bytes::from_static(b"building...\ndone\n");
+        let stored = client
+            .put_log(&name, &tag, &meta, log.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (stored.blob, stored.size),
+            (Digest::of(&log), log.len() as u64)
+        );
+        assert_eq!(
+            client.get_log(&name, &tag).await.unwrap(),
+            Some(StoredLogBody {
+                annotations: meta,
+                bytes: log.clone()
+            })
+        );
+        assert_eq!(
+            client
+                .get_log(&name, &Tag::parse("app-2").unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+        // What the server would refuse is refused before anything is sent; what it
+        // refuses comes back as its error.
+        let err = client
+            .put_log(&name, &tag, &annotations(&[("bad key", "")]), log.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AdminClientError::Annotations { .. }),
+            "{err:?}"
+        );
+        registry.push_image(LOGS, "image", "x").await;
+        let err = client
+            .get_log(&name, &Tag::parse("image").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("MANIFEST_INVALID"), "{err:?}");
+        assert!(!err.is_transient());
+    }
+
     #[test]
     fn prune_requests_map_to_gc_options() {
         let all = gc_options(&PruneRequest {
