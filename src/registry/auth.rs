@@ -29,11 +29,15 @@
 //! | build token | repository under `<ns>/` | if granted | if granted | deny |
 //! | build token | repository of another namespace | deny | deny | deny |
 //! | build token | mirror repository (`<mirror>/...`) | if granted | deny | deny |
+//! | build token | logs repository (`<ns>/kiln_logs`) | if granted | deny | deny |
 //! | build token | `_catalog`, `/admin/v1/` | deny | deny | deny |
 //!
 //! Mirror repositories hold upstream content that every namespace may read; no build may
 //! write into them. The catalog lists every namespace's repositories, so it is for the admin
 //! token only. Deleting through the registry API is an operator's act, never a build's.
+//! A logs repository ([`crate::store::gc::is_logs_repository`]) holds stored build logs,
+//! which no prune evicts: a build that could push there could fill the cache beyond any
+//! `keep-storage` ceiling, so only the admin API (the controller) writes into one.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -196,6 +200,13 @@ pub fn authorize(principal: &Principal, resource: Resource<'_>, access: Access) 
             claims.ns
         )),
         (Resource::Repository { .. }, Access::Pull) => granted(TokenAction::Pull),
+        (Resource::Repository { name, .. }, Access::Push)
+            if crate::store::gc::is_logs_repository(name.as_str()) =>
+        {
+            deny(format!(
+                "{name} holds stored build logs, which only the admin API writes"
+            ))
+        }
         (Resource::Repository { .. }, Access::Push) => granted(TokenAction::Push),
         (Resource::Repository { .. }, Access::Delete) => {
             deny("deleting needs the admin token".into())
@@ -593,10 +604,11 @@ mod tests {
             .unwrap()
             .mint(&claims("team-a"))
             .unwrap();
-        let (own, other, mirror) = (
+        let (own, other, mirror, logs) = (
             name("team-a/app"),
             name("team-b/app"),
             name("docker.io/library/alpine"),
+            name("team-a/kiln_logs"),
         );
         let repo = |n| Resource::Repository {
             name: n,
@@ -624,6 +636,9 @@ mod tests {
             ("pull-only pushes", bearer(&pull_only), repo(&own), Push, NOW, denied),
             ("A pulls mirror", bearer(&a_token), repo(&mirror), Pull, NOW, Ok(())),
             ("A pushes mirror", bearer(&a_token), repo(&mirror), Push, NOW, denied),
+            ("A pulls A's logs", bearer(&a_token), repo(&logs), Pull, NOW, Ok(())),
+            ("A pushes A's logs", bearer(&a_token), repo(&logs), Push, NOW, denied),
+            ("admin pushes logs", bearer(ADMIN), repo(&logs), Push, NOW, Ok(())),
             ("A catalog", bearer(&a_token), Resource::Catalog, Pull, NOW, denied),
             ("A admin API", bearer(&a_token), Resource::Admin, Pull, NOW, denied),
             ("A base", bearer(&a_token), Resource::Base, Pull, NOW, Ok(())),
