@@ -67,6 +67,38 @@ async fn with_cache(builds: Vec<Build>) -> (Harness, FakeCache) {
     (h, cache)
 }
 
+/// Like [`with_cache`], and every pod's `pods/log` answers `log` (kube-fake-client would
+/// answer the pod object itself); `max_bytes` is the controller's `--log-max-bytes`.
+async fn with_cache_and_log(builds: Vec<Build>, log: &str, max_bytes: u64) -> (Harness, FakeCache) {
+    let mut h = Harness::new(builds).await;
+    let cache = FakeCache::start(h.clock.clone()).await;
+    let url = cache.url.clone();
+    let log = log.to_owned();
+    h.customize(move |mut ctx| {
+        ctx.client = scripted_logs(ctx.client.clone(), log.clone());
+        ctx.config.cache_service = Some(CacheService::parse(&url).unwrap());
+        ctx.config.log_max_bytes = max_bytes;
+        ctx.with_cache_admin(AdminClient::new(&url, ADMIN_TOKEN).unwrap())
+    });
+    (h, cache)
+}
+
+/// `inner`, except that `GET …/pods/<name>/log` answers `log`.
+fn scripted_logs(inner: kube::Client, log: String) -> kube::Client {
+    let service = tower::service_fn(move |request: axum::http::Request<kube::client::Body>| {
+        let (inner, log) = (inner.clone(), log.clone());
+        async move {
+            if request.uri().path().ends_with("/log") {
+                return Ok::<_, kube::Error>(axum::http::Response::new(kube::client::Body::from(
+                    log.into_bytes(),
+                )));
+            }
+            inner.send(request).await
+        }
+    });
+    kube::Client::new(service, NS)
+}
+
 fn cache_leases(build: &Build) -> Vec<String> {
     build
         .status
@@ -578,6 +610,7 @@ async fn lease_is_taken_renewed_and_released_around_an_attempt() {
             "PUT /admin/v1/leases/build-uid-app-1",
             "PUT /admin/v1/leases/build-uid-app-1",
             "DELETE /admin/v1/leases/build-uid-app-1",
+            "PUT /admin/v1/logs/default/kiln_logs/_tags/build-uid-app-1",
         ]
     );
 }
@@ -677,6 +710,121 @@ async fn lease_cleanup_of_an_unreachable_cache_lets_the_build_go_at_its_deadline
     h.advance(600);
     h.settle("app").await;
     assert!(h.build("app").await.is_none(), "let go at the deadline");
+}
+
+// --- Stored build logs -----------------------------------------------------------------------
+
+const LOG_REF: &str = "default/kiln_logs:build-uid-app-1";
+
+fn stored_log(build: &Build) -> Option<kiln::crd::StoredLog> {
+    build.status.as_ref()?.attempts.first()?.log.clone()
+}
+
+#[tokio::test]
+async fn log_of_an_ended_attempt_is_stored_once_recorded_and_deleted_with_its_build() {
+    let text = "#1 [internal] load build definition\n#5 RUN make\n#5 DONE 1.2s\n";
+    let (mut h, cache) = with_cache_and_log(vec![Build::test("app")], text, 16 << 20).await;
+    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
+    assert!(cache.logs().is_empty(), "nothing while the attempt runs");
+
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
+    let build = h.build("app").await.unwrap();
+    assert_eq!(build.status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    let logs = cache.logs();
+    let log = &logs[LOG_REF];
+    assert_eq!(log.bytes, text.as_bytes(), "the pod's log, byte for byte");
+    let annotation = |key: &str| log.annotations.get(key).map(String::as_str);
+    assert_eq!(annotation("dev.kiln.build.name"), Some("app"));
+    assert_eq!(annotation("dev.kiln.build.uid"), Some("uid-app"));
+    assert_eq!(annotation("dev.kiln.build.attempt"), Some("1"));
+    assert_eq!(annotation("dev.kiln.build.result"), Some("Succeeded"));
+    assert_eq!(annotation("dev.kiln.log.truncated-bytes"), None);
+    let recorded = stored_log(&build).expect("the attempt says where its log is");
+    assert_eq!(format!("{}:{}", recorded.repository, recorded.tag), LOG_REF);
+    assert_eq!(recorded.size, text.len() as u64);
+
+    // Stored once: later reconciles, and a restart that forgets the ledger, store nothing.
+    h.advance(3600);
+    h.restart();
+    h.settle("app").await;
+    let puts = cache
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("PUT /admin/v1/logs/"))
+        .count();
+    assert_eq!(puts, 1);
+
+    h.delete_and_finalize("app").await;
+    assert!(cache.logs().is_empty(), "the log goes with its Build");
+}
+
+#[tokio::test]
+async fn a_long_log_keeps_its_tail_and_says_what_was_cut() {
+    let text: String = (0..2000).map(|n| format!("step {n:05}\n")).collect();
+    let (h, cache) = with_cache_and_log(vec![Build::test("app")], &text, 1024).await;
+    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.exited(1, "failed")).await;
+    let logs = cache.logs();
+    let log = &logs[LOG_REF];
+    assert!(log.bytes.len() <= 1024, "{} bytes kept", log.bytes.len());
+    let kept = String::from_utf8(log.bytes.clone()).unwrap();
+    assert!(kept.starts_with("[kiln: the first "), "{kept:.80}");
+    assert!(kept.ends_with("step 01999\n"), "the tail is kept");
+    let recorded = stored_log(&h.build("app").await.unwrap()).unwrap();
+    assert!(recorded.truncated_bytes > 0);
+    assert_eq!(
+        log.annotations.get("dev.kiln.log.truncated-bytes"),
+        Some(&recorded.truncated_bytes.to_string())
+    );
+    assert_eq!(
+        log.annotations
+            .get("dev.kiln.build.result")
+            .map(String::as_str),
+        Some("Failed")
+    );
+}
+
+#[tokio::test]
+async fn a_cache_outage_neither_fails_nor_delays_the_build_and_its_log_is_stored_after() {
+    let (mut h, cache) = with_cache_and_log(vec![Build::test("app")], "built\n", 16 << 20).await;
+    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
+    cache.set_down(true);
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
+    let build = h.build("app").await.unwrap();
+    assert_eq!(build.status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    assert_eq!(stored_log(&build), None);
+    let warnings = h
+        .events()
+        .await
+        .into_iter()
+        .filter(|(t, r)| t == "Warning" && r == "CacheUnavailable")
+        .count();
+    assert_eq!(warnings, 1, "one Warning for the streak");
+
+    // The pod is kept past its retention while its log is owed.
+    h.advance(3600 + 60);
+    let report = sweep(&h).await;
+    assert_eq!(
+        deleted(&report, SweepReason::Expired),
+        0,
+        "the pod holds the log"
+    );
+    assert_eq!(h.pod_names().await, ["app-1"]);
+
+    // A restart forgets the ledger; the status still says the log is owed.
+    cache.set_down(false);
+    h.restart();
+    h.settle("app").await;
+    assert_eq!(cache.logs()[LOG_REF].bytes, b"built\n");
+    assert!(stored_log(&h.build("app").await.unwrap()).is_some());
+    let report = sweep(&h).await;
+    assert_eq!(
+        deleted(&report, SweepReason::Expired),
+        1,
+        "then the pod goes"
+    );
 }
 
 /// An API server that only lists namespaces (kube-fake-client cannot route the

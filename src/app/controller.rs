@@ -131,6 +131,12 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub failed_pod_ttl: Duration,
 
+    /// The most of an attempt's build log kept in the cache when the attempt ends, so that
+    /// `kubectl kiln logs` still reads it after the pod is gone: the tail, the cut marked
+    /// (e.g. 16MiB, at most 64MiB); 0 keeps none. Needs --cache-admin-token-file.
+    #[arg(long, default_value = "16MiB", value_parser = parse_log_limit)]
+    pub log_max_bytes: u64,
+
     /// How often the sweeper deletes orphaned pods, ConfigMaps and Secrets and expired
     /// pods (it also runs at start-up); the cache repositories of deleted namespaces are
     /// swept every tenth time.
@@ -239,6 +245,7 @@ impl ControllerArgs {
             attempt_history,
             succeeded_pod_ttl,
             failed_pod_ttl,
+            log_max_bytes,
             sweep_interval,
             // Read by `run`: files are I/O, the config is data.
             cache_admin_token_file: _,
@@ -269,6 +276,7 @@ impl ControllerArgs {
             attempt_history,
             succeeded_pod_ttl,
             failed_pod_ttl,
+            log_max_bytes,
             sweep_interval,
             running_limits: Limits {
                 cluster: max_running_builds,
@@ -327,6 +335,9 @@ pub enum FlagError {
     /// Larger than a ConfigMap can hold.
     #[error("{0} is more than 900KiB, which a ConfigMap cannot hold with its other keys")]
     InlineTooLarge(String),
+    /// More than the cache service stores of one log.
+    #[error("{0} is more than 64MiB, the most of one log the cache service stores")]
+    LogTooLarge(String),
     /// Not `host[:port]`.
     #[error("{0:?} is not HOST[:PORT]")]
     Host(String),
@@ -394,6 +405,14 @@ fn parse_inline_limit(text: &str) -> Result<u64, FlagError> {
     let bytes = parse_size(text)?;
     if bytes > 900 * 1024 {
         return Err(FlagError::InlineTooLarge(text.to_owned()));
+    }
+    Ok(bytes)
+}
+
+fn parse_log_limit(text: &str) -> Result<u64, FlagError> {
+    let bytes = parse_size(text)?;
+    if bytes > crate::cacheapi::log::MAX_LOG_BYTES {
+        return Err(FlagError::LogTooLarge(text.to_owned()));
     }
     Ok(bytes)
 }

@@ -12,7 +12,8 @@
 //! - status and finalizer writes carry the Build's `resourceVersion`, so a write based on a
 //!   stale read fails with `Conflict` instead of overwriting newer state;
 //! - Events are best effort: a failure is logged, never fails the reconcile;
-//! - calls to the cache service never fail the reconcile either (see `cachecall`);
+//! - calls to the cache service never fail the reconcile either (see `cachecall`), nor
+//!   does storing a build log there;
 //! - an attempt's token Secret is created like its ConfigMap: `AlreadyExists` with this
 //!   Build's UID is done.
 //!
@@ -144,6 +145,25 @@ async fn apply_action(
             tag,
         } => {
             let outcome = cachecall::delete_tag(ctx, key, repository, tag).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::StoreLog {
+            key,
+            pod,
+            container,
+            repository,
+            tag,
+            annotations,
+            max_bytes,
+        } => {
+            let source = cachecall::LogSource {
+                pods: &pods,
+                pod,
+                container,
+                max_bytes: *max_bytes,
+            };
+            let outcome =
+                cachecall::store_log(ctx, key, &source, repository, tag, annotations).await;
             return Ok(report(ctx, build, outcome).await);
         }
         Action::Event(event) => {

@@ -29,7 +29,8 @@
 //! Deleting a Build releases the leases its status lists and deletes its own cache tag
 //! (`<ns>/<build>:buildcache`; a namespace's shared cache stays) and the tag of its uploaded
 //! context (`<ns>/kiln_contexts:build-<uid>`; the content stays while another Build's tag
-//! holds it, and goes with the cache's garbage collection otherwise). A cache service that stays
+//! holds it, and goes with the cache's garbage collection otherwise), and the tags of its
+//! stored build logs ([`super::build_log`]). A cache service that stays
 //! unreachable does not hold the Build forever: [`CLEANUP_DEADLINE`] after the deletion began,
 //! the finalizer lets go with a Warning Event that says what was left (the leases lapse by
 //! themselves; the tag is left to the cache's own prune).
@@ -281,7 +282,10 @@ pub fn cleanup(
         .zip(Tag::parse(CACHE_TAG).ok())
         .map(|tag| (tag_key(uid), tag));
     let context = context_tag(build, config).map(|tag| (context_tag_key(uid), tag));
-    for (key, (repository, tag)) in cache_tag.into_iter().chain(context) {
+    let logs = super::build_log::owed_deletions(build)
+        .into_iter()
+        .map(|(key, repository, tag)| (key, (repository, tag)));
+    for (key, (repository, tag)) in cache_tag.into_iter().chain(context).chain(logs) {
         let state = state(&key);
         if !state.done {
             let what = format!("tag {repository}:{tag} (left to the cache's prune)");
@@ -341,7 +345,7 @@ fn earlier(at: Timestamp, by: Duration) -> Timestamp {
 }
 
 /// A recheck at `at` (at least a second from now); none without a time.
-fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
+pub fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
     match at {
         Some(at) => {
             let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);

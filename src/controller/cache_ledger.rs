@@ -29,6 +29,8 @@ pub enum CacheCall {
     DeleteTag,
     /// `DELETE` of a repository of a namespace that no longer exists.
     DeleteRepository,
+    /// `PUT` of an ended attempt's build log.
+    StoreLog,
 }
 
 impl CacheCall {
@@ -40,6 +42,7 @@ impl CacheCall {
             CacheCall::ReleaseLease => "release_lease",
             CacheCall::DeleteTag => "delete_tag",
             CacheCall::DeleteRepository => "delete_repository",
+            CacheCall::StoreLog => "store_log",
         }
     }
 }
@@ -54,6 +57,8 @@ pub struct CallState {
     pub digests: Vec<Digest>,
     /// The release or deletion was confirmed.
     pub done: bool,
+    /// For a build log: where it was stored, once it was.
+    pub stored_log: Option<crate::crd::StoredLog>,
     /// Failed calls in a row.
     pub failures: u32,
     /// A failed call is not repeated before this time.
@@ -102,6 +107,20 @@ impl CacheLedger {
                 CallState {
                     held_until: Some(until),
                     digests,
+                    touched: Some(now),
+                    ..CallState::default()
+                },
+            );
+        });
+    }
+
+    /// A build log was stored where `log` says.
+    pub fn log_stored(&self, key: &str, log: crate::crd::StoredLog, now: Timestamp) {
+        self.with(|entries| {
+            entries.insert(
+                key.to_owned(),
+                CallState {
+                    stored_log: Some(log),
                     touched: Some(now),
                     ..CallState::default()
                 },

@@ -1,5 +1,6 @@
 //! The calls a plan makes to the cache service's admin API: take, renew and release a
-//! lease, delete a Build's cache tag (I/O: HTTP).
+//! lease, delete a Build's cache tag, store an ended attempt's build log (I/O: HTTP, and
+//! the pod's log from the Kubernetes API).
 //!
 //! None of them can fail a plan. Each is bounded by [`CALL_TIMEOUT`], so an unreachable
 //! cache service slows a reconcile by seconds at most; its outcome goes to the
@@ -9,20 +10,36 @@
 //!
 //! [`GcObserver`]: super::observer::GcObserver
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::AsyncReadExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, LogParams};
+
+use super::build_log::Tail;
 use super::cache_ledger::CacheCall;
 use super::context::Context;
 use super::decide::backoff;
 use super::plan::EventSpec;
 use crate::cacheapi::admin::{LeaseName, LeaseRequest, LeaseTarget};
 use crate::cacheapi::client::{AdminClient, AdminClientError};
+use crate::cacheapi::log::ANNOTATION_TRUNCATED;
 use crate::crd::Reason;
+use crate::crd::StoredLog;
 use crate::oci::name::{RepoName, Tag};
 use crate::report::error_chain;
 
 /// The longest an admin API call made during a reconcile may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest reading a pod's log and storing it may take (a 16 MiB log, twice over a
+/// slow link).
+pub const LOG_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The size of the pieces a log is read in.
+const LOG_PIECE: usize = 64 * 1024;
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +53,18 @@ pub enum CallError {
     /// The call took longer than [`CALL_TIMEOUT`].
     #[error("no answer within {}s", CALL_TIMEOUT.as_secs())]
     TimedOut,
+    /// The pod's log could not be read.
+    #[error("reading the log of pod {pod}")]
+    ReadLog {
+        /// The pod.
+        pod: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storing the log took longer than [`LOG_CALL_TIMEOUT`].
+    #[error("the log was not stored within {}s", LOG_CALL_TIMEOUT.as_secs())]
+    LogTimedOut,
     /// The admin API refused or failed.
     #[error(transparent)]
     Admin(#[from] AdminClientError),
@@ -106,6 +135,106 @@ pub async fn delete_tag(ctx: &Context, key: &str, repository: &RepoName, tag: &T
     settle(ctx, key, CacheCall::DeleteTag, result, || {
         format!("deleting cache tag {repository}:{tag}")
     })
+}
+
+/// Where an ended attempt's log is read from.
+pub struct LogSource<'a> {
+    /// The Build's namespace's pods.
+    pub pods: &'a Api<Pod>,
+    /// The attempt's pod.
+    pub pod: &'a str,
+    /// Its main container.
+    pub container: &'a str,
+    /// The most bytes kept (the tail).
+    pub max_bytes: u64,
+}
+
+/// Reads the log of `source` once and stores its tail at `repository:tag`, with
+/// `annotations` (and the bytes cut, when any were). Memory: the tail kept, plus a
+/// quarter of it while reading; stores run one at a time per controller.
+pub async fn store_log(
+    ctx: &Context,
+    key: &str,
+    source: &LogSource<'_>,
+    repository: &RepoName,
+    tag: &Tag,
+    annotations: &BTreeMap<String, String>,
+) -> CallOutcome {
+    let result = async {
+        let admin = ctx.cache_admin.as_ref().ok_or(CallError::NotConfigured)?;
+        let _slot = ctx.log_slot.lock().await;
+        tokio::time::timeout(LOG_CALL_TIMEOUT, async {
+            let (bytes, cut) = read_tail(source).await?;
+            let mut annotations = annotations.clone();
+            if cut > 0 {
+                annotations.insert(ANNOTATION_TRUNCATED.to_owned(), cut.to_string());
+            }
+            let stored = admin
+                .put_log(repository, tag, &annotations, Bytes::from(bytes))
+                .await?;
+            Ok(StoredLog {
+                repository: stored.repository.to_string(),
+                tag: stored.tag.to_string(),
+                digest: stored.manifest.to_string(),
+                size: stored.size,
+                truncated_bytes: cut,
+            })
+        })
+        .await
+        .unwrap_or(Err(CallError::LogTimedOut))
+    }
+    .await;
+    match result {
+        Ok(log) => {
+            tracing::debug!(
+                key,
+                size = log.size,
+                cut = log.truncated_bytes,
+                "build log stored"
+            );
+            ctx.ledger.log_stored(key, log, ctx.clock.now());
+            ctx.gc_observer.cache_call(CacheCall::StoreLog, true);
+            Ok(())
+        }
+        Err(error) => failed(
+            ctx,
+            key,
+            CacheCall::StoreLog,
+            &error,
+            format!(
+                "storing the build log of pod {} in {repository}:{tag}",
+                source.pod
+            ),
+        ),
+    }
+}
+
+/// The last `max_bytes` of the pod's log, and the bytes cut from its head.
+async fn read_tail(source: &LogSource<'_>) -> Result<(Vec<u8>, u64), CallError> {
+    let read_error = |source_error: std::io::Error| CallError::ReadLog {
+        pod: source.pod.to_owned(),
+        source: source_error,
+    };
+    let params = LogParams {
+        container: Some(source.container.to_owned()),
+        ..LogParams::default()
+    };
+    let stream = source
+        .pods
+        .log_stream(source.pod, &params)
+        .await
+        .map_err(|e| read_error(std::io::Error::other(e)))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut tail = Tail::new(source.max_bytes);
+    let mut piece = vec![0; LOG_PIECE];
+    loop {
+        let read = stream.read(&mut piece).await.map_err(read_error)?;
+        if read == 0 {
+            break;
+        }
+        tail.push(&piece[..read]);
+    }
+    Ok(tail.finish())
 }
 
 /// Records the outcome of a call that is done once it succeeds.

@@ -69,6 +69,10 @@ pub struct Config {
     pub cache_leases: bool,
     /// How long a lease holds after each renewal; it is renewed once half of it is left.
     pub lease_ttl: Duration,
+    /// The most bytes of an attempt's build log kept in the cache when the attempt ends (the
+    /// tail; the cut is marked); 0 stores no logs. Logs are stored through the admin API,
+    /// so only with [`Config::cache_leases`] on.
+    pub log_max_bytes: u64,
     /// The key that signs cache tokens: with one, each attempt of a Build that uses the
     /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`](super::context::Context::with_token_key)
     /// sets it.
@@ -86,6 +90,9 @@ pub struct Config {
     /// Name of this controller instance on Events (the pod name in a cluster).
     pub instance: Option<String>,
 }
+
+/// The default of [`Config::log_max_bytes`]: 16 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -112,6 +119,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(60),
             cache_leases: false,
             lease_ttl: Duration::from_secs(15 * 60),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             cache_token_key: None,
             running_limits: Limits::default(),
             namespace: None,

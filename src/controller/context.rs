@@ -66,6 +66,8 @@ pub struct Context {
     /// What this process knows of its admin API calls (renewals, confirmed releases,
     /// retry times).
     pub ledger: CacheLedger,
+    /// One build log stored at a time (each holds up to `--log-max-bytes` in memory).
+    pub log_slot: tokio::sync::Mutex<()>,
     /// What the API server said when it last refused an attempt's pod.
     pub refusals: PodRefusals,
     /// Receives the garbage collection's reports.
@@ -93,6 +95,7 @@ impl Context {
             node_labels: NodeLabels::default(),
             cache_admin: None,
             ledger: CacheLedger::default(),
+            log_slot: tokio::sync::Mutex::new(()),
             refusals: PodRefusals::default(),
             gc_observer: Arc::new(NoObserver),
         }

@@ -38,6 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::build_log;
 use super::cache_lease;
 use super::cachetoken;
 use super::config::Config;
@@ -388,6 +389,7 @@ impl<'a> Planner<'a> {
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         });
         if generation == self.generation && self.status.observed_generation.is_none() {
             // The pod builds the current spec: it is the run, not something to supersede.
@@ -746,6 +748,7 @@ impl<'a> Planner<'a> {
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         });
         if self.status.start_time.is_none() {
             self.status.start_time = Some(Time(self.now));
@@ -841,7 +844,8 @@ impl<'a> Planner<'a> {
             .clamp(1, MAX_ATTEMPT_HISTORY as u32) as usize;
         let len = self.status.attempts.len();
         if len > keep {
-            self.status.attempts.drain(..len - keep);
+            let left: Vec<AttemptRecord> = self.status.attempts.drain(..len - keep).collect();
+            build_log::expire(&mut self.status, &left);
         }
 
         if let Some(reason) = self.reason {
@@ -879,6 +883,15 @@ impl<'a> Planner<'a> {
             self.config,
         );
         self.recheck = self.recheck.min(leases.recheck);
+        let logs = build_log::plan(
+            self.build,
+            &mut self.status,
+            &self.observed.pods,
+            &self.observed.cache,
+            self.now,
+            self.config,
+        );
+        self.recheck = self.recheck.min(logs.recheck);
 
         let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
         let mut announce =
@@ -900,6 +913,8 @@ impl<'a> Planner<'a> {
             actions.extend(announce.take());
         }
         actions.append(&mut self.creates);
+        // A pod stopped here is read before it is deleted.
+        actions.extend(logs.actions);
         let grace = self.config.pod_grace_period;
         for pod in self.pods_to_delete() {
             actions.push(Action::DeletePod {

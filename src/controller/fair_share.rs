@@ -626,6 +626,7 @@ mod tests {
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         };
         let with = |phase: Phase, ended: bool| {
             build("a", "x", 0).with_status(BuildStatus {

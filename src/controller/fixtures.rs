@@ -16,7 +16,9 @@ use super::labels::{
     PLATFORM, PLATFORM_INDEX, attempt_labels, index_pod_name, platform_label, platform_pod_name,
     pod_name,
 };
-use super::podstate::{BUILD_CONTAINER, CONTEXT_CONTAINER, DIGEST_KEY, FETCH_CONTAINER};
+use super::podstate::{
+    BUILD_CONTAINER, CONTEXT_CONTAINER, DIGEST_KEY, FETCH_CONTAINER, INDEX_CONTAINER,
+};
 use crate::crd::Build;
 use crate::crd::fixtures::T0;
 
@@ -177,6 +179,13 @@ impl PodFixture {
     pub fn exited(self, code: i32, output: &str) -> Self {
         self.phase("Failed")
             .terminated(BUILD_CONTAINER, code, "Error", output)
+    }
+
+    /// The index pod's `index` container exited with `code`, printing `output`.
+    pub fn index_exited(self, code: i32, output: &str) -> Self {
+        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+        self.phase(phase)
+            .terminated(INDEX_CONTAINER, code, "Error", output)
     }
 
     /// The builder was killed out of memory.

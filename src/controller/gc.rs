@@ -23,7 +23,9 @@
 //! | `Expired` | pod | it finished, its attempt ended, and its retention time has passed | — |
 //!
 //! The finished pod of an ended attempt is an orphan only once its retention time is up
-//! (see [`retention`](super::retention)): until then it holds the build log. A pod listed
+//! (see [`retention`](super::retention)): until then it holds the build log. While that
+//! log is still owed to the cache ([`build_log`](super::build_log)), the pod is kept up to
+//! [`LOG_HOLD`](super::build_log::LOG_HOLD) longer. A pod listed
 //! as running whose attempt the (later) Build list shows ended by that pod's own exit
 //! (pushed, or build failed) was listed just before it exited: it is not `AttemptEnded`.
 //!
@@ -42,6 +44,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
+use super::build_log;
 use super::config::Config;
 use super::labels::{BUILD, BUILD_UID, MANAGED_BY, MANAGED_BY_KILN, attempt_of};
 use super::podstate::is_live;
@@ -256,8 +259,11 @@ fn judge(
         // retention applies from the next sweep on.
         (Kind::Pod, Some(_)) if live && ended_by_its_pod(record) => None,
         (Kind::Pod, Some(_)) if live => Some(deletion(SweepReason::AttemptEnded, Some(build))),
-        (Kind::Pod, Some(pod)) => (now >= pod_expiry(build, record, pod, config))
-            .then(|| deletion(SweepReason::Expired, Some(build))),
+        (Kind::Pod, Some(pod)) => {
+            let expiry = pod_expiry(build, record, pod, config);
+            (now >= expiry && !build_log::holds_pod(record, pod, expiry, now, config))
+                .then(|| deletion(SweepReason::Expired, Some(build)))
+        }
         (Kind::Pod, None) => None,
         (Kind::ConfigMap | Kind::Secret, _) => {
             Some(deletion(SweepReason::AttemptFinished, Some(build)))

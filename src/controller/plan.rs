@@ -9,6 +9,7 @@
 //! New kinds of work (releasing a cache lease, minting a cache token) are new [`Action`]
 //! variants: `apply` matches exhaustively, so the compiler points at every place to extend.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -119,6 +120,24 @@ pub enum Action {
         /// The tag.
         tag: Tag,
     },
+    /// Read the log of an ended attempt's pod and store its tail in the cache. Never fails
+    /// the plan, as [`Action::PutLease`].
+    StoreLog {
+        /// Its key in the ledger.
+        key: String,
+        /// The pod.
+        pod: String,
+        /// Its main container.
+        container: String,
+        /// The logs repository.
+        repository: RepoName,
+        /// The attempt's tag.
+        tag: Tag,
+        /// The artifact's annotations.
+        annotations: BTreeMap<String, String>,
+        /// The most bytes kept (the tail).
+        max_bytes: u64,
+    },
     /// Publish an Event on the Build.
     Event(EventSpec),
 }
@@ -215,6 +234,12 @@ impl fmt::Display for Action {
             Action::DeleteCacheTag {
                 repository, tag, ..
             } => write!(f, "DeleteCacheTag {repository}:{tag}"),
+            Action::StoreLog {
+                pod,
+                repository,
+                tag,
+                ..
+            } => write!(f, "StoreLog {pod} -> {repository}:{tag}"),
             Action::Event(e) => write!(
                 f,
                 "Event {} {}",

@@ -177,6 +177,7 @@ mod tests {
             message: None,
             digest: None,
             pod_retained_until: Some(Time(at(500))),
+            log: None,
         };
         assert_eq!(pod_expiry(&build, Some(&record), &pod, &config), at(500));
         record.pod_retained_until = None;

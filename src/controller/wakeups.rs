@@ -168,6 +168,7 @@ mod tests {
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         }
     }
 

@@ -281,6 +281,7 @@ impl AttemptRecord {
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         }
     }
 }

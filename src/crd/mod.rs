@@ -24,6 +24,7 @@ pub use build::{
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
 pub use status::{
     AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase, PlatformStatus,
+    StoredLog,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

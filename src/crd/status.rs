@@ -132,6 +132,13 @@ pub struct BuildStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub cache_leases: Vec<CacheLease>,
+
+    /// Stored build logs of attempts that left the history (`attemptHistory`), whose
+    /// deletion from the cache is not confirmed yet: `<repository>:<tag>`. A deletion that
+    /// fails is retried from this list, and the finalizer deletes what is left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub expired_logs: Vec<String>,
 }
 
 /// A lease on the build cache, held for one attempt so that the cache's garbage collector
@@ -186,6 +193,35 @@ pub struct AttemptRecord {
     /// a supersede is deleted at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_retained_until: Option<Time>,
+    /// Where the attempt's build log is kept once its pod is gone: set when the log was
+    /// stored in Kiln's cache (`kubectl kiln logs --attempt N` reads it there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<StoredLog>,
+}
+
+/// A build log kept in Kiln's cache as an OCI artifact (one `text/plain` blob).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredLog {
+    /// The repository on the cache service (`[<path>/]<namespace>/kiln_logs`).
+    #[schemars(length(max = 255))]
+    pub repository: String,
+    /// The tag (`build-<Build UID>-<attempt>`).
+    #[schemars(length(max = 128))]
+    pub tag: String,
+    /// Digest of the artifact's manifest.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: String,
+    /// Bytes kept.
+    pub size: u64,
+    /// Bytes cut from the head of a log longer than the controller keeps
+    /// (`--log-max-bytes`); the tail is what is kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One platform of a `Native` multi-platform attempt: its own pod, retried on its own.

@@ -1,7 +1,7 @@
 //! A stateful fake of the cache service's admin API on a loopback port, for the controller's
 //! lease and cleanup tests (test-only I/O: a socket).
 //!
-//! It keeps leases, tags and repositories in memory, follows the contract in
+//! It keeps leases, tags, repositories and stored build logs in memory, follows the contract in
 //! `kiln::cacheapi::admin` (routes, bodies, error codes), tells time by the test's
 //! `ManualClock`, logs every call, and can be switched "down" (every call answers `503`,
 //! as a restarting service would).
@@ -14,9 +14,10 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln::cacheapi::admin::{
-    AdminRoute, DuReport, LeaseReleased, LeaseRequest, LeaseResponse, LeaseTarget,
+    AdminRoute, DuReport, LeaseReleased, LeaseRequest, LeaseResponse, LeaseTarget, LogStored,
     RepositoryDeleted, RepositoryUsage, TagDeleted,
 };
+use kiln::cacheapi::log::{ANNOTATIONS_HEADER, log_manifest, parse_annotations};
 use kiln::controller::clock::{Clock, ManualClock};
 use kiln::oci::digest::Digest;
 use kiln::oci::name::RepoName;
@@ -39,12 +40,23 @@ pub struct FakeLease {
 #[derive(Default)]
 struct Store {
     leases: BTreeMap<String, FakeLease>,
-    /// `(repository, tag)` → manifest.
+    /// `(repository, tag)` → manifest (build logs included).
     tags: BTreeMap<(String, String), Digest>,
     /// Repositories without tags count too.
     repositories: BTreeSet<String>,
     mirrors: BTreeSet<String>,
+    /// `(repository, tag)` → a stored build log.
+    logs: BTreeMap<(String, String), FakeLog>,
     calls: Vec<String>,
+}
+
+/// A build log as the fake keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeLog {
+    /// The log's bytes.
+    pub bytes: Vec<u8>,
+    /// The annotations the request carried.
+    pub annotations: BTreeMap<String, String>,
 }
 
 struct Shared {
@@ -124,6 +136,15 @@ impl FakeCache {
             .collect()
     }
 
+    /// The stored build logs, by `repository:tag`.
+    pub fn logs(&self) -> BTreeMap<String, FakeLog> {
+        self.store()
+            .logs
+            .iter()
+            .map(|((r, t), log)| (format!("{r}:{t}"), log.clone()))
+            .collect()
+    }
+
     /// The repositories.
     pub fn repositories(&self) -> Vec<String> {
         self.store().repositories.iter().cloned().collect()
@@ -170,7 +191,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let Ok(route) = AdminRoute::parse(&path) else {
         return error(StatusCode::NOT_FOUND, "NAME_INVALID", "no such route");
     };
-    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+    let annotations = request
+        .headers()
+        .get(ANNOTATIONS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(parse_annotations);
+    let body = axum::body::to_bytes(request.into_body(), 64 << 20)
         .await
         .unwrap_or_default();
     let now = u64::try_from(shared.clock.now().as_second()).unwrap_or(0);
@@ -217,7 +243,33 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             let released = store.leases.remove(name.as_str()).is_some();
             axum::Json(LeaseReleased { released }).into_response()
         }
+        ("PUT", AdminRoute::Log { name, tag }) => {
+            let Some(Ok(annotations)) = annotations else {
+                return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "annotations");
+            };
+            let blob = Digest::of(&body);
+            let manifest = Digest::of(&log_manifest(&blob, body.len() as u64, &annotations));
+            let key = (name.to_string(), tag.to_string());
+            store.repositories.insert(name.to_string());
+            store.tags.insert(key.clone(), manifest);
+            store.logs.insert(
+                key,
+                FakeLog {
+                    bytes: body.to_vec(),
+                    annotations,
+                },
+            );
+            axum::Json(LogStored {
+                repository: name,
+                tag,
+                manifest,
+                blob,
+                size: body.len() as u64,
+            })
+            .into_response()
+        }
         ("DELETE", AdminRoute::Tag { name, tag }) => {
+            store.logs.remove(&(name.to_string(), tag.to_string()));
             match store.tags.remove(&(name.to_string(), tag.to_string())) {
                 Some(manifest) => axum::Json(TagDeleted {
                     repository: name,

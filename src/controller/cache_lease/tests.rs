@@ -32,6 +32,7 @@ fn attempt(ended: Option<i64>) -> AttemptRecord {
         message: None,
         digest: None,
         pod_retained_until: None,
+        log: None,
     }
 }
 

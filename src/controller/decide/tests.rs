@@ -731,6 +731,77 @@ fn cancel_deletes_the_running_pod_with_a_grace_period() {
 }
 
 #[test]
+fn an_ended_attempt_has_its_log_stored_after_the_status_says_how_it_ended() {
+    let build = running(Build::test("app"));
+    let observed = with_pods([PodFixture::for_build(&build, 1).pushed(DIGEST)]);
+    let plan = decide(&build, &observed, at(100), &with_cache(true, false));
+    let described = plan.describe();
+    assert_eq!(described[0], "WriteStatus Succeeded/Succeeded attempt=1");
+    assert!(
+        described.contains(&"StoreLog app-1 -> default/kiln_logs:build-uid-app-1".to_owned()),
+        "{described:?}"
+    );
+    // Without the admin API, no log is stored.
+    let plan = decide(&build, &observed, at(100), &config());
+    assert!(!plan.describe().iter().any(|a| a.starts_with("StoreLog")));
+}
+
+#[test]
+fn a_cancelled_pod_is_read_before_it_is_deleted() {
+    let build = running(Build::test("app")).cancel().generation(2);
+    let plan = decide(
+        &build,
+        &with_pods([PodFixture::for_build(&build, 1).running()]),
+        at(100),
+        &with_cache(true, false),
+    );
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Cancelled/Cancelled attempt=1",
+            "StoreLog app-1 -> default/kiln_logs:build-uid-app-1",
+            "DeletePod app-1 grace=30s",
+            "Event Normal Cancelled"
+        ]
+    );
+}
+
+#[test]
+fn an_attempt_leaving_the_history_hands_its_stored_log_to_the_expired_list() {
+    let mut build = Build::test("app").generation(2);
+    build.spec.retention = Some(crate::crd::Retention {
+        attempt_history: Some(1),
+        ..Default::default()
+    });
+    let mut first = AttemptRecord::test(1, "app-1", Some(AttemptResult::Failed));
+    first.log = Some(crate::crd::StoredLog {
+        repository: "default/kiln_logs".into(),
+        tag: "build-uid-app-1".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        size: 10,
+        truncated_bytes: 0,
+    });
+    let build = build.with_status(BuildStatus {
+        phase: Some(Phase::Failed),
+        attempt: 1,
+        observed_generation: Some(1),
+        attempts: vec![first],
+        ..BuildStatus::default()
+    });
+    let plan = decide(&build, &none(), at(100), &with_cache(true, false));
+    let s = status(&plan);
+    assert_eq!(s.attempts.len(), 1);
+    assert_eq!(s.attempts[0].attempt, 2);
+    assert_eq!(s.expired_logs, ["default/kiln_logs:build-uid-app-1"]);
+    assert!(
+        plan.describe()
+            .contains(&"DeleteCacheTag default/kiln_logs:build-uid-app-1".to_owned()),
+        "{:?}",
+        plan.describe()
+    );
+}
+
+#[test]
 fn a_build_cancelled_before_it_started_never_gets_a_pod() {
     let plan = decide_at(&Build::test("app").cancel(), &none(), 0);
     assert_eq!(
@@ -1199,6 +1270,7 @@ mod one_pod_per_attempt {
                     | Action::PutLease { .. }
                     | Action::ReleaseLease { .. }
                     | Action::DeleteCacheTag { .. }
+                    | Action::StoreLog { .. }
                     | Action::Event(_) => {}
                 }
             }
@@ -1414,6 +1486,7 @@ fn lease_is_released_in_the_decision_that_ends_its_attempt() {
         [
             "WriteStatus Succeeded/Succeeded attempt=1",
             "ReleaseLease build-uid-app-1",
+            "StoreLog app-1 -> default/kiln_logs:build-uid-app-1",
             "Event Normal Succeeded"
         ]
     );

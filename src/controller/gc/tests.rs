@@ -28,6 +28,7 @@ fn record(attempt: u32, ended: Option<i64>, retained_until: Option<i64>) -> Atte
         message: None,
         digest: None,
         pod_retained_until: retained_until.map(|s| Time(at(s))),
+        log: None,
     }
 }
 
