@@ -262,6 +262,52 @@ async fn logs_explain_a_build_without_attempts_and_a_pod_that_is_gone() {
     assert!(out.is_empty());
 }
 
+#[tokio::test]
+async fn logs_of_a_gone_pod_point_at_the_stored_log_of_its_attempt() {
+    let mut status = status(Phase::Failed, 2, Some(AttemptResult::Failed));
+    let log = kiln::crd::StoredLog {
+        repository: "default/kiln_logs".into(),
+        tag: "build-uid-app-1".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        size: 42,
+        truncated_bytes: 0,
+    };
+    status.attempts[0].log = Some(log.clone());
+    let client = fake_api(vec![json_of(Build::test("app").with_status(status))], None).await;
+    let request = |attempt, container: &str| LogRequest {
+        attempt: Some(attempt),
+        follow: false,
+        container: container.into(),
+        tail: None,
+    };
+    let mut out = Vec::new();
+    let error = api::logs(&client, "default", "app", &request(1, "build"), &mut out)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, PluginError::LogStored { pod, attempt: 1, log: l } if pod == "app-1" && *l == log),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "pod app-1 of attempt 1 is gone; its log is kept in Kiln's cache as default/kiln_logs:build-uid-app-1"
+    );
+    // The fetch container's log is not the one kept; attempt 2 kept none.
+    for (attempt, container) in [(1, "fetch-context"), (2, "build")] {
+        let error = api::logs(
+            &client,
+            "default",
+            "app",
+            &request(attempt, container),
+            &mut out,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, PluginError::PodGone { .. }), "{error:?}");
+    }
+    assert!(out.is_empty());
+}
+
 /// A native Build of two platforms on its second attempt, which failed: linux/amd64
 /// pushed, linux/arm64 failed in its retried pod (try 2). Attempt 1 was native too.
 fn native_failed() -> Build {

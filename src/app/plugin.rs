@@ -26,7 +26,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::app::CliResult;
 use crate::cacheapi::client::AdminClient;
 use crate::controller::podstate::BUILD_CONTAINER;
-use crate::crd::Phase;
+use crate::crd::{Phase, StoredLog};
 use crate::plugin::api::{CancelRequest, ListScope, LogRequest};
 use crate::plugin::error::PluginError;
 use crate::plugin::forward::CacheTarget;
@@ -185,6 +185,10 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<i64>,
+    /// Where Kiln's cache runs: once the pod is gone, the log kept there is read through
+    /// the cache's admin API.
+    #[command(flatten)]
+    pub cache: CacheFlags,
 }
 
 /// `kubectl kiln cache …` commands.
@@ -197,6 +201,17 @@ pub enum PluginCacheCommand {
 /// Flags of `cache du`.
 #[derive(Debug, clap::Args)]
 pub struct CacheDuArgs {
+    /// Where the cache service runs.
+    #[command(flatten)]
+    pub cache: CacheFlags,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to reach the cache service's admin API from a workstation.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheFlags {
     /// Namespace Kiln is installed in.
     #[arg(long, default_value = "kiln-system")]
     pub cache_namespace: String,
@@ -215,9 +230,6 @@ pub struct CacheDuArgs {
     /// Read the admin token from this file instead of the Secret.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Connects with the kubeconfig the flags name (or `$KUBECONFIG`, `~/.kube/config`, the
@@ -301,6 +313,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
             container,
             tail,
             platform,
+            cache,
         }) => {
             let request = LogRequest {
                 attempt,
@@ -308,7 +321,7 @@ pub async fn run(args: PluginArgs) -> CliResult {
                 container,
                 tail,
             };
-            crate::plugin::api::logs_of(
+            let read = crate::plugin::api::logs_of(
                 &client,
                 &namespace,
                 &name,
@@ -316,7 +329,17 @@ pub async fn run(args: PluginArgs) -> CliResult {
                 platform.as_deref(),
                 &mut stdout,
             )
-            .await?;
+            .await;
+            match read {
+                Err(PluginError::LogStored { pod, attempt, log }) => {
+                    eprintln!(
+                        "pod {pod} of attempt {attempt} is gone: reading its log from Kiln's cache ({}:{})",
+                        log.repository, log.tag
+                    );
+                    stored_log(client, &kube, &cache, attempt, &log, tail, &mut stdout).await?;
+                }
+                other => other?,
+            }
         }
         PluginCommand::Cancel(NameArgs { name }) => {
             match crate::plugin::api::cancel(&client, &namespace, &name).await? {
@@ -419,45 +442,11 @@ async fn cache_du(
     now: Timestamp,
     out: &mut dyn std::io::Write,
 ) -> Result<(), PluginError> {
-    let CacheDuArgs {
-        cache_namespace,
-        cache_service,
-        admin_token_secret,
-        admin_token_key,
-        server,
-        admin_token_file,
-        json,
-    } = args;
-    let target = CacheTarget {
-        namespace: cache_namespace,
-        service: cache_service,
-        admin_secret: admin_token_secret,
-        admin_secret_key: admin_token_key,
-    };
+    let CacheDuArgs { cache, json } = args;
     let mut client = None;
-    let token = match admin_token_file {
-        Some(path) => std::fs::read_to_string(&path)
-            .map(|t| t.trim_end().to_owned())
-            .map_err(|source| PluginError::AdminTokenFile {
-                path: path.display().to_string(),
-                source,
-            })?,
-        None => {
-            crate::plugin::forward::admin_token(connected(&mut client, kube).await?, &target)
-                .await?
-        }
-    };
     // The forward lives until the report is read.
-    let (url, _forward) = match server {
-        Some(url) => (url, None),
-        None => {
-            let forward =
-                crate::plugin::forward::forward(connected(&mut client, kube).await?, &target)
-                    .await?;
-            (forward.url.clone(), Some(forward))
-        }
-    };
-    let report = AdminClient::new(&url, token)?.du().await?;
+    let (admin, _forward) = admin_session(&mut client, kube, &cache).await?;
+    let report = admin.du().await?;
     let text = if json {
         let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
         text.push('\n');
@@ -466,6 +455,72 @@ async fn cache_du(
         crate::cacheapi::render::du(&report, u64::try_from(now.as_second()).unwrap_or(0))
     };
     print(out, &text)
+}
+
+/// A client of the cache's admin API, through a port forwarded to the cache pod unless
+/// `--server` names it (the forward, when there is one, lives as long as it is held).
+async fn admin_session(
+    client: &mut Option<Client>,
+    kube: &KubeFlags,
+    flags: &CacheFlags,
+) -> Result<(AdminClient, Option<crate::plugin::forward::Forward>), PluginError> {
+    let CacheFlags {
+        cache_namespace,
+        cache_service,
+        admin_token_secret,
+        admin_token_key,
+        server,
+        admin_token_file,
+    } = flags.clone();
+    let target = CacheTarget {
+        namespace: cache_namespace,
+        service: cache_service,
+        admin_secret: admin_token_secret,
+        admin_secret_key: admin_token_key,
+    };
+    let token = match admin_token_file {
+        Some(path) => std::fs::read_to_string(&path)
+            .map(|t| t.trim_end().to_owned())
+            .map_err(|source| PluginError::AdminTokenFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => {
+            crate::plugin::forward::admin_token(connected(client, kube).await?, &target).await?
+        }
+    };
+    let (url, forward) = match server {
+        Some(url) => (url, None),
+        None => {
+            let forward =
+                crate::plugin::forward::forward(connected(client, kube).await?, &target).await?;
+            (forward.url.clone(), Some(forward))
+        }
+    };
+    Ok((AdminClient::new(&url, token)?, forward))
+}
+
+/// Prints the stored log of an attempt whose pod is gone, as the pod would have.
+async fn stored_log(
+    client: Client,
+    kube: &KubeFlags,
+    flags: &CacheFlags,
+    attempt: u32,
+    log: &StoredLog,
+    tail: Option<i64>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), PluginError> {
+    let mut client = Some(client);
+    let (admin, _forward) = admin_session(&mut client, kube, flags).await.map_err(|e| {
+        PluginError::StoredLogUnreadable {
+            attempt,
+            reference: format!("{}:{}", log.repository, log.tag),
+            cause: crate::report::error_chain(&e),
+        }
+    })?;
+    let bytes = crate::plugin::api::read_stored_log(&admin, attempt, log).await?;
+    out.write_all(crate::plugin::api::last_lines(&bytes, tail))
+        .map_err(PluginError::Write)
 }
 
 /// The client in `slot`, connecting first if there is none yet.

@@ -15,10 +15,12 @@ use serde_json::json;
 
 use super::error::PluginError;
 use super::render::{FailedLog, StatusReport, tail};
+use crate::cacheapi::client::AdminClient;
 use crate::controller::labels::{PLATFORM_INDEX, index_pod_name, platform_pod_name, pod_name};
 use crate::controller::podstate::{BUILD_CONTAINER, INDEX_CONTAINER};
 use crate::crd::build::RERUN_ANNOTATION;
-use crate::crd::{AttemptResult, Build, Phase, PlatformStatus};
+use crate::crd::{AttemptResult, Build, Phase, PlatformStatus, StoredLog};
+use crate::oci::name::{RepoName, Tag};
 use crate::oci::platform::Platform;
 
 /// Field manager of the plugin's writes.
@@ -655,7 +657,10 @@ pub async fn logs_of(
                 platform,
                 why,
             },
-            None => PluginError::PodGone { pod, attempt },
+            None => match stored_log(&build, attempt, &pod, &container) {
+                Some(log) => PluginError::LogStored { pod, attempt, log },
+                None => PluginError::PodGone { pod, attempt },
+            },
         });
     }
     let params = LogParams {
@@ -675,6 +680,63 @@ pub async fn logs_of(
         out.write_all(text.as_bytes()).map_err(PluginError::Write)?;
     }
     Ok(())
+}
+
+/// Where the log of `pod`'s `container` in attempt `attempt` is kept, once the pod is
+/// gone: the attempt's stored log is its pod's main container's (`build`, or `index`).
+pub fn stored_log(build: &Build, attempt: u32, pod: &str, container: &str) -> Option<StoredLog> {
+    let record = build
+        .status
+        .as_ref()?
+        .attempts
+        .iter()
+        .find(|a| a.attempt == attempt && a.pod_name == pod)?;
+    matches!(container, BUILD_CONTAINER | INDEX_CONTAINER)
+        .then(|| record.log.clone())
+        .flatten()
+}
+
+/// The stored log `log` of attempt `attempt`, read from Kiln's cache through its admin
+/// API.
+pub async fn read_stored_log(
+    admin: &AdminClient,
+    attempt: u32,
+    log: &StoredLog,
+) -> Result<bytes::Bytes, PluginError> {
+    let unreadable = |cause: String| PluginError::StoredLogUnreadable {
+        attempt,
+        reference: format!("{}:{}", log.repository, log.tag),
+        cause,
+    };
+    let (repository, tag) = RepoName::parse(&log.repository)
+        .ok()
+        .zip(Tag::parse(&log.tag).ok())
+        .ok_or_else(|| unreadable("the status names no valid repository and tag".to_owned()))?;
+    let stored = admin
+        .get_log(&repository, &tag)
+        .await
+        .map_err(|e| unreadable(crate::report::error_chain(&e)))?
+        .ok_or_else(|| unreadable("the cache no longer holds it".to_owned()))?;
+    Ok(stored.bytes)
+}
+
+/// The last `lines` lines of `text` (all of it without a count), as `--tail` reads a pod.
+pub fn last_lines(text: &[u8], lines: Option<i64>) -> &[u8] {
+    let Some(lines) = lines.and_then(|n| usize::try_from(n).ok()) else {
+        return text;
+    };
+    if lines == 0 {
+        return &[];
+    }
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let start = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(lines - 1)
+        .map_or(0, |(at, _)| at + 1);
+    &text[start..]
 }
 
 /// Why a container has not started yet, or `None` when its log can be read.
@@ -721,6 +783,18 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+
+    #[test]
+    fn last_lines_reads_the_tail_as_the_pod_log_would() {
+        let log = b"a\nb\nc\n";
+        assert_eq!(last_lines(log, None), log);
+        assert_eq!(last_lines(log, Some(2)), b"b\nc\n");
+        assert_eq!(last_lines(log, Some(3)), log);
+        assert_eq!(last_lines(log, Some(10)), log);
+        assert_eq!(last_lines(log, Some(0)), b"");
+        assert_eq!(last_lines(b"a\nb", Some(1)), b"b");
+        assert_eq!(last_lines(log, Some(-1)), log, "negative: all, as kubectl");
+    }
     use crate::crd::fixtures::at;
     use crate::crd::{AttemptRecord, BuildStatus, PlatformStrategy};
 

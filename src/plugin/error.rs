@@ -89,6 +89,33 @@ pub enum PluginError {
         /// The attempt.
         attempt: u32,
     },
+    /// The attempt's pod no longer exists, and its log is kept in Kiln's cache: what reads
+    /// it there takes over.
+    #[error(
+        "pod {pod} of attempt {attempt} is gone; its log is kept in Kiln's cache as {}:{}",
+        log.repository,
+        log.tag
+    )]
+    LogStored {
+        /// The pod.
+        pod: String,
+        /// The attempt.
+        attempt: u32,
+        /// Where the log is kept.
+        log: crate::crd::StoredLog,
+    },
+    /// The stored log of an attempt could not be read from Kiln's cache.
+    #[error(
+        "the log of attempt {attempt} is kept in Kiln's cache as {reference}, which could not be read: {cause}. Reading it goes through the cache's admin API: it needs the admin token Secret and a port-forward in Kiln's namespace (get secrets, create pods/portforward), or --server and --admin-token-file"
+    )]
+    StoredLogUnreadable {
+        /// The attempt.
+        attempt: u32,
+        /// `<repository>:<tag>`.
+        reference: String,
+        /// What failed.
+        cause: String,
+    },
     /// The attempt ran one pod per platform, and `logs` was not told which one to read.
     #[error(
         "Build {namespace}/{name} builds {} natively (attempt {attempt}): pass {}",

@@ -456,6 +456,7 @@ mod tests {
                 message: message.map(str::to_owned),
                 digest: (result == AttemptResult::Succeeded).then(|| DIGEST.to_owned()),
                 pod_retained_until: None,
+                log: None,
             };
         let last = if phase == Phase::Succeeded {
             AttemptResult::Succeeded
@@ -604,6 +605,7 @@ Last log lines of pod app-2:
             message: None,
             digest: None,
             pod_retained_until: None,
+            log: None,
         }];
         let platform = |name: &str, phase, reason, pod: &str| PlatformStatus {
             platform: name.into(),
