@@ -1094,6 +1094,165 @@ async fn e2e_a_failing_step_fails_the_build_with_its_log_tail() {
     );
 }
 
+/// A finished build's log outlives its pod: the installed controller stores it in the
+/// cache when the attempt ends, the status says where, `kubectl kiln logs` reads the same
+/// bytes there once the pod is gone, it counts under its namespace in `du`, and deleting
+/// the Build deletes it.
+#[tokio::test]
+async fn e2e_a_build_log_outlives_its_pod_in_the_cache() {
+    use kiln::plugin::forward::{self, CacheTarget};
+    let test = "e2e_a_build_log_outlives_its_pod_in_the_cache";
+    let Some((client, registry, release_namespace)) = installed_cluster_with_registry(test).await
+    else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "stored-log", Some(&registry)).await;
+    let marker = format!("kiln-log-marker-{}", scene.namespace);
+    let (build, _) = scene
+        .run(
+            inline_build(
+                "logged",
+                &format!("FROM busybox:1.36\nRUN echo {marker} && seq 1 2000\n"),
+                &format!("{registry}/kiln-e2e/{}:logged", scene.namespace),
+            ),
+            Duration::from_secs(600),
+        )
+        .await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    let request = kiln::plugin::api::LogRequest {
+        attempt: None,
+        follow: false,
+        container: kiln::controller::podstate::BUILD_CONTAINER.to_owned(),
+        tail: None,
+    };
+    let mut from_pod = Vec::new();
+    kiln::plugin::api::logs(
+        &scene.client,
+        &scene.namespace,
+        "logged",
+        &request,
+        &mut from_pod,
+    )
+    .await
+    .expect("kubectl kiln logs while the pod exists");
+
+    let ended = Timestamp::now();
+    let recorded = scene
+        .wait("logged", Duration::from_secs(60), |b| {
+            b.status
+                .as_ref()
+                .and_then(|s| s.attempts.first())
+                .is_some_and(|a| a.log.is_some())
+        })
+        .await;
+    let log = recorded.status.as_ref().unwrap().attempts[0]
+        .log
+        .clone()
+        .unwrap();
+    record_timing(
+        "stored-log",
+        &format!(
+            "build log stored: {} bytes, recorded in the status {:.1}s after the Build was seen Succeeded",
+            log.size,
+            Timestamp::now().duration_since(ended).as_secs_f64()
+        ),
+    );
+    assert_eq!(log.repository, format!("{}/kiln_logs", scene.namespace));
+    assert_eq!(log.truncated_bytes, 0);
+
+    // The pod goes (as its retention would have it go), and the log is read from the cache.
+    let pod = recorded.status.as_ref().unwrap().attempts[0]
+        .pod_name
+        .clone();
+    let pods: Api<Pod> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    pods.delete(&pod, &DeleteParams::default())
+        .await
+        .expect("delete the finished pod");
+    for _ in 0..60 {
+        if pods.get_opt(&pod).await.expect("get the pod").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut nothing = Vec::new();
+    let gone = kiln::plugin::api::logs(
+        &scene.client,
+        &scene.namespace,
+        "logged",
+        &request,
+        &mut nothing,
+    )
+    .await;
+    let Err(kiln::plugin::error::PluginError::LogStored { log: named, .. }) = gone else {
+        panic!("the plugin should find the stored log: {gone:?}");
+    };
+    assert_eq!(named, log);
+    let target = CacheTarget {
+        namespace: release_namespace.clone(),
+        service: "kiln-cache".to_owned(),
+        admin_secret: "kiln-cache-admin-token".to_owned(),
+        admin_secret_key: "token".to_owned(),
+    };
+    let token = forward::admin_token(&scene.client, &target)
+        .await
+        .expect("the admin token");
+    let local = forward::forward(&scene.client, &target)
+        .await
+        .expect("a port-forward to the cache");
+    let admin =
+        kiln::cacheapi::client::AdminClient::new(&local.url, token).expect("an admin client");
+    let stored = kiln::plugin::api::read_stored_log(&admin, 1, &log)
+        .await
+        .expect("the stored log");
+    assert_eq!(stored.len() as u64, log.size);
+    assert!(
+        String::from_utf8_lossy(&stored).contains(&marker),
+        "the stored log lacks the RUN step's output"
+    );
+    assert_eq!(
+        stored.as_ref(),
+        from_pod.as_slice(),
+        "the stored log is the pod's log, byte for byte"
+    );
+    let repositories = cache_repositories(&scene.client, &release_namespace).await;
+    assert!(
+        repositories.contains(&log.repository),
+        "du does not list {}: {repositories:?}",
+        log.repository
+    );
+
+    // Deleting the Build deletes its stored log.
+    scene
+        .builds()
+        .delete("logged", &DeleteParams::default())
+        .await
+        .expect("delete the Build");
+    let mut left = true;
+    for _ in 0..60 {
+        if scene
+            .builds()
+            .get_opt("logged")
+            .await
+            .expect("get the Build")
+            .is_none()
+        {
+            left = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(!left, "the Build's finalizer did not finish");
+    let repository = kiln::oci::name::RepoName::parse(&log.repository).unwrap();
+    let tag = kiln::oci::name::Tag::parse(&log.tag).unwrap();
+    let after = admin
+        .get_log(&repository, &tag)
+        .await
+        .expect("ask the cache");
+    scene.finish().await;
+    assert!(after.is_none(), "the stored log outlived its Build");
+}
+
 /// `spec.buildArgs` and `spec.target` reach BuildKit: the pushed image is the target
 /// stage, with the argument's value in its labels.
 #[tokio::test]
