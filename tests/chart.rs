@@ -309,6 +309,7 @@ fn assert_controller_rbac(objects: &[Value], leader_election: bool) {
             &["get", "list", "watch", "create", "delete"],
         ),
         grant("", "secrets", &["get", "list", "create", "delete"]),
+        grant("", "pods/log", &["get"]),
         grant("", "serviceaccounts", &["get"]),
         grant("", "namespaces", &["list", "watch"]),
         grant("", "nodes", &["list", "watch"]),
