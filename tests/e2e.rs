@@ -1137,7 +1137,6 @@ async fn e2e_a_build_log_outlives_its_pod_in_the_cache() {
     .await
     .expect("kubectl kiln logs while the pod exists");
 
-    let ended = Timestamp::now();
     let recorded = scene
         .wait("logged", Duration::from_secs(60), |b| {
             b.status
@@ -1150,12 +1149,16 @@ async fn e2e_a_build_log_outlives_its_pod_in_the_cache() {
         .log
         .clone()
         .unwrap();
+    let ended = recorded.status.as_ref().unwrap().attempts[0]
+        .completion_time
+        .clone()
+        .expect("the attempt ended");
     record_timing(
         "stored-log",
         &format!(
-            "build log stored: {} bytes, recorded in the status {:.1}s after the Build was seen Succeeded",
+            "build log stored: {} bytes, seen recorded in the status at most {:.1}s after the attempt ended",
             log.size,
-            Timestamp::now().duration_since(ended).as_secs_f64()
+            Timestamp::now().duration_since(ended.0).as_secs_f64()
         ),
     );
     assert_eq!(log.repository, format!("{}/kiln_logs", scene.namespace));
