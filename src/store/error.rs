@@ -91,7 +91,7 @@ pub enum StoreError {
     /// A repository name or tag is not acceptable to the store.
     #[error("invalid {what} {value:?}: {reason}")]
     NameInvalid {
-        /// `"repository"`, `"tag"` or `"lease name"`.
+        /// `"repository"`, `"tag"`, `"lease name"`, `"build UID"` or `"image"`.
         what: &'static str,
         /// The value given.
         value: String,

@@ -180,6 +180,10 @@ impl Store {
                 .map_err(StoreError::db("create tables"))?;
             txn.open_table(tables::UPLOADS)
                 .map_err(StoreError::db("create tables"))?;
+            // Added after the first release: a store written before it gains the empty
+            // table here, with nothing to move.
+            txn.open_table(tables::BASES)
+                .map_err(StoreError::db("create tables"))?;
             Ok(())
         })?;
         let report = store.recover()?;

@@ -12,7 +12,9 @@
 //! 3. GC runs online and never removes what is reachable from a tag, a lease, a blob being
 //!    written, or a blob younger than the grace window (see [`sweep`] for why).
 //! 4. Every mutation is ONE redb transaction that updates every table it touches; after
-//!    `prune --all` (no leases) [`Store::table_rows`] is all zeros and no file is left.
+//!    `prune --all` (no leases, no stored logs, no base image records)
+//!    [`Store::table_rows`] is all zeros and no file is left. Base image records
+//!    ([`bases`]) are not content: a prune leaves them, and GC drops them by age.
 //! 5. After a crash, [`Store::open`] recovers, and [`Store::verify`] finds the store clean.
 //! 6. Every listing is sorted; no decision depends on hash-map order.
 //!
@@ -40,6 +42,8 @@
 //! | mirror: store an upstream manifest | [`Store::put_mirrored_manifest`] (references fetched on demand) |
 //! | mirror: fetch a blob by digest | [`Store::ingest`] → [`Ingest::Present`] / [`Ingest::Write`] (a [`BlobWriter`]; commit with the digest) / [`Ingest::Wait`] (then [`Store::link`] into the repo) |
 //! | admin: leases | [`Store::lease_acquire`] (targets: digests or `repo:tag`, pinned at acquire), [`Store::lease_extend`], [`Store::lease_release`], [`Store::leases`] |
+//! | mirror: a build resolved a base image by tag | [`Store::record_base`] (at most [`MAX_BASES_PER_BUILD`] per Build) |
+//! | admin: base images | [`Store::bases`], [`Store::forget_bases`]; GC drops rows older than [`BASES_MAX_AGE`] |
 //! | admin: GC / du / verify | [`Store::gc`] ([`GcOptions`], [`Policy`], `dry_run`) → [`GcReport`]; [`Store::du`] → [`DiskUsage`]; [`Store::verify`] → [`VerifyFindings`] |
 //! | timers | [`Store::flush_access`] (batched last-access writes), [`Store::gc`] |
 //! | shutdown | [`Store::close`] |
@@ -55,6 +59,7 @@
 //! build-scoped tag.
 
 mod backend;
+pub mod bases;
 #[cfg(any(test, feature = "testing"))]
 pub mod bench_support;
 pub mod blobs;
@@ -85,6 +90,7 @@ mod contract;
 #[cfg(test)]
 mod model;
 
+pub use bases::{BASES_MAX_AGE, BaseResolution, MAX_BASES_PER_BUILD};
 pub use blobs::{BlobReader, BlobWriter, Ingest, IngestWaiter};
 pub use clock::StoreClock;
 pub use du::{DiskUsage, DuRoot};

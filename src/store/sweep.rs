@@ -18,6 +18,7 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 
 use crate::oci::digest::{Digest, KEY_MAX};
+use crate::store::bases::BASES_MAX_AGE;
 use crate::store::error::{Result, StoreError};
 use crate::store::flight::{FlightGuard, lock};
 use crate::store::gc::{self, GcPlan, GcReason, Graph, ManifestEdges, Node, Policy, SweepItem};
@@ -114,6 +115,9 @@ pub struct GcReport {
     pub removed: Vec<Removal>,
     /// Removals beyond the listing limit (counted, logged, not listed).
     pub removed_not_listed: u64,
+    /// Base image records older than [`crate::store::BASES_MAX_AGE`] removed (or, dry,
+    /// that would be). Records, not content: no bytes are freed.
+    pub bases_expired: u64,
     /// Time spent marking.
     pub mark_ms: u64,
     /// Time spent sweeping.
@@ -307,6 +311,9 @@ impl Store {
         self.flush_access()?;
         let started = Instant::now();
         let now = self.inner.clock.now_ms();
+        // First, in a transaction of its own: these rows reach no content, so the mark
+        // need not see them, and a failure here leaves the content untouched.
+        let bases_expired = self.expire_bases(now, BASES_MAX_AGE, options.dry_run)?;
         // The barrier is on before the snapshot, so nothing committed after it is missed.
         *lock(&self.inner.barrier) = Some(Vec::new());
         let _barrier = BarrierOff(self);
@@ -341,6 +348,7 @@ impl Store {
             held_by_leases: plan.held_by_leases,
             held_by_pushes: plan.held_by_pushes,
             mark_ms: elapsed_ms(started),
+            bases_expired,
             ..GcReport::default()
         };
         let sweep_started = Instant::now();
@@ -357,6 +365,7 @@ impl Store {
             manifests = report.manifests_removed,
             tags = report.tags_removed,
             leases = report.leases_removed,
+            bases = report.bases_expired,
             bytes_freed = report.bytes_freed,
             kept = report.kept_by_concurrent_writes,
             mark_ms = report.mark_ms,

@@ -32,6 +32,9 @@ pub const REFERRERS: TableDefinition<(&[u8], &[u8]), ()> = TableDefinition::new(
 pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// upload id → [`UploadRow`] as JSON.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// (Build UID, image, tag) → [`BaseRow`] as JSON: what a build's pull of a base image by
+/// tag resolved to. Keyed by the Build first, so one Build's rows are one range.
+pub const BASES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("bases");
 
 /// A blob row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +150,15 @@ pub struct UploadRow {
     pub repo: String,
     /// When it started (ms after the epoch).
     pub started_ms: u64,
+}
+
+/// A base image resolution row: the digest a tag resolved to, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRow {
+    /// The manifest or index digest the tag resolved to.
+    pub digest: Digest,
+    /// When (ms after the epoch).
+    pub resolved_ms: u64,
 }
 
 /// Encodes a JSON row.
