@@ -5,7 +5,8 @@
 //! registry's body, `{"errors":[{"code","message","detail"}]}` ([`super::ErrorBody`]), with
 //! the OCI codes: `UNAUTHORIZED` (401) without the admin token, `DENIED` (403) with a build
 //! token, `NAME_INVALID`/`MANIFEST_INVALID` (400) for bad names and bodies,
-//! `NAME_UNKNOWN`/`MANIFEST_UNKNOWN` (404), `UNKNOWN` (500).
+//! `NAME_UNKNOWN`/`MANIFEST_UNKNOWN` (404), `UNAVAILABLE` (503) when a mirror's upstream
+//! cannot answer, `UNKNOWN` (500).
 //!
 //! | method | path | request body | success |
 //! | --- | --- | --- | --- |
@@ -18,6 +19,9 @@
 //! | `DELETE` | `/admin/v1/repositories/<name>` | — | `200` [`RepositoryDeleted`]; `404 NAME_UNKNOWN` |
 //! | `PUT` | `/admin/v1/logs/<name>/_tags/<tag>` | the log (`text/plain`), header `kiln-annotations` | `200` [`LogStored`] |
 //! | `GET` | `/admin/v1/logs/<name>/_tags/<tag>` | — | `200` the log (`text/plain; charset=utf-8`), header `kiln-annotations`; `404 MANIFEST_UNKNOWN` |
+//! | `GET` | `/admin/v1/builds/<uid>/bases` | — | `200` [`BaseImages`] (empty when none) |
+//! | `DELETE` | `/admin/v1/builds/<uid>/bases` | — | `200` [`BasesForgotten`] |
+//! | `POST` | `/admin/v1/mirror/resolve` | [`ResolveRequest`] | `200` [`Resolved`]; `404 NAME_UNKNOWN` (not a mirror), `404 MANIFEST_UNKNOWN`, `503 UNAVAILABLE` |
 //!
 //! * **du**: disk usage of the store, per repository, in the spirit of `buildctl du`.
 //! * **prune**: removes cache entries by one policy: everything unprotected (`all`), the
@@ -49,6 +53,26 @@
 //!   [`LogStored::manifest`]. `GET` answers the log and the manifest's annotations, or
 //!   `400 MANIFEST_INVALID` when the tag holds something other than a log. A log is
 //!   deleted like any tag, with the `DELETE` on `/admin/v1/repositories/<name>/_tags/<tag>`.
+//! * **base images**: when a build's cache token pulls a manifest of a mirror repository
+//!   by tag (`GET` or `HEAD`, also in the containerd `?ns=` form) and gets it, the cache
+//!   records, for the Build the token names (its `sub`, the Build UID), the image as the
+//!   build named it (the mirror repository, `<mirror>/<path>`), the tag, and the digest
+//!   the tag resolved to. One record per image and tag, the latest replacing the earlier;
+//!   at most [`crate::store::MAX_BASES_PER_BUILD`] per Build (the oldest go first); records
+//!   older than [`crate::store::BASES_MAX_AGE`] are dropped by the next GC, and a prune
+//!   leaves the others. Pulls by digest, by the admin token or anonymous ones record
+//!   nothing. `GET` lists a Build's records sorted by image, then tag; `DELETE` forgets
+//!   them and is idempotent. The `<uid>` follows the lease name rule ([`LeaseName`]: a
+//!   Build UID is one), and is the type of the uid in the client too.
+//! * **mirror/resolve**: asks the upstream now, with a `HEAD` (which Docker Hub does not
+//!   count as a pull) and whatever the mirror's TTL says, where the tag of `image` (a
+//!   mirror repository, `<mirror>/<path>`) points. A cached copy of the tag is updated as
+//!   a revalidation would update it: confirmed, replaced by the manifest the tag moved to,
+//!   or removed when the upstream no longer has the tag; a tag not cached is only looked
+//!   at. It records no base image. Unlike a pull, it never answers from the cache: an
+//!   upstream that cannot answer (unreachable, `429`, `5xx`, a broken answer) is
+//!   `503 UNAVAILABLE`, which callers may retry; an `image` that names no configured mirror
+//!   is `404 NAME_UNKNOWN`, its detail listing the configured mirrors.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +142,13 @@ pub enum AdminRoute {
         /// The tag.
         tag: Tag,
     },
+    /// `/admin/v1/builds/<uid>/bases`.
+    BuildBases {
+        /// The Build's UID, under the lease name rule.
+        uid: LeaseName,
+    },
+    /// `/admin/v1/mirror/resolve`.
+    MirrorResolve,
 }
 
 /// Why a path is not an admin API route.
@@ -138,6 +169,7 @@ pub enum AdminPathError {
 }
 
 const TAG_SEPARATOR: &str = "/_tags/";
+const BASES_SUFFIX: &str = "/bases";
 
 impl AdminRoute {
     /// The request path of this route; [`AdminRoute::parse`] reads it back.
@@ -150,6 +182,8 @@ impl AdminRoute {
             Self::Tag { name, tag } => format!("{PREFIX}/repositories/{name}{TAG_SEPARATOR}{tag}"),
             Self::Repository { name } => format!("{PREFIX}/repositories/{name}"),
             Self::Log { name, tag } => format!("{PREFIX}/logs/{name}{TAG_SEPARATOR}{tag}"),
+            Self::BuildBases { uid } => format!("{PREFIX}/builds/{uid}{BASES_SUFFIX}"),
+            Self::MirrorResolve => format!("{PREFIX}/mirror/resolve"),
         }
     }
 
@@ -164,7 +198,14 @@ impl AdminRoute {
             "du" => return Ok(Self::Du),
             "prune" => return Ok(Self::Prune),
             "verify" => return Ok(Self::Verify),
+            "mirror/resolve" => return Ok(Self::MirrorResolve),
             _ => {}
+        }
+        if let Some(build) = rest.strip_prefix("builds/") {
+            let uid = build.strip_suffix(BASES_SUFFIX).ok_or_else(unknown)?;
+            return Ok(Self::BuildBases {
+                uid: LeaseName::parse(uid)?,
+            });
         }
         if let Some(lease) = rest.strip_prefix("leases/") {
             return Ok(Self::Lease {
@@ -461,6 +502,55 @@ pub struct RepositoryDeleted {
     pub manifests_removed: u64,
 }
 
+/// One base image a Build resolved through the mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImage {
+    /// The image as the build named it: the mirror repository, `<mirror>/<path>`
+    /// (`docker.io/library/busybox`).
+    pub image: String,
+    /// The tag.
+    pub tag: String,
+    /// The manifest or index digest the tag resolved to.
+    pub digest: Digest,
+    /// When, seconds since the Unix epoch.
+    pub resolved_at: u64,
+}
+
+/// The answer to `GET /admin/v1/builds/<uid>/bases`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImages {
+    /// Sorted by image, then tag; empty when the Build resolved none (or they were
+    /// forgotten).
+    pub bases: Vec<BaseImage>,
+}
+
+/// The answer to `DELETE /admin/v1/builds/<uid>/bases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasesForgotten {
+    /// How many records there were (0 the second time).
+    pub forgotten: u64,
+}
+
+/// `POST /admin/v1/mirror/resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    /// A mirror repository, `<mirror>/<path>`, as [`BaseImage::image`] names it.
+    pub image: String,
+    /// The tag.
+    pub tag: String,
+}
+
+/// The answer to a resolve: where the upstream's tag points now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The image asked about.
+    pub image: String,
+    /// The tag asked about.
+    pub tag: String,
+    /// The manifest or index digest the upstream's tag points at.
+    pub digest: Digest,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +581,10 @@ mod tests {
                 name,
                 tag: Tag::parse("latest").unwrap(),
             },
+            AdminRoute::BuildBases {
+                uid: LeaseName::parse("0b7a4c1e-9f3d-4e2a-8c55-1d2e3f405162").unwrap(),
+            },
+            AdminRoute::MirrorResolve,
         ];
         for route in routes {
             assert_eq!(AdminRoute::parse(&route.path()), Ok(route.clone()));
@@ -501,6 +595,16 @@ mod tests {
                 name: RepoName::parse("team-a/app").unwrap(),
                 tag: Tag::parse("v1").unwrap()
             }
+        );
+        assert_eq!(
+            AdminRoute::parse("/admin/v1/builds/uid-1/bases").unwrap(),
+            AdminRoute::BuildBases {
+                uid: LeaseName::parse("uid-1").unwrap()
+            }
+        );
+        assert_eq!(
+            AdminRoute::parse("/admin/v1/mirror/resolve").unwrap(),
+            AdminRoute::MirrorResolve
         );
         assert_eq!(
             AdminRoute::parse("/admin/v1/logs/team-a/kiln_logs/_tags/app-1").unwrap(),
@@ -521,6 +625,11 @@ mod tests {
             "/v2/",
             "/admin/v1/logs/team-a/kiln_logs",
             "/admin/v1/logs/",
+            "/admin/v1/builds/uid-1",
+            "/admin/v1/builds/uid-1/bases/x",
+            "/admin/v1/builds/",
+            "/admin/v1/mirror",
+            "/admin/v1/mirror/resolve/x",
         ] {
             assert_eq!(
                 AdminRoute::parse(path),
@@ -533,6 +642,24 @@ mod tests {
         ));
         assert!(matches!(
             AdminRoute::parse("/admin/v1/leases/"),
+            Err(AdminPathError::Lease(_))
+        ));
+        for bad_uid in [
+            "/admin/v1/builds/a/b/bases",
+            "/admin/v1/builds//bases",
+            "/admin/v1/builds/a%2Fb/bases",
+        ] {
+            assert!(
+                matches!(AdminRoute::parse(bad_uid), Err(AdminPathError::Lease(_))),
+                "{bad_uid}"
+            );
+        }
+        let long = format!(
+            "/admin/v1/builds/{}/bases",
+            "a".repeat(MAX_LEASE_NAME_LEN + 1)
+        );
+        assert!(matches!(
+            AdminRoute::parse(&long),
             Err(AdminPathError::Lease(_))
         ));
         assert!(matches!(
@@ -622,6 +749,47 @@ mod tests {
             })
         );
         assert_eq!(serde_json::from_value::<LogStored>(value).unwrap(), stored);
+
+        let bases = BaseImages {
+            bases: vec![BaseImage {
+                image: "docker.io/library/busybox".into(),
+                tag: "1.36".into(),
+                digest: D.parse().unwrap(),
+                resolved_at: 1_700_000_000,
+            }],
+        };
+        let value = serde_json::to_value(&bases).unwrap();
+        assert_eq!(
+            value,
+            json!({"bases": [{
+                "image": "docker.io/library/busybox", "tag": "1.36", "digest": D,
+                "resolved_at": 1_700_000_000
+            }]})
+        );
+        assert_eq!(serde_json::from_value::<BaseImages>(value).unwrap(), bases);
+        assert_eq!(
+            serde_json::to_value(BasesForgotten { forgotten: 2 }).unwrap(),
+            json!({"forgotten": 2})
+        );
+        let request: ResolveRequest =
+            serde_json::from_value(json!({"image": "docker.io/library/busybox", "tag": "1.36"}))
+                .unwrap();
+        assert_eq!(request.tag, "1.36");
+        let resolved = Resolved {
+            image: request.image,
+            tag: request.tag,
+            digest: D.parse().unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_value(&resolved).unwrap(),
+            json!({"image": "docker.io/library/busybox", "tag": "1.36", "digest": D})
+        );
+        assert!(
+            serde_json::from_value::<Resolved>(
+                json!({"image": "a/b", "tag": "1", "digest": "sha256:00"})
+            )
+            .is_err()
+        );
     }
 
     #[test]

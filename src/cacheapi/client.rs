@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::admin::{
-    AdminRoute, DuReport, LeaseName, LeaseReleased, LeaseRequest, LeaseResponse, LogStored,
-    PruneReport, PruneRequest, RepositoryDeleted, TagDeleted, VerifyReport, VerifyRequest,
+    AdminRoute, BaseImage, BaseImages, BasesForgotten, DuReport, LeaseName, LeaseReleased,
+    LeaseRequest, LeaseResponse, LogStored, PruneReport, PruneRequest, RepositoryDeleted,
+    ResolveRequest, Resolved, TagDeleted, VerifyReport, VerifyRequest,
 };
 use super::log::{
     ANNOTATIONS_HEADER, LOG_MEDIA_TYPE, LogError, StoredLogBody, annotations_header,
@@ -275,6 +276,46 @@ impl AdminClient {
         absent_as_none(result, "MANIFEST_UNKNOWN")
     }
 
+    /// `GET /admin/v1/builds/<uid>/bases`: the base images the Build resolved through the
+    /// mirror, sorted by image, then tag (empty when none). `uid` is the Build's UID, which
+    /// the lease name rule admits.
+    pub async fn base_images(&self, uid: &LeaseName) -> Result<Vec<BaseImage>, AdminClientError> {
+        let route = AdminRoute::BuildBases { uid: uid.clone() };
+        let answer: BaseImages = self
+            .call("read base images", Method::GET, &route, None::<&()>)
+            .await?;
+        Ok(answer.bases)
+    }
+
+    /// `DELETE /admin/v1/builds/<uid>/bases`: forgets the Build's base images; answers
+    /// how many there were (0 the second time).
+    pub async fn forget_base_images(&self, uid: &LeaseName) -> Result<u64, AdminClientError> {
+        let route = AdminRoute::BuildBases { uid: uid.clone() };
+        let answer: BasesForgotten = self
+            .call("forget base images", Method::DELETE, &route, None::<&()>)
+            .await?;
+        Ok(answer.forgotten)
+    }
+
+    /// `POST /admin/v1/mirror/resolve`: where the tag of `image` (a mirror repository,
+    /// `<mirror>/<path>`) points upstream now, asked with a HEAD whatever the mirror's TTL.
+    /// An upstream that cannot answer is a rejection with status 503 (`UNAVAILABLE`),
+    /// which [`AdminClientError::is_transient`] calls transient; an image of no mirror is
+    /// 404 `NAME_UNKNOWN`, a tag the upstream does not have 404 `MANIFEST_UNKNOWN`.
+    pub async fn resolve(&self, image: &str, tag: &str) -> Result<Resolved, AdminClientError> {
+        let request = ResolveRequest {
+            image: image.to_owned(),
+            tag: tag.to_owned(),
+        };
+        self.call(
+            "resolve a mirror tag",
+            Method::POST,
+            &AdminRoute::MirrorResolve,
+            Some(&request),
+        )
+        .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         action: &'static str,
@@ -461,6 +502,15 @@ mod tests {
                 ("DELETE", AdminRoute::Repository { name }) => json!({
                     "repository": name, "tags_removed": 2, "manifests_removed": 3
                 }),
+                ("GET", AdminRoute::BuildBases { uid }) => json!({"bases": [{
+                    "image": format!("docker.io/library/{uid}"), "tag": "1",
+                    "digest": crate::oci::digest::Digest::of(b"b"), "resolved_at": 7
+                }]}),
+                ("DELETE", AdminRoute::BuildBases { .. }) => json!({"forgotten": 3}),
+                ("POST", AdminRoute::MirrorResolve) => json!({
+                    "image": body["image"], "tag": body["tag"],
+                    "digest": crate::oci::digest::Digest::of(b"r")
+                }),
                 other => panic!("unexpected request {other:?}"),
             };
             axum::Json(answer).into_response()
@@ -526,6 +576,31 @@ mod tests {
         );
         let removed = client.delete_repository(&repo).await.unwrap().unwrap();
         assert_eq!(removed.manifests_removed, 3);
+        let uid = LeaseName::parse("uid-1").unwrap();
+        let bases = client.base_images(&uid).await.unwrap();
+        assert_eq!(
+            bases,
+            [BaseImage {
+                image: "docker.io/library/uid-1".into(),
+                tag: "1".into(),
+                digest: crate::oci::digest::Digest::of(b"b"),
+                resolved_at: 7
+            }]
+        );
+        assert_eq!(client.forget_base_images(&uid).await.unwrap(), 3);
+        let resolved = client.resolve("docker.io/library/x", "3.20").await.unwrap();
+        assert_eq!(
+            (
+                resolved.image.as_str(),
+                resolved.tag.as_str(),
+                resolved.digest
+            ),
+            (
+                "docker.io/library/x",
+                "3.20",
+                crate::oci::digest::Digest::of(b"r")
+            )
+        );
     }
 
     #[tokio::test]

@@ -1,16 +1,33 @@
-//! The store's reports as the admin API answers them: disk usage, prune and verify (pure).
+//! The store's reports as the admin API answers them: disk usage, prune, verify and base
+//! images (pure).
 //! The admin API and the offline `kiln cache du|prune|verify` both convert here, so the two
 //! print the same report for the same store.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cacheapi::admin::{
-    CeilingUnmet, CorruptBlob, DuReport, EntryKind, MissingReference, PruneReport, PrunedEntry,
-    RepositoryUsage, Usage, VerifyReport,
+    BaseImage, BaseImages, CeilingUnmet, CorruptBlob, DuReport, EntryKind, MissingReference,
+    PruneReport, PrunedEntry, RepositoryUsage, Usage, VerifyReport,
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{RepoName, Tag};
 use crate::store::{self, GcReport, Inconsistency, ItemKind, Lease, Listing, UploadStatus};
+
+/// A Build's base image records as the admin API answers them, in the store's order (by
+/// image, then tag), times in seconds.
+pub fn base_images(rows: &[store::BaseResolution]) -> BaseImages {
+    BaseImages {
+        bases: rows
+            .iter()
+            .map(|row| BaseImage {
+                image: row.image.clone(),
+                tag: row.tag.clone(),
+                digest: row.digest,
+                resolved_at: row.resolved_ms / 1000,
+            })
+            .collect(),
+    }
+}
 
 /// How many distinct digests unexpired leases hold at `now_ms`: the roots a prune must keep.
 pub fn leased_digests(leases: &[Lease], now_ms: u64) -> u64 {
