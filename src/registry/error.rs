@@ -87,6 +87,15 @@ pub enum RegistryError {
         /// The repository name.
         name: String,
     },
+    /// `NAME_UNKNOWN` (404): a name that should be a mirror repository (`<mirror>/<path>`)
+    /// names no configured mirror. The detail lists the mirrors there are.
+    #[error("{name} is not a mirror repository")]
+    NotMirrored {
+        /// The name given.
+        name: String,
+        /// The configured mirrors' names, sorted.
+        mirrors: Vec<String>,
+    },
     /// `SIZE_INVALID` (400): a length does not match the content.
     #[error("size invalid: {reason}")]
     SizeInvalid {
@@ -283,7 +292,7 @@ impl RegistryError {
             Self::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
             Self::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
             Self::NameInvalid { .. } => ErrorCode::NameInvalid,
-            Self::NameUnknown { .. } => ErrorCode::NameUnknown,
+            Self::NameUnknown { .. } | Self::NotMirrored { .. } => ErrorCode::NameUnknown,
             Self::SizeInvalid { .. } | Self::TooLarge { .. } => ErrorCode::SizeInvalid,
             Self::PaginationInvalid { .. } => ErrorCode::PaginationNumberInvalid,
             Self::Unauthorized { .. } => ErrorCode::Unauthorized,
@@ -305,6 +314,7 @@ impl RegistryError {
             | Self::ManifestBlobUnknown { .. }
             | Self::ManifestUnknown { .. }
             | Self::NameUnknown { .. }
+            | Self::NotMirrored { .. }
             | Self::RouteUnknown { .. } => StatusCode::NOT_FOUND,
             Self::BlobUploadInvalid { .. }
             | Self::DigestInvalid { .. }
@@ -336,6 +346,16 @@ impl RegistryError {
             Self::BlobUploadUnknown { id } => Some(json!({ "upload": id })),
             Self::ManifestUnknown { reference } => Some(json!({ "reference": reference })),
             Self::NameUnknown { name } => Some(json!({ "name": name })),
+            Self::NotMirrored { name, mirrors } => {
+                let configured = if mirrors.is_empty() {
+                    "no mirror is configured".to_owned()
+                } else {
+                    format!("the configured mirrors are {}", mirrors.join(", "))
+                };
+                Some(Value::String(format!(
+                    "{name} is not a mirror repository (<mirror>/<path>): {configured}"
+                )))
+            }
             Self::RouteUnknown { path } => Some(json!({ "path": path })),
             Self::BlobUploadInvalid { reason }
             | Self::DigestInvalid { reason }
@@ -562,6 +582,30 @@ mod tests {
                 "NAME_UNKNOWN",
                 "repository name not known to registry",
                 Some(json!({ "name": "a/b" })),
+            ),
+            (
+                RegistryError::NotMirrored {
+                    name: "quay/x".into(),
+                    mirrors: vec!["docker.io".into(), "ghcr.io".into()],
+                },
+                404,
+                "NAME_UNKNOWN",
+                "repository name not known to registry",
+                Some(json!(
+                    "quay/x is not a mirror repository (<mirror>/<path>): the configured mirrors are docker.io, ghcr.io"
+                )),
+            ),
+            (
+                RegistryError::NotMirrored {
+                    name: "quay/x".into(),
+                    mirrors: vec![],
+                },
+                404,
+                "NAME_UNKNOWN",
+                "repository name not known to registry",
+                Some(json!(
+                    "quay/x is not a mirror repository (<mirror>/<path>): no mirror is configured"
+                )),
             ),
             (
                 RegistryError::SizeInvalid { reason: reason() },

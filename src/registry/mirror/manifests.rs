@@ -2,6 +2,9 @@
 //! HEAD when the TTL has passed, fetched on a miss, served stale when the upstream cannot
 //! answer; one upstream request per (repository, reference) however many clients ask
 //! (I/O: the upstream over HTTP, the store). The decisions are in [`super::freshness`].
+//!
+//! [`Mirror::resolve_tag`] is the admin's question "where does this tag point upstream
+//! now?": the same HEAD revalidation, whatever the TTL says, and never answered stale.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,11 +14,12 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
+use crate::oci::digest::Digest;
 use crate::oci::media::MANIFEST_MEDIA_TYPES;
-use crate::oci::name::{Reference, RepoName};
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::mirror::blobs::lock;
 use crate::registry::mirror::freshness::{self, FreshnessPlan, Revalidated, TagState};
-use crate::registry::mirror::upstream::{Upstream, UpstreamError};
+use crate::registry::mirror::upstream::{ManifestHead, Upstream, UpstreamError};
 use crate::registry::mirror::{CacheStatus, Inner, Mirror, MirrorError, blocking};
 use crate::store::ManifestInfo;
 
@@ -52,6 +56,69 @@ impl Mirror {
         };
         self.inner.metrics.count_answer("manifest", outcome);
         answer
+    }
+
+    /// Asks the upstream now where the tag `name:tag` points, whatever the TTL says, with
+    /// a HEAD (which Docker Hub does not count as a pull), and answers that digest.
+    ///
+    /// A cached copy of the tag is updated as a revalidation would update it: confirmed
+    /// (fresh for another TTL) when current, replaced by the manifest the tag moved to
+    /// (one GET), removed when the upstream no longer has the tag. A tag that is not
+    /// cached is only looked at: the next pull fetches it. An upstream that sends no
+    /// usable digest header is asked with a GET instead, whose manifest is stored, as a
+    /// revalidation does. Unlike a pull, a failure is never answered from the cache: the
+    /// question is what the upstream says, so an upstream that cannot answer is an error.
+    pub async fn resolve_tag(&self, name: &RepoName, tag: &Tag) -> Result<Digest, MirrorError> {
+        let reference = Reference::Tag(tag.clone());
+        let (upstream, path) = self.upstream_for(name)?;
+        let cached = self.inner.cached_manifest(name, &reference).await?;
+        let head = upstream
+            .head_manifest(path, &reference, &MANIFEST_MEDIA_TYPES)
+            .await;
+        self.inner
+            .metrics
+            .count_fetch(upstream.name(), "manifest-head", head.is_ok());
+        let refetch = || async {
+            let (info, _) = self
+                .inner
+                .fetch(&upstream, path, name, &reference, &reference)
+                .await?;
+            Ok::<_, MirrorError>(info.digest)
+        };
+        let Some((info, _)) = cached else {
+            return match head {
+                Ok(head) => Ok(head.digest),
+                Err(UpstreamError::Invalid { .. }) => refetch().await,
+                Err(err) => Err(err.into()),
+            };
+        };
+        match freshness::after_head(info.digest, &head) {
+            Revalidated::Current => {
+                self.inner.confirm(name, tag.as_str());
+                Ok(info.digest)
+            }
+            Revalidated::Moved(digest) => {
+                let (moved, _) = self
+                    .inner
+                    .fetch(
+                        &upstream,
+                        path,
+                        name,
+                        &Reference::Digest(digest),
+                        &reference,
+                    )
+                    .await?;
+                Ok(moved.digest)
+            }
+            Revalidated::Refetch => refetch().await,
+            Revalidated::Gone => {
+                self.inner.forget(name, tag.as_str()).await?;
+                Err(head_failure(head, upstream.name(), path, tag))
+            }
+            Revalidated::Stale(_) | Revalidated::Fail => {
+                Err(head_failure(head, upstream.name(), path, tag))
+            }
+        }
     }
 
     async fn resolve_manifest(&self, name: &RepoName, reference: &Reference) -> Answer {
@@ -125,6 +192,21 @@ impl Mirror {
             _ => answer,
         })
     }
+}
+
+/// The error of a HEAD that [`freshness::after_head`] read as gone, stale or refused,
+/// which it does only of failed ones; a successful HEAD here would be a bug, answered as
+/// the tag not found.
+fn head_failure(
+    head: Result<ManifestHead, UpstreamError>,
+    upstream: &str,
+    path: &str,
+    tag: &Tag,
+) -> MirrorError {
+    MirrorError::Upstream(head.err().unwrap_or_else(|| UpstreamError::NotFound {
+        upstream: upstream.to_owned(),
+        what: format!("manifest {path}:{tag}"),
+    }))
 }
 
 impl Inner {
