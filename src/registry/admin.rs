@@ -1,6 +1,7 @@
 //! The admin API under `/admin/v1/` (the contract is [`crate::cacheapi::admin`]): du, prune,
 //! verify, leases, tag and repository deletes, and stored build logs, over the store, for
-//! the admin token only. The handlers do the store I/O; turning store reports into the
+//! the admin token only; base images and mirror resolves are handled in
+//! [`crate::registry::bases`]. The handlers do the store I/O; turning store reports into the
 //! contract's bodies is pure (the `*_report` functions), and so is the log artifact
 //! ([`crate::cacheapi::log`]).
 
@@ -26,6 +27,7 @@ use crate::oci::digest::Digest;
 use crate::oci::media::OCI_MANIFEST;
 use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::auth::{Access, Resource};
+use crate::registry::bases;
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
 use crate::registry::metrics::RouteLabel;
@@ -72,6 +74,11 @@ pub async fn handle(
                 put_log(&registry, name, tag, &headers, body, MAX_LOG_BYTES).await
             }
             (Method::GET, AdminRoute::Log { name, tag }) => get_log(&registry, name, tag).await,
+            (Method::GET, AdminRoute::BuildBases { uid }) => bases::list(&registry, uid).await,
+            (Method::DELETE, AdminRoute::BuildBases { uid }) => bases::forget(&registry, uid).await,
+            (Method::POST, AdminRoute::MirrorResolve) => {
+                bases::resolve(&registry, read_json(body).await?).await
+            }
             (method, route) => Err(RegistryError::Unsupported {
                 reason: format!("{method} is not served on {}", route.path()),
             }),

@@ -1,8 +1,9 @@
 //! Manifest routes: `HEAD`/`GET /v2/<name>/manifests/<reference>` with content negotiation,
 //! `PUT` (at most [`Limits::max_manifest_bytes`](crate::registry::service::Limits), with
 //! `OCI-Subject` for referrers) and `DELETE` (by tag: the tag only; by digest: the manifest
-//! and the tags pointing at it); mirror repositories go through the mirror (I/O: the store,
-//! the mirror).
+//! and the tags pointing at it); mirror repositories go through the mirror, and a build's
+//! successful read of a mirror tag is recorded as one of its base images
+//! ([`crate::registry::bases`]) (I/O: the store, the mirror).
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::oci::name::{Reference, RepoName};
+use crate::registry::auth::Principal;
 use crate::registry::blobs::{Missing, mirror_error};
 use crate::registry::body::read_capped;
 use crate::registry::error::RegistryError;
@@ -74,6 +76,12 @@ pub(crate) async fn get(
     if !accepts(accept, &info.media_type) {
         // What distribution answers when a client cannot parse the stored type.
         return Err(unknown());
+    }
+    // A build resolved a mirror tag: what it got is one of its base images.
+    if let (Some(_), Reference::Tag(tag), Some(Principal::Build(claims))) =
+        (&cache_status, reference, &request.principal)
+    {
+        crate::registry::bases::record(&request.registry, claims, name, tag, info.digest).await;
     }
     let mut reply = manifest_reply(&info);
     if let Some(status) = &cache_status {

@@ -10,7 +10,8 @@
 //! | [`route`] | `/v2/` dispatch: path, `ns=` routing, access, auth, handler | — |
 //! | [`request`] | what a handler takes and returns; the auth check | — |
 //! | [`blobs`], [`uploads`], [`manifests`], [`tags`], [`referrers`] | the API's routes | store, mirror |
-//! | [`admin`] | `/admin/v1/`: du, prune, verify, leases, deletes | store |
+//! | [`admin`] | `/admin/v1/`: du, prune, verify, leases, deletes, logs | store |
+//! | [`bases`] | base images builds resolved through the mirror; `/admin/v1/` over them and over mirror tags | store, mirror |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, request metrics | — |
 //! | [`body`] | request bodies to the store, manifests under a cap, byte counting | sockets |
 //! | [`metrics`] | the Prometheus metrics | — |
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bases;
 pub mod blobs;
 pub mod body;
 pub mod error;

@@ -12,12 +12,14 @@ use crate::registry::headers::Query;
 use crate::registry::service::Registry;
 
 /// What a handler gets besides its route: the registry, the request's method, headers and
-/// query (who sent it was checked before the handler runs).
+/// query, and who sent it (checked before the handler runs).
 pub(crate) struct Request {
     pub registry: Registry,
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// `None` for an anonymous request to a registry without a token key.
+    pub principal: Option<Principal>,
 }
 
 /// Authenticates and authorizes a request. Without a configured external URL, the token

@@ -100,12 +100,13 @@ async fn dispatch(
         let route = route_namespace(&registry, route, query.get("ns"))?;
         let needed = access(&method, &route)?;
         let resource = resource(&registry, &route);
-        check(&registry, &headers, resource, needed)?;
+        let principal = check(&registry, &headers, resource, needed)?;
         let request = Request {
             registry,
             method,
             headers,
             query,
+            principal,
         };
         handle(request, route, body).await
     }
