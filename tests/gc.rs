@@ -611,6 +611,7 @@ async fn lease_is_taken_renewed_and_released_around_an_attempt() {
             "PUT /admin/v1/leases/build-uid-app-1",
             "DELETE /admin/v1/leases/build-uid-app-1",
             "PUT /admin/v1/logs/default/kiln_logs/_tags/build-uid-app-1",
+            "GET /admin/v1/builds/uid-app/bases",
         ]
     );
 }
@@ -825,6 +826,122 @@ async fn a_cache_outage_neither_fails_nor_delays_the_build_and_its_log_is_stored
         1,
         "then the pod goes"
     );
+}
+
+// --- Base images -----------------------------------------------------------------------------
+
+const ALPINE: &str = "docker.io/library/alpine";
+
+fn base_images(build: &Build) -> Vec<String> {
+    build
+        .status
+        .iter()
+        .flat_map(|s| &s.base_images)
+        .map(|b| format!("{}@{}", b.image, &b.digest[..8 + 4]))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_moved_base_image_rebuilds_once_and_a_failed_rebuild_waits_for_the_next_move() {
+    let mut build = Build::test("app");
+    build.spec.triggers = Some(kiln::crd::Triggers {
+        base_image_changed: true,
+    });
+    let (h, cache) = with_cache(vec![build]).await;
+    let (a, b, c) = (
+        Digest::of(b"alpine a"),
+        Digest::of(b"alpine b"),
+        Digest::of(b"alpine c"),
+    );
+    h.settle("app").await;
+    h.pod_becomes("app", 1, |p| p.running()).await;
+    cache.resolved_base("uid-app", ALPINE, "3.20", a);
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
+    let built = h.build("app").await.unwrap();
+    assert_eq!(
+        base_images(&built),
+        [format!("{ALPINE}:3.20@{}", &a.to_string()[..12])]
+    );
+
+    // An hour and a bit later the tag is checked: unmoved, nothing starts.
+    h.advance(4000);
+    h.settle("app").await;
+    assert!(
+        cache
+            .calls()
+            .contains(&"POST /admin/v1/mirror/resolve".to_owned())
+    );
+    assert_eq!(h.pod_names().await, ["app-1"]);
+
+    // It moved: one new attempt, announced with both digests.
+    cache.upstream_moves(ALPINE, "3.20", b);
+    h.advance(4000);
+    h.settle("app").await;
+    assert_eq!(h.pod_names().await, ["app-1", "app-2"]);
+    let events = h.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, r)| r == "BaseImageChanged")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    let trigger = h
+        .build("app")
+        .await
+        .and_then(|b| b.status?.base_image_check?.last_trigger)
+        .unwrap();
+    assert_eq!(
+        (trigger.from, trigger.to, trigger.attempt),
+        (a.to_string(), b.to_string(), 2)
+    );
+
+    // The rebuild fails: the same digest starts nothing more, checks go on.
+    h.pod_becomes("app", 2, |p| p.exited(1, "RUN failed")).await;
+    let resolves = |cache: &FakeCache| {
+        cache
+            .calls()
+            .iter()
+            .filter(|c| *c == "POST /admin/v1/mirror/resolve")
+            .count()
+    };
+    let before = resolves(&cache);
+    h.advance(4000);
+    h.settle("app").await;
+    assert_eq!(resolves(&cache), before + 1, "checked again");
+    assert_eq!(h.pod_names().await, ["app-1", "app-2"], "not rebuilt");
+
+    // It moves again: attempt 3.
+    cache.upstream_moves(ALPINE, "3.20", c);
+    h.advance(4000);
+    h.settle("app").await;
+    assert_eq!(h.pod_names().await, ["app-1", "app-2", "app-3"]);
+}
+
+#[tokio::test]
+async fn a_build_that_does_not_watch_its_bases_records_them_and_is_never_checked() {
+    let (h, cache) = with_cache(vec![Build::test("app")]).await;
+    h.settle("app").await;
+    cache.resolved_base("uid-app", ALPINE, "3.20", Digest::of(b"alpine a"));
+    h.pod_becomes("app", 1, |p| p.pushed(DIGEST)).await;
+    assert_eq!(base_images(&h.build("app").await.unwrap()).len(), 1);
+    cache.upstream_moves(ALPINE, "3.20", Digest::of(b"alpine b"));
+    for _ in 0..3 {
+        h.advance(4000);
+        h.settle("app").await;
+    }
+    assert!(
+        !cache.calls().iter().any(|c| c.contains("mirror/resolve")),
+        "{:?}",
+        cache.calls()
+    );
+    assert_eq!(h.pod_names().await, ["app-1"]);
+
+    // Deleting the Build deletes the cache's record of its bases.
+    let mut h = h;
+    h.delete_and_finalize("app").await;
+    assert!(cache.base_records().is_empty());
 }
 
 /// An API server that only lists namespaces (kube-fake-client cannot route the

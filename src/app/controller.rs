@@ -137,6 +137,12 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "16MiB", value_parser = parse_log_limit)]
     pub log_max_bytes: u64,
 
+    /// How often a Build with spec.triggers.baseImageChanged has its base image tags
+    /// resolved upstream again through the cache's mirror (a HEAD, which Docker Hub does
+    /// not count as a pull), give or take a tenth. Needs --cache-admin-token-file.
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    pub base_image_check_interval: Duration,
+
     /// How often the sweeper deletes orphaned pods, ConfigMaps and Secrets and expired
     /// pods (it also runs at start-up); the cache repositories of deleted namespaces are
     /// swept every tenth time.
@@ -246,6 +252,7 @@ impl ControllerArgs {
             succeeded_pod_ttl,
             failed_pod_ttl,
             log_max_bytes,
+            base_image_check_interval,
             sweep_interval,
             // Read by `run`: files are I/O, the config is data.
             cache_admin_token_file: _,
@@ -277,6 +284,7 @@ impl ControllerArgs {
             succeeded_pod_ttl,
             failed_pod_ttl,
             log_max_bytes,
+            base_image_check_interval,
             sweep_interval,
             running_limits: Limits {
                 cluster: max_running_builds,

@@ -166,6 +166,18 @@ async fn apply_action(
                 cachecall::store_log(ctx, key, &source, repository, tag, annotations).await;
             return Ok(report(ctx, build, outcome).await);
         }
+        Action::ReadBaseImages { key, uid, since } => {
+            let outcome = cachecall::read_base_images(ctx, key, uid, *since).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::ForgetBaseImages { key, uid } => {
+            let outcome = cachecall::forget_base_images(ctx, key, uid).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
+        Action::CheckBaseImages { key, images } => {
+            let outcome = cachecall::check_base_images(ctx, key, images).await;
+            return Ok(report(ctx, build, outcome).await);
+        }
         Action::Event(event) => {
             if let Err(error) = publish(ctx, &build.object_ref(&()), event).await {
                 tracing::warn!(build = %build_name, reason = %event.reason, %error, "could not publish event");

@@ -33,10 +33,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::buildkit::namespace_repository_prefix;
-use super::cache_lease::{OUTCOME_RECHECK, wait_until};
 use super::cache_ledger::CallState;
 use super::config::Config;
-use super::plan::{Action, Recheck};
+use super::plan::{Action, OUTCOME_RECHECK, Recheck, wait_until};
 use super::podstate::{BUILD_CONTAINER, INDEX_CONTAINER};
 use crate::cacheapi::log::{
     ANNOTATION_ATTEMPT, ANNOTATION_ENDED, ANNOTATION_NAME, ANNOTATION_NAMESPACE, ANNOTATION_POD,

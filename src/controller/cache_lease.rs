@@ -29,8 +29,9 @@
 //! Deleting a Build releases the leases its status lists and deletes its own cache tag
 //! (`<ns>/<build>:buildcache`; a namespace's shared cache stays) and the tag of its uploaded
 //! context (`<ns>/kiln_contexts:build-<uid>`; the content stays while another Build's tag
-//! holds it, and goes with the cache's garbage collection otherwise), and the tags of its
-//! stored build logs ([`super::build_log`]). A cache service that stays
+//! holds it, and goes with the cache's garbage collection otherwise), the tags of its
+//! stored build logs ([`super::build_log`]), and the cache's record of the base images it
+//! resolved ([`super::base_images`]). A cache service that stays
 //! unreachable does not hold the Build forever: [`CLEANUP_DEADLINE`] after the deletion began,
 //! the finalizer lets go with a Warning Event that says what was left (the leases lapse by
 //! themselves; the tag is left to the cache's own prune).
@@ -45,7 +46,7 @@ use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
 use super::cache_ledger::CallState;
 use super::config::Config;
 use super::local_context::{build_context_tag, contexts_repository};
-use super::plan::{Action, Recheck};
+use super::plan::{Action, OUTCOME_RECHECK, Recheck, wait_until};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;
 use crate::crd::{Build, BuildStatus};
@@ -53,10 +54,6 @@ use crate::oci::name::{RepoName, Tag};
 
 /// How long the finalizer keeps trying to clean up the cache before it lets the Build go.
 pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(10 * 60);
-
-/// How soon a decision that planned an admin API call looks again, to record its outcome
-/// (a release confirmed, a renewal's new expiry).
-pub const OUTCOME_RECHECK: Duration = Duration::from_secs(2);
 
 /// The lease of attempt `attempt` of the Build with UID `uid`.
 pub fn lease_name(uid: &str, attempt: u32) -> String {
@@ -300,6 +297,22 @@ pub fn cleanup(
             ));
         }
     }
+    let read_bases = build
+        .status
+        .as_ref()
+        .is_some_and(|s| s.base_image_check.is_some());
+    let bases_key = super::base_images::forget_key(uid);
+    let bases_state = state(&bases_key);
+    if read_bases && !bases_state.done {
+        owed.push((
+            Action::ForgetBaseImages {
+                key: bases_key,
+                uid: uid.to_owned(),
+            },
+            bases_state,
+            "the record of its base images (expires by itself after 30 days)".to_owned(),
+        ));
+    }
     if owed.is_empty() {
         return cleanup;
     }
@@ -342,17 +355,6 @@ fn later(at: Timestamp, by: Duration) -> Timestamp {
 fn earlier(at: Timestamp, by: Duration) -> Timestamp {
     at.saturating_sub(SignedDuration::try_from(by).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MIN)
-}
-
-/// A recheck at `at` (at least a second from now); none without a time.
-pub fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
-    match at {
-        Some(at) => {
-            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
-            Recheck::After(wait.max(Duration::from_secs(1)))
-        }
-        None => Recheck::OnChange,
-    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,12 @@ pub enum CacheCall {
     DeleteRepository,
     /// `PUT` of an ended attempt's build log.
     StoreLog,
+    /// `GET` of the base images a Build resolved.
+    ReadBaseImages,
+    /// `POST` of a resolution of base image tags upstream.
+    CheckBaseImages,
+    /// `DELETE` of the record of a Build's base images (the finalizer).
+    ForgetBaseImages,
 }
 
 impl CacheCall {
@@ -43,6 +49,9 @@ impl CacheCall {
             CacheCall::DeleteTag => "delete_tag",
             CacheCall::DeleteRepository => "delete_repository",
             CacheCall::StoreLog => "store_log",
+            CacheCall::ReadBaseImages => "read_base_images",
+            CacheCall::CheckBaseImages => "check_base_images",
+            CacheCall::ForgetBaseImages => "forget_base_images",
         }
     }
 }
@@ -59,6 +68,10 @@ pub struct CallState {
     pub done: bool,
     /// For a build log: where it was stored, once it was.
     pub stored_log: Option<crate::crd::StoredLog>,
+    /// For a read of an attempt's base images: what the cache answered.
+    pub bases: Option<Vec<crate::crd::BaseImage>>,
+    /// For a check of base image tags: `image:tag` → the digest it resolves to now.
+    pub resolved_bases: Option<BTreeMap<String, String>>,
     /// Failed calls in a row.
     pub failures: u32,
     /// A failed call is not repeated before this time.
@@ -121,6 +134,34 @@ impl CacheLedger {
                 key.to_owned(),
                 CallState {
                     stored_log: Some(log),
+                    touched: Some(now),
+                    ..CallState::default()
+                },
+            );
+        });
+    }
+
+    /// The base images an attempt resolved were read.
+    pub fn bases_read(&self, key: &str, bases: Vec<crate::crd::BaseImage>, now: Timestamp) {
+        self.with(|entries| {
+            entries.insert(
+                key.to_owned(),
+                CallState {
+                    bases: Some(bases),
+                    touched: Some(now),
+                    ..CallState::default()
+                },
+            );
+        });
+    }
+
+    /// Base image tags were resolved upstream (those that answered).
+    pub fn bases_resolved(&self, key: &str, resolved: BTreeMap<String, String>, now: Timestamp) {
+        self.with(|entries| {
+            entries.insert(
+                key.to_owned(),
+                CallState {
+                    resolved_bases: Some(resolved),
                     touched: Some(now),
                     ..CallState::default()
                 },

@@ -1,6 +1,7 @@
 //! The calls a plan makes to the cache service's admin API: take, renew and release a
-//! lease, delete a Build's cache tag, store an ended attempt's build log (I/O: HTTP, and
-//! the pod's log from the Kubernetes API).
+//! lease, delete a Build's cache tag, store an ended attempt's build log, read and check
+//! the base images a Build resolved (I/O: HTTP, and the pod's log from the Kubernetes
+//! API).
 //!
 //! None of them can fail a plan. Each is bounded by [`CALL_TIMEOUT`], so an unreachable
 //! cache service slows a reconcile by seconds at most; its outcome goes to the
@@ -18,6 +19,7 @@ use futures::AsyncReadExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
 
+use super::base_images::{MAX_BASE_IMAGES, split_tag};
 use super::build_log::Tail;
 use super::cache_ledger::CacheCall;
 use super::context::Context;
@@ -27,7 +29,7 @@ use crate::cacheapi::admin::{LeaseName, LeaseRequest, LeaseTarget};
 use crate::cacheapi::client::{AdminClient, AdminClientError};
 use crate::cacheapi::log::ANNOTATION_TRUNCATED;
 use crate::crd::Reason;
-use crate::crd::StoredLog;
+use crate::crd::{BaseImage, StoredLog};
 use crate::oci::name::{RepoName, Tag};
 use crate::report::error_chain;
 
@@ -235,6 +237,100 @@ async fn read_tail(source: &LogSource<'_>) -> Result<(Vec<u8>, u64), CallError> 
         tail.push(&piece[..read]);
     }
     Ok(tail.finish())
+}
+
+/// Reads which base images the Build with UID `uid` resolved through the mirror since
+/// `since`, as `image:tag` and digest, sorted and bounded.
+pub async fn read_base_images(
+    ctx: &Context,
+    key: &str,
+    uid: &str,
+    since: k8s_openapi::jiff::Timestamp,
+) -> CallOutcome {
+    let result = bounded(ctx, |admin| async move {
+        let uid = LeaseName::parse(uid)?;
+        Ok(admin.base_images(&uid).await?)
+    })
+    .await;
+    match result {
+        Ok(resolutions) => {
+            let since = u64::try_from(since.as_second()).unwrap_or(0);
+            let mut bases: Vec<BaseImage> = resolutions
+                .into_iter()
+                .filter(|r| r.resolved_at >= since)
+                .map(|r| BaseImage {
+                    image: format!("{}:{}", r.image, r.tag),
+                    digest: r.digest.to_string(),
+                })
+                .collect();
+            bases.sort_by(|a, b| a.image.cmp(&b.image));
+            bases.dedup_by(|a, b| a.image == b.image);
+            bases.truncate(MAX_BASE_IMAGES);
+            ctx.ledger.bases_read(key, bases, ctx.clock.now());
+            ctx.gc_observer.cache_call(CacheCall::ReadBaseImages, true);
+            Ok(())
+        }
+        Err(error) => failed(
+            ctx,
+            key,
+            CacheCall::ReadBaseImages,
+            &error,
+            "reading the base images the build resolved".to_owned(),
+        ),
+    }
+}
+
+/// Deletes the cache's record of the base images the Build with UID `uid` resolved.
+pub async fn forget_base_images(ctx: &Context, key: &str, uid: &str) -> CallOutcome {
+    let result = bounded(ctx, |admin| async move {
+        let uid = LeaseName::parse(uid)?;
+        admin.forget_base_images(&uid).await?;
+        Ok(())
+    })
+    .await;
+    settle(ctx, key, CacheCall::ForgetBaseImages, result, || {
+        "deleting the record of the build's base images".to_owned()
+    })
+}
+
+/// Resolves each `image:tag` of `images` upstream again, through the mirror. The tags that
+/// answered are recorded; the check failed only when none did.
+pub async fn check_base_images(ctx: &Context, key: &str, images: &[String]) -> CallOutcome {
+    let mut resolved = BTreeMap::new();
+    let mut last_error = None;
+    for reference in images {
+        let Some((image, tag)) = split_tag(reference) else {
+            continue;
+        };
+        let result = bounded(
+            ctx,
+            |admin| async move { Ok(admin.resolve(image, tag).await?) },
+        )
+        .await;
+        match result {
+            Ok(answer) => {
+                resolved.insert(reference.clone(), answer.digest.to_string());
+            }
+            Err(error) => {
+                tracing::debug!(image = %reference, error = %error_chain(&error), "base image not resolved");
+                last_error = Some(error);
+            }
+        }
+    }
+    match last_error {
+        Some(error) if resolved.is_empty() => failed(
+            ctx,
+            key,
+            CacheCall::CheckBaseImages,
+            &error,
+            format!("resolving the base images {} upstream", images.join(", ")),
+        ),
+        _ => {
+            ctx.ledger.bases_resolved(key, resolved, ctx.clock.now());
+            ctx.gc_observer.cache_call(CacheCall::CheckBaseImages, true);
+            Ok(())
+        }
+    }
 }
 
 /// Records the outcome of a call that is done once it succeeds.

@@ -73,6 +73,9 @@ pub struct Config {
     /// tail; the cut is marked); 0 stores no logs. Logs are stored through the admin API,
     /// so only with [`Config::cache_leases`] on.
     pub log_max_bytes: u64,
+    /// How often a Build with `spec.triggers.baseImageChanged` has its base image tags
+    /// resolved upstream again (give or take a tenth, spread by UID).
+    pub base_image_check_interval: Duration,
     /// The key that signs cache tokens: with one, each attempt of a Build that uses the
     /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`](super::context::Context::with_token_key)
     /// sets it.
@@ -120,6 +123,7 @@ impl Default for Config {
             cache_leases: false,
             lease_ttl: Duration::from_secs(15 * 60),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            base_image_check_interval: Duration::from_secs(3600),
             cache_token_key: None,
             running_limits: Limits::default(),
             namespace: None,

@@ -38,6 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use super::base_images;
 use super::build_log;
 use super::cache_lease;
 use super::cachetoken;
@@ -56,8 +57,8 @@ use crate::crd::build::{FINALIZER, MAX_ATTEMPT_HISTORY};
 use crate::crd::condition::set_condition;
 use crate::crd::status::truncate_message;
 use crate::crd::{
-    AttemptRecord, AttemptResult, Build, BuildStatus, CONDITION_READY, CONDITION_SUCCEEDED,
-    ConditionStatus, OutputStatus, Phase, Reason,
+    AttemptRecord, AttemptResult, BaseImageChange, Build, BuildStatus, CONDITION_READY,
+    CONDITION_SUCCEEDED, ConditionStatus, OutputStatus, Phase, Reason,
 };
 use crate::oci::digest::Digest;
 
@@ -110,6 +111,10 @@ pub fn decide(build: &Build, observed: &Observed, now: Timestamp, config: &Confi
     d.adopt_unknown_attempt();
     if let Some(request) = d.run_request() {
         d.start_run(request, build.spec.cancel);
+    } else if !build.spec.cancel
+        && let Some(change) = d.base_image_moved()
+    {
+        d.start_triggered(change);
     }
     if build.spec.cancel {
         d.cancel();
@@ -442,6 +447,37 @@ impl<'a> Planner<'a> {
         self.status.completion_time = None;
         self.status.output = None;
         self.status.phase = Some(Phase::Pending);
+    }
+
+    /// A base image of a finished Build that watches them moved (see [`base_images`]).
+    fn base_image_moved(&mut self) -> Option<BaseImageChange> {
+        base_images::take_check(
+            self.build,
+            &mut self.status,
+            &self.observed.cache,
+            self.config,
+        )
+    }
+
+    /// A base image moved: the run starts over with a fresh retry budget, and the change is
+    /// remembered so that the same digest never starts a second attempt.
+    fn start_triggered(&mut self, mut change: BaseImageChange) {
+        let attempt = self.status.attempt + 1;
+        change.attempt = attempt;
+        let message = base_images::change_message(&change, attempt);
+        if let Some(check) = self.status.base_image_check.as_mut() {
+            check.last_trigger = Some(change);
+        }
+        self.status.retries = 0;
+        self.status.start_time = None;
+        self.status.completion_time = None;
+        self.status.output = None;
+        self.set(Phase::Pending, Reason::BaseImageChanged, message.clone());
+        self.events.push(EventSpec::new(
+            Reason::BaseImageChanged,
+            "UpdateStatus",
+            message,
+        ));
     }
 
     fn cancel(&mut self) {
@@ -892,6 +928,14 @@ impl<'a> Planner<'a> {
             self.config,
         );
         self.recheck = self.recheck.min(logs.recheck);
+        let bases = base_images::plan(
+            self.build,
+            &mut self.status,
+            &self.observed.cache,
+            self.now,
+            self.config,
+        );
+        self.recheck = self.recheck.min(bases.recheck);
 
         let transition = (self.reason, self.status.attempt) != (old.reason(), old.attempt);
         let mut announce =
@@ -915,6 +959,7 @@ impl<'a> Planner<'a> {
         actions.append(&mut self.creates);
         // A pod stopped here is read before it is deleted.
         actions.extend(logs.actions);
+        actions.extend(bases.actions);
         let grace = self.config.pod_grace_period;
         for pod in self.pods_to_delete() {
             actions.push(Action::DeletePod {

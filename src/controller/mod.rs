@@ -47,6 +47,7 @@
 //! The `kiln controller` command (flags into a [`Config`], then [`run()`]) is `app::controller`.
 
 pub mod apply;
+pub mod base_images;
 pub mod build_log;
 pub mod buildkit;
 pub mod cache_lease;

@@ -14,10 +14,26 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::{BuildStatus, Reason};
 use crate::oci::name::{RepoName, Tag};
+
+/// How soon a decision that planned an admin API call looks again, to record its outcome
+/// (a release confirmed, a renewal's new expiry, a log stored).
+pub const OUTCOME_RECHECK: Duration = Duration::from_secs(2);
+
+/// A recheck at `at` (at least a second from now); none without a time.
+pub fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
+    match at {
+        Some(at) => {
+            let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+            Recheck::After(wait.max(Duration::from_secs(1)))
+        }
+        None => Recheck::OnChange,
+    }
+}
 
 /// What `decide` wants done for one Build.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -138,6 +154,33 @@ pub enum Action {
         /// The most bytes kept (the tail).
         max_bytes: u64,
     },
+    /// Read which base images the Build resolved through the cache's mirror since `since`
+    /// (the latest successful attempt's start). Never fails the plan, as
+    /// [`Action::PutLease`].
+    ReadBaseImages {
+        /// Its key in the ledger.
+        key: String,
+        /// The Build's UID.
+        uid: String,
+        /// Resolutions before this time belong to earlier attempts.
+        since: Timestamp,
+    },
+    /// Resolve the Build's base image tags upstream again. Never fails the plan, as
+    /// [`Action::PutLease`].
+    CheckBaseImages {
+        /// Its key in the ledger.
+        key: String,
+        /// The `image:tag` references.
+        images: Vec<String>,
+    },
+    /// Delete the cache's record of the base images the Build resolved (idempotent). Never
+    /// fails the plan, as [`Action::PutLease`].
+    ForgetBaseImages {
+        /// Its key in the ledger.
+        key: String,
+        /// The Build's UID.
+        uid: String,
+    },
     /// Publish an Event on the Build.
     Event(EventSpec),
 }
@@ -240,6 +283,11 @@ impl fmt::Display for Action {
                 tag,
                 ..
             } => write!(f, "StoreLog {pod} -> {repository}:{tag}"),
+            Action::ReadBaseImages { .. } => write!(f, "ReadBaseImages"),
+            Action::ForgetBaseImages { .. } => write!(f, "ForgetBaseImages"),
+            Action::CheckBaseImages { images, .. } => {
+                write!(f, "CheckBaseImages {}", images.join(","))
+            }
             Action::Event(e) => write!(
                 f,
                 "Event {} {}",

@@ -213,6 +213,10 @@ pub struct BuildSpec {
     /// controller's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+
+    /// What starts a new attempt besides a spec change or a rerun request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Triggers>,
 }
 
 impl Default for BuildSpec {
@@ -233,6 +237,7 @@ impl Default for BuildSpec {
             concurrency: ConcurrencySpec::default(),
             cancel: false,
             retention: None,
+            triggers: None,
         }
     }
 }
@@ -531,6 +536,19 @@ pub enum ConcurrencyPolicy {
     Queue,
     /// The newest Build wins; older ones are cancelled with reason `Superseded`.
     CancelInProgress,
+}
+
+/// What starts a new attempt besides a spec change or a rerun request.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    /// Rebuild when a base image moves: the controller checks each base image tag the
+    /// last successful attempt resolved through Kiln's pull-through mirror (listed in
+    /// `status.baseImages`) on an interval, and when a tag points at another digest it
+    /// starts one new attempt (reason `BaseImageChanged`). Bases not pulled through the
+    /// mirror are not watched.
+    #[serde(default)]
+    pub base_image_changed: bool,
 }
 
 /// How long finished pods and how many attempts are kept (enforced by the controller's

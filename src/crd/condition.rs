@@ -27,6 +27,7 @@
 //! | `NoNodeForPlatform` | Pending | Unknown | a `Native` build asks for a platform no node of the cluster has; the message names it, and the Build starts once such a node exists |
 //! | `AssemblingIndex` | Running | Unknown | every platform of a `Native` build pushed its image; a short pod pushes the image index |
 //! | `IndexPushFailed` | Failed | False | the image index of a `Native` build could not be pushed; the message says why |
+//! | `BaseImageChanged` | Pending | Unknown | `spec.triggers.baseImageChanged`: a base image tag the last successful attempt resolved now points at another digest; the message names both, and a new attempt starts |
 //!
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
 //! with result `Cancelled` and reason `Superseded`; the Build itself goes on to a new attempt.
@@ -57,7 +58,8 @@ pub const CONDITION_READY: &str = "Ready";
 /// Why a Build is in its current state: one of a fixed set, documented with the Build API
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed,
-/// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed, WaitingForContext);
+/// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed, WaitingForContext,
+/// BaseImageChanged);
 /// Events also carry
 /// GarbageCollected and CacheUnavailable.
 #[derive(
@@ -103,6 +105,9 @@ pub enum Reason {
     IndexPushFailed,
     /// The pod of a `source.local` Build waits for the context's upload.
     WaitingForContext,
+    /// A base image the last successful attempt used moved to another digest; a new
+    /// attempt starts (`spec.triggers.baseImageChanged`).
+    BaseImageChanged,
     /// Event only: the orphan sweeper deleted leftovers of this Build.
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
@@ -111,7 +116,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -131,6 +136,7 @@ impl Reason {
         Reason::AssemblingIndex,
         Reason::IndexPushFailed,
         Reason::WaitingForContext,
+        Reason::BaseImageChanged,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
     ];
@@ -157,6 +163,7 @@ impl Reason {
             Reason::AssemblingIndex => "AssemblingIndex",
             Reason::IndexPushFailed => "IndexPushFailed",
             Reason::WaitingForContext => "WaitingForContext",
+            Reason::BaseImageChanged => "BaseImageChanged",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
         }
@@ -185,6 +192,7 @@ impl Reason {
             | Reason::Running
             | Reason::AssemblingIndex
             | Reason::WaitingForContext
+            | Reason::BaseImageChanged
             | Reason::Succeeded
             | Reason::Cancelled
             | Reason::Superseded

@@ -56,6 +56,7 @@ impl Build {
                 concurrency: Default::default(),
                 cancel: false,
                 retention: None,
+                triggers: None,
             },
         );
         build.metadata = ObjectMeta {

@@ -19,12 +19,12 @@ pub mod status;
 pub use build::{
     Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy,
     ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output,
-    PlatformStrategy, Retention, SecretRef, Source,
+    PlatformStrategy, Retention, SecretRef, Source, Triggers,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
 pub use status::{
-    AttemptRecord, AttemptResult, BuildStatus, CacheLease, OutputStatus, Phase, PlatformStatus,
-    StoredLog,
+    AttemptRecord, AttemptResult, BaseImage, BaseImageChange, BaseImageCheck, BuildStatus,
+    CacheLease, OutputStatus, Phase, PlatformStatus, StoredLog,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -139,6 +139,64 @@ pub struct BuildStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub expired_logs: Vec<String>,
+
+    /// The base images the latest successful attempt resolved through Kiln's pull-through
+    /// mirror, by tag: what `spec.triggers.baseImageChanged` watches. Bases pulled from a
+    /// registry directly, or named by digest, are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub base_images: Vec<BaseImage>,
+
+    /// Where the watch of `status.baseImages` stands: the attempt they were read for, the
+    /// last check, and the last change that started an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image_check: Option<BaseImageCheck>,
+}
+
+/// A base image an attempt resolved by tag through Kiln's mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseImage {
+    /// The image and tag, as the Dockerfile names it through the mirror
+    /// (`docker.io/library/alpine:3.20`).
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// The digest the tag resolved to.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: String,
+}
+
+/// Where the watch of a Build's base images stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseImageCheck {
+    /// The successful attempt whose base images `status.baseImages` lists.
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the tags were last resolved upstream (or read, for a new attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<Time>,
+    /// The last base image change that started an attempt. The same new digest never
+    /// starts a second one, whether that attempt succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<BaseImageChange>,
+}
+
+/// A base image tag that moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseImageChange {
+    /// The image and tag.
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// The digest the last successful attempt built on.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub from: String,
+    /// The digest the tag points at now.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub to: String,
+    /// The attempt it started.
+    pub attempt: u32,
 }
 
 /// A lease on the build cache, held for one attempt so that the cache's garbage collector

@@ -1,7 +1,8 @@
 //! A stateful fake of the cache service's admin API on a loopback port, for the controller's
 //! lease and cleanup tests (test-only I/O: a socket).
 //!
-//! It keeps leases, tags, repositories and stored build logs in memory, follows the contract in
+//! It keeps leases, tags, repositories, stored build logs, the base images Builds
+//! resolved and what the mirror's upstream answers in memory, follows the contract in
 //! `kiln::cacheapi::admin` (routes, bodies, error codes), tells time by the test's
 //! `ManualClock`, logs every call, and can be switched "down" (every call answers `503`,
 //! as a restarting service would).
@@ -14,8 +15,9 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln::cacheapi::admin::{
-    AdminRoute, DuReport, LeaseReleased, LeaseRequest, LeaseResponse, LeaseTarget, LogStored,
-    RepositoryDeleted, RepositoryUsage, TagDeleted,
+    AdminRoute, BaseImage, BaseImages, DuReport, LeaseReleased, LeaseRequest, LeaseResponse,
+    LeaseTarget, LogStored, RepositoryDeleted, RepositoryUsage, ResolveRequest, Resolved,
+    TagDeleted,
 };
 use kiln::cacheapi::log::{ANNOTATIONS_HEADER, log_manifest, parse_annotations};
 use kiln::controller::clock::{Clock, ManualClock};
@@ -47,6 +49,10 @@ struct Store {
     mirrors: BTreeSet<String>,
     /// `(repository, tag)` → a stored build log.
     logs: BTreeMap<(String, String), FakeLog>,
+    /// Build UID → the base images its pods resolved through the mirror.
+    bases: BTreeMap<String, Vec<BaseImage>>,
+    /// `(image, tag)` → the digest the mirror's upstream answers now.
+    upstream: BTreeMap<(String, String), Digest>,
     calls: Vec<String>,
 }
 
@@ -134,6 +140,36 @@ impl FakeCache {
             .keys()
             .map(|(r, t)| format!("{r}:{t}"))
             .collect()
+    }
+
+    /// The pods of Build `uid` resolved `image:tag` to `digest` through the mirror, now
+    /// (the fake's clock); the upstream answers the same until told otherwise.
+    pub fn resolved_base(&self, uid: &str, image: &str, tag: &str, digest: Digest) {
+        let now = u64::try_from(self.shared.clock.now().as_second()).unwrap_or(0);
+        let mut store = self.store();
+        store
+            .upstream
+            .insert((image.to_owned(), tag.to_owned()), digest);
+        let bases = store.bases.entry(uid.to_owned()).or_default();
+        bases.retain(|b| (b.image.as_str(), b.tag.as_str()) != (image, tag));
+        bases.push(BaseImage {
+            image: image.to_owned(),
+            tag: tag.to_owned(),
+            digest,
+            resolved_at: now,
+        });
+    }
+
+    /// The mirror's upstream now answers `digest` for `image:tag`.
+    pub fn upstream_moves(&self, image: &str, tag: &str, digest: Digest) {
+        self.store()
+            .upstream
+            .insert((image.to_owned(), tag.to_owned()), digest);
+    }
+
+    /// The Builds whose base images the fake remembers, by UID.
+    pub fn base_records(&self) -> Vec<String> {
+        self.store().bases.keys().cloned().collect()
     }
 
     /// The stored build logs, by `repository:tag`.
@@ -267,6 +303,32 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 size: body.len() as u64,
             })
             .into_response()
+        }
+        ("GET", AdminRoute::BuildBases { uid }) => {
+            let mut bases = store.bases.get(uid.as_str()).cloned().unwrap_or_default();
+            bases.sort_by(|a, b| (&a.image, &a.tag).cmp(&(&b.image, &b.tag)));
+            axum::Json(BaseImages { bases }).into_response()
+        }
+        ("DELETE", AdminRoute::BuildBases { uid }) => {
+            let forgotten = store.bases.remove(uid.as_str()).map_or(0, |b| b.len()) as u64;
+            axum::Json(json!({ "forgotten": forgotten })).into_response()
+        }
+        ("POST", AdminRoute::MirrorResolve) => {
+            let Ok(request) = serde_json::from_slice::<ResolveRequest>(&body) else {
+                return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "bad body");
+            };
+            match store
+                .upstream
+                .get(&(request.image.clone(), request.tag.clone()))
+            {
+                Some(digest) => axum::Json(Resolved {
+                    image: request.image,
+                    tag: request.tag,
+                    digest: *digest,
+                })
+                .into_response(),
+                None => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "not upstream"),
+            }
         }
         ("DELETE", AdminRoute::Tag { name, tag }) => {
             store.logs.remove(&(name.to_string(), tag.to_string()));

@@ -801,6 +801,116 @@ fn an_attempt_leaving_the_history_hands_its_stored_log_to_the_expired_list() {
     );
 }
 
+/// A Build watching its bases, whose attempt 1 succeeded on alpine `sha256:aaa…`, and a
+/// ledger whose latest check (at 5000) found the tag at `sha256:<now>…`.
+fn base_moved(now: char) -> (Build, Observed) {
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let mut build = Build::test("app");
+    build.spec.triggers = Some(crate::crd::Triggers {
+        base_image_changed: true,
+    });
+    let build = build.with_status(BuildStatus {
+        phase: Some(Phase::Succeeded),
+        attempt: 1,
+        observed_generation: Some(1),
+        attempts: vec![AttemptRecord::test(
+            1,
+            "app-1",
+            Some(AttemptResult::Succeeded),
+        )],
+        base_images: vec![crate::crd::BaseImage {
+            image: "docker.io/library/alpine:3.20".into(),
+            digest: digest('a'),
+        }],
+        base_image_check: Some(crate::crd::BaseImageCheck {
+            attempt: 1,
+            checked_at: Some(Time(at(100))),
+            last_trigger: None,
+        }),
+        ..BuildStatus::default()
+    });
+    let observed = Observed {
+        cache: BTreeMap::from([(
+            crate::controller::base_images::check_key("uid-app"),
+            crate::controller::cache_ledger::CallState {
+                resolved_bases: Some(BTreeMap::from([(
+                    "docker.io/library/alpine:3.20".to_owned(),
+                    digest(now),
+                )])),
+                touched: Some(at(5000)),
+                ..Default::default()
+            },
+        )]),
+        ..Observed::default()
+    };
+    (build, observed)
+}
+
+#[test]
+fn a_moved_base_image_starts_one_attempt_and_says_so() {
+    let (build, observed) = base_moved('b');
+    let plan = decide(&build, &observed, at(5001), &with_cache(true, false));
+    assert_eq!(
+        plan.describe(),
+        [
+            "WriteStatus Pending/PodCreated attempt=2",
+            "TakeLease build-uid-app-2",
+            "CreateConfigMap app-2",
+            "CreatePod app-2",
+            "Event Normal BaseImageChanged"
+        ]
+    );
+    let Some(Action::Event(event)) = plan.actions.last() else {
+        panic!("an Event");
+    };
+    assert_eq!(
+        event.note,
+        format!(
+            "base image docker.io/library/alpine:3.20 moved from sha256:{} to sha256:{}: attempt 2 rebuilds on it",
+            "a".repeat(64),
+            "b".repeat(64)
+        )
+    );
+    let s = status(&plan);
+    let trigger = s
+        .base_image_check
+        .as_ref()
+        .and_then(|c| c.last_trigger.clone())
+        .unwrap();
+    assert_eq!(
+        (trigger.attempt, trigger.to.as_str()),
+        (2, format!("sha256:{}", "b".repeat(64)).as_str())
+    );
+    assert_eq!(s.retries, 0);
+
+    // The triggered attempt failed: the same digest starts nothing more.
+    let mut failed = after(&build, &plan);
+    if let Some(status) = failed.status.as_mut() {
+        status.phase = Some(Phase::Failed);
+        if let Some(record) = status.attempts.last_mut() {
+            record.completion_time = Some(Time(at(5100)));
+            record.result = Some(AttemptResult::Failed);
+        }
+    }
+    let (_, mut observed) = base_moved('b');
+    if let Some(state) = observed.cache.values_mut().next() {
+        state.touched = Some(at(9000));
+    }
+    let plan = decide(&failed, &observed, at(9001), &with_cache(true, false));
+    assert!(!plan.starts_attempt(), "{:?}", plan.describe());
+}
+
+#[test]
+fn an_unmoved_base_image_only_records_the_check() {
+    let (build, observed) = base_moved('a');
+    let plan = decide(&build, &observed, at(5001), &with_cache(true, false));
+    assert_eq!(plan.describe(), ["WriteStatus Succeeded/- attempt=1"]);
+    assert_eq!(
+        status(&plan).base_image_check.as_ref().unwrap().checked_at,
+        Some(Time(at(5000)))
+    );
+}
+
 #[test]
 fn a_build_cancelled_before_it_started_never_gets_a_pod() {
     let plan = decide_at(&Build::test("app").cancel(), &none(), 0);
@@ -1271,6 +1381,9 @@ mod one_pod_per_attempt {
                     | Action::ReleaseLease { .. }
                     | Action::DeleteCacheTag { .. }
                     | Action::StoreLog { .. }
+                    | Action::ReadBaseImages { .. }
+                    | Action::CheckBaseImages { .. }
+                    | Action::ForgetBaseImages { .. }
                     | Action::Event(_) => {}
                 }
             }
@@ -1444,7 +1557,10 @@ fn lease_and_token_come_before_the_pod_that_uses_them() {
         ]
     );
     assert_eq!(status(&plan).cache_leases[0].name, "build-uid-app-1");
-    assert_eq!(plan.recheck, Recheck::After(cache_lease::OUTCOME_RECHECK));
+    assert_eq!(
+        plan.recheck,
+        Recheck::After(crate::controller::plan::OUTCOME_RECHECK)
+    );
     let secret = plan
         .actions
         .iter()
@@ -1487,6 +1603,7 @@ fn lease_is_released_in_the_decision_that_ends_its_attempt() {
             "WriteStatus Succeeded/Succeeded attempt=1",
             "ReleaseLease build-uid-app-1",
             "StoreLog app-1 -> default/kiln_logs:build-uid-app-1",
+            "ReadBaseImages",
             "Event Normal Succeeded"
         ]
     );
