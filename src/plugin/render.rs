@@ -160,6 +160,10 @@ pub fn status_report(report: &StatusReport, now: Timestamp) -> String {
         out.push_str("\nPlatforms:\n");
         out.push_str(&platforms_table(&status.platforms, now));
     }
+    if let Some(status) = status.filter(|s| !s.base_images.is_empty()) {
+        out.push_str("\nBase images:\n");
+        out.push_str(&base_images_table(status));
+    }
     out.push_str("\nEvents:\n");
     out.push_str(&events_table(&report.events, now));
     if let Some(log) = &report.failed_log {
@@ -307,6 +311,31 @@ fn attempts_table(status: Option<&BuildStatus>, now: Timestamp) -> String {
         ]);
     }
     table.render(2)
+}
+
+/// The base images of the latest successful attempt, and the last change that started an
+/// attempt (`spec.triggers.baseImageChanged`).
+fn base_images_table(status: &BuildStatus) -> String {
+    let mut table = Table::new(["IMAGE", "DIGEST"]);
+    for base in &status.base_images {
+        table.row(vec![base.image.clone(), base.digest.clone()]);
+    }
+    let mut out = table.render(2);
+    if let Some(change) = status
+        .base_image_check
+        .as_ref()
+        .and_then(|c| c.last_trigger.as_ref())
+    {
+        let _ = writeln!(
+            out,
+            "  {} moved from {} to {}: attempt {} rebuilt on it",
+            change.image,
+            short_digest(Some(&change.from)),
+            short_digest(Some(&change.to)),
+            change.attempt
+        );
+    }
+    out
 }
 
 /// How long something that started at `start` took, or has taken so far.
@@ -519,6 +548,57 @@ slow    Running     -           -           1         6m40s      -              
         let all = build_table(&builds, true, at(400));
         assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
         assert!(all.contains("\nteam-b      slow "), "{all}");
+    }
+
+    #[test]
+    fn the_status_report_lists_the_base_images_and_the_change_that_rebuilt() {
+        let mut build = finished("app", Reason::Succeeded, Phase::Succeeded);
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        if let Some(status) = build.status.as_mut() {
+            status.base_images = vec![crate::crd::BaseImage {
+                image: "docker.io/library/alpine:3.20".into(),
+                digest: digest('b'),
+            }];
+            status.base_image_check = Some(crate::crd::BaseImageCheck {
+                attempt: 2,
+                checked_at: None,
+                last_trigger: Some(crate::crd::BaseImageChange {
+                    image: "docker.io/library/alpine:3.20".into(),
+                    from: digest('a'),
+                    to: digest('b'),
+                    attempt: 2,
+                }),
+            });
+        }
+        let report = StatusReport {
+            build,
+            events: Vec::new(),
+            failed_log: None,
+        };
+        let text = status_report(&report, at(160));
+        let section = text
+            .split_once("Base images:\n")
+            .and_then(|(_, rest)| rest.split_once("\nEvents:"))
+            .map(|(section, _)| section)
+            .expect("a base images section before the Events");
+        assert_eq!(
+            section,
+            format!(
+                "  IMAGE                           DIGEST\n  docker.io/library/alpine:3.20   {}\n  docker.io/library/alpine:3.20 moved from sha256:aaaaaaaaaaaa to sha256:bbbbbbbbbbbb: attempt 2 rebuilt on it\n",
+                digest('b')
+            )
+        );
+        // Without base images, no section.
+        let plain = finished("app", Reason::Succeeded, Phase::Succeeded);
+        let text = status_report(
+            &StatusReport {
+                build: plain,
+                events: Vec::new(),
+                failed_log: None,
+            },
+            at(160),
+        );
+        assert!(!text.contains("Base images"));
     }
 
     #[test]
