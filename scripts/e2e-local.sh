@@ -99,6 +99,7 @@ scripts/local-cluster.sh exec "$HELM" install "$RELEASE" charts/kiln \
   --set "cache.mirror.upstreams[0].url=http://$KILN_CLUSTER_UPSTREAM" \
   --set "controller.plainHttpRegistries[0]=$KILN_CLUSTER_REGISTRY" \
   --set controller.gc.sweepInterval=15s \
+  --set controller.baseImageCheckInterval=10s \
   --set controller.builderRequests.cpu=100m \
   --set controller.builderRequests.memory=256Mi \
   --set-json 'controller.platformNodeSelectors={"linux/arm64":{"kubernetes.io/os":"linux"}}' \

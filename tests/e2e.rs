@@ -1935,6 +1935,110 @@ fn unique_busybox(reference: &str, seed: &str) -> Vec<String> {
     ]
 }
 
+/// A base image that moves upstream rebuilds a Build that watches it, once: the first
+/// build records the base it pulled through the mirror, the tag is pushed again upstream
+/// with other content, the installed controller (checking every 10 s here) starts one new
+/// attempt with a `BaseImageChanged` Event, and that attempt's success records the new
+/// digest, after which nothing more starts.
+#[tokio::test]
+async fn e2e_a_moved_base_image_rebuilds_its_build_once() {
+    let test = "e2e_a_moved_base_image_rebuilds_its_build_once";
+    let Some((client, registry, _release)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let Ok(upstream) = std::env::var("KILN_E2E_UPSTREAM") else {
+        return skip(
+            test,
+            "KILN_E2E_UPSTREAM is not set; name the registry behind the cache's docker.io mirror",
+        )
+        .unwrap_or(());
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "base-trigger", Some(&registry)).await;
+    let tag = format!("trigger-{}", std::process::id());
+    let reference = format!("{upstream}/library/busybox:{tag}");
+    let push = |seed: String| {
+        let reference = reference.clone();
+        tokio::task::spawn_blocking(move || unique_busybox(&reference, &seed))
+    };
+    push(format!("{}-v1", scene.namespace)).await.unwrap();
+    let mut build = inline_build(
+        "watched",
+        &format!("FROM busybox:{tag}\nRUN cat /kiln-e2e-seed\n"),
+        &format!("{registry}/kiln-e2e/{}:watched", scene.namespace),
+    );
+    build["spec"]["triggers"] = json!({"baseImageChanged": true});
+    let (first, _) = scene.run(build, Duration::from_secs(600)).await;
+    assert_eq!(phase(&first), Some(Phase::Succeeded));
+    let image = format!("docker.io/library/busybox:{tag}");
+    let recorded = scene
+        .wait("watched", Duration::from_secs(60), |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.base_images.iter().any(|i| i.image == image))
+        })
+        .await;
+    let before = recorded.status.as_ref().unwrap().base_images[0]
+        .digest
+        .clone();
+
+    let moved = Timestamp::now();
+    push(format!("{}-v2", scene.namespace)).await.unwrap();
+    let rebuilt = scene
+        .wait("watched", Duration::from_secs(600), |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.attempt == 2
+                    && s.phase == Some(Phase::Succeeded)
+                    && s.base_images
+                        .iter()
+                        .any(|i| i.image == image && i.digest != before)
+            })
+        })
+        .await;
+    record_timing(
+        "base-trigger",
+        &format!(
+            "base image moved upstream -> rebuilt and its new base recorded: {:.1}s (checks every 10s)",
+            Timestamp::now().duration_since(moved).as_secs_f64()
+        ),
+    );
+    let status = rebuilt.status.clone().unwrap();
+    let trigger = status
+        .base_image_check
+        .as_ref()
+        .and_then(|c| c.last_trigger.clone())
+        .expect("the change that rebuilt");
+    assert_eq!(
+        (
+            trigger.image.as_str(),
+            trigger.from.as_str(),
+            trigger.attempt
+        ),
+        (image.as_str(), before.as_str(), 2)
+    );
+    assert_eq!(trigger.to, status.base_images[0].digest);
+
+    // Checks go on (every 10 s), and the unmoved tag starts nothing more.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = scene.builds().get("watched").await.expect("the Build");
+    let events: Api<Event> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let triggered = events
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("BaseImageChanged"))
+        .count();
+    scene.finish().await;
+    assert_eq!(
+        later.status.as_ref().map(|s| s.attempt),
+        Some(2),
+        "no rebuild loop"
+    );
+    assert_eq!(triggered, 1, "one BaseImageChanged Event");
+}
+
 /// A Git repository served over HTTP by `git http-backend` (smart HTTP), as a CGI program
 /// behind a small server of the test's own.
 mod git {
