@@ -123,6 +123,10 @@ const KIND_OBJECT: &str = "object";
 const KIND_CACHE_REPOSITORY: &str = "cache_repository";
 /// `reason` of a cache repository's deletion.
 const REASON_NAMESPACE_GONE: &str = "namespace_gone";
+/// `kind` of the stored-log and uploaded-context tags of deleted Builds.
+const KIND_CACHE_TAG: &str = "cache_tag";
+/// `reason` of a cache tag's deletion.
+const REASON_BUILD_GONE: &str = "build_gone";
 /// `sweep` of the orphan and retention sweep.
 const SWEEP_OBJECTS: &str = "objects";
 /// `sweep` of the cache repositories' sweep.
@@ -201,10 +205,10 @@ impl ControllerMetrics {
         }
         let orphans = SortedFamily::<OrphanLabels, Counter>::new(Counter::default);
         let reasons = SweepReason::ALL.map(|r| (KIND_OBJECT, r.as_str()));
-        for (kind, reason) in reasons
-            .into_iter()
-            .chain([(KIND_CACHE_REPOSITORY, REASON_NAMESPACE_GONE)])
-        {
+        for (kind, reason) in reasons.into_iter().chain([
+            (KIND_CACHE_REPOSITORY, REASON_NAMESPACE_GONE),
+            (KIND_CACHE_TAG, REASON_BUILD_GONE),
+        ]) {
             orphans.get_or_create(&OrphanLabels {
                 kind: kind.to_owned(),
                 reason: reason.to_owned(),
@@ -505,6 +509,11 @@ impl GcObserver for ControllerMetrics {
             REASON_NAMESPACE_GONE,
             report.deleted.len() as u64,
         );
+        self.orphans_collected(
+            KIND_CACHE_TAG,
+            REASON_BUILD_GONE,
+            report.orphan_tags.len() as u64,
+        );
         let sweep = SweepLabels { sweep: SWEEP_CACHE };
         self.sweeps.get_or_create(&sweep).inc();
         self.sweep_failures
@@ -704,6 +713,7 @@ mod tests {
                 examined: 4,
                 deleted: vec!["gone/app".parse().unwrap()],
                 failed: 0,
+                orphan_tags: vec!["team/kiln_logs:build-x-1".into()],
             },
             Duration::from_millis(5),
         );
@@ -717,6 +727,7 @@ mod tests {
             lines("kiln_orphans_collected_total{"),
             [
                 "kiln_orphans_collected_total{kind=\"cache_repository\",reason=\"namespace_gone\"} 1",
+                "kiln_orphans_collected_total{kind=\"cache_tag\",reason=\"build_gone\"} 1",
                 "kiln_orphans_collected_total{kind=\"object\",reason=\"attempt_ended\"} 0",
                 "kiln_orphans_collected_total{kind=\"object\",reason=\"attempt_finished\"} 0",
                 "kiln_orphans_collected_total{kind=\"object\",reason=\"build_gone\"} 3",

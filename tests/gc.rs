@@ -947,6 +947,12 @@ async fn a_build_that_does_not_watch_its_bases_records_them_and_is_never_checked
 /// An API server that only lists namespaces (kube-fake-client cannot route the
 /// cluster-scoped `/api/v1/namespaces`).
 fn namespaces_api(names: &[&str]) -> kube::Client {
+    namespaces_over(names, None)
+}
+
+/// An API server that lists `names` as the namespaces and sends every other request to
+/// `inner` (none: only namespaces are asked for).
+fn namespaces_over(names: &[&str], inner: Option<kube::Client>) -> kube::Client {
     let items: Vec<Value> = names
         .iter()
         .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
@@ -957,14 +963,13 @@ fn namespaces_api(names: &[&str]) -> kube::Client {
     })
     .to_string();
     let service = tower::service_fn(move |request: axum::http::Request<kube::client::Body>| {
-        let list = list.clone();
+        let (list, inner) = (list.clone(), inner.clone());
         async move {
-            assert_eq!(
-                request.uri().path(),
-                "/api/v1/namespaces",
-                "only namespaces"
-            );
-            Ok::<_, std::convert::Infallible>(axum::http::Response::new(kube::client::Body::from(
+            if request.uri().path() != "/api/v1/namespaces" {
+                let inner = inner.expect("only namespaces are asked for");
+                return inner.send(request).await;
+            }
+            Ok::<_, kube::Error>(axum::http::Response::new(kube::client::Body::from(
                 list.into_bytes(),
             )))
         }
@@ -1004,6 +1009,54 @@ async fn orphan_cache_repositories_of_deleted_namespaces_are_deleted() {
     })
     .with_cache_admin(AdminClient::new(&cache.url, ADMIN_TOKEN).unwrap());
     assert_eq!(sweep_cache(&one).await.unwrap().deleted, []);
+}
+
+#[tokio::test]
+async fn orphan_log_and_context_tags_of_deleted_builds_are_deleted() {
+    const LIVE: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const GONE: &str = "6fa459ea-ee8a-3ca4-894e-db77e160355e";
+    let clock = Arc::new(ManualClock::new(T0));
+    let cache = FakeCache::start(clock.clone()).await;
+    let d = Digest::of(b"x");
+    for (repository, tag) in [
+        ("team-a/kiln_logs", format!("build-{LIVE}-1")),
+        ("team-a/kiln_logs", format!("build-{GONE}-1")),
+        ("team-a/kiln_logs", format!("build-{GONE}-2")),
+        ("team-a/kiln_logs", "notes".to_owned()),
+        ("team-a/kiln_contexts", format!("build-{LIVE}")),
+        ("team-a/kiln_contexts", format!("build-{GONE}")),
+        ("team-a/app", format!("build-{GONE}")),
+    ] {
+        cache.tag(repository, &tag, d);
+    }
+    let live = Build::test("app").in_namespace("team-a").with_uid(LIVE);
+    let api = fake_api(vec![serde_json::to_value(live).unwrap()], None).await;
+    let config = Config {
+        cache_service: Some(CacheService::parse(&cache.url).unwrap()),
+        ..Config::default()
+    };
+    let ctx = Context::new(namespaces_over(&["default", "team-a"], Some(api)), config)
+        .with_clock(clock)
+        .with_cache_admin(AdminClient::new(&cache.url, ADMIN_TOKEN).unwrap());
+    let report = sweep_cache(&ctx).await.expect("cache sweep");
+    assert_eq!(
+        report.orphan_tags,
+        [
+            format!("team-a/kiln_contexts:build-{GONE}"),
+            format!("team-a/kiln_logs:build-{GONE}-1"),
+            format!("team-a/kiln_logs:build-{GONE}-2"),
+        ]
+    );
+    assert_eq!(
+        cache.tags(),
+        [
+            format!("team-a/app:build-{GONE}"),
+            format!("team-a/kiln_contexts:build-{LIVE}"),
+            format!("team-a/kiln_logs:build-{LIVE}-1"),
+            "team-a/kiln_logs:notes".to_owned(),
+        ],
+        "a live Build's tags, tags of another form and other repositories stay"
+    );
 }
 
 // --- Cache tokens ----------------------------------------------------------------------------

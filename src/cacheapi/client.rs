@@ -316,6 +316,25 @@ impl AdminClient {
         .await
     }
 
+    /// `GET /v2/<name>/tags/list` (the registry's listing, which the admin token may read):
+    /// every tag of the repository, sorted; none when the repository does not exist.
+    pub async fn tags(&self, name: &RepoName) -> Result<Vec<String>, AdminClientError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let action = "list tags";
+        let path = format!("/v2/{name}/tags/list");
+        let result = match self.send_to(action, Method::GET, &path, |r| r).await {
+            Ok(response) => decode_json::<TagList>(action, response).await,
+            Err(err) => Err(err),
+        };
+        Ok(absent_as_none(result, "NAME_UNKNOWN")?
+            .and_then(|list| list.tags)
+            .unwrap_or_default())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         action: &'static str,
@@ -342,7 +361,18 @@ impl AdminClient {
         route: &AdminRoute,
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, AdminClientError> {
-        let url = format!("{}{}", self.base, route.path());
+        self.send_to(action, method, &route.path(), build).await
+    }
+
+    /// [`Self::send`] to any path of the service (the registry's own, too).
+    async fn send_to(
+        &self,
+        action: &'static str,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, AdminClientError> {
+        let url = format!("{}{path}", self.base);
         let request = build(self.http.request(method, &url).bearer_auth(&self.token));
         let response = request
             .send()

@@ -50,9 +50,11 @@ use super::labels::{BUILD, BUILD_UID, MANAGED_BY, MANAGED_BY_KILN, attempt_of};
 use super::podstate::is_live;
 use super::retention::pod_expiry;
 use crate::cacheapi::admin::RepositoryUsage;
+use crate::context::protocol::CONTEXTS_REPOSITORY;
 use crate::crd::Build;
 use crate::crd::build::GROUP;
-use crate::oci::name::RepoName;
+use crate::oci::name::{RepoName, Tag};
+use crate::store::gc::LOGS_REPOSITORY;
 
 /// The kinds of object the sweeper examines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -307,6 +309,9 @@ pub struct CacheSweepReport {
     pub deleted: Vec<RepoName>,
     /// Deletions that failed; the next sweep tries again.
     pub failed: u64,
+    /// Tags of stored logs and uploaded contexts deleted because their Build no longer
+    /// exists (`repository:tag`).
+    pub orphan_tags: Vec<String>,
 }
 
 /// The cache repositories of namespaces that no longer exist, sorted: not mirrors, under
@@ -338,6 +343,74 @@ pub fn stale_repositories(
         .collect();
     stale.sort();
     stale
+}
+
+/// The repositories whose tags belong to single Builds (`build-<uid>…`): stored build
+/// logs and uploaded contexts, of namespaces that exist. Their orphan tags are found by
+/// [`orphan_build_tags`].
+pub fn per_build_repositories(
+    repositories: &[RepositoryUsage],
+    namespaces: &BTreeSet<String>,
+    prefix: Option<&str>,
+) -> Vec<(String, RepoName)> {
+    let mut found: Vec<(String, RepoName)> = repositories
+        .iter()
+        .filter(|r| !r.mirror)
+        .filter_map(|r| {
+            let rest = match prefix {
+                Some(prefix) => r.name.as_str().strip_prefix(prefix)?.strip_prefix('/')?,
+                None => r.name.as_str(),
+            };
+            let (namespace, kind) = rest.split_once('/')?;
+            let per_build = kind == LOGS_REPOSITORY || kind == CONTEXTS_REPOSITORY;
+            (per_build && namespaces.contains(namespace))
+                .then(|| (namespace.to_owned(), r.name.clone()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The tags of `repository` (of `namespace`) whose Build no longer exists: a tag
+/// `build-<uid>` or `build-<uid>-<n>` whose UID is not among `live` (the `(namespace,
+/// uid)` of every Build listed after the tags, deleting ones included, whose finalizer
+/// owns their cleanup). Tags of another form are never touched.
+pub fn orphan_build_tags(
+    namespace: &str,
+    repository: &RepoName,
+    tags: &[String],
+    live: &BTreeSet<(String, String)>,
+) -> Vec<(RepoName, Tag)> {
+    let mut orphans: Vec<(RepoName, Tag)> = tags
+        .iter()
+        .filter_map(|tag| {
+            let uid = build_uid_of_tag(tag)?;
+            let alive = live.contains(&(namespace.to_owned(), uid.to_owned()));
+            if alive {
+                return None;
+            }
+            Some((repository.clone(), Tag::parse(tag).ok()?))
+        })
+        .collect();
+    orphans.sort();
+    orphans
+}
+
+/// The Build UID of a tag `build-<uid>` or `build-<uid>-<n>`, where a UID is what the API
+/// server makes: 36 characters of lowercase hex digits and dashes (8-4-4-4-12).
+fn build_uid_of_tag(tag: &str) -> Option<&str> {
+    let rest = tag.strip_prefix("build-")?;
+    let uid = rest.get(..36)?;
+    let shaped = uid.char_indices().all(|(at, c)| match at {
+        8 | 13 | 18 | 23 => c == '-',
+        _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+    });
+    let suffix = &rest[36..];
+    let counted = suffix.is_empty()
+        || suffix
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (shaped && counted).then_some(uid)
 }
 
 /// A DNS-1123 label: what a namespace name is.

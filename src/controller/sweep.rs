@@ -7,7 +7,9 @@
 //!   one Event per Build that still exists and lost something newsworthy. The API calls of
 //!   a sweep are therefore `4 + deletions + Events`, whatever the number of objects kept.
 //! - [`sweep_cache`]: deletes the cache repositories of namespaces that no longer exist
-//!   (the cache service's disk usage first, then the namespaces, for the same reason).
+//!   (the cache service's disk usage first, then the namespaces, for the same reason), and
+//!   the stored-log and uploaded-context tags of Builds that no longer exist (their tags
+//!   first, then the Builds).
 //! - [`run_sweeps`]: runs the first at start-up and every `--sweep-interval`, and the
 //!   second at start-up and every [`CACHE_SWEEP_EVERY`] sweeps.
 //!
@@ -274,8 +276,81 @@ pub async fn sweep_cache(ctx: &Context) -> Result<CacheSweepReport, SweepError> 
             }
         }
     }
+    sweep_orphan_tags(ctx, &usage.repositories, &namespaces, prefix, &mut report).await?;
     ctx.gc_observer.cache_swept(&report, started.elapsed());
     Ok(report)
+}
+
+/// Deletes the stored-log and uploaded-context tags whose Build no longer exists (one
+/// whose finalizer gave up while the cache was away). The tags are listed first and the
+/// Builds second, so a tag's Build, if it still exists, is in the later list.
+async fn sweep_orphan_tags(
+    ctx: &Context,
+    repositories: &[crate::cacheapi::admin::RepositoryUsage],
+    namespaces: &BTreeSet<String>,
+    prefix: Option<&str>,
+    report: &mut CacheSweepReport,
+) -> Result<(), SweepError> {
+    let per_build = gc::per_build_repositories(repositories, namespaces, prefix);
+    if per_build.is_empty() {
+        return Ok(());
+    }
+    let mut listed = Vec::new();
+    for (namespace, repository) in per_build {
+        let result = cachecall::bounded(ctx, |admin| {
+            let repository = &repository;
+            async move { Ok::<_, CallError>(admin.tags(repository).await?) }
+        })
+        .await;
+        match result {
+            Ok(tags) => listed.push((namespace, repository, tags)),
+            Err(error) => {
+                report.failed += 1;
+                tracing::warn!(%repository, error = error_chain(&error), "listing the tags of a cache repository failed; retried at the next sweep");
+            }
+        }
+    }
+    let live: BTreeSet<(String, String)> = list_in_pages(
+        &Api::<Build>::all(ctx.client.clone()),
+        &ListParams::default(),
+        ctx.config.list_page,
+        |mut build: Build| {
+            slim::build(&mut build);
+            build
+        },
+    )
+    .await
+    .map_err(list_failed("builds"))?
+    .iter()
+    .map(|b| {
+        (
+            b.namespace().unwrap_or_default(),
+            b.uid().unwrap_or_default(),
+        )
+    })
+    .collect();
+    for (namespace, repository, tags) in listed {
+        for (repository, tag) in gc::orphan_build_tags(&namespace, &repository, &tags, &live) {
+            let result = cachecall::bounded(ctx, |admin| {
+                let (repository, tag) = (&repository, &tag);
+                async move { Ok::<_, CallError>(admin.delete_tag(repository, tag).await?) }
+            })
+            .await;
+            ctx.gc_observer
+                .cache_call(CacheCall::DeleteTag, result.is_ok());
+            match result {
+                Ok(_) => {
+                    tracing::info!(%repository, %tag, "deleted the cache tag of a deleted Build");
+                    report.orphan_tags.push(format!("{repository}:{tag}"));
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    tracing::warn!(%repository, %tag, error = error_chain(&error), "deleting a cache tag failed; retried at the next sweep");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs [`sweep_once`] now and every `--sweep-interval`, and [`sweep_cache`] now and every

@@ -89,6 +89,7 @@ impl FakeCache {
         });
         let app = axum::Router::new()
             .route("/admin/v1/{*rest}", axum::routing::any(handle))
+            .route("/v2/{*rest}", axum::routing::get(tags_list))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -190,6 +191,34 @@ impl FakeCache {
     pub fn calls(&self) -> Vec<String> {
         self.store().calls.clone()
     }
+}
+
+/// `GET /v2/<name>/tags/list`, the one registry route the controller reads (with the
+/// admin token).
+async fn tags_list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut store = shared.store.lock().unwrap();
+    store.calls.push(format!("GET {path}"));
+    let Some(name) = path
+        .strip_prefix("/v2/")
+        .and_then(|rest| rest.strip_suffix("/tags/list"))
+    else {
+        return error(StatusCode::NOT_FOUND, "NAME_INVALID", "no such route");
+    };
+    if !store.repositories.contains(name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known",
+        );
+    }
+    let tags: Vec<&String> = store
+        .tags
+        .keys()
+        .filter(|(r, _)| r == name)
+        .map(|(_, t)| t)
+        .collect();
+    axum::Json(json!({"name": name, "tags": tags})).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

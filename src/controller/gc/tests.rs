@@ -446,3 +446,64 @@ fn orphan_cache_repositories_are_those_of_namespaces_that_are_gone() {
         .collect();
     assert_eq!(stale, ["kiln/gone/app"]);
 }
+
+#[test]
+fn per_build_repositories_are_the_logs_and_contexts_of_existing_namespaces() {
+    let repositories = [
+        repo("team-a/kiln_logs", false),
+        repo("team-a/kiln_contexts", false),
+        repo("team-a/app", false),
+        repo("gone/kiln_logs", false),
+        repo("team-a/kiln_logs/deeper", false),
+        repo("docker.io/kiln_logs", true),
+        repo("kiln/team-b/kiln_logs", false),
+    ];
+    let namespaces: BTreeSet<String> = ["team-a", "team-b", "docker.io"].map(str::to_owned).into();
+    let found = |prefix| -> Vec<String> {
+        per_build_repositories(&repositories, &namespaces, prefix)
+            .into_iter()
+            .map(|(ns, r)| format!("{ns} {r}"))
+            .collect()
+    };
+    assert_eq!(
+        found(None),
+        ["team-a team-a/kiln_contexts", "team-a team-a/kiln_logs"]
+    );
+    assert_eq!(found(Some("kiln")), ["team-b kiln/team-b/kiln_logs"]);
+}
+
+#[test]
+fn only_tags_named_after_a_build_uid_that_no_longer_exists_are_orphans() {
+    const LIVE: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const GONE: &str = "6fa459ea-ee8a-3ca4-894e-db77e160355e";
+    let repository: RepoName = "team-a/kiln_logs".parse().unwrap();
+    let live: BTreeSet<(String, String)> = [("team-a".to_owned(), LIVE.to_owned())].into();
+    let tags: Vec<String> = [
+        format!("build-{LIVE}-3"),
+        format!("build-{GONE}"),
+        format!("build-{GONE}-12"),
+        format!("build-{GONE}-"),
+        format!("build-{GONE}-x"),
+        format!("build-{}", GONE.to_uppercase()),
+        "build-uid-app-1".to_owned(),
+        "latest".to_owned(),
+    ]
+    .into();
+    let orphans: Vec<String> = orphan_build_tags("team-a", &repository, &tags, &live)
+        .into_iter()
+        .map(|(_, t)| t.to_string())
+        .collect();
+    assert_eq!(
+        orphans,
+        [format!("build-{GONE}"), format!("build-{GONE}-12")]
+    );
+    // The same UID alive in another namespace does not keep a tag of this one.
+    let elsewhere: BTreeSet<(String, String)> = [("team-b".to_owned(), LIVE.to_owned())].into();
+    let orphans = orphan_build_tags(
+        "team-a",
+        &repository,
+        &[format!("build-{LIVE}-1")],
+        &elsewhere,
+    );
+    assert_eq!(orphans.len(), 1);
+}
