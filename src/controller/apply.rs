@@ -21,7 +21,9 @@
 //!
 //! A successful build costs 9 API writes (measured by the real-API-server suite, which
 //! holds it as an upper bound): 1 finalizer patch, 4 status updates (the attempt
-//! announced, the pod's UID, Running, Succeeded), 1 pod create and 3 Events. Server-side
+//! announced, the pod's UID, Running, Succeeded), 1 pod create and 3 Events. With the
+//! cache's admin API one status update more records where the build log is kept and the
+//! base images the build resolved (both land in the same write). Server-side
 //! apply would save none of them: each status write is one transition that `decide`
 //! computed whole, and pods, ConfigMaps and Secrets are created once per attempt and never
 //! changed. It would cost two guarantees instead: an apply carries no `resourceVersion`
