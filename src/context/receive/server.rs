@@ -74,6 +74,9 @@ fn answer(result: Result<UploadStatus, Refusal>) -> Response {
     }
 }
 
+/// A refusal closes the connection: a chunk may be refused before its body was read (its
+/// declared length already overflows), and a client that reused the connection would
+/// write its next request into that unread body and see a broken pipe.
 fn refused(refusal: Refusal) -> Response {
     let Refusal {
         code,
@@ -82,6 +85,7 @@ fn refused(refusal: Refusal) -> Response {
     } = refusal;
     (
         code,
+        [(header::CONNECTION, "close")],
         Json(UploadError {
             message,
             status: Some(status),
@@ -152,6 +156,34 @@ mod tests {
             .await
             .unwrap();
         (code, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_closes_the_connection_and_an_acceptance_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = session(dir.path());
+        session.start_waiting().await.unwrap();
+        let connection = |body: &'static [u8]| {
+            let session = session.clone();
+            async move {
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("{CHUNK_PATH}?offset=0"))
+                    .body(Body::from(body))
+                    .unwrap();
+                let response = router(session).oneshot(request).await.unwrap();
+                (
+                    response.status(),
+                    response.headers().get(header::CONNECTION).cloned(),
+                )
+            }
+        };
+        // Longer than the declared 10 bytes: refused, maybe before the body was read.
+        let (code, close) = connection(b"0123456789ABC").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert_eq!(close.as_ref().map(|v| v.as_bytes()), Some(&b"close"[..]));
+        let (code, close) = connection(b"0123").await;
+        assert_eq!((code, close), (StatusCode::OK, None));
     }
 
     #[tokio::test]
