@@ -12,8 +12,8 @@
 //!
 //! # Why these bytes
 //! The manifest is written from structs (fields serialize in declaration order) and a
-//! sorted map, compactly and without a trailing newline, like the build context's
-//! ([`crate::context::artifact`]): the same log with the same annotations always gives the
+//! sorted map, compactly and without a trailing newline ([`crate::oci::artifact`], as the
+//! build context's): the same log with the same annotations always gives the
 //! same manifest digest, so storing it twice is one manifest.
 //!
 //! # The annotations header
@@ -26,9 +26,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::context::artifact::{EMPTY_CONFIG, OCI_EMPTY, empty_config_digest};
+use crate::oci::artifact::single_blob_manifest;
 use crate::oci::digest::Digest;
-use crate::oci::media::OCI_MANIFEST;
 
 pub use crate::store::gc::{LOGS_REPOSITORY, is_logs_repository};
 
@@ -185,53 +184,12 @@ pub fn annotations_header(annotations: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// The manifest as serialized: field order here is key order in the bytes.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest<'a> {
-    schema_version: u32,
-    media_type: &'static str,
-    artifact_type: &'static str,
-    config: Descriptor<'a>,
-    layers: [Descriptor<'a>; 1],
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: &'a BTreeMap<String, String>,
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor<'a> {
-    media_type: &'static str,
-    digest: &'a Digest,
-    size: u64,
-}
-
 /// The manifest of the log whose bytes have digest `blob` and `size`: `schemaVersion` 2,
-/// media type [`OCI_MANIFEST`], artifact type [`LOG_ARTIFACT_TYPE`], the empty config, the
+/// media type [`OCI_MANIFEST`](crate::oci::media::OCI_MANIFEST), artifact type [`LOG_ARTIFACT_TYPE`], the empty config, the
 /// log as its one [`LOG_MEDIA_TYPE`] layer, and `annotations` (left out when empty), as
 /// compact JSON without a trailing newline. The same input always gives the same bytes.
 pub fn log_manifest(blob: &Digest, size: u64, annotations: &BTreeMap<String, String>) -> Vec<u8> {
-    let empty = empty_config_digest();
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: OCI_MANIFEST,
-        artifact_type: LOG_ARTIFACT_TYPE,
-        config: Descriptor {
-            media_type: OCI_EMPTY,
-            digest: &empty,
-            size: EMPTY_CONFIG.len() as u64,
-        },
-        layers: [Descriptor {
-            media_type: LOG_MEDIA_TYPE,
-            digest: blob,
-            size,
-        }],
-        annotations,
-    };
-    // Serializing structs of strings, integers and a string map into a Vec cannot fail;
-    // should it ever, an empty body would be refused by the store rather than tag a wrong
-    // manifest.
-    serde_json::to_vec(&manifest).unwrap_or_default()
+    single_blob_manifest(LOG_ARTIFACT_TYPE, LOG_MEDIA_TYPE, blob, size, annotations)
 }
 
 /// The parts of a stored manifest that say whether it is a log artifact and where its log
@@ -298,7 +256,8 @@ pub fn log_layer(manifest: &[u8]) -> Result<(Digest, u64), NotALog> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::media::is_manifest_type;
+    use crate::oci::artifact::{OCI_EMPTY, empty_config_digest};
+    use crate::oci::media::{OCI_MANIFEST, is_manifest_type};
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

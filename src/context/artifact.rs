@@ -10,89 +10,39 @@
 //! # Why these bytes
 //! The manifest is addressed by the digest of its bytes, and several receivers (one per
 //! platform of a `Native` build, or a rerun) may tag it for the same tar. The same tar must
-//! therefore always give the same bytes: they are written from structs (whose fields
-//! serialize in declaration order), compactly, without a trailing newline, with no
-//! annotation that would vary (no creation time). The config is the image spec's empty
-//! descriptor, as the spec recommends for artifacts without a config.
+//! therefore always give the same bytes, which [`crate::oci::artifact`] writes.
 
+use std::collections::BTreeMap;
+
+use crate::oci::artifact::single_blob_manifest;
 use crate::oci::digest::Digest;
-use crate::oci::media::OCI_MANIFEST;
 
 /// The `artifactType` of a build context's manifest.
 pub const CONTEXT_ARTIFACT_TYPE: &str = "application/vnd.kiln.context.v1";
 
-/// The media type of the image spec's empty descriptor (`{}`), the config of an artifact
-/// that has none.
-pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-
-/// The content of the empty descriptor's blob: two bytes, `{}`.
-pub const EMPTY_CONFIG: &[u8] = b"{}";
-
 /// The media type of an uncompressed tar layer: what the context's tar is.
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
-/// The digest of [`EMPTY_CONFIG`] (`sha256:44136f…`).
-pub fn empty_config_digest() -> Digest {
-    Digest::of(EMPTY_CONFIG)
-}
-
-/// The manifest as serialized: field order here is key order in the bytes.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest<'a> {
-    schema_version: u32,
-    media_type: &'static str,
-    artifact_type: &'static str,
-    config: Descriptor<'a>,
-    layers: [Descriptor<'a>; 1],
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor<'a> {
-    media_type: &'static str,
-    digest: &'a Digest,
-    size: u64,
-}
-
 /// The manifest of the context whose tar has `digest` and `size`: `schemaVersion` 2, media
-/// type [`OCI_MANIFEST`], artifact type [`CONTEXT_ARTIFACT_TYPE`], the empty config and the
-/// tar as its one [`OCI_LAYER_TAR`] layer, as compact JSON without a trailing newline. The
-/// same tar always gives the same bytes, hence the same digest.
+/// type [`OCI_MANIFEST`](crate::oci::media::OCI_MANIFEST), artifact type [`CONTEXT_ARTIFACT_TYPE`], the empty config and the
+/// tar as its one [`OCI_LAYER_TAR`] layer, as compact JSON without a trailing newline
+/// ([`single_blob_manifest`]). The same tar always gives the same bytes, hence the same
+/// digest.
 pub fn context_manifest(digest: &Digest, size: u64) -> Vec<u8> {
-    let empty = empty_config_digest();
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: OCI_MANIFEST,
-        artifact_type: CONTEXT_ARTIFACT_TYPE,
-        config: Descriptor {
-            media_type: OCI_EMPTY,
-            digest: &empty,
-            size: EMPTY_CONFIG.len() as u64,
-        },
-        layers: [Descriptor {
-            media_type: OCI_LAYER_TAR,
-            digest,
-            size,
-        }],
-    };
-    // Serializing plain structs of strings and integers into a Vec cannot fail; should it
-    // ever, an empty body would be refused by the registry rather than tag a wrong manifest.
-    serde_json::to_vec(&manifest).unwrap_or_default()
+    single_blob_manifest(
+        CONTEXT_ARTIFACT_TYPE,
+        OCI_LAYER_TAR,
+        digest,
+        size,
+        &BTreeMap::new(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::media::is_manifest_type;
-
-    #[test]
-    fn the_empty_config_is_the_specs_empty_descriptor() {
-        assert_eq!(
-            empty_config_digest().to_string(),
-            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-        );
-    }
+    use crate::oci::artifact::{OCI_EMPTY, empty_config_digest};
+    use crate::oci::media::{OCI_MANIFEST, is_manifest_type};
 
     #[test]
     fn the_bytes_are_compact_in_a_fixed_key_order() {

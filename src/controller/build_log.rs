@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::base_images::split_tag;
 use super::buildkit::namespace_repository_prefix;
 use super::cache_ledger::CallState;
 use super::config::Config;
@@ -298,10 +299,9 @@ fn annotations(build: &Build, record: &AttemptRecord) -> BTreeMap<String, String
     map
 }
 
-/// `<repository>:<tag>` back into its parts (the tag follows the last `:`; a repository
-/// name has none).
+/// `<repository>:<tag>` back into its parts.
 fn split_reference(reference: &str) -> Option<(RepoName, Tag)> {
-    let (repository, tag) = reference.rsplit_once(':')?;
+    let (repository, tag) = split_tag(reference)?;
     Some((RepoName::parse(repository).ok()?, Tag::parse(tag).ok()?))
 }
 

@@ -22,7 +22,7 @@ use crate::cacheapi::log::{
     ANNOTATIONS_HEADER, MAX_LOG_BYTES, annotations_header, log_layer, log_manifest,
     parse_annotations,
 };
-use crate::context::artifact::{EMPTY_CONFIG, empty_config_digest};
+use crate::oci::artifact::{EMPTY_CONFIG, empty_config_digest};
 use crate::oci::digest::Digest;
 use crate::oci::media::OCI_MANIFEST;
 use crate::oci::name::{Reference, RepoName, Tag};

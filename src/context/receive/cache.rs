@@ -44,7 +44,8 @@ use reqwest::header::{self, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::context::artifact::{EMPTY_CONFIG, context_manifest, empty_config_digest};
+use crate::context::artifact::context_manifest;
+use crate::oci::artifact::{EMPTY_CONFIG, empty_config_digest};
 use crate::oci::digest::{Digest, Hasher};
 use crate::oci::media::OCI_MANIFEST;
 use crate::oci::name::{RepoName, Tag};
