@@ -387,14 +387,7 @@ mod tests {
         path: &str,
         body: serde_json::Value,
     ) -> Answer {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        registry
-            .call(method, path, &[("authorization", &admin())], body)
-            .await
+        registry.as_admin(method, path, body).await
     }
 
     #[tokio::test]

@@ -280,14 +280,7 @@ mod tests {
         path: &str,
         body: serde_json::Value,
     ) -> Answer {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        registry
-            .call(method, path, &[("authorization", &admin())], body)
-            .await
+        registry.as_admin(method, path, body).await
     }
 
     fn records(registry: &TestRegistry, uid: &str) -> Vec<(String, String, Digest)> {

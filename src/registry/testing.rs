@@ -167,6 +167,17 @@ impl TestRegistry {
         self.send(request.body(body.into()).unwrap()).await
     }
 
+    /// `method path` as the admin, with `body` as JSON (none when it is `null`).
+    pub async fn as_admin(&self, method: Method, path: &str, body: serde_json::Value) -> Answer {
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
+        self.call(method, path, &[("authorization", &admin())], body)
+            .await
+    }
+
     /// `DELETE path` as the admin.
     pub async fn delete_as_admin(&self, path: &str) -> Answer {
         self.call(
