@@ -442,6 +442,11 @@ impl<'a> Planner<'a> {
         if request.token.is_some() {
             self.status.rerun_token = request.token;
         }
+        self.fresh_run();
+    }
+
+    /// A run starts over: a fresh retry budget, no times, no output, Pending.
+    fn fresh_run(&mut self) {
         self.status.retries = 0;
         self.status.start_time = None;
         self.status.completion_time = None;
@@ -468,10 +473,7 @@ impl<'a> Planner<'a> {
         if let Some(check) = self.status.base_image_check.as_mut() {
             check.last_trigger = Some(change);
         }
-        self.status.retries = 0;
-        self.status.start_time = None;
-        self.status.completion_time = None;
-        self.status.output = None;
+        self.fresh_run();
         self.set(Phase::Pending, Reason::BaseImageChanged, message.clone());
         self.events.push(EventSpec::new(
             Reason::BaseImageChanged,
