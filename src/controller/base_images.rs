@@ -35,7 +35,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::cache_ledger::CallState;
 use super::config::Config;
-use super::plan::{Action, OUTCOME_RECHECK, Recheck, wait_until};
+use super::plan::{Action, CallPlan, OUTCOME_RECHECK, Recheck, wait_until};
 use crate::crd::{AttemptResult, BaseImageChange, BaseImageCheck, Build, BuildStatus};
 
 /// Most entries of `status.baseImages`.
@@ -80,15 +80,6 @@ pub fn jittered(interval: Duration, uid: &str) -> Duration {
     // A fraction in [0, 1) from the hash's first 53 bits.
     let fraction = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
     interval.mul_f64(0.9 + 0.2 * fraction)
-}
-
-/// What a decision does about base images.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct BasePlan {
-    /// The calls, in order.
-    pub actions: Vec<Action>,
-    /// When to look again for the base images' sake.
-    pub recheck: Recheck,
 }
 
 /// The latest successful attempt: its number and when it started.
@@ -153,8 +144,8 @@ pub fn plan(
     ledger: &BTreeMap<String, CallState>,
     now: Timestamp,
     config: &Config,
-) -> BasePlan {
-    let mut plan = BasePlan::default();
+) -> CallPlan {
+    let mut plan = CallPlan::default();
     if !enabled(config) {
         return plan;
     }

@@ -36,7 +36,7 @@ use super::base_images::split_tag;
 use super::buildkit::namespace_repository_prefix;
 use super::cache_ledger::CallState;
 use super::config::Config;
-use super::plan::{Action, OUTCOME_RECHECK, Recheck, wait_until};
+use super::plan::{Action, CallPlan, OUTCOME_RECHECK, Recheck, wait_until};
 use super::podstate::{BUILD_CONTAINER, INDEX_CONTAINER};
 use crate::cacheapi::log::{
     ANNOTATION_ATTEMPT, ANNOTATION_ENDED, ANNOTATION_NAME, ANNOTATION_NAMESPACE, ANNOTATION_POD,
@@ -107,15 +107,6 @@ pub fn has_log(pod: &Pod) -> bool {
     })
 }
 
-/// What a decision does about stored logs.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LogPlan {
-    /// The calls, in order.
-    pub actions: Vec<Action>,
-    /// When to look again for the logs' sake.
-    pub recheck: Recheck,
-}
-
 /// Records the logs the ledger says were stored, and plans the stores and deletions that
 /// are due, for the Build's live status.
 pub fn plan(
@@ -125,8 +116,8 @@ pub fn plan(
     ledger: &BTreeMap<String, CallState>,
     now: Timestamp,
     config: &Config,
-) -> LogPlan {
-    let mut plan = LogPlan::default();
+) -> CallPlan {
+    let mut plan = CallPlan::default();
     if !enabled(config) {
         return plan;
     }

@@ -46,7 +46,7 @@ use super::buildkit::{CACHE_TAG, build_cache_repository, cache_repository};
 use super::cache_ledger::CallState;
 use super::config::Config;
 use super::local_context::{build_context_tag, contexts_repository};
-use super::plan::{Action, OUTCOME_RECHECK, Recheck, wait_until};
+use super::plan::{Action, CallPlan, OUTCOME_RECHECK, Recheck, wait_until};
 use crate::cacheapi::admin::LeaseTarget;
 use crate::crd::status::MAX_CACHE_LEASES;
 use crate::crd::{Build, BuildStatus};
@@ -75,15 +75,6 @@ pub fn ledger_prefix(uid: &str) -> String {
     format!("build-{uid}-")
 }
 
-/// What a decision does about cache leases.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LeasePlan {
-    /// The admin API calls, in order.
-    pub actions: Vec<Action>,
-    /// When to look again for the leases' sake.
-    pub recheck: Recheck,
-}
-
 /// Brings `status.cacheLeases` of a live Build up to date and plans the calls that are
 /// due: take or renew the open attempt's lease, release those of ended attempts.
 pub fn plan(
@@ -92,7 +83,7 @@ pub fn plan(
     ledger: &BTreeMap<String, CallState>,
     now: Timestamp,
     config: &Config,
-) -> LeasePlan {
+) -> CallPlan {
     let uid = build.metadata.uid.as_deref().unwrap_or_default();
     let wanted = status
         .current_attempt()
@@ -134,7 +125,7 @@ pub fn plan(
         status.cache_leases.drain(..len - MAX_CACHE_LEASES);
     }
 
-    let mut plan = LeasePlan::default();
+    let mut plan = CallPlan::default();
     if !config.cache_leases {
         return plan;
     }

@@ -35,6 +35,16 @@ pub fn wait_until(now: Timestamp, at: Option<Timestamp>) -> Recheck {
     }
 }
 
+/// The part of a decision that one kind of cache call plans (leases, stored logs, base
+/// images): the calls, and when to look again for their sake.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallPlan {
+    /// The admin API calls, in order.
+    pub actions: Vec<Action>,
+    /// When to look again.
+    pub recheck: Recheck,
+}
+
 /// What `decide` wants done for one Build.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {

@@ -77,7 +77,7 @@ fn run(
     ledger: &BTreeMap<String, CallState>,
     now: i64,
     config: &Config,
-) -> (BuildStatus, BasePlan) {
+) -> (BuildStatus, CallPlan) {
     let mut status = build.status.clone().unwrap_or_default();
     let plan = plan(build, &mut status, ledger, at(now), config);
     (status, plan)

@@ -62,7 +62,7 @@ fn run(
     ledger: &BTreeMap<String, CallState>,
     now: i64,
     config: &Config,
-) -> (BuildStatus, LogPlan) {
+) -> (BuildStatus, CallPlan) {
     let mut status = build.status.clone().unwrap_or_default();
     let pods: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
     let plan = plan(build, &mut status, &pods, ledger, at(now), config);

@@ -81,12 +81,12 @@ fn run(
     ledger: &BTreeMap<String, CallState>,
     now: i64,
     config: &Config,
-) -> (BuildStatus, LeasePlan) {
+) -> (BuildStatus, CallPlan) {
     let plan = plan(build, &mut status, ledger, at(now), config);
     (status, plan)
 }
 
-fn described(plan: &LeasePlan) -> Vec<String> {
+fn described(plan: &CallPlan) -> Vec<String> {
     plan.actions.iter().map(ToString::to_string).collect()
 }
 
