@@ -11,11 +11,15 @@
 //! 1. Every `(platform, digest)` is fetched by digest from the output repository, and its
 //!    bytes are hashed: an entry's digest, media type and size are those of bytes this
 //!    process checked, never what a header claimed.
-//! 2. An entry that is itself an index or manifest list is refused
-//!    ([`ManifestProblem::IsIndex`]): a per-platform build gives one image manifest, and
-//!    an index of indexes is not what pull tools resolve.
-//! 3. The index is [`image_index`] of the entries in the order given, so the same inputs
-//!    push the same bytes and the same digest: pushing twice is harmless.
+//! 2. A platform's push is one image manifest, or, with attestations (provenance, SBOM),
+//!    BuildKit's index of that image and the attestation manifests about it
+//!    ([`crate::oci::attestation`]); then the image's manifest is fetched and checked too.
+//!    Any other index is refused ([`ManifestProblem::NotAttested`]): an index of indexes
+//!    is not what pull tools resolve.
+//! 3. The index is [`image_index`] of every platform's image in the order given, then
+//!    every platform's attestations in the same order (as BuildKit's own multi-platform
+//!    index is laid out), so the same inputs push the same bytes and the same digest:
+//!    pushing twice is harmless.
 //! 4. It is PUT at the tag; a `Docker-Content-Digest` in the answer must be the digest of
 //!    the bytes sent, or the push counts as failed ([`IndexPushError::VerifyPush`]).
 //!
@@ -37,7 +41,7 @@
 // need to read it; a few more bytes per `Result` cost nothing.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -49,6 +53,7 @@ use oci_client::{Client, RegistryOperation};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderValue};
 
+use crate::oci::attestation;
 use crate::oci::digest::Digest;
 use crate::oci::index::{IndexEntry, image_index};
 use crate::oci::media::{
@@ -254,6 +259,9 @@ impl Transient for RequestError {
 /// What makes a fetched manifest unfit for the index.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestProblem {
+    /// It is an index, but not one platform's image with its attestations.
+    #[error("it is an image index but not one image with its attestations: {0}")]
+    NotAttested(#[source] crate::oci::attestation::AttestedProblem),
     /// It is an image index or manifest list itself.
     #[error(
         "it is an image index ({media_type}), not one image's manifest: each platform's build must push a single-platform image"
@@ -405,10 +413,11 @@ pub fn read_docker_config(
 pub async fn push_index(request: &IndexPush) -> Result<PushedIndex, IndexPushError> {
     check_request(request)?;
     let registry = RegistryClient::new(request)?;
-    let mut entries = Vec::with_capacity(request.manifests.len());
+    let mut pushed = Vec::with_capacity(request.manifests.len());
     for (platform, digest) in &request.manifests {
-        entries.push(registry.fetch_entry(platform, digest).await?);
+        pushed.push(registry.fetch_platform(platform, digest).await?);
     }
+    let entries = merged_entries(pushed);
     let bytes = image_index(&entries);
     let digest = Digest::of(&bytes);
     let reference = request.image.to_string();
@@ -432,6 +441,28 @@ pub async fn push_index(request: &IndexPush) -> Result<PushedIndex, IndexPushErr
         bytes,
         entries,
     })
+}
+
+/// What one platform pushed: its image's entry, and the attestations about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PlatformEntries {
+    image: IndexEntry,
+    attestations: Vec<IndexEntry>,
+}
+
+/// The entries of the merged index: every platform's image in the order given, then every
+/// platform's attestations in the same order, as BuildKit orders a multi-platform index of
+/// its own (pull tools pick among the images; the attestations' `unknown/unknown`
+/// platform keeps them from being pulled).
+fn merged_entries(pushed: Vec<PlatformEntries>) -> Vec<IndexEntry> {
+    let (images, attestations): (Vec<IndexEntry>, Vec<Vec<IndexEntry>>) = pushed
+        .into_iter()
+        .map(|p| (p.image, p.attestations))
+        .unzip();
+    images
+        .into_iter()
+        .chain(attestations.into_iter().flatten())
+        .collect()
 }
 
 /// The checks that need no registry: at least one manifest, one per platform.
@@ -499,18 +530,54 @@ impl RegistryClient {
         })
     }
 
-    /// Fetches the manifest of `platform` by `digest` and makes its index entry.
-    async fn fetch_entry(
+    /// Fetches what `platform` pushed as `digest` and makes its index entries: the image
+    /// manifest, and the attestation manifests about it when BuildKit pushed an attested
+    /// index (provenance, SBOM). The image's own manifest is fetched and checked either way.
+    async fn fetch_platform(
         &self,
         platform: &Platform,
         digest: &Digest,
-    ) -> Result<IndexEntry, IndexPushError> {
+    ) -> Result<PlatformEntries, IndexPushError> {
+        let bytes = self.fetch_manifest(platform, digest).await?;
+        if !matches!(
+            manifest_media_type(&bytes),
+            Err(ManifestProblem::IsIndex { .. })
+        ) {
+            let image = self.check_image(platform, digest, &bytes).await?;
+            return Ok(PlatformEntries {
+                image,
+                attestations: Vec::new(),
+            });
+        }
         let reference = self.image.at_digest(digest);
-        let oci_reference = oci_client::Reference::with_digest(
-            self.image.registry.clone(),
-            self.image.repository.to_string(),
-            digest.to_string(),
-        );
+        let check = |source| IndexPushError::CheckManifest {
+            platform: platform.clone(),
+            reference: reference.clone(),
+            source,
+        };
+        check_bytes(digest, &bytes).map_err(check)?;
+        let attested = attestation::split(&bytes)
+            .map_err(|problem| check(ManifestProblem::NotAttested(problem)))?;
+        let image_bytes = self
+            .fetch_manifest(platform, &attested.image.digest)
+            .await?;
+        let image = self
+            .check_image(platform, &attested.image.digest, &image_bytes)
+            .await?;
+        Ok(PlatformEntries {
+            image,
+            attestations: attested.attestations,
+        })
+    }
+
+    /// Fetches the manifest `digest` of `platform`'s push.
+    async fn fetch_manifest(
+        &self,
+        platform: &Platform,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, IndexPushError> {
+        let reference = self.image.at_digest(digest);
+        let oci_reference = self.digest_reference(digest);
         let requested = digest.to_string();
         let fetched = retrying(self.retry, &reference, || async {
             match self
@@ -537,16 +604,42 @@ impl RegistryClient {
             reference: reference.clone(),
             source,
         })?;
+        fetched
+            .map(|bytes| bytes.to_vec())
+            .map_err(|source| IndexPushError::CheckManifest {
+                platform: platform.clone(),
+                reference,
+                source,
+            })
+    }
+
+    fn digest_reference(&self, digest: &Digest) -> oci_client::Reference {
+        oci_client::Reference::with_digest(
+            self.image.registry.clone(),
+            self.image.repository.to_string(),
+            digest.to_string(),
+        )
+    }
+
+    /// Checks image manifest `bytes`, fetched as `digest` for `platform`, and its config's
+    /// platform; returns its index entry.
+    async fn check_image(
+        &self,
+        platform: &Platform,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<IndexEntry, IndexPushError> {
+        let reference = self.image.at_digest(digest);
+        let oci_reference = self.digest_reference(digest);
         let check = |source| IndexPushError::CheckManifest {
             platform: platform.clone(),
             reference: reference.clone(),
             source,
         };
-        let bytes = fetched.map_err(check)?;
-        let entry = entry_for(platform, digest, &bytes).map_err(check)?;
+        let entry = entry_for(platform, digest, bytes).map_err(check)?;
         // The index tells each machine which image to run: never list an image under a
         // platform its own config does not name.
-        let descriptor = config_descriptor(&bytes).map_err(check)?;
+        let descriptor = config_descriptor(bytes).map_err(check)?;
         let config = retrying(self.retry, &reference, || async {
             let mut out = Vec::new();
             self.oci
@@ -677,6 +770,18 @@ fn entry_for(
     digest: &Digest,
     bytes: &[u8],
 ) -> Result<IndexEntry, ManifestProblem> {
+    check_bytes(digest, bytes)?;
+    Ok(IndexEntry {
+        platform: platform.clone(),
+        digest: *digest,
+        media_type: manifest_media_type(bytes)?,
+        size: bytes.len() as u64,
+        annotations: BTreeMap::new(),
+    })
+}
+
+/// Checks that manifest `bytes` hash to `digest` and are within the size limit.
+fn check_bytes(digest: &Digest, bytes: &[u8]) -> Result<(), ManifestProblem> {
     let actual = digest.algorithm().digest(bytes);
     if actual != *digest {
         return Err(ManifestProblem::DigestMismatch {
@@ -686,12 +791,7 @@ fn entry_for(
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestProblem::TooLarge { size: bytes.len() });
     }
-    Ok(IndexEntry {
-        platform: platform.clone(),
-        digest: *digest,
-        media_type: manifest_media_type(bytes)?,
-        size: bytes.len() as u64,
-    })
+    Ok(())
 }
 
 fn unavailable(status: Option<u16>, reason: String) -> RequestError {
@@ -760,6 +860,7 @@ fn classify_oci(err: OciDistributionError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::attestation::AttestedProblem;
     use crate::oci::media::OCI_CONFIG;
     use axum::extract::{Request, State};
     use axum::http::StatusCode as S;
@@ -921,6 +1022,87 @@ mod tests {
         }
     }
 
+    /// BuildKit's index of one attested image: the image, then its provenance.
+    fn attested(image: &[u8], provenance: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": Digest::of(image).to_string(),
+                 "size": image.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": OCI_MANIFEST, "digest": Digest::of(provenance).to_string(),
+                 "size": provenance.len(),
+                 "annotations": {
+                     attestation::REFERENCE_DIGEST: Digest::of(image).to_string(),
+                     attestation::REFERENCE_TYPE: attestation::ATTESTATION_MANIFEST
+                 },
+                 "platform": {"architecture": "unknown", "os": "unknown"}}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn attested_pushes_merge_images_first_then_their_attestations() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let arm64 = manifest("arm64", Some(OCI_MANIFEST));
+        let provenance = manifest("a", Some(OCI_MANIFEST));
+        let arm64_attested = attested(&arm64, &provenance);
+        let (host, _fake) = serve(with_manifests(&[&amd64, &arm64, &arm64_attested])).await;
+        let pushed = push_index(&request(
+            &host,
+            &[("linux/amd64", &amd64), ("linux/arm64", &arm64_attested)],
+        ))
+        .await
+        .unwrap();
+        let listed: Vec<(String, Digest, bool)> = pushed
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.platform.to_string(),
+                    e.digest,
+                    attestation::is_attestation(e),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("linux/amd64".to_owned(), Digest::of(&amd64), false),
+                ("linux/arm64".to_owned(), Digest::of(&arm64), false),
+                ("unknown/unknown".to_owned(), Digest::of(&provenance), true),
+            ]
+        );
+        let index: serde_json::Value = serde_json::from_slice(&pushed.bytes).unwrap();
+        assert_eq!(
+            index["manifests"][2]["annotations"][attestation::REFERENCE_DIGEST],
+            Digest::of(&arm64).to_string(),
+            "the attestation still names its image"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_attested_push_whose_image_is_for_another_platform_is_refused() {
+        let amd64 = manifest("amd64", Some(OCI_MANIFEST));
+        let provenance = manifest("a", Some(OCI_MANIFEST));
+        let wrong = attested(&amd64, &provenance);
+        let (host, _fake) = serve(with_manifests(&[&amd64, &wrong])).await;
+        let error = push_index(&request(&host, &[("linux/arm64", &wrong)]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                IndexPushError::CheckManifest {
+                    source: ManifestProblem::PlatformMismatch { .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
     #[tokio::test]
     async fn an_image_listed_under_a_platform_its_config_does_not_name_is_refused() {
         let amd64 = manifest("amd64", Some(OCI_MANIFEST));
@@ -1010,12 +1192,14 @@ mod tests {
                 digest: Digest::of(&amd64),
                 media_type: OCI_MANIFEST.to_owned(),
                 size: amd64.len() as u64,
+                annotations: BTreeMap::new(),
             },
             IndexEntry {
                 platform: Platform::parse("linux/arm64/v8").unwrap(),
                 digest: Digest::of(&arm64),
                 media_type: DOCKER_MANIFEST.to_owned(),
                 size: arm64.len() as u64,
+                annotations: BTreeMap::new(),
             },
         ];
         assert_eq!(pushed.entries, want);
@@ -1093,8 +1277,11 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                IndexPushError::CheckManifest { platform, source: ManifestProblem::IsIndex { media_type }, .. }
-                    if platform.to_string() == "linux/arm64" && media_type == OCI_INDEX
+                IndexPushError::CheckManifest {
+                    platform,
+                    source: ManifestProblem::NotAttested(AttestedProblem::ImageCount(0)),
+                    ..
+                } if platform.to_string() == "linux/arm64"
             ),
             "{err:?}"
         );

@@ -450,6 +450,30 @@ fn registry_digest(reference: &str) -> String {
     kiln::oci::digest::Digest::of(&raw).to_string()
 }
 
+/// The image manifest digest inside what a platform's pod pushed as `pushed` to
+/// `image`'s repository: BuildKit's index of the image and its attestations.
+fn platform_push_images(image: &str, pushed: &str) -> String {
+    let repository = kiln::controller::buildkit::output_repository(image);
+    let raw = common::skopeo::skopeo(
+        &[
+            &["inspect", "--raw"][..],
+            &registry_flags(),
+            &[&format!("docker://{repository}@{pushed}")],
+        ]
+        .concat(),
+    );
+    let pushed_index: serde_json::Value = serde_json::from_slice(&raw).expect("an image index");
+    let images: Vec<String> = pushed_index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter(|m| m["platform"]["os"] != "unknown")
+        .filter_map(|m| m["digest"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(images.len(), 1, "one image in {pushed}: {pushed_index}");
+    images[0].clone()
+}
+
 /// The image configuration the registry serves for `reference`.
 fn registry_config(reference: &str) -> serde_json::Value {
     let raw = common::skopeo::skopeo(
@@ -763,10 +787,13 @@ async fn e2e_a_native_two_platform_build_pushes_one_image_per_platform_and_their
         "the registry serves another index for {image}"
     );
     let index: serde_json::Value = serde_json::from_slice(&raw).expect("an image index");
-    let listed: Vec<(String, String)> = index["manifests"]
-        .as_array()
-        .expect("manifests")
+    let entries = index["manifests"].as_array().expect("manifests").clone();
+    let is_attestation = |m: &serde_json::Value| {
+        m["annotations"]["vnd.docker.reference.type"].as_str() == Some("attestation-manifest")
+    };
+    let listed: Vec<(String, String)> = entries
         .iter()
+        .filter(|m| !is_attestation(m))
         .map(|m| {
             (
                 m["platform"]["architecture"]
@@ -777,19 +804,38 @@ async fn e2e_a_native_two_platform_build_pushes_one_image_per_platform_and_their
             )
         })
         .collect();
+    // Each platform pushed an index of its image and its provenance (on by default); the
+    // merged index lists each platform's image, then the attestations naming them.
     let recorded: Vec<(String, String)> = status
         .platforms
         .iter()
         .map(|p| {
+            let pushed = p.digest.clone().unwrap_or_default();
+            let own = platform_push_images(&image, &pushed);
             (
                 p.platform.rsplit('/').next().unwrap_or_default().to_owned(),
-                p.digest.clone().unwrap_or_default(),
+                own,
             )
         })
         .collect();
     assert_eq!(
         listed, recorded,
-        "the index lists each platform's pushed image, in order"
+        "the index lists the image of each platform's push, in order"
+    );
+    let described: Vec<&str> = entries
+        .iter()
+        .filter(|m| is_attestation(m))
+        .map(|m| {
+            assert_eq!(m["platform"]["os"], "unknown", "{m}");
+            m["annotations"]["vnd.docker.reference.digest"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        described,
+        listed.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>(),
+        "one provenance attestation per platform's image, after the images"
     );
     assert_eq!(listed[0].0, "amd64");
     assert_eq!(listed[1].0, "arm64");

@@ -72,6 +72,7 @@ impl Platforms {
             digest: image.manifest_digest(),
             media_type: OCI_MANIFEST.to_owned(),
             size: image.manifest.len() as u64,
+            annotations: Default::default(),
         };
         image_index(&[
             entry("linux/amd64", &self.amd64),

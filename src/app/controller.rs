@@ -143,6 +143,12 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "1h", value_parser = parse_interval)]
     pub base_image_check_interval: Duration,
 
+    /// The image BuildKit runs to make a Build's SBOM when spec.attestations.sbom is true
+    /// (BuildKit's attest:sbom generator; it must implement BuildKit's SBOM scanner
+    /// protocol).
+    #[arg(long, default_value = crate::controller::config::DEFAULT_SBOM_GENERATOR_IMAGE, value_name = "IMAGE")]
+    pub sbom_generator_image: String,
+
     /// How often the sweeper deletes orphaned pods, ConfigMaps and Secrets and expired
     /// pods (it also runs at start-up); the cache repositories of deleted namespaces are
     /// swept every tenth time.
@@ -253,6 +259,7 @@ impl ControllerArgs {
             failed_pod_ttl,
             log_max_bytes,
             base_image_check_interval,
+            sbom_generator_image,
             sweep_interval,
             // Read by `run`: files are I/O, the config is data.
             cache_admin_token_file: _,
@@ -285,6 +292,7 @@ impl ControllerArgs {
             failed_pod_ttl,
             log_max_bytes,
             base_image_check_interval,
+            sbom_generator_image,
             sweep_interval,
             running_limits: Limits {
                 cluster: max_running_builds,

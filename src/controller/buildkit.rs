@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use super::config::Config;
 use super::validate::{GitAuth, SourceKind, Validated};
-use crate::crd::{Build, CacheMode, CacheScope, GitSource};
+use crate::crd::{Attestations, Build, CacheMode, CacheScope, GitSource, ProvenanceMode};
 use crate::oci::platform::Platform;
 
 /// Where the builder's state lives (an emptyDir; see `pod.rs` for why).
@@ -199,6 +199,25 @@ pub fn output_repository(image: &str) -> &str {
     }
 }
 
+/// BuildKit's attestation options for `attestations`: provenance in its mode, and the SBOM
+/// made by the controller's generator image. With any of them, BuildKit pushes an index of
+/// the image and its attestation manifests where it would push the image's manifest.
+pub fn attestation_args(attestations: &Attestations, config: &Config) -> Vec<String> {
+    let mut args = Vec::new();
+    match attestations.provenance {
+        ProvenanceMode::Off => {}
+        ProvenanceMode::Min => args.push("--opt=attest:provenance=mode=min".to_owned()),
+        ProvenanceMode::Max => args.push("--opt=attest:provenance=mode=max".to_owned()),
+    }
+    if attestations.sbom {
+        args.push(format!(
+            "--opt=attest:sbom=generator={}",
+            config.sbom_generator_image
+        ));
+    }
+    args
+}
+
 /// Arguments of `buildctl-daemonless.sh` for the build itself: every platform of
 /// `spec.platforms` pushed to the output tag, or, for one platform of a `Native` build
 /// (`platform`), that platform alone pushed by digest, untagged, with a cache of its own.
@@ -228,6 +247,7 @@ pub fn build_args(
     for (name, value) in &spec.build_args {
         args.push(format!("--opt=build-arg:{name}={value}"));
     }
+    args.extend(attestation_args(&spec.attestations, config));
     if let Some(platform) = platform {
         args.push(format!("--opt=platform={platform}"));
         // No tag: the tag goes to the index, once every platform has pushed.
@@ -488,6 +508,51 @@ mod tests {
         assert!(args.contains(
             &"--output=type=image,name=registry.example.com:5000/team/app:v1,push=true".to_owned()
         ));
+    }
+
+    #[test]
+    fn provenance_is_on_by_default_and_the_sbom_uses_the_controllers_generator() {
+        let config = Config {
+            sbom_generator_image: "scanners.example/syft:1".to_owned(),
+            ..Config::default()
+        };
+        let base = Build::test("app").in_namespace("team");
+        let validated =
+            crate::controller::validate::validate(&base, &BTreeMap::new(), &config).unwrap();
+        let build = base.clone();
+        let attest = |args: Vec<String>| -> Vec<String> {
+            args.into_iter()
+                .filter(|a| a.starts_with("--opt=attest:"))
+                .collect()
+        };
+        assert_eq!(
+            attest(build_args(&build, &validated, &config, None)),
+            ["--opt=attest:provenance=mode=min"]
+        );
+        let mut build = build;
+        build.spec.attestations = Attestations {
+            provenance: ProvenanceMode::Max,
+            sbom: true,
+        };
+        assert_eq!(
+            attest(build_args(&build, &validated, &config, None)),
+            [
+                "--opt=attest:provenance=mode=max",
+                "--opt=attest:sbom=generator=scanners.example/syft:1"
+            ]
+        );
+        // A native platform's pod attests its own image too: the index pod merges them.
+        let arm = Platform::parse("linux/arm64").unwrap();
+        assert_eq!(
+            attest(build_args(&build, &validated, &config, Some(&arm))).len(),
+            2
+        );
+        build.spec.attestations = Attestations {
+            provenance: ProvenanceMode::Off,
+            sbom: false,
+        };
+        assert!(!build.spec.attestations.any());
+        assert!(attest(build_args(&build, &validated, &config, None)).is_empty());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Config {
     /// How often a Build with `spec.triggers.baseImageChanged` has its base image tags
     /// resolved upstream again (give or take a tenth, spread by UID).
     pub base_image_check_interval: Duration,
+    /// The image BuildKit runs to scan a Build's image for its SBOM (`spec.attestations.sbom`),
+    /// BuildKit's `attest:sbom` generator.
+    pub sbom_generator_image: String,
     /// The key that signs cache tokens: with one, each attempt of a Build that uses the
     /// cache gets a token of its own, minted into a Secret. [`Context::with_token_key`](super::context::Context::with_token_key)
     /// sets it.
@@ -93,6 +96,9 @@ pub struct Config {
     /// Name of this controller instance on Events (the pod name in a cluster).
     pub instance: Option<String>,
 }
+
+/// The default of [`Config::sbom_generator_image`]: BuildKit's own default scanner.
+pub const DEFAULT_SBOM_GENERATOR_IMAGE: &str = "docker.io/docker/buildkit-syft-scanner:stable-1";
 
 /// The default of [`Config::log_max_bytes`]: 16 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 << 20;
@@ -124,6 +130,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(15 * 60),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             base_image_check_interval: Duration::from_secs(3600),
+            sbom_generator_image: DEFAULT_SBOM_GENERATOR_IMAGE.to_owned(),
             cache_token_key: None,
             running_limits: Limits::default(),
             namespace: None,

@@ -217,6 +217,16 @@ pub struct BuildSpec {
     /// What starts a new attempt besides a spec change or a rerun request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Triggers>,
+
+    /// What BuildKit attests about the pushed image: provenance (on by default, `Min`)
+    /// and an SBOM (on request). Attestations turn the pushed tag into an image index
+    /// that lists them beside the image.
+    #[serde(default, skip_serializing_if = "Attestations::is_default")]
+    pub attestations: Attestations,
+
+    /// Sign the pushed image, in the format `cosign verify --key` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
 }
 
 impl Default for BuildSpec {
@@ -238,6 +248,8 @@ impl Default for BuildSpec {
             cancel: false,
             retention: None,
             triggers: None,
+            attestations: Attestations::default(),
+            signing: None,
         }
     }
 }
@@ -536,6 +548,63 @@ pub enum ConcurrencyPolicy {
     Queue,
     /// The newest Build wins; older ones are cancelled with reason `Superseded`.
     CancelInProgress,
+}
+
+/// What BuildKit attests about the pushed image.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestations {
+    /// SLSA provenance of the build (BuildKit's `attest:provenance`): `Min` (the default:
+    /// the source, the frontend, the base images and the build's timing), `Max` (also the
+    /// build steps and the build arguments), or `Off`.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
+    /// A software bill of materials of the image, made by the controller's SBOM scanner
+    /// image (`--sbom-generator-image`; BuildKit's `attest:sbom`).
+    #[serde(default)]
+    pub sbom: bool,
+}
+
+impl Attestations {
+    /// Whether these are the defaults (provenance `Min`, no SBOM), left out when a Build
+    /// is written.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether BuildKit adds any attestation, so the pushed reference is an index.
+    pub fn any(&self) -> bool {
+        self.provenance != ProvenanceMode::Off || self.sbom
+    }
+}
+
+/// How much provenance BuildKit records.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum ProvenanceMode {
+    /// No provenance.
+    Off,
+    /// BuildKit's `mode=min`: nothing from the build's steps or arguments.
+    #[default]
+    Min,
+    /// BuildKit's `mode=max`: the build steps and arguments too (never secrets' values).
+    Max,
+}
+
+/// How the pushed image is signed.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signing {
+    /// Secret in the Build's namespace with the signing key: `cosign.key` (the private key
+    /// of `cosign generate-key-pair`, or an unencrypted PKCS#8 ECDSA P-256 key) and, for an
+    /// encrypted key, `cosign.password`. `cosign generate-key-pair
+    /// k8s://<namespace>/<name>` writes exactly that Secret. Only the Build's short signing
+    /// step mounts it; the controller never reads it.
+    #[x_kube(validation = Rule::new(RULE_SECRET_NAME).message(
+        "spec.signing.keySecretRef.name must be a lowercase RFC 1123 subdomain, for example image-signing"
+    ))]
+    pub key_secret_ref: SecretRef,
 }
 
 /// What starts a new attempt besides a spec change or a rerun request.

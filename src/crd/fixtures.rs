@@ -57,6 +57,8 @@ impl Build {
                 cancel: false,
                 retention: None,
                 triggers: None,
+                attestations: Default::default(),
+                signing: None,
             },
         );
         build.metadata = ObjectMeta {

@@ -17,9 +17,10 @@ pub mod fixtures;
 pub mod status;
 
 pub use build::{
-    Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec, ConcurrencyPolicy,
-    ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource, OciSource, Output,
-    PlatformStrategy, Retention, SecretRef, Source, Triggers,
+    Attestations, Build, BuildSpec, BuilderSpec, CacheMode, CacheScope, CacheSpec,
+    ConcurrencyPolicy, ConcurrencySpec, GitSource, InlineFile, InlineSource, LocalSource,
+    OciSource, Output, PlatformStrategy, ProvenanceMode, Retention, SecretRef, Signing, Source,
+    Triggers,
 };
 pub use condition::{CONDITION_READY, CONDITION_SUCCEEDED, ConditionStatus, Reason};
 pub use status::{

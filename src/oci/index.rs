@@ -7,6 +7,8 @@
 //! (no whitespace), without a trailing newline, with entries in the order given (the order
 //! of `spec.platforms`, which is what pull tools show).
 
+use std::collections::BTreeMap;
+
 use super::digest::Digest;
 use super::media::OCI_INDEX;
 use super::platform::Platform;
@@ -22,6 +24,9 @@ pub struct IndexEntry {
     pub media_type: String,
     /// The manifest's size in bytes.
     pub size: u64,
+    /// The entry's annotations (an attestation manifest's reference to its image), sorted;
+    /// left out of the bytes when empty.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The index as serialized: field order here is key order in the bytes.
@@ -40,6 +45,8 @@ struct Descriptor<'a> {
     digest: &'a Digest,
     size: u64,
     platform: PlatformJson<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
 }
 
 /// The image spec's `platform` object; `variant` is left out, not `null`, when absent.
@@ -69,6 +76,7 @@ pub fn image_index(entries: &[IndexEntry]) -> Vec<u8> {
                     os: &entry.platform.os,
                     variant: entry.platform.variant.as_deref(),
                 },
+                annotations: &entry.annotations,
             })
             .collect(),
     };
@@ -88,6 +96,7 @@ mod tests {
             digest: Digest::of(seed),
             media_type: media_type.to_owned(),
             size,
+            annotations: BTreeMap::new(),
         }
     }
 
