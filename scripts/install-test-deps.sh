@@ -12,7 +12,8 @@
 #     with the node's kubelet, kube-scheduler and kube-proxy) when a Go toolchain is
 #     present; required when KILN_REQUIRE_ENVTEST=1;
 #   - the local cluster's container runtime and builder (containerd, runc, BuildKit,
-#     rootlesskit; scripts/node-bins.sh), under the same condition.
+#     rootlesskit; scripts/node-bins.sh), and cosign, which the signing tests verify
+#     Kiln's signatures with (scripts/cosign.sh), under the same condition.
 # Tool locations are written to target/kiln-tools.env for scripts/test.sh to source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,4 +115,13 @@ if [ "$envtest_status" -eq 0 ]; then
     exit 1
   }
   echo "node: $(cat "$NODE_BIN/../VERSIONS" | tr '\n' ' ')"
+fi
+# --- cosign (the signing tests' verifier) -------------------------------------------------
+if [ "$envtest_status" -eq 0 ]; then
+  COSIGN_BIN="$(scripts/cosign.sh ensure)" || {
+    echo "scripts/cosign.sh failed: cosign could not be built" >&2
+    exit 1
+  }
+  echo "export KILN_COSIGN=\"$COSIGN_BIN\"" >> "$ENV_FILE"
+  echo "cosign: $("$COSIGN_BIN" version 2>/dev/null | awk '/^GitVersion/ { print $2 }')"
 fi

@@ -78,12 +78,15 @@ pub fn log_deletion_key(uid: &str, reference: &str) -> String {
     format!("build-{uid}-log-delete-{reference}")
 }
 
-/// The status of the pod's one main container (`build`, or `index` on an index pod).
+/// The status of the container whose log is the attempt's: `build` (an init container
+/// in a signed attempt, which signs after it), or `index` on an index pod.
 fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())?
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
         .iter()
+        .chain(status.container_statuses.iter())
+        .flatten()
         .find(|c| c.name == BUILD_CONTAINER || c.name == INDEX_CONTAINER)
 }
 

@@ -51,13 +51,17 @@ while :; do
 done
 if [ "$status" -eq 0 ]; then
   cat /tmp/kiln-metadata.json > /dev/termination-log || status=$?
+  if [ -d /var/run/kiln/result ]; then
+    cp /tmp/kiln-metadata.json /var/run/kiln/result/metadata.json || status=$?
+  fi
 fi
 exit "$status"
 "#;
 
 /// The command of the build container: `sh -c` `BUILD_SCRIPT`, which runs
 /// `buildctl-daemonless.sh` with the container's arguments ([`build_args`]) and then
-/// copies [`METADATA_FILE`] into [`TERMINATION_MESSAGE`].
+/// copies [`METADATA_FILE`] into [`TERMINATION_MESSAGE`], and into the signing step's
+/// result directory when the pod has one (`signing::RESULT_DIR`).
 pub fn build_command() -> Vec<String> {
     vec![
         "/bin/sh".into(),

@@ -18,6 +18,7 @@ use super::labels::{
 };
 use super::podstate::{
     BUILD_CONTAINER, CONTEXT_CONTAINER, DIGEST_KEY, FETCH_CONTAINER, INDEX_CONTAINER,
+    SIGN_CONTAINER,
 };
 use crate::crd::Build;
 use crate::crd::fixtures::T0;
@@ -186,6 +187,47 @@ impl PodFixture {
         let phase = if code == 0 { "Succeeded" } else { "Failed" };
         self.phase(phase)
             .terminated(INDEX_CONTAINER, code, "Error", output)
+    }
+
+    fn init_container(mut self, name: &str, state: ContainerState) -> Self {
+        let status = ContainerStatus {
+            name: name.to_owned(),
+            image: "docker.io/moby/buildkit:v0.26.1-rootless".into(),
+            state: Some(state),
+            ..ContainerStatus::default()
+        };
+        self.status().init_container_statuses = Some(vec![status]);
+        self
+    }
+
+    /// A signed attempt's build, its last init container, runs: the pod is Pending.
+    pub fn building_before_signing(self) -> Self {
+        self.phase("Pending").init_container(
+            BUILD_CONTAINER,
+            ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..ContainerState::default()
+            },
+        )
+    }
+
+    /// A signed attempt's build pushed, and its `sign` container exited with `code`,
+    /// printing `output` (on success, the build's metadata).
+    pub fn sign_exited(self, code: i32, output: &str) -> Self {
+        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+        self.phase(phase)
+            .init_container(
+                BUILD_CONTAINER,
+                ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".to_owned()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                },
+            )
+            .terminated(SIGN_CONTAINER, code, "Error", output)
     }
 
     /// The builder was killed out of memory.

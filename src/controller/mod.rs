@@ -15,6 +15,7 @@
 //! | [`queue`] | concurrency groups: who runs, who waits, who is superseded | pure |
 //! | [`fair_share`] | running-build limits and the fair queue: which waiting Builds start | pure |
 //! | [`validate`] | the checks the schema cannot make | pure |
+//! | [`signing`] | the step that signs the pushed image: its container, key mount and arguments | pure |
 //! | [`retention`] | how long finished pods are kept, and when they go | pure |
 //! | [`cache_lease`] | cache leases of attempts and the finalizer's cache cleanup | pure |
 //! | [`cachetoken`] | the Secret that carries an attempt's cache token | pure |
@@ -83,6 +84,7 @@ pub mod reconcile;
 pub mod refusals;
 pub mod retention;
 pub mod run;
+pub mod signing;
 pub mod slim;
 pub mod slot_gate;
 pub mod sweep;

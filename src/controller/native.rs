@@ -27,6 +27,7 @@ use super::labels::{PLATFORM, PLATFORM_INDEX, index_pod_name, platform_pod_name}
 use super::local_context::restricted_security_context;
 use super::pod::{attempt_meta, with_generation};
 use super::podstate::INDEX_CONTAINER;
+use super::signing;
 use super::validate::DOCKER_CONFIG_KEY;
 use crate::crd::{Build, Phase, PlatformStatus};
 use crate::oci::platform::Platform;
@@ -98,6 +99,9 @@ pub fn index_args(build: &Build, platforms: &[PlatformStatus], config: &Config) 
     for host in &config.plain_http_registries {
         args.push(format!("--plain-http-registry={host}"));
     }
+    if signing::key_secret(build).is_some() {
+        args.push(format!("--sign-key-dir={}", signing::KEY_DIR));
+    }
     args.push(format!("--termination-log={TERMINATION_MESSAGE}"));
     args
 }
@@ -147,6 +151,11 @@ pub fn index_pod(
             read_only: Some(true),
             ..VolumeMount::default()
         });
+    }
+    if let Some(secret) = signing::key_secret(build) {
+        let (volume, mount) = signing::key_volume(secret);
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let quantity = |q: &str| Quantity(q.to_owned());
     let container = Container {
@@ -317,5 +326,41 @@ mod tests {
         let spec = anonymous.spec.unwrap();
         assert_eq!(spec.volumes, None);
         assert_eq!(spec.active_deadline_seconds, Some(60));
+    }
+
+    #[test]
+    fn a_signed_native_build_signs_its_index_in_the_index_pod() {
+        let build = Build::test("app")
+            .in_namespace("team")
+            .platform("linux/amd64")
+            .platform("linux/arm64")
+            .signed_with("image-signing");
+        let platforms = pushed(&build);
+        let pod = index_pod(
+            &build,
+            1,
+            1,
+            &platforms,
+            None,
+            Duration::from_secs(3600),
+            &Config::default(),
+        );
+        let spec = pod.spec.unwrap();
+        let container = &spec.containers[0];
+        let args = container.args.as_deref().unwrap();
+        assert!(args.contains(&"--sign-key-dir=/var/run/kiln/signing".to_owned()));
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("--termination-log=/dev/termination-log")
+        );
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(
+            volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("image-signing")
+        );
+        assert_eq!(
+            container.volume_mounts.as_deref().unwrap()[0].mount_path,
+            signing::KEY_DIR
+        );
     }
 }

@@ -79,6 +79,7 @@ use super::labels::{
 };
 use super::local_context::{receive_args, receiver_container};
 use super::podstate::{BUILD_CONTAINER, FETCH_CONTAINER};
+use super::signing;
 use super::validate::{
     BASIC_AUTH_KEY, DOCKER_CONFIG_KEY, GitAuth, SSH_AUTH_KEY, SourceKind, Validated,
 };
@@ -174,7 +175,15 @@ fn objects(
     } else {
         validated.push_secret
     };
-    let (volumes, mounts) = volumes(&shared, validated, &files, docker_config);
+    // A signed single-pod attempt: the build runs as the last init container, and the
+    // `sign` container after it (see `signing`).
+    let sign_key = signing::key_secret(build).filter(|_| platform.is_none());
+    let (mut volumes, mut mounts) = volumes(&shared, validated, &files, docker_config);
+    if let Some(secret) = sign_key {
+        volumes.push(empty_dir(signing::RESULT_VOLUME));
+        volumes.push(signing::key_volume(secret).0);
+        mounts.push(mount(signing::RESULT_VOLUME, signing::RESULT_DIR, false));
+    }
     let (init_containers, main) = containers(
         build,
         validated,
@@ -186,6 +195,20 @@ fn objects(
         },
         mounts,
     );
+    let (init_containers, main) = match sign_key {
+        Some(_) => {
+            let sign = signing::sign_container(
+                build,
+                config,
+                BUILDER_UID,
+                main.volume_mounts.as_deref().unwrap_or_default(),
+            );
+            let mut init = init_containers.unwrap_or_default();
+            init.push(main);
+            (Some(init), sign)
+        }
+        None => (init_containers, main),
+    };
     let node_selector = match platform {
         Some(p) => p.node_selector.clone(),
         None => build.spec.builder.node_selector.clone(),
@@ -674,6 +697,79 @@ mod tests {
             .inline_file("src/main.sh", "echo hello\n")
             .inline_file("README.md", "hello\n");
         assert_snapshot("pod-inline", &yaml(&build, &Config::default()));
+    }
+
+    #[test]
+    fn a_signed_build_runs_as_the_last_init_container_then_signs() {
+        let build = Build::test("hello")
+            .inline("FROM alpine:3.20\n")
+            .push_secret("regcred")
+            .signed_with("image-signing");
+        let mut secrets = secrets();
+        secrets.insert(
+            "image-signing".into(),
+            SecretInfo {
+                type_: "Opaque".into(),
+                keys: ["cosign.key".to_owned(), "cosign.password".to_owned()].into(),
+            },
+        );
+        let validated = validate(&build, &secrets, &Config::default()).expect("valid build");
+        let pod = attempt_objects(&build, 1, &validated, &Config::default()).pod;
+        let spec = pod.spec.unwrap();
+        let init = spec.init_containers.unwrap();
+        let build_container = init.last().unwrap();
+        assert_eq!(build_container.name, BUILD_CONTAINER);
+        assert!(
+            build_container
+                .volume_mounts
+                .as_deref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == signing::RESULT_DIR && m.read_only.is_none()),
+            "the build leaves its metadata for the sign step"
+        );
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].name, "sign");
+        let volumes = spec.volumes.unwrap();
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert!(names.contains(&signing::RESULT_VOLUME), "{names:?}");
+        assert!(names.contains(&signing::KEY_VOLUME), "{names:?}");
+        // The builder never mounts the key.
+        assert!(
+            build_container
+                .volume_mounts
+                .as_deref()
+                .unwrap()
+                .iter()
+                .all(|m| m.mount_path != signing::KEY_DIR)
+        );
+        // A native platform pod neither signs nor mounts the key: its index pod signs.
+        let native = build
+            .clone()
+            .platform("linux/amd64")
+            .platform("linux/arm64");
+        let validated = validate(&native, &secrets, &Config::default()).expect("valid build");
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let platform_pod = platform_objects(
+            &native,
+            1,
+            &PlatformPod {
+                platform: &amd64,
+                try_: 1,
+                node_selector: BTreeMap::new(),
+            },
+            &validated,
+            &Config::default(),
+        )
+        .pod;
+        let spec = platform_pod.spec.unwrap();
+        assert_eq!(spec.containers[0].name, BUILD_CONTAINER);
+        assert!(
+            spec.volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != signing::KEY_VOLUME)
+        );
     }
 
     #[test]

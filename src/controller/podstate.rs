@@ -25,6 +25,11 @@ pub const CONTEXT_CONTAINER: &str = "context";
 /// the index digest to its termination message as the build container writes the image's.
 pub const INDEX_CONTAINER: &str = "index";
 
+/// Name of the container that signs the pushed image after the build of a signed
+/// single-pod attempt (`kiln sign`); it writes the build's metadata to its termination
+/// message once the signature is pushed.
+pub const SIGN_CONTAINER: &str = "sign";
+
 /// The key of BuildKit's `--metadata-file` that holds the pushed manifest's digest.
 pub const DIGEST_KEY: &str = "containerimage.digest";
 
@@ -114,7 +119,12 @@ pub fn classify(pod: &Pod) -> PodState {
         Some("Succeeded") => PodState::Succeeded {
             termination_message: containers
                 .iter()
-                .find(|c| c.name == BUILD_CONTAINER || c.name == INDEX_CONTAINER)
+                .find(|c| {
+                    matches!(
+                        c.name.as_str(),
+                        BUILD_CONTAINER | INDEX_CONTAINER | SIGN_CONTAINER
+                    )
+                })
                 .and_then(terminated_message),
         },
         Some("Failed") => PodState::Failed(classify_failure(
@@ -132,6 +142,11 @@ pub fn classify(pod: &Pod) -> PodState {
         Some("Running") => PodState::Running,
         _ => match classify_waiting(init_containers.iter().chain(containers)) {
             PodState::Waiting if receiving_context(init_containers) => PodState::ReceivingContext,
+            // A signed attempt builds in its last init container: the pod is Pending while
+            // the build runs.
+            PodState::Waiting if init_running(init_containers, BUILD_CONTAINER) => {
+                PodState::Running
+            }
             state => state,
         },
     }
@@ -188,7 +203,13 @@ fn classify_failure(
             FETCH_CONTAINER => "fetching the OCI context (spec.source.oci.image) failed",
             CONTEXT_CONTAINER => "receiving the uploaded context (spec.source.local) failed",
             INDEX_CONTAINER => "pushing the image index failed",
+            SIGN_CONTAINER => "the image was pushed, but signing it failed",
             _ => "the build failed",
+        };
+        let reason = if container.name == SIGN_CONTAINER {
+            Reason::SigningFailed
+        } else {
+            Reason::BuildFailed
         };
         let message = if output.is_empty() {
             format!(
@@ -203,7 +224,7 @@ fn classify_failure(
                 tail(output)
             )
         };
-        return Failure::new(Reason::BuildFailed, false, message);
+        return Failure::new(reason, false, message);
     }
     let why = [pod_reason, pod_message]
         .into_iter()
@@ -217,11 +238,16 @@ fn classify_failure(
     )
 }
 
-/// Whether the `context` init container runs (the only init container of such a pod).
+/// Whether the `context` init container runs.
 fn receiving_context(init_containers: &[ContainerStatus]) -> bool {
-    init_containers.iter().any(|c| {
-        c.name == CONTEXT_CONTAINER && c.state.as_ref().is_some_and(|s| s.running.is_some())
-    })
+    init_running(init_containers, CONTEXT_CONTAINER)
+}
+
+/// Whether init container `name` runs.
+fn init_running(init_containers: &[ContainerStatus], name: &str) -> bool {
+    init_containers
+        .iter()
+        .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
 fn classify_waiting<'a>(containers: impl Iterator<Item = &'a ContainerStatus>) -> PodState {
@@ -323,6 +349,38 @@ mod tests {
         );
         let done = PodFixture::new("p", 1).succeeded(&format!("{{\"{DIGEST_KEY}\":\"{DIGEST}\"}}"));
         assert!(matches!(classify(&done.pod), PodState::Succeeded { .. }));
+    }
+
+    #[test]
+    fn a_signed_pod_runs_while_it_builds_and_its_sign_step_ends_the_attempt() {
+        assert_eq!(
+            classify(&PodFixture::new("p", 1).building_before_signing().pod),
+            PodState::Running,
+            "the build of a signed attempt runs in its last init container"
+        );
+        let metadata = format!("{{\"{DIGEST_KEY}\":\"{DIGEST}\"}}");
+        assert_eq!(
+            classify(&PodFixture::new("p", 1).sign_exited(0, &metadata).pod),
+            PodState::Succeeded {
+                termination_message: Some(metadata)
+            }
+        );
+        let PodState::Failed(failure) = classify(
+            &PodFixture::new("p", 1)
+                .sign_exited(
+                    1,
+                    "error: the key is encrypted: the Secret needs a cosign.password",
+                )
+                .pod,
+        ) else {
+            panic!("a failed sign step fails the attempt");
+        };
+        assert_eq!(failure.reason, Reason::SigningFailed);
+        assert!(!failure.retriable);
+        assert_eq!(
+            failure.message,
+            "the image was pushed, but signing it failed: container sign exited with code 1: error: the key is encrypted: the Secret needs a cosign.password"
+        );
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub const SSH_AUTH_SECRET: &str = "kubernetes.io/ssh-auth";
 /// Key of an ssh-auth Secret.
 pub const SSH_AUTH_KEY: &str = "ssh-privatekey";
 
+/// Key of a signing Secret (`spec.signing.keySecretRef`) that holds the private key.
+pub const COSIGN_KEY: &str = "cosign.key";
+/// Key of a signing Secret that holds an encrypted key's password.
+pub const COSIGN_PASSWORD: &str = "cosign.password";
+
 /// What the controller knows about a Secret, without reading its data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretInfo {
@@ -267,6 +272,17 @@ pub fn validate<'a>(
         _ => None,
     };
 
+    if let Some(signing) = &spec.signing {
+        let name = &signing.key_secret_ref.name;
+        let info = find_secret(secrets, name, "spec.signing.keySecretRef", &namespace)?;
+        if !info.keys.contains(COSIGN_KEY) {
+            return Err(Problem::invalid(format!(
+                "spec.signing.keySecretRef: Secret {name:?} has no key {}; it needs {} (and {} for an encrypted key), as `cosign generate-key-pair k8s://{namespace}/{name}` writes",
+                COSIGN_KEY, COSIGN_KEY, COSIGN_PASSWORD
+            )));
+        }
+    }
+
     Ok(Validated {
         source,
         timeout,
@@ -381,6 +397,24 @@ mod tests {
 
     fn problem(build: &Build, secrets: &BTreeMap<String, SecretInfo>) -> Problem {
         validate(build, secrets, &Config::default()).unwrap_err()
+    }
+
+    #[test]
+    fn a_signing_secret_must_exist_and_hold_a_cosign_key() {
+        let build = Build::test("app").signed_with("image-signing");
+        let p = problem(&build, &BTreeMap::new());
+        assert_eq!(p.reason, Reason::SecretNotFound);
+        assert!(
+            p.message
+                .starts_with("spec.signing.keySecretRef: Secret \"image-signing\" not found"),
+            "{}",
+            p.message
+        );
+        let p = problem(&build, &secrets(&[("image-signing", "Opaque", "key.pem")]));
+        assert_eq!(p.reason, Reason::InvalidSpec);
+        assert!(p.message.contains("has no key cosign.key"), "{}", p.message);
+        let ok = secrets(&[("image-signing", "Opaque", "cosign.key")]);
+        assert!(validate(&build, &ok, &Config::default()).is_ok());
     }
 
     #[test]

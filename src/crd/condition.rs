@@ -27,6 +27,7 @@
 //! | `NoNodeForPlatform` | Pending | Unknown | a `Native` build asks for a platform no node of the cluster has; the message names it, and the Build starts once such a node exists |
 //! | `AssemblingIndex` | Running | Unknown | every platform of a `Native` build pushed its image; a short pod pushes the image index |
 //! | `IndexPushFailed` | Failed | False | the image index of a `Native` build could not be pushed; the message says why |
+//! | `SigningFailed` | Failed | False | `spec.signing`: the image was pushed but could not be signed (a key the Secret does not hold or cannot be read, a registry that refused the signature); the message says why; not retried |
 //! | `BaseImageChanged` | Pending | Unknown | `spec.triggers.baseImageChanged`: a base image tag the last successful attempt resolved now points at another digest; the message names both, and a new attempt starts |
 //!
 //! An attempt superseded by a new generation or a rerun request is recorded in the history
@@ -59,7 +60,7 @@ pub const CONDITION_READY: &str = "Ready";
 /// (Queued, Starting, PodCreated, Running, Succeeded, BuildFailed, TimedOut, Cancelled,
 /// Superseded, InvalidSpec, SecretNotFound, PodEvicted, PodLost, ImagePullFailed,
 /// PodCreateFailed, NoNodeForPlatform, AssemblingIndex, IndexPushFailed, WaitingForContext,
-/// BaseImageChanged);
+/// BaseImageChanged, SigningFailed);
 /// Events also carry
 /// GarbageCollected and CacheUnavailable.
 #[derive(
@@ -108,6 +109,8 @@ pub enum Reason {
     /// A base image the last successful attempt used moved to another digest; a new
     /// attempt starts (`spec.triggers.baseImageChanged`).
     BaseImageChanged,
+    /// The image was pushed but could not be signed (`spec.signing`).
+    SigningFailed,
     /// Event only: the orphan sweeper deleted leftovers of this Build.
     GarbageCollected,
     /// Event only: a call to the cache service's admin API failed; the build goes on.
@@ -116,7 +119,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Queued,
         Reason::Starting,
         Reason::PodCreated,
@@ -137,6 +140,7 @@ impl Reason {
         Reason::IndexPushFailed,
         Reason::WaitingForContext,
         Reason::BaseImageChanged,
+        Reason::SigningFailed,
         Reason::GarbageCollected,
         Reason::CacheUnavailable,
     ];
@@ -164,6 +168,7 @@ impl Reason {
             Reason::IndexPushFailed => "IndexPushFailed",
             Reason::WaitingForContext => "WaitingForContext",
             Reason::BaseImageChanged => "BaseImageChanged",
+            Reason::SigningFailed => "SigningFailed",
             Reason::GarbageCollected => "GarbageCollected",
             Reason::CacheUnavailable => "CacheUnavailable",
         }
@@ -207,7 +212,8 @@ impl Reason {
             | Reason::CacheUnavailable
             | Reason::PodCreateFailed
             | Reason::NoNodeForPlatform
-            | Reason::IndexPushFailed => true,
+            | Reason::IndexPushFailed
+            | Reason::SigningFailed => true,
         }
     }
 }

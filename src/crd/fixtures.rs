@@ -199,6 +199,14 @@ impl Build {
         self
     }
 
+    /// Signs the pushed image with the key in Secret `name`.
+    pub fn signed_with(mut self, name: &str) -> Self {
+        self.spec.signing = Some(crate::crd::Signing {
+            key_secret_ref: SecretRef { name: name.into() },
+        });
+        self
+    }
+
     /// Sets the concurrency group.
     pub fn group(mut self, group: &str) -> Self {
         self.spec.concurrency.group = Some(group.to_owned());

@@ -386,3 +386,13 @@ fn a_long_log_keeps_its_last_whole_lines_behind_a_marker_within_the_limit() {
     assert!(rest.ends_with("line 01999\n"));
     assert_eq!(cut + rest.len() as u64, total, "cut and kept add up");
 }
+
+#[test]
+fn a_signed_attempts_log_is_its_build_init_containers() {
+    let build = build(vec![ended(1, AttemptResult::Succeeded)]);
+    let signed = PodFixture::for_build(&build, 1).sign_exited(0, "{}");
+    assert!(has_log(&signed.pod));
+    assert_eq!(main_container(&signed.pod), Some(BUILD_CONTAINER));
+    let building = PodFixture::for_build(&build, 1).building_before_signing();
+    assert_eq!(main_container(&building.pod), Some(BUILD_CONTAINER));
+}
