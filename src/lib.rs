@@ -42,6 +42,7 @@ pub mod plugin;
 pub mod registry;
 pub mod report;
 pub mod retry;
+pub mod sign;
 pub mod store;
 pub mod table;
 pub mod telemetry;
