@@ -12,12 +12,13 @@
 //! | [`registry`] | the OCI Distribution API and the admin API over the store, and the pull-through mirror beneath it | HTTP |
 //! | [`cacheapi`] | the cache service's wire contract: tokens, admin API types and client | pure + HTTP client |
 //! | [`context`] | build contexts: `.dockerignore` matching and a reproducible tar of a directory | pure + filesystem |
-//! | [`index_push`] | `kiln index push`: the image index of per-platform manifests, pushed at the output tag | HTTP |
+//! | [`publish`] | what the short pods with push credentials push: `kiln index push` (the index of per-platform images and their attestations) and `kiln sign` (the image's signature) | HTTP |
 //! | [`oci`] | digests, the name grammar, media types: the vocabulary below everything | pure |
 //! | [`units`] | human sizes and durations | pure |
 //! | [`table`] | aligned text tables | pure |
 //! | [`app`] | the command line: one module per command, and the dispatcher | — |
 //! | [`report`] | an error with its chain of causes, for people | pure |
+//! | [`sign`] | cosign-compatible signatures: signing keys (PKCS#8, SEC1, cosign's encrypted key) and the signature image's bytes | pure |
 //! | [`retry`] | sending a registry request again after a transient failure | async (sleeps) |
 //! | [`plugin`] | `kubectl kiln`: list, status, logs, cancel, rerun, cache du | API + HTTP |
 //! | [`telemetry`] | logging setup | — |
@@ -34,11 +35,11 @@ pub mod cacheapi;
 pub mod context;
 pub mod controller;
 pub mod crd;
-pub mod index_push;
 pub mod metric_family;
 pub mod metrics;
 pub mod oci;
 pub mod plugin;
+pub mod publish;
 pub mod registry;
 pub mod report;
 pub mod retry;

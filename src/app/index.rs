@@ -12,11 +12,13 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::app::CliResult;
+use crate::app::sign::{credentials, read_key, sign_and_report};
 use crate::controller::podstate::DIGEST_KEY;
-use crate::index_push::{IndexPush, Retry, push_index, read_docker_config};
+use crate::oci::attestation::is_attestation;
 use crate::oci::digest::Digest;
 use crate::oci::name::ImageName;
 use crate::oci::platform::Platform;
+use crate::publish::index::{IndexPush, Retry, push_index};
 use crate::report::error_chain;
 
 /// Where Kubernetes reads a container's termination message by default.
@@ -47,6 +49,11 @@ pub struct PushArgs {
     /// the registry is used anonymously.
     #[arg(long, value_name = "DIR", env = "DOCKER_CONFIG")]
     pub docker_config: Option<PathBuf>,
+
+    /// Sign the pushed index with the key in this directory (`cosign.key`, and
+    /// `cosign.password` for an encrypted key), as `kiln sign` does.
+    #[arg(long, value_name = "DIR")]
+    pub sign_key_dir: Option<PathBuf>,
 
     /// Where to write `{"containerimage.digest":"<index digest>"}` on success (the
     /// container's termination message). Nothing is written on failure.
@@ -99,30 +106,39 @@ pub async fn run_push(args: PushArgs) -> CliResult {
         manifests,
         plain_http_registries,
         docker_config,
+        sign_key_dir,
         termination_log,
     } = args;
-    let credentials = match &docker_config {
-        Some(dir) => read_docker_config(dir, &image.registry).map_err(|err| {
-            format!(
-                "registry credentials for {} in the Docker config {}: {}",
-                image.registry,
-                dir.display(),
-                error_chain(&err)
-            )
-        })?,
-        None => None,
-    };
+    // The key is read first: a key that cannot sign fails before anything is pushed.
+    let key = sign_key_dir.as_deref().map(read_key).transpose()?;
+    let credentials = credentials(docker_config.as_deref(), &image)?;
     let request = IndexPush {
         image,
         manifests,
-        credentials,
-        plain_http: plain_http_registries.into_iter().collect(),
+        credentials: credentials.clone(),
+        plain_http: plain_http_registries.iter().cloned().collect(),
         retry: Retry::default(),
     };
     let pushed = push_index(&request).await?;
-    write_termination_log(&termination_log, &pushed.digest)?;
-    let platforms: Vec<Platform> = pushed.entries.iter().map(|e| e.platform.clone()).collect();
+    let platforms: Vec<Platform> = pushed
+        .entries
+        .iter()
+        .filter(|e| !is_attestation(e))
+        .map(|e| e.platform.clone())
+        .collect();
     println!("{}", summary(&request.image, &pushed.digest, &platforms));
+    if let Some(key) = &key {
+        sign_and_report(
+            &request.image,
+            &pushed.digest,
+            key,
+            credentials,
+            &plain_http_registries,
+        )
+        .await
+        .map_err(|err| format!("the index {} was pushed, but {err}", pushed.digest))?;
+    }
+    write_termination_log(&termination_log, &pushed.digest)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,8 @@
 //! | [`cache`] | `kiln cache du\|prune\|verify` on a store directory, or through [`cache_online`] |
 //! | [`cache_online`] | the same through a running cache service's admin API |
 //! | [`plugin`] | `kubectl kiln …` (also `kiln plugin …`) |
-//! | [`index`] | `kiln index push`: a multi-platform image's index, pushed at the output tag |
+//! | [`index`] | `kiln index push`: a multi-platform image's index, pushed at the output tag (and signed) |
+//! | [`sign`] | `kiln sign`: a pushed image's cosign signature |
 
 pub mod cache;
 pub mod cache_online;
@@ -20,6 +21,7 @@ pub mod crd;
 pub mod index;
 pub mod plugin;
 pub mod serve;
+pub mod sign;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ pub enum Command {
     /// Build contexts of Builds with `spec.source.local`.
     #[command(subcommand)]
     Context(ContextCommand),
+    /// Sign a pushed image with a key, in the format `cosign verify --key` checks, and push
+    /// the signature beside it.
+    Sign(sign::SignArgs),
 }
 
 /// Arguments of `kiln crd`.
@@ -168,6 +173,7 @@ pub async fn run(command: Command) -> CliResult {
         Command::Plugin(args) => plugin::run(args).await,
         Command::Index(IndexCommand::Push(args)) => index::run_push(args).await,
         Command::Context(ContextCommand::Receive(args)) => context::run_receive(args).await,
+        Command::Sign(args) => sign::run(args).await,
     }
 }
 

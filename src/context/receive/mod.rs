@@ -61,9 +61,9 @@ pub use cache::{CacheClient, CacheError};
 pub use unpack::{UnpackError, Unpacked};
 
 use crate::context::protocol::UploadState;
-use crate::index_push::DOCKER_CONFIG_FILE;
 use crate::oci::digest::Digest;
 use crate::oci::name::{RepoName, Tag};
+use crate::publish::client::DOCKER_CONFIG_FILE;
 use crate::registry::mirror::credentials::{Credentials, CredentialsError, read_credentials};
 use crate::report::error_chain;
 use crate::retry::Retry;

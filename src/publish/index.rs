@@ -26,32 +26,19 @@
 //! Connection failures, time-outs, 429 and 5xx answers are retried ([`Retry`]); any other
 //! answer is definite and ends the push.
 //!
-//! # What comes from oci-client, and what does not
-//! Manifests are fetched with oci-client's `pull_manifest_raw`, which also runs the token
-//! flow (anonymous, Bearer with credentials, or Basic when the registry asks for it). The
-//! index is PUT with reqwest (the one oci-client is built on) because oci-client's
-//! `push_manifest_raw` returns no response header, and the `Docker-Content-Digest` check
-//! needs one; the token for that PUT still comes from oci-client's `auth`.
-//!
-//! Credentials come from a Docker `config.json` ([`read_docker_config`], parsed by
-//! [`crate::registry::mirror::credentials`], the format of a `kubernetes.io/dockerconfigjson`
-//! Secret).
+//! The registry requests (fetches, the PUT, the token flow, retries) are
+//! [`super::client::RegistryClient`]'s.
 
 // An error here ends a one-shot command, and carries the platform and reference people
 // need to read it; a few more bytes per `Result` cost nothing.
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Mutex;
 
 use bytes::Bytes;
-use oci_client::client::ClientProtocol;
 use oci_client::errors::{DigestError, OciDistributionError};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
-use reqwest::StatusCode;
-use reqwest::header::{self, HeaderValue};
+
+use super::client::{RegistryClient, RequestError, SetupError, classify_oci};
 
 use crate::oci::attestation;
 use crate::oci::digest::Digest;
@@ -62,13 +49,9 @@ use crate::oci::media::{
 };
 use crate::oci::name::ImageName;
 use crate::oci::platform::Platform;
-use crate::registry::mirror::credentials::{Credentials, CredentialsError, credentials_for};
-use crate::registry::mirror::upstream::registry_clients;
+use crate::registry::mirror::credentials::Credentials;
 pub use crate::retry::Retry;
-use crate::retry::{Transient, retrying};
-
-/// The file of a Docker config directory that holds credentials.
-pub const DOCKER_CONFIG_FILE: &str = "config.json";
+use crate::retry::retrying;
 
 /// What to push: the index of `manifests` at `image`'s tag.
 #[derive(Clone, Debug)]
@@ -106,15 +89,9 @@ pub enum IndexPushError {
     /// The request lists a platform twice, which would make pulls ambiguous.
     #[error("platform {0} is listed twice: an index has one manifest per platform")]
     ListPlatforms(Platform),
-    /// The Docker config could not be read or used.
-    #[error("cannot read registry credentials")]
-    ReadCredentials(#[source] CredentialsError),
-    /// The HTTP client could not be built.
-    #[error("cannot set up the registry client: {reason}")]
-    BuildClient {
-        /// What went wrong.
-        reason: String,
-    },
+    /// The registry client could not be set up.
+    #[error(transparent)]
+    BuildClient(#[from] SetupError),
     /// A platform's manifest could not be fetched.
     #[error("cannot fetch the {platform} manifest {reference}")]
     FetchManifest {
@@ -169,91 +146,6 @@ pub enum IndexPushError {
         /// The registry's `Docker-Content-Digest`.
         stored: String,
     },
-}
-
-/// How a request to the registry failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The registry has no such manifest (or repository).
-    #[error("the registry has no such manifest or repository (404){}", detail(.message))]
-    NotFound {
-        /// The registry's message, if any.
-        message: String,
-    },
-    /// The registry refused access (401 or 403), after authenticating if it asked to.
-    #[error(
-        "access denied ({status}): check the push Secret's credentials for this registry{}",
-        detail(.message)
-    )]
-    Denied {
-        /// 401 or 403.
-        status: u16,
-        /// The registry's message, if any.
-        message: String,
-    },
-    /// The registry's token endpoint refused or failed.
-    #[error("authentication with the registry failed: {reason}")]
-    Authenticate {
-        /// What it said.
-        reason: String,
-    },
-    /// The registry could not answer (no connection, time-out, 429, 5xx), on every attempt.
-    #[error("the registry is unavailable ({attempts} attempts): {reason}")]
-    Unavailable {
-        /// Attempts made.
-        attempts: u32,
-        /// The last status, when the registry answered.
-        status: Option<u16>,
-        /// The last failure.
-        reason: String,
-    },
-    /// Any other status: the registry refused the request (400 `MANIFEST_INVALID`, ...).
-    #[error("the registry refused the request ({status}){}", detail(.message))]
-    Refused {
-        /// The status.
-        status: u16,
-        /// The registry's message, if any.
-        message: String,
-    },
-    /// An answer that breaks the protocol (a success status other than 200 on a fetch, an
-    /// unparseable header).
-    #[error("the registry's answer breaks the protocol: {reason}")]
-    BadAnswer {
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-fn detail(message: &str) -> String {
-    if message.is_empty() {
-        String::new()
-    } else {
-        format!(": {message}")
-    }
-}
-
-impl RequestError {
-    /// Whether sending the request again may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
-    }
-}
-
-impl Transient for RequestError {
-    fn is_transient(&self) -> bool {
-        RequestError::is_transient(self)
-    }
-
-    fn after_attempts(self, attempts: u32) -> Self {
-        match self {
-            Self::Unavailable { status, reason, .. } => Self::Unavailable {
-                attempts,
-                status,
-                reason,
-            },
-            other => other,
-        }
-    }
 }
 
 /// What makes a fetched manifest unfit for the index.
@@ -387,32 +279,16 @@ pub fn manifest_media_type(bytes: &[u8]) -> Result<String, ManifestProblem> {
     }
 }
 
-/// The credentials for `registry` in `dir/config.json` (a Docker config directory, such
-/// as a mounted `kubernetes.io/dockerconfigjson` Secret). No file, or no entry for the
-/// registry, is `None`: anonymous.
-pub fn read_docker_config(
-    dir: &Path,
-    registry: &str,
-) -> Result<Option<Credentials>, IndexPushError> {
-    let path = dir.join(DOCKER_CONFIG_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(IndexPushError::ReadCredentials(CredentialsError::Read {
-                path: path.display().to_string(),
-                source,
-            }));
-        }
-    };
-    credentials_for(&text, registry).map_err(IndexPushError::ReadCredentials)
-}
-
 /// Fetches and checks every manifest of `request`, then pushes their index at its tag.
 /// Returns the index and its digest.
 pub async fn push_index(request: &IndexPush) -> Result<PushedIndex, IndexPushError> {
     check_request(request)?;
-    let registry = RegistryClient::new(request)?;
+    let registry = RegistryClient::new(
+        &request.image,
+        request.credentials.as_ref(),
+        &request.plain_http,
+        request.retry,
+    )?;
     let mut pushed = Vec::with_capacity(request.manifests.len());
     for (platform, digest) in &request.manifests {
         pushed.push(registry.fetch_platform(platform, digest).await?);
@@ -422,7 +298,11 @@ pub async fn push_index(request: &IndexPush) -> Result<PushedIndex, IndexPushErr
     let digest = Digest::of(&bytes);
     let reference = request.image.to_string();
     let stored = registry
-        .push(Bytes::from(bytes.clone()))
+        .put_manifest(
+            &request.image.tag.to_string(),
+            OCI_INDEX,
+            Bytes::from(bytes.clone()),
+        )
         .await
         .map_err(|source| IndexPushError::PushIndex {
             reference: reference.clone(),
@@ -479,57 +359,7 @@ fn check_request(request: &IndexPush) -> Result<(), IndexPushError> {
     Ok(())
 }
 
-/// The registry of one push: oci-client for fetches and tokens, reqwest for the PUT.
-struct RegistryClient {
-    image: ImageName,
-    /// The host requests go to (Docker Hub's API host for `docker.io`).
-    api_host: String,
-    scheme: &'static str,
-    auth: RegistryAuth,
-    basic: Option<HeaderValue>,
-    retry: Retry,
-    oci: Client,
-    http: reqwest::Client,
-    /// The `Authorization` value the last PUT needed, for the PUTs of later attempts.
-    push_authorization: Mutex<Option<HeaderValue>>,
-}
-
 impl RegistryClient {
-    fn new(request: &IndexPush) -> Result<Self, IndexPushError> {
-        let build = |reason: String| IndexPushError::BuildClient { reason };
-        let (auth, basic) = match &request.credentials {
-            Some(credentials) => {
-                let (auth, header) = credentials
-                    .registry_auth()
-                    .ok_or_else(|| build("the credentials are not header-safe".to_owned()))?;
-                (auth, Some(header))
-            }
-            None => (RegistryAuth::Anonymous, None),
-        };
-        let tag_reference = tag_reference(&request.image);
-        let api_host = tag_reference.resolve_registry().to_owned();
-        let scheme = if request.plain_http.contains(&api_host) {
-            "http"
-        } else {
-            "https"
-        };
-        let (oci, http) = registry_clients(ClientProtocol::HttpsExcept(
-            request.plain_http.iter().cloned().collect(),
-        ))
-        .map_err(build)?;
-        Ok(Self {
-            image: request.image.clone(),
-            api_host,
-            scheme,
-            auth,
-            basic,
-            retry: request.retry,
-            oci,
-            http,
-            push_authorization: Mutex::new(None),
-        })
-    }
-
     /// Fetches what `platform` pushed as `digest` and makes its index entries: the image
     /// manifest, and the attestation manifests about it when BuildKit pushed an attested
     /// index (provenance, SBOM). The image's own manifest is fetched and checked either way.
@@ -613,14 +443,6 @@ impl RegistryClient {
             })
     }
 
-    fn digest_reference(&self, digest: &Digest) -> oci_client::Reference {
-        oci_client::Reference::with_digest(
-            self.image.registry.clone(),
-            self.image.repository.to_string(),
-            digest.to_string(),
-        )
-    }
-
     /// Checks image manifest `bytes`, fetched as `digest` for `platform`, and its config's
     /// platform; returns its index entry.
     async fn check_image(
@@ -669,99 +491,6 @@ impl RegistryClient {
         check_config_platform(platform, &config).map_err(check)?;
         Ok(entry)
     }
-
-    /// PUTs `bytes` at the tag; returns the registry's `Docker-Content-Digest`, if any.
-    async fn push(&self, bytes: Bytes) -> Result<Option<String>, RequestError> {
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}",
-            self.scheme, self.api_host, self.image.repository, self.image.tag
-        );
-        retrying(self.retry, &url, || self.put_once(&url, bytes.clone())).await
-    }
-
-    /// One PUT, authenticating once if the registry answers 401.
-    async fn put_once(&self, url: &str, bytes: Bytes) -> Result<Option<String>, RequestError> {
-        let cached = match self.push_authorization.lock() {
-            Ok(value) => value.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let mut response = self.send_put(url, bytes.clone(), cached).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            let authorization = self.authenticate_push().await?;
-            response = self.send_put(url, bytes, authorization.clone()).await?;
-            match self.push_authorization.lock() {
-                Ok(mut value) => *value = authorization,
-                Err(poisoned) => *poisoned.into_inner() = authorization,
-            }
-        }
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response
-                .headers()
-                .get("docker-content-digest")
-                .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned()));
-        }
-        let message = response.text().await.unwrap_or_default();
-        Err(classify_status(
-            status.as_u16(),
-            crate::oci::error_body::summary(&message),
-        ))
-    }
-
-    async fn send_put(
-        &self,
-        url: &str,
-        bytes: Bytes,
-        authorization: Option<HeaderValue>,
-    ) -> Result<reqwest::Response, RequestError> {
-        let mut request = self
-            .http
-            .put(url)
-            .header(header::CONTENT_TYPE, OCI_INDEX)
-            .body(bytes);
-        if let Some(value) = authorization {
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        request
-            .send()
-            .await
-            .map_err(|err| unavailable(None, crate::report::error_chain(&err)))
-    }
-
-    /// The `Authorization` for a push: a Bearer token from the registry's token flow, or
-    /// Basic credentials when the registry challenges with Basic (or not at all).
-    async fn authenticate_push(&self) -> Result<Option<HeaderValue>, RequestError> {
-        let token = self
-            .oci
-            .auth(
-                &tag_reference(&self.image),
-                &self.auth,
-                RegistryOperation::Push,
-            )
-            .await
-            .map_err(|err| match err {
-                OciDistributionError::AuthenticationFailure(reason) => {
-                    RequestError::Authenticate { reason }
-                }
-                other => classify_oci(other),
-            })?;
-        match token {
-            Some(token) => HeaderValue::from_str(&format!("Bearer {token}"))
-                .map(Some)
-                .map_err(|_| RequestError::Authenticate {
-                    reason: "the registry's token is not header-safe".to_owned(),
-                }),
-            None => Ok(self.basic.clone()),
-        }
-    }
-}
-
-fn tag_reference(image: &ImageName) -> oci_client::Reference {
-    oci_client::Reference::with_tag(
-        image.registry.clone(),
-        image.repository.to_string(),
-        image.tag.to_string(),
-    )
 }
 
 /// The index entry of manifest `bytes` fetched as `digest` for `platform`, once checked.
@@ -794,69 +523,6 @@ fn check_bytes(digest: &Digest, bytes: &[u8]) -> Result<(), ManifestProblem> {
     Ok(())
 }
 
-fn unavailable(status: Option<u16>, reason: String) -> RequestError {
-    RequestError::Unavailable {
-        attempts: 1,
-        status,
-        reason,
-    }
-}
-
-/// The error class of an HTTP status that is not a success.
-fn classify_status(status: u16, message: String) -> RequestError {
-    match status {
-        404 => RequestError::NotFound { message },
-        401 | 403 => RequestError::Denied { status, message },
-        429 | 500..=599 => {
-            let reason = format!("status {status}{}", detail(&message));
-            unavailable(Some(status), reason)
-        }
-        _ => RequestError::Refused { status, message },
-    }
-}
-
-fn classify_oci(err: OciDistributionError) -> RequestError {
-    match err {
-        OciDistributionError::RequestError(err) => {
-            unavailable(None, crate::report::error_chain(&err))
-        }
-        OciDistributionError::IoError(err) => unavailable(None, crate::report::error_chain(&err)),
-        OciDistributionError::ServerError { code, message, .. } => {
-            classify_status(code, crate::oci::error_body::summary(&message))
-        }
-        OciDistributionError::UnauthorizedError { .. } => classify_status(401, String::new()),
-        OciDistributionError::AuthenticationFailure(reason) => {
-            RequestError::Authenticate { reason }
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            use oci_client::errors::OciErrorCode as C;
-            let status = match envelope.errors.first().map(|e| &e.code) {
-                Some(C::BlobUnknown | C::ManifestUnknown | C::NameUnknown | C::NotFound) => 404,
-                Some(C::Unauthorized) => 401,
-                Some(C::Denied) => 403,
-                Some(C::Toomanyrequests) => 429,
-                _ => 400,
-            };
-            let message = envelope
-                .errors
-                .iter()
-                .map(|e| {
-                    let code = serde_json::to_value(&e.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    format!("{code} {}", e.message).trim().to_owned()
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            classify_status(status, message)
-        }
-        other => RequestError::BadAnswer {
-            reason: other.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -867,8 +533,10 @@ mod tests {
     use axum::response::IntoResponse;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
+    use reqwest::header;
     use std::collections::BTreeMap;
     use std::sync::Arc;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -1435,49 +1103,5 @@ mod tests {
                 actual: Digest::of(&bytes).to_string()
             })
         );
-    }
-
-    #[test]
-    fn credentials_come_from_the_config_directory_and_no_file_is_anonymous() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            read_docker_config(dir.path(), "registry.example.com").unwrap(),
-            None
-        );
-        assert_eq!(
-            read_docker_config(&dir.path().join("absent"), "registry.example.com").unwrap(),
-            None
-        );
-        let auth = STANDARD.encode("bob:s3cret");
-        std::fs::write(
-            dir.path().join(DOCKER_CONFIG_FILE),
-            format!(
-                r#"{{"auths": {{
-                    "registry.example.com": {{"auth": "{auth}"}},
-                    "https://index.docker.io/v1/": {{"username": "hub", "password": "tok"}}
-                }}}}"#
-            ),
-        )
-        .unwrap();
-        assert_eq!(
-            read_docker_config(dir.path(), "registry.example.com").unwrap(),
-            Some(Credentials {
-                username: "bob".into(),
-                password: "s3cret".into()
-            })
-        );
-        assert_eq!(
-            read_docker_config(dir.path(), "docker.io").unwrap(),
-            Some(Credentials {
-                username: "hub".into(),
-                password: "tok".into()
-            })
-        );
-        assert_eq!(read_docker_config(dir.path(), "ghcr.io").unwrap(), None);
-        std::fs::write(dir.path().join(DOCKER_CONFIG_FILE), "{not json").unwrap();
-        assert!(matches!(
-            read_docker_config(dir.path(), "registry.example.com"),
-            Err(IndexPushError::ReadCredentials(CredentialsError::Parse(_)))
-        ));
     }
 }
