@@ -705,6 +705,95 @@ async fn e2e_an_inline_build_pushes_and_records_its_digest_then_leaves_no_pod_be
     );
 }
 
+/// A signed Build: the key Secret is what `cosign generate-key-pair k8s://…` writes (the
+/// encrypted key and its password); the build runs as the pod's last init container, the
+/// Kiln image's `sign` container signs what it pushed, and the real `cosign verify --key`
+/// accepts the image at its tag, by the digest the status records.
+#[tokio::test]
+async fn e2e_a_signed_build_pushes_an_image_cosign_verifies() {
+    let test = "e2e_a_signed_build_pushes_an_image_cosign_verifies";
+    let Some((client, registry)) = cluster_with_registry(test).await else {
+        return;
+    };
+    let Some(cosign) = std::env::var_os("KILN_COSIGN") else {
+        skip::<()>(
+            test,
+            "KILN_COSIGN is not set; scripts/install-test-deps.sh builds cosign (scripts/cosign.sh)",
+        );
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "signed", Some(&registry)).await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sign");
+    let key = std::fs::read_to_string(format!("{fixtures}/cosign.key")).expect("the test key");
+    let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), &scene.namespace);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "image-signing"},
+        "stringData": {"cosign.key": key, "cosign.password": "test"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the signing Secret");
+    let image = format!("{registry}/kiln-e2e/{}:signed", scene.namespace);
+    let mut build = inline_build(
+        "signed",
+        "FROM busybox:1.36\nRUN echo signed > /signed\n",
+        &image,
+    );
+    build["spec"]["signing"] = json!({"keySecretRef": {"name": "image-signing"}});
+    let (build, applied) = scene.run(build, Duration::from_secs(600)).await;
+    let timing = timings(&scene, &build, applied, "signed").await;
+    let pods = scene.pods_of("signed").await;
+    let verified = tokio::task::spawn_blocking({
+        let image = image.clone();
+        move || {
+            let mut command = std::process::Command::new(cosign);
+            command
+                .args(["verify", "--key"])
+                .arg(format!("{fixtures}/cosign.pub"));
+            command.args(["--insecure-ignore-tlog=true", "--output=json"]);
+            if std::env::var("KILN_E2E_REGISTRY_PLAIN_HTTP").as_deref() == Ok("1") {
+                command.args(["--allow-insecure-registry", "--allow-http-registry"]);
+            }
+            let output = command.arg(&image).output().expect("run cosign");
+            eprintln!(
+                "cosign verify {image}: {}\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            output
+        }
+    })
+    .await
+    .unwrap();
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    assert!(timing.build_done > 0.0, "{timing:?}");
+    let spec = pods[0].spec.clone().unwrap();
+    let init: Vec<String> = spec
+        .init_containers
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(init.last().map(String::as_str), Some("build"), "{init:?}");
+    assert_eq!(spec.containers[0].name, "sign");
+    assert!(
+        verified.status.success(),
+        "cosign verify refused the signed image"
+    );
+    let signatures: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).expect("cosign's JSON");
+    let digest = digest_of(&build).expect("a digest");
+    assert_eq!(
+        signatures[0]["critical"]["image"]["docker-manifest-digest"], digest,
+        "the signature covers the digest the status records"
+    );
+}
+
 /// A `FROM scratch` image built `Native` for linux/amd64 and linux/arm64 on the one node:
 /// the chart maps linux/arm64 to the node's `kubernetes.io/os` (the platform→node-selector
 /// flag), and a Dockerfile without `RUN` builds for any platform without emulation. Each
