@@ -480,6 +480,75 @@ async fn a_missing_push_secret_fails_the_build_without_a_pod_or_a_hot_loop() {
     );
 }
 
+/// The signing key Secret `cosign generate-key-pair k8s://…` writes.
+async fn create_signing_secret(h: &Harness, name: &str) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "type": "Opaque",
+        "data": {"cosign.key": "a2V5", "cosign.password": "cGFzc3dvcmQ=", "cosign.pub": "cHVi"}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(h.client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_signed_build_with_its_key_secret_builds_then_signs_in_one_pod() {
+    let h = Harness::new(vec![
+        Build::test("app").signed_with("image-signing"),
+        Build::test("bad")
+            .signed_with("image-signing")
+            .output("registry.example.com/team/bad:v1"),
+    ])
+    .await;
+    create_signing_secret(&h, "image-signing").await;
+    h.settle("app").await;
+    let pods = h.pods().await;
+    let spec = pods[0].spec.clone().unwrap();
+    let init = spec.init_containers.unwrap();
+    assert_eq!(init.last().unwrap().name, "build");
+    assert_eq!(spec.containers[0].name, "sign");
+    assert_eq!(
+        phase_of(&h, "app").await,
+        (Some(Phase::Pending), Some(Reason::PodCreated))
+    );
+    h.pod_becomes("app", 1, |p| p.building_before_signing())
+        .await;
+    assert_eq!(
+        phase_of(&h, "app").await,
+        (Some(Phase::Running), Some(Reason::Running))
+    );
+    let metadata = format!("{{\"containerimage.digest\":\"{DIGEST}\"}}");
+    h.pod_becomes("app", 1, |p| p.sign_exited(0, &metadata))
+        .await;
+    let build = h.build("app").await.unwrap();
+    assert_eq!(
+        phase_reason(&build),
+        (Some(Phase::Succeeded), Some(Reason::Succeeded))
+    );
+    assert_eq!(build.status.unwrap().output.unwrap().digest, DIGEST);
+
+    // A sign step that fails fails the attempt with its own reason, and is not retried.
+    h.settle("bad").await;
+    h.pod_becomes("bad", 1, |p| {
+        p.sign_exited(1, "error: cannot push the signature: access denied (403)")
+    })
+    .await;
+    let build = h.build("bad").await.unwrap();
+    assert_eq!(
+        phase_reason(&build),
+        (Some(Phase::Failed), Some(Reason::SigningFailed))
+    );
+    assert!(
+        message_of(&build).contains("signing it failed"),
+        "{}",
+        message_of(&build)
+    );
+    assert_eq!(h.pod_names().await, ["app-1", "bad-1"]);
+}
+
 #[tokio::test]
 async fn an_inline_build_gets_its_config_map_and_deletion_removes_both() {
     let mut h = Harness::new(vec![

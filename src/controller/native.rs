@@ -168,7 +168,15 @@ pub fn index_pod(
                 ("cpu".to_owned(), quantity("10m")),
                 ("memory".to_owned(), quantity("32Mi")),
             ])),
-            limits: Some(BTreeMap::from([("memory".to_owned(), quantity("128Mi"))])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                // Opening an encrypted signing key needs more than the index alone.
+                quantity(if signing::key_secret(build).is_some() {
+                    signing::SIGNING_MEMORY_LIMIT
+                } else {
+                    "128Mi"
+                }),
+            )])),
             ..ResourceRequirements::default()
         }),
         security_context: Some(restricted_security_context(KILN_UID)),

@@ -154,6 +154,7 @@ async fn read_secrets(
             .git
             .as_ref()
             .and_then(|g| g.clone_secret_ref.as_ref()),
+        build.spec.signing.as_ref().map(|s| &s.key_secret_ref),
     ]
     .into_iter()
     .flatten()

@@ -42,6 +42,9 @@ pub const RESULT_DIR: &str = "/var/run/kiln/result";
 pub const RESULT_FILE: &str = "metadata.json";
 /// Name of the volume of [`RESULT_DIR`].
 pub const RESULT_VOLUME: &str = "kiln-result";
+/// Memory limit of a step that signs: opening cosign's encrypted key costs 64 MiB of
+/// scrypt (N = 2^16, r = 8) on top of the process.
+pub const SIGNING_MEMORY_LIMIT: &str = "256Mi";
 /// Name of the volume of the signing key.
 pub const KEY_VOLUME: &str = "signing-key";
 
@@ -132,7 +135,10 @@ pub fn sign_container(
                 ("cpu".to_owned(), quantity("10m")),
                 ("memory".to_owned(), quantity("32Mi")),
             ])),
-            limits: Some(BTreeMap::from([("memory".to_owned(), quantity("128Mi"))])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                quantity(SIGNING_MEMORY_LIMIT),
+            )])),
             ..ResourceRequirements::default()
         }),
         security_context: Some(restricted_security_context(uid)),
