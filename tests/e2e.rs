@@ -792,6 +792,20 @@ async fn e2e_a_signed_build_pushes_an_image_cosign_verifies() {
         signatures[0]["critical"]["image"]["docker-manifest-digest"], digest,
         "the signature covers the digest the status records"
     );
+    let output = build
+        .status
+        .as_ref()
+        .and_then(|s| s.output.clone())
+        .unwrap();
+    assert_eq!(
+        output.signature,
+        Some(format!(
+            "{}:sha256-{}.sig",
+            kiln::controller::buildkit::output_repository(&image),
+            digest.trim_start_matches("sha256:")
+        ))
+    );
+    assert_eq!(output.attestations, ["provenance"]);
 }
 
 /// A `FROM scratch` image built `Native` for linux/amd64 and linux/arm64 on the one node:

@@ -58,7 +58,7 @@ use crate::crd::condition::set_condition;
 use crate::crd::status::truncate_message;
 use crate::crd::{
     AttemptRecord, AttemptResult, BaseImageChange, Build, BuildStatus, CONDITION_READY,
-    CONDITION_SUCCEEDED, ConditionStatus, OutputStatus, Phase, Reason,
+    CONDITION_SUCCEEDED, ConditionStatus, OutputStatus, Phase, ProvenanceMode, Reason,
 };
 use crate::oci::digest::Digest;
 
@@ -657,16 +657,15 @@ impl<'a> Planner<'a> {
 
     fn succeed(&mut self, digest: Digest) {
         let image = self.build.spec.output.image.clone();
-        let message = format!("pushed {image}@{digest}");
+        let mut message = format!("pushed {image}@{digest}");
+        if self.build.spec.signing.is_some() {
+            message.push_str(", signed");
+        }
         if let Some(record) = self.status.current_attempt_mut() {
             record.digest = Some(digest.to_string());
         }
         self.close_attempt(AttemptResult::Succeeded, Reason::Succeeded, &message);
-        self.status.output = Some(OutputStatus {
-            image,
-            digest: digest.to_string(),
-            short_digest: digest.short(),
-        });
+        self.status.output = Some(output_status(self.build, image, &digest));
         self.set(Phase::Succeeded, Reason::Succeeded, message);
     }
 
@@ -978,6 +977,33 @@ impl<'a> Planner<'a> {
             actions,
             recheck: self.recheck,
         }
+    }
+}
+
+/// What `status.output` says of the pushed `digest` of `image`: the attestations the Build
+/// asked BuildKit for, and where its signature is when it is signed.
+fn output_status(build: &Build, image: String, digest: &Digest) -> OutputStatus {
+    let spec = &build.spec;
+    let mut attestations = Vec::new();
+    if spec.attestations.provenance != ProvenanceMode::Off {
+        attestations.push("provenance".to_owned());
+    }
+    if spec.attestations.sbom {
+        attestations.push("sbom".to_owned());
+    }
+    let signature = spec.signing.as_ref().map(|_| {
+        format!(
+            "{}:{}",
+            super::buildkit::output_repository(&image),
+            crate::sign::signature_tag(digest)
+        )
+    });
+    OutputStatus {
+        digest: digest.to_string(),
+        short_digest: digest.short(),
+        image,
+        attestations,
+        signature,
     }
 }
 

@@ -329,6 +329,14 @@ pub struct OutputStatus {
     pub digest: String,
     /// The first 12 hex characters of the digest, for `kubectl get`.
     pub short_digest: String,
+    /// The attestations pushed with the image (`provenance`, `sbom`): the digest is then
+    /// an index of the image and its attestation manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<String>,
+    /// Where the image's signature is (`<repository>:sha256-<hex>.sig`), when
+    /// `spec.signing` signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl BuildStatus {

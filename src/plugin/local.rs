@@ -1063,6 +1063,7 @@ spec:
                 image: "registry.example.com/team/app:latest".into(),
                 digest: format!("{}", Digest::of(b"image")),
                 short_digest: Digest::of(b"image").short(),
+                ..OutputStatus::default()
             });
         }
         Build::test("app")

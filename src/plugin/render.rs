@@ -212,14 +212,18 @@ fn summary(build: &Build, now: Timestamp) -> String {
         status.and_then(|s| s.message.clone()).unwrap_or_default(),
     );
     field(&mut out, "Image", &build.spec.output.image);
+    let output = status.and_then(|s| s.output.as_ref());
     field(
         &mut out,
         "Digest",
-        status
-            .and_then(|s| s.output.as_ref())
-            .map(|o| o.digest.clone())
-            .unwrap_or_default(),
+        output.map(|o| o.digest.clone()).unwrap_or_default(),
     );
+    if let Some(output) = output.filter(|o| !o.attestations.is_empty()) {
+        field(&mut out, "Attestations", output.attestations.join(", "));
+    }
+    if let Some(signature) = output.and_then(|o| o.signature.as_deref()) {
+        field(&mut out, "Signature", signature);
+    }
     let generation = build.metadata.generation.unwrap_or_default();
     let observed = status.and_then(|s| s.observed_generation);
     field(
@@ -507,6 +511,7 @@ mod tests {
                 image: "registry.example.com/team/app:latest".into(),
                 digest: DIGEST.into(),
                 short_digest: "0123456789ab".into(),
+                ..OutputStatus::default()
             });
         }
         Build::test(name).with_status(status)
@@ -548,6 +553,35 @@ slow    Running     -           -           1         6m40s      -              
         let all = build_table(&builds, true, at(400));
         assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
         assert!(all.contains("\nteam-b      slow "), "{all}");
+    }
+
+    #[test]
+    fn the_status_report_names_the_attestations_and_the_signature() {
+        let mut build = finished("app", Reason::Succeeded, Phase::Succeeded);
+        let report = |build: Build| {
+            status_report(
+                &StatusReport {
+                    build,
+                    events: Vec::new(),
+                    failed_log: None,
+                },
+                at(160),
+            )
+        };
+        let plain = report(build.clone());
+        assert!(!plain.contains("Attestations:"), "{plain}");
+        assert!(!plain.contains("Signature:"), "{plain}");
+        if let Some(output) = build.status.as_mut().and_then(|s| s.output.as_mut()) {
+            output.attestations = vec!["provenance".into(), "sbom".into()];
+            output.signature = Some("registry.example.com/team/app:sha256-0123.sig".into());
+        }
+        let text = report(build);
+        assert!(text.contains("Attestations:"), "{text}");
+        assert!(text.contains("provenance, sbom\n"), "{text}");
+        assert!(
+            text.contains("registry.example.com/team/app:sha256-0123.sig\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1314,6 +1314,7 @@ mod tests {
                         image: build.spec.output.image.clone(),
                         digest: Digest::of(b"image").to_string(),
                         short_digest: Digest::of(b"image").short(),
+                        ..OutputStatus::default()
                     });
                     status.completion_time = Some(Time(at(60)));
                 }

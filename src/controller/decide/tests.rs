@@ -348,6 +348,61 @@ fn a_pushed_digest_succeeds_the_build() {
 }
 
 #[test]
+fn the_output_names_its_attestations_and_where_a_signed_images_signature_is() {
+    let build = Build::test("app");
+    let plan = pod_says(&running(build.clone()), |p| p.pushed(DIGEST), 100);
+    let output = status(&plan).output.clone().unwrap();
+    assert_eq!(
+        output.attestations,
+        ["provenance"],
+        "provenance is on by default"
+    );
+    assert_eq!(output.signature, None);
+
+    let mut signed = build.signed_with("image-signing");
+    signed.spec.attestations = crate::crd::Attestations {
+        provenance: ProvenanceMode::Off,
+        sbom: true,
+    };
+    let key = Observed {
+        secrets: BTreeMap::from([(
+            "image-signing".to_owned(),
+            SecretInfo {
+                type_: "Opaque".into(),
+                keys: ["cosign.key".to_owned()].into(),
+            },
+        )]),
+        ..Observed::default()
+    };
+    let plan = decide_at(&signed, &key, 0);
+    assert_eq!(plan.created_pods().len(), 1, "{:?}", plan.describe());
+    let signed = after(&signed, &plan);
+    let metadata = format!("{{\"containerimage.digest\":\"{DIGEST}\"}}");
+    let plan = pod_says(&signed, |p| p.sign_exited(0, &metadata), 100);
+    let s = status(&plan);
+    let output = s.output.as_ref().unwrap();
+    assert_eq!(output.attestations, ["sbom"]);
+    assert_eq!(
+        output.signature.as_deref(),
+        Some(
+            format!(
+                "registry.example.com/team/app:sha256-{}.sig",
+                "1".repeat(64)
+            )
+            .as_str()
+        )
+    );
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(", signed"),
+        "{:?}",
+        s.message
+    );
+}
+
+#[test]
 fn success_without_a_valid_digest_is_a_build_failure() {
     let build = running(Build::test("app"));
     let plan = decide_at(
