@@ -100,6 +100,7 @@ scripts/local-cluster.sh exec "$HELM" install "$RELEASE" charts/kiln \
   --set "controller.plainHttpRegistries[0]=$KILN_CLUSTER_REGISTRY" \
   --set controller.gc.sweepInterval=15s \
   --set controller.baseImageCheckInterval=10s \
+  --set controller.sbomGeneratorImage=docker.io/kiln-e2e/sbom-scanner:1 \
   --set controller.builderRequests.cpu=100m \
   --set controller.builderRequests.memory=256Mi \
   --set-json 'controller.platformNodeSelectors={"linux/arm64":{"kubernetes.io/os":"linux"}}' \

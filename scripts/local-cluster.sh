@@ -16,7 +16,8 @@
 #   containerd 2.4 with runc 1.4 (scripts/node-bins.sh);
 #   a CNI bridge (Debian's containernetworking-plugins: bridge, host-local, loopback);
 #   two plain-HTTP registries (Debian's docker-registry): `images` (the node's images and
-#     the builds' pushes) and `upstream` (library/busybox, which Kiln's docker.io mirror
+#     the builds' pushes) and `upstream` (library/busybox and the stand-in SBOM generator
+#     kiln-e2e/sbom-scanner, which Kiln's docker.io mirror
 #     pulls through); containerd reads docker.io from `images`.
 # Addresses, all inside the namespace: the node 10.99.0.1 (on its loopback; the API
 # server on :6443, the registries on :5001 and :5002, DNS on :53), pods 10.244.0.0/24,
@@ -168,6 +169,9 @@ images() {
   KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh pause "$PAUSE_IMAGE"
   KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh busybox \
     "$UPSTREAM/library/busybox:1.36" "$UPSTREAM/library/busybox:latest"
+  # BuildKit pulls an SBOM generator like a base image: through Kiln's docker.io mirror.
+  KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh sbom-scanner \
+    "$UPSTREAM/kiln-e2e/sbom-scanner:1"
   KILN_IMAGES_WORK="$work" in_netns scripts/local-images.sh builder \
     "$REGISTRY/moby/buildkit:v0.26.1-rootless" "$NODE_BIN"
   # The same builder for user-namespaced pods (hostUsers: false), whose 65,536 IDs do not

@@ -7,6 +7,8 @@
 #   scripts/local-images.sh builder REF NODE_BIN_DIR         rootless BuildKit, laid out like
 #                                                            moby/buildkit:<version>-rootless
 #   scripts/local-images.sh kiln    REF KILN_BINARY          the Kiln binary, non-root
+#   scripts/local-images.sh sbom-scanner REF...              a stand-in BuildKit SBOM generator
+#                                                            (scripts/sbom/e2e-sbom-scanner.sh)
 #
 # REF is host:port/repository:tag on a registry reached over plain HTTP. Each image is
 # one layer made with umoci from files of this machine: static Go binaries as built, and
@@ -163,6 +165,14 @@ cmd_kiln() {
     --config.entrypoint /usr/local/bin/kiln --config.cmd --help
 }
 
+cmd_sbom_scanner() {
+  new_rootfs sbom-scanner
+  install_busybox
+  install -m 0755 scripts/sbom/e2e-sbom-scanner.sh "$ROOTFS/usr/bin/kiln-e2e-sbom-scanner"
+  finish sbom-scanner "$@" -- --config.entrypoint /usr/bin/kiln-e2e-sbom-scanner \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+}
+
 mkdir -p "$WORK"
 command="${1:-}"
 shift || true
@@ -171,5 +181,6 @@ case "$command" in
   busybox) [ $# -ge 1 ] || die "usage: busybox REF..."; cmd_busybox "$@" ;;
   builder) [ $# -eq 2 ] || die "usage: builder REF NODE_BIN_DIR"; cmd_builder "$@" ;;
   kiln) [ $# -eq 2 ] || die "usage: kiln REF KILN_BINARY"; cmd_kiln "$@" ;;
+  sbom-scanner) [ $# -ge 1 ] || die "usage: sbom-scanner REF..."; cmd_sbom_scanner "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -808,6 +808,104 @@ async fn e2e_a_signed_build_pushes_an_image_cosign_verifies() {
     assert_eq!(output.attestations, ["provenance"]);
 }
 
+/// `spec.attestations.sbom`: BuildKit runs the controller's SBOM generator (on the local
+/// cluster the stand-in scanner of scripts/sbom, which BuildKit pulls through Kiln's
+/// mirror as it pulls a base image) on the built filesystem, and pushes its SPDX document
+/// as an attestation beside the provenance, in the index at the tag.
+#[tokio::test]
+async fn e2e_an_sbom_of_the_built_filesystem_is_pushed_beside_the_provenance() {
+    let test = "e2e_an_sbom_of_the_built_filesystem_is_pushed_beside_the_provenance";
+    let Some((client, registry, _release)) = installed_cluster_with_registry(test).await else {
+        return;
+    };
+    let _shared = DISRUPTION.read().await;
+    let scene = Scene::new(client, "sbom", Some(&registry)).await;
+    let repository = format!("kiln-e2e/{}", scene.namespace);
+    let image = format!("{registry}/{repository}:sbom");
+    let mut build = inline_build("sbom", "FROM scratch\nCOPY greeting /etc/greeting\n", &image);
+    build["spec"]["source"]["inline"]["files"] =
+        json!([{"path": "greeting", "content": "hello from the sbom test\n"}]);
+    build["spec"]["attestations"] = json!({"sbom": true});
+    let (build, _applied) = scene.run(build, Duration::from_secs(600)).await;
+    let manifests = tokio::task::spawn_blocking({
+        let registry = registry.clone();
+        let repository = repository.clone();
+        move || {
+            let raw = |reference: &str| -> serde_json::Value {
+                let bytes = common::skopeo::skopeo(
+                    &[
+                        &["inspect", "--raw"][..],
+                        &registry_flags(),
+                        &[&format!("docker://{registry}/{repository}{reference}")],
+                    ]
+                    .concat(),
+                );
+                serde_json::from_slice(&bytes).expect("a manifest")
+            };
+            let index = raw(":sbom");
+            let attestation = index["manifests"]
+                .as_array()
+                .expect("an index")
+                .iter()
+                .find(|m| m["platform"]["os"] == "unknown")
+                .map(|m| raw(&format!("@{}", m["digest"].as_str().unwrap_or_default())));
+            (index, attestation)
+        }
+    })
+    .await
+    .unwrap();
+    let (index, attestation) = manifests;
+    let attestation = attestation.unwrap_or_else(|| panic!("no attestation manifest in {index}"));
+    let layers = attestation["layers"].as_array().expect("layers").clone();
+    let predicates: Vec<&str> = layers
+        .iter()
+        .map(|l| {
+            l["annotations"]["in-toto.io/predicate-type"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    let spdx = layers
+        .iter()
+        .find(|l| l["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document")
+        .and_then(|l| l["digest"].as_str())
+        .map(str::to_owned);
+    let document = match &spdx {
+        Some(digest) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::get(format!("http://{registry}/v2/{repository}/blobs/{digest}"))
+                .await
+                .expect("fetch the SBOM")
+                .text()
+                .await
+                .expect("the SBOM's text")
+        }
+        None => String::new(),
+    };
+    scene.finish().await;
+    assert_eq!(phase(&build), Some(Phase::Succeeded));
+    let output = build.status.as_ref().and_then(|s| s.output.clone()).unwrap();
+    assert_eq!(output.attestations, ["provenance", "sbom"]);
+    assert!(
+        predicates.iter().any(|p| p.starts_with("https://slsa.dev/provenance/")),
+        "{predicates:?}"
+    );
+    assert!(spdx.is_some(), "no SPDX attestation: {predicates:?}");
+    let statement: serde_json::Value = serde_json::from_str(&document).expect("an in-toto statement");
+    let files: Vec<&str> = statement["predicate"]["files"]
+        .as_array()
+        .expect("the SPDX document's files")
+        .iter()
+        .filter_map(|f| f["fileName"].as_str())
+        .collect();
+    assert_eq!(files, ["etc/greeting"], "the generator scanned the built filesystem");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"].as_str().map(|h| format!("sha256:{h}")),
+        index["manifests"][0]["digest"].as_str().map(str::to_owned),
+        "BuildKit names the image the SBOM describes"
+    );
+}
+
 /// A `FROM scratch` image built `Native` for linux/amd64 and linux/arm64 on the one node:
 /// the chart maps linux/arm64 to the node's `kubernetes.io/os` (the platform→node-selector
 /// flag), and a Dockerfile without `RUN` builds for any platform without emulation. Each
