@@ -822,7 +822,11 @@ async fn e2e_an_sbom_of_the_built_filesystem_is_pushed_beside_the_provenance() {
     let scene = Scene::new(client, "sbom", Some(&registry)).await;
     let repository = format!("kiln-e2e/{}", scene.namespace);
     let image = format!("{registry}/{repository}:sbom");
-    let mut build = inline_build("sbom", "FROM scratch\nCOPY greeting /etc/greeting\n", &image);
+    let mut build = inline_build(
+        "sbom",
+        "FROM scratch\nCOPY greeting /etc/greeting\n",
+        &image,
+    );
     build["spec"]["source"]["inline"]["files"] =
         json!([{"path": "greeting", "content": "hello from the sbom test\n"}]);
     build["spec"]["attestations"] = json!({"sbom": true});
@@ -884,23 +888,36 @@ async fn e2e_an_sbom_of_the_built_filesystem_is_pushed_beside_the_provenance() {
     };
     scene.finish().await;
     assert_eq!(phase(&build), Some(Phase::Succeeded));
-    let output = build.status.as_ref().and_then(|s| s.output.clone()).unwrap();
+    let output = build
+        .status
+        .as_ref()
+        .and_then(|s| s.output.clone())
+        .unwrap();
     assert_eq!(output.attestations, ["provenance", "sbom"]);
     assert!(
-        predicates.iter().any(|p| p.starts_with("https://slsa.dev/provenance/")),
+        predicates
+            .iter()
+            .any(|p| p.starts_with("https://slsa.dev/provenance/")),
         "{predicates:?}"
     );
     assert!(spdx.is_some(), "no SPDX attestation: {predicates:?}");
-    let statement: serde_json::Value = serde_json::from_str(&document).expect("an in-toto statement");
+    let statement: serde_json::Value =
+        serde_json::from_str(&document).expect("an in-toto statement");
     let files: Vec<&str> = statement["predicate"]["files"]
         .as_array()
         .expect("the SPDX document's files")
         .iter()
         .filter_map(|f| f["fileName"].as_str())
         .collect();
-    assert_eq!(files, ["etc/greeting"], "the generator scanned the built filesystem");
     assert_eq!(
-        statement["subject"][0]["digest"]["sha256"].as_str().map(|h| format!("sha256:{h}")),
+        files,
+        ["etc/greeting"],
+        "the generator scanned the built filesystem"
+    );
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"]
+            .as_str()
+            .map(|h| format!("sha256:{h}")),
         index["manifests"][0]["digest"].as_str().map(str::to_owned),
         "BuildKit names the image the SBOM describes"
     );

@@ -6,23 +6,20 @@
 //! image by digest; it reads the index digest from the termination message exactly as it
 //! reads a build pod's ([`crate::controller::podstate::pushed_digest`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
 use crate::app::CliResult;
+use crate::app::pod_result::{DEFAULT_TERMINATION_LOG, parse_image, write_termination_log};
 use crate::app::sign::{credentials, read_key, sign_and_report};
-use crate::controller::podstate::DIGEST_KEY;
 use crate::oci::attestation::is_attestation;
 use crate::oci::digest::Digest;
 use crate::oci::name::ImageName;
 use crate::oci::platform::Platform;
 use crate::publish::index::{IndexPush, Retry, push_index};
 use crate::report::error_chain;
-
-/// Where Kubernetes reads a container's termination message by default.
-pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// Arguments of `kiln index push`.
 #[derive(Debug, Args)]
@@ -61,10 +58,6 @@ pub struct PushArgs {
     pub termination_log: PathBuf,
 }
 
-fn parse_image(text: &str) -> Result<ImageName, String> {
-    ImageName::parse(text).map_err(|err| error_chain(&err))
-}
-
 /// Parses `PLATFORM=DIGEST`.
 fn parse_manifest(text: &str) -> Result<(Platform, Digest), String> {
     let (platform, digest) = text
@@ -73,12 +66,6 @@ fn parse_manifest(text: &str) -> Result<(Platform, Digest), String> {
     let platform = Platform::parse(platform).map_err(|err| err.to_string())?;
     let digest = digest.parse().map_err(|err| error_chain(&err))?;
     Ok((platform, digest))
-}
-
-/// The termination message of a successful push: the BuildKit metadata key the controller
-/// reads a pushed digest from, with the index's digest.
-pub fn termination_message(digest: &Digest) -> String {
-    serde_json::json!({ DIGEST_KEY: digest.to_string() }).to_string()
 }
 
 /// The one-line summary printed on success.
@@ -138,25 +125,20 @@ pub async fn run_push(args: PushArgs) -> CliResult {
         .await
         .map_err(|err| format!("the index {} was pushed, but {err}", pushed.digest))?;
     }
-    write_termination_log(&termination_log, &pushed.digest)?;
+    write_termination_log(
+        &termination_log,
+        &pushed.digest,
+        &format!("the index {} was pushed", pushed.digest),
+    )?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_termination_log(path: &Path, digest: &Digest) -> Result<(), String> {
-    std::fs::write(path, termination_message(digest)).map_err(|err| {
-        format!(
-            "the index {digest} was pushed, but the termination log {} could not be written: {err}",
-            path.display()
-        )
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::app::{Cli, Command, IndexCommand};
-    use crate::controller::podstate::pushed_digest;
     use clap::Parser;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Result<PushArgs, clap::Error> {
         let cli = Cli::try_parse_from(["kiln", "index", "push"].iter().chain(args))?;
@@ -164,17 +146,6 @@ mod tests {
             Command::Index(IndexCommand::Push(args)) => Ok(args),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn the_termination_message_is_what_the_controller_reads() {
-        let digest = Digest::of(b"index");
-        let message = termination_message(&digest);
-        assert_eq!(
-            message,
-            format!("{{\"containerimage.digest\":\"{digest}\"}}")
-        );
-        assert_eq!(pushed_digest(Some(&message)), Ok(digest));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | [`cache_online`] | the same through a running cache service's admin API |
 //! | [`plugin`] | `kubectl kiln …` (also `kiln plugin …`) |
 //! | [`index`] | `kiln index push`: a multi-platform image's index, pushed at the output tag (and signed) |
+//! | [`pod_result`] | what `kiln index push` and `kiln sign` report to the controller (the termination message) |
 //! | [`sign`] | `kiln sign`: a pushed image's cosign signature |
 
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod controller;
 pub mod crd;
 pub mod index;
 pub mod plugin;
+pub mod pod_result;
 pub mod serve;
 pub mod sign;
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::app::CliResult;
-use crate::app::index::{DEFAULT_TERMINATION_LOG, termination_message};
+use crate::app::pod_result::{DEFAULT_TERMINATION_LOG, parse_image, write_termination_log};
 use crate::controller::podstate::pushed_digest;
 use crate::controller::validate::{COSIGN_KEY, COSIGN_PASSWORD};
 use crate::oci::digest::Digest;
@@ -66,10 +66,6 @@ pub struct SignArgs {
     /// termination message). Nothing is written on failure.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_TERMINATION_LOG)]
     pub termination_log: PathBuf,
-}
-
-fn parse_image(text: &str) -> Result<ImageName, String> {
-    ImageName::parse(text).map_err(|err| error_chain(&err))
 }
 
 /// Reads the signing key of `dir`: `cosign.key`, opened with `cosign.password` (or
@@ -196,12 +192,7 @@ pub async fn run(args: SignArgs) -> CliResult {
     let key = read_key(&key_dir)?;
     let credentials = credentials(docker_config.as_deref(), &image)?;
     sign_and_report(&image, &digest, &key, credentials, &plain_http_registries).await?;
-    std::fs::write(&termination_log, termination_message(&digest)).map_err(|err| {
-        format!(
-            "{digest} was signed, but the termination log {} could not be written: {err}",
-            termination_log.display()
-        )
-    })?;
+    write_termination_log(&termination_log, &digest, &format!("{digest} was signed"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,38 +94,49 @@ pub fn receiver_container(
         .cloned()
         .collect();
     let docker_config = mounts.iter().any(|m| m.mount_path == DOCKER_CONFIG_DIR);
-    let quantity = |q: &str| Quantity(q.to_owned());
     Container {
         name: CONTEXT_CONTAINER.into(),
         image: Some(config.index_image.clone()),
         args: Some(args),
-        env: docker_config.then(|| {
-            vec![EnvVar {
-                name: "DOCKER_CONFIG".into(),
-                value: Some(DOCKER_CONFIG_DIR.into()),
-                ..EnvVar::default()
-            }]
-        }),
+        env: docker_config.then(docker_config_env),
         ports: Some(vec![ContainerPort {
             name: Some(RECEIVER_PORT_NAME.into()),
             container_port: i32::from(RECEIVER_PORT),
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity("50m")),
-                ("memory".to_owned(), quantity("64Mi")),
-            ])),
-            // Two chunks in flight and the unpacker's buffers.
-            limits: Some(BTreeMap::from([("memory".to_owned(), quantity("256Mi"))])),
-            ..ResourceRequirements::default()
-        }),
+        // Two chunks in flight and the unpacker's buffers.
+        resources: Some(kiln_resources("50m", "64Mi", "256Mi")),
         security_context: Some(restricted_security_context(uid)),
         volume_mounts: Some(mounts),
         termination_message_path: Some(TERMINATION_MESSAGE.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
+    }
+}
+
+/// `DOCKER_CONFIG` naming the mounted Docker config, for a container of the Kiln image.
+pub fn docker_config_env() -> Vec<EnvVar> {
+    vec![EnvVar {
+        name: "DOCKER_CONFIG".into(),
+        value: Some(DOCKER_CONFIG_DIR.into()),
+        ..EnvVar::default()
+    }]
+}
+
+/// The requests and memory limit of a container of the Kiln image (it builds nothing).
+pub fn kiln_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(cpu)),
+            ("memory".to_owned(), quantity(memory)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            quantity(memory_limit),
+        )])),
+        ..ResourceRequirements::default()
     }
 }
 

@@ -12,19 +12,18 @@
 //! message, where the controller reads it as it reads a build pod's. It runs as the Kiln
 //! image's own non-root user with nothing writable and no capability: it does no build.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSecurityContext, PodSpec, ResourceRequirements, Volume, VolumeMount,
+    Container, Pod, PodSecurityContext, PodSpec, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use super::buildkit::{DOCKER_CONFIG_DIR, TERMINATION_MESSAGE};
 use super::config::Config;
 use super::labels::{PLATFORM, PLATFORM_INDEX, index_pod_name, platform_pod_name};
-use super::local_context::restricted_security_context;
+use super::local_context::{docker_config_env, kiln_resources, restricted_security_context};
 use super::pod::{attempt_meta, with_generation};
 use super::podstate::INDEX_CONTAINER;
 use super::signing;
@@ -126,11 +125,7 @@ pub fn index_pod(
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     if let Some(secret) = push_secret {
-        env.push(EnvVar {
-            name: "DOCKER_CONFIG".into(),
-            value: Some(DOCKER_CONFIG_DIR.into()),
-            ..EnvVar::default()
-        });
+        env = docker_config_env();
         volumes.push(Volume {
             name: "docker-config".into(),
             secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
@@ -157,28 +152,21 @@ pub fn index_pod(
         volumes.push(volume);
         mounts.push(mount);
     }
-    let quantity = |q: &str| Quantity(q.to_owned());
     let container = Container {
         name: INDEX_CONTAINER.into(),
         image: Some(config.index_image.clone()),
         args: Some(index_args(build, platforms, config)),
         env: (!env.is_empty()).then_some(env),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity("10m")),
-                ("memory".to_owned(), quantity("32Mi")),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                // Opening an encrypted signing key needs more than the index alone.
-                quantity(if signing::key_secret(build).is_some() {
-                    signing::SIGNING_MEMORY_LIMIT
-                } else {
-                    "128Mi"
-                }),
-            )])),
-            ..ResourceRequirements::default()
-        }),
+        // Opening an encrypted signing key needs more than the index alone.
+        resources: Some(kiln_resources(
+            "10m",
+            "32Mi",
+            if signing::key_secret(build).is_some() {
+                signing::SIGNING_MEMORY_LIMIT
+            } else {
+                "128Mi"
+            },
+        )),
         security_context: Some(restricted_security_context(KILN_UID)),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         termination_message_path: Some(TERMINATION_MESSAGE.into()),

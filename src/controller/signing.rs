@@ -21,16 +21,11 @@
 //! `cosign.key`, and `cosign.password` when the key is encrypted (what `cosign
 //! generate-key-pair k8s://<namespace>/<name>` writes).
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, ResourceRequirements, SecretVolumeSource, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Container, SecretVolumeSource, Volume, VolumeMount};
 
 use super::buildkit::{DOCKER_CONFIG_DIR, TERMINATION_MESSAGE};
 use super::config::Config;
-use super::local_context::restricted_security_context;
+use super::local_context::{docker_config_env, kiln_resources, restricted_security_context};
 use super::podstate::SIGN_CONTAINER;
 use crate::crd::Build;
 
@@ -118,29 +113,12 @@ pub fn sign_container(
     if let Some(secret) = key_secret(build) {
         mounts.push(key_volume(secret).1);
     }
-    let quantity = |q: &str| Quantity(q.to_owned());
     Container {
         name: SIGN_CONTAINER.into(),
         image: Some(config.index_image.clone()),
         args: Some(sign_args(build, config)),
-        env: docker_config.then(|| {
-            vec![EnvVar {
-                name: "DOCKER_CONFIG".into(),
-                value: Some(DOCKER_CONFIG_DIR.into()),
-                ..EnvVar::default()
-            }]
-        }),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity("10m")),
-                ("memory".to_owned(), quantity("32Mi")),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                quantity(SIGNING_MEMORY_LIMIT),
-            )])),
-            ..ResourceRequirements::default()
-        }),
+        env: docker_config.then(docker_config_env),
+        resources: Some(kiln_resources("10m", "32Mi", SIGNING_MEMORY_LIMIT)),
         security_context: Some(restricted_security_context(uid)),
         volume_mounts: Some(mounts),
         termination_message_path: Some(TERMINATION_MESSAGE.into()),
