@@ -21,12 +21,8 @@ FLAGS=(-trimpath "-ldflags=-s -w" -mod=readonly)
 log() { printf 'cosign.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-find_go() {
-  if [ -n "${GO:-}" ]; then command -v "$GO" || return 1; return; fi
-  if command -v go >/dev/null; then command -v go; return; fi
-  if [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go; return; fi
-  return 1
-}
+# shellcheck source=scripts/lib/go-cache.sh
+. scripts/lib/go-cache.sh
 
 version() {
   awk '$1 == "github.com/sigstore/cosign/v2" && $2 ~ /^v/ { print $2; exit }' "$MODULE_DIR/go.mod"
@@ -60,18 +56,8 @@ build() {
 
 cmd_ensure() {
   local dir
-  mkdir -p "$CACHE_ROOT"
   dir="$(key_dir)"
-  if [ ! -x "$dir/cosign" ]; then
-    exec 9> "$CACHE_ROOT/.lock"
-    if ! flock -n 9; then
-      log "another build holds $CACHE_ROOT/.lock; waiting for it"
-      flock 9
-    fi
-    [ -x "$dir/cosign" ] || build "$dir"
-  else
-    log "reusing $dir/cosign"
-  fi
+  ensure_built "$CACHE_ROOT" "$dir" "$dir/cosign"
   echo "$dir/cosign"
 }
 

@@ -36,12 +36,8 @@ export CGO_ENABLED=0
 log() { printf 'envtest: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-find_go() {
-  if [ -n "${GO:-}" ]; then command -v "$GO" || return 1; return; fi
-  if command -v go >/dev/null; then command -v go; return; fi
-  if [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go; return; fi
-  return 1
-}
+# shellcheck source=scripts/lib/go-cache.sh
+. scripts/lib/go-cache.sh
 
 pinned() { # the version a module is required at in go.mod
   awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$MODULE_DIR/go.mod"
@@ -121,19 +117,7 @@ build() {
 cmd_ensure() {
   local dir
   dir="$(key_dir)"
-  if [ ! -x "$dir/$BINARY_NAME" ]; then
-    mkdir -p "$CACHE_ROOT"
-    # One build at a time per machine: concurrent test binaries or worktrees wait for
-    # the first builder, then reuse its result.
-    exec 9> "$CACHE_ROOT/.lock"
-    if ! flock -n 9; then
-      log "another build holds $CACHE_ROOT/.lock; waiting for it"
-      flock 9
-    fi
-    [ -x "$dir/$BINARY_NAME" ] || build "$dir"
-  else
-    log "reusing $dir/$BINARY_NAME"
-  fi
+  ensure_built "$CACHE_ROOT" "$dir" "$dir/$BINARY_NAME"
   echo "$dir/$BINARY_NAME"
 }
 

@@ -38,12 +38,8 @@ RUNC_FLAGS=(-trimpath "-ldflags=-s -w" -tags seccomp)
 log() { printf 'node-bins: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-find_go() {
-  if [ -n "${GO:-}" ]; then command -v "$GO" || return 1; return; fi
-  if command -v go >/dev/null; then command -v go; return; fi
-  if [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go; return; fi
-  return 1
-}
+# shellcheck source=scripts/lib/go-cache.sh
+. scripts/lib/go-cache.sh
 
 pinned() { # pinned MODULE_DIR MODULE: the version a module is required at
   awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$1/go.mod"
@@ -100,18 +96,8 @@ build() {
 
 cmd_ensure() {
   local dir
-  mkdir -p "$CACHE_ROOT"
   dir="$(key_dir)"
-  if [ ! -x "$dir/bin/runc" ]; then
-    exec 9> "$CACHE_ROOT/.lock"
-    if ! flock -n 9; then
-      log "another build holds $CACHE_ROOT/.lock; waiting for it"
-      flock 9
-    fi
-    [ -x "$dir/bin/runc" ] || build "$dir"
-  else
-    log "reusing $dir/bin"
-  fi
+  ensure_built "$CACHE_ROOT" "$dir" "$dir/bin/runc"
   echo "$dir/bin"
 }
 
