@@ -781,6 +781,31 @@ async fn e2e_a_signed_build_pushes_an_image_cosign_verifies() {
         .collect();
     assert_eq!(init.last().map(String::as_str), Some("build"), "{init:?}");
     assert_eq!(spec.containers[0].name, "sign");
+    // What signing adds to the attempt: from the build's end to the signature pushed.
+    let status = pods[0].status.clone().unwrap_or_default();
+    let build_end = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "build")
+        .and_then(|c| c.state?.terminated?.finished_at);
+    let sign_end = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "sign")
+        .and_then(|c| c.state?.terminated?.finished_at);
+    if let (Some(build_end), Some(sign_end)) = (build_end, sign_end) {
+        record_timing(
+            "build",
+            &format!(
+                "signing: build ended -> signature pushed {:.0}s (whole seconds, as the kubelet reports)",
+                (sign_end.0 - build_end.0)
+                    .total(jiff::Unit::Second)
+                    .unwrap_or(f64::NAN)
+            ),
+        );
+    }
     assert!(
         verified.status.success(),
         "cosign verify refused the signed image"
