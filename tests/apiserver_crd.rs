@@ -199,6 +199,7 @@ cel_rule_tests! {
     cel_dockerfile_is_a_relative_path: ".spec.dockerfile#0" => |b| set(b, "/spec/dockerfile", json!("/etc/Dockerfile"));
     cel_output_image_has_no_digest: ".spec.output.image#0" => |b| set(b, "/spec/output/image", json!(format!("registry.example.com/app@sha256:{}", "a".repeat(64))));
     cel_push_secret_is_a_dns_name: ".spec.output.pushSecretRef#0" => |b| set(b, "/spec/output/pushSecretRef", json!({ "name": "-x" }));
+    cel_signing_secret_is_a_dns_name: ".spec.signing.keySecretRef#0" => |b| set(b, "/spec/signing", json!({ "keySecretRef": { "name": "Bad_Name" } }));
     cel_platforms_are_os_and_arch: ".spec.platforms#0" => |b| set(b, "/spec/platforms", json!(["linux"]));
     cel_failed_pod_ttl_is_at_most_30_days: ".spec.retention.failedPodTTL#0" => |b| set(b, "/spec/retention/failedPodTTL", json!("721h"));
     cel_succeeded_pod_ttl_is_a_duration: ".spec.retention.succeededPodTTL#0" => |b| set(b, "/spec/retention/succeededPodTTL", json!("1y"));
