@@ -1,6 +1,6 @@
 //! Assembling a multi-platform image: fetch each platform's manifest from the output
 //! repository, check it, write the OCI image index of them and push it at the output tag
-//! (I/O: HTTP to one registry, and reading a Docker config file).
+//! (I/O: HTTP to one registry, through [`super::client`]).
 //!
 //! This is the work of `kiln index push`, which the controller runs in a short pod once
 //! every platform's build pod has pushed its image by digest. It runs in a pod, not in the
