@@ -24,7 +24,7 @@
 //!
 //! The finished pod of an ended attempt is an orphan only once its retention time is up
 //! (see [`retention`](super::retention)): until then it holds the build log. While that
-//! log is still owed to the cache ([`build_log`](super::build_log)), the pod is kept up to
+//! log is still owed to the cache ([`build_log`]), the pod is kept up to
 //! [`LOG_HOLD`](super::build_log::LOG_HOLD) longer. A pod listed
 //! as running whose attempt the (later) Build list shows ended by that pod's own exit
 //! (pushed, or build failed) was listed just before it exited: it is not `AttemptEnded`.
