@@ -129,7 +129,7 @@ pub async fn push_signature(request: SignRequest<'_>) -> Result<Signed, SignPush
                 source,
             })?;
     let identity = docker_reference(&image.registry, &image.repository.to_string());
-    let upload = sign_image(
+    let signing = sign_image(
         existing.as_ref().map(|(bytes, _)| bytes.as_slice()),
         &identity,
         &request.digest,
@@ -139,11 +139,8 @@ pub async fn push_signature(request: SignRequest<'_>) -> Result<Signed, SignPush
         image: format!("{repository}@{}", request.digest),
         source,
     })?;
-    let Some(upload) = upload else {
-        let signatures = existing
-            .as_ref()
-            .and_then(|(bytes, _)| crate::sign::SignatureImage::parse(bytes).ok())
-            .map_or(1, |image| image.layers().len());
+    let signatures = signing.signatures;
+    let Some(upload) = signing.upload else {
         return Ok(Signed {
             reference,
             already_there: true,
@@ -179,8 +176,6 @@ pub async fn push_signature(request: SignRequest<'_>) -> Result<Signed, SignPush
             stored,
         });
     }
-    let signatures = crate::sign::SignatureImage::parse(&upload.manifest)
-        .map_or(1, |image| image.layers().len());
     tracing::info!(%reference, signatures, "pushed the image's signature");
     Ok(Signed {
         reference,

@@ -47,34 +47,51 @@ pub enum SignImageError {
     Sign(#[from] SignError),
 }
 
+/// What [`sign_image`] found and made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signing {
+    /// What to push; `None` when the signature image already holds a signature of the
+    /// same payload by the same key.
+    pub upload: Option<SignatureUpload>,
+    /// The signatures the signature image holds once `upload` is pushed (this key's
+    /// included).
+    pub signatures: usize,
+}
+
 /// Signs the image `digest` of the repository `docker_reference` (see
 /// [`cosign::docker_reference`]) with `key`, appending to `existing`, the manifest now at
-/// the image's [`signature_tag`] (`None` when the tag does not exist). `Ok(None)` when
-/// `existing` already holds a signature of the same payload by the same key: ECDSA
+/// the image's [`signature_tag`] (`None` when the tag does not exist). Nothing to upload
+/// when `existing` already holds a signature of the same payload by the same key: ECDSA
 /// signatures are randomized, so signing again would only add a layer.
 pub fn sign_image(
     existing: Option<&[u8]>,
     docker_reference: &str,
     digest: &Digest,
     key: &SigningKey,
-) -> Result<Option<SignatureUpload>, SignImageError> {
+) -> Result<Signing, SignImageError> {
     let image = match existing {
         Some(bytes) => SignatureImage::parse(bytes)?,
         None => SignatureImage::new(),
     };
     let payload = payload(docker_reference, digest);
     if image.has_signature_by(&payload, &key.public_key()) {
-        return Ok(None);
+        return Ok(Signing {
+            upload: None,
+            signatures: image.layers().len(),
+        });
     }
     let signature = key.sign(&payload)?;
     let image = image.with_signature(&payload, &signature)?;
-    Ok(Some(SignatureUpload {
-        config: image.config_bytes(),
-        manifest: image.manifest_bytes(),
-        manifest_media_type: image.media_type(),
-        tag: signature_tag(digest),
-        payload,
-    }))
+    Ok(Signing {
+        signatures: image.layers().len(),
+        upload: Some(SignatureUpload {
+            config: image.config_bytes(),
+            manifest: image.manifest_bytes(),
+            manifest_media_type: image.media_type(),
+            tag: signature_tag(digest),
+            payload,
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -94,9 +111,9 @@ mod tests {
         let reference = cosign::docker_reference("registry.example.com", "team/app");
         let first = key("pkcs8.key");
 
-        let upload = sign_image(None, &reference, &image, &first)
-            .unwrap()
-            .unwrap();
+        let signing = sign_image(None, &reference, &image, &first).unwrap();
+        assert_eq!(signing.signatures, 1);
+        let upload = signing.upload.unwrap();
         assert_eq!(upload.tag, signature_tag(&image));
         assert_eq!(upload.payload, payload(&reference, &image));
         assert_eq!(upload.manifest_media_type, crate::oci::media::OCI_MANIFEST);
@@ -112,13 +129,16 @@ mod tests {
 
         assert_eq!(
             sign_image(Some(&upload.manifest), &reference, &image, &first).unwrap(),
-            None
+            Signing {
+                upload: None,
+                signatures: 1
+            }
         );
 
         let second = key("sec1.key");
-        let both = sign_image(Some(&upload.manifest), &reference, &image, &second)
-            .unwrap()
-            .unwrap();
+        let both = sign_image(Some(&upload.manifest), &reference, &image, &second).unwrap();
+        assert_eq!(both.signatures, 2);
+        let both = both.upload.unwrap();
         let both = SignatureImage::parse(&both.manifest).unwrap();
         assert_eq!(both.layers().len(), 2);
         assert_eq!(&both.layers()[0], layer);
